@@ -1,0 +1,30 @@
+# Two commands a new user needs: `make demo` and `make test`.
+# Both create .venv if it is missing, install PyTorch only when it does not import
+# (the pinned CPU wheel; see README for other machines), then the package itself.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test test-all bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/dynamicnets demo
+
+test: setup
+	OMP_NUM_THREADS=2 $(PY) -m pytest
+
+test-all: setup
+	OMP_NUM_THREADS=2 $(PY) -m pytest -m "slow or not slow"
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info src/*.egg-info

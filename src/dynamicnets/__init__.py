@@ -1,0 +1,20 @@
+"""dynamicnets: dynamic neural networks for PyTorch, with real, measured savings."""
+from . import models
+from .errors import CheckpointError, ConfigError, DataError, DynamicNetsError, TrainingError
+from .models import create_model, list_models, register_model
+from .outputs import DynamicOutput
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DynamicOutput",
+    "create_model",
+    "list_models",
+    "register_model",
+    "models",
+    "DynamicNetsError",
+    "DataError",
+    "ConfigError",
+    "CheckpointError",
+    "TrainingError",
+]

@@ -1,0 +1,58 @@
+"""The one structured output every dynamicnets model returns."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class DynamicOutput:
+    """What a dynamic (or static) model returns, whatever its mode.
+
+    Attributes:
+        logits: `(B, C)` final prediction of the model (for an early-exit network at
+            inference, the logits of the exit each sample took).
+        exit_logits: list of `(B, C)` tensors, one per exit, shallowest first. A
+            single-exit model has `[logits]`. At compact inference an exit's tensor may
+            hold only the samples that reached it; see the executor's own record then.
+        decisions: per-sample decisions by name, each a tensor whose first dim is `B`
+            (gate values, exit index, chosen width, routed expert, ...).
+        aux_losses: scalar losses to add to the task loss while training (target rate,
+            load balance, ponder cost, ...), by name.
+        flops: `(B,)` float64 FLOPs each sample actually executed, counted like
+            `torch.utils.flop_counter.FlopCounterMode` (2 per multiply-add of
+            convolutions and matrix products; biases, norms and activations not counted).
+    """
+
+    logits: Tensor
+    exit_logits: list[Tensor] = field(default_factory=list)
+    decisions: dict[str, Tensor] = field(default_factory=dict)
+    aux_losses: dict[str, Tensor] = field(default_factory=dict)
+    flops: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if not self.exit_logits:
+            self.exit_logits = [self.logits]
+
+    @property
+    def batch_size(self) -> int:
+        return self.logits.shape[0]
+
+    def aux_loss(self) -> Tensor:
+        """Sum of `aux_losses` (a zero scalar on `logits`' device when there are none)."""
+        total = self.logits.new_zeros(())
+        for value in self.aux_losses.values():
+            total = total + value
+        return total
+
+    def mean_flops(self) -> float:
+        if self.flops is None:
+            raise ValueError("this output carries no per-sample FLOPs")
+        return float(self.flops.double().mean())
+
+
+def constant_flops(flops_per_sample: float, batch_size: int, device=None) -> Tensor:
+    """`(B,)` float64 tensor filled with one per-sample cost (for static paths)."""
+    return torch.full((batch_size,), float(flops_per_sample), dtype=torch.float64, device=device)

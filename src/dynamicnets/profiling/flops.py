@@ -1,0 +1,51 @@
+"""FLOPs: analytic per-layer costs and a cross-check with `FlopCounterMode`.
+
+Convention (the same as `torch.utils.flop_counter`): 2 FLOPs per multiply-add of a
+convolution or matrix product; biases, normalisation, activations and pooling are not
+counted. Analytic costs are per sample, so dynamic models can add them up per decision.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def conv_out_size(size: int, kernel: int, stride: int, padding: int, dilation: int = 1) -> int:
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def conv2d_flops(conv: nn.Conv2d, height: int, width: int) -> tuple[int, int, int]:
+    """Per-sample FLOPs of `conv` on a `(C_in, height, width)` input.
+
+    Returns:
+        `(flops, out_height, out_width)`.
+    """
+    if isinstance(conv.padding, str):
+        raise ValueError("conv2d_flops needs numeric padding")
+    kh, kw = conv.kernel_size
+    oh = conv_out_size(height, kh, conv.stride[0], conv.padding[0], conv.dilation[0])
+    ow = conv_out_size(width, kw, conv.stride[1], conv.padding[1], conv.dilation[1])
+    per_position = 2 * conv.out_channels * (conv.in_channels // conv.groups) * kh * kw
+    return per_position * oh * ow, oh, ow
+
+
+def conv1d_flops(conv: nn.Conv1d, length: int) -> tuple[int, int]:
+    """Per-sample FLOPs of `conv` on a `(C_in, length)` input. Returns `(flops, out_length)`."""
+    (k,) = conv.kernel_size
+    out = conv_out_size(length, k, conv.stride[0], conv.padding[0], conv.dilation[0])
+    return 2 * conv.out_channels * (conv.in_channels // conv.groups) * k * out, out
+
+
+def linear_flops(linear: nn.Linear, tokens: int = 1) -> int:
+    """Per-sample FLOPs of `linear` applied to `tokens` rows."""
+    return 2 * linear.in_features * linear.out_features * tokens
+
+
+def counted_flops(fn: Callable, *args, **kwargs) -> int:
+    """Total FLOPs `FlopCounterMode` sees while `fn(*args, **kwargs)` runs (no grad)."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        fn(*args, **kwargs)
+    return int(counter.get_total_flops())
