@@ -54,6 +54,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return dict(value)
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads `1e-3` as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
@@ -89,6 +94,17 @@ def from_mapping(cls: type[T], mapping: Mapping[str, Any], source: str = "config
     return cls(**values)
 
 
+def _parse_scalar(raw: str) -> Any:
+    """YAML scalar, plus forms YAML 1.1 leaves as strings (`1e-3`)."""
+    value = yaml.safe_load(raw) if raw else ""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
 def parse_overrides(items: list[str], source: str = "overrides") -> dict[str, Any]:
     """`["epochs=3", "model_args.width=16"]` -> nested dict, values parsed as YAML scalars."""
     out: dict[str, Any] = {}
@@ -96,7 +112,7 @@ def parse_overrides(items: list[str], source: str = "overrides") -> dict[str, An
         if "=" not in item:
             raise ConfigError(f"{source}: expected key=value, got {item!r}")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw else ""
+        value = _parse_scalar(raw)
         node = out
         parts = key.split(".")
         for part in parts[:-1]:

@@ -1,0 +1,101 @@
+"""`dynamicnets` command line: parse, call the library, print. Nothing else lives here."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import DynamicNetsError
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dynamicnets",
+        description="Dynamic neural networks: train, evaluate with real savings, benchmark.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model from a YAML config")
+    p.add_argument("--config", required=True, help="YAML file (see configs/)")
+    p.add_argument("--resume", action="store_true", help="continue from runs/<name>/last.pt")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="override config keys, e.g. epochs=3 model_args.width=16")
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint: accuracy, FLOPs, latency")
+    p.add_argument("--checkpoint", required=True, help="a best.pt / last.pt written by train")
+    p.add_argument("--data", default=None, help="data spec (default: the one it was trained on)")
+    p.add_argument("--split", default="val", choices=["val", "test"], help="which split to score")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for timing")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--json", default=None, help="also write the results here")
+
+    p = sub.add_parser("bench", help="latency/FLOPs of registered models (same-run ratios)")
+    p.add_argument("models", nargs="*", help="model names (default: the static baselines)")
+    p.add_argument("--input-shape", default=None, help="e.g. 3,32,32 (default: the model's own)")
+    p.add_argument("--batch-sizes", default="1,64", help="comma-separated batch sizes")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--min-run-time", type=float, default=0.3)
+    p.add_argument("--json", default=None, help="also write the results here")
+
+    p = sub.add_parser("models", help="list registered models")
+    p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'resnet*'")
+
+    p = sub.add_parser("demo", help="the main job on digits, in about two minutes on 2 cores")
+    p.add_argument("--out-dir", default="runs/demo")
+    p.add_argument("--epochs", type=int, default=None, help="override the demo's epochs")
+    p.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    # Imports are local so `dynamicnets models` starts fast and errors stay readable.
+    if args.command == "train":
+        from .train import run_train
+
+        return run_train(args.config, args.overrides, resume=args.resume)
+    if args.command == "eval":
+        from .evaluate import run_eval
+
+        return run_eval(args)
+    if args.command == "bench":
+        from .bench import run_bench
+
+        return run_bench(args)
+    if args.command == "models":
+        from .. import list_models
+
+        for name in list_models(args.pattern):
+            print(name)
+        return 0
+    if args.command == "demo":
+        from ..pipelines.demo import DemoConfig, run_demo
+
+        config = DemoConfig(out_dir=args.out_dir, progress=not args.no_progress)
+        if args.epochs is not None:
+            config.epochs = args.epochs
+        run_demo(config)
+        return 0
+    raise AssertionError(args.command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return _dispatch(args)
+    except DynamicNetsError as e:
+        if args.debug:
+            raise
+        print(f"dynamicnets {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"dynamicnets {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
