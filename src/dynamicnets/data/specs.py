@@ -1,0 +1,219 @@
+"""``load_data(spec)``: turn a spec string such as ``"cifar10:path/to/cifar-10-batches-py"``
+into a :class:`DataBundle` of train/validation(/test) datasets.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+from ..errors import DataError
+from .augment import RandomCropFlip
+from .bundle import DataBundle
+from .cifar import read_cifar_batch, read_label_names
+from .embedded import digits_arrays, mnist1d_arrays
+from .files import find_file, require_dir
+from .idx import IMAGES_MAGIC, LABELS_MAGIC, read_idx
+from .imagefolder import read_image_folder
+from .in_memory import InMemoryDataset
+from .split import split_indices
+
+DATASETS = ("digits", "mnist1d", "mnist", "cifar10", "cifar100", "imagefolder")
+"""Names a spec may start with; the last four need ``:DIR``."""
+
+_NEEDS_PATH = ("mnist", "cifar10", "cifar100", "imagefolder")
+
+# Per-channel statistics of the training sets, for pixels scaled to [0, 1].
+_MNIST_STATS = ((0.1307,), (0.3081,))
+_CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+_CIFAR100_STATS = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
+
+
+class _Source(NamedTuple):
+    """A data set as read: the whole training set, the test set if any, and how to train."""
+
+    full_train: InMemoryDataset
+    test: InMemoryDataset | None
+    num_classes: int
+    train_augment: RandomCropFlip | None
+
+
+def parse_spec(spec: str) -> tuple[str, Path | None]:
+    """Split ``"name"`` or ``"name:path"``.
+
+    **Returns:** the lower-case name and the path (``None`` when absent).
+
+    **Raises:** DataError for an unknown name, a missing path where one is needed, or a path
+    given to a data set that takes none.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise DataError(f"data spec {spec!r} is empty; expected one of {', '.join(DATASETS)}")
+    name, _, path = spec.strip().partition(":")
+    name = name.strip().lower()
+    if name not in DATASETS:
+        raise DataError(
+            f"unknown dataset '{name}' in spec '{spec}'; valid names: {', '.join(DATASETS)}"
+        )
+    if name in _NEEDS_PATH and not path:
+        raise DataError(f"dataset '{name}' needs a directory: write the spec as '{name}:DIR'")
+    if name not in _NEEDS_PATH and path:
+        raise DataError(f"dataset '{name}' is built in and takes no path, got '{spec}'")
+    return name, (Path(path).expanduser() if path else None)
+
+
+def _check_labels(labels: torch.Tensor, num_classes: int, where: str) -> None:
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise DataError(
+            f"{where} has labels in [{int(labels.min())}, {int(labels.max())}], "
+            f"expected [0, {num_classes - 1}]"
+        )
+
+
+def _digits(_: Path | None) -> _Source:
+    x, y = digits_arrays()
+    return _Source(InMemoryDataset(x, y), None, 10, None)
+
+
+def _mnist1d(_: Path | None) -> _Source:
+    x, y, x_test, y_test = mnist1d_arrays()
+    return _Source(InMemoryDataset(x, y), InMemoryDataset(x_test, y_test), 10, None)
+
+
+def _read_idx_pair(root: Path, prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
+    image_name, label_name = f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"
+    image_file = find_file(root, [image_name, image_name + ".gz"])
+    label_file = find_file(root, [label_name, label_name + ".gz"])
+    images, labels = read_idx(image_file, IMAGES_MAGIC), read_idx(label_file, LABELS_MAGIC)
+    if len(images) != len(labels):
+        raise DataError(
+            f"'{image_file}' holds {len(images)} images but '{label_file}' holds "
+            f"{len(labels)} labels; expected equal counts"
+        )
+    if len(labels) == 0:
+        raise DataError(f"'{image_file}' holds no images; expected at least one")
+    return images.unsqueeze(1), labels.to(torch.int64)
+
+
+def _has_idx(root: Path, prefix: str) -> bool:
+    return any(root.glob(f"{prefix}-*-idx?-ubyte*"))
+
+
+def _mnist(path: Path) -> _Source:
+    root = require_dir(path, "train-images-idx3-ubyte[.gz] and train-labels-idx1-ubyte[.gz]")
+    images, labels = _read_idx_pair(root, "train")
+    num_classes = max(10, int(labels.max()) + 1)  # 10 for MNIST/Fashion/KMNIST
+    mean, std = _MNIST_STATS
+    test = None
+    if _has_idx(root, "t10k"):
+        test_images, test_labels = _read_idx_pair(root, "t10k")
+        if test_images.shape[1:] != images.shape[1:]:
+            raise DataError(
+                f"test images in '{root}' are {tuple(test_images.shape[2:])}, expected "
+                f"{tuple(images.shape[2:])} like the training images"
+            )
+        _check_labels(test_labels, num_classes, f"t10k labels in '{root}'")
+        test = InMemoryDataset(test_images, test_labels, scale=1 / 255, mean=mean, std=std)
+    full = InMemoryDataset(images, labels, scale=1 / 255, mean=mean, std=std)
+    return _Source(full, test, num_classes, None)
+
+
+def _read_cifar_files(files: list[Path], label_key: bytes, num_classes: int):
+    parts = [read_cifar_batch(f, label_key) for f in files]
+    for f, (_, labels) in zip(files, parts):
+        _check_labels(labels, num_classes, f"'{f}'")
+    if len(parts) == 1:
+        return parts[0]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def _cifar(path: Path, *, hundred: bool) -> _Source:
+    if hundred:
+        train_names, test_name, meta_name = ["train"], "test", "meta"
+        label_key, names_key, num_classes = b"fine_labels", b"fine_label_names", 100
+        mean, std = _CIFAR100_STATS
+        layout = "the CIFAR-100 python files 'train' (and 'test', 'meta') of cifar-100-python"
+    else:
+        train_names = [f"data_batch_{i}" for i in range(1, 6)]
+        test_name, meta_name = "test_batch", "batches.meta"
+        label_key, names_key, num_classes = b"labels", b"label_names", 10
+        mean, std = _CIFAR10_STATS
+        layout = (
+            "the CIFAR-10 python files data_batch_1..5 (and test_batch, batches.meta) "
+            "of cifar-10-batches-py"
+        )
+    root = require_dir(path, layout)
+    train_files = [find_file(root, [n]) for n in train_names]
+    meta_file = find_file(root, [meta_name], required=False)
+    if meta_file is not None:
+        class_names = read_label_names(meta_file, names_key)
+        if len(class_names) != num_classes:
+            raise DataError(
+                f"'{meta_file}' lists {len(class_names)} classes, expected {num_classes}"
+            )
+    images, labels = _read_cifar_files(train_files, label_key, num_classes)
+    test_file = find_file(root, [test_name], required=False)
+    test = None
+    if test_file is not None:
+        test_images, test_labels = _read_cifar_files([test_file], label_key, num_classes)
+        test = InMemoryDataset(test_images, test_labels, scale=1 / 255, mean=mean, std=std)
+    full = InMemoryDataset(images, labels, scale=1 / 255, mean=mean, std=std)
+    return _Source(full, test, num_classes, RandomCropFlip(padding=4, flip=True))
+
+
+def _imagefolder(path: Path) -> _Source:
+    images, labels, classes = read_image_folder(path)
+    return _Source(InMemoryDataset(images, labels, scale=1 / 255), None, len(classes), None)
+
+
+def load_data(
+    spec: str, *, val_size: float | int = 0.1, seed: int = 0, augment: bool = True
+) -> DataBundle:
+    """Load a data set and split a validation set off its training set.
+
+    Specs:
+
+    - ``digits``: scikit-learn's 8x8 digits, x in [0, 1], input ``(1, 8, 8)``, no test split.
+    - ``mnist1d``: MNIST-1D generated locally (4000 train / 1000 test), input ``(1, 40)``.
+    - ``mnist:DIR``: IDX files ``train-{images-idx3,labels-idx1}-ubyte[.gz]`` (and ``t10k-*``
+      as the test split when present); input ``(1, 28, 28)`` normalised with MNIST's
+      mean/std.
+    - ``cifar10:DIR`` / ``cifar100:DIR``: the official python-pickle layout
+      (``data_batch_1..5`` [+ ``test_batch``, ``batches.meta``] / ``train`` [+ ``test``,
+      ``meta``]); input ``(3, 32, 32)`` normalised per channel; training split augmented
+      with random crop (pad 4) + horizontal flip when ``augment``.
+    - ``imagefolder:DIR``: ``DIR/<class>/<image>.png|.jpg``, classes in sorted order, RGB
+      scaled to [0, 1]; every image must have the same size. No test split.
+
+    **Arguments:**
+
+    - `spec`: ``"name"`` or ``"name:DIR"``, name from :data:`DATASETS`.
+    - `val_size`: float in (0, 1) = fraction of the training set, int = number of samples.
+    - `seed`: seed of the split; the same seed gives the same split.
+    - `augment`: augment the training split (validation and test never are).
+
+    **Returns:** a :class:`DataBundle`; every dataset yields ``(x, y)``, ``x`` float32 of
+    ``input_shape``, ``y`` int64 scalar.
+
+    **Raises:** DataError naming the file or folder at fault.
+    """
+    name, path = parse_spec(spec)
+    readers = {
+        "digits": _digits,
+        "mnist1d": _mnist1d,
+        "mnist": _mnist,
+        "cifar10": lambda p: _cifar(p, hundred=False),
+        "cifar100": lambda p: _cifar(p, hundred=True),
+        "imagefolder": _imagefolder,
+    }
+    source = readers[name](path)
+    train_idx, val_idx = split_indices(len(source.full_train), val_size, seed)
+    train_augment = source.train_augment if augment else None
+    return DataBundle(
+        name=name,
+        train=source.full_train.with_indices(train_idx, augment=train_augment),
+        val=source.full_train.with_indices(val_idx),
+        test=source.test,
+        num_classes=source.num_classes,
+        input_shape=source.full_train.input_shape,
+    )
