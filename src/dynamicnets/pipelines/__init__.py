@@ -1,0 +1,1 @@
+"""End-to-end jobs built from the library parts (what the CLI commands call)."""

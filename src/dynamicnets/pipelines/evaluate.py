@@ -1,0 +1,82 @@
+"""Score a trained checkpoint: accuracy, per-sample FLOPs and measured latency."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data import load_data, make_eval_loader
+from ..errors import DataError
+from ..profiling.flops import counted_flops
+from ..profiling.latency import measure, per_sample_ms
+from ..training.evaluate import evaluate
+from .checkpoints import load_trained_model
+
+
+@dataclass
+class EvalRequest:
+    """What `dynamicnets eval` asks for."""
+
+    checkpoint: str
+    data: str | None = None  # default: the spec the checkpoint was trained on
+    split: str = "val"  # "val" (seeded split of the training set) or "test"
+    batch_size: int = 256
+    threads: int | None = None
+    device: str = "cpu"
+    min_run_time: float = 0.3
+
+
+def full_flops_per_sample(model: torch.nn.Module, input_shape: tuple[int, ...], device="cpu") -> float:
+    """FLOPs of one sample through the whole network, counted by FlopCounterMode."""
+    x = torch.zeros((1, *input_shape), device=device)
+    return float(counted_flops(model, x))
+
+
+def evaluate_checkpoint(request: EvalRequest) -> dict[str, Any]:
+    """Accuracy and costs of `request.checkpoint` on a split of its (or another) data set.
+
+    Returns:
+        dict with `accuracy`, `exit_accuracy`, `mean_flops`, `full_flops`,
+        `speedup_flops` (full ÷ mean), `latency_ms_per_sample` (at `batch_size`),
+        `latency_ms_batch1`, `samples`, and what was evaluated.
+    """
+    device = torch.device("cuda" if request.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if request.device == "auto" else request.device))
+    model, ckpt = load_trained_model(request.checkpoint, device)
+    config = ckpt.get("config", {})
+    spec = request.data or ckpt.get("data")
+    bundle = load_data(spec, val_size=config.get("val_size", 0.1), seed=config.get("seed", 0), augment=False)
+    if tuple(bundle.input_shape) != tuple(ckpt["input_shape"]) or bundle.num_classes != ckpt["num_classes"]:
+        raise DataError(
+            f"{spec}: inputs {tuple(bundle.input_shape)} with {bundle.num_classes} classes, but "
+            f"{request.checkpoint} was trained on {tuple(ckpt['input_shape'])} with {ckpt['num_classes']} classes"
+        )
+    dataset = bundle.val if request.split == "val" else bundle.test
+    if dataset is None:
+        raise DataError(f"{spec}: has no test split (the official test files are not in that folder)")
+    loader = make_eval_loader(dataset, request.batch_size)
+    metrics = evaluate(model, loader, device)
+    full = full_flops_per_sample(model, bundle.input_shape, device)
+
+    batch = torch.stack([dataset[i][0] for i in range(min(request.batch_size, len(dataset)))]).to(device)
+    at_batch = measure(model, batch, threads=request.threads, min_run_time=request.min_run_time)
+    at_one = measure(model, batch[:1], threads=request.threads, min_run_time=request.min_run_time)
+    mean_flops = metrics["mean_flops"] if metrics["mean_flops"] is not None else full
+    return {
+        "checkpoint": str(Path(request.checkpoint)),
+        "model": ckpt["model_name"],
+        "data": spec,
+        "split": request.split,
+        "samples": metrics["samples"],
+        "accuracy": metrics["accuracy"],
+        "exit_accuracy": metrics["exit_accuracy"],
+        "mean_flops": mean_flops,
+        "full_flops": full,
+        "speedup_flops": full / mean_flops,
+        "batch_size": batch.shape[0],
+        "latency_ms_per_sample": per_sample_ms(at_batch, batch.shape[0]),
+        "latency_ms_batch1": at_one.median_ms,
+        "threads": at_batch.threads,
+    }

@@ -1,0 +1,137 @@
+"""The command line: thin wrappers that print one clear line on bad input."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dynamicnets.cli.main import main
+
+CONFIG = """\
+name: tiny
+model: small_cnn
+model_args: {width: 8}
+data: digits
+val_size: 0.2
+epochs: 1
+batch_size: 64
+progress: false
+"""
+
+
+@pytest.fixture()
+def config_file(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(CONFIG + f"out_dir: {tmp_path / 'runs'}\n")
+    return path
+
+
+@pytest.fixture()
+def trained(config_file, tmp_path):
+    assert main(["train", "--config", str(config_file), "max_steps_per_epoch=5"]) == 0
+    return tmp_path / "runs" / "tiny"
+
+
+def test_models_lists_registered_names(capsys):
+    assert main(["models", "resnet*"]) == 0
+    assert capsys.readouterr().out.split() == ["resnet110", "resnet20", "resnet32", "resnet56"]
+
+
+def test_train_writes_run_files_and_eval_reads_them(trained, tmp_path, capsys):
+    for name in ("last.pt", "best.pt", "metrics.jsonl", "config.yaml"):
+        assert (trained / name).is_file(), name
+    out_json = tmp_path / "eval.json"
+    assert main(["eval", "--checkpoint", str(trained / "best.pt"), "--json", str(out_json),
+                 "--batch-size", "32"]) == 0
+    printed = capsys.readouterr().out
+    assert "accuracy" in printed and "latency_ms_per_sample" in printed
+    record = json.loads(out_json.read_text())["records"]
+    assert record["model"] == "small_cnn" and 0.0 <= record["accuracy"] <= 1.0
+    assert record["samples"] == 359  # 20% of 1797 digits, rounded
+    assert record["full_flops"] == pytest.approx(record["mean_flops"]) and record["speedup_flops"] == 1.0
+
+
+def test_overrides_reach_the_config(config_file, tmp_path):
+    assert main(["train", "--config", str(config_file), "name=other", "max_steps_per_epoch=2"]) == 0
+    lines = (tmp_path / "runs" / "other" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 1
+
+
+def _error_line(capsys):
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_typo_in_config_key_names_it(config_file, capsys):
+    assert main(["train", "--config", str(config_file), "epocs=3"]) == 2
+    line = _error_line(capsys)
+    assert "'epocs'" in line and "epochs" in line and "valid keys" in line
+
+
+def test_wrong_type_names_key(config_file, capsys):
+    assert main(["train", "--config", str(config_file), "epochs=many"]) == 2
+    assert "'epochs'" in _error_line(capsys)
+
+
+def test_missing_data_directory_is_one_line(config_file, tmp_path, capsys):
+    missing = tmp_path / "nowhere"
+    assert main(["train", "--config", str(config_file), f"data=cifar10:{missing}"]) == 2
+    assert str(missing) in _error_line(capsys)
+
+
+def test_checkpoint_of_another_model_is_refused(trained, tmp_path, capsys):
+    ckpt = torch.load(trained / "best.pt", weights_only=True)
+    ckpt["model_name"] = "resnet20"
+    torch.save(ckpt, tmp_path / "other.pt")
+    assert main(["eval", "--checkpoint", str(tmp_path / "other.pt")]) == 2
+    assert "other.pt" in _error_line(capsys)
+
+
+def test_corrupt_checkpoint_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    assert main(["eval", "--checkpoint", str(bad)]) == 2
+    assert "bad.pt" in _error_line(capsys)
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    with pytest.raises(Exception, match="not found"):
+        main(["--debug", "eval", "--checkpoint", str(tmp_path / "missing.pt")])
+
+
+def test_bench_prints_same_run_ratios(capsys, tmp_path):
+    out_json = tmp_path / "bench.json"
+    assert main(["bench", "small_cnn", "mnist1d_cnn", "--batch-sizes", "2", "--min-run-time", "0.02",
+                 "--json", str(out_json)]) == 0
+    rows = json.loads(out_json.read_text())["records"]
+    assert [r["model"] for r in rows] == ["small_cnn", "mnist1d_cnn"]
+    assert rows[0]["time_vs_small_cnn"] == 1.0 and rows[1]["median_ms"] > 0
+
+
+def test_bench_rejects_bad_batch_sizes(capsys):
+    assert main(["bench", "small_cnn", "--batch-sizes", "a,b"]) == 2
+    assert "--batch-sizes" in _error_line(capsys)
+
+
+def test_console_script_exit_code_and_message(tmp_path):
+    """The installed entry point (as a user runs it): exit code 2, no traceback."""
+    proc = subprocess.run([sys.executable, "-m", "dynamicnets", "eval", "--checkpoint",
+                           str(tmp_path / "missing.pt")], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "missing.pt" in proc.stderr
+
+
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out-dir", str(out), "--epochs", "1", "--no-progress"]) == 0
+    rows = json.loads((out / "demo.json").read_text())["records"]
+    assert [r["width"] for r in rows] == [8, 16, 32]
+    assert rows[0]["full_flops"] < rows[1]["full_flops"] < rows[2]["full_flops"]
+    png = (out / "accuracy_vs_flops.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert Path(out / "small_cnn_w8" / "curves.png").is_file()
