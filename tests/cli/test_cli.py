@@ -135,3 +135,13 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     png = (out / "accuracy_vs_flops.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert Path(out / "small_cnn_w8" / "curves.png").is_file()
+
+
+def test_second_train_in_same_run_folder_asks_for_resume_or_overwrite(trained, config_file, capsys):
+    before = (trained / "last.pt").read_bytes()
+    capsys.readouterr()
+    assert main(["train", "--config", str(config_file), "max_steps_per_epoch=5"]) == 2
+    assert "--resume" in _error_line(capsys)
+    assert (trained / "last.pt").read_bytes() == before
+    assert main(["train", "--config", str(config_file), "--resume", "epochs=2", "max_steps_per_epoch=5"]) == 0
+    assert len((trained / "metrics.jsonl").read_text().splitlines()) == 2

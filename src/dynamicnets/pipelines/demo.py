@@ -45,6 +45,7 @@ def run_demo(config: DemoConfig) -> list[dict]:
             name=name, model=config.model, model_args={"width": width}, data=config.data,
             val_size=0.2, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
             seed=config.seed, out_dir=str(out), progress=config.progress, threads=config.threads,
+            overwrite=True,
         )
         start = time.perf_counter()
         trainer = Trainer(train_config)

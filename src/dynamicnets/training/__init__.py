@@ -1,1 +1,35 @@
-"""training."""
+"""Training: the `Trainer` (checkpoints, resume, data-parallel), losses, schedules.
+
+```python
+from dynamicnets.training import TrainConfig, Trainer
+result = Trainer(TrainConfig(name="digits", model="small_cnn", data="digits", epochs=5)).fit()
+```
+"""
+from .checkpoint import check_compatible, load_checkpoint, save_checkpoint, unwrap_model
+from .config import TrainConfig
+from .distributed import all_reduce_sum, cleanup, init_distributed, is_distributed, is_main
+from .evaluate import evaluate
+from .losses import multi_exit_loss, normalized_exit_weights
+from .schedules import build_scheduler, lr_factor
+from .trainer import Trainer, build_optimizer, resolve_device
+
+__all__ = [
+    "TrainConfig",
+    "Trainer",
+    "all_reduce_sum",
+    "build_optimizer",
+    "build_scheduler",
+    "check_compatible",
+    "cleanup",
+    "evaluate",
+    "init_distributed",
+    "is_distributed",
+    "is_main",
+    "load_checkpoint",
+    "lr_factor",
+    "multi_exit_loss",
+    "normalized_exit_weights",
+    "resolve_device",
+    "save_checkpoint",
+    "unwrap_model",
+]

@@ -1,0 +1,145 @@
+"""`TrainConfig`: every knob of a training run, as one typed dataclass.
+
+Plain typed fields, so `dynamicnets.config.from_mapping(TrainConfig, yaml_dict)` can
+check keys and types; `__post_init__` then checks ranges and names the key at fault.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal, get_args, get_origin, get_type_hints
+
+from ..errors import ConfigError
+
+
+@dataclass
+class TrainConfig:
+    """One training run.
+
+    Attributes:
+        name: run name; files go to `<out_dir>/<name>/`.
+        model: registered model name (`dynamicnets.list_models()`).
+        model_args: extra keyword arguments of the model constructor.
+        data: data spec for `dynamicnets.data.load_data` (`digits`, `cifar10:DIR`, ...).
+        val_size: validation split, a fraction of the training set (float) or a count (int).
+        epochs: total number of epochs of the run (a resumed run continues up to it).
+        batch_size: batch size *per process*; under data-parallel training the
+            effective global batch is `batch_size * world_size`.
+        optimizer: `sgd` (with `momentum`, `nesterov`) or `adamw`.
+        lr: peak learning rate.
+        momentum: SGD momentum (0 disables it, and Nesterov with it).
+        nesterov: Nesterov momentum for SGD.
+        weight_decay: decoupled (AdamW) or L2 (SGD) decay on weights of rank >= 2
+            (biases and normalisation parameters are not decayed).
+        schedule: `cosine` (per step, down to 0 at the last step) or `constant`.
+        warmup_epochs: linear warm-up from ~0 to `lr` over this many epochs.
+        exit_weights: weight of each exit's cross-entropy (normalised); None = equal.
+        label_smoothing: cross-entropy label smoothing in [0, 1).
+        grad_clip: max global gradient norm; None = no clipping.
+        seed: seed of model initialisation, data split/shuffle and augmentation.
+        device: `auto` (cuda when available), `cpu` or `cuda`.
+        bf16: run forward passes under bfloat16 autocast.
+        channels_last: channels-last memory format for 4-D (image) inputs.
+        num_workers: DataLoader worker processes.
+        augment: training-set augmentation (when the data set defines one).
+        threads: `torch.set_num_threads` for this process; None = leave it.
+        out_dir: parent folder of run folders.
+        resume: continue from `<out_dir>/<name>/last.pt` when it exists.
+        overwrite: start afresh in a run folder that already holds checkpoints, replacing
+            them (without it, and without `resume`, such a folder is an error: nothing
+            trained is thrown away by accident).
+        max_steps_per_epoch: cap on optimizer steps per epoch (smoke runs, tests).
+        progress: tqdm progress bars and a summary line per epoch.
+    """
+
+    name: str = "run"
+    model: str = "small_cnn"
+    model_args: dict = field(default_factory=dict)
+    data: str = "digits"
+    val_size: int | float = 0.1
+    epochs: int = 10
+    batch_size: int = 64
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_epochs: int = 0
+    exit_weights: list[float] | None = None
+    label_smoothing: float = 0.0
+    grad_clip: float | None = None
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    bf16: bool = False
+    channels_last: bool = False
+    num_workers: int = 0
+    augment: bool = True
+    threads: int | None = None
+    out_dir: str = "runs"
+    resume: bool = False
+    overwrite: bool = False
+    max_steps_per_epoch: int | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _check_literals(self)
+        _require(bool(self.name) and "/" not in self.name and "\\" not in self.name
+                 and self.name not in (".", ".."),
+                 "name", "a non-empty run name without path separators", self.name)
+        _require(bool(self.model), "model", "a registered model name", self.model)
+        _require(isinstance(self.model_args, dict), "model_args", "a mapping", self.model_args)
+        _require(bool(self.data), "data", "a data spec such as 'digits'", self.data)
+        if isinstance(self.val_size, bool) or not isinstance(self.val_size, (int, float)):
+            _fail("val_size", "a fraction in (0, 1) or a count >= 1", self.val_size)
+        if isinstance(self.val_size, int):
+            _require(self.val_size >= 1, "val_size", "a count >= 1 (int) or a fraction in (0, 1)", self.val_size)
+        else:
+            _require(0.0 < self.val_size < 1.0, "val_size", "a fraction in (0, 1) or a count >= 1 (int)",
+                     self.val_size)
+        _require(self.epochs >= 1, "epochs", "an integer >= 1", self.epochs)
+        _require(self.batch_size >= 1, "batch_size", "an integer >= 1", self.batch_size)
+        _require(_finite(self.lr) and self.lr > 0, "lr", "a finite number > 0", self.lr)
+        _require(_finite(self.momentum) and 0.0 <= self.momentum < 1.0, "momentum", "a number in [0, 1)",
+                 self.momentum)
+        _require(_finite(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "a number >= 0",
+                 self.weight_decay)
+        _require(0 <= self.warmup_epochs <= self.epochs, "warmup_epochs",
+                 f"an integer in [0, epochs={self.epochs}]", self.warmup_epochs)
+        if self.exit_weights is not None:
+            _require(len(self.exit_weights) >= 1 and all(_finite(w) and w >= 0 for w in self.exit_weights)
+                     and sum(self.exit_weights) > 0,
+                     "exit_weights", "a non-empty list of numbers >= 0 with a positive sum", self.exit_weights)
+        _require(_finite(self.label_smoothing) and 0.0 <= self.label_smoothing < 1.0, "label_smoothing",
+                 "a number in [0, 1)", self.label_smoothing)
+        if self.grad_clip is not None:
+            _require(_finite(self.grad_clip) and self.grad_clip > 0, "grad_clip", "a number > 0 or null",
+                     self.grad_clip)
+        _require(self.num_workers >= 0, "num_workers", "an integer >= 0", self.num_workers)
+        if self.threads is not None:
+            _require(self.threads >= 1, "threads", "an integer >= 1 or null", self.threads)
+        _require(bool(self.out_dir), "out_dir", "a folder path", self.out_dir)
+        if self.max_steps_per_epoch is not None:
+            _require(self.max_steps_per_epoch >= 1, "max_steps_per_epoch", "an integer >= 1 or null",
+                     self.max_steps_per_epoch)
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _fail(key: str, expected: str, got) -> None:
+    raise ConfigError(f"TrainConfig: key {key!r}: expected {expected}, got {got!r}")
+
+
+def _require(ok: bool, key: str, expected: str, got) -> None:
+    if not ok:
+        _fail(key, expected, got)
+
+
+def _check_literals(cfg: TrainConfig) -> None:
+    """Literal-typed keys are checked here too, for configs built in Python directly."""
+    for key, tp in get_type_hints(type(cfg)).items():
+        choices = get_args(tp)
+        if get_origin(tp) is Literal and getattr(cfg, key) not in choices:
+            _fail(key, f"one of {list(choices)}", getattr(cfg, key))

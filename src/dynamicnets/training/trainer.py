@@ -1,0 +1,392 @@
+"""`Trainer`: fits a registered model on a data spec, with checkpoints, resume and DDP."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from ..config import to_plain
+from ..profiling.report import atomic_write
+from ..data import load_data, make_loaders, set_epoch
+from ..errors import CheckpointError, ConfigError, DataError, TrainingError
+from ..models import create_model
+from .checkpoint import FORMAT, check_compatible, load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .distributed import all_reduce_sum, init_distributed, is_distributed, is_main
+from .evaluate import autocast_context, evaluate, to_device
+from .losses import multi_exit_loss
+from .rng import capture_rng_state, derived_seed, restore_rng_state, seed_everything
+from .schedules import build_scheduler, lr_factor
+
+# Config keys that may change between a run and its resumption without a note.
+_RESUME_FREE_KEYS = {"resume", "progress", "epochs", "num_workers", "threads", "device", "out_dir"}
+
+
+def resolve_device(device: str, local_rank: int = 0) -> torch.device:
+    """`auto` -> `cuda` when available, else `cpu`; CUDA runs use `cuda:local_rank`.
+
+    Raises:
+        ConfigError: (key `device`) `cuda` asked for but not available.
+    """
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("key 'device': 'cuda' requested but torch.cuda.is_available() is False")
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD or AdamW over the trainable parameters; weight decay only on tensors of rank >= 2."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError(f"model {config.model!r} has no trainable parameters")
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [g for g in ({"params": decay, "weight_decay": config.weight_decay},
+                          {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
+                               nesterov=config.nesterov and config.momentum > 0)
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+class Trainer:
+    """Trains `config.model` on `config.data` and writes `<out_dir>/<name>/`.
+
+    Files (written by rank 0 only): `config.yaml`; `metrics.jsonl`, one JSON line per
+    finished epoch (`epoch, step, train_loss, task_loss, aux_loss, train_accuracy,
+    val_loss, val_accuracy, val_exit_accuracy, val_mean_flops, lr, epoch_seconds,
+    images_per_second`); `last.pt` after every epoch and `best.pt` on a new best
+    validation accuracy, both written atomically (see `checkpoint.py` for contents).
+
+    The loss is `multi_exit_loss(out, y, exit_weights, label_smoothing) + out.aux_loss()`.
+    Every epoch re-seeds the global random streams from `(seed, epoch, rank)`, so runs
+    are reproducible (same seed -> same weights on CPU) and a resumed run continues
+    exactly as the uninterrupted one would have (the loader's shuffle generator is
+    checkpointed too).
+
+    Data-parallel: launched under `torchrun --nproc-per-node N`, the Trainer joins the
+    process group (gloo on CPU, nccl on CUDA; an existing group is reused, so several
+    Trainers may run one after another in a process; the group is left at exit), wraps the model in
+    `DistributedDataParallel` (no `find_unused_parameters`: every parameter must get a
+    gradient), shards the data with `make_loaders(rank=, world_size=)` and all-reduces
+    metrics. `batch_size` is per process, so the **effective global batch is
+    `batch_size * world_size`** (one DDP step equals one single-process step on that
+    global batch, for models without batch-norm); `lr` is not rescaled for you.
+    BatchNorm statistics are per process during training; buffers are broadcast from
+    rank 0 before evaluation and saving.
+
+    Args:
+        config: the run.
+        model: a model returning `DynamicOutput`; built with `create_model(config.model,
+            num_classes=, in_chans=, **config.model_args)` when None (seeded by `seed`).
+        bundle: a `DataBundle`; loaded with `load_data(config.data, val_size=, seed=,
+            augment=)` when None.
+    """
+
+    def __init__(self, config: TrainConfig, model: nn.Module | None = None, bundle=None) -> None:
+        self.config = config
+        requested = resolve_device(config.device).type  # fails early on a bad `device`
+        self.rank, self.world_size, self.local_rank = init_distributed(
+            backend="nccl" if requested == "cuda" else "gloo"
+        )
+        self.is_main = is_main(self.rank)
+        self.device = resolve_device(config.device, self.local_rank)
+        if config.threads is not None:
+            torch.set_num_threads(config.threads)
+        self.run_dir = Path(config.out_dir) / config.name
+
+        seed_everything(config.seed)
+        self.bundle = bundle if bundle is not None else load_data(
+            config.data, val_size=config.val_size, seed=config.seed, augment=config.augment
+        )
+        if model is None:
+            seed_everything(config.seed)
+            model = create_model(config.model, num_classes=self.bundle.num_classes,
+                                 in_chans=self.bundle.input_shape[0], **config.model_args)
+        self.channels_last = config.channels_last and len(self.bundle.input_shape) == 3
+        model = model.to(self.device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        if self.world_size > 1:
+            device_ids = [self.local_rank] if self.device.type == "cuda" else None
+            self._train_model: nn.Module = DistributedDataParallel(model, device_ids=device_ids)
+        else:
+            self._train_model = model
+
+        self.train_loader, self.val_loader = make_loaders(
+            self.bundle, config.batch_size, num_workers=config.num_workers, seed=config.seed,
+            rank=self.rank, world_size=self.world_size,
+        )
+        n_batches = len(self.train_loader)
+        if n_batches == 0:
+            raise DataError(f"data {config.data!r}: the training loader yields no batches "
+                            f"(batch_size={config.batch_size} larger than the training set?)")
+        self.steps_per_epoch = min(n_batches, config.max_steps_per_epoch or n_batches)
+        self.optimizer = build_optimizer(model, config)
+        self.scheduler = build_scheduler(
+            self.optimizer, total_steps=config.epochs * self.steps_per_epoch,
+            warmup_steps=config.warmup_epochs * self.steps_per_epoch, schedule=config.schedule,
+        )
+        self.epoch = 0  # finished epochs
+        self.step = 0  # optimizer steps taken
+        self.best_val_accuracy: float | None = None
+        self.best_epoch: int | None = None
+        self.history: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ public
+    def fit(self) -> dict[str, Any]:
+        """Train up to `config.epochs` (continuing `last.pt` when `resume`).
+
+        Returns:
+            the last epoch's metrics plus `best_val_accuracy`, `best_epoch`, `run_dir`
+            and `already_finished` (True when a resumed run had nothing left to do).
+
+        Raises:
+            TrainingError: the loss became NaN/inf (the previous `last.pt` stays intact).
+            CheckpointError: `resume` with a `last.pt` of another model or unreadable.
+        """
+        resumed = self.config.resume and self._resume()
+        if not resumed:
+            self._refuse_to_clobber()
+        if self.epoch >= self.config.epochs:
+            self._say(f"{self.run_dir}: run already finished ({self.epoch}/{self.config.epochs} epochs); "
+                      f"raise `epochs` to train further")
+            return self._summary(already_finished=True)
+        if self.is_main:
+            self._write_run_files(fresh=not resumed)
+        for epoch in range(self.epoch, self.config.epochs):
+            record = self._run_epoch(epoch)
+            self._finish_epoch(record)
+        return self._summary(already_finished=False)
+
+    # ----------------------------------------------------------------- epochs
+    def _run_epoch(self, epoch: int) -> dict[str, Any]:
+        seed_everything(derived_seed(self.config.seed, epoch, self.rank))
+        set_epoch(self.train_loader, epoch)
+        start = time.perf_counter()
+        train = self._train_epoch(epoch)
+        train_seconds = time.perf_counter() - start
+        self._sync_buffers()
+        val = evaluate(self.model, self.val_loader, self.device, bf16=self.config.bf16,
+                       channels_last=self.channels_last)
+        return {
+            "epoch": epoch + 1,
+            "step": self.step,
+            **train,
+            "val_loss": val["loss"],
+            "val_accuracy": val["accuracy"],
+            "val_exit_accuracy": val["exit_accuracy"],
+            "val_mean_flops": val["mean_flops"],
+            "epoch_seconds": time.perf_counter() - start,
+            "images_per_second": train["train_samples"] / max(train_seconds, 1e-9),
+        }
+
+    def _train_epoch(self, epoch: int) -> dict[str, Any]:
+        self._train_model.train()
+        sums = torch.zeros(5, dtype=torch.float64, device=self.device)  # loss, task, aux, correct, count
+        lr = self.optimizer.param_groups[0]["lr"]
+        bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.config.epochs}", leave=False,
+                   dynamic_ncols=True, disable=not (self.config.progress and self.is_main))
+        try:
+            for index, (x, y) in enumerate(self.train_loader):
+                if index >= self.steps_per_epoch:
+                    break
+                lr = self.optimizer.param_groups[0]["lr"]
+                step_sums, loss_value = self._train_step(x, y, epoch, index)
+                sums += step_sums
+                bar.update(1)
+                if index % 10 == 0 or index + 1 == self.steps_per_epoch:
+                    bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.3g}")
+        finally:
+            bar.close()
+        loss, task, aux, correct, count = all_reduce_sum(sums).tolist()
+        return {"train_loss": loss / count, "task_loss": task / count, "aux_loss": aux / count,
+                "train_accuracy": correct / count, "lr": lr, "train_samples": int(count)}
+
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor, epoch: int, index: int) -> tuple[torch.Tensor, float]:
+        """One optimizer step on a batch `x: (B, *input_shape)`, `y: (B,)`.
+
+        Returns:
+            `(sums, loss)`: float64 `(5,)` batch sums of (loss, task loss, aux loss,
+            correct, count) on the device, and the loss averaged over processes.
+        """
+        cfg = self.config
+        x = to_device(x, self.device, self.channels_last)
+        y = y.to(self.device, non_blocking=True)
+        with autocast_context(self.device, cfg.bf16):
+            out = self._train_model(x)
+        task = multi_exit_loss(out, y, cfg.exit_weights, cfg.label_smoothing)
+        aux = out.aux_loss().float()
+        loss = task + aux
+        loss_value = self._checked_loss(loss, epoch, index)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        with torch.no_grad():
+            n = y.shape[0]
+            correct = (out.logits.detach().argmax(1) == y).sum()
+            sums = torch.stack([loss.detach().double() * n, task.detach().double() * n,
+                                aux.detach().double() * n, correct.double(),
+                                torch.tensor(float(n), dtype=torch.float64, device=self.device)])
+        return sums, loss_value
+
+    def _checked_loss(self, loss: torch.Tensor, epoch: int, index: int) -> float:
+        """The loss averaged over processes; raises TrainingError when it is NaN/inf.
+
+        Under DDP the value is all-reduced *before* backward, so every rank stops at the
+        same step instead of one rank waiting forever in the gradient all-reduce.
+        """
+        value = float(all_reduce_sum(loss.detach().double().reshape(1)).item()) / self.world_size
+        if not math.isfinite(value):
+            kept = (f"{self.run_dir / 'last.pt'} still holds epoch {self.epoch}, the last finished one"
+                    if self.epoch else "no epoch had finished, so no checkpoint was written")
+            raise TrainingError(
+                f"run {self.config.name!r}: loss became {value} at epoch {epoch + 1}, step {index + 1} "
+                f"(global step {self.step + 1}); try a lower lr (now lr={self.config.lr:g}), warmup_epochs "
+                f"or grad_clip. {kept}."
+            )
+        return value
+
+    def _sync_buffers(self) -> None:
+        """Copy rank 0's buffers (BatchNorm statistics) to every rank."""
+        if is_distributed():
+            for buffer in self.model.buffers():
+                torch.distributed.broadcast(buffer, src=0)
+
+    def _finish_epoch(self, record: dict[str, Any]) -> None:
+        self.epoch = record["epoch"]
+        self.history.append(record)
+        is_best = self.best_val_accuracy is None or record["val_accuracy"] > self.best_val_accuracy
+        if is_best:
+            self.best_val_accuracy = record["val_accuracy"]
+            self.best_epoch = self.epoch
+        if self.is_main:
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            state = self._checkpoint_state()
+            save_checkpoint(self.run_dir / "last.pt", state)
+            if is_best:
+                save_checkpoint(self.run_dir / "best.pt", state)
+            if self.config.progress:
+                flops = record["val_mean_flops"]
+                self._say(f"epoch {self.epoch}/{self.config.epochs}  train loss {record['train_loss']:.4f} "
+                          f"acc {record['train_accuracy']:.4f}  val loss {record['val_loss']:.4f} "
+                          f"acc {record['val_accuracy']:.4f}"
+                          + (f"  {flops / 1e6:.3g} MFLOPs" if flops is not None else "")
+                          + f"  {record['images_per_second']:.0f} img/s  {record['epoch_seconds']:.1f}s")
+
+    # -------------------------------------------------------------- checkpoint
+    def _checkpoint_state(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "model": self.model.state_dict(),
+            "model_name": self.config.model,
+            "model_args": to_plain(self.config.model_args),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "best_val_accuracy": self.best_val_accuracy,
+            "best_epoch": self.best_epoch,
+            "config": to_plain(self.config),
+            "data": self.config.data,
+            "num_classes": int(self.bundle.num_classes),
+            "input_shape": [int(s) for s in self.bundle.input_shape],
+            "rng": capture_rng_state(self.train_loader),
+            "history": list(self.history),
+        }
+
+    def _resume(self) -> bool:
+        """Load `last.pt` into model, optimizer, scheduler and counters; False if absent."""
+        path = self.run_dir / "last.pt"
+        if not path.is_file():
+            self._say(f"{path}: no checkpoint yet; starting a fresh run")
+            return False
+        ckpt = load_checkpoint(path, map_location="cpu")
+        if ckpt.get("format") != FORMAT:
+            raise CheckpointError(f"{path}: not a dynamicnets training checkpoint (format {ckpt.get('format')!r})")
+        check_compatible(ckpt, self.config.model, self.model, source=str(path))
+        saved_config = ckpt.get("config") or {}
+        if saved_config.get("optimizer", self.config.optimizer) != self.config.optimizer:
+            raise CheckpointError(f"{path}: trained with optimizer {saved_config['optimizer']!r}, config asks "
+                                  f"for {self.config.optimizer!r}; keep the optimizer or start a new run")
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+            self.epoch = int(ckpt["epoch"])
+            self.step = int(ckpt["step"])
+            self.best_val_accuracy = ckpt["best_val_accuracy"]
+            self.best_epoch = ckpt["best_epoch"]
+            self.history = list(ckpt["history"])
+            restore_rng_state(ckpt["rng"], self.train_loader)
+        except (KeyError, ValueError, RuntimeError, TypeError) as e:
+            raise CheckpointError(f"{path}: incomplete or inconsistent training checkpoint: {e}") from e
+        self._apply_current_hyperparameters()
+        changed = sorted(k for k, v in saved_config.items()
+                         if k not in _RESUME_FREE_KEYS and getattr(self.config, k, v) != v)
+        note = (f"; config keys changed since the checkpoint (current values apply): {', '.join(changed)}"
+                if changed else "")
+        self._say(f"resuming {path} after epoch {self.epoch} (step {self.step}){note}")
+        return True
+
+    def _refuse_to_clobber(self) -> None:
+        previous = self.run_dir / "last.pt"
+        if previous.exists() and not self.config.overwrite:
+            raise ConfigError(
+                f"{self.run_dir}: holds a previous run ({previous.name}); pass resume=true "
+                f"(--resume) to continue it, overwrite=true to replace it, or another name"
+            )
+
+    def _apply_current_hyperparameters(self) -> None:
+        """After loading optimizer/scheduler state: the checkpoint gives the position (step,
+        momentum buffers), *this* config gives lr, schedule, weight decay and momentum."""
+        fresh = build_optimizer(self.model, self.config).param_groups
+        if len(fresh) != len(self.optimizer.param_groups):
+            raise CheckpointError(f"{self.run_dir / 'last.pt'}: optimizer parameter groups do not match the model")
+        factor = lr_factor(self.scheduler.last_epoch, self.config.epochs * self.steps_per_epoch,
+                           self.config.warmup_epochs * self.steps_per_epoch, self.config.schedule)
+        for group, new in zip(self.optimizer.param_groups, fresh):
+            group.update({k: v for k, v in new.items() if k != "params"})
+            group["initial_lr"] = self.config.lr
+            group["lr"] = self.config.lr * factor
+        self.scheduler.base_lrs = [self.config.lr] * len(self.optimizer.param_groups)
+
+    # ------------------------------------------------------------------ files
+    def _write_run_files(self, fresh: bool) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if fresh and (self.run_dir / "last.pt").exists():
+            self._say(f"{self.run_dir}: overwrite=true, replacing the previous run there")
+        atomic_write(self.run_dir / "config.yaml", yaml.safe_dump(to_plain(self.config), sort_keys=False))
+        # The checkpoint's history is the truth: finished epochs only, none twice.
+        lines = "".join(json.dumps(r) + "\n" for r in ([] if fresh else self.history))
+        atomic_write(self.run_dir / "metrics.jsonl", lines)
+        if fresh:  # a later resume must not pick up the checkpoints of the run we replace
+            for stale in ("last.pt", "best.pt"):
+                (self.run_dir / stale).unlink(missing_ok=True)
+
+    def _summary(self, already_finished: bool) -> dict[str, Any]:
+        last = self.history[-1] if self.history else {}
+        return {**last, "best_val_accuracy": self.best_val_accuracy, "best_epoch": self.best_epoch,
+                "run_dir": str(self.run_dir), "already_finished": already_finished}
+
+    def _say(self, message: str) -> None:
+        if self.is_main:
+            tqdm.write(message)
+
