@@ -35,7 +35,7 @@ def trained(config_file, tmp_path):
 
 
 def test_models_lists_registered_names(capsys):
-    assert main(["models", "resnet*"]) == 0
+    assert main(["models", "resnet[0-9]*"]) == 0
     assert capsys.readouterr().out.split() == ["resnet110", "resnet20", "resnet32", "resnet56"]
 
 
@@ -128,13 +128,19 @@ def test_console_script_exit_code_and_message(tmp_path):
 
 def test_demo_runs_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out-dir", str(out), "--epochs", "1", "--no-progress"]) == 0
+    assert main(["demo", "--out-dir", str(out), "--epochs", "1", "--no-progress",
+                 "--min-run-time", "0.02"]) == 0
     rows = json.loads((out / "demo.json").read_text())["records"]
-    assert [r["width"] for r in rows] == [8, 16, 32]
-    assert rows[0]["full_flops"] < rows[1]["full_flops"] < rows[2]["full_flops"]
+    static = [r for r in rows if "static" in r["model"]]
+    dynamic = [r for r in rows if "early exit" in r["model"]]
+    assert len(static) == 3 and len(dynamic) >= 5
+    assert static[0]["full_flops"] < static[1]["full_flops"] < static[2]["full_flops"]
+    speedups = [r["speedup_flops"] for r in dynamic]
+    assert speedups == sorted(speedups, reverse=True) and speedups[-1] == pytest.approx(1.0)
+    assert all(r["speedup_measured"] > 0 for r in dynamic)
     png = (out / "accuracy_vs_flops.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    assert Path(out / "small_cnn_w8" / "curves.png").is_file()
+    assert Path(out / "multi_exit_cnn_w32" / "curves.png").is_file()
 
 
 def test_second_train_in_same_run_folder_asks_for_resume_or_overwrite(trained, config_file, capsys):

@@ -29,6 +29,12 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for timing")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--policy", default="maxprob", help="exit criterion: maxprob, entropy, margin, patience")
+    p.add_argument("--budget", default=None, help="mean FLOPs per sample, e.g. 30M (multi-exit models)")
+    p.add_argument("--budget-ms", type=float, default=None, help="mean measured ms per sample")
+    p.add_argument("--thresholds", default=None, help="comma-separated, one per exit but the last")
+    p.add_argument("--max-flops", default=None, help="per-sample compute cap, e.g. 20M")
+    p.add_argument("--anytime", action="store_true", help="print accuracy and cost of every exit")
 
     p = sub.add_parser("bench", help="latency/FLOPs of registered models (same-run ratios)")
     p.add_argument("models", nargs="*", help="model names (default: the static baselines)")
@@ -44,6 +50,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the main job on digits, in about two minutes on 2 cores")
     p.add_argument("--out-dir", default="runs/demo")
     p.add_argument("--epochs", type=int, default=None, help="override the demo's epochs")
+    p.add_argument("--min-run-time", type=float, default=0.3, help="seconds per timed call and round")
     p.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -71,7 +78,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from ..pipelines.demo import DemoConfig, run_demo
 
-        config = DemoConfig(out_dir=args.out_dir, progress=not args.no_progress)
+        config = DemoConfig(out_dir=args.out_dir, progress=not args.no_progress, min_run_time=args.min_run_time)
         if args.epochs is not None:
             config.epochs = args.epochs
         run_demo(config)

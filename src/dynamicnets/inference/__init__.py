@@ -1,1 +1,38 @@
-"""inference."""
+"""Inference: turning early-exit decisions into real savings.
+
+- `run_early_exit` (alias `run`): the compact executor; samples that exit leave the batch.
+- `run_all_then_select`: the run-everything reference it is tested against.
+- `ExitPolicy`: criterion, per-exit thresholds, optional `max_flops` cap.
+- `calibrate` / `calibrate_thresholds`: thresholds for a mean-FLOPs budget.
+- `anytime_table`, `collect_exit_logits`: per-exit accuracy and cost.
+"""
+from .calibrate import (
+    BudgetCalibration,
+    anytime_table,
+    calibrate,
+    calibrate_thresholds,
+    collect_exit_logits,
+    exit_decisions,
+    geometric_fractions,
+    thresholds_for_fractions,
+)
+from .executor import ExitResult, run_all_then_select, run_early_exit
+from .policy import ExitPolicy
+
+run = run_early_exit
+
+__all__ = [
+    "BudgetCalibration",
+    "ExitPolicy",
+    "ExitResult",
+    "anytime_table",
+    "calibrate",
+    "calibrate_thresholds",
+    "collect_exit_logits",
+    "exit_decisions",
+    "geometric_fractions",
+    "run",
+    "run_all_then_select",
+    "run_early_exit",
+    "thresholds_for_fractions",
+]

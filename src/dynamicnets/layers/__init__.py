@@ -1,1 +1,22 @@
 """layers."""
+# dynamic width: slimmable layers, switchable norms, mixture of experts
+from .experts import MLPExperts
+from .moe import MoE, MoELayer, MoEOutput, combine_weights, dense_moe, dispatch
+from .routers import ExpertChoiceRouter, NoisyTopKRouter, Routing, TopKRouter
+from .slimmable import (
+    SlimmableConv2d,
+    SlimmableLinear,
+    build_slice_cache,
+    channels_at,
+    clear_slice_cache,
+    set_execution,
+)
+from .switchable_norm import SlimmableBatchNorm2d, SwitchableBatchNorm2d, calibrate_batchnorm
+# dynamic parameters and features: CondConv, DY-Conv, WeightNet, DY-ReLU, attention, deformable conv
+from .attention import CBAM, ChannelAttention, SpatialAttention, SqueezeExcite
+from .cond_conv import CondConv2d, RoutedCondConv2d, per_sample_conv2d
+from .deform_conv import DeformConv2d, deform_conv2d
+from .dy_relu import DyReLU, DyReLUHyperFunction, PiecewiseLinearCoefficients, dy_relu
+from .dynamic_conv import DynamicConv2d
+from .routing import RoutingFunction
+from .weightnet import WeightNetConv2d

@@ -1,18 +1,19 @@
 """Score a trained checkpoint: accuracy, per-sample FLOPs and measured latency."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..data import load_data, make_eval_loader
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..profiling.flops import counted_flops
 from ..profiling.latency import measure, per_sample_ms
 from ..training.evaluate import evaluate
 from .checkpoints import load_trained_model
+from .early_exit import EarlyExitRequest, evaluate_early_exit, split_for_calibration
 
 
 @dataclass
@@ -26,6 +27,7 @@ class EvalRequest:
     threads: int | None = None
     device: str = "cpu"
     min_run_time: float = 0.3
+    early_exit: EarlyExitRequest | None = None  # required for multi-exit models
 
 
 def full_flops_per_sample(model: torch.nn.Module, input_shape: tuple[int, ...], device="cpu") -> float:
@@ -56,6 +58,9 @@ def evaluate_checkpoint(request: EvalRequest) -> dict[str, Any]:
     dataset = bundle.val if request.split == "val" else bundle.test
     if dataset is None:
         raise DataError(f"{spec}: has no test split (the official test files are not in that folder)")
+    described = {"checkpoint": str(Path(request.checkpoint)), "model": ckpt["model_name"], "data": spec}
+    if hasattr(model, "num_exits"):
+        return {**described, **_evaluate_multi_exit(model, bundle, dataset, request, config.get("seed", 0))}
     loader = make_eval_loader(dataset, request.batch_size)
     metrics = evaluate(model, loader, device)
     full = full_flops_per_sample(model, bundle.input_shape, device)
@@ -65,9 +70,7 @@ def evaluate_checkpoint(request: EvalRequest) -> dict[str, Any]:
     at_one = measure(model, batch[:1], threads=request.threads, min_run_time=request.min_run_time)
     mean_flops = metrics["mean_flops"] if metrics["mean_flops"] is not None else full
     return {
-        "checkpoint": str(Path(request.checkpoint)),
-        "model": ckpt["model_name"],
-        "data": spec,
+        **described,
         "split": request.split,
         "samples": metrics["samples"],
         "accuracy": metrics["accuracy"],
@@ -80,3 +83,20 @@ def evaluate_checkpoint(request: EvalRequest) -> dict[str, Any]:
         "latency_ms_batch1": at_one.median_ms,
         "threads": at_batch.threads,
     }
+
+
+def _evaluate_multi_exit(model, bundle, dataset, request: EvalRequest, seed: int) -> dict[str, Any]:
+    """Thresholds fitted on validation data, scored on data they were not fitted on."""
+    if request.early_exit is None:
+        raise ConfigError("a multi-exit model needs an exit rule: --budget, --budget-ms or --thresholds")
+    if request.split == "val":
+        calibration, evaluation = split_for_calibration(dataset, seed)
+        protocol = "thresholds fitted on one seeded half of the validation split, scored on the other"
+    else:
+        calibration, evaluation = bundle.val, dataset
+        protocol = "thresholds fitted on the validation split, scored on the test split"
+    early = replace(request.early_exit, batch_size=request.batch_size, threads=request.threads,
+                    min_run_time=request.min_run_time)
+    result = evaluate_early_exit(model, calibration, evaluation, early, bundle.input_shape)
+    return {"split": request.split, "protocol": protocol, "threads": request.threads or torch.get_num_threads(),
+            **result}

@@ -1,0 +1,164 @@
+"""Per-sample FLOPs and output shapes of the stages and exit heads of a network.
+
+`flops_and_shape(module, in_shape)` answers "how many FLOPs does one sample cost in
+`module`, and what shape comes out", counted like `FlopCounterMode` (2 per
+multiply-add of convolutions and matrix products; norms, activations, pooling free):
+
+1. a module with its own `flops_and_shape(in_shape)` method answers itself (the
+   library's blocks: `ConvNormAct`, `BasicBlock`, the MSDNet layers, the exit heads);
+2. common layers are computed analytically (`Conv1d/2d`, `Linear`, norms, activations,
+   pooling, `Flatten`, `nn.Sequential` of those);
+3. anything else is *traced*: its `forward` runs once on meta tensors (no data, no
+   compute, parameters and buffers substituted, so nothing of the module changes)
+   under `FlopCounterMode`, which gives the exact count and the output shape.
+
+Shapes are per sample, without the batch dim: `(C, H, W)`, or a list of such tuples
+for a multi-scale state.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.func import functional_call
+from torch.utils.flop_counter import FlopCounterMode
+
+from ...errors import ConfigError
+from ...profiling.flops import conv1d_flops, conv2d_flops, linear_flops
+from .tree import ShapeTree, is_shape
+
+_FREE_SAME_SHAPE = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.GELU,
+    nn.SiLU,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.LeakyReLU,
+    nn.Hardswish,
+    nn.Dropout,
+    nn.Identity,
+)
+
+
+def _pool_out(size: int, kernel: int, stride: int, padding: int, ceil_mode: bool) -> int:
+    span = size + 2 * padding - kernel
+    out = (math.ceil if ceil_mode else math.floor)(span / stride) + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1
+    return int(out)
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _check_channels(module: nn.Module, expected: int, in_shape: tuple) -> None:
+    if in_shape[0] != expected:
+        raise ConfigError(
+            f"{type(module).__name__} expects {expected} input channels, but the per-sample "
+            f"input shape reaching it is {in_shape}"
+        )
+
+
+def flops_and_shape(module: nn.Module, in_shape: ShapeTree) -> tuple[int, ShapeTree]:
+    """Per-sample FLOPs of `module` on an input of per-sample shape `in_shape`.
+
+    Args:
+        module: any module whose `forward` takes one tensor (or list of tensors).
+        in_shape: `(C, *spatial)` per-sample shape, or a list of such shapes.
+
+    Returns:
+        `(flops, out_shape)`, `out_shape` per sample like `in_shape`.
+    """
+    own = getattr(module, "flops_and_shape", None)
+    if callable(own):
+        flops, out = own(in_shape)
+        return int(flops), out
+    if isinstance(module, nn.Sequential):
+        total, current = 0, in_shape
+        for child in module:
+            flops, current = flops_and_shape(child, current)
+            total += flops
+        return total, current
+    if is_shape(in_shape):
+        analytic = _analytic(module, in_shape)
+        if analytic is not None:
+            return analytic
+    return traced_flops_and_shape(module, in_shape)
+
+
+def _analytic(module: nn.Module, shape: tuple) -> tuple[int, tuple] | None:
+    if isinstance(module, nn.Conv2d) and isinstance(module.padding, tuple) and len(shape) == 3:
+        _check_channels(module, module.in_channels, shape)
+        flops, oh, ow = conv2d_flops(module, shape[1], shape[2])
+        return flops, (module.out_channels, oh, ow)
+    if isinstance(module, nn.Conv1d) and isinstance(module.padding, tuple) and len(shape) == 2:
+        _check_channels(module, module.in_channels, shape)
+        flops, ol = conv1d_flops(module, shape[1])
+        return flops, (module.out_channels, ol)
+    if isinstance(module, nn.Linear):
+        if shape[-1] != module.in_features:
+            raise ConfigError(f"Linear expects {module.in_features} input features, got per-sample shape {shape}")
+        tokens = math.prod(shape[:-1])
+        return linear_flops(module, tokens), shape[:-1] + (module.out_features,)
+    if isinstance(module, _FREE_SAME_SHAPE):
+        return 0, shape
+    if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)) and len(shape) == 3:
+        if isinstance(module, nn.MaxPool2d) and _pair(module.dilation) != (1, 1):
+            return None
+        kh, kw = _pair(module.kernel_size)
+        sh, sw = _pair(module.stride if module.stride is not None else module.kernel_size)
+        ph, pw = _pair(module.padding)
+        return 0, (shape[0], _pool_out(shape[1], kh, sh, ph, module.ceil_mode), _pool_out(shape[2], kw, sw, pw, module.ceil_mode))
+    if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)) and len(shape) == 3:
+        oh, ow = _pair(module.output_size) if module.output_size is not None else (None, None)
+        return 0, (shape[0], shape[1] if oh is None else oh, shape[2] if ow is None else ow)
+    if isinstance(module, nn.Flatten):
+        # per-sample dims are the batched dims shifted by one
+        start = module.start_dim - 1 if module.start_dim > 0 else module.start_dim + len(shape) + 1
+        end = module.end_dim - 1 if module.end_dim > 0 else module.end_dim + len(shape) + 1
+        if start < 0:
+            return None
+        return 0, shape[:start] + (math.prod(shape[start : end + 1]),) + shape[end + 1 :]
+    return None
+
+
+def traced_flops_and_shape(module: nn.Module, in_shape: ShapeTree) -> tuple[int, ShapeTree]:
+    """Count `module` on one sample of meta tensors with `FlopCounterMode` (exact, no compute).
+
+    Parameters and buffers are replaced by meta tensors of the same shapes for the call
+    (`torch.func.functional_call`), so batch-norm statistics and every other tensor of
+    the module stay untouched.
+
+    Returns:
+        `(flops, out_shape)` for one sample.
+    """
+    substitutes = {
+        name: torch.empty_like(t, device="meta")
+        for name, t in list(module.named_parameters()) + list(module.named_buffers())
+    }
+    first = next(iter(substitutes.values()), None)
+    dtype = first.dtype if first is not None and first.is_floating_point() else torch.get_default_dtype()
+    example = _meta_batch(in_shape, dtype)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        out = functional_call(module, substitutes, (example,))
+    out = getattr(out, "logits", out)  # a whole model returning DynamicOutput
+    return int(counter.get_total_flops()), _per_sample_shape(out)
+
+
+def _meta_batch(shape: ShapeTree, dtype: torch.dtype):
+    if is_shape(shape):
+        return torch.empty((1,) + shape, device="meta", dtype=dtype)
+    return [_meta_batch(s, dtype) for s in shape]
+
+
+def _per_sample_shape(out) -> ShapeTree:
+    if isinstance(out, torch.Tensor):
+        return tuple(out.shape[1:])
+    return [_per_sample_shape(o) for o in out]

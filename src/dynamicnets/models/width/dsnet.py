@@ -1,0 +1,173 @@
+"""DS-Net-style dynamic width: a gate picks one width per sample of a slimmable network.
+
+Li et al., "Dynamic Slimmable Network" (CVPR 2021). The gate reads the stem's features at
+the narrowest width (cheap: one conv), global-average-pooled, and scores each configured
+width with a linear layer.
+
+- Training: a straight-through Gumbel-softmax picks a hard one-hot width per sample;
+  every width runs on the whole batch (static shapes) and each sample's logits are the
+  one-hot mix `sum_w d[b, w] * logits_w[b]`, so the gate gets a gradient. The per-width
+  logits come first in `exit_logits` (narrowest first, then the mix), so cross-entropy on
+  every exit also trains the slimmable supernet. A target-cost aux loss
+  `cost_weight * (mean FLOPs of the chosen widths / full FLOPs - target)^2` steers the
+  gate toward a budget. `flops` reports what ran: the gate plus every width.
+- Inference: the gate's argmax picks a width per sample; the batch is grouped by width
+  and each group runs its compact slice (`SlimmableResNet.forward_logits`). `flops` is
+  per sample: the gate plus the chosen width's network.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ...errors import ConfigError
+from ...gates import GumbelSoftmaxGate
+from ...outputs import DynamicOutput
+from .._registry import register_model
+from .slimmable_resnet import CIFAR_DEPTHS, SlimmableResNet
+
+
+class DSNet(nn.Module):
+    """A slimmable backbone with a per-sample width gate.
+
+    Args:
+        backbone: the `SlimmableResNet` (switchable or universal norm).
+        tau: Gumbel-softmax temperature while training.
+        target_flops_ratio: the mean FLOPs the cost loss aims for, as a fraction of the
+            widest network's.
+        cost_weight: weight of the target-cost aux loss (0 = off).
+
+    Attributes:
+        backbone, gate (`nn.Linear(stem channels at the narrowest width, num widths)`),
+        gumbel (`GumbelSoftmaxGate`), widths, default_input_shape.
+
+    Shapes:
+        `(B, C, H, W)` -> `DynamicOutput` with `logits (B, num_classes)`, `flops (B,)`,
+        `decisions["width"] (B,)` (chosen width) and `decisions["width_index"] (B,)`.
+    """
+
+    def __init__(
+        self,
+        backbone: SlimmableResNet,
+        *,
+        tau: float = 1.0,
+        target_flops_ratio: float = 0.5,
+        cost_weight: float = 1.0,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        if not 0 < target_flops_ratio <= 1 or cost_weight < 0:
+            raise ConfigError(
+                "DSNet: target_flops_ratio must be in (0, 1] and cost_weight >= 0, got "
+                f"{target_flops_ratio!r}, {cost_weight!r}"
+            )
+        self.backbone = backbone
+        self.widths = backbone.widths
+        self.default_input_shape = backbone.default_input_shape
+        self.target_flops_ratio = float(target_flops_ratio)
+        self.cost_weight = float(cost_weight)
+        self.gate_width = self.widths[0]
+        gate_in = backbone.stem.conv.out_channels_at(self.gate_width)
+        self.gate = nn.Linear(gate_in, len(self.widths), device=device, dtype=dtype)
+        self.gumbel = GumbelSoftmaxGate(tau, hard=True)
+
+    def gate_logits(self, x: Tensor) -> Tensor:
+        """`(B, C, H, W) -> (B, num widths)` width scores."""
+        features = self.backbone.stem(x, self.gate_width)
+        return self.gate(features.mean(dim=(2, 3)))
+
+    def gate_cost(self, input_shape: tuple[int, ...]) -> int:
+        """Per-sample FLOPs of the gate (stem at the narrowest width + the linear layer)."""
+        stem, _ = self.backbone.stem.flops_and_shape(tuple(input_shape), self.gate_width, "slice")
+        return stem + 2 * self.gate.in_features * self.gate.out_features
+
+    def width_costs(self, input_shape: tuple[int, ...]) -> Tensor:
+        """`(num widths,)` float64 per-sample FLOPs of each width's network (no gate)."""
+        costs = [self.backbone.cost(tuple(input_shape), w, "slice") for w in self.widths]
+        return torch.tensor(costs, dtype=torch.float64)
+
+    def run_grouped(self, x: Tensor, choice: Tensor) -> Tensor:
+        """Compact execution: samples grouped by `choice` `(B,)` (width indices), each group
+        run at its width. Returns logits `(B, num_classes)`."""
+        logits = None
+        for i, w in enumerate(self.widths):
+            idx = torch.nonzero(choice == i).flatten()
+            if idx.numel() == 0:
+                continue
+            group = self.backbone.forward_logits(x.index_select(0, idx), w)
+            if logits is None:
+                logits = group.new_zeros(x.shape[0], group.shape[1])
+            logits = logits.index_copy(0, idx, group)
+        return logits
+
+    def run_fused(self, x: Tensor, one_hot: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """Static-shape execution: every width on the whole batch, mixed by `one_hot` `(B, W)`.
+
+        Returns the mixed logits `(B, num_classes)` and the per-width logits.
+        """
+        per_width = [self.backbone.forward_logits(x, w) for w in self.widths]
+        mixed = torch.einsum("bw,wbc->bc", one_hot.to(per_width[0].dtype), torch.stack(per_width))
+        return mixed, per_width
+
+    def forward(self, x: Tensor) -> DynamicOutput:
+        shape = tuple(x.shape[1:])
+        costs = self.width_costs(shape).to(x.device)
+        gate = self.gate_cost(shape)
+        logits_g = self.gate_logits(x)
+        widths = torch.tensor(self.widths, device=x.device)
+        if self.training:
+            one_hot = self.gumbel(logits_g)
+            mixed, per_width = self.run_fused(x, one_hot)
+            choice = one_hot.argmax(dim=-1)
+            out = DynamicOutput(
+                logits=mixed,
+                exit_logits=[*per_width, mixed],
+                flops=torch.full(
+                    (x.shape[0],), float(gate + costs.sum()), dtype=torch.float64, device=x.device
+                ),
+            )
+            if self.cost_weight > 0:
+                full = costs[-1]
+                expected = (one_hot.to(torch.float64) @ costs).mean() / full
+                loss = self.cost_weight * (expected - self.target_flops_ratio).square()
+                out.aux_losses["target_flops"] = loss.to(mixed.dtype)
+        else:
+            choice = logits_g.argmax(dim=-1)
+            out = DynamicOutput(logits=self.run_grouped(x, choice), flops=gate + costs[choice])
+        out.decisions["width_index"] = choice
+        out.decisions["width"] = widths[choice]
+        return out
+
+
+@register_model
+def dsnet_resnet_cifar(
+    *,
+    num_classes: int = 10,
+    in_chans: int = 3,
+    depth: int = 20,
+    base_width: int = 16,
+    widths: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0),
+    tau: float = 1.0,
+    target_flops_ratio: float = 0.5,
+    cost_weight: float = 1.0,
+    device=None,
+    dtype=None,
+) -> DSNet:
+    """DS-Net gate on `slimmable_resnet_cifar`; see `DSNet`. Depth 20, 3x32x32, 10 classes:
+    274,846 params (20 for the gate); the gate costs 221,216 FLOPs per sample (the stem at
+    width 0.25 + a 4x4 linear layer), the widths 5,267,776 to 81,626,368."""
+    if depth not in CIFAR_DEPTHS:
+        raise ConfigError(
+            f"model 'dsnet_resnet_cifar': depth must be one of {sorted(CIFAR_DEPTHS)}, "
+            f"got {depth!r}"
+        )
+    n = CIFAR_DEPTHS[depth]
+    backbone = SlimmableResNet(
+        "basic", (n, n, n), num_classes, in_chans, stem="cifar", base_width=base_width,
+        widths=widths, device=device, dtype=dtype,
+    )
+    return DSNet(
+        backbone, tau=tau, target_flops_ratio=target_flops_ratio, cost_weight=cost_weight,
+        device=device, dtype=dtype,
+    )
