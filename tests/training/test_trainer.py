@@ -211,3 +211,29 @@ def test_max_steps_per_epoch_caps_steps(tmp_path):
     trainer = make_trainer(make_config(tmp_path, epochs=2, max_steps_per_epoch=2))
     result = trainer.fit()
     assert result["step"] == 4 and result["train_samples"] == 32
+
+
+def test_distillation_switch_adds_the_exit_distillation_term(tmp_path):
+    from dynamicnets.training import exit_distillation_loss
+
+    one_step = dict(epochs=1, max_steps_per_epoch=1)
+    probe = make_trainer(make_config(tmp_path, name="probe", **one_step))
+    x, _ = next(iter(probe.train_loader))  # the batch every fresh run starts with
+    with torch.no_grad():
+        expected = float(exit_distillation_loss(probe.model(x), 4.0, 2.0))
+    assert expected > 0
+
+    make_trainer(make_config(tmp_path, name="plain", **one_step)).fit()
+    make_trainer(make_config(tmp_path, name="distilled", distill_weight=2.0, distill_temperature=4.0,
+                             **one_step)).fit()
+    plain = read_metrics(tmp_path / "plain")[0]
+    distilled = read_metrics(tmp_path / "distilled")[0]
+    assert distilled["task_loss"] == pytest.approx(plain["task_loss"])
+    assert distilled["aux_loss"] == pytest.approx(plain["aux_loss"] + expected, rel=1e-5)
+
+
+def test_distillation_keys_are_validated(tmp_path):
+    with pytest.raises(ConfigError, match="distill_temperature"):
+        make_config(tmp_path, distill_temperature=0.0)
+    with pytest.raises(ConfigError, match="distill_weight"):
+        make_config(tmp_path, distill_weight=-1.0)

@@ -35,7 +35,8 @@ def _early_exit_request(args: argparse.Namespace) -> EarlyExitRequest | None:
 def run_eval(args: argparse.Namespace) -> int:
     result = evaluate_checkpoint(EvalRequest(
         checkpoint=args.checkpoint, data=args.data, split=args.split, batch_size=args.batch_size,
-        threads=args.threads, device=args.device, early_exit=_early_exit_request(args),
+        threads=args.threads, device=args.device, min_run_time=args.min_run_time,
+        early_exit=_early_exit_request(args),
     ))
     for key in SUMMARY:
         if key not in result:

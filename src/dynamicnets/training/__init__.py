@@ -8,6 +8,7 @@ result = Trainer(TrainConfig(name="digits", model="small_cnn", data="digits", ep
 from .checkpoint import check_compatible, load_checkpoint, save_checkpoint, unwrap_model
 from .config import TrainConfig
 from .distributed import all_reduce_sum, cleanup, init_distributed, is_distributed, is_main
+from .distillation import exit_distillation_loss
 from .evaluate import evaluate
 from .losses import multi_exit_loss, normalized_exit_weights
 from .schedules import build_scheduler, lr_factor
@@ -22,6 +23,7 @@ __all__ = [
     "check_compatible",
     "cleanup",
     "evaluate",
+    "exit_distillation_loss",
     "init_distributed",
     "is_distributed",
     "is_main",

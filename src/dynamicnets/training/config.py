@@ -35,6 +35,9 @@ class TrainConfig:
         warmup_epochs: linear warm-up from ~0 to `lr` over this many epochs.
         exit_weights: weight of each exit's cross-entropy (normalised); None = equal.
         label_smoothing: cross-entropy label smoothing in [0, 1).
+        distill_weight: weight of self-distillation of every exit from the final one
+            (`exit_distillation_loss`, logged within `aux_loss`); 0 = off.
+        distill_temperature: softening temperature of that distillation.
         grad_clip: max global gradient norm; None = no clipping.
         seed: seed of model initialisation, data split/shuffle and augmentation.
         device: `auto` (cuda when available), `cpu` or `cuda`.
@@ -68,6 +71,8 @@ class TrainConfig:
     warmup_epochs: int = 0
     exit_weights: list[float] | None = None
     label_smoothing: float = 0.0
+    distill_weight: float = 0.0
+    distill_temperature: float = 3.0
     grad_clip: float | None = None
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -110,6 +115,10 @@ class TrainConfig:
             _require(len(self.exit_weights) >= 1 and all(_finite(w) and w >= 0 for w in self.exit_weights)
                      and sum(self.exit_weights) > 0,
                      "exit_weights", "a non-empty list of numbers >= 0 with a positive sum", self.exit_weights)
+        _require(_finite(self.distill_weight) and self.distill_weight >= 0, "distill_weight",
+                 "a number >= 0", self.distill_weight)
+        _require(_finite(self.distill_temperature) and self.distill_temperature > 0, "distill_temperature",
+                 "a number > 0", self.distill_temperature)
         _require(_finite(self.label_smoothing) and 0.0 <= self.label_smoothing < 1.0, "label_smoothing",
                  "a number in [0, 1)", self.label_smoothing)
         if self.grad_clip is not None:

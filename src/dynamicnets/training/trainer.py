@@ -22,6 +22,7 @@ from .checkpoint import FORMAT, check_compatible, load_checkpoint, save_checkpoi
 from .config import TrainConfig
 from .distributed import all_reduce_sum, init_distributed, is_distributed, is_main
 from .evaluate import autocast_context, evaluate, to_device
+from .distillation import exit_distillation_loss
 from .losses import multi_exit_loss
 from .rng import capture_rng_state, derived_seed, restore_rng_state, seed_everything
 from .schedules import build_scheduler, lr_factor
@@ -229,6 +230,8 @@ class Trainer:
             out = self._train_model(x)
         task = multi_exit_loss(out, y, cfg.exit_weights, cfg.label_smoothing)
         aux = out.aux_loss().float()
+        if cfg.distill_weight > 0:
+            aux = aux + exit_distillation_loss(out, cfg.distill_temperature, cfg.distill_weight)
         loss = task + aux
         loss_value = self._checked_loss(loss, epoch, index)
         self.optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,92 @@
+"""`dynamicnets eval` on a multi-exit checkpoint: budgets, thresholds, policies, errors."""
+import json
+
+import pytest
+
+from dynamicnets.cli.main import main
+
+CONFIG = """\
+name: exits
+model: multi_exit_cnn
+model_args: {width: 8}
+data: digits
+val_size: 0.2
+epochs: 1
+max_steps_per_epoch: 10
+progress: false
+"""
+FAST = ["--min-run-time", "0.01"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    root = tmp_path_factory.mktemp("early_exit_cli")
+    config = root / "exits.yaml"
+    config.write_text(CONFIG + f"out_dir: {root / 'runs'}\n")
+    assert main(["train", "--config", str(config)]) == 0
+    return root / "runs" / "exits" / "last.pt"
+
+
+def _eval(checkpoint, tmp_path, *args):
+    out = tmp_path / "eval.json"
+    code = main(["eval", "--checkpoint", str(checkpoint), "--json", str(out), "--batch-size", "64", *FAST, *args])
+    return code, (json.loads(out.read_text())["records"] if code == 0 else None)
+
+
+def test_budget_is_calibrated_and_reported_with_every_key(checkpoint, tmp_path, capsys):
+    probe_code, probe = _eval(checkpoint, tmp_path, "--thresholds", "inf,inf")
+    assert probe_code == 0
+    costs = probe["exit_costs"]
+    budget = (costs[0] + costs[-1]) / 2
+    code, result = _eval(checkpoint, tmp_path, "--budget", str(budget), "--anytime")
+    assert code == 0
+    for key in ("accuracy", "mean_flops", "full_flops", "exit_histogram", "latency_ms_per_sample",
+                "speedup_flops", "speedup_measured", "thresholds", "policy"):
+        assert key in result, key
+    assert result["calibration_mean_flops"] <= budget
+    assert sum(result["exit_histogram"]) == result["samples"] == 180  # the other half of 359
+    assert result["speedup_flops"] == pytest.approx(result["full_flops"] / result["mean_flops"])
+    assert "exit" in capsys.readouterr().out  # the --anytime table
+
+
+def test_thresholds_send_everyone_to_one_exit(checkpoint, tmp_path):
+    _, last = _eval(checkpoint, tmp_path, "--thresholds", "inf,inf")
+    assert last["exit_histogram"] == [0, 0, last["samples"]] and last["speedup_flops"] == 1.0
+    _, first = _eval(checkpoint, tmp_path, "--thresholds", "0,0")
+    assert first["exit_histogram"] == [first["samples"], 0, 0]
+    assert first["mean_flops"] == first["exit_costs"][0]
+
+
+def test_patience_policy(checkpoint, tmp_path):
+    _, result = _eval(checkpoint, tmp_path, "--policy", "patience", "--thresholds", "1,1")
+    assert result["exit_histogram"][0] == result["samples"]  # k = 1: the first exit always agrees with itself
+
+
+def test_max_flops_caps_every_sample(checkpoint, tmp_path):
+    _, probe = _eval(checkpoint, tmp_path, "--thresholds", "inf,inf")
+    cap = probe["exit_costs"][1]
+    _, capped = _eval(checkpoint, tmp_path, "--thresholds", "inf,inf", "--max-flops", str(cap))
+    assert capped["exit_histogram"] == [0, capped["samples"], 0]
+
+
+def _one_error_line(capsys):
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_budget_out_of_range_states_the_attainable_range(checkpoint, tmp_path, capsys):
+    assert _eval(checkpoint, tmp_path, "--budget", "1k")[0] == 2
+    assert "attainable range" in _one_error_line(capsys)
+    assert _eval(checkpoint, tmp_path, "--budget-ms", "1e9")[0] == 2
+    assert "attainable range" in _one_error_line(capsys)
+
+
+def test_multi_exit_model_needs_an_exit_rule(checkpoint, tmp_path, capsys):
+    assert _eval(checkpoint, tmp_path)[0] == 2
+    assert "--budget" in _one_error_line(capsys)
+    assert _eval(checkpoint, tmp_path, "--budget", "2M", "--thresholds", "1,1")[0] == 2
+    assert "exactly one" in _one_error_line(capsys)
+    assert _eval(checkpoint, tmp_path, "--policy", "vibes", "--budget", "2M")[0] == 2
+    assert "maxprob" in _one_error_line(capsys)
