@@ -35,8 +35,10 @@ def trained(config_file, tmp_path):
 
 
 def test_models_lists_registered_names(capsys):
-    assert main(["models", "resnet[0-9]*"]) == 0
-    assert capsys.readouterr().out.split() == ["resnet110", "resnet20", "resnet32", "resnet56"]
+    assert main(["models", "resnet*"]) == 0
+    printed = capsys.readouterr().out.split()
+    assert {"resnet20", "resnet32", "resnet56", "resnet110"} <= set(printed)
+    assert all(name.startswith("resnet") for name in printed)
 
 
 def test_train_writes_run_files_and_eval_reads_them(trained, tmp_path, capsys):
