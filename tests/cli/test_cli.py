@@ -153,3 +153,18 @@ def test_second_train_in_same_run_folder_asks_for_resume_or_overwrite(trained, c
     assert (trained / "last.pt").read_bytes() == before
     assert main(["train", "--config", str(config_file), "--resume", "epochs=2", "max_steps_per_epoch=5"]) == 0
     assert len((trained / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_eval_of_a_gated_model_prints_the_per_block_execution_rate(tmp_path, capsys):
+    config = tmp_path / "gated.yaml"
+    config.write_text(CONFIG.replace("model: small_cnn", "model: convnet_aig_resnet").replace(
+        "model_args: {width: 8}", "model_args: {depth: 14, width: 4}") + f"out_dir: {tmp_path / 'runs'}\n")
+    assert main(["train", "--config", str(config), "name=gated", "max_steps_per_epoch=2"]) == 0
+    metrics = json.loads((tmp_path / "runs" / "gated" / "metrics.jsonl").read_text().splitlines()[0])
+    assert len(metrics["val_block_execution_rate"]) == 3  # depth 14: 2 blocks per stage, the first always runs
+    out_json = tmp_path / "gated.json"
+    assert main(["eval", "--checkpoint", str(tmp_path / "runs" / "gated" / "last.pt"), "--json", str(out_json),
+                 "--min-run-time", "0.01"]) == 0
+    assert "block_execution_rate" in capsys.readouterr().out
+    rates = json.loads(out_json.read_text())["records"]["block_execution_rate"]
+    assert len(rates) == 3 and all(0.0 <= r <= 1.0 for r in rates)

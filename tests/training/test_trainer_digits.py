@@ -43,3 +43,16 @@ def test_channels_last_and_bf16_train_a_conv_net(tmp_path):
     assert trainer.model.features[0].conv.weight.is_contiguous(memory_format=torch.channels_last)
     result = trainer.fit()
     assert result["step"] == 5 and math.isfinite(result["train_loss"]) and math.isfinite(result["val_loss"])
+
+
+@pytest.mark.parametrize("model_args", [{"model": "blockdrop_resnet"}, {"model": "skipnet_resnet", "rl": True}])
+def test_reinforce_baseline_is_updated_after_each_step(tmp_path, model_args):
+    args = dict(model_args)
+    name = args.pop("model")
+    config = TrainConfig(name="rl", model=name, model_args={"depth": 14, "width": 4, **args}, data="digits",
+                         epochs=1, max_steps_per_epoch=3, batch_size=16, out_dir=str(tmp_path), progress=False,
+                         device="cpu")
+    trainer = Trainer(config)
+    assert int(trainer.model.baseline.count) == 0
+    trainer.fit()
+    assert int(trainer.model.baseline.count) == 3

@@ -10,7 +10,7 @@ from ..profiling.report import format_flops, parse_flops, print_table, write_jso
 
 SUMMARY = ["model", "data", "split", "samples", "policy", "thresholds", "accuracy", "mean_flops", "full_flops",
            "exit_histogram", "latency_ms_per_sample", "full_latency_ms_per_sample", "speedup_flops",
-           "speedup_measured", "latency_ms_batch1", "protocol"]
+           "speedup_measured", "latency_ms_batch1", "block_execution_rate", "protocol"]
 
 
 def _floats(text: str, what: str) -> list[float]:
@@ -42,6 +42,8 @@ def run_eval(args: argparse.Namespace) -> int:
         if key not in result:
             continue
         value = result[key]
+        if value is None:
+            continue
         if key in ("mean_flops", "full_flops"):
             value = f"{format_flops(value)} ({value:.0f})"
         elif isinstance(value, float):

@@ -75,6 +75,7 @@ def evaluate_checkpoint(request: EvalRequest) -> dict[str, Any]:
         "samples": metrics["samples"],
         "accuracy": metrics["accuracy"],
         "exit_accuracy": metrics["exit_accuracy"],
+        "block_execution_rate": metrics["block_execution_rate"],
         "mean_flops": mean_flops,
         "full_flops": full,
         "speedup_flops": full / mean_flops,

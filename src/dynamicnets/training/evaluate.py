@@ -50,8 +50,9 @@ def evaluate(
     Returns:
         dict with `accuracy` (of `out.logits`), `loss` (mean cross-entropy of
         `out.logits`), `exit_accuracy` (list, one per exit in `out.exit_logits`),
-        `mean_flops` (mean of `out.flops` over samples; None if the model reports none)
-        and `samples` (count evaluated).
+        `mean_flops` (mean of `out.flops` over samples; None if the model reports none),
+        `block_execution_rate` (per gated block, the fraction of samples that ran it, for
+        models reporting `decisions["gates"]`; else None) and `samples` (count evaluated).
 
     Raises:
         DataError: the loader yielded no samples.
@@ -78,12 +79,17 @@ def evaluate(
             else:
                 parts += [torch.zeros((), dtype=torch.float64, device=device)] * 2
             parts += [(e.float().argmax(1) == y).sum().double() for e in out.exit_logits]
+            gates = out.decisions.get("gates")
+            if gates is not None:  # (B, G) per-block execution decisions of layer-skipping models
+                parts += list(gates.double().sum(0).unbind())
+            num_exits = len(out.exit_logits)
             batch = torch.stack(parts)
             sums = batch if sums is None else sums + batch
     finally:
         model.train(was_training)
     if sums is None:
         sums = torch.zeros(5, dtype=torch.float64, device=device)
+        num_exits = 0
     sums = all_reduce_sum(sums).tolist()
     loss_sum, correct, count, flops_sum, flops_count = sums[:5]
     if count == 0:
@@ -91,7 +97,8 @@ def evaluate(
     return {
         "accuracy": correct / count,
         "loss": loss_sum / count,
-        "exit_accuracy": [c / count for c in sums[5:]],
+        "exit_accuracy": [c / count for c in sums[5:5 + num_exits]],
+        "block_execution_rate": [g / count for g in sums[5 + num_exits:]] or None,
         "mean_flops": flops_sum / flops_count if flops_count > 0 else None,
         "samples": int(count),
     }

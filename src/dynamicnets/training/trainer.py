@@ -190,6 +190,7 @@ class Trainer:
             "val_accuracy": val["accuracy"],
             "val_exit_accuracy": val["exit_accuracy"],
             "val_mean_flops": val["mean_flops"],
+            "val_block_execution_rate": val["block_execution_rate"],
             "epoch_seconds": time.perf_counter() - start,
             "images_per_second": train["train_samples"] / max(train_seconds, 1e-9),
         }
@@ -240,6 +241,9 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
+        update_baseline = getattr(self.model, "update_baseline", None)
+        if update_baseline is not None:  # REINFORCE models: moving-average reward baseline, outside forward
+            update_baseline(out, y)
         self.step += 1
         with torch.no_grad():
             n = y.shape[0]

@@ -1,0 +1,183 @@
+"""ConvNet-AIG (Veit & Belongie, "Convolutional Networks with Adaptive Inference Graphs",
+ECCV 2018): a Gumbel gate per residual block, trained toward a target execution rate.
+
+Each gated block has a gate `pool -> linear -> ReLU -> linear` reading the block's input.
+While training, a straight-through Gumbel-sigmoid turns its logit into an exact 0/1
+decision whose gradient is the relaxed sample's; in eval the decision is
+`sigmoid(logit / tau) > 0.5`. The target-rate loss keeps the fraction of the batch that
+executes each block near `target_rate`:
+
+- `rate_loss="per_block"`: `mean_l (mean_b g[b, l] - t_l)^2` (ConvNet-AIG's loss), with
+  `t` one rate for all blocks or one per gated block;
+- `rate_loss="global"`: `(mean_{b, l} g[b, l] - t)^2`, only the overall rate is held
+  (with per-block targets `t_l`, their mean is the target).
+
+The loss, times `rate_weight`, goes into `aux_losses["target_rate"]` in training.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ...errors import ConfigError
+from ...gates import GumbelSigmoidGate
+from ...outputs import DynamicOutput
+from .._registry import register_model
+from .gate_networks import PooledMLPGate
+from .gated_resnet import GatedResNet
+
+RATE_LOSSES = ("per_block", "global")
+
+
+def target_rate_loss(gates: Tensor, target: Tensor, kind: str = "per_block") -> Tensor:
+    """Squared distance of the execution rates to their targets.
+
+    **Arguments:**
+
+    - `gates`: `(B, G)` gate values (straight-through hard or soft).
+    - `target`: `(G,)` target execution rate of each gated block, in `[0, 1]`.
+    - `kind`: `"per_block"` (mean over blocks of the squared error of each block's rate)
+        or `"global"` (squared error of the overall rate against the mean target).
+
+    **Returns:** a scalar.
+    """
+    if kind == "per_block":
+        return (gates.mean(dim=0) - target).square().mean()
+    return (gates.mean() - target.mean()).square()
+
+
+class ConvNetAIG(GatedResNet):
+    """A `GatedResNet` with ConvNet-AIG gates (see the module docstring).
+
+    Args:
+        depth, num_classes, in_chans, width: of the CIFAR ResNet backbone.
+        gate_hidden: hidden width of each gate.
+        tau: Gumbel temperature while training.
+        target_rate: one execution rate for every gated block, or one per gated block.
+        rate_loss: `"per_block"` or `"global"`.
+        rate_weight: weight of the target-rate aux loss.
+        gate_bias_init: initial bias of the gate logits (2.0: ~88% executed at first).
+
+    Attributes:
+        gates: `nn.ModuleList` of `PooledMLPGate`, one per gated block; gumbel
+        (`GumbelSigmoidGate`); target_rate (`(G,)` buffer).
+
+    Shapes:
+        `forward(x (B, in_chans, H, W)) -> DynamicOutput` with `logits (B, num_classes)`,
+        `flops (B,)`, `decisions["gates"] (B, G)`, `["executed_fraction"] (B,)`,
+        `["compact_flops"] (B,)`, in training `aux_losses["target_rate"]`.
+    """
+
+    target_rate: Tensor
+
+    def __init__(
+        self,
+        depth: int = 110,
+        num_classes: int = 10,
+        in_chans: int = 3,
+        width: int = 16,
+        *,
+        gate_hidden: int = 16,
+        tau: float = 1.0,
+        target_rate: float | Sequence[float] = 0.6,
+        rate_loss: str = "per_block",
+        rate_weight: float = 1.0,
+        gate_bias_init: float = 2.0,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__(
+            "convnet_aig_resnet", depth, num_classes, in_chans, width, device=device, dtype=dtype
+        )
+        name = "model 'convnet_aig_resnet'"
+        if rate_loss not in RATE_LOSSES:
+            raise ConfigError(f"{name}: rate_loss must be one of {RATE_LOSSES}, got {rate_loss!r}")
+        try:
+            rates = [float(target_rate)] * self.num_gated_blocks if isinstance(
+                target_rate, (int, float)) else [float(r) for r in target_rate]
+        except (TypeError, ValueError):
+            rates = []
+        if len(rates) != self.num_gated_blocks or not all(0.0 <= r <= 1.0 for r in rates):
+            raise ConfigError(
+                f"{name}: target_rate must be one rate in [0, 1] or {self.num_gated_blocks} of "
+                f"them (one per gated block), got {target_rate!r}"
+            )
+        if rate_weight < 0:
+            raise ConfigError(f"{name}: rate_weight must be >= 0, got {rate_weight!r}")
+        factory = {"device": device, "dtype": dtype}
+        self.gates = nn.ModuleList(
+            PooledMLPGate(c, gate_hidden, bias_init=gate_bias_init, **factory)
+            for c in self.gate_chans
+        )
+        self.gumbel = GumbelSigmoidGate(tau, hard=True)
+        self.rate_loss = rate_loss
+        self.rate_weight = float(rate_weight)
+        self.register_buffer("target_rate", torch.tensor(rates, device=device, dtype=dtype))
+
+    def gate_flops(self) -> int:
+        """Per-sample FLOPs of all gates."""
+        return sum(g.flops() for g in self.gates)
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        gates: Tensor | None = None,
+        execution: str | None = None,
+        generator: torch.Generator | None = None,
+    ) -> DynamicOutput:
+        """**Arguments:**
+
+        - `x`: `(B, in_chans, H, W)`.
+        - `gates`: optional `(B, G)` decisions to apply instead of the gates' own (the
+            gate networks are then not evaluated and their FLOPs not counted).
+        - `execution`: `"masked"` / `"compact"`; default masked in training, compact in eval.
+        - `generator`: optional `torch.Generator` for the Gumbel noise while training.
+
+        **Returns:** `DynamicOutput` (see the class docstring).
+        """
+        self.check_input(x)
+        execution = self.resolve_execution(execution)
+        if gates is not None:
+            gates = self.check_gates(gates, x.shape[0], execution)
+            logits = self.run_decided(x, gates, execution)
+            return self.make_output(x, logits, gates, execution, gate_flops=0)
+
+        def decide(index: int, stage: int, h: Tensor) -> Tensor:
+            logit = self.gates[index](h)
+            if not self.training:  # the eval gate, sigmoid(logit / tau) > 0.5, in one op
+                return logit > 0
+            return self.gumbel(logit, generator=generator)
+
+        features, decided = self.run_blocks(x, decide, execution, validate=self.training)
+        out = self.make_output(x, self.backbone.head(features), decided, execution, self.gate_flops())
+        if self.training and self.rate_weight > 0:
+            loss = target_rate_loss(decided, self.target_rate.to(decided.dtype), self.rate_loss)
+            out.aux_losses["target_rate"] = self.rate_weight * loss
+        return out
+
+
+@register_model
+def convnet_aig_resnet(
+    *,
+    num_classes: int = 10,
+    in_chans: int = 3,
+    depth: int = 110,
+    width: int = 16,
+    gate_hidden: int = 16,
+    tau: float = 1.0,
+    target_rate: float | Sequence[float] = 0.6,
+    rate_loss: str = "per_block",
+    rate_weight: float = 1.0,
+    gate_bias_init: float = 2.0,
+    device=None,
+    dtype=None,
+) -> ConvNetAIG:
+    """ConvNet-AIG on a CIFAR ResNet (any depth 6n + 2, n >= 2); see `ConvNetAIG`."""
+    return ConvNetAIG(
+        depth, num_classes, in_chans, width, gate_hidden=gate_hidden, tau=tau,
+        target_rate=target_rate, rate_loss=rate_loss, rate_weight=rate_weight,
+        gate_bias_init=gate_bias_init, device=device, dtype=dtype,
+    )

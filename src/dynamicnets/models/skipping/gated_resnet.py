@@ -1,0 +1,229 @@
+"""`GatedResNet`: a CIFAR ResNet whose residual blocks are skipped per sample.
+
+The base of SkipNet, ConvNet-AIG and BlockDrop. It owns the backbone (`CifarResNet`, so
+its `state_dict` keys and FLOPs are those of the static ResNet under `backbone.`) and the
+execution; the subclasses own the gates and their losses.
+
+Which blocks are gated: every block except the first of each stage. The first block of a
+stage changes the resolution and width (its shortcut is a strided 1x1 convolution), so
+skipping it cannot be an identity; SkipNet and ConvNet-AIG execute those blocks too. A
+depth-`6n + 2` network has `3 (n - 1)` gated blocks (51 of the 54 in ResNet-110); the gate
+index runs stage by stage, block by block.
+
+Per-sample FLOPs (`DynamicOutput.flops`) are what ran: the stem, the first block of each
+stage, the head, every gate network that was evaluated (on every sample), and
+
+- `compact`: the gated blocks each sample executed;
+- `masked`: every gated block (the masked path computes them all, then mixes).
+
+`decisions["compact_flops"]` holds, in both executions, what the compact path costs for
+the same decisions (for soft gates the gate-weighted cost).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from ...errors import ConfigError
+from ...layers.gated_block import check_execution, gated_flops, is_hard, run_gated
+from ...outputs import DynamicOutput
+from ..static._checks import check_input_shape, require_positive
+from ..static.resnet_cifar import CifarResNet
+
+# decide(gated index, stage, block input (B, C, H, W)) -> gate (B,)
+Decide = Callable[[int, int, Tensor], Tensor]
+
+
+class GatedResNet(nn.Module):
+    """CIFAR ResNet of depth `6n + 2` (`n >= 2`) with per-sample gates on `3 (n - 1)` blocks.
+
+    Args:
+        name: the registered model name (for error messages).
+        depth: `6n + 2` with `n >= 2` (14, 20, 32, 56, 110, ...).
+        num_classes, in_chans, width: as for `CifarResNet`.
+
+    Attributes:
+        backbone: the `CifarResNet` (stem, stages, head).
+        gated_blocks: `(stage, block)` of each gated block, in gate order.
+        num_gated_blocks: `3 (n - 1)`.
+        gate_chans: channels of each gated block's input, in gate order.
+        default_input_shape: `(in_chans, 32, 32)`.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        depth: int,
+        num_classes: int = 10,
+        in_chans: int = 3,
+        width: int = 16,
+        *,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        require_positive(name, depth=depth, num_classes=num_classes, in_chans=in_chans, width=width)
+        if (depth - 2) % 6 != 0 or depth < 14:
+            raise ConfigError(
+                f"model {name!r}: depth must be 6n + 2 with n >= 2 (14, 20, 32, 56, 110, ...) so "
+                f"that every stage has a block to gate, got {depth}"
+            )
+        self.name = name
+        self.backbone = CifarResNet(depth, num_classes, in_chans, width, device=device, dtype=dtype)
+        self.in_chans = in_chans
+        self.default_input_shape = self.backbone.default_input_shape
+        self.gated_blocks = [
+            (s, b) for s, blocks in enumerate(self.backbone.stages) for b in range(1, len(blocks))
+        ]
+        self.num_gated_blocks = len(self.gated_blocks)
+        self.gate_chans = [
+            self.backbone.stages[s][b].conv1.conv.in_channels for s, b in self.gated_blocks
+        ]
+        # Costs depend on the input shape only; kept for the default shape (the forward
+        # path of most calls), recomputed for any other.
+        self._default_costs = self._compute_block_costs(self.default_input_shape)
+
+    # ------------------------------------------------------------------ costs
+    def block_costs(self, input_shape: tuple[int, ...]) -> tuple[int, Tensor]:
+        """Per-sample FLOPs of the backbone on a `(in_chans, H, W)` input, split in two.
+
+        Returns:
+            `(fixed, gated)`: `fixed` (int) is the stem, the first block of each stage and
+            the head; `gated` is a `(G,)` float64 tensor, the cost of each gated block.
+        """
+        if tuple(input_shape) == self.default_input_shape:
+            fixed, gated = self._default_costs
+            return fixed, gated.clone()
+        return self._compute_block_costs(input_shape)
+
+    def _compute_block_costs(self, input_shape: tuple[int, ...]) -> tuple[int, Tensor]:
+        parts = self.backbone.cost_breakdown(input_shape)
+        fixed = parts["stem"] + parts["head"] + sum(costs[0] for costs in parts["stages"])
+        gated = [parts["stages"][s][b] for s, b in self.gated_blocks]
+        return fixed, torch.tensor(gated, dtype=torch.float64)
+
+    # -------------------------------------------------------------- execution
+    def resolve_execution(self, execution: str | None) -> str:
+        """`None` -> `"masked"` in training mode, `"compact"` in eval mode."""
+        if execution is None:
+            return "masked" if self.training else "compact"
+        return check_execution(execution)
+
+    def check_input(self, x: Tensor) -> None:
+        """Raise `ConfigError` unless `x` is `(B, in_chans, H, W)`."""
+        check_input_shape(self.name, tuple(x.shape[1:]), self.in_chans, spatial_dims=2)
+
+    def check_gates(self, gates: Tensor, batch: int, execution: str) -> Tensor:
+        """Validate user-given decisions `(B, G)`; hard ones are needed for `compact`."""
+        expected = (batch, self.num_gated_blocks)
+        if tuple(gates.shape) != expected:
+            raise ConfigError(
+                f"model {self.name!r}: gates must have shape (B, num_gated_blocks) = {expected}, "
+                f"got {tuple(gates.shape)}"
+            )
+        if execution == "compact" and not is_hard(gates):
+            raise ConfigError(
+                f"model {self.name!r}: compact execution needs hard gates (0 or 1), got soft values"
+            )
+        return gates
+
+    def run_blocks(
+        self, x: Tensor, decide: Decide, execution: str, *, validate: bool = True
+    ) -> tuple[Tensor, Tensor]:
+        """Stem and stages, each gated block run on the samples `decide` turns on.
+
+        Args:
+            x: `(B, in_chans, H, W)` input.
+            decide: `(gate index, stage, block input (B, C, h, w)) -> (B,)` gate values
+                (float, or bool for hard ones), called once per gated block, in order.
+            execution: `"masked"` or `"compact"`.
+            validate: check that the gates are hard before a compact run (skip it when
+                `decide` returns comparisons).
+
+        Returns:
+            `(features (B, 4 width, ceil(H/4), ceil(W/4)), gates (B, G))`, the gates as
+            floats.
+        """
+        inplace = not torch.is_grad_enabled()  # the block inputs here are our own activations
+        x = self.backbone.stem(x)
+        gates = []
+        for s, blocks in enumerate(self.backbone.stages):
+            x = blocks[0](x)
+            for b in range(1, len(blocks)):
+                gate = decide(len(gates), s, x)
+                x = run_gated(blocks[b], x, gate, execution, validate=validate, inplace=inplace)
+                gates.append(gate)
+        stacked = torch.stack(gates, dim=1)
+        return x, stacked if stacked.is_floating_point() else stacked.to(x.dtype)
+
+    def run_decided(self, x: Tensor, gates: Tensor, execution: str) -> Tensor:
+        """Run the network with hard decisions made beforehand (checked by `check_gates`
+        for `compact`).
+
+        Args:
+            x: `(B, in_chans, H, W)` input.
+            gates: `(B, G)` decisions.
+            execution: `"masked"` or `"compact"`.
+
+        Returns:
+            logits `(B, num_classes)`.
+        """
+        if execution == "masked" or (torch.is_grad_enabled() and gates.requires_grad):
+            features, _ = self.run_blocks(x, lambda i, s, h: gates[:, i], execution)
+            return self.backbone.head(features)
+        # One look at the decisions up front: blocks nobody runs cost no tensor op at all,
+        # blocks everybody runs need no gather.
+        counts = (gates != 0).sum(dim=0).tolist()
+        batch, inplace = x.shape[0], not torch.is_grad_enabled()
+        x = self.backbone.stem(x)
+        i = 0
+        for blocks in self.backbone.stages:
+            x = blocks[0](x)
+            for block in blocks[1:]:
+                if counts[i] == batch:
+                    x = block(x)
+                elif counts[i] > 0:
+                    x = run_gated(block, x, gates[:, i], "compact", validate=False, inplace=inplace)
+                i += 1
+        return self.backbone.head(x)
+
+    def make_output(
+        self,
+        x: Tensor,
+        logits: Tensor,
+        gates: Tensor,
+        execution: str,
+        gate_flops: int,
+    ) -> DynamicOutput:
+        """A `DynamicOutput` with per-sample FLOPs and the decisions every gated model reports.
+
+        Args:
+            x: the `(B, in_chans, H, W)` input (for its shape).
+            logits: `(B, num_classes)`.
+            gates: `(B, G)` decisions that were applied.
+            execution: how the blocks ran.
+            gate_flops: per-sample FLOPs of the gate networks that were evaluated.
+
+        Returns:
+            `DynamicOutput` with `flops (B,)` and `decisions`: `gates (B, G)`,
+            `executed_fraction (B,)` (mean gate), `compact_flops (B,)`.
+        """
+        fixed, costs = self.block_costs(tuple(x.shape[1:]))
+        base = float(fixed + gate_flops)
+        compact = base + gated_flops(costs, gates)
+        if execution == "compact":
+            flops = compact
+        else:
+            flops = torch.full_like(compact, base + float(costs.sum()))
+        decided = gates.detach()
+        return DynamicOutput(
+            logits=logits,
+            flops=flops,
+            decisions={
+                "gates": decided,
+                "executed_fraction": decided.mean(dim=1),
+                "compact_flops": compact,
+            },
+        )
