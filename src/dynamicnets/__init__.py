@@ -1,5 +1,5 @@
 """dynamicnets: dynamic neural networks for PyTorch, with real, measured savings."""
-from . import models
+from . import data, gates, inference, layers, models, profiling, training
 from .errors import CheckpointError, ConfigError, DataError, DynamicNetsError, TrainingError
 from .models import create_model, list_models, register_model
 from .outputs import DynamicOutput
@@ -11,7 +11,13 @@ __all__ = [
     "create_model",
     "list_models",
     "register_model",
+    "data",
+    "gates",
+    "inference",
+    "layers",
     "models",
+    "profiling",
+    "training",
     "DynamicNetsError",
     "DataError",
     "ConfigError",
