@@ -5,6 +5,7 @@
 - `straight_through`: hard thresholds with straight-through gradients, improved semhash.
 - `policy`: REINFORCE policies, moving-average baseline, loss, cost-aware reward.
 - `confidence`: early-exit criteria (max-prob, entropy, margin, patience).
+- `learned_exit`: a learned exit criterion (a tiny head predicting whether an exit is right).
 """
 from .confidence import (
     EntropyCriterion,
@@ -28,6 +29,7 @@ from .gumbel import (
     sample_gumbel,
     sample_logistic,
 )
+from .learned_exit import LearnedExitCriterion, fit_learned_exit, learned_exit_features
 from .policy import (
     BernoulliPolicy,
     CategoricalPolicy,
@@ -74,4 +76,8 @@ __all__ = [
     "PatienceCriterion",
     "get_criterion",
     "list_criteria",
+    # learned exit
+    "LearnedExitCriterion",
+    "fit_learned_exit",
+    "learned_exit_features",
 ]

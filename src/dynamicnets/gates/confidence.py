@@ -185,6 +185,11 @@ class ExitCriterion:
         """
         return self.score(logits) >= threshold
 
+    def flops_per_sample(self) -> int:
+        """FLOPs one decision costs per sample at one exit, as `FlopCounterMode` counts
+        them (0 for the fixed scores: softmax and sorting are not counted)."""
+        return 0
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
@@ -282,8 +287,16 @@ def get_criterion(name: str) -> ExitCriterion:
 
     **Raises:**
 
-    `ConfigError` naming the valid criteria when `name` is unknown.
+    `ConfigError` naming the valid criteria when `name` is unknown, and telling how to
+    build a `"learned"` criterion (it must be fitted: `fit_learned_exit`).
     """
+    if name == "learned":
+        raise ConfigError(
+            "exit criterion 'learned' has weights to fit first: call "
+            "dynamicnets.gates.fit_learned_exit(exit_logits, targets) on a validation split and pass "
+            "the instance it returns as ExitPolicy(criterion=instance, ...) (or reload a saved one "
+            "with LearnedExitCriterion.from_state_dict)"
+        )
     if not isinstance(name, str) or name not in _CRITERIA:
         raise ConfigError(
             f"unknown exit criterion {name!r}; expected one of: {', '.join(list_criteria())}"

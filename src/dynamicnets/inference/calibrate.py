@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..gates.confidence import ExitCriterion
+from .executor import costs_with_decisions
 from .policy import ExitPolicy
 
 
@@ -198,6 +199,8 @@ def calibrate_thresholds(
             f"budget calibration ranks samples by a confidence score; criterion {crit.name!r} has integer "
             "thresholds (choose them directly) — use maxprob, entropy or margin"
         )
+    if cost_unit == "FLOPs":  # a learned exit's own head is part of what a sample costs
+        costs = costs_with_decisions(costs, len(costs) - 1, crit)
     lo_cost, hi_cost = float(costs[0]), float(costs[-1])
     if not lo_cost <= budget_flops <= hi_cost:
         raise ConfigError(

@@ -86,6 +86,7 @@ def run_early_exit(
     criterion = _check_model(model, policy)
     costs = list(model.exit_costs(tuple(x.shape[1:]))) if costs is None else list(costs)
     last = policy.last_exit(costs)
+    spent = costs_with_decisions(costs, last, criterion)
     # (original rows or None for "the whole batch", their logits, exit index), per exit taken
     taken: list[tuple[Tensor | None, Tensor, int]] = []
     active: Tensor | None = None  # original rows of the samples still running; None = all
@@ -115,7 +116,18 @@ def run_early_exit(
             state = select_batch(state, staying)
             inputs = select_batch(inputs, staying) if model.needs_input_after(k) else None
             history = [h[staying] for h in history]
-    return _assemble(taken, x.shape[0], costs)
+    return _assemble(taken, x.shape[0], spent)
+
+
+def costs_with_decisions(costs: Sequence[float], last: int, criterion: ExitCriterion) -> list[float]:
+    """Per-sample cost of leaving at each exit, decisions included.
+
+    A sample leaving at exit `k < last` was judged at exits `0..k`; one reaching `last`
+    at `0..last-1`. Each judgement costs `criterion.flops_per_sample()` (0 for the fixed
+    confidence scores, the head's FLOPs for a learned exit).
+    """
+    per_decision = float(criterion.flops_per_sample())
+    return [float(c) + per_decision * min(k + 1, last) for k, c in enumerate(costs)]
 
 
 def _assemble(taken: list[tuple[Tensor | None, Tensor, int]], batch: int, costs: Sequence[int]) -> ExitResult:
@@ -168,7 +180,7 @@ def run_all_then_select(
         undecided &= ~take
     stacked = torch.stack(all_logits[: last + 1])  # (K', B, C)
     logits = stacked[chosen, torch.arange(batch, device=x.device)]
-    cost_table = torch.tensor(costs, dtype=torch.float64, device=x.device)
+    cost_table = torch.tensor(costs_with_decisions(costs, last, criterion), dtype=torch.float64, device=x.device)
     return ExitResult(
         predictions=logits.argmax(dim=1), exit_index=chosen, flops=cost_table[chosen], logits=logits
     )
