@@ -3,7 +3,10 @@
 64 -> 64 channels, 3x3, 32x32 inputs, batch 32 and batch 1: CondConv (K = 4, 8) and
 DY-Conv (K = 4) with their routing functions and kernel mixing included, divided by a
 static `nn.Conv2d` of the same shape, all timed interleaved in the same run
-(`dynamicnets.profiling.latency.compare`, fixed threads, inference mode).
+(`dynamicnets.profiling.latency.compare`, fixed threads, inference mode). Each of the
+`--rounds` rounds times every callable back to back; `overhead` is the median over
+rounds of the per-round ratio (with its interquartile range), so bursts of load from
+other processes on a shared machine disturb it less than a ratio of medians.
 
 Both memory layouts are timed: `overhead` divides by the static conv on the SAME layout
 as the dynamic layer's input; `overhead_vs_best_static` divides by the faster static
@@ -86,7 +89,9 @@ def check_mixture_equivalence(layers: dict[str, nn.Module]) -> None:
                 raise RuntimeError(f"{name} differs from its mixture-of-experts form")
 
 
-def make_callables(layers: dict[str, nn.Module], batch: int) -> dict[str, Callable[[], Tensor]]:
+def make_callables(
+    layers: dict[str, nn.Module], batch: int
+) -> dict[str, Callable[[], Tensor]]:
     """`"<layer>@<layout>"` -> zero-argument call of the layer on a fixed batch."""
     torch.manual_seed(batch)
     base = torch.randn(batch, CHANNELS, SIZE, SIZE)
@@ -184,8 +189,10 @@ def main() -> None:
         "target_overhead": TARGET,
     }
     write_json(args.out, records, meta)
-    formats = {"overhead": ".3f", "overhead_iqr": ".3f", "overhead_vs_best_static": ".3f", "ms": ".3g",
-               "static_ms": ".3g", "flops_ratio": ".4f"}
+    formats = {
+        "overhead": ".3f", "overhead_iqr": ".3f", "overhead_vs_best_static": ".3f",
+        "ms": ".3g", "static_ms": ".3g", "flops_ratio": ".4f",
+    }
     table = markdown_table(records, COLUMNS, formats)
     args.out.with_suffix(".md").write_text(table + "\n")
     print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
