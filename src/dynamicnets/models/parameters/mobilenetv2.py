@@ -11,7 +11,7 @@ Switches: `conv` replaces the three convs of every block by CondConv, DY-Conv or
 WeightNet (stem and last conv stay static); `activation` replaces every activation by
 ReLU, ReLU6 or DY-ReLU (A/B/C), the setting of the DY-ReLU paper's MobileNetV2 table.
 
-Figures on 3x32x32, 10 classes (`tests/parameters/test_models.py` checks them):
+Figures on 3x32x32, 10 classes (`tests/parameters/test_parameters_models.py` checks them):
 
 | width | conv      | activation | params     | FLOPs       |
 |-------|-----------|------------|------------|-------------|

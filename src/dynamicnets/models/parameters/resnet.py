@@ -6,7 +6,7 @@ block use the chosen conv, and every activation (stem, inside blocks, after each
 residual sum) the chosen activation. Stem, shortcuts and classifier stay static, as
 in the CondConv and DY-Conv papers.
 
-Figures on 3x32x32, 10 classes, width 16 (`tests/parameters/test_models.py` checks them):
+Figures on 3x32x32, 10 classes, width 16 (`tests/parameters/test_parameters_models.py` checks them):
 
 | model             | params    | FLOPs      |
 |-------------------|-----------|------------|
