@@ -56,9 +56,11 @@ def inputs(shape, count: int):
         bundle = load_data(f"cifar10:{CIFAR}", val_size=5000, seed=0, augment=False)
         calibration, evaluation = split_for_calibration(bundle.val, seed=0)
         take = lambda ds, n: torch.stack([ds[i][0] for i in range(n)])  # noqa: E731
-        return take(calibration, count), take(evaluation, 256 + 48), "CIFAR-10 validation images"
+        labels = torch.tensor([int(evaluation[i][1]) for i in range(256 + 48)])
+        return take(calibration, count), take(evaluation, 256 + 48), labels, "CIFAR-10 validation images"
     gen = torch.Generator().manual_seed(0)
-    return torch.randn(count, *shape, generator=gen), torch.randn(256 + 48, *shape, generator=gen), "random inputs"
+    return (torch.randn(count, *shape, generator=gen), torch.randn(256 + 48, *shape, generator=gen), None,
+            "random inputs")
 
 
 def static_segments(model, x, last: int) -> None:
@@ -89,7 +91,7 @@ def bench_model(name, args, channels_last: bool, threads: int, rounds: int, min_
     shape = model.default_input_shape
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
-    calib, evaluation, source = inputs(shape, 1024)
+    calib, evaluation, labels, source = inputs(shape, 1024)
     calib = calib.contiguous(memory_format=fmt)
     x256 = evaluation[:256].contiguous(memory_format=fmt)
     singles = [s.unsqueeze(0).contiguous(memory_format=fmt) for s in evaluation[256:]]
@@ -118,14 +120,18 @@ def bench_model(name, args, channels_last: bool, threads: int, rounds: int, min_
             "ideal_1": lambda: [static_segments(model, s, e) for s, e in zip(singles, exits1)],
         }
         timed = compare(fns, threads=threads, min_run_time=min_run_time, rounds=rounds)
+        predictions = {256: r256.predictions, 1: torch.cat([r.predictions for r in r1])}
         for batch, flops in ((256, r256.flops.mean().item()), (1, sum(costs[e] for e in exits1) / len(exits1))):
+            truth = None if labels is None else (labels[:256] if batch == 256 else labels[256:])
+            accuracy = None if truth is None or weights == "random weights" else \
+                float((predictions[batch] == truth).double().mean())
             speedup_flops = costs[-1] / flops
             measured = timed[f"full_{batch}"].median_ms / timed[f"compact_{batch}"].median_ms
             ideal = timed[f"full_{batch}"].median_ms / timed[f"ideal_{batch}"].median_ms
             rows.append({
                 "model": name, "weights": weights, "inputs": source, "channels_last": channels_last,
                 "policy": "maxprob", "budget": f"{factor}x FLOPs cut", "thresholds": policy.thresholds,
-                "batch_size": batch, "mean_flops": flops, "full_flops": costs[-1],
+                "batch_size": batch, "mean_flops": flops, "full_flops": costs[-1], "accuracy": accuracy,
                 "speedup_flops": speedup_flops, "speedup_measured": measured,
                 "measured_over_flops": measured / speedup_flops, "ideal_over_flops": ideal / speedup_flops,
                 "compact_over_ideal": timed[f"compact_{batch}"].median_ms / timed[f"ideal_{batch}"].median_ms,
@@ -151,7 +157,7 @@ def main() -> int:
     out = ROOT / "benchmarks" / "results"
     command = "python benchmarks/early_exit_speedup.py" + (" --channels-last" if args.channels_last else "")
     write_json(out / f"early_exit_speedup{suffix}.json", rows, {"threads": args.threads, "command": command})
-    columns = ["model", "budget", "batch_size", "speedup_flops", "speedup_measured", "measured_over_flops",
+    columns = ["model", "budget", "batch_size", "accuracy", "speedup_flops", "speedup_measured", "measured_over_flops",
                "ideal_over_flops", "compact_over_ideal", "weights"]
     table = markdown_table(rows, columns, floatfmt=".3f")
     (out / f"early_exit_speedup{suffix}.md").write_text(table + "\n")
