@@ -121,13 +121,7 @@ class CondConv2d(nn.Module):
                 f"CondConv2d: num_experts must be a positive int, got {num_experts!r}"
             )
         factory = {"device": device, "dtype": dtype}
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.kernel_size = kernel_size
-        self.stride = stride
-        self.padding = dilation * (kernel_size // 2) if padding is None else padding
-        self.dilation = dilation
-        self.groups = groups
+        store_conv_geometry(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
         self.num_experts = num_experts
         self.weight = nn.Parameter(
             torch.empty(
@@ -326,3 +320,23 @@ def check_conv_args(
             f"{where}: in_channels ({in_channels}) and out_channels ({out_channels}) must be "
             f"divisible by groups ({groups})"
         )
+
+
+def store_conv_geometry(
+    module: nn.Module,
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int,
+    stride: int,
+    padding: int | None,
+    dilation: int,
+    groups: int,
+) -> None:
+    """Set the usual conv attributes on `module`; `padding=None` keeps the size ("same")."""
+    module.in_channels = in_channels
+    module.out_channels = out_channels
+    module.kernel_size = kernel_size
+    module.stride = stride
+    module.padding = dilation * (kernel_size // 2) if padding is None else padding
+    module.dilation = dilation
+    module.groups = groups

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..profiling.flops import conv_out_size
-from .cond_conv import check_conv_args
+from .cond_conv import check_conv_args, store_conv_geometry
 
 
 def _pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
@@ -198,13 +198,7 @@ class DeformConv2d(nn.Module):
                 f"({in_channels}), got {offset_groups!r}"
             )
         factory = {"device": device, "dtype": dtype}
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.kernel_size = kernel_size
-        self.stride = stride
-        self.padding = dilation * (kernel_size // 2) if padding is None else padding
-        self.dilation = dilation
-        self.groups = groups
+        store_conv_geometry(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
         self.offset_groups = offset_groups
         self.modulated = modulated
         self.weight = nn.Parameter(

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..profiling.flops import conv_out_size, linear_flops
-from .cond_conv import check_conv_args, per_sample_conv2d
+from .cond_conv import check_conv_args, per_sample_conv2d, store_conv_geometry
 
 
 class WeightNetConv2d(nn.Module):
@@ -73,13 +73,7 @@ class WeightNetConv2d(nn.Module):
                 f"({per_kernel}) must be divisible by fc_groups ({fc_groups})"
             )
         factory = {"device": device, "dtype": dtype}
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.kernel_size = kernel_size
-        self.stride = stride
-        self.padding = dilation * (kernel_size // 2) if padding is None else padding
-        self.dilation = dilation
-        self.groups = groups
+        store_conv_geometry(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
         self.ratio = ratio
         self.fc_groups = fc_groups
         self.descriptor_channels = (
