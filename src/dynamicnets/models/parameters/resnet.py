@@ -20,16 +20,15 @@ kernel mixing); DY-ReLU-B adds 9% parameters and 0.05% FLOPs (its hyper function
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from ...errors import ConfigError
-from ...outputs import DynamicOutput, constant_flops
+from ...outputs import DynamicOutput
 from .._registry import register_model
 from ..static._checks import check_input_shape, require_positive
 from ..static.classifier_head import ClassifierHead
 from ..static.conv_norm_act import ConvNormAct
-from .units import DynamicConvNormAct, check_choices, make_activation
+from .units import DynamicConvNormAct, check_choices, make_activation, routed_output
 
 
 class DynamicBasicBlock(nn.Module):
@@ -171,14 +170,7 @@ class DynamicCifarResNet(nn.Module):
         return x, routing
 
     def forward(self, x: Tensor, temperature: float | None = None) -> DynamicOutput:
-        flops = self.cost(x.shape[1:])
-        features, routing = self.forward_features(x, temperature)
-        decisions = {"routing": torch.stack(routing, dim=1)} if routing else {}
-        return DynamicOutput(
-            logits=self.head(features),
-            decisions=decisions,
-            flops=constant_flops(flops, x.shape[0], x.device),
-        )
+        return routed_output(self, x, temperature)
 
     def cost(self, input_shape: tuple[int, ...]) -> int:
         """Per-sample FLOPs on a `(in_chans, H, W)` input, as `FlopCounterMode` counts.

@@ -4,6 +4,7 @@ and DY-ReLU variants.
 """
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from ...errors import ConfigError
@@ -11,6 +12,7 @@ from ...layers.cond_conv import RoutedCondConv2d
 from ...layers.dy_relu import DyReLU
 from ...layers.dynamic_conv import DynamicConv2d
 from ...layers.weightnet import WeightNetConv2d
+from ...outputs import DynamicOutput, constant_flops
 from ...profiling.flops import conv2d_flops
 
 CONVS = ("static", "condconv", "dyconv", "weightnet")
@@ -129,3 +131,17 @@ class DynamicConvNormAct(nn.Module):
             flops += self.act.cost(oh, ow)
         return flops, (self.out_chans, oh, ow)
 
+
+
+def routed_output(model: nn.Module, x: Tensor, temperature: float | None) -> DynamicOutput:
+    """The `DynamicOutput` of a network whose `forward_features(x, temperature)` returns
+    `(features, routing)`: logits from `model.head`, `decisions["routing"]` `(B, L, K)`
+    stacked over the routed layers, and the constant per-sample `model.cost`."""
+    flops = model.cost(x.shape[1:])
+    features, routing = model.forward_features(x, temperature)
+    decisions = {"routing": torch.stack(routing, dim=1)} if routing else {}
+    return DynamicOutput(
+        logits=model.head(features),
+        decisions=decisions,
+        flops=constant_flops(flops, x.shape[0], x.device),
+    )
