@@ -52,6 +52,16 @@ class TrainConfig:
             them (without it, and without `resume`, such a folder is an error: nothing
             trained is thrown away by accident).
         max_steps_per_epoch: cap on optimizer steps per epoch (smoke runs, tests).
+        init_from: a training checkpoint (`last.pt`/`best.pt`) whose model weights
+            initialise a fresh run (fine-tuning, e.g. a gated ResNet from a plain one);
+            ignored when the run resumes. Every checkpoint tensor must find a tensor of
+            the same shape in the model; model tensors it lacks (gates) stay initialised.
+        init_prefix: prefix put before every checkpoint key to find the model's key
+            (`backbone.` maps `resnet32` weights into `skipnet_resnet`).
+        temperature_schedule: anneal the `temperature` forward argument of the model
+            during training (DY-Conv: about 30 -> 1 over the first epoch), a mapping
+            `{kind: exponential|linear|cosine, start: float, end: float, epochs: float}`;
+            the value at each optimizer step is passed as `model(x, temperature=...)`.
         progress: tqdm progress bars and a summary line per epoch.
     """
 
@@ -85,6 +95,9 @@ class TrainConfig:
     resume: bool = False
     overwrite: bool = False
     max_steps_per_epoch: int | None = None
+    init_from: str | None = None
+    init_prefix: str = ""
+    temperature_schedule: dict | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -131,6 +144,23 @@ class TrainConfig:
         if self.max_steps_per_epoch is not None:
             _require(self.max_steps_per_epoch >= 1, "max_steps_per_epoch", "an integer >= 1 or null",
                      self.max_steps_per_epoch)
+        if self.init_from is not None:
+            _require(bool(self.init_from), "init_from", "a checkpoint path or null", self.init_from)
+        if self.temperature_schedule is not None:
+            _check_temperature_schedule(self.temperature_schedule)
+
+
+TEMPERATURE_SCHEDULE_KEYS = {"kind", "start", "end", "epochs"}
+
+
+def _check_temperature_schedule(spec) -> None:
+    expected = ("a mapping {kind: exponential|linear|cosine, start: number > 0, end: number > 0, "
+                "epochs: number > 0}")
+    if not isinstance(spec, dict) or set(spec) != TEMPERATURE_SCHEDULE_KEYS:
+        _fail("temperature_schedule", expected, spec)
+    numbers_ok = all(_finite(spec[k]) and spec[k] > 0 for k in ("start", "end", "epochs"))
+    _require(spec["kind"] in ("exponential", "linear", "cosine") and numbers_ok,
+             "temperature_schedule", expected, spec)
 
 
 def _finite(x) -> bool:

@@ -22,6 +22,7 @@ from .checkpoint import FORMAT, check_compatible, load_checkpoint, save_checkpoi
 from .config import TrainConfig
 from .distributed import all_reduce_sum, init_distributed, is_distributed, is_main
 from .evaluate import autocast_context, evaluate, to_device
+from .initialise import load_initial_weights, temperature_schedule
 from .distillation import exit_distillation_loss
 from .losses import multi_exit_loss
 from .rng import capture_rng_state, derived_seed, restore_rng_state, seed_everything
@@ -135,6 +136,8 @@ class Trainer:
             raise DataError(f"data {config.data!r}: the training loader yields no batches "
                             f"(batch_size={config.batch_size} larger than the training set?)")
         self.steps_per_epoch = min(n_batches, config.max_steps_per_epoch or n_batches)
+        self.temperature = (None if config.temperature_schedule is None
+                            else temperature_schedule(config.temperature_schedule, self.steps_per_epoch, model))
         self.optimizer = build_optimizer(model, config)
         self.scheduler = build_scheduler(
             self.optimizer, total_steps=config.epochs * self.steps_per_epoch,
@@ -161,6 +164,9 @@ class Trainer:
         resumed = self.config.resume and self._resume()
         if not resumed:
             self._refuse_to_clobber()
+            if self.config.init_from is not None:
+                copied, total = load_initial_weights(self.model, self.config.init_from, self.config.init_prefix)
+                self._say(f"initialised {copied} of {total} model tensors from {self.config.init_from}")
         if self.epoch >= self.config.epochs:
             self._say(f"{self.run_dir}: run already finished ({self.epoch}/{self.config.epochs} epochs); "
                       f"raise `epochs` to train further")
@@ -227,8 +233,9 @@ class Trainer:
         cfg = self.config
         x = to_device(x, self.device, self.channels_last)
         y = y.to(self.device, non_blocking=True)
+        kwargs = {} if self.temperature is None else {"temperature": self.temperature(self.step)}
         with autocast_context(self.device, cfg.bf16):
-            out = self._train_model(x)
+            out = self._train_model(x, **kwargs)
         task = multi_exit_loss(out, y, cfg.exit_weights, cfg.label_smoothing)
         aux = out.aux_loss().float()
         if cfg.distill_weight > 0:

@@ -1,0 +1,66 @@
+"""Start a run from another run's weights, and the temperature annealed during training."""
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError, ConfigError
+from ..gates.schedules import CosineDecay, ExponentialDecay, LinearDecay
+from .checkpoint import load_checkpoint
+
+_SCHEDULES = {"exponential": ExponentialDecay, "linear": LinearDecay, "cosine": CosineDecay}
+
+
+def load_initial_weights(model: nn.Module, path: str | Path, prefix: str = "") -> tuple[int, int]:
+    """Copy the model weights of the training checkpoint `path` into `model`.
+
+    Checkpoint key `k` goes to model key `prefix + k`. Model tensors that the checkpoint
+    lacks keep their values (new gates, routers, heads).
+
+    Returns:
+        `(copied, total)`: tensors copied, tensors in the model's state_dict.
+
+    Raises:
+        CheckpointError: naming the file and the key, when the checkpoint holds no model
+            weights, a key has no counterpart in the model, or the shapes differ.
+    """
+    ckpt = load_checkpoint(path)
+    weights = ckpt.get("model")
+    if not isinstance(weights, dict) or not weights:
+        raise CheckpointError(f"{path}: key 'model': expected the state_dict of a training checkpoint")
+    own = model.state_dict()
+    for key, tensor in weights.items():
+        target = prefix + key
+        if target not in own:
+            raise CheckpointError(
+                f"{path}: checkpoint key {key!r} (as {target!r}) does not exist in the model; "
+                f"check init_prefix={prefix!r} (model keys look like {next(iter(own))!r})"
+            )
+        if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != tuple(own[target].shape):
+            shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+            raise CheckpointError(
+                f"{path}: checkpoint key {key!r} has shape {shape}, the model's {target!r} has "
+                f"{tuple(own[target].shape)} (another depth or width?)"
+            )
+    with torch.no_grad():
+        for key, tensor in weights.items():
+            own[prefix + key].copy_(tensor)
+    return len(weights), len(own)
+
+
+def temperature_schedule(spec: dict, steps_per_epoch: int, model: nn.Module):
+    """`step -> temperature` from a checked `TrainConfig.temperature_schedule` mapping.
+
+    Raises:
+        ConfigError: the model's `forward` takes no `temperature` argument.
+    """
+    if "temperature" not in inspect.signature(model.forward).parameters:
+        raise ConfigError(
+            f"key 'temperature_schedule': model {type(model).__name__} has no `temperature` "
+            f"forward argument to anneal (dynamic-convolution models such as resnet20_dyconv do)"
+        )
+    total = max(1, round(spec["epochs"] * steps_per_epoch))
+    return _SCHEDULES[spec["kind"]](float(spec["start"]), float(spec["end"]), total)
