@@ -1,5 +1,7 @@
 """layers."""
 # dynamic width: slimmable layers, switchable norms, mixture of experts
+from .conv_experts import ConvExperts
+from .conv_moe import ConvMoE, expert_mask, sample_decisions
 from .experts import MLPExperts
 from .moe import MoE, MoELayer, MoEOutput, combine_weights, dense_moe, dispatch
 from .routers import ExpertChoiceRouter, NoisyTopKRouter, Routing, TopKRouter
@@ -11,6 +13,8 @@ from .slimmable import (
     clear_slice_cache,
     set_execution,
 )
+from .channel_gated_conv import ChannelGatedConvPair, channel_gated_convs, pair_cost
+from .channel_gates import ChannelDecision, FBSGate, GumbelChannelGate
 from .switchable_norm import SlimmableBatchNorm2d, SwitchableBatchNorm2d, calibrate_batchnorm
 # dynamic parameters and features: CondConv, DY-Conv, WeightNet, DY-ReLU, attention, deformable conv
 from .attention import CBAM, ChannelAttention, SpatialAttention, SqueezeExcite

@@ -19,6 +19,12 @@ construction and gets only the z-loss.
 
 `dense_moe` is the dense special case: every expert on every token, fused with
 per-token soft weights (all experts' scores, or the sparse weights scattered densely).
+
+Experts: `MLPExperts` take tokens `(d,)`; any module with `num_experts`,
+`forward_expert(e, rows (n, *R)) -> (n, *R')`, `forward_dense(rows (T, *R)) -> (E, T, *R')`
+and `flops(rows, *R[1:])` works, where a row `R` has `experts.row_dims` dims (1 when the
+attribute is absent): `conv_experts.ConvExperts` take whole samples `(C, H, W)`
+(`row_dims = 3`), so an image is one token and `flops(rows, H, W)`.
 """
 from __future__ import annotations
 
@@ -46,8 +52,11 @@ class MoEOutput:
         kept: bool, the routing's layout (`(T, k)` or `(E, C)`): False where capacity
             dropped the assignment.
         tokens_per_expert: `(E,)` int64 rows each expert ran.
-        flops: FLOPs executed (experts, plus the router for `MoE`), as `FlopCounterMode`
-            counts them.
+        flops: FLOPs executed (experts, plus the router for `MoE` and `ConvMoE`), as
+            `FlopCounterMode` counts them.
+        token_flops: `(T,)` float64, the part of `flops` each token ran (its kept expert
+            rows, plus its router row for `MoE` and `ConvMoE`).
+        routing: the `Routing` that was executed.
     """
 
     output: Tensor
@@ -55,6 +64,8 @@ class MoEOutput:
     kept: Tensor | None = None
     tokens_per_expert: Tensor | None = None
     flops: int = 0
+    token_flops: Tensor | None = None
+    routing: Routing | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +89,42 @@ class Dispatch:
     counts: Tensor
     kept: Tensor
     routed: Tensor
+
+
+def row_dims(experts: nn.Module) -> int:
+    """Dims of one row the experts take: 1 for token features `(d,)` (the default), 3 for
+    conv experts' samples `(C, H, W)`."""
+    return getattr(experts, "row_dims", 1)
+
+
+def make_router(
+    owner: str,
+    router: str,
+    d_model: int,
+    num_experts: int,
+    k: int,
+    capacity_factor: float | None,
+    *,
+    device=None,
+    dtype=None,
+) -> nn.Module:
+    """The router named `router` (one of `ROUTERS`) for `(T, d_model)` tokens.
+
+    `k` is the experts per token, or for `"expert_choice"` the mean experts per token (its
+    own capacity factor; `capacity_factor` must then be None). Errors name `owner`.
+    """
+    factory = {"device": device, "dtype": dtype}
+    if router == "topk":
+        return TopKRouter(d_model, num_experts, k, **factory)
+    if router == "noisy_topk":
+        return NoisyTopKRouter(d_model, num_experts, k, **factory)
+    if router == "expert_choice":
+        if capacity_factor is not None:
+            raise ConfigError(
+                f"{owner}: expert_choice routing has its own capacity; leave capacity_factor None"
+            )
+        return ExpertChoiceRouter(d_model, num_experts, float(k), **factory)
+    raise ConfigError(f"{owner}: router must be one of {ROUTERS}, got {router!r}")
 
 
 def capacity(tokens: int, k: int, num_experts: int, capacity_factor: float) -> int:
@@ -121,14 +168,14 @@ class MoELayer(nn.Module):
     """Runs a routing decision on `experts`: sorted dispatch, no masks.
 
     Args:
-        experts: `MLPExperts` (or any module with `num_experts`, `forward_grouped(x, counts)`
-            and `flops(rows)`).
+        experts: `MLPExperts`, `ConvExperts` or any experts as in the module doc.
         capacity_factor: None (dropless) or > 0; capacity per expert as in `capacity`.
         load_balance_weight, z_loss_weight: weights of the aux losses.
 
     Shapes:
         `forward(x, routing)`: `(..., d)` with `T = prod(...)` tokens and a `Routing` over
-        those `T` tokens -> `MoEOutput` with `output (..., d)`.
+        those `T` tokens -> `MoEOutput` with `output (..., d)`. For experts with
+        `row_dims = 3`: `(B, C, H, W)`, `T = B` -> `output (B, C', H', W')`.
     """
 
     def __init__(
@@ -152,8 +199,8 @@ class MoELayer(nn.Module):
         self.z_loss_weight = z_loss_weight
 
     def forward(self, x: Tensor, routing: Routing) -> MoEOutput:
-        d = x.shape[-1]
-        tokens = x.reshape(-1, d)
+        lead = x.dim() - row_dims(self.experts)
+        tokens = x.reshape(-1, *x.shape[lead:])
         if routing.num_tokens != tokens.shape[0] or routing.num_experts != self.experts.num_experts:
             raise ConfigError(
                 f"MoELayer: routing is for {routing.num_tokens} tokens x {routing.num_experts} "
@@ -162,13 +209,20 @@ class MoELayer(nn.Module):
             )
         plan = dispatch(routing, self.capacity_factor)
         rows = tokens.index_select(0, plan.token_ids)
-        out = self._combine(self._run_experts(rows, plan), plan, tokens, routing)
+        outputs = self._run_experts(rows, plan)
+        if not outputs:  # every row dropped: an empty expert call gives the output shape
+            outputs = [(slice(0, 0), self.experts.forward_expert(0, rows))]
+        out = self._combine(outputs, plan, tokens, routing)
+        row_flops = self.experts.flops(1, *tokens.shape[2:])
+        token_rows = torch.bincount(plan.token_ids, minlength=tokens.shape[0])
         return MoEOutput(
-            output=out.view(x.shape),
+            output=out.view(*x.shape[:lead], *out.shape[1:]),
             aux_losses=self.aux_losses(routing, plan),
             kept=plan.kept,
             tokens_per_expert=plan.counts,
-            flops=self.experts.flops(plan.token_ids.numel()),
+            flops=row_flops * plan.token_ids.numel(),
+            token_flops=token_rows.to(torch.float64) * row_flops,
+            routing=routing,
         )
 
     def _run_experts(self, rows: Tensor, plan: Dispatch) -> list[tuple[slice, Tensor]]:
@@ -178,25 +232,27 @@ class MoELayer(nn.Module):
             if n:
                 block = slice(start, start + n)
                 y = self.experts.forward_expert(e, rows[block])
-                outputs.append((block, y.mul_(plan.weights[block].unsqueeze(1).to(y.dtype))))
+                w = plan.weights[block].to(y.dtype).view(-1, *[1] * (y.dim() - 1))
+                outputs.append((block, y.mul_(w)))
             start += n
         return outputs
 
     @staticmethod
     def _combine(outputs, plan: Dispatch, tokens: Tensor, routing: Routing) -> Tensor:
-        """Weighted expert rows back to their tokens: `(T, d)`."""
+        """Weighted expert rows back to their tokens: `(T, *R')` (`R'` an expert output row)."""
+        row = outputs[0][1].shape[1:]
         if plan.slots is None:  # expert choice: a token may have any number of rows
-            out = tokens.new_zeros(tokens.shape)
+            out = tokens.new_zeros(tokens.shape[0], *row)
             for block, y in outputs:
                 out = out.index_add(0, plan.token_ids[block], y)
             return out
         # token choice: each token has k slots; put every row in its slot, sum the slots
         t, k = routing.expert_indices.shape
         dropped = plan.slots.numel() < t * k
-        slots = (tokens.new_zeros if dropped else tokens.new_empty)(t * k, tokens.shape[1])
+        slots = (tokens.new_zeros if dropped else tokens.new_empty)(t * k, *row)
         for block, y in outputs:
             slots.index_copy_(0, plan.slots[block], y)
-        return slots.view(k, t, -1).sum(0)
+        return slots.view(k, t, *row).sum(0)
 
     def aux_losses(self, routing: Routing, plan: Dispatch) -> dict[str, Tensor]:
         """`{"load_balance", "router_z"}` (weighted; zero-weight ones left out)."""
@@ -222,20 +278,35 @@ def combine_weights(routing: Routing) -> Tensor:
     return dense.scatter_add(1, routing.expert_indices, routing.expert_weights)
 
 
-def dense_moe(experts: MLPExperts, x: Tensor, weights: Tensor) -> Tensor:
+def kept_weights(plan: Dispatch, num_tokens: int) -> Tensor:
+    """The combine weights of a dispatch's kept assignments as a dense `(T, E)` matrix.
+
+    Zero where not routed or dropped by capacity; without drops, `combine_weights(routing)`.
+    """
+    experts = torch.repeat_interleave(
+        torch.arange(plan.counts.numel(), device=plan.counts.device), plan.counts
+    )
+    dense = plan.weights.new_zeros(num_tokens, plan.counts.numel())
+    return dense.index_put((plan.token_ids, experts), plan.weights, accumulate=True)
+
+
+def dense_moe(experts: nn.Module, x: Tensor, weights: Tensor) -> Tensor:
     """Soft-weight fusion: every expert on every token, `sum_e weights[:, e] * expert_e(x)`.
 
     Arguments:
-        experts: the experts.
-        x: `(..., d)` tokens.
-        weights: `(T, E)` per-token weights (e.g. `routing.scores`, or `combine_weights`).
+        experts: the experts (`MLPExperts`, `ConvExperts`, ...).
+        x: `(..., d)` tokens (for conv experts `(B, C, H, W)`, `T = B`).
+        weights: `(T, E)` per-token weights (e.g. `routing.scores`, `combine_weights`
+            or `kept_weights`).
 
     Returns:
-        `(..., d)`.
+        `(..., d)` (for conv experts `(B, C', H', W')`). FLOPs: `E` expert rows per token
+        plus the mix, `2 * E` per output element (a batched matmul).
     """
-    tokens = x.reshape(-1, x.shape[-1])
-    all_out = experts.forward_dense(tokens)  # (E, T, d)
-    return torch.einsum("te,etd->td", weights.to(all_out.dtype), all_out).view(x.shape)
+    lead = x.dim() - row_dims(experts)
+    all_out = experts.forward_dense(x.reshape(-1, *x.shape[lead:]))  # (E, T, *R')
+    mixed = torch.einsum("te,et...->t...", weights.to(all_out.dtype), all_out)
+    return mixed.view(*x.shape[:lead], *mixed.shape[1:])
 
 
 class MoE(nn.Module):
@@ -273,18 +344,9 @@ class MoE(nn.Module):
     ) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
-        if router == "topk":
-            self.router: nn.Module = TopKRouter(d_model, num_experts, k, **factory)
-        elif router == "noisy_topk":
-            self.router = NoisyTopKRouter(d_model, num_experts, k, **factory)
-        elif router == "expert_choice":
-            if capacity_factor is not None:
-                raise ConfigError(
-                    "MoE: expert_choice routing has its own capacity; leave capacity_factor None"
-                )
-            self.router = ExpertChoiceRouter(d_model, num_experts, float(k), **factory)
-        else:
-            raise ConfigError(f"MoE: router must be one of {ROUTERS}, got {router!r}")
+        self.router = make_router(
+            "MoE", router, d_model, num_experts, k, capacity_factor, **factory
+        )
         self.experts = MLPExperts(num_experts, d_model, hidden, activation=activation, **factory)
         self.layer = MoELayer(
             self.experts,
@@ -297,4 +359,5 @@ class MoE(nn.Module):
         routing = self.router(x)
         out = self.layer(x, routing)
         out.flops += self.router.flops(routing.num_tokens)
+        out.token_flops += self.router.flops(1)
         return out
