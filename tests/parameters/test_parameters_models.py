@@ -108,6 +108,13 @@ FIGURES = {
     ("mobilenetv2_cifar", (("conv", "dyconv"),)): (2_678_170, 60_816_896),
     ("mobilenetv2_cifar", (("conv", "weightnet"),)): (3_883_962, 63_200_896),
     ("mobilenetv2_cifar", (("width_mult", 1.0),)): (2_236_682, 175_952_896),
+    ("mobilenetv2_cifar", (("width_mult", 0.35), ("stem_stride", 2))): (408_938, 7_824_768),
+    ("mobilenetv2_cifar", (("width_mult", 0.35), ("stem_stride", 2), ("activation", "dyrelu_b"))): (
+        2_168_858,
+        11_291_008,
+    ),
+    ("mobilenetv2_cifar", (("width_mult", 0.35), ("stem_stride", 2), ("conv", "condconv"))): (1_146_498, 9_776_000),
+    ("mobilenetv2_cifar", (("width_mult", 0.35), ("stem_stride", 2), ("conv", "dyconv"))): (1_418_500, 10_317_168),
 }
 
 
@@ -116,6 +123,12 @@ def test_published_figures(name, kwargs):
     model = create_model(name, device="meta", **dict(kwargs))
     params = sum(p.numel() for p in model.parameters())
     assert (params, model.cost((3, 32, 32))) == FIGURES[(name, kwargs)]
+
+
+def test_stem_stride_2_cost_equals_flop_counter():
+    model = create_model("mobilenetv2_cifar", width_mult=0.35, stem_stride=2, conv="dyconv").eval()
+    x = torch.zeros(2, 3, 32, 32)
+    assert counted_flops(model, x) == 2 * model.cost((3, 32, 32))
 
 
 @pytest.mark.parametrize("conv, act", [("condconv", "dyrelu_c"), ("weightnet", "relu6")])
@@ -137,5 +150,7 @@ def test_bad_switches_raise_config_error():
         create_model("resnet20_dyrelu", variant="d")
     with pytest.raises(ConfigError, match="width_mult"):
         create_model("mobilenetv2_cifar", width_mult=0)
+    with pytest.raises(ConfigError, match="stem_stride must be 1 or 2"):
+        create_model("mobilenetv2_cifar", stem_stride=3)
     with pytest.raises(ConfigError, match="expects per-sample inputs"):
         create_model("resnet20_dyconv").cost((1, 32, 32))

@@ -57,3 +57,25 @@ def test_empty_loader_is_a_data_error():
     loader = DataLoader(TensorDataset(torch.zeros(0, 1), torch.zeros(0, dtype=torch.long)), batch_size=2)
     with pytest.raises(DataError, match="no samples"):
         evaluate(LookupModel([torch.zeros(1, 2)], torch.zeros(1)), loader, "cpu")
+
+
+def test_to_channels_last_converts_4d_tensors_and_leaves_stacked_expert_kernels():
+    from dynamicnets import create_model
+    from dynamicnets.training.evaluate import to_channels_last
+
+    torch.manual_seed(0)
+    model = create_model("resnet20_condconv").eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        before = model(x).logits
+    with pytest.raises(RuntimeError):  # what the Trainer used to call
+        create_model("resnet20_condconv").to(memory_format=torch.channels_last)
+    to_channels_last(model)
+    ranks = {p.dim() for p in model.parameters()}
+    assert 5 in ranks and 4 in ranks
+    for p in model.parameters():
+        if p.dim() == 4:
+            assert p.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        after = model(x.contiguous(memory_format=torch.channels_last)).logits
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)

@@ -26,6 +26,20 @@ def to_device(x: torch.Tensor, device: torch.device, channels_last: bool = False
     return x
 
 
+def to_channels_last(model: nn.Module) -> nn.Module:
+    """Put every 4-D parameter and buffer of `model` in channels-last layout, in place.
+
+    Unlike `model.to(memory_format=torch.channels_last)`, tensors of other ranks are left
+    alone, so models holding stacked expert kernels `(K, C_out, C_in, k, k)` (CondConv,
+    DY-Conv, conv experts) convert too.
+    """
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if tensor.dim() == 4:
+                tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
+    return model
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,

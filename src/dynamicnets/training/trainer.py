@@ -21,7 +21,7 @@ from ..models import create_model
 from .checkpoint import FORMAT, check_compatible, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .distributed import all_reduce_sum, init_distributed, is_distributed, is_main
-from .evaluate import autocast_context, evaluate, to_device
+from .evaluate import autocast_context, evaluate, to_channels_last, to_device
 from .initialise import load_initial_weights, temperature_schedule
 from .distillation import exit_distillation_loss
 from .losses import multi_exit_loss
@@ -119,7 +119,7 @@ class Trainer:
         self.channels_last = config.channels_last and len(self.bundle.input_shape) == 3
         model = model.to(self.device)
         if self.channels_last:
-            model = model.to(memory_format=torch.channels_last)
+            model = to_channels_last(model)
         self.model = model
         if self.world_size > 1:
             device_ids = [self.local_rank] if self.device.type == "cuda" else None

@@ -24,6 +24,11 @@ Figures on 3x32x32, 10 classes (`tests/parameters/test_parameters_models.py` che
 | 0.5   | weightnet | relu       |  3,883,962 |  63,200,896 |
 | 1.0   | static    | relu       |  2,236,682 | 175,952,896 |
 
+With `stem_stride=2` (the paper's stem; 2x2 final features on 32x32), width 0.35:
+static/ReLU 408,938 params, 7,824,768 FLOPs; DY-ReLU-B 2,168,858 / 11,291,008 (+44%: the
+hyper functions do not shrink with the feature maps); CondConv 1,146,498 / 9,776,000;
+DY-Conv 1,418,500 / 10,317,168.
+
 At width 0.35 DY-ReLU-B costs +11% FLOPs, close to the paper's +10% MAdds on ImageNet
 (59.2M -> 65.0M); its parameter overhead is larger relative to this CIFAR network,
 whose 10-class classifier is tiny (most of it is the hyper function of the 1280-wide
@@ -126,6 +131,9 @@ class MobileNetV2Cifar(nn.Module):
         num_experts: `K` of CondConv / DY-Conv.
         last_channels: width of the final 1x1 conv (1280 in the paper, scaled up only
             for `width_mult > 1`).
+        stem_stride: 1 (the CIFAR ports: 4x4 final features on 32x32) or 2 (the paper's
+            stem stride: 2x2 final features, about 4x fewer FLOPs; the short CPU
+            schedules of the benchmarks use it).
 
     Attributes:
         default_input_shape: `(in_chans, 32, 32)`.
@@ -145,11 +153,14 @@ class MobileNetV2Cifar(nn.Module):
         activation: str = "relu",
         num_experts: int = 4,
         last_channels: int = 1280,
+        stem_stride: int = 1,
         device=None,
         dtype=None,
     ) -> None:
         super().__init__()
         name = "mobilenetv2_cifar"
+        if stem_stride not in (1, 2):
+            raise ConfigError(f"model {name!r}: stem_stride must be 1 or 2, got {stem_stride!r}")
         require_positive(
             name, num_classes=num_classes, in_chans=in_chans, num_experts=num_experts,
             last_channels=last_channels,
@@ -165,7 +176,7 @@ class MobileNetV2Cifar(nn.Module):
         self.in_chans = in_chans
         self.default_input_shape = (in_chans, 32, 32)
         chans = make_divisible(32 * width_mult)
-        self.stem = DynamicConvNormAct(in_chans, chans, 3, 1, activation=activation, **factory)
+        self.stem = DynamicConvNormAct(in_chans, chans, 3, stem_stride, activation=activation, **factory)
         self.blocks = nn.ModuleList()
         for expand_ratio, channels, repeats, first_stride in CIFAR_SETTINGS:
             out_chans = make_divisible(channels * width_mult)
@@ -216,11 +227,12 @@ def mobilenetv2_cifar(
     conv: str = "static",
     activation: str = "relu",
     num_experts: int = 4,
+    stem_stride: int = 1,
     device=None,
     dtype=None,
 ) -> MobileNetV2Cifar:
     """MobileNetV2 for 32x32 inputs; `conv` and `activation` switch in dynamic layers."""
     return MobileNetV2Cifar(
         num_classes, in_chans, width_mult, conv=conv, activation=activation,
-        num_experts=num_experts, device=device, dtype=dtype,
+        num_experts=num_experts, stem_stride=stem_stride, device=device, dtype=dtype,
     )
