@@ -1,4 +1,5 @@
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import pytest
@@ -76,3 +77,12 @@ def test_to_plain_round_trips():
 
 def test_yaml_exponent_strings_are_numbers():
     assert from_mapping(Example, {"lr": "1e-3"}).lr == 1e-3
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_are_valid_train_configs_of_registered_models(path):
+    from dynamicnets import create_model
+    from dynamicnets.training import TrainConfig
+
+    config = from_mapping(TrainConfig, load_yaml(path), source=str(path))
+    create_model(config.model, device="meta", **config.model_args)
