@@ -12,7 +12,7 @@ import torch
 from dynamicnets.errors import ConfigError
 from dynamicnets.training import TrainConfig, Trainer, all_reduce_sum, init_distributed, is_main
 
-from .tiny import tiny_bundle, tiny_model
+from .tiny import DYNAMIC_MODELS, tiny_bundle, tiny_model
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -100,3 +100,10 @@ def test_ddp_two_gloo_processes_match_single_process_global_batch(tmp_path):
     for run in ("tiny", "cnn"):
         assert sorted(p.name for p in (tmp_path / run).iterdir()) == [
             "best.pt", "config.yaml", "last.pt", "metrics.jsonl"]
+
+    # Gated, routed and halting models trained 3 DDP steps without find_unused_parameters,
+    # and their replicas stayed identical (REINFORCE baselines and BN buffers included).
+    for name in DYNAMIC_MODELS:
+        replicas = [torch.load(tmp_path / f"{name}_rank{r}.pt", weights_only=True) for r in (0, 1)]
+        assert replicas[0]["result"]["step"] == 3, name
+        _assert_same_weights(replicas[0]["model"], replicas[1]["model"])

@@ -58,3 +58,18 @@ def tiny_bundle(n_train: int = 96, n_val: int = 24, seed: int = 0) -> DataBundle
 
     return DataBundle(name="tiny", train=split(n_train), val=split(n_val), test=None,
                       num_classes=3, input_shape=(1, 4, 4))
+
+
+# Dynamic models trained by the data-parallel test (ddp_worker.py), small settings for 1x8x8 digits.
+DYNAMIC_MODELS = {  # small settings for 1x8x8 digits
+    "skipnet_resnet": {"depth": 14, "width": 4, "rl": True},
+    "convnet_aig_resnet": {"depth": 14, "width": 4},
+    "blockdrop_resnet": {"depth": 14, "width": 4},
+    "act_resnet": {"depth": 14, "width": 4},
+    "sact_resnet": {"depth": 14, "width": 4},
+    "fbs_resnet_cifar": {"depth": 14},
+    "gumbel_channel_resnet_cifar": {"depth": 14},
+    "moe_resnet_cifar": {"depth": 14},
+    "dsnet_resnet_cifar": {"depth": 20, "base_width": 4},
+    "neural_tree_cnn": {},
+}
