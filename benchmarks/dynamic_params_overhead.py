@@ -3,21 +3,30 @@
 64 -> 64 channels, 3x3, 32x32 inputs, batch 32 and batch 1: CondConv (K = 4, 8) and
 DY-Conv (K = 4) with their routing functions and kernel mixing included, divided by a
 static `nn.Conv2d` of the same shape, all timed interleaved in the same run
-(`dynamicnets.profiling.latency.compare`, fixed threads, inference mode). Each of the
-`--rounds` rounds times every callable back to back; `overhead` is the median over
-rounds of the per-round ratio (with its interquartile range), so bursts of load from
-other processes on a shared machine disturb it less than a ratio of medians.
+(`dynamicnets.profiling.latency.compare`, fixed threads, inference mode, eval mode).
+Each of the `--rounds` rounds times every callable back to back; `overhead` is the
+median over rounds of the per-round ratio (with its interquartile range), so bursts of
+load from other processes disturb it less than a ratio of medians.
 
 Both memory layouts are timed: `overhead` divides by the static conv on the SAME layout
-as the dynamic layer's input; `overhead_vs_best_static` divides by the faster static
-layout (on this CPU the static conv is much faster in channels_last at batch 32, while
-the dynamic layers' per-sample grouped convolution is not).
+as the dynamic layer's input (the static weight converted to that layout too);
+`overhead_vs_best_static` divides by the faster static layout (on this CPU the static
+conv is about 2x faster in channels_last at batch 32 with 2 threads).
+
+Run it on a quiet machine: every small op of the dynamic layers opens an OpenMP
+parallel region, and when other processes hold the cores each region waits for a
+descheduled thread, which inflates the dynamic layers far more than the single static
+conv. Check `uptime` (load average well under 1) first. `--profile` prints a
+torch.profiler breakdown first (self-time share of each layer's top ops) to see what
+limits each layer.
 
 Writes `benchmarks/results/dynamic_params_overhead.json` (one record per layer, batch
 size and layout: `layer, batch_size, memory_format, overhead, flops, static_flops, ...`,
 FLOPs per sample) and the Markdown table `dynamic_params_overhead.md`.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/dynamic_params_overhead.py
+    # a quick trial, results kept out of benchmarks/results:
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/dynamic_params_overhead.py --rounds 5 --out /tmp/overhead.json --profile
 """
 from __future__ import annotations
 
@@ -169,16 +178,56 @@ def run(batch_sizes: list[int], threads: int, rounds: int, min_run_time: float) 
     return records
 
 
+def print_profiles(batch_sizes: list[int], threads: int, top: int = 6) -> None:
+    """Print, per batch size, layout and layer, the ops with the largest self-time share."""
+    from torch.profiler import profile
+
+    layers = build_layers()
+    torch.set_num_threads(threads)
+    for batch in batch_sizes:
+        calls = 10 if batch > 1 else 200
+        for name, fn in make_callables(layers, batch).items():
+            with torch.inference_mode():
+                for _ in range(3):
+                    fn()
+                with profile() as prof:
+                    for _ in range(calls):
+                        fn()
+            events = prof.key_averages()
+            total = sum(e.self_cpu_time_total for e in events)
+            ranked = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+            shares = ", ".join(
+                f"{e.key.removeprefix('aten::')} {e.self_cpu_time_total / total:.1%}"
+                for e in ranked
+            )
+            print(f"profile batch {batch} {name} ({total / calls / 1e3:.3g} ms/call): {shares}")
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch-sizes", default="32,1")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="\n".join(__doc__.splitlines()[2:]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--batch-sizes", default="32,1", help="comma-separated")
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS)
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--min-run-time", type=float, default=0.1)
-    parser.add_argument("--out", type=Path, default=RESULTS / "dynamic_params_overhead.json")
+    parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds")
+    parser.add_argument(
+        "--min-run-time", type=float, default=0.1, help="seconds per callable per round"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS / "dynamic_params_overhead.json",
+        help="JSON path; the Markdown table goes beside it (.md)",
+    )
+    parser.add_argument(
+        "--profile", action="store_true",
+        help="also print each layer's top ops by torch.profiler self-time share",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    if args.profile:
+        print_profiles(batch_sizes, args.threads)
     records = run(batch_sizes, args.threads, args.rounds, args.min_run_time)
     meta = {
         "threads": args.threads,

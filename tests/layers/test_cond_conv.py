@@ -159,3 +159,80 @@ def test_channels_last_input(batch):
     r = torch.rand(batch, 3)
     out = conv(x.contiguous(memory_format=torch.channels_last), r)
     torch.testing.assert_close(out, conv(x, r), rtol=1e-5, atol=1e-5)
+
+
+def _loop_reference(x, kernels, bias, stride, padding, groups):
+    return torch.cat(
+        [
+            F.conv2d(
+                x[b : b + 1], kernels[b], None if bias is None else bias[b], stride, padding,
+                1, groups,
+            )
+            for b in range(x.shape[0])
+        ]
+    )
+
+
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("batch", [2, 5])
+@pytest.mark.parametrize("kernel_order", ["default", "channels_last"])
+def test_per_sample_conv2d_channels_last_keeps_layout(grad, batch, kernel_order):
+    # 256 channels: the inference fold runs in chunks of 2 samples (FOLDED_ROW_BYTES)
+    torch.manual_seed(0)
+    x = torch.randn(batch, 256, 5, 4).contiguous(memory_format=torch.channels_last)
+    kernels = torch.randn(batch, 6, 128, 3, 3)
+    if kernel_order == "channels_last":
+        kernels = kernels.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+    bias = torch.randn(batch, 6)
+    expected = _loop_reference(x.contiguous(), kernels, bias, 2, 1, 2)
+    x.requires_grad_(grad)
+    with torch.set_grad_enabled(grad):
+        out = per_sample_conv2d(x, kernels, bias, stride=2, padding=1, groups=2)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+    if grad:
+        out.square().sum().backward()
+        x_ref = x.detach().contiguous().requires_grad_()
+        _loop_reference(x_ref, kernels, bias, 2, 1, 2).square().sum().backward()
+        torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_channels_last_kernels_keep_a_default_layout_output(batch):
+    torch.manual_seed(0)
+    x = torch.randn(batch, 4, 6, 6)
+    kernels = torch.randn(batch, 5, 4, 3, 3).permute(0, 1, 3, 4, 2).contiguous()
+    kernels = kernels.permute(0, 1, 4, 2, 3)  # channels_last order in memory
+    out = per_sample_conv2d(x, kernels, padding=1)
+    assert out.is_contiguous()
+    torch.testing.assert_close(out, _loop_reference(x, kernels, None, 1, 1, 1))
+
+
+@pytest.mark.parametrize("batch", [2, 6])  # fewer / more samples than the 3 experts
+def test_channels_last_inference_mixes_in_channels_last(batch):
+    conv = make(CONFIGS[1]).eval()
+    x = torch.randn(batch, 4, 8, 8)
+    r = torch.rand(batch, 3)
+    kernels, _ = conv.aggregate(r, channels_last=True)
+    torch.testing.assert_close(kernels, conv.aggregate(r)[0])
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        out = conv(x_cl, r)
+        assert counted_flops(conv, x_cl, r) == batch * conv.cost(8, 8)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, conv(x, r), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("hidden", [None, 5])
+def test_routing_logits_are_mean_pool_then_linear(hidden):
+    torch.manual_seed(0)
+    routing = RoutingFunction(8, 4, "softmax", temperature=3.0, hidden_channels=hidden)
+    x = torch.randn(3, 8, 5, 6)
+    d = x.mean(dim=(2, 3))
+    if hidden is not None:
+        d = F.relu(F.linear(d, routing.hidden[0].weight, routing.hidden[0].bias))
+    logits = F.linear(d, routing.fc.weight, routing.fc.bias)
+    torch.testing.assert_close(routing.logits(x), logits)
+    torch.testing.assert_close(routing(x), (logits / 3.0).softmax(dim=1))
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(routing(x_cl, temperature=0.5), (logits / 0.5).softmax(dim=1))

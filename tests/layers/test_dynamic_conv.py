@@ -81,3 +81,14 @@ def test_bad_arguments_raise_config_error():
         make(reduction=0)
     with pytest.raises(ConfigError, match="num_experts"):
         make(num_experts=0)
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_channels_last_input_same_output_same_layout(grad):
+    layer = make()
+    x = torch.randn(6, 8, 7, 7)
+    expected = layer(x, temperature=2.0)
+    with torch.set_grad_enabled(grad):
+        out = layer(x.contiguous(memory_format=torch.channels_last), temperature=2.0)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)

@@ -98,3 +98,14 @@ def test_bad_arguments_raise_config_error():
         WeightNetConv2d(4, 6, 3, ratio=0)
     with pytest.raises(ConfigError, match="expected x"):
         make(CONFIGS[0])(torch.randn(2, 3, 5, 5))
+
+
+@pytest.mark.parametrize("config", CONFIGS[:2])
+def test_channels_last_input(config):
+    layer = make(config)
+    x = torch.randn(4, config["in_channels"], 8, 7)
+    with torch.no_grad():
+        expected = layer(x)
+        out = layer(x.contiguous(memory_format=torch.channels_last))
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)

@@ -6,17 +6,29 @@ gives the same output as the mixture of experts `sum_k r_k (W_k * x)` (the convo
 is linear in the kernel) for the cost of one convolution plus a small kernel mix,
 instead of K convolutions.
 
-Execution: the mix is one matrix product `(B, K) @ (K, P)`; the per-sample
-convolutions are ONE grouped convolution with the batch folded into the groups
-(`(1, B*C, H, W)` input, `B*groups` groups); batch size 1 needs no folding. No Python
-loop over samples.
+Execution (`per_sample_conv2d`): the mix is one matrix product `(B, K) @ (K, P)`; the
+per-sample convolutions are one grouped convolution with the batch folded into the
+groups; batch size 1 is a plain convolution. No Python loop over samples (one path
+below loops over chunks of several samples). Folding needs the batch next to the
+channels in memory, so the layout decides how:
 
-Layout: folding needs the batch and channel axes adjacent, so a `channels_last` batch
-is copied to the default layout first and the output comes back in it. On this
-project's 2-core CPU a static 3x3 conv runs about 2x faster in `channels_last` at batch
-32, which the grouped per-sample conv cannot match (see
-`benchmarks/dynamic_params_overhead.py`); at batch 1 the kernel follows the input's
-layout.
+- default layout `(B, C, H, W)`: the fold `(1, B*C, H, W)` is a free view.
+- `channels_last` (memory `(B, H, W, C)`), no autograd recording (inference): the
+  batch moves between the spatial axes and the channels, memory `(H, W, B, C)`, a copy
+  of whole `C`-rows (cheap, unlike a `channels_last` -> default transpose, which moves
+  single elements); the grouped convolution runs in `channels_last` (oneDNN's brgconv)
+  on chunks of a few samples (`FOLDED_ROW_BYTES`) and writes a `channels_last` output.
+  `CondConv2d` then mixes its kernels directly in `channels_last` order when it has
+  fewer experts than samples (reordering K kernels instead of B).
+- `channels_last` under autograd: the backward of that fold is slow (about 2.1x a
+  static conv's training step at batch 32, against 1.7x), so the batch goes through
+  the default-layout fold and the output is turned back to `channels_last`.
+
+What limits the speed (`benchmarks/dynamic_params_overhead.py`, oneDNN on a 2-core
+AVX-512 CPU): a grouped convolution over B per-sample kernels runs below a static
+convolution's throughput (oneDNN reorders B kernels instead of one, and the groups'
+data lies further apart), most of all against `channels_last` static convolutions;
+the routing reads the whole input once more and the mix reads all K experts.
 """
 from __future__ import annotations
 
@@ -29,6 +41,13 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..profiling.flops import conv_out_size
 from .routing import RoutingFunction
+
+# channels_last folding: the grouped conv reads each group's pixels `n * C` values
+# apart (n samples per fold), and oneDNN slows down as that stride grows. Measured on
+# a 3x3, 64-channel, float32 conv at batch 32: 2-8 samples per fold about 1.3x a
+# static conv, 16 samples 1.5x, all 32 samples 1.9x. So the batch is folded in chunks
+# whose pixel row (`n * C * itemsize` bytes) stays within this, of at least 2 samples.
+FOLDED_ROW_BYTES = 2048
 
 
 def per_sample_conv2d(
@@ -43,33 +62,51 @@ def per_sample_conv2d(
     """Convolve each sample with its own kernel, as one grouped convolution.
 
     Args:
-        x: `(B, C, H, W)`.
-        kernels: `(B, O, C // groups, kh, kw)`, sample `b` uses `kernels[b]`.
+        x: `(B, C, H, W)`, default layout or `channels_last`.
+        kernels: `(B, O, C // groups, kh, kw)`, sample `b` uses `kernels[b]`; any strides
+            (`channels_last`-ordered kernels, memory `(B, O, kh, kw, C // groups)`, save
+            a copy when `x` is `channels_last`).
         bias: `(B, O)` or None.
         stride, padding, dilation, groups: as `F.conv2d`, per sample.
 
     Returns:
-        `(B, O, H', W')`. FLOPs (as `FlopCounterMode` counts): those of `B` ordinary
-        convolutions; the folding reshapes are free.
+        `(B, O, H', W')`, in `x`'s layout. FLOPs (as `FlopCounterMode` counts): those of
+        `B` ordinary convolutions; the folding reshapes are free.
     """
-    batch, channels, height, width = x.shape
+    batch = x.shape[0]
     if kernels.ndim != 5 or kernels.shape[0] != batch:
         raise ConfigError(
             f"per_sample_conv2d: kernels must be (B={batch}, O, C/groups, kh, kw), got "
             f"{tuple(kernels.shape)}"
         )
-    out_channels = kernels.shape[1]
+    channels_last = is_channels_last(x)
     if batch == 1:
-        kernel = kernels[0]
-        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-            # the conv runs fastest with input and kernel in the same layout
-            kernel = kernel.contiguous(memory_format=torch.channels_last)
-        return F.conv2d(
-            x, kernel, None if bias is None else bias[0], stride, padding, dilation, groups
-        )
+        # a channels_last kernel would switch the whole conv (and its output) to channels_last
+        kernel = kernels[0] if channels_last else kernels[0].contiguous()
+        bias = None if bias is None else bias[0]
+        return F.conv2d(x, kernel, bias, stride, padding, dilation, groups)
+    if channels_last and not records_grad(x, kernels, bias):
+        return _fold_channels_last(x, kernels, bias, stride, padding, dilation, groups)
+    y = _fold_default(x, kernels, bias, stride, padding, dilation, groups)
+    return y.contiguous(memory_format=torch.channels_last) if channels_last else y
+
+
+def is_channels_last(x: Tensor) -> bool:
+    """True when `x (B, C, H, W)` is laid out `channels_last` and not also contiguous."""
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def records_grad(*tensors: Tensor | None) -> bool:
+    """True when autograd records an op on `tensors` (grad mode on, one needs a grad)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _fold_default(x, kernels, bias, stride, padding, dilation, groups):
+    batch, channels, height, width = x.shape
+    out_channels = kernels.shape[1]
     folded = F.conv2d(
         x.reshape(1, batch * channels, height, width),
-        kernels.reshape(batch * out_channels, *kernels.shape[2:]),
+        kernels.reshape(batch * out_channels, *kernels.shape[2:]).contiguous(),
         None if bias is None else bias.reshape(batch * out_channels),
         stride,
         padding,
@@ -77,6 +114,34 @@ def per_sample_conv2d(
         batch * groups,
     )
     return folded.view(batch, out_channels, folded.shape[-2], folded.shape[-1])
+
+
+def _fold_channels_last(x, kernels, bias, stride, padding, dilation, groups):
+    batch, channels = x.shape[:2]
+    out_channels = kernels.shape[1]
+    chunk = max(2, FOLDED_ROW_BYTES // (channels * x.element_size()))
+    out = None  # (B, H', W', O), filled chunk by chunk
+    for start in range(0, batch, chunk):
+        n = min(chunk, batch - start)
+        part = x[start : start + n]
+        # (n, C, H, W) in memory (n, H, W, C) -> (1, n*C, H, W) in memory (H, W, n, C)
+        folded = part.permute(2, 3, 0, 1).reshape(*part.shape[2:], 1, n * channels)
+        kernel = kernels[start : start + n].reshape(n * out_channels, *kernels.shape[2:])
+        y = F.conv2d(
+            folded.permute(2, 3, 0, 1),
+            kernel.contiguous(memory_format=torch.channels_last),
+            None if bias is None else bias[start : start + n].reshape(n * out_channels),
+            stride,
+            padding,
+            dilation,
+            n * groups,
+        )
+        # (1, n*O, H', W') in memory (H', W', n, O) -> (n, H', W', O)
+        y = y.permute(0, 2, 3, 1).reshape(*y.shape[2:], n, out_channels).permute(2, 0, 1, 3)
+        if out is None:
+            out = y.new_empty((batch, *y.shape[1:]))
+        out[start : start + n] = y
+    return out.permute(0, 3, 1, 2)  # (B, O, H', W'), channels_last
 
 
 class CondConv2d(nn.Module):
@@ -121,7 +186,9 @@ class CondConv2d(nn.Module):
                 f"CondConv2d: num_experts must be a positive int, got {num_experts!r}"
             )
         factory = {"device": device, "dtype": dtype}
-        store_conv_geometry(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
+        store_conv_geometry(
+            self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups
+        )
         self.num_experts = num_experts
         self.weight = nn.Parameter(
             torch.empty(
@@ -146,23 +213,36 @@ class CondConv2d(nn.Module):
         """Parameters of one expert (kernel + bias)."""
         return self.weight[0].numel() + (0 if self.bias is None else self.out_channels)
 
-    def aggregate(self, routing_weights: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Mix the experts: `(B, K) -> kernels (B, O, C/groups, k, k), bias (B, O) | None`."""
-        self._check_routing(routing_weights)
-        return self._mix(routing_weights)
+    def aggregate(
+        self, routing_weights: Tensor, channels_last: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        """Mix the experts: `(B, K) -> kernels (B, O, C/groups, k, k), bias (B, O) | None`.
 
-    def _mix(self, routing_weights: Tensor) -> tuple[Tensor, Tensor | None]:
-        batch = routing_weights.shape[0]
-        kernels = (routing_weights @ self.weight.view(self.num_experts, -1)).view(
-            batch, *self.weight.shape[1:]
-        )
+        `channels_last=True` returns the kernels ordered in memory as
+        `(B, O, k, k, C/groups)` when that is cheaper to produce here than in
+        `per_sample_conv2d` (fewer experts than samples: reorder K kernels, not B).
+        """
+        self._check_routing(routing_weights)
+        return self._mix(routing_weights, channels_last)
+
+    def _mix(
+        self, routing_weights: Tensor, channels_last: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        batch, experts = routing_weights.shape
         bias = None if self.bias is None else routing_weights @ self.bias
-        return kernels, bias
+        if channels_last and experts < batch:
+            weight = self.weight.permute(0, 1, 3, 4, 2)  # (K, O, k, k, C/groups)
+            kernels = routing_weights @ weight.reshape(experts, -1)
+            return kernels.view(batch, *weight.shape[1:]).permute(0, 1, 4, 2, 3), bias
+        kernels = routing_weights @ self.weight.view(experts, -1)
+        return kernels.view(batch, *self.weight.shape[1:]), bias
 
     def forward(self, x: Tensor, routing_weights: Tensor) -> Tensor:
-        """`x (B, C_in, H, W)`, `routing_weights (B, K)` -> `(B, C_out, H', W')`."""
+        """`x (B, C_in, H, W)`, `routing_weights (B, K)` -> `(B, C_out, H', W')` in `x`'s layout."""
         self._check_input(x, routing_weights)
-        kernels, bias = self._mix(routing_weights)
+        # the kernels per_sample_conv2d wants in channels_last (its no-autograd fold)
+        channels_last = is_channels_last(x) and not records_grad(x, routing_weights, self.weight)
+        kernels, bias = self._mix(routing_weights, channels_last)
         return per_sample_conv2d(
             x, kernels, bias, self.stride, self.padding, self.dilation, self.groups
         )

@@ -6,6 +6,9 @@ another network) can drive any of them.
 """
 from __future__ import annotations
 
+import math
+
+import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
@@ -41,7 +44,8 @@ class RoutingFunction(nn.Module):
             layer with ReLU.
 
     Shapes:
-        `(B, C, *S) -> (B, K)`; any memory layout (pooling is a `mean`).
+        `(B, C, *S) -> (B, K)`; any memory layout (pooling is a sum over `S` with the
+        `1 / |S|` folded into the first linear layer).
     """
 
     def __init__(
@@ -79,25 +83,38 @@ class RoutingFunction(nn.Module):
 
     def logits(self, x: Tensor) -> Tensor:
         """`(B, C, *S) -> (B, K)` routing logits (before temperature and activation)."""
-        if x.ndim < 2 or x.shape[1] != self.in_channels:
-            raise ConfigError(
-                f"RoutingFunction: expected input (B, {self.in_channels}, ...), got "
-                f"{tuple(x.shape)}"
-            )
-        descriptor = x.mean(dim=tuple(range(2, x.ndim))) if x.ndim > 2 else x
-        if self.hidden is not None:
-            descriptor = self.hidden(descriptor)
-        return self.fc(descriptor)
+        return self._scaled_logits(x, 1.0)
 
     def forward(self, x: Tensor, temperature: float | None = None) -> Tensor:
         """`(B, C, *S) -> (B, K)` routing weights at `temperature` (module default if None)."""
         t = self.temperature if temperature is None else check_temperature(
             temperature, "RoutingFunction.forward"
         )
-        logits = self.logits(x)
-        if t != 1.0:
-            logits = logits / t
-        return logits.sigmoid() if self.activation == "sigmoid" else logits.softmax(dim=-1)
+        logits = self._scaled_logits(x, 1.0 / t)
+        return logits.sigmoid_() if self.activation == "sigmoid" else logits.softmax(dim=-1)
+
+    def _scaled_logits(self, x: Tensor, scale: float) -> Tensor:
+        """`scale * logits(x)`, in as few kernels as possible.
+
+        The pooling's `1 / |S|` and `scale` (the inverse temperature) ride on the
+        `alpha`/`beta` of the `addmm`s instead of separate divisions: at batch 1 each
+        extra small kernel costs about 1-2% of the 64-channel 3x3 conv it routes
+        (`benchmarks/dynamic_params_overhead.py`).
+        """
+        if x.ndim < 2 or x.shape[1] != self.in_channels:
+            raise ConfigError(
+                f"RoutingFunction: expected input (B, {self.in_channels}, ...), got "
+                f"{tuple(x.shape)}"
+            )
+        spatial = tuple(range(2, x.ndim))
+        pooled = x.sum(dim=spatial) if spatial else x
+        inv_size = 1.0 / math.prod(x.shape[2:])
+        if self.hidden is not None:
+            first = self.hidden[0]
+            pooled = torch.addmm(first.bias, pooled, first.weight.t(), alpha=inv_size).relu_()
+            inv_size = 1.0
+        fc = self.fc
+        return torch.addmm(fc.bias, pooled, fc.weight.t(), beta=scale, alpha=inv_size * scale)
 
     def cost(self) -> int:
         """Per-sample FLOPs (the linear layers; pooling and activations are not counted)."""

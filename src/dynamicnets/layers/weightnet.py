@@ -5,7 +5,8 @@ and a sigmoid to `M * C_out` attention values; a *grouped* FC layer with `G * C_
 groups maps the `M` values of each output channel to that channel's kernel. CondConv
 (one group per channel mixing K shared kernels) and SE-style channel scaling are
 special cases of the grouped FC. The grouped FC is a grouped 1x1 convolution; the
-generated kernels run as one grouped convolution over the batch (`per_sample_conv2d`).
+generated kernels run as one grouped convolution over the batch (`per_sample_conv2d`,
+in the input's memory layout).
 """
 from __future__ import annotations
 
@@ -73,7 +74,9 @@ class WeightNetConv2d(nn.Module):
                 f"({per_kernel}) must be divisible by fc_groups ({fc_groups})"
             )
         factory = {"device": device, "dtype": dtype}
-        store_conv_geometry(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
+        store_conv_geometry(
+            self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups
+        )
         self.ratio = ratio
         self.fc_groups = fc_groups
         self.descriptor_channels = (
