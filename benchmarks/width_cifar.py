@@ -5,7 +5,8 @@ seeded 45k/5k split; the shared CIFAR-10 has no test batch, so the 5k split scor
 
 - `slimmable`: `slimmable_resnet_cifar` (ResNet-20, widths 0.25/0.5/0.75/1.0, switchable
   BN, every width every step with in-place distillation from the widest), `--epochs` at
-  lr 0.1, then one more epoch at lr `--finetune-lr` (`slimmable+1`);
+  lr 0.1, then one more epoch at lr `--finetune-lr` (`slimmable+1`; skipped with
+  `--skip-slimmable-plus1`, the ladder is then the `--epochs` network);
 - `dsnet`: `dsnet_resnet_cifar` starting from the `--epochs` slimmable network (backbone
   weights; the gate is new), one epoch at lr `--finetune-lr` with the target-FLOPs loss
   (`--target`, a fraction of the widest network's FLOPs) — the same training as
@@ -88,21 +89,27 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--finetune-lr", type=float, default=0.05)
     parser.add_argument("--target", type=float, default=0.5, help="DS-Net target mean FLOPs / widest FLOPs")
+    parser.add_argument("--skip-slimmable-plus1", action="store_true",
+                        help="no extra slimmable epoch: the DS-Net backbone's own ladder is the same-training one")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out-dir", default=str(ROOT / "runs" / "bench"))
-    parser.add_argument("--max-steps", type=int, default=None, help="steps per epoch (smoke runs only)")
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="optimizer steps per epoch (shorter schedules; tiny values for smoke runs)")
     opts = parser.parse_args()
     torch.set_num_threads(opts.threads)
     start = time.perf_counter()
     e = opts.epochs
+    tag = f"e{e}" if opts.max_steps is None else f"e{e}x{opts.max_steps}"
     slim_args = {"widths": list(WIDTHS), "inplace_distill": 1.0}
-    slim = train(f"cifar10_slimmable20_e{e}", "slimmable_resnet_cifar", slim_args, e, 0.1, opts)
-    slim_plus = train(f"cifar10_slimmable20_e{e}_plus1", "slimmable_resnet_cifar", slim_args, 1, opts.finetune_lr,
-                      opts, init_from=str(slim))
-    dsnet = train(f"cifar10_dsnet20_e{e}_plus1_t{opts.target}", "dsnet_resnet_cifar",
+    slim = train(f"cifar10_slimmable20_{tag}", "slimmable_resnet_cifar", slim_args, e, 0.1, opts)
+    slim_plus = slim if opts.skip_slimmable_plus1 else train(
+        f"cifar10_slimmable20_{tag}_plus1", "slimmable_resnet_cifar", slim_args, 1, opts.finetune_lr, opts,
+        init_from=str(slim))
+    ladder_name = "slimmable" if opts.skip_slimmable_plus1 else "slimmable+1"
+    dsnet = train(f"cifar10_dsnet20_{tag}_plus1_t{opts.target}", "dsnet_resnet_cifar",
                   {"widths": list(WIDTHS), "target_flops_ratio": opts.target}, 1, opts.finetune_lr, opts,
                   init_from=str(slim), init_prefix="backbone.")
-    alone = {w: train(f"cifar10_resnet20_w{int(16 * w)}_e{e + 1}", "resnet20", {"width": int(16 * w)}, e + 1, 0.1,
+    alone = {w: train(f"cifar10_resnet20_w{int(16 * w)}_{tag}_plus1", "resnet20", {"width": int(16 * w)}, e + 1, 0.1,
                       opts) for w in WIDTHS}
     train_seconds = time.perf_counter() - start
 
@@ -111,22 +118,23 @@ def main() -> int:
     slim_model, _ = load_trained_model(slim_plus)
     ds_model, _ = load_trained_model(dsnet)
     for w in WIDTHS:
-        rows.append({"method": "slimmable+1", "width": w, **score(slim_model, loader, width=w)})
+        rows.append({"method": ladder_name, "width": w, **score(slim_model, loader, width=w)})
         logits_only = score(ds_model.backbone, loader, width=w)
         rows.append({"method": "dsnet backbone", "width": w, **logits_only})
         rows.append({"method": "alone", "width": w, **score(load_trained_model(alone[w])[0], loader)})
     point = {"method": "dsnet", "width": None, **score(ds_model, loader)}
     rows.append(point)
-    for ladder_name in ("slimmable+1", "dsnet backbone", "alone"):
-        ladder = [r for r in rows if r["method"] == ladder_name]
-        at = ladder_at(ladder, point["mean_flops"])
-        point[f"{ladder_name}_accuracy_at_dsnet_flops"] = at
-        point[f"above_{ladder_name}"] = None if at is None else point["accuracy"] > at
+    for name in (ladder_name, "dsnet backbone", "alone"):
+        at = ladder_at([r for r in rows if r["method"] == name], point["mean_flops"])
+        point[f"{name}_accuracy_at_dsnet_flops"] = at
+        point[f"above_{name}"] = None if at is None else point["accuracy"] > at
     for r in rows:
         print(r, flush=True)
 
     meta = {"threads": opts.threads, "epochs": e, "train_seconds": train_seconds, "target_flops_ratio": opts.target,
-            "schedule": f"SGD nesterov cosine wd 5e-4 batch 128 crop+flip; slimmable {e} epochs lr 0.1 (+1 epoch lr "
+            "steps_per_epoch": opts.max_steps or "all (352)",
+            "schedule": f"SGD nesterov cosine wd 5e-4 batch 128 crop+flip, {opts.max_steps or 352} steps per epoch; "
+                        f"slimmable {e} epochs lr 0.1 (+1 epoch lr "
                         f"{opts.finetune_lr}); dsnet = slimmable {e} epochs + 1 gate epoch lr {opts.finetune_lr}; "
                         f"alone {e + 1} epochs lr 0.1",
             "evaluation": "seeded 5k validation split (45k/5k), eval mode",
@@ -138,7 +146,7 @@ def main() -> int:
     verdict = {k: v for k, v in point.items() if k.endswith("_at_dsnet_flops") or k.startswith("above_")}
     (RESULTS / "width_cifar.md").write_text(f"Schedule: {meta['schedule']}.\n\n{table}\n\nDS-Net vs ladders: {verdict}\n")
     curves = {name: [(r["mean_flops"], r["accuracy"]) for r in rows if r["method"] == name]
-              for name in ("slimmable+1", "dsnet backbone", "alone")}
+              for name in (ladder_name, "dsnet backbone", "alone")}
     plot_accuracy_vs_flops(curves, RESULTS / "width_cifar.png", title=f"CIFAR-10 dynamic width (ResNet-20, {e}+1 epochs)",
                            static_points={"DS-Net (gate)": (point["mean_flops"], point["accuracy"])})
     print((RESULTS / "width_cifar.md").read_text())
