@@ -15,6 +15,8 @@ Methods (random weights, `accuracy` is null):
 - `convnet_aig`, `skipnet_ffgate`: the models' own per-block gates, each gate's bias set
   so that a fraction `--rate` of a calibration batch executes its block (per-block
   thresholds); the gates' cost (FLOPs and time) is included.
+- `skipnet_rnn`: SkipNet's recurrent gate (one LSTM step per block); its one output layer
+  is shared, so one threshold holds the overall rate (the blocks' rates vary around it).
 - `blockdrop`: the policy network's per-block thresholds calibrated the same way.
 
 `ideal` is a static network of the executed size: the same backbone running, for every
@@ -52,6 +54,7 @@ METHODS = {  # method -> (registered model, constructor kwargs, uses its own gat
     "random_gates": ("convnet_aig_resnet", {}, False),
     "convnet_aig": ("convnet_aig_resnet", {}, True),
     "skipnet_ffgate": ("skipnet_resnet", {"gate": "ffgate"}, True),
+    "skipnet_rnn": ("skipnet_resnet", {"gate": "rnn"}, True),
     "blockdrop": ("blockdrop_resnet", {}, True),
 }
 
@@ -60,13 +63,16 @@ def decision_layers(model: GatedResNet) -> list[nn.Linear]:
     """The linear layers whose outputs are the gate (or policy) logits."""
     if hasattr(model, "policy_net"):
         return [model.policy_net.fc]
+    if hasattr(model, "gate"):  # SkipNet's recurrent gate: one output layer for every block
+        return [model.gate.out]
     return [gate.fc2 if hasattr(gate, "fc2") else gate.fc for gate in model.gates]
 
 
 @torch.no_grad()
 def calibrate_thresholds(model: GatedResNet, x: torch.Tensor, rate: float, passes: int = 3) -> None:
     """Per-block thresholds: shift each gate's bias so that a fraction `rate` of `x`
-    executes its block. Repeated because a gate's input depends on the earlier gates."""
+    executes its block (a shared output layer: of all its blocks together). Repeated
+    because a gate's input depends on the earlier gates."""
     layers = decision_layers(model)
     for _ in range(passes):
         seen: dict[int, list[torch.Tensor]] = {k: [] for k in range(len(layers))}

@@ -111,14 +111,16 @@ class ConvNetAIG(GatedResNet):
             PooledMLPGate(c, gate_hidden, bias_init=gate_bias_init, **factory)
             for c in self.gate_chans
         )
+        self._gate_flops = sum(g.flops() for g in self.gates)
         self.gumbel = GumbelSigmoidGate(tau, hard=True)
         self.rate_loss = rate_loss
         self.rate_weight = float(rate_weight)
         self.register_buffer("target_rate", torch.tensor(rates, device=device, dtype=dtype))
 
     def gate_flops(self) -> int:
-        """Per-sample FLOPs of all gates."""
-        return sum(g.flops() for g in self.gates)
+        """Per-sample FLOPs of all gates (fixed by the architecture: counted once, at
+        construction, not at every forward)."""
+        return self._gate_flops
 
     def forward(
         self,
@@ -145,9 +147,14 @@ class ConvNetAIG(GatedResNet):
             logits = self.run_decided(x, gates, execution)
             return self.make_output(x, logits, gates, execution, gate_flops=0)
 
+        if not self.training and execution == "compact":
+            # the eval gate, sigmoid(logit / tau) > 0.5, is logit > 0
+            scorers = [gate.scorer() for gate in self.gates]
+            return self.scored_output(x, scorers, self.gate_flops())
+
         def decide(index: int, stage: int, h: Tensor) -> Tensor:
             logit = self.gates[index](h)
-            if not self.training:  # the eval gate, sigmoid(logit / tau) > 0.5, in one op
+            if not self.training:
                 return logit > 0
             return self.gumbel(logit, generator=generator)
 

@@ -4,6 +4,14 @@ They only *score*; turning logits into decisions (sigmoid, Gumbel, Bernoulli sam
 thresholds) is the job of `dynamicnets.gates` and of the models. Each network reports its
 per-sample FLOPs, counted like `FlopCounterMode` (pooling and activations are free).
 
+The per-block gates also make *scorers* for compact inference: plain functions that
+compute `forward`'s logits op for op (so bit for bit) from the pooled block input, with
+the parameter tensors looked up once when the scorer is made (once per forward) instead
+of through submodule calls at every block. At batch 1 a block's convolutions take a few
+hundred microseconds, and the module calls, attribute look-ups, squeezes and decision ops
+around each gate had eaten much of what skipping the block saved. Scorers run no module
+hooks; the masked path (training, calibration) calls the modules.
+
 - `PooledLinearGate`: global average pool + linear, one logit (SkipNet's feed-forward gate
   reduced to its pooled 1x1 convolution).
 - `PooledMLPGate`: pool -> linear -> ReLU -> linear (ConvNet-AIG's gate).
@@ -14,6 +22,10 @@ per-sample FLOPs, counted like `FlopCounterMode` (pooling and activations are fr
 """
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Sequence
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -21,9 +33,46 @@ from ...profiling.flops import linear_flops
 from ..static.conv_norm_act import ConvNormAct
 
 
-def _pool(x: Tensor) -> Tensor:
-    """`(B, C, *S) -> (B, C)` mean over the spatial axes (no copy for channels_last)."""
-    return x.mean(dim=tuple(range(2, x.dim())))
+# pooled block input (B, C) -> gate logits (B, 1)
+Scorer = Callable[[Tensor], Tensor]
+
+
+def global_pool(x: Tensor, count: Tensor | None = None) -> Tensor:
+    """`(B, C, *S) -> (B, C)` mean over the spatial axes (no copy for channels_last).
+
+    `count`: optional, `pool_count(x)` made once for inputs of this shape: the same mean,
+    bit for bit, as a sum and an in-place division by `count`, which is what `Tensor.mean`
+    does inside on CPU for float32/float64, minus its conversion of the divisor at every
+    call.
+    """
+    dims = tuple(range(2, x.dim()))
+    if count is None:
+        return x.mean(dim=dims)
+    return x.sum(dim=dims).div_(count)
+
+
+def pool_count(x: Tensor) -> Tensor | None:
+    """The divisor of `global_pool` for `(B, C, *S)` inputs: `prod(S)`, a 0-dim tensor in
+    `x`'s dtype and device; `None` (plain `mean`) where `mean` computes otherwise and
+    sum-then-divide would round differently: float16/bfloat16 (accumulated in float32)
+    and other devices than the CPU (CUDA multiplies by the reciprocal)."""
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+        return None
+    return torch.tensor(float(math.prod(x.shape[2:])), dtype=x.dtype, device=x.device)
+
+
+def _linear_parameters(module: nn.Module, name: str) -> tuple[Tensor, Tensor | None]:
+    """Weight and bias of the `nn.Linear` submodule `name`, read from the parameter dicts.
+
+    `nn.Module` attribute look-up goes through `__getattr__` (about a microsecond each;
+    a dozen per gate, 51 gates, every forward); the dicts take a fraction of that. Falls
+    back to the attributes when they are not plain parameters (e.g. parametrized).
+    """
+    layer = module._modules[name]
+    params = layer._parameters
+    if "weight" in params and "bias" in params:
+        return params["weight"], params["bias"]
+    return layer.weight, layer.bias
 
 
 class PooledLinearGate(nn.Module):
@@ -44,7 +93,15 @@ class PooledLinearGate(nn.Module):
         nn.init.constant_(self.fc.bias, bias_init)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc(_pool(x)).squeeze(1)
+        return self.fc(global_pool(x)).squeeze(1)
+
+    def scorer(self) -> Scorer:
+        """`forward`'s logits as a function of `global_pool(x)` (see the module docstring).
+
+        **Returns:** `(B, in_chans) -> (B, 1)` logits; make a new one per forward.
+        """
+        weight, bias = _linear_parameters(self, "fc")
+        return lambda pooled: F.linear(pooled, weight, bias)
 
     def flops(self) -> int:
         """Per-sample FLOPs."""
@@ -77,7 +134,15 @@ class PooledMLPGate(nn.Module):
         nn.init.constant_(self.fc2.bias, bias_init)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(F.relu(self.fc1(_pool(x)))).squeeze(1)
+        return self.fc2(F.relu(self.fc1(global_pool(x)))).squeeze(1)
+
+    def scorer(self) -> Scorer:
+        """`forward`'s logits as a function of `global_pool(x)` (see the module docstring).
+
+        **Returns:** `(B, in_chans) -> (B, 1)` logits; make a new one per forward.
+        """
+        (w1, b1), (w2, b2) = _linear_parameters(self, "fc1"), _linear_parameters(self, "fc2")
+        return lambda pooled: F.linear(F.linear(pooled, w1, b1).relu_(), w2, b2)
 
     def flops(self) -> int:
         """Per-sample FLOPs."""
@@ -123,8 +188,33 @@ class RecurrentGate(nn.Module):
     def forward(
         self, x: Tensor, stage: int, state: tuple[Tensor, Tensor] | None
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        h, c = self.lstm(self.project[stage](_pool(x)), state)
+        h, c = self.lstm(self.project[stage](global_pool(x)), state)
         return self.out(h).squeeze(1), (h, c)
+
+    def scorers(self, stages: Sequence[int]) -> list[Scorer]:
+        """`forward`'s logits for a run of steps, as functions of `global_pool(x)` (see the
+        module docstring), the LSTM state carried from one to the next.
+
+        **Arguments:** `stages`: the stage of each step, in order.
+
+        **Returns:** one `(B, C_stage) -> (B, 1)` function per step, to be called once
+        each, in order, starting from a zero state; make new ones per forward.
+        """
+        project = [(layer.weight, layer.bias) for layer in self.project]
+        lstm = self.lstm
+        weights = (lstm.weight_ih, lstm.weight_hh, lstm.bias_ih, lstm.bias_hh)
+        out_weight, out_bias = self.out.weight, self.out.bias
+        state: list = [None]
+
+        def step(pooled: Tensor, stage: int) -> Tensor:
+            features = F.linear(pooled, *project[stage])
+            if state[0] is None:
+                zeros = features.new_zeros(features.shape[0], lstm.hidden_size)
+                state[0] = (zeros, zeros)
+            state[0] = torch.lstm_cell(features, state[0], *weights)
+            return F.linear(state[0][0], out_weight, out_bias)
+
+        return [lambda pooled, stage=stage: step(pooled, stage) for stage in stages]
 
     def flops(self, stage: int) -> int:
         """Per-sample FLOPs of one step at a block of `stage`."""
@@ -181,7 +271,7 @@ class PolicyNetwork(nn.Module):
         factor = self._factor(x.shape[-2], x.shape[-1])
         if factor > 1:
             x = F.avg_pool2d(x, factor, ceil_mode=True)
-        return self.fc(_pool(self.features(x)))
+        return self.fc(global_pool(self.features(x)))
 
     def flops(self, input_shape: tuple[int, ...]) -> int:
         """Per-sample FLOPs on a `(C, H, W)` input (the downsampling is free)."""

@@ -99,19 +99,20 @@ class SkipNet(GatedResNet):
             self.gates = nn.ModuleList(
                 PooledLinearGate(c, bias_init=gate_bias_init, **factory) for c in self.gate_chans
             )
+            self._gate_flops = sum(g.flops() for g in self.gates)
         else:
             stage_chans = tuple(blocks[0].conv2.conv.out_channels for blocks in self.backbone.stages)
             self.gate = RecurrentGate(
                 stage_chans, rnn_hidden, rnn_hidden, bias_init=gate_bias_init, **factory
             )
+            self._gate_flops = sum(self.gate.flops(s) for s, _ in self.gated_blocks)
         self.policy = BernoulliPolicy()
         self.baseline = MovingAverageBaseline(baseline_momentum, **factory)
 
     def gate_flops(self) -> int:
-        """Per-sample FLOPs of all gate evaluations (independent of the input size)."""
-        if self.gate_kind == "ffgate":
-            return sum(g.flops() for g in self.gates)
-        return sum(self.gate.flops(s) for s, _ in self.gated_blocks)
+        """Per-sample FLOPs of all gate evaluations (independent of the input size and
+        fixed by the architecture: counted once, at construction)."""
+        return self._gate_flops
 
     def forward(
         self,
@@ -142,6 +143,13 @@ class SkipNet(GatedResNet):
             gates = self.check_gates(gates, x.shape[0], execution)
             logits = self.run_decided(x, gates, execution)
             return self.make_output(x, logits, gates, execution, gate_flops=0)
+
+        if not self.training and execution == "compact":
+            if self.gate_kind == "ffgate":
+                scorers = [gate.scorer() for gate in self.gates]
+            else:
+                scorers = self.gate.scorers([s for s, _ in self.gated_blocks])
+            return self.scored_output(x, scorers, self.gate_flops())
 
         use_rl = self.training and (self.rl if rl is None else bool(rl))
         gate_logits: list[Tensor] = []
