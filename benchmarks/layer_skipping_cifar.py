@@ -54,16 +54,15 @@ METHODS = {  # method -> (registered model, model arguments)
     "act": ("act_resnet", {"ponder_weight": 0.01}),
 }
 PLAIN_EPOCHS = 5
-MAX_STEPS = [None]  # --max-steps (smoke runs of the script itself)
 
 
-def base_config(name: str, model: str, args: dict, epochs: int, lr: float, out_dir: Path, threads: int,
+def base_config(name: str, model: str, model_args: dict, epochs: int, lr: float, opts: argparse.Namespace,
                 **extra) -> TrainConfig:
     return TrainConfig(
-        name=name, model=model, model_args=args, data=DATA, val_size=5000, epochs=epochs, batch_size=128,
+        name=name, model=model, model_args=model_args, data=DATA, val_size=5000, epochs=epochs, batch_size=128,
         optimizer="sgd", lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4, schedule="cosine",
-        channels_last=True, seed=0, out_dir=str(out_dir), resume=True, threads=threads,
-        progress=sys.stderr.isatty(), max_steps_per_epoch=MAX_STEPS[0], **extra)
+        channels_last=True, seed=0, out_dir=opts.out_dir, resume=True, threads=opts.threads,
+        progress=sys.stderr.isatty(), max_steps_per_epoch=opts.max_steps, **extra)
 
 
 def train(config: TrainConfig) -> Path:
@@ -76,15 +75,14 @@ def train(config: TrainConfig) -> Path:
 
 def runs_for_depth(depth: int, args) -> dict[str, Path]:
     """Train (or find) the plain network and every method for one depth; method -> last.pt."""
-    out = Path(args.out_dir)
-    plain = train(base_config(f"cifar10_resnet{depth}", f"resnet{depth}", {}, PLAIN_EPOCHS, 0.1, out, args.threads))
+    plain = train(base_config(f"cifar10_resnet{depth}", f"resnet{depth}", {}, PLAIN_EPOCHS, 0.1, args))
     epochs = args.finetune_epochs
     runs = {"plain": train(base_config(f"cifar10_resnet{depth}_plus{epochs}", f"resnet{depth}", {}, epochs,
-                                       args.finetune_lr, out, args.threads, init_from=str(plain)))}
+                                       args.finetune_lr, args, init_from=str(plain)))}
     for method in args.methods:
         model, model_args = METHODS[method]
         config = base_config(f"cifar10_{method}{depth}_plus{epochs}", model, {"depth": depth, **model_args},
-                             epochs, args.finetune_lr, out, args.threads, init_from=str(plain),
+                             epochs, args.finetune_lr, args, init_from=str(plain),
                              init_prefix="backbone.")
         runs[method] = train(config)
     return runs
@@ -164,7 +162,6 @@ def main() -> int:
     parser.add_argument("--out-dir", default=str(ROOT / "runs" / "bench"))
     parser.add_argument("--max-steps", type=int, default=None, help="steps per epoch (smoke runs only)")
     args = parser.parse_args()
-    MAX_STEPS[0] = args.max_steps
     torch.set_num_threads(args.threads)
     bundle = load_data(DATA, val_size=5000, seed=0, augment=False)
     x_timed = next(iter(make_eval_loader(bundle.val, 256)))[0].contiguous(memory_format=torch.channels_last)

@@ -119,8 +119,7 @@ def main() -> int:
     ds_model, _ = load_trained_model(dsnet)
     for w in WIDTHS:
         rows.append({"method": ladder_name, "width": w, **score(slim_model, loader, width=w)})
-        logits_only = score(ds_model.backbone, loader, width=w)
-        rows.append({"method": "dsnet backbone", "width": w, **logits_only})
+        rows.append({"method": "dsnet backbone", "width": w, **score(ds_model.backbone, loader, width=w)})
         rows.append({"method": "alone", "width": w, **score(load_trained_model(alone[w])[0], loader)})
     point = {"method": "dsnet", "width": None, **score(ds_model, loader)}
     rows.append(point)
