@@ -105,7 +105,8 @@ def measure(depth: int, runs: dict[str, Path], val, x_timed: torch.Tensor, args)
         timing = compare({"method": lambda m=model: m(x_timed), "plain": lambda: models["plain"](x_timed)},
                          threads=args.threads, min_run_time=args.min_run_time, rounds=args.rounds)
         rows.append({
-            "method": method, "depth": depth, "batch_size": int(x_timed.shape[0]),
+            "method": method, "depth": depth, "finetune_epochs": args.finetune_epochs,
+            "batch_size": int(x_timed.shape[0]),
             "accuracy": metrics["accuracy"], "mean_flops": metrics["mean_flops"],
             "executed_blocks": executed, "total_blocks": 3 * n, "executed_fraction": executed / (3 * n),
             "gated_block_rate": None if rate is None else sum(rate) / len(rate),
@@ -127,18 +128,31 @@ def path_rel(path: Path) -> Path:
         return path
 
 
+def merged_with_earlier(rows: list[dict], args) -> list[dict]:
+    """This run's rows plus the earlier results file's rows for other (method, depth, schedule)."""
+    path = RESULTS / "layer_skipping_cifar.json"
+    if not path.is_file():
+        return rows
+    key = lambda r: (r["method"], r["depth"], r.get("finetune_epochs", 1))  # noqa: E731
+    new = {key(r) for r in rows}
+    earlier = [r for r in json.loads(path.read_text())["records"] if key(r) not in new]
+    return sorted(earlier + rows, key=lambda r: (r["depth"], r.get("finetune_epochs", 1),
+                                                 list(("plain", *METHODS)).index(r["method"])))
+
+
 def write_results(rows: list[dict], args, train_seconds: float) -> None:
+    rows = merged_with_earlier(rows, args)
     schedule = (f"plain ResNet {PLAIN_EPOCHS} epochs (SGD nesterov lr 0.1 cosine, wd 5e-4, batch 128, crop+flip, "
-                f"channels_last), then every row {args.finetune_epochs} more epoch(s) from it at lr "
+                f"channels_last), then every row `finetune_epochs` more epoch(s) from it at lr "
                 f"{args.finetune_lr} cosine (gates new)")
     meta = {"threads": args.threads, "schedule": schedule, "train_seconds": train_seconds,
             "evaluation": "seeded 5k validation split (45k/5k), eval mode: hard gates, compact execution",
             "command": "python benchmarks/layer_skipping_cifar.py " + " ".join(sys.argv[1:])}
     write_json(RESULTS / "layer_skipping_cifar.json", rows, meta)
     table = markdown_table(
-        [{k: r[k] for k in ("method", "depth", "accuracy", "executed_blocks", "total_blocks", "mean_flops",
-                            "flops_saving_vs_plain", "accuracy_drop_vs_plain", "speedup_flops",
-                            "speedup_measured")} for r in rows],
+        [{k: r.get(k, 1) for k in ("method", "depth", "finetune_epochs", "accuracy", "executed_blocks",
+                                   "total_blocks", "mean_flops", "flops_saving_vs_plain", "accuracy_drop_vs_plain",
+                                   "speedup_flops", "speedup_measured")} for r in rows],
         floatfmt={"accuracy": ".4f", "executed_blocks": ".1f", "mean_flops": ".4g", "flops_saving_vs_plain": ".3f",
                   "accuracy_drop_vs_plain": ".4f", "speedup_flops": ".2f", "speedup_measured": ".2f"})
     (RESULTS / "layer_skipping_cifar.md").write_text(f"Schedule: {schedule}.\n\n{table}\n")
