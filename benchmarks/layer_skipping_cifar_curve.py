@@ -29,15 +29,13 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from layer_skipping_speedup import calibrate_thresholds  # noqa: E402  (the same calibration)
-
-from dynamicnets.data import load_data, make_eval_loader  # noqa: E402
-from dynamicnets.pipelines.checkpoints import load_trained_model  # noqa: E402
-from dynamicnets.pipelines.early_exit import split_for_calibration  # noqa: E402
-from dynamicnets.profiling.plots import plot_accuracy_vs_flops  # noqa: E402
-from dynamicnets.profiling.report import markdown_table, write_json  # noqa: E402
-from dynamicnets.training.evaluate import evaluate  # noqa: E402
+from dynamicnets.data import load_data, make_eval_loader
+from dynamicnets.inference import calibrate_gate_rate
+from dynamicnets.pipelines.checkpoints import load_trained_model
+from dynamicnets.pipelines.early_exit import split_for_calibration
+from dynamicnets.profiling.plots import plot_accuracy_vs_flops
+from dynamicnets.profiling.report import markdown_table, write_json
+from dynamicnets.training.evaluate import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = "cifar10:" + str(ROOT.parent / "shared" / "data" / "cifar-10-batches-py")
@@ -94,7 +92,7 @@ def main() -> int:
             for knob in (args.rates if method in GATE_METHODS else args.offsets):
                 if method in GATE_METHODS:
                     tuned = copy.deepcopy(model)
-                    calibrate_thresholds(tuned, x_cal, knob)
+                    calibrate_gate_rate(tuned, x_cal, knob)
                     setting = f"rate {knob}"
                 else:
                     tuned, setting = raise_halting(model, knob), f"halting bias +{knob}"

@@ -44,6 +44,7 @@ from torch import nn
 
 import dynamicnets.models.skipping  # noqa: F401  (registers the layer-skipping models)
 from dynamicnets import create_model
+from dynamicnets.inference import calibrate_gate_rate
 from dynamicnets.models.skipping import GatedResNet
 from dynamicnets.profiling.latency import compare
 from dynamicnets.profiling.report import markdown_table, write_json
@@ -57,35 +58,6 @@ METHODS = {  # method -> (registered model, constructor kwargs, uses its own gat
     "skipnet_rnn": ("skipnet_resnet", {"gate": "rnn"}, True),
     "blockdrop": ("blockdrop_resnet", {}, True),
 }
-
-
-def decision_layers(model: GatedResNet) -> list[nn.Linear]:
-    """The linear layers whose outputs are the gate (or policy) logits."""
-    if hasattr(model, "policy_net"):
-        return [model.policy_net.fc]
-    if hasattr(model, "gate"):  # SkipNet's recurrent gate: one output layer for every block
-        return [model.gate.out]
-    return [gate.fc2 if hasattr(gate, "fc2") else gate.fc for gate in model.gates]
-
-
-@torch.no_grad()
-def calibrate_thresholds(model: GatedResNet, x: torch.Tensor, rate: float, passes: int = 3) -> None:
-    """Per-block thresholds: shift each gate's bias so that a fraction `rate` of `x`
-    executes its block (a shared output layer: of all its blocks together). Repeated
-    because a gate's input depends on the earlier gates."""
-    layers = decision_layers(model)
-    for _ in range(passes):
-        seen: dict[int, list[torch.Tensor]] = {k: [] for k in range(len(layers))}
-        hooks = [
-            layer.register_forward_hook(lambda m, i, o, k=k: seen[k].append(o.float()))
-            for k, layer in enumerate(layers)
-        ]
-        model(x, execution="masked")
-        for hook in hooks:
-            hook.remove()
-        for k, layer in enumerate(layers):
-            cut = torch.quantile(torch.cat(seen[k]), 1.0 - rate, dim=0)
-            layer.bias.sub_(cut.to(layer.bias.dtype))
 
 
 def ideal_network(model: GatedResNet, gates: torch.Tensor):
@@ -118,7 +90,7 @@ def build(method: str, depth: int, rate: float, calibration: torch.Tensor, fmt) 
     torch.manual_seed(0)
     model = create_model(name, depth=depth, **kwargs).eval()
     if own_gates:
-        calibrate_thresholds(model, calibration, rate)
+        calibrate_gate_rate(model, calibration, rate)
     return model.to(memory_format=fmt)
 
 

@@ -168,3 +168,31 @@ def test_eval_of_a_gated_model_prints_the_per_block_execution_rate(tmp_path, cap
     assert "block_execution_rate" in capsys.readouterr().out
     rates = json.loads(out_json.read_text())["records"]["block_execution_rate"]
     assert len(rates) == 3 and all(0.0 <= r <= 1.0 for r in rates)
+
+
+def test_eval_gate_rate_fits_thresholds_on_one_half_and_scores_the_other(tmp_path, capsys):
+    config = tmp_path / "gated.yaml"
+    config.write_text(CONFIG.replace("model: small_cnn", "model: skipnet_resnet").replace(
+        "model_args: {width: 8}", "model_args: {depth: 14, width: 4}") + f"out_dir: {tmp_path / 'runs'}\n")
+    assert main(["train", "--config", str(config), "name=gated", "max_steps_per_epoch=2"]) == 0
+    checkpoint = tmp_path / "runs" / "gated" / "last.pt"
+    before = checkpoint.read_bytes()
+    out_json = tmp_path / "rate.json"
+    assert main(["eval", "--checkpoint", str(checkpoint), "--gate-rate", "0.5", "--json", str(out_json),
+                 "--min-run-time", "0.01"]) == 0
+    printed = capsys.readouterr().out
+    assert "gate thresholds fitted on one seeded half" in printed and "gate_rate" in printed
+    record = json.loads(out_json.read_text())["records"]
+    # the 359-sample validation split in two disjoint halves: 179 fit the thresholds, 180 are scored
+    assert (record["gate_calibration_samples"], record["samples"]) == (179, 180)
+    assert all(abs(r - 0.5) < 0.15 for r in record["block_execution_rate"])
+    assert checkpoint.read_bytes() == before  # the checkpoint is not rewritten
+
+
+def test_eval_gate_rate_refuses_ungated_models_and_rates_outside_0_1(trained, tmp_path, capsys):
+    assert main(["eval", "--checkpoint", str(trained / "last.pt"), "--gate-rate", "0.5"]) == 2
+    line = _error_line(capsys)
+    assert "--gate-rate" in line and "no layer-skipping gates" in line
+    assert main(["eval", "--checkpoint", str(trained / "last.pt"), "--gate-rate", "1.5"]) == 2
+    line = _error_line(capsys)
+    assert "--gate-rate" in line and "(0, 1]" in line

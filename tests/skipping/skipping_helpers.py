@@ -39,13 +39,9 @@ def inputs(batch: int, seed: int = 0) -> torch.Tensor:
 
 def decision_layers(model: nn.Module) -> list[nn.Linear]:
     """The linear layers whose outputs are the model's gate / policy / halting logits."""
-    if hasattr(model, "policy_net"):
-        return [model.policy_net.fc]
     if hasattr(model, "halting"):
         return [unit.fc for units in model.halting for unit in units]
-    if hasattr(model, "gate"):
-        return [model.gate.out]
-    return [g.fc2 if hasattr(g, "fc2") else g.fc for g in model.gates]
+    return model.gate_logit_layers()
 
 
 @torch.no_grad()

@@ -1,4 +1,4 @@
-"""`dynamicnets eval --checkpoint CK [--data SPEC] [--budget 30M | --budget-ms 2.5 | --thresholds ...]`."""
+"""`dynamicnets eval --checkpoint CK [--data SPEC] [--budget 30M | --budget-ms 2.5 | --thresholds ... | --gate-rate 0.5]`."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +10,7 @@ from ..profiling.report import format_flops, parse_flops, print_table, write_jso
 
 SUMMARY = ["model", "data", "split", "samples", "policy", "thresholds", "accuracy", "mean_flops", "full_flops",
            "exit_histogram", "latency_ms_per_sample", "full_latency_ms_per_sample", "speedup_flops",
-           "speedup_measured", "latency_ms_batch1", "block_execution_rate", "protocol"]
+           "speedup_measured", "latency_ms_batch1", "gate_rate", "block_execution_rate", "protocol"]
 
 
 def _floats(text: str, what: str) -> list[float]:
@@ -36,7 +36,7 @@ def run_eval(args: argparse.Namespace) -> int:
     result = evaluate_checkpoint(EvalRequest(
         checkpoint=args.checkpoint, data=args.data, split=args.split, batch_size=args.batch_size,
         threads=args.threads, device=args.device, min_run_time=args.min_run_time,
-        early_exit=_early_exit_request(args),
+        early_exit=_early_exit_request(args), gate_rate=args.gate_rate,
     ))
     for key in SUMMARY:
         if key not in result:

@@ -35,6 +35,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--thresholds", default=None, help="comma-separated, one per exit but the last")
     p.add_argument("--max-flops", default=None, help="per-sample compute cap, e.g. 20M")
     p.add_argument("--anytime", action="store_true", help="print accuracy and cost of every exit")
+    p.add_argument("--gate-rate", type=float, default=None,
+                   help="gated ResNets: fit each gate's threshold so this fraction of samples runs its block")
     p.add_argument("--min-run-time", type=float, default=0.3, help="seconds per timed call and round")
 
     p = sub.add_parser("bench", help="latency/FLOPs of registered models (same-run ratios)")

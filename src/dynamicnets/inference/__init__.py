@@ -5,6 +5,7 @@
 - `ExitPolicy`: criterion, per-exit thresholds, optional `max_flops` cap.
 - `calibrate` / `calibrate_thresholds`: thresholds for a mean-FLOPs budget.
 - `anytime_table`, `collect_exit_logits`: per-exit accuracy and cost.
+- `calibrate_gate_rate`: thresholds of layer-skipping gates for a target execution rate.
 """
 from .calibrate import (
     BudgetCalibration,
@@ -16,6 +17,7 @@ from .calibrate import (
     geometric_fractions,
     thresholds_for_fractions,
 )
+from .gate_rate import calibrate_gate_rate, gate_logit_layers
 from .executor import ExitResult, run_all_then_select, run_early_exit
 from .policy import ExitPolicy
 
@@ -27,9 +29,11 @@ __all__ = [
     "ExitResult",
     "anytime_table",
     "calibrate",
+    "calibrate_gate_rate",
     "calibrate_thresholds",
     "collect_exit_logits",
     "exit_decisions",
+    "gate_logit_layers",
     "geometric_fractions",
     "run",
     "run_all_then_select",

@@ -11,6 +11,7 @@ from ..data import load_data, make_eval_loader
 from ..errors import ConfigError, DataError
 from ..profiling.flops import counted_flops
 from ..profiling.latency import measure, per_sample_ms
+from ..inference.gate_rate import calibrate_gate_rate
 from ..training.evaluate import evaluate
 from .checkpoints import load_trained_model
 from .early_exit import EarlyExitRequest, evaluate_early_exit, split_for_calibration
@@ -28,6 +29,8 @@ class EvalRequest:
     device: str = "cpu"
     min_run_time: float = 0.3
     early_exit: EarlyExitRequest | None = None  # required for multi-exit models
+    gate_rate: float | None = None  # gated ResNets: calibrate every gate to this execution rate
+    gate_calibration_samples: int = 2048  # at most this many samples fit the gate thresholds
 
 
 def full_flops_per_sample(model: torch.nn.Module, input_shape: tuple[int, ...], device="cpu") -> float:
@@ -61,6 +64,9 @@ def evaluate_checkpoint(request: EvalRequest) -> dict[str, Any]:
     described = {"checkpoint": str(Path(request.checkpoint)), "model": ckpt["model_name"], "data": spec}
     if hasattr(model, "num_exits"):
         return {**described, **_evaluate_multi_exit(model, bundle, dataset, request, config.get("seed", 0))}
+    extra = {}
+    if request.gate_rate is not None:
+        dataset, extra = _calibrate_gates(model, bundle, dataset, request, config.get("seed", 0), device)
     loader = make_eval_loader(dataset, request.batch_size)
     metrics = evaluate(model, loader, device)
     full = full_flops_per_sample(model, bundle.input_shape, device)
@@ -83,19 +89,40 @@ def evaluate_checkpoint(request: EvalRequest) -> dict[str, Any]:
         "latency_ms_per_sample": per_sample_ms(at_batch, batch.shape[0]),
         "latency_ms_batch1": at_one.median_ms,
         "threads": at_batch.threads,
+        **extra,
     }
+
+
+def _calibration_split(bundle, dataset, split: str, seed: int, what: str):
+    """`(fit on, score on, protocol)`: halves of the validation split, or validation -> test."""
+    if split == "val":
+        calibration, evaluation = split_for_calibration(dataset, seed)
+        return calibration, evaluation, f"{what} fitted on one seeded half of the validation split, scored on the other"
+    return bundle.val, dataset, f"{what} fitted on the validation split, scored on the test split"
+
+
+def _calibrate_gates(model, bundle, dataset, request: EvalRequest, seed: int, device) -> tuple[Any, dict]:
+    """Fit the gate thresholds to `request.gate_rate` on data the model is not scored on;
+    returns the data to score and what to report."""
+    if not 0.0 < request.gate_rate <= 1.0:
+        raise ConfigError(f"--gate-rate: expected an execution rate in (0, 1], got {request.gate_rate}")
+    if not hasattr(model, "gate_logit_layers"):
+        raise ConfigError(
+            f"--gate-rate: {type(model).__name__} has no layer-skipping gates (expected a gated ResNet: "
+            "skipnet_resnet, convnet_aig_resnet or blockdrop_resnet)"
+        )
+    calibration, evaluation, protocol = _calibration_split(bundle, dataset, request.split, seed, "gate thresholds")
+    count = min(len(calibration), request.gate_calibration_samples)
+    x = torch.stack([calibration[i][0] for i in range(count)]).to(device)
+    calibrate_gate_rate(model, x, request.gate_rate)
+    return evaluation, {"gate_rate": request.gate_rate, "gate_calibration_samples": count, "protocol": protocol}
 
 
 def _evaluate_multi_exit(model, bundle, dataset, request: EvalRequest, seed: int) -> dict[str, Any]:
     """Thresholds fitted on validation data, scored on data they were not fitted on."""
     if request.early_exit is None:
         raise ConfigError("a multi-exit model needs an exit rule: --budget, --budget-ms or --thresholds")
-    if request.split == "val":
-        calibration, evaluation = split_for_calibration(dataset, seed)
-        protocol = "thresholds fitted on one seeded half of the validation split, scored on the other"
-    else:
-        calibration, evaluation = bundle.val, dataset
-        protocol = "thresholds fitted on the validation split, scored on the test split"
+    calibration, evaluation, protocol = _calibration_split(bundle, dataset, request.split, seed, "thresholds")
     early = replace(request.early_exit, batch_size=request.batch_size, threads=request.threads,
                     min_run_time=request.min_run_time)
     result = evaluate_early_exit(model, calibration, evaluation, early, bundle.input_shape)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from ...errors import ConfigError
 from ...gates import BernoulliPolicy, MovingAverageBaseline, cost_aware_reward, reinforce_loss
@@ -125,6 +125,11 @@ class BlockDrop(GatedResNet):
                 f"[1, {self.num_gated_blocks}], got {k!r}"
             )
         return k
+
+    def gate_logit_layers(self) -> list[nn.Linear]:
+        """The policy network's output layer: one logit per gated block
+        (`dynamicnets.inference.calibrate_gate_rate` shifts its biases)."""
+        return [self.policy_net.fc]
 
     def set_curriculum(self, decide_last: int | None) -> None:
         """Set the default number of last blocks the policy decides (`None`: all)."""

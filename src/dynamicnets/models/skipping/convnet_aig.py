@@ -117,6 +117,11 @@ class ConvNetAIG(GatedResNet):
         self.rate_weight = float(rate_weight)
         self.register_buffer("target_rate", torch.tensor(rates, device=device, dtype=dtype))
 
+    def gate_logit_layers(self) -> list[nn.Linear]:
+        """The layers whose outputs are the gate logits, one per gated block
+        (`dynamicnets.inference.calibrate_gate_rate` shifts their biases)."""
+        return [gate.fc2 for gate in self.gates]
+
     def gate_flops(self) -> int:
         """Per-sample FLOPs of all gates (fixed by the architecture: counted once, at
         construction, not at every forward)."""

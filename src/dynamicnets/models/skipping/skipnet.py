@@ -109,6 +109,14 @@ class SkipNet(GatedResNet):
         self.policy = BernoulliPolicy()
         self.baseline = MovingAverageBaseline(baseline_momentum, **factory)
 
+    def gate_logit_layers(self) -> list[nn.Linear]:
+        """The layers whose outputs are the gate logits (`dynamicnets.inference.calibrate_gate_rate`
+        shifts their biases): one per gated block (feed-forward gates) or the recurrent gate's
+        shared output layer."""
+        if self.gate_kind == "ffgate":
+            return [gate.fc for gate in self.gates]
+        return [self.gate.out]
+
     def gate_flops(self) -> int:
         """Per-sample FLOPs of all gate evaluations (independent of the input size and
         fixed by the architecture: counted once, at construction)."""
