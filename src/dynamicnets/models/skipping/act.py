@@ -228,6 +228,7 @@ class ACTResNet(nn.Module):
         rows: Tensor | None = None  # samples still running (None: all of them, masked)
         out: Tensor | None = None
         halting: HaltingState | None = None
+        inplace = not torch.is_grad_enabled()  # accumulate into `out` without a new tensor per block
         for l, block in enumerate(blocks):
             x = block(x)
             h = units[l](x) if l < len(units) else None
@@ -235,10 +236,13 @@ class ACTResNet(nn.Module):
                 like = x.new_zeros(x.shape[0]) if not self.spatial else x.new_zeros(
                     x.shape[0], *x.shape[2:])
                 halting = HaltingState(like, self.eps)
-                out = torch.zeros_like(x)
-            weight = halting.step(rows, h)
-            term = _expand(weight, x) * x
-            out = out + term if rows is None else out.index_add(0, rows, term)
+            weight = _expand(halting.step(rows, h), x)
+            if out is None:  # the first block: every sample runs it
+                out = weight * x
+            elif rows is None:
+                out = out.addcmul_(weight, x) if inplace else out + weight * x
+            else:
+                out = out.index_add_(0, rows, weight * x) if inplace else out.index_add(0, rows, weight * x)
             if execution == "compact":
                 running = halting.running if rows is None else halting.running[rows]
                 active = running.reshape(running.shape[0], -1).any(dim=1)
