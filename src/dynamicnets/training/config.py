@@ -62,6 +62,13 @@ class TrainConfig:
             during training (DY-Conv: about 30 -> 1 over the first epoch), a mapping
             `{kind: exponential|linear|cosine, start: float, end: float, epochs: float}`;
             the value at each optimizer step is passed as `model(x, temperature=...)`.
+        train_execution: how dynamic models execute in training: `default` (the model's
+            own choice, masked for most), `masked` or `compact` (passed as
+            `model(x, execution=...)`; compact training runs only what the hard decisions
+            keep -- BlockDrop, ConvNet-AIG, SkipNet with RL gates, MoE layers -- so the
+            training FLOPs, logged as `train_mean_flops`, drop too). Compact is not masked
+            with fewer FLOPs: a block's BatchNorm then normalises with the statistics of
+            the samples that run it (what it sees at inference), masked with the batch's.
         progress: tqdm progress bars and a summary line per epoch.
     """
 
@@ -98,6 +105,7 @@ class TrainConfig:
     init_from: str | None = None
     init_prefix: str = ""
     temperature_schedule: dict | None = None
+    train_execution: Literal["default", "masked", "compact"] = "default"
     progress: bool = True
 
     def __post_init__(self) -> None:

@@ -51,6 +51,22 @@ def load_initial_weights(model: nn.Module, path: str | Path, prefix: str = "") -
     return len(weights), len(own)
 
 
+def execution_kwargs(execution: str, model: nn.Module) -> dict:
+    """Forward keyword arguments for `TrainConfig.train_execution` (`{}` for `default`).
+
+    Raises:
+        ConfigError: `masked`/`compact` for a model whose `forward` takes no `execution`.
+    """
+    if execution == "default":
+        return {}
+    if "execution" not in inspect.signature(model.forward).parameters:
+        raise ConfigError(
+            f"key 'train_execution': model {type(model).__name__} has no `execution` forward argument "
+            f"(only dynamic models with masked and compact execution do); use 'default'"
+        )
+    return {"execution": execution}
+
+
 def temperature_schedule(spec: dict, steps_per_epoch: int, model: nn.Module):
     """`step -> temperature` from a checked `TrainConfig.temperature_schedule` mapping.
 

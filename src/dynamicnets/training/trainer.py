@@ -22,7 +22,7 @@ from .checkpoint import FORMAT, check_compatible, load_checkpoint, save_checkpoi
 from .config import TrainConfig
 from .distributed import all_reduce_sum, init_distributed, is_distributed, is_main
 from .evaluate import autocast_context, evaluate, to_channels_last, to_device
-from .initialise import load_initial_weights, temperature_schedule
+from .initialise import execution_kwargs, load_initial_weights, temperature_schedule
 from .distillation import exit_distillation_loss
 from .losses import multi_exit_loss
 from .rng import capture_rng_state, derived_seed, restore_rng_state, seed_everything
@@ -66,7 +66,7 @@ class Trainer:
     """Trains `config.model` on `config.data` and writes `<out_dir>/<name>/`.
 
     Files (written by rank 0 only): `config.yaml`; `metrics.jsonl`, one JSON line per
-    finished epoch (`epoch, step, train_loss, task_loss, aux_loss, train_accuracy,
+    finished epoch (`epoch, step, train_loss, task_loss, aux_loss, train_accuracy, train_mean_flops,
     val_loss, val_accuracy, val_exit_accuracy, val_mean_flops, lr, epoch_seconds,
     images_per_second`); `last.pt` after every epoch and `best.pt` on a new best
     validation accuracy, both written atomically (see `checkpoint.py` for contents).
@@ -102,6 +102,11 @@ class Trainer:
         self.rank, self.world_size, self.local_rank = init_distributed(
             backend="nccl" if requested == "cuda" else "gloo"
         )
+        if config.train_execution == "compact" and self.world_size > 1:
+            raise ConfigError(
+                "key 'train_execution': compact training under DistributedDataParallel would leave the "
+                "parameters of a block no local sample runs without a gradient in that step; use 'masked'"
+            )
         self.is_main = is_main(self.rank)
         self.device = resolve_device(config.device, self.local_rank)
         if config.threads is not None:
@@ -138,6 +143,7 @@ class Trainer:
         self.steps_per_epoch = min(n_batches, config.max_steps_per_epoch or n_batches)
         self.temperature = (None if config.temperature_schedule is None
                             else temperature_schedule(config.temperature_schedule, self.steps_per_epoch, model))
+        self.forward_kwargs = execution_kwargs(config.train_execution, model)
         self.optimizer = build_optimizer(model, config)
         self.scheduler = build_scheduler(
             self.optimizer, total_steps=config.epochs * self.steps_per_epoch,
@@ -203,7 +209,7 @@ class Trainer:
 
     def _train_epoch(self, epoch: int) -> dict[str, Any]:
         self._train_model.train()
-        sums = torch.zeros(5, dtype=torch.float64, device=self.device)  # loss, task, aux, correct, count
+        sums = torch.zeros(6, dtype=torch.float64, device=self.device)  # loss, task, aux, correct, count, flops
         lr = self.optimizer.param_groups[0]["lr"]
         bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.config.epochs}", leave=False,
                    dynamic_ncols=True, disable=not (self.config.progress and self.is_main))
@@ -219,21 +225,26 @@ class Trainer:
                     bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.3g}")
         finally:
             bar.close()
-        loss, task, aux, correct, count = all_reduce_sum(sums).tolist()
+        loss, task, aux, correct, count, flops = all_reduce_sum(sums).tolist()
         return {"train_loss": loss / count, "task_loss": task / count, "aux_loss": aux / count,
-                "train_accuracy": correct / count, "lr": lr, "train_samples": int(count)}
+                "train_accuracy": correct / count,
+                "train_mean_flops": flops / count if math.isfinite(flops) else None,
+                "lr": lr, "train_samples": int(count)}
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor, epoch: int, index: int) -> tuple[torch.Tensor, float]:
         """One optimizer step on a batch `x: (B, *input_shape)`, `y: (B,)`.
 
         Returns:
-            `(sums, loss)`: float64 `(5,)` batch sums of (loss, task loss, aux loss,
-            correct, count) on the device, and the loss averaged over processes.
+            `(sums, loss)`: float64 `(6,)` batch sums of (loss, task loss, aux loss,
+            correct, count, per-sample FLOPs of what ran -- NaN for a model that reports
+            none) on the device, and the loss averaged over processes.
         """
         cfg = self.config
         x = to_device(x, self.device, self.channels_last)
         y = y.to(self.device, non_blocking=True)
-        kwargs = {} if self.temperature is None else {"temperature": self.temperature(self.step)}
+        kwargs = dict(self.forward_kwargs)
+        if self.temperature is not None:
+            kwargs["temperature"] = self.temperature(self.step)
         with autocast_context(self.device, cfg.bf16):
             out = self._train_model(x, **kwargs)
         task = multi_exit_loss(out, y, cfg.exit_weights, cfg.label_smoothing)
@@ -257,7 +268,9 @@ class Trainer:
             correct = (out.logits.detach().argmax(1) == y).sum()
             sums = torch.stack([loss.detach().double() * n, task.detach().double() * n,
                                 aux.detach().double() * n, correct.double(),
-                                torch.tensor(float(n), dtype=torch.float64, device=self.device)])
+                                torch.tensor(float(n), dtype=torch.float64, device=self.device),
+                                out.flops.detach().double().sum() if out.flops is not None
+                                else torch.tensor(math.nan, dtype=torch.float64, device=self.device)])
         return sums, loss_value
 
     def _checked_loss(self, loss: torch.Tensor, epoch: int, index: int) -> float:
