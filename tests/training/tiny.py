@@ -72,4 +72,5 @@ DYNAMIC_MODELS = {  # small settings for 1x8x8 digits
     "moe_resnet_cifar": {"depth": 14},
     "dsnet_resnet_cifar": {"depth": 20, "base_width": 4},
     "neural_tree_cnn": {},
+    "skip_lstm_classifier": {"row_width": 8, "length": 8, "hidden": 16, "update_bias_init": -0.5},
 }

@@ -1,1 +1,9 @@
-"""temporal."""
+"""Temporal-wise dynamic networks: recurrent models that skip state updates.
+
+- `lstm_classifier`: the static baseline (an LSTM cell at every step).
+- `skip_lstm_classifier`: Skip-RNN (Campos et al. 2018), learned state-update skipping.
+"""
+from .lstm_classifier import LSTMClassifier, lstm_classifier
+from .skip_lstm import SkipLSTMClassifier, skip_lstm_classifier
+
+__all__ = ["LSTMClassifier", "SkipLSTMClassifier", "lstm_classifier", "skip_lstm_classifier"]

@@ -1,0 +1,166 @@
+"""Skip-RNN (Campos, Jou, Giró-i-Nieto, Torres, Chang, "Skip RNN: Learning to Skip State
+Updates in Recurrent Neural Networks", ICLR 2018) over an LSTM cell.
+
+At every step the network either updates its state with the LSTM cell or copies it
+unchanged. A scalar accumulates the probability of updating:
+
+    u_t      = [u~_t > 0.5]                      (binary; straight-through gradient)
+    s_t      = u_t * LSTM(x_t, s_{t-1}) + (1 - u_t) * s_{t-1}        (s = (h, c))
+    du_t     = sigmoid(w . c_t + b)
+    u~_{t+1} = u_t * du_t + (1 - u_t) * (u~_t + min(du_t, 1 - u~_t)),   u~_1 = 1
+
+so after an update `du_t` says how soon the next one comes (`1 / du_t` steps, roughly),
+and while skipping the probability grows by the same `du_t` each step. A skipped step's
+state is the last one, so its `du_t` is the last update's and needs no computation.
+
+Execution:
+
+- `masked` (training): the cell runs on every sample at every step and the result is
+  mixed with the old state by `u_t`, so `u_t` gets a gradient (`h_new - h_old`).
+- `compact` (inference): at each step the cell runs only on the samples that update
+  (gathered, computed, written back); a step nobody updates costs no cell call, a step
+  everybody updates needs no gather. Same decisions and states as `masked`, bit for bit
+  (the mixing above is exact for 0/1 gates). The update gate gets no gradient here.
+
+Per-sample FLOPs (counted like `FlopCounterMode`: the cell's two matrix products and the
+update gate's dot product; activations free) are `steps run x step_flops()`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from ..gates.straight_through import ste_threshold
+from ..profiling.flops import linear_flops
+from .gated_block import check_execution
+
+
+@dataclass
+class SkipRNNResult:
+    """What `SkipLSTM.forward` returns.
+
+    Attributes:
+        hidden: `(B, hidden_size)` the last hidden state `h_T`.
+        updates: `(B, T)` 0/1 in `x`'s dtype, 1 where the state was updated (with the
+            straight-through gradient in `masked` execution).
+        flops: `(B,)` float64 per-sample FLOPs of the steps that ran.
+    """
+
+    hidden: Tensor
+    updates: Tensor
+    flops: Tensor
+
+
+class SkipLSTM(nn.Module):
+    """An LSTM that learns to skip state updates (Skip-RNN).
+
+    **Arguments:**
+
+    - `input_size`, `hidden_size`: of the `nn.LSTMCell`.
+    - `update_bias_init`: initial bias of the update gate `du = sigmoid(w . c + b)`
+        (positive: update at most steps at first).
+
+    Shapes:
+        `forward(x (B, T, input_size)) -> SkipRNNResult` with `hidden (B, hidden_size)`,
+        `updates (B, T)`, `flops (B,)`.
+    """
+
+    def __init__(
+        self, input_size: int, hidden_size: int, *, update_bias_init: float = 2.0, device=None, dtype=None
+    ) -> None:
+        super().__init__()
+        if input_size < 1 or hidden_size < 1:
+            raise ConfigError(f"SkipLSTM: input_size and hidden_size must be >= 1, got {input_size}, {hidden_size}")
+        factory = {"device": device, "dtype": dtype}
+        self.cell = nn.LSTMCell(input_size, hidden_size, **factory)
+        self.update_gate = nn.Linear(hidden_size, 1, **factory)
+        nn.init.constant_(self.update_gate.bias, update_bias_init)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.cell.hidden_size
+
+    def step_flops(self) -> int:
+        """Per-sample FLOPs of one updating step: the cell's two products and the gate."""
+        cell = 2 * 4 * self.cell.hidden_size * (self.cell.input_size + self.cell.hidden_size)
+        return cell + linear_flops(self.update_gate)
+
+    def _check(self, x: Tensor, updates: Tensor | None) -> None:
+        if x.dim() != 3 or x.shape[2] != self.cell.input_size:
+            raise ConfigError(
+                f"SkipLSTM: expected input (B, T, {self.cell.input_size}), got {tuple(x.shape)}"
+            )
+        if updates is not None and tuple(updates.shape) != tuple(x.shape[:2]):
+            raise ConfigError(f"SkipLSTM: updates must have shape (B, T) = {tuple(x.shape[:2])}, "
+                              f"got {tuple(updates.shape)}")
+
+    def _delta(self, c: Tensor) -> Tensor:
+        return torch.sigmoid(self.update_gate(c)).squeeze(1)
+
+    def forward(self, x: Tensor, *, execution: str = "masked", updates: Tensor | None = None) -> SkipRNNResult:
+        """**Arguments:**
+
+        - `x`: `(B, T, input_size)`.
+        - `execution`: `"masked"` or `"compact"` (see the module docstring).
+        - `updates`: optional `(B, T)` 0/1 decisions to apply instead of the gate's.
+
+        **Returns:** `SkipRNNResult`.
+        """
+        self._check(x, updates)
+        check_execution(execution)
+        if execution == "compact":
+            return self._compact(x, updates)
+        return self._masked(x, updates)
+
+    def _initial(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        batch = x.shape[0]
+        zeros = x.new_zeros(batch, self.cell.hidden_size)
+        u_tilde = x.new_ones(batch)
+        # the du of the zero state (w . 0 + b = b), what a sample that skips the first step carries
+        delta = torch.sigmoid(self.update_gate.bias).expand(batch)
+        return zeros, zeros, u_tilde, delta
+
+    def _masked(self, x: Tensor, forced: Tensor | None) -> SkipRNNResult:
+        h, c, u_tilde, delta = self._initial(x)
+        taken = []
+        for t in range(x.shape[1]):
+            u = ste_threshold(u_tilde, 0.5) if forced is None else forced[:, t].to(x.dtype)
+            h_new, c_new = self.cell(x[:, t], (h, c))
+            w = u.unsqueeze(1)
+            h = w * h_new + (1 - w) * h  # exact for u in {0, 1}: 1*a + 0*b == a
+            c = w * c_new + (1 - w) * c
+            delta = u * self._delta(c) + (1 - u) * delta  # a skip keeps the last update's du
+            u_tilde = u * delta + (1 - u) * (u_tilde + torch.minimum(delta, 1 - u_tilde))
+            taken.append(u)
+        updates = torch.stack(taken, dim=1)
+        flops = torch.full((x.shape[0],), float(x.shape[1] * self.step_flops()), dtype=torch.float64,
+                           device=x.device)
+        return SkipRNNResult(hidden=h, updates=updates, flops=flops)
+
+    def _compact(self, x: Tensor, forced: Tensor | None) -> SkipRNNResult:
+        h, c, u_tilde, delta = self._initial(x)
+        batch, steps = x.shape[:2]
+        taken = []
+        for t in range(steps):
+            on = (u_tilde > 0.5) if forced is None else (forced[:, t] > 0.5)
+            if batch == 1:
+                if bool(on):  # one sync per step, no index tensors
+                    h, c = self.cell(x[:, t], (h, c))
+                    delta = self._delta(c)
+            else:
+                rows = on.nonzero().squeeze(1)
+                if rows.numel() == batch:
+                    h, c = self.cell(x[:, t], (h, c))
+                    delta = self._delta(c)
+                elif rows.numel() > 0:
+                    h_run, c_run = self.cell(x[rows, t], (h[rows], c[rows]))
+                    h, c = h.index_copy(0, rows, h_run), c.index_copy(0, rows, c_run)
+                    delta = delta.index_copy(0, rows, self._delta(c_run))
+            u_tilde = torch.where(on, delta, u_tilde + torch.minimum(delta, 1 - u_tilde))
+            taken.append(on)
+        updates = torch.stack(taken, dim=1).to(x.dtype)
+        flops = updates.double().sum(dim=1) * float(self.step_flops())
+        return SkipRNNResult(hidden=h, updates=updates, flops=flops)

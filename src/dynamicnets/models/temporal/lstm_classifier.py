@@ -1,0 +1,61 @@
+"""`lstm_classifier`: the static recurrent baseline, an LSTM cell run at every step.
+
+The same cell and head as `skip_lstm_classifier` without the update gate, so a trained
+baseline is the "every step updates" end of the Skip-RNN's range, and its cost is that
+of a plain LSTM (timed against PyTorch's fused `nn.LSTM` in the benchmark).
+"""
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from ...outputs import DynamicOutput, constant_flops
+from ...profiling.flops import linear_flops
+from .._registry import register_model
+from ..static._checks import require_positive
+from .sequence import as_sequence, step_features
+
+
+class LSTMClassifier(nn.Module):
+    """`nn.LSTMCell` over the steps of the input, a linear classifier on the last hidden state.
+
+    Args:
+        num_classes: classifier outputs.
+        in_chans: input channels.
+        hidden: LSTM hidden size.
+        row_width: `None` for `(C, L)` signals (a step per position), the image width
+            for `(C, H, W)` images (a step per row).
+        length: the default sequence length (`L` or `H`), for `default_input_shape`.
+
+    Shapes:
+        `(B, C, L)` or `(B, C, H, row_width)` -> `DynamicOutput` with `logits (B, num_classes)`,
+        `flops (B,)` = `T x 8 hidden (features + hidden) + head`.
+    """
+
+    def __init__(self, num_classes: int = 10, in_chans: int = 1, hidden: int = 64, row_width: int | None = None,
+                 length: int = 40, *, device=None, dtype=None) -> None:
+        super().__init__()
+        require_positive("lstm_classifier", num_classes=num_classes, in_chans=in_chans, hidden=hidden, length=length)
+        factory = {"device": device, "dtype": dtype}
+        self.in_chans, self.row_width = in_chans, row_width
+        self.cell = nn.LSTMCell(step_features("lstm_classifier", in_chans, row_width), hidden, **factory)
+        self.head = nn.Linear(hidden, num_classes, **factory)
+        self.default_input_shape = (in_chans, length) if row_width is None else (in_chans, length, row_width)
+
+    def step_flops(self) -> int:
+        """Per-sample FLOPs of one step of the cell."""
+        return 2 * 4 * self.cell.hidden_size * (self.cell.input_size + self.cell.hidden_size)
+
+    def forward(self, x: Tensor) -> DynamicOutput:
+        seq = as_sequence("lstm_classifier", x, self.in_chans, self.row_width)
+        h = c = seq.new_zeros(seq.shape[0], self.cell.hidden_size)
+        for t in range(seq.shape[1]):
+            h, c = self.cell(seq[:, t], (h, c))
+        flops = seq.shape[1] * self.step_flops() + linear_flops(self.head)
+        return DynamicOutput(logits=self.head(h), flops=constant_flops(flops, x.shape[0], x.device))
+
+
+@register_model
+def lstm_classifier(*, num_classes: int = 10, in_chans: int = 1, hidden: int = 64, row_width: int | None = None,
+                    length: int = 40, device=None, dtype=None) -> LSTMClassifier:
+    """Static LSTM sequence classifier; see `LSTMClassifier`."""
+    return LSTMClassifier(num_classes, in_chans, hidden, row_width, length, device=device, dtype=dtype)
