@@ -33,19 +33,20 @@ def test_compact_takes_the_masked_decisions_and_states(batch, bias):
     assert (masked.flops >= compact.flops).all()
 
 
+@pytest.mark.parametrize("batch", [1, 5])
 @pytest.mark.parametrize("pattern", ["all_off", "all_on", "random", "first_only"])
-def test_given_updates_compact_equals_masked(pattern):
-    model, x = skip_model().eval(), signals(5)
-    updates = {"all_off": torch.zeros(5, 24), "all_on": torch.ones(5, 24),
-               "random": (torch.rand(5, 24, generator=torch.Generator().manual_seed(3)) > 0.5).float(),
-               "first_only": torch.eye(24)[:1].expand(5, 24)}[pattern]
+def test_given_updates_compact_equals_masked(pattern, batch):
+    model, x = skip_model().eval(), signals(batch)
+    updates = {"all_off": torch.zeros(batch, 24), "all_on": torch.ones(batch, 24),
+               "random": (torch.rand(batch, 24, generator=torch.Generator().manual_seed(3)) > 0.5).float(),
+               "first_only": torch.eye(24)[:1].expand(batch, 24)}[pattern]
     with torch.no_grad():
         masked = model(x, execution="masked", updates=updates)
         compact = model(x, execution="compact", updates=updates)
     assert torch.equal(compact.decisions["gates"], updates)
     torch.testing.assert_close(compact.logits, masked.logits, rtol=1e-5, atol=1e-6)
     if pattern == "all_off":  # the state never left zero: the head sees h = 0
-        torch.testing.assert_close(compact.logits, model.head.bias.expand(5, -1))
+        torch.testing.assert_close(compact.logits, model.head.bias.expand(batch, -1))
 
 
 def test_every_step_updating_is_the_static_lstm_with_the_same_weights():
@@ -83,16 +84,18 @@ def test_per_sample_flops_match_the_flop_counter(execution):
         assert counted_flops(model, x[i : i + 1], execution=execution) == pytest.approx(float(out.flops[i]))
 
 
-def test_update_probability_arithmetic_with_a_constant_delta():
+@pytest.mark.parametrize("batch", [1, 2])
+def test_update_probability_arithmetic_with_a_constant_delta(batch):
     """`du = 0.2` at every step: u~ goes 1 (update), 0.2, 0.4, 0.6 (update), 0.2, ... so
     the state is updated at steps 0, 3, 6, ..."""
     model = skip_model().eval()
     with torch.no_grad():
         model.rnn.update_gate.weight.zero_()
         model.rnn.update_gate.bias.fill_(math.log(0.2 / 0.8))
-        gates = model(signals(2), execution="compact").decisions["gates"]
+        gates = model(signals(batch), execution="compact").decisions["gates"]
+        masked = model(signals(batch), execution="masked").decisions["gates"]
     expected = torch.tensor([1.0 if t % 3 == 0 else 0.0 for t in range(24)])
-    assert torch.equal(gates, expected.expand(2, 24))
+    assert torch.equal(gates, expected.expand(batch, 24)) and torch.equal(masked, gates)
 
 
 def test_masked_training_gives_the_update_gate_a_gradient_and_the_budget_lowers_updates():
@@ -137,3 +140,13 @@ def test_bad_inputs_raise_config_errors():
         create_model("skip_lstm_classifier", row_width=8)(torch.randn(2, 1, 8, 9))
     with pytest.raises(ConfigError, match="input_size"):
         SkipLSTM(0, 4)
+
+
+def test_one_sample_in_float64_takes_the_masked_decisions():
+    model, x = skip_model(bias=-0.8).double().eval(), signals(3).double()
+    with torch.no_grad():
+        masked = model(x, execution="masked")
+        singles = [model(x[i : i + 1], execution="compact") for i in range(3)]
+    assert torch.equal(torch.cat([s.decisions["gates"] for s in singles]), masked.decisions["gates"])
+    assert singles[0].logits.dtype == torch.float64
+    torch.testing.assert_close(torch.cat([s.logits for s in singles]), masked.logits)

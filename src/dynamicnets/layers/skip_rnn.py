@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -98,7 +99,8 @@ class SkipLSTM(nn.Module):
                               f"got {tuple(updates.shape)}")
 
     def _delta(self, c: Tensor) -> Tensor:
-        return torch.sigmoid(self.update_gate(c)).squeeze(1)
+        """`(n, H) -> (n,)` `du = sigmoid(w . c + b)`."""
+        return self.update_gate(c).view(-1).sigmoid()
 
     def forward(self, x: Tensor, *, execution: str = "masked", updates: Tensor | None = None) -> SkipRNNResult:
         """**Arguments:**
@@ -125,10 +127,11 @@ class SkipLSTM(nn.Module):
 
     def _masked(self, x: Tensor, forced: Tensor | None) -> SkipRNNResult:
         h, c, u_tilde, delta = self._initial(x)
+        seq = x.transpose(0, 1).contiguous()  # (T, B, I)
         taken = []
         for t in range(x.shape[1]):
             u = ste_threshold(u_tilde, 0.5) if forced is None else forced[:, t].to(x.dtype)
-            h_new, c_new = self.cell(x[:, t], (h, c))
+            h_new, c_new = self.cell(seq[t], (h, c))
             w = u.unsqueeze(1)
             h = w * h_new + (1 - w) * h  # exact for u in {0, 1}: 1*a + 0*b == a
             c = w * c_new + (1 - w) * c
@@ -141,26 +144,49 @@ class SkipLSTM(nn.Module):
         return SkipRNNResult(hidden=h, updates=updates, flops=flops)
 
     def _compact(self, x: Tensor, forced: Tensor | None) -> SkipRNNResult:
-        h, c, u_tilde, delta = self._initial(x)
         batch, steps = x.shape[:2]
+        if batch == 1 and x.dtype in _SCALAR_TYPES:
+            return self._compact_single(x, forced)
+        h, c, u_tilde, delta = self._initial(x)
+        seq = x.transpose(0, 1).contiguous()  # (T, B, I): each step's rows contiguous for the gather
         taken = []
         for t in range(steps):
             on = (u_tilde > 0.5) if forced is None else (forced[:, t] > 0.5)
-            if batch == 1:
-                if bool(on):  # one sync per step, no index tensors
-                    h, c = self.cell(x[:, t], (h, c))
-                    delta = self._delta(c)
-            else:
-                rows = on.nonzero().squeeze(1)
-                if rows.numel() == batch:
-                    h, c = self.cell(x[:, t], (h, c))
-                    delta = self._delta(c)
-                elif rows.numel() > 0:
-                    h_run, c_run = self.cell(x[rows, t], (h[rows], c[rows]))
-                    h, c = h.index_copy(0, rows, h_run), c.index_copy(0, rows, c_run)
-                    delta = delta.index_copy(0, rows, self._delta(c_run))
+            rows = on.nonzero().squeeze(1)
+            if rows.numel() == batch:
+                h, c = self.cell(seq[t], (h, c))
+                delta = self._delta(c)
+            elif rows.numel() > 0:
+                h_run, c_run = self.cell(seq[t][rows], (h[rows], c[rows]))
+                h, c = h.index_copy(0, rows, h_run), c.index_copy(0, rows, c_run)
+                delta = delta.index_copy(0, rows, self._delta(c_run))
             u_tilde = torch.where(on, delta, u_tilde + torch.minimum(delta, 1 - u_tilde))
             taken.append(on)
         updates = torch.stack(taken, dim=1).to(x.dtype)
-        flops = updates.double().sum(dim=1) * float(self.step_flops())
-        return SkipRNNResult(hidden=h, updates=updates, flops=flops)
+        return SkipRNNResult(hidden=h, updates=updates, flops=updates.double().sum(dim=1) * float(self.step_flops()))
+
+    def _compact_single(self, x: Tensor, forced: Tensor | None) -> SkipRNNResult:
+        """One sample: `u~` and `du` kept as NumPy scalars of `x`'s precision, so a skipped
+        step costs no tensor op at all and an update one sync (`du`). NumPy's float32 /
+        float64 scalar arithmetic rounds like the tensor ops of `_masked`, so the decisions
+        are the same, bit for bit."""
+        scalar = _SCALAR_TYPES[x.dtype]
+        one, half = scalar(1.0), scalar(0.5)
+        h = c = x.new_zeros(1, self.cell.hidden_size)
+        u_tilde, delta = one, scalar(torch.sigmoid(self.update_gate.bias).item())
+        forced_on = None if forced is None else (forced[0] > 0.5).tolist()
+        taken = []
+        for t in range(x.shape[1]):
+            on = bool(u_tilde > half) if forced_on is None else forced_on[t]
+            if on:
+                h, c = self.cell(x[:, t], (h, c))
+                delta = scalar(self._delta(c).item())
+                u_tilde = delta
+            else:
+                u_tilde = u_tilde + min(delta, one - u_tilde)
+            taken.append(on)
+        updates = torch.tensor([taken], dtype=x.dtype, device=x.device)
+        return SkipRNNResult(hidden=h, updates=updates, flops=updates.double().sum(dim=1) * float(self.step_flops()))
+
+
+_SCALAR_TYPES = {torch.float32: np.float32, torch.float64: np.float64}

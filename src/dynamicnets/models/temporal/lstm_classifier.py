@@ -46,11 +46,11 @@ class LSTMClassifier(nn.Module):
         return 2 * 4 * self.cell.hidden_size * (self.cell.input_size + self.cell.hidden_size)
 
     def forward(self, x: Tensor) -> DynamicOutput:
-        seq = as_sequence("lstm_classifier", x, self.in_chans, self.row_width)
-        h = c = seq.new_zeros(seq.shape[0], self.cell.hidden_size)
-        for t in range(seq.shape[1]):
-            h, c = self.cell(seq[:, t], (h, c))
-        flops = seq.shape[1] * self.step_flops() + linear_flops(self.head)
+        steps = as_sequence("lstm_classifier", x, self.in_chans, self.row_width).transpose(0, 1).contiguous()
+        h = c = steps.new_zeros(steps.shape[1], self.cell.hidden_size)
+        for x_t in steps:  # (B, features), contiguous
+            h, c = self.cell(x_t, (h, c))
+        flops = steps.shape[0] * self.step_flops() + linear_flops(self.head)
         return DynamicOutput(logits=self.head(h), flops=constant_flops(flops, x.shape[0], x.device))
 
 
