@@ -196,3 +196,19 @@ def test_eval_gate_rate_refuses_ungated_models_and_rates_outside_0_1(trained, tm
     assert main(["eval", "--checkpoint", str(trained / "last.pt"), "--gate-rate", "1.5"]) == 2
     line = _error_line(capsys)
     assert "--gate-rate" in line and "(0, 1]" in line
+
+
+@pytest.mark.parametrize("name", ["skipnet_resnet", "convnet_aig_resnet", "blockdrop_resnet", "act_resnet",
+                                  "sact_resnet", "skip_lstm_classifier"])
+def test_full_flops_of_skipping_models_count_every_block_whatever_the_gates_decide(name):
+    from dynamicnets import create_model
+    from dynamicnets.pipelines.evaluate import full_flops_per_sample
+    from dynamicnets.profiling.flops import counted_flops
+
+    torch.manual_seed(0)
+    kwargs = {"length": 12} if name == "skip_lstm_classifier" else {"depth": 14, "width": 4}
+    model = create_model(name, **kwargs).eval()
+    shape = (1, 12) if name == "skip_lstm_classifier" else (3, 16, 16)
+    x = torch.zeros(1, *shape)
+    everything = counted_flops(model, x, execution="masked")  # the masked path runs every block / step
+    assert full_flops_per_sample(model, shape) == pytest.approx(everything)

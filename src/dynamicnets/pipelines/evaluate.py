@@ -34,7 +34,14 @@ class EvalRequest:
 
 
 def full_flops_per_sample(model: torch.nn.Module, input_shape: tuple[int, ...], device="cpu") -> float:
-    """FLOPs of one sample through the whole network, counted by FlopCounterMode."""
+    """FLOPs of one sample through the whole network, counted by FlopCounterMode.
+
+    Models that skip parts of themselves per sample (layer skipping, halting, skipped
+    state updates) define `full_flops(input_shape)`, the cost with nothing skipped; a
+    plain forward of a zero input would count whatever that input's gates decided.
+    """
+    if hasattr(model, "full_flops"):
+        return float(model.full_flops(tuple(input_shape)))
     x = torch.zeros((1, *input_shape), device=device)
     return float(counted_flops(model, x))
 

@@ -222,6 +222,12 @@ class ACTResNet(nn.Module):
             stages.append(costs)
         return parts["stem"] + parts["head"], stages
 
+    def full_flops(self, input_shape: tuple[int, ...]) -> float:
+        """Per-sample FLOPs with every block and halting unit run (nothing halts) on a
+        `(in_chans, H, W)` input."""
+        fixed, stages = self.unit_costs(tuple(input_shape))
+        return float(fixed + sum(sum(costs) for costs in stages))
+
     def _run_stage(self, s: int, x: Tensor, execution: str) -> tuple[Tensor, HaltingState]:
         """One stage: `(B, C, H, W)` in -> the halting-weighted output and its bookkeeping."""
         blocks, units = self.backbone.stages[s], self.halting[s]

@@ -113,6 +113,14 @@ class GatedResNet(nn.Module):
         gated = [parts["stages"][s][b] for s, b in self.gated_blocks]
         return fixed, torch.tensor(gated, dtype=torch.float64)
 
+    @torch.no_grad()
+    def full_flops(self, input_shape: tuple[int, ...]) -> float:
+        """Per-sample FLOPs with every gated block run (and every gate evaluated) on a
+        `(in_chans, H, W)` input: what the masked execution computes."""
+        param = next(self.parameters())
+        x = torch.zeros((1, *input_shape), device=param.device, dtype=param.dtype)
+        return float(self(x, execution="masked").flops[0])
+
     # -------------------------------------------------------------- execution
     def resolve_execution(self, execution: str | None) -> str:
         """`None` -> `"masked"` in training mode, `"compact"` in eval mode."""

@@ -50,6 +50,12 @@ class SkipLSTMClassifier(nn.Module):
         self.head = nn.Linear(hidden, num_classes, **factory)
         self.default_input_shape = (in_chans, length) if row_width is None else (in_chans, length, row_width)
 
+    def full_flops(self, input_shape: tuple[int, ...]) -> float:
+        """Per-sample FLOPs with the state updated at every step, for a `(C, L)` or
+        `(C, H, row_width)` input (`L` or `H` steps)."""
+        steps = input_shape[1]
+        return float(steps * self.rnn.step_flops() + linear_flops(self.head))
+
     def forward(self, x: Tensor, *, execution: str | None = None, updates: Tensor | None = None) -> DynamicOutput:
         """**Arguments:**
 
