@@ -2,7 +2,8 @@
 
 Trains (same schedule, same seed) the static `lstm_classifier` and `skip_lstm_classifier`
 for each budget weight on MNIST-1D read as 40 steps of one value (3,600 train / 400 val,
-scored on the 1,000-sample test split), then times on this CPU, at batch 256 and batch 1:
+scored on the 1,000-sample test split), then times on this CPU, at batch 256 and batch 1
+(`--singles` test samples one after the other, each with its own decisions):
 
 - `skip (compact)`: the trained Skip-RNN with its own decisions, compact execution;
 - `static cell loop`: `lstm_classifier`, the same cell at all 40 steps (the FLOPs baseline);
@@ -64,16 +65,18 @@ def fused_forward(lstm, head, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def time_pair(skip, static, x: torch.Tensor, args) -> dict:
-    steps = x.shape[-1]
-    executed = float(skip(x).decisions["gates"].sum(dim=1).mean())
+def time_pair(skip, static, xs: list[torch.Tensor], args) -> dict:
+    """Time the calls on every tensor of `xs` in a row (a batch of 256, or 32 single samples,
+    whose own decisions differ)."""
+    steps = xs[0].shape[-1]
+    executed = float(torch.cat([skip(x).decisions["gates"] for x in xs]).sum(dim=1).mean())
     k = max(1, round(executed))
     lstm = fused_lstm(static)
     fns = {
-        "skip": lambda: skip(x),
-        "static": lambda: static(x),
-        "fused": lambda: fused_forward(lstm, static.head, x),
-        "ideal": lambda: static(x[..., :k]),
+        "skip": lambda: [skip(x) for x in xs],
+        "static": lambda: [static(x) for x in xs],
+        "fused": lambda: [fused_forward(lstm, static.head, x) for x in xs],
+        "ideal": lambda: [static(x[..., :k]) for x in xs],
     }
     timed = compare(fns, threads=args.threads, min_run_time=args.min_run_time, rounds=args.rounds)
     return {"executed_steps": executed, "ideal_steps": k, "total_steps": steps,
@@ -93,6 +96,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--min-run-time", type=float, default=0.3)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--singles", type=int, default=32, help="test samples timed one by one for batch 1")
     parser.add_argument("--time-only", action="store_true", help="use finished runs, train nothing")
     parser.add_argument("--out-dir", default=str(ROOT / "runs" / "bench"))
     args = parser.parse_args()
@@ -121,8 +125,8 @@ def main() -> int:
         for batch in (256, 1):
             if key == "lstm" and batch == 1:
                 continue
-            x = x_batch[:batch]
-            timing = time_pair(model, static, x, args) if key != "lstm" else time_pair_static(static, x, args)
+            xs = [x_batch] if batch > 1 else [x_batch[i : i + 1] for i in range(args.singles)]
+            timing = time_pair(model, static, xs, args) if key != "lstm" else time_pair_static(static, xs[0], args)
             rows.append({**row, "batch_size": batch, **timing,
                          "executed_fraction": timing["executed_steps"] / timing["total_steps"]})
             print({k: rows[-1][k] for k in ("method", "batch_size", "accuracy", "executed_fraction",
