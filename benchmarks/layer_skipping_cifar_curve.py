@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import sys
 from pathlib import Path
 
@@ -59,6 +60,18 @@ def raise_halting(model, offset: float):
         for unit in units:
             unit.fc.bias.add_(offset)
     return shifted
+
+
+def merged_with_earlier(rows: list[dict], verdicts: list[dict], depths: list[int]) -> tuple[list, list]:
+    """This run's points and verdicts plus the earlier results file's for other depths."""
+    path = RESULTS / "layer_skipping_cifar_curve.json"
+    if not path.is_file():
+        return rows, verdicts
+    earlier = json.loads(path.read_text())["records"]
+    keep = lambda r: r["depth"] not in depths  # noqa: E731
+    by_depth = lambda r: r["depth"]  # noqa: E731
+    return (sorted([r for r in earlier["points"] if keep(r)] + rows, key=by_depth),
+            sorted([v for v in earlier["verdicts"] if keep(v)] + verdicts, key=by_depth))
 
 
 def main() -> int:
@@ -108,6 +121,7 @@ def main() -> int:
                              "best_saving_within_1pt": None if best is None else best["flops_saving_vs_plain"],
                              "at": None if best is None else best["setting"],
                              "executed_blocks": None if best is None else best["executed_blocks"]})
+    rows, verdicts = merged_with_earlier(rows, verdicts, args.depths)
     meta = {"threads": args.threads, "evaluation": f"evaluation half ({len(evaluation)}) of the seeded 5k split; "
             f"thresholds fitted on the calibration half ({args.calibration_samples} samples)",
             "command": "python benchmarks/layer_skipping_cifar_curve.py " + " ".join(sys.argv[1:])}
