@@ -3,7 +3,8 @@
 CPU-feasible schedule (stated in every record's `schedule`):
 
 1. plain CIFAR ResNet-`d`, 5 epochs from scratch (SGD nesterov, lr 0.1 cosine, wd 5e-4,
-   batch 128, crop + flip) — the same runs as `early_exit_budgeted.py`, reused when present;
+   batch 128, crop + flip; ResNet-110 with one epoch of linear warm-up, without which it
+   stays at chance) — the same runs as `early_exit_budgeted.py`, reused when present;
 2. every method starts from that plain network (`init_from`, backbone weights; its gates
    are new) and trains `--finetune-epochs` more (lr `--finetune-lr` cosine). The plain
    network gets the same extra epochs (`plain`), so every row has the same training.
@@ -75,7 +76,11 @@ def train(config: TrainConfig) -> Path:
 
 def runs_for_depth(depth: int, args) -> dict[str, Path]:
     """Train (or find) the plain network and every method for one depth; method -> last.pt."""
-    plain = train(base_config(f"cifar10_resnet{depth}", f"resnet{depth}", {}, PLAIN_EPOCHS, 0.1, args))
+    # ResNet-110 does not start learning at lr 0.1 (chance accuracy after an epoch here): He et
+    # al. warm it up at 0.01; here one epoch of linear warm-up
+    warmup = 1 if depth >= 110 else 0
+    plain = train(base_config(f"cifar10_resnet{depth}", f"resnet{depth}", {}, PLAIN_EPOCHS, 0.1, args,
+                              warmup_epochs=warmup))
     epochs = args.finetune_epochs
     runs = {"plain": train(base_config(f"cifar10_resnet{depth}_plus{epochs}", f"resnet{depth}", {}, epochs,
                                        args.finetune_lr, args, init_from=str(plain)))}
@@ -143,7 +148,7 @@ def merged_with_earlier(rows: list[dict], args) -> list[dict]:
 def write_results(rows: list[dict], args, train_seconds: float) -> None:
     rows = merged_with_earlier(rows, args)
     schedule = (f"plain ResNet {PLAIN_EPOCHS} epochs (SGD nesterov lr 0.1 cosine, wd 5e-4, batch 128, crop+flip, "
-                f"channels_last), then every row `finetune_epochs` more epoch(s) from it at lr "
+                f"channels_last; ResNet-110: 1 epoch linear warm-up), then every row `finetune_epochs` more epoch(s) from it at lr "
                 f"{args.finetune_lr} cosine (gates new)")
     meta = {"threads": args.threads, "schedule": schedule, "train_seconds": train_seconds,
             "evaluation": "seeded 5k validation split (45k/5k), eval mode: hard gates, compact execution",
