@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..gates.straight_through import ste_threshold
-from ..profiling.flops import linear_flops
+from ..profiling.flops import linear_flops, lstm_cell_flops
 from .gated_block import check_execution
 
 
@@ -86,8 +86,7 @@ class SkipLSTM(nn.Module):
 
     def step_flops(self) -> int:
         """Per-sample FLOPs of one updating step: the cell's two products and the gate."""
-        cell = 2 * 4 * self.cell.hidden_size * (self.cell.input_size + self.cell.hidden_size)
-        return cell + linear_flops(self.update_gate)
+        return lstm_cell_flops(self.cell) + linear_flops(self.update_gate)
 
     def _check(self, x: Tensor, updates: Tensor | None) -> None:
         if x.dim() != 3 or x.shape[2] != self.cell.input_size:
@@ -163,7 +162,12 @@ class SkipLSTM(nn.Module):
             u_tilde = torch.where(on, delta, u_tilde + torch.minimum(delta, 1 - u_tilde))
             taken.append(on)
         updates = torch.stack(taken, dim=1).to(x.dtype)
-        return SkipRNNResult(hidden=h, updates=updates, flops=updates.double().sum(dim=1) * float(self.step_flops()))
+        return self._compact_result(h, updates)
+
+    def _compact_result(self, hidden: Tensor, updates: Tensor) -> SkipRNNResult:
+        """Compact execution costs one step per update."""
+        return SkipRNNResult(hidden=hidden, updates=updates,
+                             flops=updates.double().sum(dim=1) * float(self.step_flops()))
 
     def _compact_single(self, x: Tensor, forced: Tensor | None) -> SkipRNNResult:
         """One sample: `u~` and `du` kept as NumPy scalars of `x`'s precision, so a skipped
@@ -186,7 +190,7 @@ class SkipLSTM(nn.Module):
                 u_tilde = u_tilde + min(delta, one - u_tilde)
             taken.append(on)
         updates = torch.tensor([taken], dtype=x.dtype, device=x.device)
-        return SkipRNNResult(hidden=h, updates=updates, flops=updates.double().sum(dim=1) * float(self.step_flops()))
+        return self._compact_result(h, updates)
 
 
 _SCALAR_TYPES = {torch.float32: np.float32, torch.float64: np.float64}

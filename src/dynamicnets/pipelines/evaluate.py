@@ -9,9 +9,9 @@ import torch
 
 from ..data import load_data, make_eval_loader
 from ..errors import ConfigError, DataError
+from ..inference.gate_rate import calibrate_gate_rate
 from ..profiling.flops import counted_flops
 from ..profiling.latency import measure, per_sample_ms
-from ..inference.gate_rate import calibrate_gate_rate
 from ..training.evaluate import evaluate
 from .checkpoints import load_trained_model
 from .early_exit import EarlyExitRequest, evaluate_early_exit, split_for_calibration

@@ -44,6 +44,12 @@ def linear_flops(linear: nn.Linear, tokens: int = 1) -> int:
     return 2 * linear.in_features * linear.out_features * tokens
 
 
+def lstm_cell_flops(cell: nn.LSTMCell) -> int:
+    """Per-sample FLOPs of one `cell` step: its input and hidden products to the 4 gates
+    (what `FlopCounterMode` counts; the gate activations are free)."""
+    return 2 * 4 * cell.hidden_size * (cell.input_size + cell.hidden_size)
+
+
 def counted_flops(fn: Callable, *args, **kwargs) -> int:
     """Total FLOPs `FlopCounterMode` sees while `fn(*args, **kwargs)` runs (no grad)."""
     with torch.no_grad(), FlopCounterMode(display=False) as counter:

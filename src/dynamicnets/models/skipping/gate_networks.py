@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...profiling.flops import linear_flops
+from ...profiling.flops import linear_flops, lstm_cell_flops
 from ..static.conv_norm_act import ConvNormAct
 
 
@@ -218,8 +218,7 @@ class RecurrentGate(nn.Module):
 
     def flops(self, stage: int) -> int:
         """Per-sample FLOPs of one step at a block of `stage`."""
-        lstm = 2 * 4 * self.lstm.hidden_size * (self.lstm.input_size + self.lstm.hidden_size)
-        return linear_flops(self.project[stage]) + lstm + linear_flops(self.out)
+        return linear_flops(self.project[stage]) + lstm_cell_flops(self.lstm) + linear_flops(self.out)
 
 
 class PolicyNetwork(nn.Module):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ...outputs import DynamicOutput, constant_flops
-from ...profiling.flops import linear_flops
+from ...profiling.flops import linear_flops, lstm_cell_flops
 from .._registry import register_model
 from ..static._checks import require_positive
 from .sequence import as_sequence, step_features
@@ -43,7 +43,7 @@ class LSTMClassifier(nn.Module):
 
     def step_flops(self) -> int:
         """Per-sample FLOPs of one step of the cell."""
-        return 2 * 4 * self.cell.hidden_size * (self.cell.input_size + self.cell.hidden_size)
+        return lstm_cell_flops(self.cell)
 
     def forward(self, x: Tensor) -> DynamicOutput:
         steps = as_sequence("lstm_classifier", x, self.in_chans, self.row_width).transpose(0, 1).contiguous()
