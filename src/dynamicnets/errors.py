@@ -22,3 +22,8 @@ class CheckpointError(DynamicNetsError, ValueError):
 
 class TrainingError(DynamicNetsError, RuntimeError):
     """Training cannot go on (e.g. the loss became NaN)."""
+
+
+class OutputError(DynamicNetsError, OSError):
+    """A file or folder cannot be written (read-only place, a file where a folder should be,
+    full disk); the message names the path and what happened."""

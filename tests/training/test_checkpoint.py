@@ -5,6 +5,7 @@ import torch
 
 from dynamicnets.errors import CheckpointError
 from dynamicnets.training import check_compatible, load_checkpoint, save_checkpoint
+from dynamicnets import writing as writing_module
 from dynamicnets.training import checkpoint as checkpoint_module
 
 from .tiny import tiny_model
@@ -54,7 +55,7 @@ def test_crash_before_rename_leaves_previous_checkpoint(tmp_path, monkeypatch):
     def broken_replace(src, dst):
         raise KeyboardInterrupt  # killed between write and rename
 
-    monkeypatch.setattr(checkpoint_module.os, "replace", broken_replace)
+    monkeypatch.setattr(writing_module.os, "replace", broken_replace)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(path, _state(2.0))
     monkeypatch.undo()

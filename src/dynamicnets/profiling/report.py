@@ -7,7 +7,6 @@ interrupted run never leaves a half-written result behind.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
 import json
@@ -17,7 +16,6 @@ import os
 import platform
 import re
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence, TextIO
 
@@ -25,6 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from ..writing import atomic_write_with
 
 _FLOPS_UNITS = ("", "K", "M", "G", "T", "P")
 _FLOPS_PATTERN = re.compile(
@@ -41,23 +40,21 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
     """Write `data` to `path` through a temporary file in the same folder + `os.replace`.
 
     Parent folders are created. Readers see either the old file or the complete new
-    one. `str` data is encoded as UTF-8. Returns the path written.
+    one; the file gets the mode the user's umask gives. `str` data is encoded as UTF-8.
+
+    Args:
+        path: the destination.
+        data: the whole content.
+
+    Returns:
+        the path written.
+
+    Raises:
+        OutputError: naming the path, when it cannot be written (see
+            `dynamicnets.writing.atomic_write_with`).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-    return path
+    return atomic_write_with(path, lambda handle: handle.write(payload))
 
 
 def run_metadata() -> dict[str, Any]:

@@ -11,8 +11,6 @@ trainer's checkpoints hold (see `Trainer` for the writer):
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from ..writing import atomic_write_with
 
 FORMAT = "dynamicnets.checkpoint/1"
 
@@ -30,37 +29,17 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     The bytes go to a temporary file in the same folder, are flushed and fsync'ed, and the
     file is then renamed over `path` (`os.replace`): a crash at any point leaves either
     the old file or the new one, never a torn file; the temporary file is removed on error.
+    The file gets the mode the user's umask gives, like any file the user creates.
+
+    Args:
+        path: the destination, e.g. `runs/x/last.pt`.
+        state: tensors, containers and Python primitives only.
+
+    Raises:
+        OutputError: naming the path, when it cannot be written (read-only place, full
+            disk, a folder in the way); the previous file is left as it was.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Persist the rename itself (best effort; not every platform can open a folder)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    atomic_write_with(path, lambda handle: torch.save(state, handle))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -74,6 +53,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             objects other than tensors/containers/primitives, or is not a dict.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, expected a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
     try:
@@ -124,3 +105,99 @@ def check_compatible(ckpt: dict[str, Any], model_name: str, model: nn.Module, so
     for key in weights:
         if key not in expected:
             raise CheckpointError(f"{source}: checkpoint key {key!r} does not exist in model {model_name!r}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# field -> (what it must be, check). `model` (the state_dict) is checked by check_compatible.
+_FIELD_CHECKS: dict[str, tuple[str, Any]] = {
+    "format": ("a string", lambda v: isinstance(v, str)),
+    "model": ("a state_dict (a mapping of names to tensors)", lambda v: isinstance(v, dict)),
+    "model_name": ("a registered model name (a non-empty string)", lambda v: isinstance(v, str) and bool(v)),
+    "model_args": ("a mapping of constructor argument names to values",
+                   lambda v: isinstance(v, dict) and all(isinstance(k, str) and k.isidentifier() for k in v)),
+    "num_classes": ("a positive integer", lambda v: _is_int(v) and v >= 1),
+    "input_shape": ("a non-empty list of positive integers (the shape of one sample)",
+                    lambda v: isinstance(v, (list, tuple)) and len(v) >= 1
+                    and all(_is_int(d) and d >= 1 for d in v)),
+    "config": ("a mapping of config keys to values", lambda v: isinstance(v, dict)),
+    "data": ("a data spec string", lambda v: isinstance(v, str)),
+    "optimizer": ("an optimizer state_dict (a mapping)", lambda v: isinstance(v, dict)),
+    "scheduler": ("a scheduler state_dict (a mapping)", lambda v: isinstance(v, dict)),
+    "epoch": ("a non-negative integer", lambda v: _is_int(v) and v >= 0),
+    "step": ("a non-negative integer", lambda v: _is_int(v) and v >= 0),
+    "best_val_accuracy": ("a number or null", lambda v: v is None or _is_number(v)),
+    "best_epoch": ("a positive integer or null", lambda v: v is None or (_is_int(v) and v >= 1)),
+    "rng": ("a mapping of random-generator states", lambda v: isinstance(v, dict)),
+    "history": ("a list of per-epoch metric mappings", lambda v: isinstance(v, list)
+                and all(isinstance(r, dict) for r in v)),
+}
+
+MODEL_FIELDS = ("model", "model_name", "model_args", "num_classes", "input_shape")
+"""Fields a checkpoint needs to rebuild its model (`dynamicnets eval`)."""
+
+TRAINING_FIELDS = MODEL_FIELDS + ("format", "optimizer", "scheduler", "epoch", "step", "best_val_accuracy",
+                                  "best_epoch", "config", "rng", "history")
+"""Fields a checkpoint needs to resume training."""
+
+
+def check_fields(ckpt: dict[str, Any], required: tuple[str, ...], source: str = "checkpoint") -> None:
+    """Check that `ckpt` has the `required` fields, and that every known field present has
+    the right type (a checkpoint may load with `weights_only=True` and still hold, say, a
+    list where the model arguments should be).
+
+    Args:
+        ckpt: the dict `load_checkpoint` returned.
+        required: field names that must be present (`MODEL_FIELDS`, `TRAINING_FIELDS`).
+        source: the file, named in the error.
+
+    Raises:
+        CheckpointError: naming `source`, the first missing field, or the first field of
+            the wrong type and what it should be.
+    """
+    missing = [k for k in required if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{source}: not a dynamicnets training checkpoint (no {', '.join(missing)})")
+    for key, (expected, ok) in _FIELD_CHECKS.items():
+        if key in ckpt and not ok(ckpt[key]):
+            shown = repr(ckpt[key]) if not isinstance(ckpt[key], (dict, list)) else type(ckpt[key]).__name__
+            if len(shown) > 60:
+                shown = shown[:57] + "..."
+            raise CheckpointError(f"{source}: field {key!r} should be {expected}, found {shown}")
+
+
+def first_non_finite(tensors: dict[str, Any]) -> str | None:
+    """Name of the first floating-point tensor in `tensors` holding NaN or infinity, else None.
+
+    Args:
+        tensors: a state_dict (name -> tensor; other values are skipped).
+    """
+    for key, tensor in tensors.items():
+        if isinstance(tensor, torch.Tensor) and (tensor.is_floating_point() or tensor.is_complex()):
+            if not bool(torch.isfinite(tensor).all()):
+                return key
+    return None
+
+
+def check_finite(tensors: dict[str, Any], source: str = "checkpoint") -> None:
+    """Refuse weights holding NaN or infinity (a diverged run).
+
+    Args:
+        tensors: a state_dict.
+        source: the file, named in the error.
+
+    Raises:
+        CheckpointError: naming `source` and the first non-finite tensor.
+    """
+    key = first_non_finite(tensors)
+    if key is not None:
+        raise CheckpointError(
+            f"{source}: tensor {key!r} holds NaN or infinite values (the run diverged); "
+            f"these weights cannot be used"
+        )
