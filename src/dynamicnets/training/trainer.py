@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,12 @@ from tqdm import tqdm
 from ..config import to_plain
 from ..profiling.report import atomic_write
 from ..data import load_data, make_loaders, set_epoch
-from ..errors import CheckpointError, ConfigError, DataError, TrainingError
+from ..errors import CheckpointError, ConfigError, DataError, OutputError, TrainingError
 from ..models import create_model
-from .checkpoint import FORMAT, check_compatible, load_checkpoint, save_checkpoint
+from ..writing import describe_os_error, ensure_dir, remove_stale_temp_files
+from .checkpoint import (FORMAT, TRAINING_FIELDS, check_compatible, check_fields, first_non_finite,
+                         load_checkpoint, save_checkpoint)
+from .run_lock import RunLock
 from .config import TrainConfig
 from .distributed import all_reduce_sum, init_distributed, is_distributed, is_main
 from .evaluate import autocast_context, evaluate, to_channels_last, to_device
@@ -28,23 +32,43 @@ from .losses import multi_exit_loss
 from .rng import capture_rng_state, derived_seed, restore_rng_state, seed_everything
 from .schedules import build_scheduler, lr_factor
 
+# Files of a run folder (their crash leftovers `.<name>.*.tmp` are removed on resume).
+_RUN_FILES = ("last.pt", "best.pt", "config.yaml", "metrics.jsonl")
+
 # Config keys that may change between a run and its resumption without a note.
 _RESUME_FREE_KEYS = {"resume", "progress", "epochs", "num_workers", "threads", "device", "out_dir"}
 
 
-def resolve_device(device: str, local_rank: int = 0) -> torch.device:
+def resolve_device(device: str, local_rank: int = 0, what: str = "key 'device'") -> torch.device:
     """`auto` -> `cuda` when available, else `cpu`; CUDA runs use `cuda:local_rank`.
 
+    Args:
+        device: `auto`, `cpu`, `cuda` or `cuda:N` (`N` wins over `local_rank`).
+        local_rank: the CUDA device of this process under data-parallel training.
+        what: the config key or option that gave `device`, named in errors.
+
+    Returns:
+        the device.
+
     Raises:
-        ConfigError: (key `device`) `cuda` asked for but not available.
+        ConfigError: (naming `what`) an unknown device, or CUDA asked for but not available.
     """
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("key 'device': 'cuda' requested but torch.cuda.is_available() is False")
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
+    text = device.strip().lower() if isinstance(device, str) else device
+    if text == "auto":
+        text = "cuda" if torch.cuda.is_available() else "cpu"
+    if text == "cpu":
+        return torch.device("cpu")
+    kind, _, index = text.partition(":") if isinstance(text, str) else ("", "", "")
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise ConfigError(f"{what}: expected auto, cpu, cuda or cuda:N, got {device!r}")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"{what}: {device!r} requested, but this machine has no usable CUDA device "
+                          f"(torch.cuda.is_available() is False); use cpu")
+    ordinal = int(index) if index else local_rank
+    if ordinal >= torch.cuda.device_count():
+        raise ConfigError(f"{what}: {device!r} requested, but only {torch.cuda.device_count()} CUDA "
+                          f"device(s) are visible")
+    return torch.device("cuda", ordinal)
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -163,10 +187,30 @@ class Trainer:
             the last epoch's metrics plus `best_val_accuracy`, `best_epoch`, `run_dir`
             and `already_finished` (True when a resumed run had nothing left to do).
 
+        Only one process writes into a run folder at a time: rank 0 holds `<run>/.lock`
+        (with its pid) while `fit` runs; a lock left by a dead process is taken over.
+
         Raises:
-            TrainingError: the loss became NaN/inf (the previous `last.pt` stays intact).
+            TrainingError: the training loss, the validation loss or the weights became
+                NaN/inf (the previous `last.pt` and `best.pt` stay intact).
             CheckpointError: `resume` with a `last.pt` of another model or unreadable.
+            RunFolderBusy: another live process is writing into the run folder.
+            OutputError: the run folder or a run file cannot be written (the last good
+                checkpoint is kept).
         """
+        lock = RunLock(self.run_dir) if self.is_main else None
+        if lock is not None:
+            lock.acquire()
+            if lock.stale_owner is not None:
+                self._say(f"{self.run_dir}: took over the lock of process {lock.stale_owner}, which is no "
+                          f"longer running")
+        try:
+            return self._fit()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _fit(self) -> dict[str, Any]:
         resumed = self.config.resume and self._resume()
         if not resumed:
             self._refuse_to_clobber()
@@ -194,6 +238,7 @@ class Trainer:
         self._sync_buffers()
         val = evaluate(self.model, self.val_loader, self.device, bf16=self.config.bf16,
                        channels_last=self.channels_last)
+        self._check_finite_epoch(epoch, val["loss"])
         return {
             "epoch": epoch + 1,
             "step": self.step,
@@ -273,6 +318,31 @@ class Trainer:
                                 else torch.tensor(math.nan, dtype=torch.float64, device=self.device)])
         return sums, loss_value
 
+    def _kept_checkpoint(self) -> str:
+        """What is on disk to fall back on, for error messages."""
+        if self.epoch:
+            return f"{self.run_dir / 'last.pt'} still holds epoch {self.epoch}, the last good one"
+        return "no epoch had finished, so no checkpoint was written"
+
+    def _check_finite_epoch(self, epoch: int, val_loss: float) -> None:
+        """Refuse to record an epoch whose validation loss or weights are NaN/inf.
+
+        Raises:
+            TrainingError: naming the run, the epoch and what is kept on disk.
+        """
+        bad_weight = first_non_finite(self.model.state_dict())
+        if bad_weight is not None:
+            what = f"the weights became NaN/inf (first: {bad_weight!r})"
+        elif val_loss is None or not math.isfinite(val_loss):
+            what = f"the validation loss became {val_loss}"
+        else:
+            return
+        raise TrainingError(
+            f"run {self.config.name!r}: {what} after epoch {epoch + 1} (global step {self.step}); try a lower "
+            f"lr (now lr={self.config.lr:g}), warmup_epochs or grad_clip. This epoch was not saved; "
+            f"{self._kept_checkpoint()}."
+        )
+
     def _checked_loss(self, loss: torch.Tensor, epoch: int, index: int) -> float:
         """The loss averaged over processes; raises TrainingError when it is NaN/inf.
 
@@ -281,8 +351,7 @@ class Trainer:
         """
         value = float(all_reduce_sum(loss.detach().double().reshape(1)).item()) / self.world_size
         if not math.isfinite(value):
-            kept = (f"{self.run_dir / 'last.pt'} still holds epoch {self.epoch}, the last finished one"
-                    if self.epoch else "no epoch had finished, so no checkpoint was written")
+            kept = self._kept_checkpoint()
             raise TrainingError(
                 f"run {self.config.name!r}: loss became {value} at epoch {epoch + 1}, step {index + 1} "
                 f"(global step {self.step + 1}); try a lower lr (now lr={self.config.lr:g}), warmup_epochs "
@@ -297,6 +366,7 @@ class Trainer:
                 torch.distributed.broadcast(buffer, src=0)
 
     def _finish_epoch(self, record: dict[str, Any]) -> None:
+        kept = self._kept_checkpoint()
         self.epoch = record["epoch"]
         self.history.append(record)
         is_best = self.best_val_accuracy is None or record["val_accuracy"] > self.best_val_accuracy
@@ -304,12 +374,10 @@ class Trainer:
             self.best_val_accuracy = record["val_accuracy"]
             self.best_epoch = self.epoch
         if self.is_main:
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-            state = self._checkpoint_state()
-            save_checkpoint(self.run_dir / "last.pt", state)
-            if is_best:
-                save_checkpoint(self.run_dir / "best.pt", state)
+            try:
+                self._save_epoch(record, is_best)
+            except OutputError as err:
+                raise OutputError(f"{err}; epoch {self.epoch} was not saved, {kept}") from err
             if self.config.progress:
                 flops = record["val_mean_flops"]
                 self._say(f"epoch {self.epoch}/{self.config.epochs}  train loss {record['train_loss']:.4f} "
@@ -317,6 +385,25 @@ class Trainer:
                           f"acc {record['val_accuracy']:.4f}"
                           + (f"  {flops / 1e6:.3g} MFLOPs" if flops is not None else "")
                           + f"  {record['images_per_second']:.0f} img/s  {record['epoch_seconds']:.1f}s")
+
+    def _save_epoch(self, record: dict[str, Any], is_best: bool) -> None:
+        """Append the epoch to `metrics.jsonl`, then write `last.pt`, then `best.pt`.
+
+        `last.pt` records `best_epoch`; a crash between the two checkpoint writes leaves
+        a `last.pt` whose `best_epoch` is its own epoch and an older `best.pt`, which
+        `_repair_best` rebuilds from `last.pt` on resume (in every other crash window the
+        two files already agree).
+        """
+        metrics = self.run_dir / "metrics.jsonl"
+        try:
+            with open(metrics, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as err:
+            raise OutputError(describe_os_error(metrics, err)) from err
+        state = self._checkpoint_state()
+        save_checkpoint(self.run_dir / "last.pt", state)
+        if is_best:
+            save_checkpoint(self.run_dir / "best.pt", state)
 
     # -------------------------------------------------------------- checkpoint
     def _checkpoint_state(self) -> dict[str, Any]:
@@ -342,14 +429,26 @@ class Trainer:
     def _resume(self) -> bool:
         """Load `last.pt` into model, optimizer, scheduler and counters; False if absent."""
         path = self.run_dir / "last.pt"
+        if os.path.lexists(path) and not path.is_file():
+            kind = "a folder" if path.is_dir() else "not a regular file"
+            raise CheckpointError(f"{path}: is {kind}, expected the checkpoint to resume from; move it "
+                                  f"away (or pass overwrite=true to start this run afresh)")
         if not path.is_file():
             self._say(f"{path}: no checkpoint yet; starting a fresh run")
             return False
+        if self.is_main:
+            for leftover in remove_stale_temp_files(self.run_dir, _RUN_FILES):
+                self._say(f"removed {leftover}, left over by a crashed write")
         ckpt = load_checkpoint(path, map_location="cpu")
         if ckpt.get("format") != FORMAT:
             raise CheckpointError(f"{path}: not a dynamicnets training checkpoint (format {ckpt.get('format')!r})")
+        check_fields(ckpt, TRAINING_FIELDS, source=str(path))
         check_compatible(ckpt, self.config.model, self.model, source=str(path))
-        saved_config = ckpt.get("config") or {}
+        bad_weight = first_non_finite(ckpt["model"])
+        if bad_weight is not None:
+            raise CheckpointError(f"{path}: tensor {bad_weight!r} holds NaN or infinite values; a diverged "
+                                  f"run cannot be resumed (pass overwrite=true to start afresh)")
+        saved_config = ckpt["config"]
         if saved_config.get("optimizer", self.config.optimizer) != self.config.optimizer:
             raise CheckpointError(f"{path}: trained with optimizer {saved_config['optimizer']!r}, config asks "
                                   f"for {self.config.optimizer!r}; keep the optimizer or start a new run")
@@ -366,12 +465,39 @@ class Trainer:
         except (KeyError, ValueError, RuntimeError, TypeError) as e:
             raise CheckpointError(f"{path}: incomplete or inconsistent training checkpoint: {e}") from e
         self._apply_current_hyperparameters()
+        if self.is_main:
+            self._repair_best(ckpt)
         changed = sorted(k for k, v in saved_config.items()
                          if k not in _RESUME_FREE_KEYS and getattr(self.config, k, v) != v)
         note = (f"; config keys changed since the checkpoint (current values apply): {', '.join(changed)}"
                 if changed else "")
         self._say(f"resuming {path} after epoch {self.epoch} (step {self.step}){note}")
         return True
+
+    def _repair_best(self, last: dict[str, Any]) -> None:
+        """Make `best.pt` hold the best epoch's weights again after a crash.
+
+        `last.pt` is written before `best.pt`, so a `best.pt` that disagrees with
+        `last.pt`'s `best_epoch` can only be left by a crash between the two writes of
+        that epoch, when `best_epoch` is `last.pt`'s own epoch: `last.pt` then holds
+        exactly the best weights and is copied to `best.pt`.
+        """
+        if last["best_epoch"] is None:
+            return
+        best_path = self.run_dir / "best.pt"
+        try:
+            best_epoch_on_disk = load_checkpoint(best_path).get("epoch")
+        except CheckpointError:
+            best_epoch_on_disk = None
+        if best_epoch_on_disk == last["best_epoch"]:
+            return
+        if last["best_epoch"] == last["epoch"]:
+            save_checkpoint(best_path, last)
+            self._say(f"{best_path}: held epoch {best_epoch_on_disk}, rebuilt from last.pt (best epoch "
+                      f"{last['best_epoch']}; a crash came between the two writes)")
+        else:
+            self._say(f"warning: {best_path} does not hold the best epoch {last['best_epoch']} "
+                      f"(found epoch {best_epoch_on_disk}); it cannot be rebuilt from last.pt")
 
     def _refuse_to_clobber(self) -> None:
         previous = self.run_dir / "last.pt"
@@ -397,7 +523,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ files
     def _write_run_files(self, fresh: bool) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        ensure_dir(self.run_dir, "run folder")
         if fresh and (self.run_dir / "last.pt").exists():
             self._say(f"{self.run_dir}: overwrite=true, replacing the previous run there")
         atomic_write(self.run_dir / "config.yaml", yaml.safe_dump(to_plain(self.config), sort_keys=False))
@@ -406,7 +532,13 @@ class Trainer:
         atomic_write(self.run_dir / "metrics.jsonl", lines)
         if fresh:  # a later resume must not pick up the checkpoints of the run we replace
             for stale in ("last.pt", "best.pt"):
-                (self.run_dir / stale).unlink(missing_ok=True)
+                stale_path = self.run_dir / stale
+                try:
+                    stale_path.unlink(missing_ok=True)
+                except IsADirectoryError as err:
+                    raise OutputError(f"{stale_path}: is a folder; move it away to start this run") from err
+                except OSError as err:
+                    raise OutputError(describe_os_error(stale_path, err, "cannot remove")) from err
 
     def _summary(self, already_finished: bool) -> dict[str, Any]:
         last = self.history[-1] if self.history else {}
