@@ -94,9 +94,29 @@ def from_mapping(cls: type[T], mapping: Mapping[str, Any], source: str = "config
     return cls(**values)
 
 
-def _parse_scalar(raw: str) -> Any:
-    """YAML scalar, plus forms YAML 1.1 leaves as strings (`1e-3`)."""
-    value = yaml.safe_load(raw) if raw else ""
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """One line for a YAML error: `line L, column C: what` (no quoted source lines)."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    problem = getattr(err, "problem", None) or getattr(err, "context", None) or type(err).__name__
+    if isinstance(err, yaml.constructor.ConstructorError) and "tag" in str(problem):
+        problem = f"{problem} (YAML tags are not allowed: only plain values, lists and mappings)"
+    context, context_mark = getattr(err, "context", None), getattr(err, "context_mark", None)
+    if context and context_mark is not None and context_mark is not mark and "tag" not in str(problem):
+        problem = f"{problem} ({context} at line {context_mark.line + 1}, column {context_mark.column + 1})"
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + " ".join(str(problem).split())
+
+
+def _parse_scalar(raw: str, where: str) -> Any:
+    """YAML value of an override, plus forms YAML 1.1 leaves as strings (`1e-3`).
+
+    Raises:
+        ConfigError: naming `where`, when `raw` is not valid YAML or carries a tag.
+    """
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: value {raw!r} is not valid YAML ({_yaml_problem(e)})") from None
     if isinstance(value, str):
         try:
             return float(value)
@@ -106,18 +126,45 @@ def _parse_scalar(raw: str) -> Any:
 
 
 def parse_overrides(items: list[str], source: str = "overrides") -> dict[str, Any]:
-    """`["epochs=3", "model_args.width=16"]` -> nested dict, values parsed as YAML scalars."""
+    """`["epochs=3", "model_args.width=16"]` -> nested dict, values parsed as YAML.
+
+    A later override of the same key wins; a dotted key reaches into a mapping.
+
+    Args:
+        items: `key=value` strings.
+        source: where they came from, named in errors.
+
+    Returns:
+        the nested dict.
+
+    Raises:
+        ConfigError: naming the override, for a missing `=`, an empty key part, a value
+            that is not valid YAML, or a key used both as a value and as a mapping
+            (`epochs=3 epochs.x=1`).
+    """
     out: dict[str, Any] = {}
+    set_by: dict[tuple[str, ...], str] = {}  # key path -> the override that set a plain value there
     for item in items:
         if "=" not in item:
             raise ConfigError(f"{source}: expected key=value, got {item!r}")
         key, raw = item.split("=", 1)
-        value = _parse_scalar(raw)
+        parts = tuple(p.strip() for p in key.split("."))
+        if not all(parts):
+            raise ConfigError(f"{source}: {item!r} has an empty key; expected key=value or a.b=value")
+        value = _parse_scalar(raw, f"{source}: {item!r}")
         node = out
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None or part not in node:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(
+                    f"{source}: {item!r} sets a key inside {'.'.join(parts[:depth + 1])!r}, but "
+                    f"{set_by.get(parts[:depth + 1], 'an earlier override')!r} made it a plain value"
+                )
+            node = child
         node[parts[-1]] = value
+        set_by[parts] = item
     return out
 
 
@@ -133,14 +180,35 @@ def merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; a missing, unreadable or non-mapping file is a ConfigError."""
+    """Read a YAML mapping from a file.
+
+    Args:
+        path: the file.
+
+    Returns:
+        the mapping (`{}` for an empty file).
+
+    Raises:
+        ConfigError: naming the file, when it is missing, a folder, unreadable, not
+            UTF-8 text, not valid YAML (with line and column), or not a mapping.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder, expected a YAML config file")
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at line {line}); "
+                          f"save the config as UTF-8") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        raise ConfigError(f"{path}: not valid YAML at {_yaml_problem(e)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
