@@ -44,8 +44,8 @@ def build_variants(
     """One eval-mode network per variant (the dynamic ones share the same weights)."""
     torch.manual_seed(seed)
     slim = slimmable_resnet50(widths=(WIDTH, 1.0)).eval().to(memory_format=memory_format)
-    masked = set_execution(copy.deepcopy(slim), "mask")
-    indexed = set_execution(copy.deepcopy(slim), "index")
+    masked = set_execution(copy.deepcopy(slim), "masked")
+    indexed = set_execution(copy.deepcopy(slim), "indexed")
     cached = build_slice_cache(copy.deepcopy(slim), [WIDTH])
     ideal = slimmable_resnet50(width_mult=WIDTH, widths=(1.0,)).eval()
     ideal = ideal.to(memory_format=memory_format)

@@ -8,6 +8,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from dynamicnets import ConfigError
+from dynamicnets.execution import Execution
 from dynamicnets.layers.slimmable import (
     SlimmableConv2d,
     SlimmableLinear,
@@ -72,7 +73,7 @@ def test_slice_forward_copies_no_weight(conv, training):
 
 
 def test_index_execution_gathers_with_index_select(conv):
-    set_execution(conv, "index")
+    set_execution(conv, "indexed")
     x = torch.randn(2, 4, 9, 9)
     with OpRecorder() as rec, torch.no_grad():
         conv(x, 0.5)
@@ -92,9 +93,9 @@ def test_conv_masked_equals_sliced_equals_indexed(conv, width):
     c_out = channels_at(12, width)
     x = torch.randn(3, c_in, 9, 9)
     sliced = conv(x, width)
-    set_execution(conv, "mask")
+    set_execution(conv, "masked")
     masked = conv(pad_channels(x, 8), width)
-    set_execution(conv, "index")
+    set_execution(conv, "indexed")
     indexed = conv(x, width)
     assert sliced.shape == (3, c_out, 5, 5) and masked.shape == (3, 12, 5, 5)
     torch.testing.assert_close(masked[:, :c_out], sliced, atol=1e-5, rtol=1e-5)
@@ -116,7 +117,7 @@ def test_masked_and_sliced_gradients_agree(conv):
     conv(x, 0.5).square().sum().backward()
     sliced_grad = conv.weight.grad.clone()
     conv.weight.grad = None
-    set_execution(conv, "mask")
+    set_execution(conv, "masked")
     conv(pad_channels(x, 8), 0.5).square().sum().backward()
     torch.testing.assert_close(conv.weight.grad, sliced_grad, atol=1e-5, rtol=1e-5)
 
@@ -127,7 +128,7 @@ def test_conv_flops_equal_flop_counter(conv):
         flops, shape = conv.flops_and_shape((x.shape[1], 9, 9), width)
         assert flops == counted_flops(conv, x, width)
         assert shape == tuple(conv(x, width).shape[1:])
-    set_execution(conv, "mask")
+    set_execution(conv, "masked")
     assert conv.flops_and_shape((2, 9, 9), 0.25)[0] == counted_flops(conv, torch.randn(1, 8, 9, 9), 0.25)
 
 
@@ -138,7 +139,7 @@ def test_depthwise_conv_slices_channels():
     expected = F.conv2d(x, dw.weight[:4], None, 1, 1, 1, 4)
     torch.testing.assert_close(dw(x), expected)
     assert dw.flops_and_shape((4, 6, 6), 0.5)[0] == counted_flops(dw, x[:1])
-    set_execution(dw, "mask")
+    set_execution(dw, "masked")
     masked = dw(pad_channels(x, 8), 0.5)
     torch.testing.assert_close(masked[:, :4], expected)
     assert (masked[:, 4:] == 0).all()
@@ -165,7 +166,7 @@ def test_linear_masked_equals_sliced_and_classifier_keeps_outputs():
     sliced = fc(x, 0.5)
     torch.testing.assert_close(sliced, F.linear(x, fc.weight[:5, :8], fc.bias[:5]))
     assert fc.sliced_parameters(5, 8)[0]._base is fc.weight
-    set_execution(fc, "mask")
+    set_execution(fc, "masked")
     masked = fc(pad_channels(x, 16), 0.5)
     torch.testing.assert_close(masked[:, :5], sliced)
     assert (masked[:, 5:] == 0).all()
@@ -231,7 +232,7 @@ def test_switchable_batchnorm_picks_the_norm_of_the_width():
         norm(x, 0.25)
     with pytest.raises(ConfigError, match="include 1.0"):
         SwitchableBatchNorm2d(8, [0.5])
-    norm.execution = "mask"
+    norm.execution = Execution.MASKED
     masked = norm(pad_channels(x, 8), 0.5)
     assert masked.shape == (6, 8, 3, 3) and (masked[:, 4:] == 0).all()
 
@@ -248,7 +249,7 @@ def test_slimmable_batchnorm_updates_only_the_active_statistics():
         norm(x),
         F.batch_norm(x, norm.running_mean[:3], norm.running_var[:3], norm.weight[:3], norm.bias[:3]),
     )
-    norm.execution = "index"
+    norm.execution = Execution.INDEXED
     torch.testing.assert_close(norm(x), F.batch_norm(x, norm.running_mean[:3], norm.running_var[:3]))
     with pytest.raises(ConfigError, match="at most 8"):
         norm(torch.randn(2, 9, 2, 2))

@@ -70,8 +70,8 @@ def test_masked_and_indexed_execution_equal_sliced(build, train):
     model = build().train(train)
     shape = (3, 16, 16) if build is cifar else (3, 40, 40)
     x = torch.randn(3, *shape)
-    masked = set_execution(copy.deepcopy(model), "mask")
-    indexed = set_execution(copy.deepcopy(model), "index")
+    masked = set_execution(copy.deepcopy(model), "masked")
+    indexed = set_execution(copy.deepcopy(model), "indexed")
     for w in (0.25, 0.5):
         sliced = model(x, w)
         torch.testing.assert_close(masked(x, w).logits, sliced.logits, atol=1e-4, rtol=1e-4)

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..gates.confidence import ExitCriterion
-from ..models.depth.tree import select_batch
+from ..compact import assemble_rows, gather_rows, rows_where
 from ..outputs import DynamicOutput
 from .policy import ExitPolicy
 
@@ -109,12 +109,11 @@ def run_early_exit(
             if leaving == logits.shape[0]:
                 taken.append((active, logits, k))
                 break
-            going = leave.nonzero().squeeze(1)
-            staying = (~leave).nonzero().squeeze(1)
+            going, staying = rows_where(leave), rows_where(~leave)
             taken.append((going if active is None else active[going], logits[going], k))
             active = staying if active is None else active[staying]
-            state = select_batch(state, staying)
-            inputs = select_batch(inputs, staying) if model.needs_input_after(k) else None
+            state = gather_rows(state, staying)
+            inputs = gather_rows(inputs, staying) if model.needs_input_after(k) else None
             history = [h[staying] for h in history]
     return _assemble(taken, x.shape[0], spent)
 
@@ -141,11 +140,9 @@ def _assemble(taken: list[tuple[Tensor | None, Tensor, int]], batch: int, costs:
             flops=torch.full((batch,), float(costs[first_exit]), dtype=torch.float64, device=device),
             logits=first_logits,
         )
-    rows = torch.cat([r for r, _, _ in taken])
-    logits = first_logits.new_empty((batch, first_logits.shape[1]))
-    logits.index_copy_(0, rows, torch.cat([lg for _, lg, _ in taken]))
-    exits = torch.cat([torch.full((r.shape[0],), k, dtype=torch.int64, device=device) for r, _, k in taken])
-    exit_index = torch.empty(batch, dtype=torch.int64, device=device).index_copy_(0, rows, exits)
+    logits = assemble_rows([(r, lg) for r, lg, _ in taken], batch)
+    exit_index = assemble_rows(
+        [(r, torch.full((r.shape[0],), k, dtype=torch.int64, device=device)) for r, _, k in taken], batch)
     cost_table = torch.tensor([float(c) for c in costs], dtype=torch.float64, device=device)
     return ExitResult(
         predictions=logits.argmax(dim=1), exit_index=exit_index, flops=cost_table[exit_index], logits=logits

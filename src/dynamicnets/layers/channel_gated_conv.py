@@ -43,7 +43,7 @@ from ..errors import ConfigError
 from ..profiling.flops import conv2d_flops
 from .channel_gates import check_positive_ints
 from .cond_conv import per_sample_conv2d
-from .gated_block import check_execution
+from ..execution import parse_execution
 
 
 def check_pair(conv1: nn.Conv2d, bn1: nn.BatchNorm2d, conv2: nn.Conv2d) -> None:
@@ -140,7 +140,7 @@ def channel_gated_convs(
     `ConfigError` for a bad `execution`, `scale` shape, `max_kept`, modules that do not
     chain (`check_pair`), or a compact run with `bn1` in training mode.
     """
-    check_execution(execution)
+    execution = parse_execution(execution)
     check_pair(conv1, bn1, conv2)
     mid = conv1.out_channels
     if scale.dim() != 2 or scale.shape != (x.shape[0], mid):

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..outputs import constant_flops
 from .conv_experts import ConvExperts
-from .gated_block import check_execution
+from ..execution import Execution, ExecutionLike, parse_execution, resolve_execution
 from .moe import (
     MoELayer,
     MoEOutput,
@@ -106,7 +106,7 @@ class ConvMoE(nn.Module):
         self._check_input(x)
         return self.router(x.mean(dim=(2, 3)))
 
-    def run(self, x: Tensor, routing: Routing, execution: str = "compact") -> MoEOutput:
+    def run(self, x: Tensor, routing: Routing, execution: Execution | str = Execution.COMPACT) -> MoEOutput:
         """Execute a routing (see the module doc); `flops`/`token_flops` exclude the router.
 
         Args:
@@ -118,7 +118,7 @@ class ConvMoE(nn.Module):
             `MoEOutput` with `output (B, C_out, H', W')`.
         """
         self._check_input(x)
-        if check_execution(execution) == "compact":
+        if parse_execution(execution) is Execution.COMPACT:
             return self.layer(x, routing)  # checks that the routing fits the batch
         batch, e = x.shape[0], self.num_experts
         if routing.num_tokens != batch or routing.num_experts != e:
@@ -150,10 +150,9 @@ class ConvMoE(nn.Module):
         """Per-sample FLOPs of the router (as run in the current train/eval mode)."""
         return self.router.flops(1)
 
-    def forward(self, x: Tensor, execution: str | None = None) -> MoEOutput:
+    def forward(self, x: Tensor, execution: ExecutionLike = None) -> MoEOutput:
         """Route and run: `(B, C_in, H, W) -> MoEOutput`, FLOPs including the router."""
-        if execution is None:
-            execution = "masked" if self.training else "compact"
+        execution = resolve_execution(execution, self.training)
         routing = self.route(x)
         out = self.run(x, routing, execution)
         out.flops += self.router_flops() * x.shape[0]

@@ -35,16 +35,9 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from ..compact import rows_where, scatter_rows
 from ..errors import ConfigError
-
-EXECUTIONS = ("masked", "compact")
-
-
-def check_execution(execution: str) -> str:
-    """Return `execution` if it is `"masked"` or `"compact"`, else raise `ConfigError`."""
-    if execution not in EXECUTIONS:
-        raise ConfigError(f"execution must be one of {EXECUTIONS}, got {execution!r}")
-    return execution
+from ..execution import Execution, parse_execution
 
 
 def _mix(gate: Tensor, on: Tensor, off: Tensor) -> Tensor:
@@ -62,7 +55,7 @@ def run_gated(
     block: Callable[[Tensor], Tensor],
     x: Tensor,
     gate: Tensor,
-    execution: str = "masked",
+    execution: Execution | str = Execution.MASKED,
     *,
     validate: bool = True,
     inplace: bool = False,
@@ -96,28 +89,26 @@ def run_gated(
     `execution="compact"`, or `execution` is unknown (checks skipped with `validate=False`,
     except the last).
     """
-    check_execution(execution)
+    execution = parse_execution(execution)
     if validate and gate.shape != (x.shape[0],):
         raise ConfigError(f"gate must have shape (B,) = ({x.shape[0]},), got {tuple(gate.shape)}")
-    if execution == "masked":
+    if execution is Execution.MASKED:
         return _mix(gate, block(x), x)
     if validate and not is_hard(gate):
         raise ConfigError("compact execution needs hard gates (every value exactly 0 or 1)")
     keep_grad = torch.is_grad_enabled() and gate.requires_grad
-    index = torch.nonzero(gate).flatten()
+    index = rows_where(gate)
     count = index.numel()
     if count == 0:
         return x
     if count == x.shape[0]:
         y = block(x)
         return _mix(gate, y, x) if keep_grad else y
-    x_on = x[index]  # advanced indexing keeps channels_last
+    x_on = x[index]
     y_on = block(x_on)
     if keep_grad:
         y_on = _mix(gate[index], y_on, x_on)
-    if inplace and not torch.is_grad_enabled():
-        return x.index_put_((index,), y_on)
-    return x.index_put((index,), y_on)
+    return scatter_rows(x, index, y_on, inplace=inplace)
 
 
 class GatedResidual(nn.Module):
@@ -138,7 +129,7 @@ class GatedResidual(nn.Module):
         super().__init__()
         self.block = block
 
-    def forward(self, x: Tensor, gate: Tensor, execution: str = "masked") -> Tensor:
+    def forward(self, x: Tensor, gate: Tensor, execution: Execution | str = Execution.MASKED) -> Tensor:
         return run_gated(self.block, x, gate, execution)
 
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from ..compact import add_rows, gather_rows
 from ..errors import ConfigError
 from .experts import MLPExperts
 from .routers import ExpertChoiceRouter, NoisyTopKRouter, Routing, TopKRouter
@@ -208,7 +209,7 @@ class MoELayer(nn.Module):
                 f"{self.experts.num_experts} experts"
             )
         plan = dispatch(routing, self.capacity_factor)
-        rows = tokens.index_select(0, plan.token_ids)
+        rows = gather_rows(tokens, plan.token_ids)
         outputs = self._run_experts(rows, plan)
         if not outputs:  # every row dropped: an empty expert call gives the output shape
             outputs = [(slice(0, 0), self.experts.forward_expert(0, rows))]
@@ -244,7 +245,7 @@ class MoELayer(nn.Module):
         if plan.slots is None:  # expert choice: a token may have any number of rows
             out = tokens.new_zeros(tokens.shape[0], *row)
             for block, y in outputs:
-                out = out.index_add(0, plan.token_ids[block], y)
+                out = add_rows(out, plan.token_ids[block], y)
             return out
         # token choice: each token has k slots; put every row in its slot, sum the slots
         t, k = routing.expert_indices.shape

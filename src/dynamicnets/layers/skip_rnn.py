@@ -36,7 +36,8 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..gates.straight_through import ste_threshold
 from ..profiling.flops import linear_flops, lstm_cell_flops
-from .gated_block import check_execution
+from ..compact import rows_where, scatter_rows
+from ..execution import Execution, parse_execution
 
 
 @dataclass
@@ -101,7 +102,7 @@ class SkipLSTM(nn.Module):
         """`(n, H) -> (n,)` `du = sigmoid(w . c + b)`."""
         return self.update_gate(c).view(-1).sigmoid()
 
-    def forward(self, x: Tensor, *, execution: str = "masked", updates: Tensor | None = None) -> SkipRNNResult:
+    def forward(self, x: Tensor, *, execution: Execution | str = Execution.MASKED, updates: Tensor | None = None) -> SkipRNNResult:
         """**Arguments:**
 
         - `x`: `(B, T, input_size)`.
@@ -111,8 +112,7 @@ class SkipLSTM(nn.Module):
         **Returns:** `SkipRNNResult`.
         """
         self._check(x, updates)
-        check_execution(execution)
-        if execution == "compact":
+        if parse_execution(execution) is Execution.COMPACT:
             return self._compact(x, updates)
         return self._masked(x, updates)
 
@@ -151,14 +151,14 @@ class SkipLSTM(nn.Module):
         taken = []
         for t in range(steps):
             on = (u_tilde > 0.5) if forced is None else (forced[:, t] > 0.5)
-            rows = on.nonzero().squeeze(1)
+            rows = rows_where(on)
             if rows.numel() == batch:
                 h, c = self.cell(seq[t], (h, c))
                 delta = self._delta(c)
             elif rows.numel() > 0:
                 h_run, c_run = self.cell(seq[t][rows], (h[rows], c[rows]))
-                h, c = h.index_copy(0, rows, h_run), c.index_copy(0, rows, c_run)
-                delta = delta.index_copy(0, rows, self._delta(c_run))
+                h, c = scatter_rows(h, rows, h_run), scatter_rows(c, rows, c_run)
+                delta = scatter_rows(delta, rows, self._delta(c_run))
             u_tilde = torch.where(on, delta, u_tilde + torch.minimum(delta, 1 - u_tilde))
             taken.append(on)
         updates = torch.stack(taken, dim=1).to(x.dtype)

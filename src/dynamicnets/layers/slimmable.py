@@ -6,14 +6,14 @@ as many input channels as the input tensor carries, by slicing `weight[:out, :in
 view of the parameter, so no weight is copied and gradients reach the full parameter
 (Yu et al., "Slimmable Neural Networks", 2019; DS-Net, Li et al. 2021).
 
-Three executions of the same width, chosen with `set_execution` (default `"slice"`):
+Three executions of the same width, chosen with `set_execution` (default `"compact"`):
 
-- `"slice"`: the compact path above (weight views; optionally cached contiguous copies
+- `"compact"`: the compact path above (weight views; optionally cached contiguous copies
   in eval mode, see `build_slice_cache`).
-- `"mask"`: run the full layer, then zero the channels beyond the width. Shapes stay
+- `"masked"`: run the full layer, then zero the channels beyond the width. Shapes stay
   static (what training with per-sample decisions needs); it saves nothing, and the
   FLOPs reported for it are those of the full layer.
-- `"index"`: gather the active weights with `index_select` on every call - DS-Net's
+- `"indexed"`: gather the active weights with `index_select` on every call - DS-Net's
   "indexing" baseline, kept to measure what copying weights costs.
 
 The input width is never an argument: it is read from `x.shape[1]` (`x.shape[-1]` for
@@ -29,9 +29,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..execution import Execution, parse_execution
 from ..profiling.flops import conv_out_size
 
-EXECUTIONS = ("slice", "mask", "index")
+EXECUTIONS = (Execution.COMPACT, Execution.MASKED, Execution.INDEXED)
 
 
 def channels_at(channels: int, width: float) -> int:
@@ -49,13 +50,12 @@ def check_width(width: float, owner: str = "slimmable layer") -> float:
     return float(width)
 
 
-def set_execution(module: nn.Module, execution: str) -> nn.Module:
-    """Set `execution` (`"slice"`, `"mask"` or `"index"`) on every slimmable module in `module`.
+def set_execution(module: nn.Module, execution: Execution | str) -> nn.Module:
+    """Set `execution` (`"compact"`, `"masked"` or `"indexed"`) on every slimmable module in `module`.
 
     Returns `module` (for chaining). Not to be called inside `forward`.
     """
-    if execution not in EXECUTIONS:
-        raise ConfigError(f"execution must be one of {EXECUTIONS}, got {execution!r}")
+    execution = parse_execution(execution, EXECUTIONS)
     for m in module.modules():
         if hasattr(m, "execution"):
             m.execution = execution
@@ -65,7 +65,7 @@ def set_execution(module: nn.Module, execution: str) -> nn.Module:
 def build_slice_cache(module: nn.Module, widths: Iterable[float]) -> nn.Module:
     """Store contiguous copies of each slimmable layer's weights at each of `widths`.
 
-    Only eval-mode `"slice"` execution uses them; `train()`, `.to()` and any in-place
+    Only eval-mode `"compact"` execution uses them; `train()`, `.to()` and any in-place
     weight update (optimizer step, `load_state_dict`) make them stale, and a stale or
     missing entry falls back to the weight view. Returns `module`.
     """
@@ -200,12 +200,12 @@ class SlimmableConv2d(_SlicedWeight, nn.Conv2d):
         slim_out: the output channel count follows `width` (False for a fixed output).
 
     Attributes:
-        execution: `"slice"` (default), `"mask"` or `"index"` (see the module doc).
+        execution: `"compact"` (default), `"masked"` or `"indexed"` (see the module doc).
 
     Shapes:
         `forward(x, width)`: `(B, c_in, H, W) -> (B, channels_at(out_channels, width), H', W')`
         with `c_in <= in_channels` (the active input prefix); `width=None` is the widest.
-        In `"mask"` execution `c_in == in_channels` and the output keeps `out_channels`
+        In `"masked"` execution `c_in == in_channels` and the output keeps `out_channels`
         channels, those beyond the width being zero.
     """
 
@@ -240,19 +240,19 @@ class SlimmableConv2d(_SlicedWeight, nn.Conv2d):
         )
         self.slim_in, self.slim_out = slim_in, slim_out
         self._max_in, self._max_out = in_channels, out_channels
-        self.execution = "slice"
+        self.execution = Execution.COMPACT
         self._cache: dict[tuple[int, int], _CacheEntry] = {}
 
     def _weight_in_dim(self, active_in: int) -> int:
         return 1 if self.depthwise else active_in
 
     def forward(self, x: Tensor, width: float | None = None) -> Tensor:
-        if self.execution == "mask":
+        if self.execution is Execution.MASKED:
             return self._forward_masked(x, width)
         active_in = x.shape[1]
         self._check_in(active_in)
         out = active_in if self.depthwise else self.out_channels_at(width)
-        if self.execution == "index":
+        if self.execution is Execution.INDEXED:
             weight, bias = self.indexed_parameters(out, active_in)
         else:
             weight, bias = self.sliced_parameters(out, active_in)
@@ -263,7 +263,7 @@ class SlimmableConv2d(_SlicedWeight, nn.Conv2d):
         self._check_in(x.shape[1])
         if x.shape[1] != self._max_in:
             raise ConfigError(
-                f"SlimmableConv2d in 'mask' execution needs all {self._max_in} input "
+                f"SlimmableConv2d in 'masked' execution needs all {self._max_in} input "
                 f"channels (zeros beyond the width), got {x.shape[1]}"
             )
         y = F.conv2d(
@@ -280,11 +280,11 @@ class SlimmableConv2d(_SlicedWeight, nn.Conv2d):
     ) -> tuple[int, tuple[int, int, int]]:
         """Per-sample FLOPs on a `(c_in, H, W)` input and the `(c_out, H', W')` output shape.
 
-        `execution` defaults to the layer's; `"mask"` costs (and outputs) the full layer.
+        `execution` defaults to the layer's; `"masked"` costs (and outputs) the full layer.
         """
-        execution = execution or self.execution
+        execution = self.execution if execution is None else parse_execution(execution, EXECUTIONS)
         c_in, h, w = in_shape
-        if execution == "mask":
+        if execution is Execution.MASKED:
             c_in, out = self._max_in, self._max_out
         else:
             out = c_in if self.depthwise else self.out_channels_at(width)
@@ -318,7 +318,7 @@ class SlimmableLinear(_SlicedWeight, nn.Linear):
 
     Shapes:
         `forward(x, width)`: `(*, f_in) -> (*, channels_at(out_features, width))` with
-        `f_in <= in_features`. In `"mask"` execution `f_in == in_features` and the
+        `f_in <= in_features`. In `"masked"` execution `f_in == in_features` and the
         output keeps `out_features` features, those beyond the width being zero.
     """
 
@@ -336,16 +336,16 @@ class SlimmableLinear(_SlicedWeight, nn.Linear):
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         self.slim_in, self.slim_out = slim_in, slim_out
         self._max_in, self._max_out = in_features, out_features
-        self.execution = "slice"
+        self.execution = Execution.COMPACT
         self._cache: dict[tuple[int, int], _CacheEntry] = {}
 
     def forward(self, x: Tensor, width: float | None = None) -> Tensor:
         active_in = x.shape[-1]
         self._check_in(active_in)
-        if self.execution == "mask":
+        if self.execution is Execution.MASKED:
             if active_in != self._max_in:
                 raise ConfigError(
-                    f"SlimmableLinear in 'mask' execution needs all {self._max_in} input "
+                    f"SlimmableLinear in 'masked' execution needs all {self._max_in} input "
                     f"features (zeros beyond the width), got {active_in}"
                 )
             y = F.linear(x, self.weight, self.bias)
@@ -354,7 +354,7 @@ class SlimmableLinear(_SlicedWeight, nn.Linear):
                 return y
             return y * (torch.arange(self._max_out, device=y.device) < out).to(y.dtype)
         out = self.out_channels_at(width)
-        if self.execution == "index":
+        if self.execution is Execution.INDEXED:
             weight, bias = self.indexed_parameters(out, active_in)
         else:
             weight, bias = self.sliced_parameters(out, active_in)
@@ -363,8 +363,8 @@ class SlimmableLinear(_SlicedWeight, nn.Linear):
     def flops(
         self, in_features: int, width: float | None = None, execution: str | None = None
     ) -> int:
-        """Per-row FLOPs with `in_features` active inputs (`"mask"`: the full layer)."""
-        if (execution or self.execution) == "mask":
+        """Per-row FLOPs with `in_features` active inputs (`"masked"`: the full layer)."""
+        if (self.execution if execution is None else parse_execution(execution, EXECUTIONS)) is Execution.MASKED:
             return 2 * self._max_in * self._max_out
         return 2 * in_features * self.out_channels_at(width)
 

@@ -19,11 +19,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..execution import Execution
 from .slimmable import channels_at, check_width
 
 
 def _pad_channels(y: Tensor, channels: int) -> Tensor:
-    """Zero-pad `(B, c, H, W)` to `(B, channels, H, W)` (the "mask" execution's layout)."""
+    """Zero-pad `(B, c, H, W)` to `(B, channels, H, W)` (the "masked" execution's layout)."""
     missing = channels - y.shape[1]
     return y if missing == 0 else F.pad(y, (0, 0, 0, 0, 0, missing))
 
@@ -39,11 +40,11 @@ class SwitchableBatchNorm2d(nn.Module):
     Attributes:
         widths: the widths, sorted ascending.
         bns: `nn.ModuleList`, `bns[i]` is a `BatchNorm2d(channels_at(num_features, widths[i]))`.
-        execution: `"slice"` (default), `"index"` (same as slice: each norm owns its
-            parameters) or `"mask"`.
+        execution: `"compact"` (default), `"indexed"` (same as slice: each norm owns its
+            parameters) or `"masked"`.
 
     Shapes:
-        `(B, channels_at(num_features, width), H, W)` -> same. In `"mask"` execution the
+        `(B, channels_at(num_features, width), H, W)` -> same. In `"masked"` execution the
         input has all `num_features` channels and the output too, zero beyond the width.
     """
 
@@ -70,7 +71,7 @@ class SwitchableBatchNorm2d(nn.Module):
             )
             for w in self.widths
         )
-        self.execution = "slice"
+        self.execution = Execution.COMPACT
 
     def index_of(self, width: float | None) -> int:
         """Index into `widths`/`bns` of `width` (`None` = 1.0); `ConfigError` if not configured."""
@@ -90,7 +91,7 @@ class SwitchableBatchNorm2d(nn.Module):
 
     def forward(self, x: Tensor, width: float | None = None) -> Tensor:
         bn = self.bns[self.index_of(width)]
-        if self.execution == "mask":
+        if self.execution is Execution.MASKED:
             return _pad_channels(bn(x[:, : bn.num_features]), self.num_features)
         if x.shape[1] != bn.num_features:
             raise ConfigError(
@@ -113,12 +114,12 @@ class SlimmableBatchNorm2d(nn.BatchNorm2d):
         num_features: channels at the widest configuration; other args as `nn.BatchNorm2d`.
 
     Attributes:
-        execution: `"slice"` (default), `"index"` (parameters gathered with `index_select`)
-            or `"mask"`.
+        execution: `"compact"` (default), `"indexed"` (parameters gathered with `index_select`)
+            or `"masked"`.
 
     Shapes:
         `forward(x, width)`: `(B, c, H, W) -> (B, c, H, W)` with `c <= num_features`
-        (`width` is only read in `"mask"` execution, where `c == num_features` and the
+        (`width` is only read in `"masked"` execution, where `c == num_features` and the
         output is zero beyond `channels_at(num_features, width)`).
     """
 
@@ -132,10 +133,10 @@ class SlimmableBatchNorm2d(nn.BatchNorm2d):
         dtype=None,
     ) -> None:
         super().__init__(num_features, eps=eps, momentum=momentum, device=device, dtype=dtype)
-        self.execution = "slice"
+        self.execution = Execution.COMPACT
 
     def forward(self, x: Tensor, width: float | None = None) -> Tensor:  # type: ignore[override]
-        if self.execution == "mask":
+        if self.execution is Execution.MASKED:
             active = self.num_features if width is None else channels_at(self.num_features, width)
             return _pad_channels(self._normalize(x[:, :active]), self.num_features)
         if x.shape[1] > self.num_features:
@@ -161,7 +162,7 @@ class SlimmableBatchNorm2d(nn.BatchNorm2d):
         tensors = (self.running_mean, self.running_var, self.weight, self.bias)
         if c == self.num_features:
             return tensors
-        if self.execution == "index":
+        if self.execution is Execution.INDEXED:
             index = torch.arange(c, device=device)
             # running statistics stay views: batch_norm updates them in place
             return tuple(

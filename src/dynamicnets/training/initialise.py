@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
+from ..execution import Execution, supported_executions
 from ..gates.schedules import CosineDecay, ExponentialDecay, LinearDecay
 from .checkpoint import load_checkpoint
 
@@ -55,16 +56,18 @@ def execution_kwargs(execution: str, model: nn.Module) -> dict:
     """Forward keyword arguments for `TrainConfig.train_execution` (`{}` for `default`).
 
     Raises:
-        ConfigError: `masked`/`compact` for a model whose `forward` takes no `execution`.
+        ConfigError: a mode the model does not list in its `execution_modes`
+            (`dynamicnets.execution.SupportsExecution`).
     """
     if execution == "default":
         return {}
-    if "execution" not in inspect.signature(model.forward).parameters:
+    modes = supported_executions(model)
+    if Execution(execution) not in modes:
         raise ConfigError(
-            f"key 'train_execution': model {type(model).__name__} has no `execution` forward argument "
-            f"(only dynamic models with masked and compact execution do); use 'default'"
+            f"key 'train_execution': model {type(model).__name__} has no {execution!r} execution "
+            f"(it supports {[m.value for m in modes] or 'none: it is static'}); use 'default'"
         )
-    return {"execution": execution}
+    return {"execution": Execution(execution)}
 
 
 def temperature_schedule(spec: dict, steps_per_epoch: int, model: nn.Module):

@@ -30,7 +30,8 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import ConfigError
-from ...layers.gated_block import check_execution
+from ...compact import add_rows, rows_where, scatter_rows
+from ...execution import Execution, ExecutionLike, resolve_execution
 from ...outputs import DynamicOutput
 from ...profiling.flops import conv2d_flops, linear_flops
 from .._registry import register_model
@@ -126,7 +127,7 @@ class HaltingState:
         }
         for name, value in updates.items():
             full = getattr(self, name)
-            setattr(self, name, value if rows is None else full.index_put((rows,), value))
+            setattr(self, name, value if rows is None else scatter_rows(full, rows, value))
         return weight
 
 
@@ -159,6 +160,8 @@ class ACTResNet(nn.Module):
         `compact_flops (B,)`, and for SACT `position_depth (B, 3)`; in training
         `aux_losses["ponder"]`.
     """
+
+    execution_modes = (Execution.MASKED, Execution.COMPACT)
 
     def __init__(
         self,
@@ -248,19 +251,19 @@ class ACTResNet(nn.Module):
             elif rows is None:
                 out = out.addcmul_(weight, x) if inplace else out + weight * x
             else:
-                out = out.index_add_(0, rows, weight * x) if inplace else out.index_add(0, rows, weight * x)
-            if execution == "compact":
+                out = add_rows(out, rows, weight * x, inplace=inplace)
+            if execution is Execution.COMPACT:
                 running = halting.running if rows is None else halting.running[rows]
                 active = running.reshape(running.shape[0], -1).any(dim=1)
                 if not bool(active.all()):
-                    keep = torch.nonzero(active).flatten()
+                    keep = rows_where(active)
                     rows = keep if rows is None else rows[keep]
                     if rows.numel() == 0:
                         break
                     x = x[keep]
         return out, halting
 
-    def forward(self, x: Tensor, *, execution: str | None = None) -> DynamicOutput:
+    def forward(self, x: Tensor, *, execution: ExecutionLike = None) -> DynamicOutput:
         """**Arguments:**
 
         - `x`: `(B, in_chans, H, W)`.
@@ -268,8 +271,7 @@ class ACTResNet(nn.Module):
 
         **Returns:** `DynamicOutput` (see the class docstring).
         """
-        execution = ("masked" if self.training else "compact") if execution is None else (
-            check_execution(execution))
+        execution = resolve_execution(execution, self.training)
         fixed, costs = self.unit_costs(tuple(x.shape[1:]))
         h = self.backbone.stem(x)
         depth, ponder, position_depth = [], 0, []

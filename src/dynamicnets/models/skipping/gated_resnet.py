@@ -35,7 +35,8 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import ConfigError
-from ...layers.gated_block import check_execution, gated_flops, is_hard, run_gated
+from ...execution import Execution, ExecutionLike, resolve_execution
+from ...layers.gated_block import gated_flops, is_hard, run_gated
 from ...outputs import DynamicOutput
 from ..static._checks import check_input_shape, require_positive
 from ..static.resnet_cifar import CifarResNet
@@ -60,6 +61,8 @@ class GatedResNet(nn.Module):
         gate_chans: channels of each gated block's input, in gate order.
         default_input_shape: `(in_chans, 32, 32)`.
     """
+
+    execution_modes = (Execution.MASKED, Execution.COMPACT)
 
     def __init__(
         self,
@@ -122,11 +125,9 @@ class GatedResNet(nn.Module):
         return float(self(x, execution="masked").flops[0])
 
     # -------------------------------------------------------------- execution
-    def resolve_execution(self, execution: str | None) -> str:
-        """`None` -> `"masked"` in training mode, `"compact"` in eval mode."""
-        if execution is None:
-            return "masked" if self.training else "compact"
-        return check_execution(execution)
+    def resolve_execution(self, execution: ExecutionLike) -> Execution:
+        """The execution to use: see `dynamicnets.execution.resolve_execution`."""
+        return resolve_execution(execution, self.training)
 
     def check_input(self, x: Tensor) -> None:
         """Raise `ConfigError` unless `x` is `(B, in_chans, H, W)`."""

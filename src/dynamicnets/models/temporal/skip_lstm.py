@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ...errors import ConfigError
-from ...layers.gated_block import check_execution
+from ...execution import Execution, ExecutionLike, resolve_execution
 from ...layers.skip_rnn import SkipLSTM
 from ...outputs import DynamicOutput
 from ...profiling.flops import linear_flops
@@ -35,6 +35,8 @@ class SkipLSTMClassifier(nn.Module):
         training `aux_losses["budget"]`.
     """
 
+    execution_modes = (Execution.MASKED, Execution.COMPACT)
+
     def __init__(self, num_classes: int = 10, in_chans: int = 1, hidden: int = 64, row_width: int | None = None,
                  length: int = 40, budget_weight: float = 1e-3, update_bias_init: float = 2.0, *,
                  device=None, dtype=None) -> None:
@@ -56,7 +58,7 @@ class SkipLSTMClassifier(nn.Module):
         steps = input_shape[1]
         return float(steps * self.rnn.step_flops() + linear_flops(self.head))
 
-    def forward(self, x: Tensor, *, execution: str | None = None, updates: Tensor | None = None) -> DynamicOutput:
+    def forward(self, x: Tensor, *, execution: ExecutionLike = None, updates: Tensor | None = None) -> DynamicOutput:
         """**Arguments:**
 
         - `x`: `(B, C, L)` or `(B, C, H, row_width)`.
@@ -65,7 +67,7 @@ class SkipLSTMClassifier(nn.Module):
 
         **Returns:** `DynamicOutput` (see the class docstring).
         """
-        execution = ("masked" if self.training else "compact") if execution is None else check_execution(execution)
+        execution = resolve_execution(execution, self.training)
         seq = as_sequence("skip_lstm_classifier", x, self.in_chans, self.row_width)
         result = self.rnn(seq, execution=execution, updates=updates)
         head = float(linear_flops(self.head))

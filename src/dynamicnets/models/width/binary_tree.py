@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ...errors import ConfigError
-from ...layers.gated_block import check_execution, is_hard
+from ...execution import resolve_execution
+from ...layers.gated_block import is_hard
 
 
 def check_depth(model: str, depth: int) -> int:
@@ -34,13 +35,6 @@ def check_depth(model: str, depth: int) -> int:
     if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
         raise ConfigError(f"model {model!r}: depth must be an int >= 1, got {depth!r}")
     return depth
-
-
-def resolve_execution(execution: str | None, training: bool) -> str:
-    """`None` -> `"masked"` in training mode, `"compact"` in eval mode; else validated."""
-    if execution is None:
-        return "masked" if training else "compact"
-    return check_execution(execution)
 
 
 def check_decisions(model: str, decisions: Tensor, batch: int, depth: int) -> Tensor:

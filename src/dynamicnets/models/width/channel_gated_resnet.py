@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from ...errors import ConfigError
 from ...layers.channel_gated_conv import channel_cost, channel_gated_convs, executed_channels
 from ...layers.channel_gates import FBSGate, GumbelChannelGate
-from ...layers.gated_block import check_execution
+from ...execution import Execution, resolve_execution
 from ...outputs import DynamicOutput
 from .._registry import register_model
 from ..static._checks import check_input_shape
@@ -83,6 +83,8 @@ class ChannelGatedResNet(nn.Module):
         all blocks), `"block_keep_rates" (B, G)`, `"kept_flops" (B,)`; in training
         `aux_losses[aux_name]`.
     """
+
+    execution_modes = (Execution.MASKED, Execution.COMPACT)
 
     def __init__(
         self,
@@ -153,9 +155,7 @@ class ChannelGatedResNet(nn.Module):
         **Returns:** `DynamicOutput` (see the class docstring).
         """
         fixed, per_channel, channels = self.cost_parts(tuple(x.shape[1:]))
-        if execution is None:
-            execution = "masked" if self.training else "compact"
-        check_execution(execution)
+        execution = resolve_execution(execution, self.training)
         with_aux = self.training and self.aux_weight > 0
         h = self.backbone.stem(x)
         ran, kept, aux = [], [], []

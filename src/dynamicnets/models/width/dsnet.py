@@ -20,7 +20,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ...compact import assemble_rows, gather_rows, group_rows
 from ...errors import ConfigError
+from ...execution import Execution
 from ...gates import GumbelSoftmaxGate
 from ...outputs import DynamicOutput
 from .._registry import register_model
@@ -79,27 +81,20 @@ class DSNet(nn.Module):
 
     def gate_cost(self, input_shape: tuple[int, ...]) -> int:
         """Per-sample FLOPs of the gate (stem at the narrowest width + the linear layer)."""
-        stem, _ = self.backbone.stem.flops_and_shape(tuple(input_shape), self.gate_width, "slice")
+        stem, _ = self.backbone.stem.flops_and_shape(tuple(input_shape), self.gate_width, Execution.COMPACT)
         return stem + 2 * self.gate.in_features * self.gate.out_features
 
     def width_costs(self, input_shape: tuple[int, ...]) -> Tensor:
         """`(num widths,)` float64 per-sample FLOPs of each width's network (no gate)."""
-        costs = [self.backbone.cost(tuple(input_shape), w, "slice") for w in self.widths]
+        costs = [self.backbone.cost(tuple(input_shape), w, Execution.COMPACT) for w in self.widths]
         return torch.tensor(costs, dtype=torch.float64)
 
     def run_grouped(self, x: Tensor, choice: Tensor) -> Tensor:
         """Compact execution: samples grouped by `choice` `(B,)` (width indices), each group
         run at its width. Returns logits `(B, num_classes)`."""
-        logits = None
-        for i, w in enumerate(self.widths):
-            idx = torch.nonzero(choice == i).flatten()
-            if idx.numel() == 0:
-                continue
-            group = self.backbone.forward_logits(x.index_select(0, idx), w)
-            if logits is None:
-                logits = group.new_zeros(x.shape[0], group.shape[1])
-            logits = logits.index_copy(0, idx, group)
-        return logits
+        pieces = [(rows, self.backbone.forward_logits(gather_rows(x, rows), self.widths[i]))
+                  for i, rows in group_rows(choice, len(self.widths))]
+        return assemble_rows(pieces, x.shape[0])
 
     def run_fused(self, x: Tensor, one_hot: Tensor) -> tuple[Tensor, list[Tensor]]:
         """Static-shape execution: every width on the whole batch, mixed by `one_hot` `(B, W)`.

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from ...errors import ConfigError
 from ...layers.conv_moe import ConvMoE, sample_decisions
-from ...layers.gated_block import check_execution
+from ...execution import Execution, ExecutionLike, resolve_execution
 from ...layers.moe import MoEOutput
 from ...outputs import DynamicOutput
 from .._registry import register_model
@@ -115,6 +115,8 @@ class MoECifarResNet(CifarResNet):
         `"compact_flops"` `(B,)`.
     """
 
+    execution_modes = (Execution.MASKED, Execution.COMPACT)
+
     def __init__(
         self,
         depth: int = 20,
@@ -180,10 +182,8 @@ class MoECifarResNet(CifarResNet):
                     x = block(x)
         return x, routed, row_flops
 
-    def forward(self, x: Tensor, execution: str | None = None) -> DynamicOutput:
-        if execution is None:
-            execution = "masked" if self.training else "compact"
-        check_execution(execution)
+    def forward(self, x: Tensor, execution: ExecutionLike = None) -> DynamicOutput:
+        execution = resolve_execution(execution, self.training)
         fixed = float(self.cost(tuple(x.shape[1:])))
         features, routed, row_flops = self.forward_features(x, execution)
         flops = fixed + sum(out.token_flops for out in routed)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ...compact import rows_where
 from ...errors import ConfigError
 from ...gates import gumbel_sigmoid
 from ...profiling.flops import linear_flops
@@ -178,7 +179,7 @@ class NeuralTree(RoutedTree):
                 right = z > 0 if decisions is None else decisions[rows, node] != 0
                 routing[rows, node] = right.to(routing.dtype)
                 for child, take in ((2 * node + 1, ~right), (2 * node + 2, right)):
-                    index = torch.nonzero(take).flatten()
+                    index = rows_where(take)
                     if index.numel() == 0:
                         continue
                     if index.numel() < rows.numel():  # else the whole group goes there

@@ -18,7 +18,8 @@ from torch import Tensor, nn
 
 from ...errors import ConfigError
 from ...outputs import DynamicOutput, constant_flops
-from .binary_tree import balance_penalty, check_decisions, check_depth, follow, resolve_execution
+from ...execution import Execution, resolve_execution
+from .binary_tree import balance_penalty, check_decisions, check_depth, follow
 
 
 class RoutedTree(nn.Module):
@@ -39,6 +40,8 @@ class RoutedTree(nn.Module):
         `aux_losses["routing_balance"]`. Masked `leaf`/`path` are the greedy path (the
         more probable child at every node), the one compact execution takes.
     """
+
+    execution_modes = (Execution.MASKED, Execution.COMPACT)
 
     def __init__(self, name: str, depth: int, penalty_strength: float, penalty_decay: float) -> None:
         super().__init__()

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...errors import ConfigError
+from ...execution import Execution, parse_execution
 from ...layers.slimmable import EXECUTIONS, SlimmableLinear, channels_at, check_width
 from ...outputs import DynamicOutput
 from ...profiling.flops import conv_out_size
@@ -149,7 +150,7 @@ class SlimmableResNet(nn.Module):
         head: `SlimmableLinear(features, num_classes)` after global average pooling.
         widths: the configured widths, ascending; `default_width`: the width run in eval
             when none is given (1.0; change with `set_default_width`).
-        execution: `"slice"`, `"mask"` or `"index"` (`layers.slimmable.set_execution`).
+        execution: `"compact"`, `"masked"` or `"indexed"` (`layers.slimmable.set_execution`).
         default_input_shape: `(in_chans, 32, 32)` (CIFAR stem) or `(in_chans, 224, 224)`.
 
     Shapes:
@@ -199,7 +200,7 @@ class SlimmableResNet(nn.Module):
         self.inplace_distill = float(inplace_distill)
         self.in_chans = in_chans
         self.default_width = 1.0
-        self.execution = "slice"
+        self.execution = Execution.COMPACT
         self.stem_kind = stem
         self.default_input_shape = (in_chans, 32, 32) if stem == "cifar" else (in_chans, 224, 224)
 
@@ -302,12 +303,10 @@ class SlimmableResNet(nn.Module):
     ) -> int:
         """Per-sample FLOPs of one width on a `(in_chans, H, W)` input (`FlopCounterMode`'s count).
 
-        `execution` defaults to the model's; `"mask"` costs the full network whatever
+        `execution` defaults to the model's; `"masked"` costs the full network whatever
         the width, because that is what runs.
         """
-        execution = execution or self.execution
-        if execution not in EXECUTIONS:
-            raise ConfigError(f"execution must be one of {EXECUTIONS}, got {execution!r}")
+        execution = self.execution if execution is None else parse_execution(execution, EXECUTIONS)
         shape = check_input_shape(self.name, input_shape, self.in_chans, spatial_dims=2)
         total, shape = self.stem.flops_and_shape(shape, width, execution)
         if self.stem_kind == "imagenet":
