@@ -17,6 +17,7 @@ import torch
 
 from ..errors import DataError
 from .files import read_bytes
+from .labels import check_labels
 
 _SIDE = 32
 _ROW = 3 * _SIDE * _SIDE
@@ -79,16 +80,24 @@ def _require_key(content: dict, key: bytes, path: Path):
     return content[key]
 
 
-def read_cifar_batch(path: Path, label_key: bytes) -> tuple[torch.Tensor, torch.Tensor]:
+def read_cifar_batch(
+    path: Path, label_key: bytes, num_classes: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Read one CIFAR batch file.
 
-    **Arguments:**
+    Args:
+        path: e.g. ``data_batch_1`` / ``test_batch`` (CIFAR-10) or ``train`` / ``test``
+            (CIFAR-100).
+        label_key: ``b'labels'`` (CIFAR-10) or ``b'fine_labels'`` (CIFAR-100).
+        num_classes: when given, every label must lie in ``[0, num_classes)``.
 
-    - `path`: e.g. ``data_batch_1`` / ``test_batch`` (CIFAR-10) or ``train`` / ``test``
-      (CIFAR-100).
-    - `label_key`: ``b'labels'`` (CIFAR-10) or ``b'fine_labels'`` (CIFAR-100).
+    Returns:
+        images uint8 ``(N, 3, 32, 32)`` and labels int64 ``(N,)``.
 
-    **Returns:** images uint8 ``(N, 3, 32, 32)`` and labels int64 ``(N,)``.
+    Raises:
+        DataError: naming the file, for missing keys, images of the wrong type or shape,
+            no labels, labels that are not integers, a count of labels that differs from
+            the count of images, or a label outside the classes (with its index).
     """
     content = load_pickle(path)
     data = np.asarray(_require_key(content, b"data", path))
@@ -97,12 +106,25 @@ def read_cifar_batch(path: Path, label_key: bytes) -> tuple[torch.Tensor, torch.
         raise DataError(
             f"'{path}' b'data' is {data.dtype} of shape {data.shape}, expected uint8 (N, {_ROW})"
         )
-    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise DataError(f"'{path}' {label_key!r} is not a list of integer labels")
+    if labels.ndim != 1:
+        raise DataError(f"'{path}' {label_key!r} has shape {labels.shape}, expected a flat list of labels")
+    if len(labels) == 0:
+        if len(data) == 0:
+            raise DataError(f"'{path}' holds no images; expected at least one")
+        raise DataError(f"'{path}' has {len(data)} images but an empty label list {label_key!r}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(
+            f"'{path}' {label_key!r} holds {labels.dtype} values (first: {labels[0]!r}), expected integer labels"
+        )
     if len(labels) != len(data):
         raise DataError(
             f"'{path}' has {len(data)} images but {len(labels)} labels in {label_key!r}"
         )
+    if num_classes is not None:
+        check_labels(labels, num_classes, f"'{path}' {label_key!r}")
+    elif labels.dtype.kind == "u" and labels.max() > np.iinfo(np.int64).max:
+        index = int(np.argmax(labels > np.iinfo(np.int64).max))
+        raise DataError(f"'{path}' {label_key!r}: label {int(labels[index])} at index {index} is not a class index")
     images = torch.from_numpy(np.ascontiguousarray(data).reshape(-1, 3, _SIDE, _SIDE))
     return images, torch.from_numpy(labels.astype(np.int64))
 

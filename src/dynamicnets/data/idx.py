@@ -6,6 +6,7 @@ unsigned-byte images of 3 dimensions, 2049 for unsigned-byte labels of 1 dimensi
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +47,7 @@ def read_idx(path: str | Path, expected_magic: int) -> torch.Tensor:
     if len(raw) < header:
         raise DataError(f"'{path}' is truncated: {len(raw)} bytes, header alone needs {header}")
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected_bytes = header + int(np.prod(shape))
+    expected_bytes = header + math.prod(shape)  # Python ints: a huge header cannot wrap around
     if len(raw) != expected_bytes:
         state = "truncated" if len(raw) < expected_bytes else "longer than its header says"
         raise DataError(

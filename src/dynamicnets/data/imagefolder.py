@@ -39,10 +39,42 @@ def _image_files(class_dir: Path) -> list[Path]:
     return files
 
 
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def _sixteen_bit_to_rgb(path: Path, image: Image.Image) -> np.ndarray:
+    """A 16-bit grayscale image as 8-bit RGB, 0..65535 mapped to 0..255 with rounding
+    (Pillow's own `convert("RGB")` would clip every value above 255 to white)."""
+    values = np.asarray(image).astype(np.int64)
+    if values.size and (values.min() < 0 or values.max() > 65535):
+        raise DataError(
+            f"'{path}' has pixel values in [{values.min()}, {values.max()}], expected a 16-bit image (0..65535)"
+        )
+    gray = ((values * 255 + 32767) // 65535).astype(np.uint8)
+    return np.repeat(gray[..., None], 3, axis=-1)
+
+
 def _read_rgb(path: Path) -> np.ndarray:
+    """The pixels of one image as uint8 ``(H, W, 3)``.
+
+    8-bit images of any mode are converted to RGB; 16-bit grayscale images (PNG) are
+    scaled down to 8 bits; 32-bit integer or float images are refused.
+
+    Raises:
+        DataError: naming the file, when it is corrupt or of an unsupported pixel type.
+    """
     try:
         with Image.open(path) as image:
+            if image.mode in _SIXTEEN_BIT_MODES or (image.mode == "I" and image.format == "PNG"):
+                return _sixteen_bit_to_rgb(path, image)
+            if image.mode in ("I", "F"):
+                raise DataError(
+                    f"'{path}' has {'32-bit integer' if image.mode == 'I' else 'floating-point'} pixels "
+                    f"(mode {image.mode}); expected an 8-bit or 16-bit image"
+                )
             return np.asarray(image.convert("RGB"))
+    except DataError:
+        raise
     except Exception as err:  # Pillow raises OSError, SyntaxError, ValueError, ... on bad files
         raise DataError(f"'{path}' is a truncated or corrupt image: {err}") from err
 

@@ -17,6 +17,7 @@ from .files import find_file, require_dir
 from .idx import IMAGES_MAGIC, LABELS_MAGIC, read_idx
 from .imagefolder import read_image_folder
 from .in_memory import InMemoryDataset
+from .labels import check_labels
 from .split import split_indices
 
 DATASETS = ("digits", "mnist1d", "mnist", "cifar10", "cifar100", "imagefolder")
@@ -62,12 +63,7 @@ def parse_spec(spec: str) -> tuple[str, Path | None]:
     return name, (Path(path).expanduser() if path else None)
 
 
-def _check_labels(labels: torch.Tensor, num_classes: int, where: str) -> None:
-    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-        raise DataError(
-            f"{where} has labels in [{int(labels.min())}, {int(labels.max())}], "
-            f"expected [0, {num_classes - 1}]"
-        )
+_MNIST_CLASSES = 10  # MNIST, Fashion-MNIST and KMNIST all declare 10 classes
 
 
 def _digits(_: Path | None) -> _Source:
@@ -80,7 +76,7 @@ def _mnist1d(_: Path | None) -> _Source:
     return _Source(InMemoryDataset(x, y), InMemoryDataset(x_test, y_test), 10, None)
 
 
-def _read_idx_pair(root: Path, prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _read_idx_pair(root: Path, prefix: str, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     image_name, label_name = f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"
     image_file = find_file(root, [image_name, image_name + ".gz"])
     label_file = find_file(root, [label_name, label_name + ".gz"])
@@ -92,6 +88,7 @@ def _read_idx_pair(root: Path, prefix: str) -> tuple[torch.Tensor, torch.Tensor]
         )
     if len(labels) == 0:
         raise DataError(f"'{image_file}' holds no images; expected at least one")
+    check_labels(labels, num_classes, f"'{label_file}'")
     return images.unsqueeze(1), labels.to(torch.int64)
 
 
@@ -101,27 +98,24 @@ def _has_idx(root: Path, prefix: str) -> bool:
 
 def _mnist(path: Path) -> _Source:
     root = require_dir(path, "train-images-idx3-ubyte[.gz] and train-labels-idx1-ubyte[.gz]")
-    images, labels = _read_idx_pair(root, "train")
-    num_classes = max(10, int(labels.max()) + 1)  # 10 for MNIST/Fashion/KMNIST
+    num_classes = _MNIST_CLASSES
+    images, labels = _read_idx_pair(root, "train", num_classes)
     mean, std = _MNIST_STATS
     test = None
     if _has_idx(root, "t10k"):
-        test_images, test_labels = _read_idx_pair(root, "t10k")
+        test_images, test_labels = _read_idx_pair(root, "t10k", num_classes)
         if test_images.shape[1:] != images.shape[1:]:
             raise DataError(
                 f"test images in '{root}' are {tuple(test_images.shape[2:])}, expected "
                 f"{tuple(images.shape[2:])} like the training images"
             )
-        _check_labels(test_labels, num_classes, f"t10k labels in '{root}'")
         test = InMemoryDataset(test_images, test_labels, scale=1 / 255, mean=mean, std=std)
     full = InMemoryDataset(images, labels, scale=1 / 255, mean=mean, std=std)
     return _Source(full, test, num_classes, None)
 
 
 def _read_cifar_files(files: list[Path], label_key: bytes, num_classes: int):
-    parts = [read_cifar_batch(f, label_key) for f in files]
-    for f, (_, labels) in zip(files, parts):
-        _check_labels(labels, num_classes, f"'{f}'")
+    parts = [read_cifar_batch(f, label_key, num_classes) for f in files]
     if len(parts) == 1:
         return parts[0]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
