@@ -7,6 +7,7 @@ from ..errors import ConfigError
 from ..pipelines.early_exit import EarlyExitRequest
 from ..pipelines.evaluate import EvalRequest, evaluate_checkpoint
 from ..profiling.report import format_flops, parse_flops, print_table, write_json
+from ..writing import check_writable
 
 SUMMARY = ["model", "data", "split", "samples", "policy", "thresholds", "accuracy", "mean_flops", "full_flops",
            "exit_histogram", "latency_ms_per_sample", "full_latency_ms_per_sample", "speedup_flops",
@@ -33,6 +34,8 @@ def _early_exit_request(args: argparse.Namespace) -> EarlyExitRequest | None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    if args.json:
+        check_writable(args.json, "--json")  # before the evaluation, not after it
     result = evaluate_checkpoint(EvalRequest(
         checkpoint=args.checkpoint, data=args.data, split=args.split, batch_size=args.batch_size,
         threads=args.threads, device=args.device, min_run_time=args.min_run_time,

@@ -8,26 +8,37 @@ from torch import nn
 
 from ..errors import CheckpointError
 from ..models import create_model
-from ..training.checkpoint import check_compatible, load_checkpoint
+from ..training.checkpoint import MODEL_FIELDS, check_compatible, check_fields, check_finite, load_checkpoint
 
 
 def load_trained_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """The model saved in `path`, in eval mode on `device`, and the checkpoint dict.
 
+    Args:
+        path: a `best.pt` / `last.pt` written by the Trainer.
+        device: where to put the model.
+
+    Returns:
+        `(model, checkpoint dict)`.
+
     Raises:
-        CheckpointError: the file is missing/corrupt, lacks the model description, or its
-            weights do not fit the model it names.
+        CheckpointError: naming the file, when it is missing/corrupt, lacks the model
+            description or has fields of the wrong type, names an unknown model or
+            arguments the model does not take, holds NaN/inf weights, or its weights do
+            not fit the model it names.
     """
     ckpt = load_checkpoint(path)
-    missing = [k for k in ("model_name", "model_args", "num_classes", "input_shape") if k not in ckpt]
-    if missing:
-        raise CheckpointError(f"{path}: not a dynamicnets training checkpoint (no {', '.join(missing)})")
-    model = create_model(
-        ckpt["model_name"],
-        num_classes=ckpt["num_classes"],
-        in_chans=ckpt["input_shape"][0],
-        **ckpt["model_args"],
-    )
+    check_fields(ckpt, MODEL_FIELDS, source=str(path))
+    try:
+        model = create_model(
+            ckpt["model_name"],
+            num_classes=ckpt["num_classes"],
+            in_chans=ckpt["input_shape"][0],
+            **ckpt["model_args"],
+        )
+    except Exception as e:  # unknown model, arguments it refuses or values it cannot build with
+        raise CheckpointError(f"{path}: cannot rebuild the model it holds: {e}") from e
     check_compatible(ckpt, ckpt["model_name"], model, source=str(path))
+    check_finite(ckpt["model"], source=str(path))
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), ckpt

@@ -13,6 +13,7 @@ from ..inference.gate_rate import calibrate_gate_rate
 from ..profiling.flops import counted_flops
 from ..profiling.latency import measure, per_sample_ms
 from ..training.evaluate import evaluate
+from ..training.trainer import resolve_device
 from .checkpoints import load_trained_model
 from .early_exit import EarlyExitRequest, evaluate_early_exit, split_for_calibration
 
@@ -54,9 +55,13 @@ def evaluate_checkpoint(request: EvalRequest) -> dict[str, Any]:
         `speedup_flops` (full ÷ mean), `latency_ms_per_sample` (at `batch_size`),
         `latency_ms_batch1`, `samples`, and what was evaluated.
     """
-    device = torch.device("cuda" if request.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if request.device == "auto" else request.device))
+    device = resolve_device(request.device, what="--device")
     model, ckpt = load_trained_model(request.checkpoint, device)
+    if request.early_exit is not None and not hasattr(model, "num_exits"):
+        raise ConfigError(
+            f"--budget/--budget-ms/--thresholds: {request.checkpoint} holds {ckpt['model_name']!r}, a model "
+            f"without early exits, so there is no exit rule to set; drop the option"
+        )
     config = ckpt.get("config", {})
     spec = request.data or ckpt.get("data")
     bundle = load_data(spec, val_size=config.get("val_size", 0.1), seed=config.get("seed", 0), augment=False)
