@@ -149,13 +149,15 @@ class CondConv2d(nn.Module):
 
     Args:
         in_channels, out_channels, kernel_size, stride, dilation, groups: as `nn.Conv2d`
-            (square kernels).
-        padding: `None` for "same"-style `dilation * (kernel_size // 2)`.
+            (`kernel_size`, `stride`, `dilation` an int or an `(h, w)` pair; stored as an
+            int when both entries are equal).
+        padding: an int, an `(h, w)` pair, or `None` for "same"-style
+            `dilation * (kernel_size // 2)` per dim.
         num_experts: `K`.
         bias: one bias vector per expert, mixed like the kernels.
 
     Attributes:
-        weight: `(K, out_channels, in_channels // groups, k, k)`.
+        weight: `(K, out_channels, in_channels // groups, kh, kw)`.
         bias: `(K, out_channels)` or None.
 
     Shapes:
@@ -166,10 +168,10 @@ class CondConv2d(nn.Module):
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size: int = 3,
-        stride: int = 1,
-        padding: int | None = None,
-        dilation: int = 1,
+        kernel_size: int | tuple[int, int] = 3,
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] | None = None,
+        dilation: int | tuple[int, int] = 1,
         groups: int = 1,
         num_experts: int = 4,
         bias: bool = False,
@@ -178,8 +180,17 @@ class CondConv2d(nn.Module):
         dtype=None,
     ) -> None:
         super().__init__()
+        kernel = conv_pair("CondConv2d", "kernel_size", kernel_size)
+        steps = conv_pair("CondConv2d", "stride", stride)
+        dilations = conv_pair("CondConv2d", "dilation", dilation)
+        if padding is None:
+            padding = tuple(d * (k // 2) for d, k in zip(dilations, kernel))
+        pads = conv_pair("CondConv2d", "padding", padding, minimum=0)
+        kernel_size, stride, padding, dilation = (
+            _square(kernel), _square(steps), _square(pads), _square(dilations)
+        )
         check_conv_args(
-            "CondConv2d", in_channels, out_channels, kernel_size, stride, dilation, groups
+            "CondConv2d", in_channels, out_channels, kernel[0], steps[0], dilations[0], groups
         )
         if isinstance(num_experts, bool) or not isinstance(num_experts, int) or num_experts < 1:
             raise ConfigError(
@@ -192,8 +203,7 @@ class CondConv2d(nn.Module):
         self.num_experts = num_experts
         self.weight = nn.Parameter(
             torch.empty(
-                num_experts, out_channels, in_channels // groups, kernel_size, kernel_size,
-                **factory,
+                num_experts, out_channels, in_channels // groups, *kernel, **factory,
             )
         )
         self.bias = (
@@ -203,10 +213,11 @@ class CondConv2d(nn.Module):
 
     def reset_parameters(self) -> None:
         """Each expert as a He-initialised conv (fan-out, ReLU gain); biases like `nn.Conv2d`."""
-        fan_out = self.out_channels * self.kernel_size**2
+        taps = math.prod(self.weight.shape[-2:])
+        fan_out = self.out_channels * taps
         nn.init.normal_(self.weight, 0.0, math.sqrt(2.0 / fan_out))
         if self.bias is not None:
-            bound = 1.0 / math.sqrt((self.in_channels // self.groups) * self.kernel_size**2)
+            bound = 1.0 / math.sqrt((self.in_channels // self.groups) * taps)
             nn.init.uniform_(self.bias, -bound, bound)
 
     def expert_params(self) -> int:
@@ -270,8 +281,9 @@ class CondConv2d(nn.Module):
         return out
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
-        k, s, p, d = self.kernel_size, self.stride, self.padding, self.dilation
-        return conv_out_size(height, k, s, p, d), conv_out_size(width, k, s, p, d)
+        (kh, kw), (sh, sw) = _pair(self.kernel_size), _pair(self.stride)
+        (ph, pw), (dh, dw) = _pair(self.padding), _pair(self.dilation)
+        return conv_out_size(height, kh, sh, ph, dh), conv_out_size(width, kw, sw, pw, dw)
 
     def conv_cost(self, height: int, width: int) -> int:
         """Per-sample FLOPs of the convolution alone on a `(C_in, height, width)` input."""
@@ -335,10 +347,10 @@ class RoutedCondConv2d(nn.Module):
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size: int = 3,
-        stride: int = 1,
-        padding: int | None = None,
-        dilation: int = 1,
+        kernel_size: int | tuple[int, int] = 3,
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] | None = None,
+        dilation: int | tuple[int, int] = 1,
         groups: int = 1,
         num_experts: int = 4,
         bias: bool = False,
@@ -376,6 +388,33 @@ class RoutedCondConv2d(nn.Module):
     def cost(self, height: int, width: int) -> int:
         """Per-sample FLOPs: routing + kernel aggregation + convolution."""
         return self.routing.cost() + self.conv.cost(height, width)
+
+
+def conv_pair(where: str, key: str, value, minimum: int = 1) -> tuple[int, int]:
+    """`value` (an int or an `(h, w)` pair of ints `>= minimum`) as a pair.
+
+    Raises:
+        ConfigError: naming `where` and `key`, for anything else.
+    """
+    pair = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if (
+        not isinstance(pair, (tuple, list))
+        or len(pair) != 2
+        or any(isinstance(v, bool) or not isinstance(v, int) or v < minimum for v in pair)
+    ):
+        raise ConfigError(
+            f"{where}: {key} must be an int >= {minimum} or a pair of them, got {value!r}"
+        )
+    return int(pair[0]), int(pair[1])
+
+
+def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+def _square(pair: tuple[int, int]) -> int | tuple[int, int]:
+    """An int when both entries are equal (the attributes of square convs stay ints)."""
+    return pair[0] if pair[0] == pair[1] else pair
 
 
 def check_conv_args(
