@@ -1,5 +1,6 @@
 """dynamicnets: dynamic neural networks for PyTorch, with real, measured savings."""
 from . import data, gates, inference, layers, models, profiling, training
+from . import adapt
 from .errors import CheckpointError, ConfigError, DataError, DynamicNetsError, TrainingError
 from .models import create_model, list_models, register_model
 from .outputs import DynamicOutput
@@ -11,6 +12,7 @@ __all__ = [
     "create_model",
     "list_models",
     "register_model",
+    "adapt",
     "data",
     "gates",
     "inference",

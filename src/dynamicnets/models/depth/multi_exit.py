@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.utils._python_dispatch import _disable_current_modes
 
 from ...errors import ConfigError
 from ...outputs import DynamicOutput, constant_flops
@@ -80,6 +81,8 @@ class MultiExitNetwork(nn.Module):
         self.gradient_equilibrium = bool(gradient_equilibrium)
         self.default_input_shape = None if default_input_shape is None else tuple(default_input_shape)
         self._downstream = tuple(downstream_exit_counts(exit_after, set(restarts)))
+        # per-sample input shape -> cost_breakdown (costs depend on the shape only)
+        self._cost_cache: dict[tuple[int, ...], dict] = {}
 
     @property
     def num_exits(self) -> int:
@@ -133,10 +136,23 @@ class MultiExitNetwork(nn.Module):
     def cost_breakdown(self, input_shape: Sequence[int]) -> dict:
         """Per-sample FLOPs of every stage and exit head on a `input_shape` input.
 
+        Measured once per input shape and cached (modules the counter does not know are
+        run on meta tensors under `FlopCounterMode`); the measuring is hidden from any
+        `FlopCounterMode` (or other dispatch mode) active around the call, so an outer
+        counter sees only the forward's own work.
+
         Returns:
-            `{"stages": [int] * S, "exits": [int] * K}`.
+            `{"stages": [int] * S, "exits": [int] * K}` (a fresh copy).
         """
-        in_shape: ShapeTree = tuple(int(s) for s in input_shape)
+        in_shape = tuple(int(s) for s in input_shape)
+        parts = self._cost_cache.get(in_shape)
+        if parts is None:
+            with _disable_current_modes():
+                parts = self._measure_costs(in_shape)
+            self._cost_cache[in_shape] = parts
+        return {"stages": list(parts["stages"]), "exits": list(parts["exits"])}
+
+    def _measure_costs(self, in_shape: tuple[int, ...]) -> dict:
         expected = self.default_input_shape
         if expected is not None and (len(in_shape) != len(expected) or in_shape[0] != expected[0]):
             raise ConfigError(
