@@ -1,7 +1,16 @@
 """Apply the library's mechanisms to your own `nn.Module`.
 
 - `add_exits`: early exits on the stages of your backbone (`exits`).
+- `gate_residual_blocks`: per-sample skipping of your shape-preserving blocks, compact at
+  inference (`gating`).
 """
 from .exits import add_exits, pooled_linear_head
+from .gating import GatedBlock, GatedModel, gate_residual_blocks
 
-__all__ = ["add_exits", "pooled_linear_head"]
+__all__ = [
+    "GatedBlock",
+    "GatedModel",
+    "add_exits",
+    "gate_residual_blocks",
+    "pooled_linear_head",
+]
