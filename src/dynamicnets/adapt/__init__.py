@@ -3,7 +3,9 @@
 - `add_exits`: early exits on the stages of your backbone (`exits`).
 - `gate_residual_blocks`: per-sample skipping of your shape-preserving blocks, compact at
   inference (`gating`).
+- `swap_convs`: CondConv / DY-Conv in place of your `nn.Conv2d` layers (`convs`).
 """
+from .convs import dynamic_conv_like, swap_convs
 from .exits import add_exits, pooled_linear_head
 from .gating import GatedBlock, GatedModel, gate_residual_blocks
 
@@ -11,6 +13,8 @@ __all__ = [
     "GatedBlock",
     "GatedModel",
     "add_exits",
+    "dynamic_conv_like",
     "gate_residual_blocks",
     "pooled_linear_head",
+    "swap_convs",
 ]
