@@ -11,10 +11,13 @@ from .distributed import all_reduce_sum, cleanup, init_distributed, is_distribut
 from .distillation import exit_distillation_loss
 from .evaluate import evaluate
 from .losses import multi_exit_loss, normalized_exit_weights
+from .objective import dynamic_loss, loss_terms
+from .protocols import SupportsBaselineUpdate
 from .schedules import build_scheduler, lr_factor
 from .trainer import Trainer, build_optimizer, resolve_device
 
 __all__ = [
+    "SupportsBaselineUpdate",
     "TrainConfig",
     "Trainer",
     "all_reduce_sum",
@@ -22,12 +25,14 @@ __all__ = [
     "build_scheduler",
     "check_compatible",
     "cleanup",
+    "dynamic_loss",
     "evaluate",
     "exit_distillation_loss",
     "init_distributed",
     "is_distributed",
     "is_main",
     "load_checkpoint",
+    "loss_terms",
     "lr_factor",
     "multi_exit_loss",
     "normalized_exit_weights",

@@ -29,6 +29,7 @@ from .evaluate import autocast_context, evaluate, to_channels_last, to_device
 from .initialise import execution_kwargs, load_initial_weights, temperature_schedule
 from .distillation import exit_distillation_loss
 from .losses import multi_exit_loss
+from .protocols import SupportsBaselineUpdate
 from .rng import capture_rng_state, derived_seed, restore_rng_state, seed_everything
 from .schedules import build_scheduler, lr_factor
 
@@ -304,9 +305,8 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
-        update_baseline = getattr(self.model, "update_baseline", None)
-        if update_baseline is not None:  # REINFORCE models: moving-average reward baseline, outside forward
-            update_baseline(out, y)
+        if isinstance(self.model, SupportsBaselineUpdate):  # REINFORCE: reward baseline, outside forward
+            self.model.update_baseline(out, y)
         self.step += 1
         with torch.no_grad():
             n = y.shape[0]

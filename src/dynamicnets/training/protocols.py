@@ -1,0 +1,25 @@
+"""Capabilities the training loop asks a model for, as `typing.Protocol`s."""
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+from torch import Tensor
+
+from ..outputs import DynamicOutput
+
+
+@runtime_checkable
+class SupportsBaselineUpdate(Protocol):
+    """A model trained with REINFORCE whose reward baseline is updated after each step.
+
+    The training loop calls `model.update_baseline(out, target)` after the optimizer step,
+    outside `forward` (which never changes module state), with the step's output and
+    `(B,)` targets. From your own loop:
+
+    ```python
+    if isinstance(model, SupportsBaselineUpdate):
+        model.update_baseline(out, y)
+    ```
+    """
+
+    def update_baseline(self, out: DynamicOutput, target: Tensor) -> Any: ...
