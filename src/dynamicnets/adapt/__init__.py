@@ -4,17 +4,22 @@
 - `gate_residual_blocks`: per-sample skipping of your shape-preserving blocks, compact at
   inference (`gating`).
 - `swap_convs`: CondConv / DY-Conv in place of your `nn.Conv2d` layers (`convs`).
+- `make_slimmable`: a plain conv net run at several widths from one set of weights, with
+  a clear refusal where the structure does not allow it (`slimmable`).
 """
 from .convs import dynamic_conv_like, swap_convs
 from .exits import add_exits, pooled_linear_head
 from .gating import GatedBlock, GatedModel, gate_residual_blocks
+from .slimmable import SlimmableChain, make_slimmable
 
 __all__ = [
     "GatedBlock",
     "GatedModel",
+    "SlimmableChain",
     "add_exits",
     "dynamic_conv_like",
     "gate_residual_blocks",
+    "make_slimmable",
     "pooled_linear_head",
     "swap_convs",
 ]

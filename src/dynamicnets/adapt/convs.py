@@ -109,7 +109,7 @@ def dynamic_conv_like(
             f"{where} has padding_mode={conv.padding_mode!r}; only 'zeros' can be swapped (pad the "
             f"input yourself, or leave this conv out with filter=)"
         )
-    padding = _numeric_padding(conv, where)
+    padding = numeric_padding(conv, where)
     weight = conv.weight
     layer = KINDS[kind](
         conv.in_channels, conv.out_channels, tuple(conv.kernel_size), tuple(conv.stride), padding,
@@ -124,7 +124,12 @@ def dynamic_conv_like(
     return layer
 
 
-def _numeric_padding(conv: nn.Conv2d, where: str) -> tuple[int, int]:
+def numeric_padding(conv: nn.Conv2d, where: str) -> tuple[int, int]:
+    """`conv`'s padding as an `(h, w)` pair (`"valid"` is 0, symmetric `"same"` its size).
+
+    Raises:
+        ConfigError: naming `where`, for a `"same"` padding that would be asymmetric.
+    """
     if conv.padding == "valid":
         return (0, 0)
     if conv.padding == "same":
