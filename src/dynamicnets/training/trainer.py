@@ -94,7 +94,12 @@ class Trainer:
     finished epoch (`epoch, step, train_loss, task_loss, aux_loss, train_accuracy, train_mean_flops,
     val_loss, val_accuracy, val_exit_accuracy, val_mean_flops, lr, epoch_seconds,
     images_per_second`); `last.pt` after every epoch and `best.pt` on a new best
-    validation accuracy, both written atomically (see `checkpoint.py` for contents).
+    validation accuracy, both written atomically, `last.pt` first (see `checkpoint.py` for
+    contents): a crash between the two leaves a `last.pt` that knows the best epoch is its
+    own, and resuming rebuilds `best.pt` from it. An epoch whose validation loss or weights
+    are NaN/inf is never written. While `fit` runs, `.lock` holds the writer's pid: a second
+    trainer on the same folder is refused, a lock left by a dead process is taken over.
+    Files get the mode the user's umask gives.
 
     The loss is `multi_exit_loss(out, y, exit_weights, label_smoothing) + out.aux_loss()`.
     Every epoch re-seeds the global random streams from `(seed, epoch, rank)`, so runs
