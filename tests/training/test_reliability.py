@@ -237,3 +237,13 @@ def test_resolve_device_refuses_unknown_names_and_missing_cuda():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="no usable CUDA"):
             resolve_device("cuda")
+
+
+def test_a_run_folder_the_lock_created_is_removed_when_nothing_was_written(tmp_path):
+    with RunLock(tmp_path / "new_run"):
+        assert (tmp_path / "new_run" / ".lock").is_file()
+    assert not (tmp_path / "new_run").exists()
+    (tmp_path / "kept").mkdir()
+    with RunLock(tmp_path / "kept"):
+        pass
+    assert (tmp_path / "kept").is_dir()  # it existed before: left alone

@@ -72,6 +72,7 @@ class RunLock:
         self.path = self.run_dir / LOCK_NAME
         self.stale_owner: int | None = None
         self._fd: int | None = None
+        self._created_dir = False
 
     def acquire(self) -> "RunLock":
         """Take the lock.
@@ -83,6 +84,7 @@ class RunLock:
             RunFolderBusy: another live process holds it (its pid is named).
             OutputError: the folder or the lock file cannot be created.
         """
+        self._created_dir = not os.path.lexists(self.run_dir)
         ensure_dir(self.run_dir, "run folder")
         for _ in range(10):  # retry when the file was replaced between open and lock
             fd = self._open()
@@ -94,6 +96,7 @@ class RunLock:
                 self._write_owner(fd)
             except BaseException:
                 os.close(fd)
+                self._remove_if_created_and_empty()
                 raise
             pid, host = _parse_owner(previous)
             self.stale_owner = pid if pid is not None and pid != os.getpid() else None
@@ -102,7 +105,8 @@ class RunLock:
         raise RunFolderBusy(f"{self.run_dir}: could not take the lock {self.path} (it keeps changing)")
 
     def release(self) -> None:
-        """Remove the lock file and drop the lock (idempotent)."""
+        """Remove the lock file and drop the lock (idempotent); a run folder that `acquire`
+        created and nothing was written into is removed too."""
         if self._fd is None:
             return
         with contextlib.suppress(FileNotFoundError):
@@ -110,6 +114,12 @@ class RunLock:
                 self.path.unlink()
         os.close(self._fd)
         self._fd = None
+        self._remove_if_created_and_empty()
+
+    def _remove_if_created_and_empty(self) -> None:
+        if self._created_dir:
+            with contextlib.suppress(OSError):  # not empty, or gone: leave it
+                self.run_dir.rmdir()
 
     def __enter__(self) -> "RunLock":
         return self.acquire()
