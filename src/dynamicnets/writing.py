@@ -90,6 +90,9 @@ def ensure_dir(folder: str | os.PathLike, what: str = "output folder") -> Path:
         raise OutputError(f"{folder}: cannot create the {what}: {existing} is a file, not a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
+    except FileNotFoundError as err:  # /proc and other virtual file systems
+        raise OutputError(f"{folder}: cannot create the {what}: {existing} takes no new folders "
+                          f"(a virtual or read-only file system?)") from err
     except OSError as err:
         raise OutputError(describe_os_error(folder, err, f"cannot create the {what}")) from err
     return folder
