@@ -79,7 +79,14 @@ def test_yaml_exponent_strings_are_numbers():
     assert from_mapping(Example, {"lr": "1e-3"}).lr == 1e-3
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name)
+SHIPPED = sorted((Path(__file__).parents[1] / "src" / "dynamicnets" / "configs").glob("*.yaml"))
+
+
+def test_configs_are_shipped():
+    assert len(SHIPPED) >= 5
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_shipped_configs_are_valid_train_configs_of_registered_models(path):
     from dynamicnets import create_model
     from dynamicnets.training import TrainConfig
