@@ -29,3 +29,11 @@ class DataBundle:
     test: Dataset | None
     num_classes: int
     input_shape: tuple[int, ...]
+
+    @property
+    def preprocessing(self):
+        """The `Preprocessing` of the training split (stored type, scale, mean, std, input
+        shape), or `None` when its samples are not held by an `InMemoryDataset`."""
+        from .preprocessing import preprocessing_of
+
+        return preprocessing_of(self.train)

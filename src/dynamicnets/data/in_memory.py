@@ -81,6 +81,20 @@ class InMemoryDataset(Dataset):
             mean=self.mean, std=self.std, augment=augment,
         )
 
+    def with_preprocessing(
+        self, *, scale: float, mean: Sequence[float] | None, std: Sequence[float] | None
+    ) -> "InMemoryDataset":
+        """The same samples (same storage, indices and augmentation) prepared with another
+        `scale`, `mean` and `std`."""
+        return InMemoryDataset(
+            self.samples, self.labels, indices=self.indices, scale=scale,
+            mean=mean, std=std, augment=self.augment,
+        )
+
+    def whole(self) -> "InMemoryDataset":
+        """Every stored sample (whatever `indices` this dataset exposes), not augmented."""
+        return InMemoryDataset(self.samples, self.labels, scale=self.scale, mean=self.mean, std=self.std)
+
     def __len__(self) -> int:
         return len(self.samples) if self.indices is None else len(self.indices)
 

@@ -18,17 +18,13 @@ from .idx import IMAGES_MAGIC, LABELS_MAGIC, read_idx
 from .imagefolder import read_image_folder
 from .in_memory import InMemoryDataset
 from .labels import check_labels
+from .preprocessing import CIFAR10_STATS, CIFAR100_STATS, MNIST_STATS
 from .split import split_indices
 
 DATASETS = ("digits", "mnist1d", "mnist", "cifar10", "cifar100", "imagefolder")
 """Names a spec may start with; the last four need ``:DIR``."""
 
 _NEEDS_PATH = ("mnist", "cifar10", "cifar100", "imagefolder")
-
-# Per-channel statistics of the training sets, for pixels scaled to [0, 1].
-_MNIST_STATS = ((0.1307,), (0.3081,))
-_CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
-_CIFAR100_STATS = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
 
 
 class _Source(NamedTuple):
@@ -100,7 +96,7 @@ def _mnist(path: Path) -> _Source:
     root = require_dir(path, "train-images-idx3-ubyte[.gz] and train-labels-idx1-ubyte[.gz]")
     num_classes = _MNIST_CLASSES
     images, labels = _read_idx_pair(root, "train", num_classes)
-    mean, std = _MNIST_STATS
+    mean, std = MNIST_STATS
     test = None
     if _has_idx(root, "t10k"):
         test_images, test_labels = _read_idx_pair(root, "t10k", num_classes)
@@ -125,13 +121,13 @@ def _cifar(path: Path, *, hundred: bool) -> _Source:
     if hundred:
         train_names, test_name, meta_name = ["train"], "test", "meta"
         label_key, names_key, num_classes = b"fine_labels", b"fine_label_names", 100
-        mean, std = _CIFAR100_STATS
+        mean, std = CIFAR100_STATS
         layout = "the CIFAR-100 python files 'train' (and 'test', 'meta') of cifar-100-python"
     else:
         train_names = [f"data_batch_{i}" for i in range(1, 6)]
         test_name, meta_name = "test_batch", "batches.meta"
         label_key, names_key, num_classes = b"labels", b"label_names", 10
-        mean, std = _CIFAR10_STATS
+        mean, std = CIFAR10_STATS
         layout = (
             "the CIFAR-10 python files data_batch_1..5 (and test_batch, batches.meta) "
             "of cifar-10-batches-py"
@@ -161,7 +157,7 @@ def _imagefolder(path: Path) -> _Source:
 
 
 def load_data(
-    spec: str, *, val_size: float | int = 0.1, seed: int = 0, augment: bool = True
+    spec: str, *, val_size: float | int | None = 0.1, seed: int = 0, augment: bool = True
 ) -> DataBundle:
     """Load a data set and split a validation set off its training set.
 
@@ -182,7 +178,8 @@ def load_data(
     **Arguments:**
 
     - `spec`: ``"name"`` or ``"name:DIR"``, name from :data:`DATASETS`.
-    - `val_size`: float in (0, 1) = fraction of the training set, int = number of samples.
+    - `val_size`: float in (0, 1) = fraction of the training set, int = number of samples,
+      ``None`` = no validation split (``val`` is empty, ``train`` holds every training sample).
     - `seed`: seed of the split; the same seed gives the same split.
     - `augment`: augment the training split (validation and test never are).
 
@@ -201,7 +198,11 @@ def load_data(
         "imagefolder": _imagefolder,
     }
     source = readers[name](path)
-    train_idx, val_idx = split_indices(len(source.full_train), val_size, seed)
+    if val_size is None:
+        train_idx = torch.arange(len(source.full_train))
+        val_idx = torch.zeros(0, dtype=torch.int64)
+    else:
+        train_idx, val_idx = split_indices(len(source.full_train), val_size, seed)
     train_augment = source.train_augment if augment else None
     return DataBundle(
         name=name,
