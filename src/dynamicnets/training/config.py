@@ -69,7 +69,8 @@ class TrainConfig:
             training FLOPs, logged as `train_mean_flops`, drop too). Compact is not masked
             with fewer FLOPs: a block's BatchNorm then normalises with the statistics of
             the samples that run it (what it sees at inference), masked with the batch's.
-        progress: tqdm progress bars and a summary line per epoch.
+        progress: tqdm progress bars, drawn only when stderr is a terminal (the start
+            banner, one summary line per epoch and the final summary are always printed).
     """
 
     name: str = "run"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,14 @@ _RUN_FILES = ("last.pt", "best.pt", "config.yaml", "metrics.jsonl")
 
 # Config keys that may change between a run and its resumption without a note.
 _RESUME_FREE_KEYS = {"resume", "progress", "epochs", "num_workers", "threads", "device", "out_dir"}
+
+
+def _stderr_is_terminal() -> bool:
+    """Progress bars only on a terminal: in a log file their carriage-return updates are noise."""
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stream
+        return False
 
 
 def resolve_device(device: str, local_rank: int = 0, what: str = "key 'device'") -> torch.device:
@@ -229,10 +238,29 @@ class Trainer:
             return self._summary(already_finished=True)
         if self.is_main:
             self._write_run_files(fresh=not resumed)
+        self._say_start()
         for epoch in range(self.epoch, self.config.epochs):
             record = self._run_epoch(epoch)
             self._finish_epoch(record)
+        self._say_end()
         return self._summary(already_finished=False)
+
+    def _say_start(self) -> None:
+        """One banner line: model, size, data, epochs, where the run goes."""
+        cfg = self.config
+        params = sum(p.numel() for p in self.model.parameters())
+        epochs = f"epochs {self.epoch + 1}..{cfg.epochs}" if self.epoch else f"{cfg.epochs} epochs"
+        processes = f" x {self.world_size} processes" if self.world_size > 1 else ""
+        self._say(f"training {cfg.model} ({params:,} parameters) on {cfg.data} "
+                  f"({len(self.bundle.train)} train / {len(self.bundle.val)} val samples, input "
+                  f"{tuple(self.bundle.input_shape)}), {epochs} x {self.steps_per_epoch} steps, batch "
+                  f"{cfg.batch_size}{processes}, on {self.device}; run folder {self.run_dir}")
+
+    def _say_end(self) -> None:
+        """One summary line: best epoch and accuracy, and where the weights are."""
+        self._say(f"finished {self.config.name}: best val accuracy {self.best_val_accuracy:.4f} at epoch "
+                  f"{self.best_epoch}/{self.config.epochs}; best weights {self.run_dir / 'best.pt'}, "
+                  f"last {self.run_dir / 'last.pt'}, metrics {self.run_dir / 'metrics.jsonl'}")
 
     # ----------------------------------------------------------------- epochs
     def _run_epoch(self, epoch: int) -> dict[str, Any]:
@@ -263,7 +291,7 @@ class Trainer:
         sums = torch.zeros(6, dtype=torch.float64, device=self.device)  # loss, task, aux, correct, count, flops
         lr = self.optimizer.param_groups[0]["lr"]
         bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.config.epochs}", leave=False,
-                   dynamic_ncols=True, disable=not (self.config.progress and self.is_main))
+                   dynamic_ncols=True, disable=not (self.config.progress and self.is_main and _stderr_is_terminal()))
         try:
             for index, (x, y) in enumerate(self.train_loader):
                 if index >= self.steps_per_epoch:
@@ -383,13 +411,12 @@ class Trainer:
                 self._save_epoch(record, is_best)
             except OutputError as err:
                 raise OutputError(f"{err}; epoch {self.epoch} was not saved, {kept}") from err
-            if self.config.progress:
-                flops = record["val_mean_flops"]
-                self._say(f"epoch {self.epoch}/{self.config.epochs}  train loss {record['train_loss']:.4f} "
-                          f"acc {record['train_accuracy']:.4f}  val loss {record['val_loss']:.4f} "
-                          f"acc {record['val_accuracy']:.4f}"
-                          + (f"  {flops / 1e6:.3g} MFLOPs" if flops is not None else "")
-                          + f"  {record['images_per_second']:.0f} img/s  {record['epoch_seconds']:.1f}s")
+            flops = record["val_mean_flops"]  # printed whatever `progress` says: it is the run's log
+            self._say(f"epoch {self.epoch}/{self.config.epochs}  train loss {record['train_loss']:.4f} "
+                      f"acc {record['train_accuracy']:.4f}  val loss {record['val_loss']:.4f} "
+                      f"acc {record['val_accuracy']:.4f}"
+                      + (f"  {flops / 1e6:.3g} MFLOPs" if flops is not None else "")
+                      + f"  {record['images_per_second']:.0f} img/s  {record['epoch_seconds']:.1f}s")
 
     def _save_epoch(self, record: dict[str, Any], is_best: bool) -> None:
         """Append the epoch to `metrics.jsonl`, then write `last.pt`, then `best.pt`.
@@ -427,9 +454,17 @@ class Trainer:
             "data": self.config.data,
             "num_classes": int(self.bundle.num_classes),
             "input_shape": [int(s) for s in self.bundle.input_shape],
+            "preprocessing": self._preprocessing(),
             "rng": capture_rng_state(self.train_loader),
             "history": list(self.history),
         }
+
+    def _preprocessing(self) -> dict[str, Any] | None:
+        """How the training inputs were prepared (stored type, scale, mean, std, input
+        shape), for evaluation to apply to any data source; `None` for a data set not read
+        by `load_data` (evaluation then derives it from `data`)."""
+        prep = getattr(self.bundle, "preprocessing", None)
+        return None if prep is None else prep.to_dict()
 
     def _resume(self) -> bool:
         """Load `last.pt` into model, optimizer, scheduler and counters; False if absent."""
