@@ -90,3 +90,37 @@ def test_multi_exit_model_needs_an_exit_rule(checkpoint, tmp_path, capsys):
     assert "exactly one" in _one_error_line(capsys)
     assert _eval(checkpoint, tmp_path, "--policy", "vibes", "--budget", "2M")[0] == 2
     assert "maxprob" in _one_error_line(capsys)
+
+
+def test_budget_as_a_fraction_of_the_full_cost(checkpoint, tmp_path, capsys):
+    _, by_fraction = _eval(checkpoint, tmp_path, "--budget", "60%")
+    full = by_fraction["full_flops"]
+    assert by_fraction["budget_fraction"] == 0.6 and by_fraction["budget_flops"] == pytest.approx(0.6 * full)
+    _, by_flops = _eval(checkpoint, tmp_path, "--budget", str(0.6 * full))
+    assert by_fraction["thresholds"] == by_flops["thresholds"]
+    assert "60% of the full cost" in capsys.readouterr().out
+    assert _eval(checkpoint, tmp_path, "--budget", "1%")[0] == 2
+    assert "attainable range is [" in _one_error_line(capsys)
+    assert _eval(checkpoint, tmp_path, "--budget", "half%")[0] == 2
+    assert "--budget" in _one_error_line(capsys)
+
+
+def test_anytime_alone_needs_no_budget_and_scores_the_whole_split(checkpoint, tmp_path, capsys):
+    code, result = _eval(checkpoint, tmp_path, "--anytime")
+    assert code == 0
+    assert result["samples"] == 359 and len(result["anytime"]) == 3
+    assert result["accuracy"] == result["anytime"][-1]["accuracy"]
+    assert [row["flops"] for row in result["anytime"]] == result["exit_costs"]
+    printed = capsys.readouterr().out
+    assert "full_flops" in printed and "exit" in printed
+
+
+def test_measured_and_flops_speedups_come_from_the_same_samples(checkpoint, tmp_path):
+    _, result = _eval(checkpoint, tmp_path, "--thresholds", "0.5,0.5", "--timed-samples", "40")
+    assert result["timed_samples"] == 40 and result["samples"] == 359  # given thresholds: nothing fitted
+    timing = result["timing"]
+    assert result["speedup_flops_timed"] == pytest.approx(result["full_flops"] / timing["mean_flops"])
+    assert result["realized_fraction"] == pytest.approx(result["speedup_measured"] / result["speedup_flops_timed"])
+    _, whole = _eval(checkpoint, tmp_path, "--thresholds", "0.5,0.5", "--timed-samples", "0")
+    assert whole["timed_samples"] == whole["samples"]
+    assert whole["speedup_flops_timed"] == pytest.approx(whole["speedup_flops"])

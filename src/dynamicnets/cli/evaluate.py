@@ -1,4 +1,5 @@
-"""`dynamicnets eval --checkpoint CK [--data SPEC] [--budget 30M | --budget-ms 2.5 | --thresholds ... | --gate-rate 0.5]`."""
+"""`dynamicnets eval --checkpoint CK [--data SPEC] [--split val|test|all]
+[--budget 30M | --budget 50% | --budget-ms 2.5 | --thresholds ... | --gate-rate 0.5] [--anytime]`."""
 from __future__ import annotations
 
 import argparse
@@ -9,9 +10,14 @@ from ..pipelines.evaluate import EvalRequest, evaluate_checkpoint
 from ..profiling.report import format_flops, parse_flops, print_table, write_json
 from ..writing import check_writable
 
-SUMMARY = ["model", "data", "split", "samples", "policy", "thresholds", "accuracy", "mean_flops", "full_flops",
-           "exit_histogram", "latency_ms_per_sample", "full_latency_ms_per_sample", "speedup_flops",
-           "speedup_measured", "latency_ms_batch1", "gate_rate", "block_execution_rate", "protocol"]
+# Printed in this order: what was scored and how, then accuracy and FLOPs on every scored
+# sample, then the timings, and the FLOPs speedup of exactly the timed samples beside the
+# measured one.
+SUMMARY = ["model", "data", "split", "scored_on", "preprocessing", "preprocessing_converted", "protocol",
+           "samples", "policy", "budget_flops", "thresholds", "gate_rate", "accuracy", "mean_flops", "full_flops",
+           "speedup_flops", "exit_histogram", "block_execution_rate", "timed_samples", "latency_ms_per_sample",
+           "full_latency_ms_per_sample", "latency_ms_batch1", "speedup_flops_timed", "speedup_measured",
+           "realized_fraction"]
 
 
 def _floats(text: str, what: str) -> list[float]:
@@ -21,12 +27,31 @@ def _floats(text: str, what: str) -> list[float]:
         raise ConfigError(f"{what}: expected comma-separated numbers, got {text!r}") from None
 
 
+def parse_budget(text: str) -> tuple[float | None, float | None]:
+    """`--budget` as `(flops, fraction)`: `"30M"` -> `(30e6, None)`, `"50%"` -> `(None, 0.5)`.
+
+    Raises:
+        ConfigError: naming `--budget`, when the text is neither FLOPs nor a percentage.
+    """
+    text = text.strip()
+    if text.endswith("%"):
+        try:
+            percent = float(text[:-1])
+        except ValueError:
+            raise ConfigError(f"--budget: cannot read {text!r} as a percentage of the full cost; "
+                              "expected e.g. 50%") from None
+        return None, percent / 100
+    return parse_flops(text, what="--budget"), None
+
+
 def _early_exit_request(args: argparse.Namespace) -> EarlyExitRequest | None:
     if args.budget is None and args.budget_ms is None and args.thresholds is None:
         return None
+    budget_flops, budget_fraction = parse_budget(args.budget) if args.budget is not None else (None, None)
     return EarlyExitRequest(
         policy=args.policy,
-        budget_flops=parse_flops(args.budget, what="--budget") if args.budget is not None else None,
+        budget_flops=budget_flops,
+        budget_fraction=budget_fraction,
         budget_ms=args.budget_ms,
         thresholds=_floats(args.thresholds, "--thresholds") if args.thresholds is not None else None,
         max_flops=parse_flops(args.max_flops, what="--max-flops") if args.max_flops is not None else None,
@@ -39,7 +64,8 @@ def run_eval(args: argparse.Namespace) -> int:
     result = evaluate_checkpoint(EvalRequest(
         checkpoint=args.checkpoint, data=args.data, split=args.split, batch_size=args.batch_size,
         threads=args.threads, device=args.device, min_run_time=args.min_run_time,
-        early_exit=_early_exit_request(args), gate_rate=args.gate_rate,
+        early_exit=_early_exit_request(args), anytime=args.anytime, gate_rate=args.gate_rate,
+        timed_samples=args.timed_samples or None,
     ))
     for key in SUMMARY:
         if key not in result:
@@ -47,16 +73,19 @@ def run_eval(args: argparse.Namespace) -> int:
         value = result[key]
         if value is None:
             continue
-        if key in ("mean_flops", "full_flops"):
+        if key in ("mean_flops", "full_flops", "budget_flops"):
             value = f"{format_flops(value)} ({value:.0f})"
+            if key == "budget_flops" and result.get("budget_fraction") is not None:
+                value += f", {100 * result['budget_fraction']:.4g}% of the full cost"
         elif isinstance(value, float):
             value = f"{value:.4f}"
         elif isinstance(value, list):
             value = ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in value)
         print(f"{key:>27}: {value}")
-    if args.anytime and "anytime" in result:
+    if "anytime" in result:
         print()
-        print_table(result["anytime"], floatfmt={"accuracy": ".4f", "flops": ".4g"})
+        print_table([{**row, "flops": format_flops(row["flops"])} for row in result["anytime"]],
+                    floatfmt={"accuracy": ".4f"})
     if args.json:
         write_json(args.json, result)
     return 0

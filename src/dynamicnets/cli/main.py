@@ -5,56 +5,73 @@ import argparse
 import sys
 
 from ..errors import DynamicNetsError
+from ..pipelines.early_exit import DEFAULT_TIMED_SAMPLES
 
 
 def _build_parser() -> argparse.ArgumentParser:
+    formatter = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(
         prog="dynamicnets",
         description="Dynamic neural networks: train, evaluate with real savings, benchmark.",
+        formatter_class=formatter,
     )
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train a model from a YAML config")
-    p.add_argument("--config", required=True, help="YAML file (see configs/)")
+    def add_parser(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, formatter_class=formatter)
+
+    p = add_parser("train", "train a model from a YAML config")
+    p.add_argument("--config", required=True,
+                   help="a YAML file, or the name of a shipped config (e.g. cifar10_resnet20; "
+                        "`python -c 'import dynamicnets.configs as c; print(c.list_configs())'` lists them)")
     p.add_argument("--resume", action="store_true", help="continue from runs/<name>/last.pt")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="override config keys, e.g. epochs=3 model_args.width=16")
 
-    p = sub.add_parser("eval", help="evaluate a checkpoint: accuracy, FLOPs, latency")
+    p = add_parser("eval", "evaluate a checkpoint: accuracy, FLOPs, latency")
     p.add_argument("--checkpoint", required=True, help="a best.pt / last.pt written by train")
-    p.add_argument("--data", default=None, help="data spec (default: the one it was trained on)")
-    p.add_argument("--split", default="val", choices=["val", "test"], help="which split to score")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--data", default=None,
+                   help="data spec; None: the one it was trained on. Inputs are prepared as in training "
+                        "(the checkpoint's scale, mean, std), whatever the source")
+    p.add_argument("--split", default="val", choices=["val", "test", "all"],
+                   help="val: the seeded validation split carved from the training files (as in training); "
+                        "test: the test files; all: every sample of the data source")
+    p.add_argument("--batch-size", type=int, default=256, help="samples per batch for inference and timing")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for timing")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--policy", default="maxprob", help="exit criterion: maxprob, entropy, margin, patience")
-    p.add_argument("--budget", default=None, help="mean FLOPs per sample, e.g. 30M (multi-exit models)")
+    p.add_argument("--budget", default=None,
+                   help="mean FLOPs per sample, e.g. 30M, or a fraction of the full cost, e.g. 50%% (multi-exit models)")
     p.add_argument("--budget-ms", type=float, default=None, help="mean measured ms per sample")
     p.add_argument("--thresholds", default=None, help="comma-separated, one per exit but the last")
     p.add_argument("--max-flops", default=None, help="per-sample compute cap, e.g. 20M")
-    p.add_argument("--anytime", action="store_true", help="print accuracy and cost of every exit")
+    p.add_argument("--anytime", action="store_true",
+                   help="print accuracy and cost of every exit (multi-exit models; needs no exit rule)")
     p.add_argument("--gate-rate", type=float, default=None,
                    help="gated ResNets: fit each gate's threshold so this fraction of samples runs its block")
     p.add_argument("--min-run-time", type=float, default=0.3, help="seconds per timed call and round")
+    p.add_argument("--timed-samples", type=int, default=DEFAULT_TIMED_SAMPLES,
+                   help="time the first N scored samples (in batches); the FLOPs speedup of exactly these "
+                        "samples is printed beside the measured one; 0: all")
 
-    p = sub.add_parser("bench", help="latency/FLOPs of registered models (same-run ratios)")
+    p = add_parser("bench", "latency/FLOPs of registered models (same-run ratios)")
     p.add_argument("models", nargs="*", help="model names (default: the static baselines)")
-    p.add_argument("--input-shape", default=None, help="e.g. 3,32,32 (default: the model's own)")
+    p.add_argument("--input-shape", default=None, help="e.g. 3,32,32; None: the model's own")
     p.add_argument("--batch-sizes", default="1,64", help="comma-separated batch sizes")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--min-run-time", type=float, default=0.3)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for timing; None: torch's current")
+    p.add_argument("--min-run-time", type=float, default=0.3, help="seconds per timed call and round")
     p.add_argument("--json", default=None, help="also write the results here")
 
-    p = sub.add_parser("models", help="list registered models")
+    p = add_parser("models", "list registered models")
     p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'resnet*'")
 
-    p = sub.add_parser("demo", help="the main job on digits, in about two minutes on 2 cores")
-    p.add_argument("--out-dir", default="runs/demo")
-    p.add_argument("--epochs", type=int, default=None, help="override the demo's epochs")
+    p = add_parser("demo", "the main job on digits, in about two minutes on 2 cores")
+    p.add_argument("--out-dir", default="runs/demo", help="where the runs, tables and plots go")
+    p.add_argument("--epochs", type=int, default=None, help="override the demo's epochs; None: its own")
     p.add_argument("--min-run-time", type=float, default=0.3, help="seconds per timed call and round")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
 

@@ -1,12 +1,14 @@
 """Early-exit evaluation: choose thresholds, run the compact executor, time it honestly.
 
-Thresholds come from a mean-FLOPs budget, a measured-latency budget, or are given. They
-are calibrated on one set and scored on another (`calibration` / `evaluation`), and the
-speedup the clock shows is measured in the same run as the full network on the same
-batch, next to the speedup the FLOPs promise.
+Thresholds come from a mean-FLOPs budget (absolute, or a fraction of the full cost), a
+measured-latency budget, or are given. They are calibrated on one set and scored on
+another (`calibration` / `evaluation`). The speedup the clock shows is measured in the
+same run as the full network, on the same samples as the speedup the FLOPs promise for
+them (`speedup_flops_timed`), so the two can be compared.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,39 +26,62 @@ from ..inference import (
     run_early_exit,
 )
 from ..profiling.latency import compare, measure
+from ..profiling.report import format_flops
 
 POLICIES = ("maxprob", "entropy", "margin", "patience")
+DEFAULT_TIMED_SAMPLES = 1024
+"""Samples timed by default: the first ones of the evaluation set, in batches."""
 
 
 @dataclass
 class EarlyExitRequest:
-    """How to pick the exits. Exactly one of `budget_flops`, `budget_ms`, `thresholds`.
+    """How to pick the exits. Exactly one of `budget_flops`, `budget_fraction`,
+    `budget_ms`, `thresholds`.
 
     Attributes:
         policy: exit criterion (`maxprob`, `entropy`, `margin`, `patience`).
         budget_flops: mean FLOPs per sample allowed (calibrated on the calibration set).
+        budget_fraction: the same, as a fraction in (0, 1] of the full network's cost.
         budget_ms: mean measured milliseconds per sample allowed at `batch_size`.
         thresholds: one per exit but the last (patience: agreeing exits in a row).
         max_flops: per-sample compute cap no input can exceed.
         batch_size: batch for inference and timing.
+        threads: CPU threads for timing; `None` keeps the current number.
+        min_run_time: seconds of timed calls per callable and round.
+        timed_samples: how many of the first evaluation samples are timed (in batches
+            of `batch_size`); `None`: all of them.
     """
 
     policy: str = "maxprob"
     budget_flops: float | None = None
+    budget_fraction: float | None = None
     budget_ms: float | None = None
     thresholds: list[float] | None = None
     max_flops: float | None = None
     batch_size: int = 256
     threads: int | None = None
     min_run_time: float = 0.3
+    timed_samples: int | None = DEFAULT_TIMED_SAMPLES
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
             raise ConfigError(f"--policy: expected one of {', '.join(POLICIES)}, got {self.policy!r}")
-        given = [n for n in ("budget_flops", "budget_ms", "thresholds") if getattr(self, n) is not None]
+        given = [n for n in ("budget_flops", "budget_fraction", "budget_ms", "thresholds")
+                 if getattr(self, n) is not None]
         if len(given) != 1:
             raise ConfigError("early-exit evaluation needs exactly one of --budget, --budget-ms or "
                               f"--thresholds (got {', '.join(given) or 'none'})")
+        if self.budget_fraction is not None and not 0.0 < self.budget_fraction <= 1.0:
+            raise ConfigError(f"--budget: a fraction of the full cost must lie in (0%, 100%], "
+                              f"got {self.budget_fraction:.4g} ({100 * self.budget_fraction:.4g}%)")
+        if self.timed_samples is not None and self.timed_samples < 1:
+            raise ConfigError(f"--timed-samples: expected a positive count, got {self.timed_samples}")
+
+    def resolved_budget(self, full_flops: float) -> float | None:
+        """The mean-FLOPs budget, a fraction turned into FLOPs of a network costing `full_flops`."""
+        if self.budget_fraction is not None:
+            return self.budget_fraction * full_flops
+        return self.budget_flops
 
 
 def split_for_calibration(dataset: Dataset, seed: int = 0) -> tuple[Dataset, Dataset]:
@@ -90,13 +115,33 @@ def exit_latencies_ms(model: nn.Module, x: Tensor, *, threads=None, min_run_time
     return latencies
 
 
+def timed_batches(dataset: Dataset, samples: int | None, batch_size: int) -> list[Tensor]:
+    """The inputs of the first `samples` samples of `dataset` (all when `None`), as
+    batches `(<= batch_size, *input_shape)` in order."""
+    count = len(dataset) if samples is None else min(samples, len(dataset))
+    batches, taken = [], 0
+    for x, _ in make_eval_loader(dataset, batch_size):
+        batches.append(x[: count - taken])
+        taken += batches[-1].shape[0]
+        if taken >= count:
+            break
+    return batches
+
+
 def choose_policy(model, request: EarlyExitRequest, calib_logits, calib_targets, costs, sample_batch):
     """The `ExitPolicy` the request asks for, plus what calibration reported."""
     if request.thresholds is not None:
         return ExitPolicy(request.policy, list(request.thresholds), request.max_flops), {}
-    if request.budget_flops is not None:
-        cal = calibrate_thresholds(calib_logits, calib_targets, costs, request.budget_flops,
-                                   criterion=request.policy)
+    budget_flops = request.resolved_budget(float(costs[-1]))
+    if budget_flops is not None:
+        if request.budget_fraction is not None and not costs[0] <= budget_flops:
+            raise ConfigError(
+                f"--budget {100 * request.budget_fraction:.4g}%: {format_flops(budget_flops)} FLOPs per sample, "
+                f"below the first exit's {format_flops(costs[0])} ({100 * costs[0] / costs[-1]:.4g}% of the "
+                f"full {format_flops(costs[-1])}); the attainable range is "
+                f"[{100 * costs[0] / costs[-1]:.4g}%, 100%]"
+            )
+        cal = calibrate_thresholds(calib_logits, calib_targets, costs, budget_flops, criterion=request.policy)
         info = {"calibration_mean_flops": cal.mean_flops, "calibration_accuracy": cal.accuracy}
     else:
         ms = exit_latencies_ms(model, sample_batch, threads=request.threads, min_run_time=request.min_run_time)
@@ -123,57 +168,114 @@ def run_compact(model, dataset: Dataset, policy: ExitPolicy, costs, batch_size: 
             "samples": total}
 
 
-def time_against_full(model, x: Tensor, policy: ExitPolicy, costs, *, threads=None, min_run_time=0.3):
-    """Full network vs compact executor on the same batch, same run.
+def time_against_full(model, x: Tensor | Sequence[Tensor], policy: ExitPolicy, costs, *, threads=None,
+                      min_run_time=0.3) -> dict[str, Any]:
+    """Full network vs compact executor on the same samples, same run.
+
+    Args:
+        model: a multi-exit model in eval mode.
+        x: one batch `(B, *input_shape)` or several; every timed call runs all of them.
+        policy: the exit rule.
+        costs: cumulative FLOPs per sample to reach each exit, `K` values.
+        threads: CPU threads for timing; `None` keeps the current number.
+        min_run_time: seconds of timed calls per callable and round.
 
     Returns:
-        dict with `speedup_measured` (full ÷ early-exit time), `speedup_flops` (full ÷
-        mean FLOPs of this batch), their ratio `realized_fraction`, and ms per sample.
+        dict with `timed_samples`, `speedup_measured` (full ÷ early-exit time),
+        `speedup_flops` (full ÷ mean FLOPs of *these* samples), their ratio
+        `realized_fraction`, `mean_flops` of these samples and ms per sample.
     """
-    batch_flops = run_early_exit(model, x, policy, costs=costs).mean_flops()
-    timed = compare({"full": lambda: model(x), "early_exit": lambda: run_early_exit(model, x, policy, costs=costs)},
-                    threads=threads, min_run_time=min_run_time)
+    batches = [x] if isinstance(x, Tensor) else list(x)
+    count = sum(b.shape[0] for b in batches)
+    with torch.inference_mode():
+        timed_flops = sum(float(run_early_exit(model, b, policy, costs=costs).flops.sum()) for b in batches) / count
+
+    def full() -> None:
+        for b in batches:
+            model(b)
+
+    def early_exit() -> None:
+        for b in batches:
+            run_early_exit(model, b, policy, costs=costs)
+
+    timed = compare({"full": full, "early_exit": early_exit}, threads=threads, min_run_time=min_run_time)
     speedup_measured = timed["full"].median_ms / timed["early_exit"].median_ms
-    speedup_flops = float(costs[-1]) / batch_flops
-    return {"batch_size": x.shape[0], "speedup_measured": speedup_measured, "speedup_flops": speedup_flops,
+    speedup_flops = float(costs[-1]) / timed_flops
+    return {"timed_samples": count, "batch_size": batches[0].shape[0], "mean_flops": timed_flops,
+            "speedup_measured": speedup_measured, "speedup_flops": speedup_flops,
             "realized_fraction": speedup_measured / speedup_flops,
-            "latency_ms_per_sample": timed["early_exit"].median_ms / x.shape[0],
-            "full_latency_ms_per_sample": timed["full"].median_ms / x.shape[0]}
+            "latency_ms_per_sample": timed["early_exit"].median_ms / count,
+            "full_latency_ms_per_sample": timed["full"].median_ms / count}
 
 
-def evaluate_early_exit(model: nn.Module, calibration: Dataset, evaluation: Dataset,
+def evaluate_early_exit(model: nn.Module, calibration: Dataset | None, evaluation: Dataset,
                         request: EarlyExitRequest, input_shape) -> dict[str, Any]:
     """Choose the exits on `calibration`, score them on `evaluation`, time them.
 
+    Args:
+        model: a multi-exit model.
+        calibration: samples the thresholds are fitted on; unused (may be `None`) when
+            `request.thresholds` gives them.
+        evaluation: samples scored (and timed: the first `request.timed_samples`).
+        request: the exit rule and timing settings.
+        input_shape: shape of one input, e.g. `(3, 32, 32)`.
+
     Returns:
         dict with `policy`, `thresholds`, `accuracy`, `mean_flops`, `full_flops`,
-        `exit_histogram`, `latency_ms_per_sample`, `speedup_flops`, `speedup_measured`,
-        `anytime` (per-exit accuracy and cost on `evaluation`) and calibration figures.
+        `exit_histogram`, `speedup_flops` (on every evaluation sample), then on the timed
+        samples `timed_samples`, `speedup_flops_timed`, `speedup_measured`,
+        `realized_fraction`, `latency_ms_per_sample`; `anytime` (per-exit accuracy and
+        cost on `evaluation`) and calibration figures.
     """
     model.eval()
     costs = list(model.exit_costs(tuple(input_shape)))
-    calib_logits, calib_targets = collect_exit_logits(model, make_eval_loader(calibration, request.batch_size))
-    sample_batch = next(iter(make_eval_loader(evaluation, request.batch_size)))[0]
-    policy, info = choose_policy(model, request, calib_logits, calib_targets, costs, sample_batch)
+    if request.thresholds is None:
+        if calibration is None:
+            raise ConfigError("a budget needs calibration samples to fit the thresholds on")
+        calib_logits, calib_targets = collect_exit_logits(model, make_eval_loader(calibration, request.batch_size))
+    else:
+        calib_logits, calib_targets = None, None
+    timed = timed_batches(evaluation, request.timed_samples, request.batch_size)
+    policy, info = choose_policy(model, request, calib_logits, calib_targets, costs, timed[0])
     scored = run_compact(model, evaluation, policy, costs, request.batch_size)
     eval_logits, eval_targets = collect_exit_logits(model, make_eval_loader(evaluation, request.batch_size))
-    timing = time_against_full(model, sample_batch, policy, costs, threads=request.threads,
+    timing = time_against_full(model, timed, policy, costs, threads=request.threads,
                                min_run_time=request.min_run_time)
     return {
         "policy": request.policy,
         "thresholds": list(policy.thresholds),
         "max_flops": request.max_flops,
-        "budget_flops": request.budget_flops,
+        "budget_flops": request.resolved_budget(float(costs[-1])),
+        "budget_fraction": request.budget_fraction,
         "budget_ms": request.budget_ms,
         **scored,
         "full_flops": float(costs[-1]),
         "exit_costs": costs,
         "speedup_flops": float(costs[-1]) / scored["mean_flops"],
+        "timed_samples": timing["timed_samples"],
+        "speedup_flops_timed": timing["speedup_flops"],
+        "speedup_measured": timing["speedup_measured"],
+        "realized_fraction": timing["realized_fraction"],
         "latency_ms_per_sample": timing["latency_ms_per_sample"],
         "full_latency_ms_per_sample": timing["full_latency_ms_per_sample"],
-        "speedup_measured": timing["speedup_measured"],
-        "timed_batch": timing,
+        "timing": timing,
         "anytime": anytime_table(eval_logits, eval_targets, costs),
         **info,
     }
+
+
+def evaluate_anytime(model: nn.Module, evaluation: Dataset, input_shape, batch_size: int = 256) -> dict[str, Any]:
+    """Every exit on its own over `evaluation` (no exit rule, nothing calibrated).
+
+    Returns:
+        dict with `accuracy` (of the last exit), `mean_flops` and `full_flops` (the
+        last exit's cost), `exit_costs`, `samples` and `anytime`: one row per exit with
+        its accuracy and cumulative FLOPs per sample.
+    """
+    model.eval()
+    costs = list(model.exit_costs(tuple(input_shape)))
+    logits, targets = collect_exit_logits(model, make_eval_loader(evaluation, batch_size))
+    table = anytime_table(logits, targets, costs)
+    return {"accuracy": table[-1]["accuracy"], "mean_flops": float(costs[-1]), "full_flops": float(costs[-1]),
+            "speedup_flops": 1.0, "exit_costs": costs, "samples": int(targets.shape[0]), "anytime": table}
 

@@ -1,4 +1,9 @@
-"""Score a trained checkpoint: accuracy, per-sample FLOPs and measured latency."""
+"""Score a trained checkpoint: accuracy, per-sample FLOPs and measured latency.
+
+The inputs are prepared as the model was trained (the checkpoint's preprocessing, applied
+to whatever data source is read), the split scored is said in the result (`scored_on`),
+and timings are taken on named samples (`timed_samples`).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -6,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import ConcatDataset, Dataset
 
-from ..data import load_data, make_eval_loader
+from ..data import DataBundle, load_data, make_eval_loader
+from ..data.preprocessing import Preprocessing, conform, preprocessing_for_spec
 from ..errors import ConfigError, DataError
 from ..inference.gate_rate import calibrate_gate_rate
 from ..profiling.flops import counted_flops
@@ -15,23 +22,100 @@ from ..profiling.latency import measure, per_sample_ms
 from ..training.evaluate import evaluate
 from ..training.trainer import resolve_device
 from .checkpoints import load_trained_model
-from .early_exit import EarlyExitRequest, evaluate_early_exit, split_for_calibration
+from .early_exit import (
+    DEFAULT_TIMED_SAMPLES,
+    EarlyExitRequest,
+    evaluate_anytime,
+    evaluate_early_exit,
+    split_for_calibration,
+    timed_batches,
+)
+
+SPLITS = ("val", "test", "all")
+"""`val`: the seeded validation split carved from the training files (as in training);
+`test`: the source's test files; `all`: every sample of the source."""
 
 
 @dataclass
 class EvalRequest:
-    """What `dynamicnets eval` asks for."""
+    """What `dynamicnets eval` asks for.
+
+    Attributes:
+        checkpoint: a `best.pt` / `last.pt` written by the trainer.
+        data: data spec to score on; `None`: the one the checkpoint was trained on.
+        split: one of `SPLITS`.
+        batch_size: samples per batch for inference and timing.
+        threads: CPU threads for timing; `None` keeps the current number.
+        device: `cpu`, `cuda` or `auto`.
+        min_run_time: seconds of timed calls per callable and round.
+        early_exit: the exit rule of a multi-exit model.
+        anytime: multi-exit models: score every exit on its own as well (alone, it needs
+            no exit rule).
+        gate_rate: gated ResNets: calibrate every gate to this execution rate.
+        gate_calibration_samples: at most this many samples fit the gate thresholds.
+        timed_samples: how many of the first scored samples are timed; `None`: all.
+    """
 
     checkpoint: str
-    data: str | None = None  # default: the spec the checkpoint was trained on
-    split: str = "val"  # "val" (seeded split of the training set) or "test"
+    data: str | None = None
+    split: str = "val"
     batch_size: int = 256
     threads: int | None = None
     device: str = "cpu"
     min_run_time: float = 0.3
-    early_exit: EarlyExitRequest | None = None  # required for multi-exit models
-    gate_rate: float | None = None  # gated ResNets: calibrate every gate to this execution rate
-    gate_calibration_samples: int = 2048  # at most this many samples fit the gate thresholds
+    early_exit: EarlyExitRequest | None = None
+    anytime: bool = False
+    gate_rate: float | None = None
+    gate_calibration_samples: int = 2048
+    timed_samples: int | None = DEFAULT_TIMED_SAMPLES
+
+    def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise ConfigError(f"--split: expected one of {', '.join(SPLITS)}, got {self.split!r}")
+        if self.timed_samples is not None and self.timed_samples < 1:
+            raise ConfigError(f"--timed-samples: expected a positive count, got {self.timed_samples}")
+
+
+def trained_preprocessing(ckpt: dict[str, Any], source: str = "checkpoint") -> tuple[Preprocessing, str]:
+    """The preprocessing the checkpoint's model was trained with, and where it came from.
+
+    Checkpoints record it (`preprocessing`); for older ones it is derived from the data
+    spec they were trained on.
+
+    Raises:
+        CheckpointError: the recorded field is malformed.
+        DataError: an older checkpoint's data spec names no known data set.
+    """
+    recorded = ckpt.get("preprocessing")
+    if recorded is not None:
+        return Preprocessing.from_dict(recorded, source), "recorded in the checkpoint"
+    spec = ckpt.get("data")
+    return preprocessing_for_spec(spec, ckpt["input_shape"]), f"derived from its training data {spec!r}"
+
+
+def _conform_bundle(bundle: DataBundle, trained: Preprocessing, spec: str) -> tuple[DataBundle, str | None]:
+    """The bundle's validation and test splits prepared as the model was trained."""
+    train = conform(bundle.train, trained, spec)[0]
+    val, note = conform(bundle.val, trained, spec)
+    test = None if bundle.test is None else conform(bundle.test, trained, f"{spec} (test files)")[0]
+    return replace(bundle, train=train, val=val, test=test), note
+
+
+def _scored_split(bundle: DataBundle, split: str, spec: str, val_size, seed: int) -> tuple[Dataset, str]:
+    """`(dataset, description)` of the split to score."""
+    whole = bundle.train.whole()
+    if split == "val":
+        return bundle.val, (f"val: {len(bundle.val)} of the {len(whole)} samples of the training files of {spec}, "
+                            f"carved with val_size={val_size}, seed={seed} (use --split all to score every sample)")
+    if split == "test":
+        if bundle.test is None:
+            raise DataError(f"{spec}: has no test split (the official test files are not in that folder); "
+                            "use --split val or --split all")
+        return bundle.test, f"test: the {len(bundle.test)} samples of the test files of {spec}"
+    if bundle.test is None:
+        return whole, f"all: every one of the {len(whole)} samples of {spec}"
+    return ConcatDataset([whole, bundle.test]), (f"all: every one of the {len(whole) + len(bundle.test)} samples "
+                                                 f"of {spec} (training and test files)")
 
 
 def full_flops_per_sample(model: torch.nn.Module, input_shape: tuple[int, ...], device="cpu") -> float:
@@ -64,32 +148,43 @@ def evaluate_checkpoint(request: EvalRequest) -> dict[str, Any]:
         )
     config = ckpt.get("config", {})
     spec = request.data or ckpt.get("data")
-    bundle = load_data(spec, val_size=config.get("val_size", 0.1), seed=config.get("seed", 0), augment=False)
-    if tuple(bundle.input_shape) != tuple(ckpt["input_shape"]) or bundle.num_classes != ckpt["num_classes"]:
-        raise DataError(
-            f"{spec}: inputs {tuple(bundle.input_shape)} with {bundle.num_classes} classes, but "
-            f"{request.checkpoint} was trained on {tuple(ckpt['input_shape'])} with {ckpt['num_classes']} classes"
-        )
-    dataset = bundle.val if request.split == "val" else bundle.test
-    if dataset is None:
-        raise DataError(f"{spec}: has no test split (the official test files are not in that folder)")
-    described = {"checkpoint": str(Path(request.checkpoint)), "model": ckpt["model_name"], "data": spec}
+    trained, origin = trained_preprocessing(ckpt, request.checkpoint)
+    val_size, seed = config.get("val_size", 0.1), config.get("seed", 0)
+    # `all` scores every sample, so it carves no validation split (the folder may be smaller
+    # than the split the model was trained with).
+    bundle = load_data(spec, val_size=None if request.split == "all" else val_size, seed=seed, augment=False)
+    if bundle.num_classes != ckpt["num_classes"]:
+        raise DataError(f"{spec}: {bundle.num_classes} classes, but {request.checkpoint} was trained on "
+                        f"{ckpt['num_classes']} classes")
+    bundle, converted = _conform_bundle(bundle, trained, spec)
+    dataset, scored_on = _scored_split(bundle, request.split, spec, val_size, seed)
+    described = {"checkpoint": str(Path(request.checkpoint)), "model": ckpt["model_name"], "data": spec,
+                 "split": request.split, "scored_on": scored_on,
+                 "preprocessing": f"{trained.describe()} ({origin})", "preprocessing_converted": converted}
     if hasattr(model, "num_exits"):
-        return {**described, **_evaluate_multi_exit(model, bundle, dataset, request, config.get("seed", 0))}
+        return {**described, **_evaluate_multi_exit(model, bundle, dataset, request, seed)}
+    if request.anytime:
+        raise ConfigError(f"--anytime: {type(model).__name__} has a single exit; anytime evaluation scores "
+                          "every exit of a multi-exit model")
     extra = {}
     if request.gate_rate is not None:
-        dataset, extra = _calibrate_gates(model, bundle, dataset, request, config.get("seed", 0), device)
+        dataset, extra = _calibrate_gates(model, bundle, dataset, request, seed, device)
     loader = make_eval_loader(dataset, request.batch_size)
     metrics = evaluate(model, loader, device)
     full = full_flops_per_sample(model, bundle.input_shape, device)
 
-    batch = torch.stack([dataset[i][0] for i in range(min(request.batch_size, len(dataset)))]).to(device)
-    at_batch = measure(model, batch, threads=request.threads, min_run_time=request.min_run_time)
-    at_one = measure(model, batch[:1], threads=request.threads, min_run_time=request.min_run_time)
+    batches = [b.to(device) for b in timed_batches(dataset, request.timed_samples, request.batch_size)]
+    timed = sum(b.shape[0] for b in batches)
+
+    def run_timed() -> None:
+        for b in batches:
+            model(b)
+
+    at_batch = measure(run_timed, threads=request.threads, min_run_time=request.min_run_time)
+    at_one = measure(model, batches[0][:1], threads=request.threads, min_run_time=request.min_run_time)
     mean_flops = metrics["mean_flops"] if metrics["mean_flops"] is not None else full
     return {
         **described,
-        "split": request.split,
         "samples": metrics["samples"],
         "accuracy": metrics["accuracy"],
         "exit_accuracy": metrics["exit_accuracy"],
@@ -97,8 +192,9 @@ def evaluate_checkpoint(request: EvalRequest) -> dict[str, Any]:
         "mean_flops": mean_flops,
         "full_flops": full,
         "speedup_flops": full / mean_flops,
-        "batch_size": batch.shape[0],
-        "latency_ms_per_sample": per_sample_ms(at_batch, batch.shape[0]),
+        "batch_size": batches[0].shape[0],
+        "timed_samples": timed,
+        "latency_ms_per_sample": per_sample_ms(at_batch, timed),
         "latency_ms_batch1": at_one.median_ms,
         "threads": at_batch.threads,
         **extra,
@@ -106,10 +202,11 @@ def evaluate_checkpoint(request: EvalRequest) -> dict[str, Any]:
 
 
 def _calibration_split(bundle, dataset, split: str, seed: int, what: str):
-    """`(fit on, score on, protocol)`: halves of the validation split, or validation -> test."""
-    if split == "val":
+    """`(fit on, score on, protocol)`: halves of the split, or validation -> test."""
+    if split in ("val", "all"):
         calibration, evaluation = split_for_calibration(dataset, seed)
-        return calibration, evaluation, f"{what} fitted on one seeded half of the validation split, scored on the other"
+        name = "the validation split" if split == "val" else "all samples"
+        return calibration, evaluation, f"{what} fitted on one seeded half of {name}, scored on the other"
     return bundle.val, dataset, f"{what} fitted on the validation split, scored on the test split"
 
 
@@ -131,12 +228,21 @@ def _calibrate_gates(model, bundle, dataset, request: EvalRequest, seed: int, de
 
 
 def _evaluate_multi_exit(model, bundle, dataset, request: EvalRequest, seed: int) -> dict[str, Any]:
-    """Thresholds fitted on validation data, scored on data they were not fitted on."""
+    """Thresholds fitted on validation data, scored on data they were not fitted on;
+    given thresholds (or `anytime` alone) score the whole split."""
     if request.early_exit is None:
-        raise ConfigError("a multi-exit model needs an exit rule: --budget, --budget-ms or --thresholds")
-    calibration, evaluation, protocol = _calibration_split(bundle, dataset, request.split, seed, "thresholds")
+        if not request.anytime:
+            raise ConfigError("a multi-exit model needs an exit rule (--budget, --budget-ms or --thresholds), "
+                              "or --anytime for the accuracy and cost of every exit")
+        return {"protocol": "every exit on its own, on the whole split",
+                **evaluate_anytime(model, dataset, bundle.input_shape, request.batch_size)}
     early = replace(request.early_exit, batch_size=request.batch_size, threads=request.threads,
-                    min_run_time=request.min_run_time)
+                    min_run_time=request.min_run_time, timed_samples=request.timed_samples)
+    if early.thresholds is not None:
+        calibration, evaluation, protocol = None, dataset, "thresholds given, nothing fitted; the whole split scored"
+    else:
+        calibration, evaluation, protocol = _calibration_split(bundle, dataset, request.split, seed, "thresholds")
     result = evaluate_early_exit(model, calibration, evaluation, early, bundle.input_shape)
-    return {"split": request.split, "protocol": protocol, "threads": request.threads or torch.get_num_threads(),
-            **result}
+    if not request.anytime:
+        result.pop("anytime")
+    return {"protocol": protocol, "threads": request.threads or torch.get_num_threads(), **result}
