@@ -3,7 +3,7 @@ image folders, loaded from a spec string into a :class:`DataBundle`.
 
 ```python
 from dynamicnets.data import load_data, make_loaders, set_epoch
-bundle = load_data("cifar10:../shared/data/cifar-10-batches-py", val_size=5000, seed=0)
+bundle = load_data("cifar10:path/to/cifar-10-batches-py", val_size=5000, seed=0)
 train_loader, val_loader = make_loaders(bundle, batch_size=128, seed=0)
 for epoch in range(epochs):
     set_epoch(train_loader, epoch)   # needed under DDP, harmless otherwise

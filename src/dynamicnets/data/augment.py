@@ -15,10 +15,9 @@ class RandomCropFlip:
     flattened pixels (several times faster than advanced indexing or a per-sample loop).
     Randomness comes from torch's global generator, which ``DataLoader`` seeds per worker.
 
-    **Arguments:**
-
-    - `padding`: pixels of zero padding on each side.
-    - `flip`: also mirror horizontally at random.
+    Args:
+        padding: pixels of zero padding on each side.
+        flip: also mirror horizontally at random.
     """
 
     def __init__(self, padding: int = 4, flip: bool = True):
@@ -29,9 +28,13 @@ class RandomCropFlip:
         return f"RandomCropFlip(padding={self.padding}, flip={self.flip})"
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """**Arguments:** `images`: ``(B, C, H, W)`` of any dtype.
+        """Crop (and flip) every image of a batch, each independently.
 
-        **Returns:** ``(B, C, H, W)``, same dtype, each sample cropped/flipped independently.
+        Args:
+            images: ``(B, C, H, W)`` of any dtype.
+
+        Returns:
+            ``(B, C, H, W)``, same dtype, each sample cropped/flipped independently.
         """
         batch, channels, height, width = images.shape
         pad = self.padding

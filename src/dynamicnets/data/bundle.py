@@ -13,14 +13,13 @@ class DataBundle:
     Every dataset yields ``(x, y)`` with ``x`` float32 of shape ``input_shape`` and ``y`` an
     int64 scalar tensor in ``[0, num_classes)``.
 
-    **Fields:**
-
-    - `name`: the data set's name (``"cifar10"``, ``"digits"``, ...).
-    - `train`: the training split (augmented when requested).
-    - `val`: the validation split, carved from the training set with a seed; never augmented.
-    - `test`: the official test split when the files hold one, else ``None``.
-    - `num_classes`: number of classes.
-    - `input_shape`: shape of one sample, e.g. ``(3, 32, 32)``.
+    Attributes:
+        name: the data set's name (``"cifar10"``, ``"digits"``, ...).
+        train: the training split (augmented when requested).
+        val: the validation split, carved from the training set with a seed; never augmented.
+        test: the official test split when the files hold one, else ``None``.
+        num_classes: number of classes.
+        input_shape: shape of one sample, e.g. ``(3, 32, 32)``.
     """
 
     name: str

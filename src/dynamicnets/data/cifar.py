@@ -54,9 +54,11 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
 def load_pickle(path: Path) -> dict:
     """Unpickle a CIFAR file (``encoding='bytes'``, numpy arrays only).
 
-    **Returns:** the dict stored in the file.
+    Returns:
+        the dict stored in the file.
 
-    **Raises:** DataError naming the file when it is truncated, corrupt, or not a dict.
+    Raises:
+        DataError: naming the file, when it is truncated, corrupt, or not a dict.
     """
     raw = read_bytes(path)
     try:
@@ -132,12 +134,12 @@ def read_cifar_batch(
 def read_label_names(path: Path, key: bytes) -> list[str]:
     """Read the class names of a ``batches.meta`` / ``meta`` file.
 
-    **Arguments:**
+    Args:
+        path: the meta file.
+        key: ``b'label_names'`` (CIFAR-10) or ``b'fine_label_names'`` (CIFAR-100).
 
-    - `path`: the meta file.
-    - `key`: ``b'label_names'`` (CIFAR-10) or ``b'fine_label_names'`` (CIFAR-100).
-
-    **Returns:** the class names in label order.
+    Returns:
+        the class names in label order.
     """
     names = _require_key(load_pickle(path), key, path)
     if not isinstance(names, list):

@@ -10,8 +10,9 @@ import torch
 def digits_arrays() -> tuple[torch.Tensor, torch.Tensor]:
     """scikit-learn's 8x8 handwritten digits (1797 samples, 10 classes, shipped with it).
 
-    **Returns:** ``x`` float32 ``(1797, 1, 8, 8)`` scaled from 0..16 to [0, 1] and ``y``
-    int64 ``(1797,)``.
+    Returns:
+        ``x`` float32 ``(1797, 1, 8, 8)`` scaled from 0..16 to [0, 1] and ``y``
+        int64 ``(1797,)``.
     """
     from sklearn.datasets import load_digits
 
@@ -27,8 +28,9 @@ def mnist1d_arrays() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Te
     file). The generator reseeds Python's and numpy's global random state; their previous
     state is restored afterwards so loading data does not change the caller's randomness.
 
-    **Returns:** ``x_train`` float32 ``(4000, 1, 40)``, ``y_train`` int64 ``(4000,)``,
-    ``x_test`` float32 ``(1000, 1, 40)``, ``y_test`` int64 ``(1000,)``.
+    Returns:
+        ``x_train`` float32 ``(4000, 1, 40)``, ``y_train`` int64 ``(4000,)``,
+        ``x_test`` float32 ``(1000, 1, 40)``, ``y_test`` int64 ``(1000,)``.
     """
     from mnist1d.data import get_dataset_args, make_dataset
 

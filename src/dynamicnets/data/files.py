@@ -17,13 +17,13 @@ _GZIP_MAGIC = b"\x1f\x8b"
 def require_dir(path: str | Path, expected: str) -> Path:
     """Check that ``path`` is an existing, non-empty directory.
 
-    **Arguments:**
+    Args:
+        path: the directory.
+        expected: what the directory should hold, used in the error message
+            (e.g. ``"data_batch_1..5 of cifar-10-batches-py"``).
 
-    - `path`: the directory.
-    - `expected`: what the directory should hold, used in the error message
-      (e.g. ``"data_batch_1..5 of cifar-10-batches-py"``).
-
-    **Returns:** the path as a :class:`~pathlib.Path` (user ``~`` expanded).
+    Returns:
+        the path as a :class:`~pathlib.Path` (user ``~`` expanded).
     """
     path = Path(path).expanduser()
     if not path.exists():
@@ -38,13 +38,13 @@ def require_dir(path: str | Path, expected: str) -> Path:
 def find_file(directory: Path, names: list[str], *, required: bool = True) -> Path | None:
     """Return the first of ``names`` that exists in ``directory``.
 
-    **Arguments:**
+    Args:
+        directory: the folder to look in.
+        names: candidate file names in order of preference (e.g. plain before ``.gz``).
+        required: when no candidate exists, raise (True) or return ``None`` (False).
 
-    - `directory`: the folder to look in.
-    - `names`: candidate file names in order of preference (e.g. plain before ``.gz``).
-    - `required`: when no candidate exists, raise (True) or return ``None`` (False).
-
-    **Returns:** the path of the file found, or ``None``.
+    Returns:
+        the path of the file found, or ``None``.
     """
     for name in names:
         candidate = directory / name
@@ -59,7 +59,8 @@ def find_file(directory: Path, names: list[str], *, required: bool = True) -> Pa
 def read_bytes(path: Path) -> bytes:
     """Read a whole file, decompressing it when it is gzipped (detected by its magic bytes).
 
-    **Returns:** the (decompressed) content.
+    Returns:
+        the (decompressed) content.
     """
     try:
         raw = path.read_bytes()

@@ -22,15 +22,16 @@ LABELS_MAGIC = 2049
 def read_idx(path: str | Path, expected_magic: int) -> torch.Tensor:
     """Read an unsigned-byte IDX file.
 
-    **Arguments:**
+    Args:
+        path: the file, gzipped (detected by content) or plain.
+        expected_magic: 2051 (images, 3 dims) or 2049 (labels, 1 dim).
 
-    - `path`: the file, gzipped (detected by content) or plain.
-    - `expected_magic`: 2051 (images, 3 dims) or 2049 (labels, 1 dim).
+    Returns:
+        a uint8 tensor of shape ``(N, rows, cols)`` for images or ``(N,)`` for labels.
 
-    **Returns:** a uint8 tensor of shape ``(N, rows, cols)`` for images or ``(N,)`` for labels.
-
-    **Raises:** DataError when the magic number is not the one expected, or the file is
-    shorter or longer than its header says.
+    Raises:
+        DataError: the magic number is not the one expected, or the file is
+            shorter or longer than its header says.
     """
     path = Path(path)
     raw = read_bytes(path)

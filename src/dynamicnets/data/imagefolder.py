@@ -82,15 +82,16 @@ def _read_rgb(path: Path) -> np.ndarray:
 def read_image_folder(root: str | Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Read every image of an image folder into memory.
 
-    **Arguments:**
+    Args:
+        root: the folder holding one sub-folder per class.
 
-    - `root`: the folder holding one sub-folder per class.
+    Returns:
+        images uint8 ``(N, 3, H, W)``, labels int64 ``(N,)`` and the class names
+        (index = label).
 
-    **Returns:** images uint8 ``(N, 3, H, W)``, labels int64 ``(N,)`` and the class names
-    (index = label).
-
-    **Raises:** DataError for a missing/empty folder, a class folder without images, a
-    corrupt image, or an image whose size differs from the first image's.
+    Raises:
+        DataError: a missing/empty folder, a class folder without images, a
+            corrupt image, or an image whose size differs from the first image's.
     """
     root = require_dir(root, "one sub-folder of PNG/JPEG images per class")
     classes = _class_dirs(root)

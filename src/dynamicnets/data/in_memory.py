@@ -15,17 +15,16 @@ class InMemoryDataset(Dataset):
     :meth:`__getitems__` with a whole batch of indices, so gathering, augmenting and
     normalising cost a few tensor operations per batch rather than per image.
 
-    **Arguments:**
-
-    - `samples`: ``(N, *input_shape)``, uint8 or floating.
-    - `labels`: int64 ``(N,)``.
-    - `indices`: int64 ``(M,)`` positions into ``samples`` this dataset exposes, or ``None``
-      for all of them.
-    - `scale`: multiplies the stored values first (e.g. ``1/255`` for uint8 pixels).
-    - `mean`, `std`: per-channel statistics, subtracted/divided after scaling
-      (``None``: no normalisation).
-    - `augment`: applied to the raw stored batch ``(B, *input_shape)`` before conversion,
-      or ``None``.
+    Args:
+        samples: ``(N, *input_shape)``, uint8 or floating.
+        labels: int64 ``(N,)``.
+        indices: int64 ``(M,)`` positions into ``samples`` this dataset exposes, or ``None``
+            for all of them.
+        scale: multiplies the stored values first (e.g. ``1/255`` for uint8 pixels).
+        mean, std: per-channel statistics, subtracted/divided after scaling
+            (``None``: no normalisation).
+        augment: applied to the raw stored batch ``(B, *input_shape)`` before conversion,
+            or ``None``.
     """
 
     def __init__(
@@ -70,10 +69,9 @@ class InMemoryDataset(Dataset):
     def with_indices(self, indices: torch.Tensor, *, augment=None) -> "InMemoryDataset":
         """A dataset over ``indices`` (positions into this one) sharing the same storage.
 
-        **Arguments:**
-
-        - `indices`: int64 ``(M,)``.
-        - `augment`: augmentation of the new dataset (``None``: none).
+        Args:
+            indices: int64 ``(M,)``.
+            augment: augmentation of the new dataset (``None``: none).
         """
         base = indices if self.indices is None else self.indices[indices]
         return InMemoryDataset(
@@ -101,9 +99,11 @@ class InMemoryDataset(Dataset):
     def fetch(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Gather, augment and normalise a batch.
 
-        **Arguments:** `positions`: int64 ``(B,)`` in ``[0, len(self))``.
+        Args:
+            positions: int64 ``(B,)`` in ``[0, len(self))``.
 
-        **Returns:** ``x`` float32 ``(B, *input_shape)`` and ``y`` int64 ``(B,)``.
+        Returns:
+            ``x`` float32 ``(B, *input_shape)`` and ``y`` int64 ``(B,)``.
         """
         if self.indices is not None:
             positions = self.indices[positions]
@@ -116,7 +116,11 @@ class InMemoryDataset(Dataset):
         return x, self.labels[positions]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """**Returns:** ``x`` float32 ``input_shape`` and ``y`` int64 scalar."""
+        """One sample.
+
+        Returns:
+            ``x`` float32 ``input_shape`` and ``y`` int64 scalar.
+        """
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for a dataset of {len(self)}")
         x, y = self.fetch(torch.tensor([index % len(self)]))

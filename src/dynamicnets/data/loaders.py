@@ -31,15 +31,15 @@ def make_eval_loader(
     ``DistributedSampler`` pads the data set with repeated samples so that every rank gets
     the same number, so up to ``world_size - 1`` samples are counted twice across ranks.
 
-    **Arguments:**
+    Args:
+        dataset: yields ``(x, y)``.
+        batch_size: samples per batch per process.
+        num_workers: worker processes (0: load in the main process).
+        rank, world_size: this process's rank and the number of processes.
 
-    - `dataset`: yields ``(x, y)``.
-    - `batch_size`: samples per batch per process.
-    - `num_workers`: worker processes (0: load in the main process).
-    - `rank`, `world_size`: this process's rank and the number of processes.
-
-    **Returns:** a loader of ``(x (B, *input_shape), y (B,))`` batches; the last batch may be
-    smaller.
+    Returns:
+        a loader of ``(x (B, *input_shape), y (B,))`` batches; the last batch may be
+        smaller.
     """
     _check(batch_size, num_workers, rank, world_size)
     sampler = None
@@ -83,18 +83,18 @@ def make_loaders(
     ``DataLoader`` seeds it from the loader's seeded generator; with ``num_workers=0`` seed
     it yourself (``torch.manual_seed``) for runs that repeat exactly.
 
-    **Arguments:**
+    Args:
+        bundle: from :func:`load_data`.
+        batch_size: samples per batch per process.
+        num_workers: worker processes (0: load in the main process; the in-memory datasets
+            fetch whole batches at once, so 0 is usually fast enough).
+        seed: seed of the shuffling.
+        rank, world_size: this process's rank and the number of processes.
+        drop_last: drop the last, smaller training batch.
 
-    - `bundle`: from :func:`load_data`.
-    - `batch_size`: samples per batch per process.
-    - `num_workers`: worker processes (0: load in the main process; the in-memory datasets
-      fetch whole batches at once, so 0 is usually fast enough).
-    - `seed`: seed of the shuffling.
-    - `rank`, `world_size`: this process's rank and the number of processes.
-    - `drop_last`: drop the last, smaller training batch.
-
-    **Returns:** ``(train_loader, val_loader)`` yielding ``x`` float32
-    ``(B, *bundle.input_shape)`` and ``y`` int64 ``(B,)``.
+    Returns:
+        ``(train_loader, val_loader)`` yielding ``x`` float32
+        ``(B, *bundle.input_shape)`` and ``y`` int64 ``(B,)``.
     """
     _check(batch_size, num_workers, rank, world_size)
     generator = torch.Generator().manual_seed(seed)

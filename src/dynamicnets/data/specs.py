@@ -39,10 +39,12 @@ class _Source(NamedTuple):
 def parse_spec(spec: str) -> tuple[str, Path | None]:
     """Split ``"name"`` or ``"name:path"``.
 
-    **Returns:** the lower-case name and the path (``None`` when absent).
+    Returns:
+        the lower-case name and the path (``None`` when absent).
 
-    **Raises:** DataError for an unknown name, a missing path where one is needed, or a path
-    given to a data set that takes none.
+    Raises:
+        DataError: an unknown name, a missing path where one is needed, or a path
+            given to a data set that takes none.
     """
     if not isinstance(spec, str) or not spec.strip():
         raise DataError(f"data spec {spec!r} is empty; expected one of {', '.join(DATASETS)}")
@@ -175,18 +177,19 @@ def load_data(
     - ``imagefolder:DIR``: ``DIR/<class>/<image>.png|.jpg``, classes in sorted order, RGB
       scaled to [0, 1]; every image must have the same size. No test split.
 
-    **Arguments:**
+    Args:
+        spec: ``"name"`` or ``"name:DIR"``, name from :data:`DATASETS`.
+        val_size: float in (0, 1) = fraction of the training set, int = number of samples,
+            ``None`` = no validation split (``val`` is empty, ``train`` holds every training sample).
+        seed: seed of the split; the same seed gives the same split.
+        augment: augment the training split (validation and test never are).
 
-    - `spec`: ``"name"`` or ``"name:DIR"``, name from :data:`DATASETS`.
-    - `val_size`: float in (0, 1) = fraction of the training set, int = number of samples,
-      ``None`` = no validation split (``val`` is empty, ``train`` holds every training sample).
-    - `seed`: seed of the split; the same seed gives the same split.
-    - `augment`: augment the training split (validation and test never are).
+    Returns:
+        a :class:`DataBundle`; every dataset yields ``(x, y)``, ``x`` float32 of
+        ``input_shape``, ``y`` int64 scalar.
 
-    **Returns:** a :class:`DataBundle`; every dataset yields ``(x, y)``, ``x`` float32 of
-    ``input_shape``, ``y`` int64 scalar.
-
-    **Raises:** DataError naming the file or folder at fault.
+    Raises:
+        DataError: naming the file or folder at fault.
     """
     name, path = parse_spec(spec)
     readers = {

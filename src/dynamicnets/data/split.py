@@ -9,12 +9,12 @@ from ..errors import DataError
 def validation_count(n: int, val_size: float | int) -> int:
     """Number of validation samples out of ``n``.
 
-    **Arguments:**
+    Args:
+        n: size of the training set.
+        val_size: a float in (0, 1) is a fraction of ``n`` (rounded); an int is a count.
 
-    - `n`: size of the training set.
-    - `val_size`: a float in (0, 1) is a fraction of ``n`` (rounded); an int is a count.
-
-    **Returns:** the count, at least 1 and at most ``n - 1``.
+    Returns:
+        the count, at least 1 and at most ``n - 1``.
     """
     if isinstance(val_size, bool) or not isinstance(val_size, (int, float)):
         raise DataError(f"val_size must be a float fraction or an int count, got {val_size!r}")
@@ -38,8 +38,9 @@ def split_indices(n: int, val_size: float | int, seed: int) -> tuple[torch.Tenso
     The same ``(n, val_size, seed)`` always gives the same split; each part is sorted so that
     samples keep the order of the files.
 
-    **Returns:** ``train_indices`` int64 ``(n - k,)`` and ``val_indices`` int64 ``(k,)``,
-    with ``k = validation_count(n, val_size)``.
+    Returns:
+        ``train_indices`` int64 ``(n - k,)`` and ``val_indices`` int64 ``(k,)``,
+        with ``k = validation_count(n, val_size)``.
     """
     count = validation_count(n, val_size)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))

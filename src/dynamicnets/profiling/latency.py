@@ -70,7 +70,7 @@ def measure(
 ) -> Measurement:
     """Time `fn(*args)` under the fixed protocol of this module.
 
-    Arguments:
+    Args:
         fn: the callable to time; its return value is discarded.
         *args: positional arguments passed to every call (e.g. a `(B, C, H, W)` batch).
         threads: torch intra-op threads while warming up and timing; `None` keeps the
@@ -105,7 +105,7 @@ def compare(
     alike. Each result's `median_ms` is the median over rounds of the per-round medians.
     Quote `ratio(result, a, b)` between entries of one result, not absolute ms.
 
-    Arguments:
+    Args:
         named_fns: name -> callable taking no arguments (bind inputs with a lambda or
             `functools.partial`).
         threads: torch intra-op threads for the whole comparison; `None` keeps the

@@ -39,7 +39,7 @@ def plot_accuracy_vs_flops(
 ) -> Path:
     """Plot accuracy against per-sample FLOPs, one line per series, and save a PNG.
 
-    Arguments:
+    Args:
         series: either name -> list of `(flops, accuracy)` points (e.g. one point per
             budget of a dynamic model), or a list of records, each holding
             `group_key`, `flops_key` and `accuracy_key`.
@@ -103,7 +103,7 @@ def plot_training_curves(
 ) -> Path:
     """Plot losses and accuracies per epoch from a `metrics.jsonl` file, and save a PNG.
 
-    Arguments:
+    Args:
         metrics_jsonl_path: one JSON object per line, e.g.
             `{"epoch": 3, "train_loss": 0.41, "val_accuracy": 0.88}`. Numeric keys
             containing "loss" go on the left panel, keys containing "acc" on the right

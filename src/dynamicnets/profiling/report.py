@@ -84,7 +84,7 @@ def write_json(
 ) -> Path:
     """Write `{"meta": ..., "records": records}` to `path` atomically (indented JSON).
 
-    Arguments:
+    Args:
         path: destination file; parent folders are created.
         records: the results, a list of row dicts or one dict. Tensors, numpy values,
             paths and dataclasses (e.g. `Measurement`) are converted to plain JSON.
@@ -114,7 +114,7 @@ def markdown_table(
 ) -> str:
     """A GitHub-flavoured Markdown table of `rows`.
 
-    Arguments:
+    Args:
         rows: one dict per table row; missing keys give empty cells.
         columns: the columns, in order; default: every key, in order of first appearance.
         floatfmt: format spec for floats (e.g. `".2f"`), or a column -> spec mapping
@@ -185,7 +185,7 @@ def format_flops(flops: float, digits: int = 3) -> str:
 def parse_flops(value: str | float | int, *, what: str = "FLOPs value") -> float:
     """Read FLOPs given as `"30M"`, `"1.2G"`, `"500k"`, `"5e6"`, `"30 MFLOPs"` or a number.
 
-    Arguments:
+    Args:
         value: the text (suffixes are powers of 1000, case-insensitive) or a number.
         what: the key or option being read, named in the error (e.g. `"--budget"`).
 
