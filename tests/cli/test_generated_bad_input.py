@@ -87,13 +87,15 @@ def test_generated_config_files_give_a_mapping_or_a_config_error(tmp_path, conte
 )
 def test_generated_idx_headers_give_a_tensor_or_a_data_error(tmp_path, magic, dims, body, expected):
     path = tmp_path / "generated-idx"
-    path.write_bytes(magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in dims) + bytes(body))
+    content = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in dims) + bytes(body)
+    path.write_bytes(content)
     try:
         values = read_idx(path, expected)
     except DataError as err:
         assert str(path) in str(err)
-    else:
-        assert values.dtype == torch.uint8 and values.numel() == body
+    else:  # the header holds `expected & 0xFF` sizes, whatever the generator meant
+        assert values.dtype == torch.uint8 and values.dim() == expected & 0xFF
+        assert values.numel() == len(content) - 4 - 4 * values.dim()
 
 
 # ------------------------------------------------------------------------- checkpoints
