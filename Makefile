@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-all bench clean
+.PHONY: setup demo test test-all docs bench clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,10 @@ test: setup
 
 test-all: setup
 	OMP_NUM_THREADS=2 $(PY) -m pytest -m "slow or not slow"
+
+# The API reference, built from the docstrings with pdoc (a fast test builds part of it).
+docs: setup
+	$(PY) docs/build_api.py build/docs
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info
