@@ -6,8 +6,9 @@ trainer's checkpoints hold (see `Trainer` for the writer):
 
     format, model, model_name, model_args, optimizer, scheduler, epoch (finished epochs),
     step (global optimizer steps), best_val_accuracy, best_epoch, config (plain dict),
-    data, num_classes, input_shape, rng (torch/numpy/python/loader states), history
-    (one metrics dict per finished epoch).
+    data, num_classes, input_shape, preprocessing (how inputs were prepared: stored type,
+    scale, mean, std, input shape; see `dynamicnets.data.preprocessing`), rng
+    (torch/numpy/python/loader states), history (one metrics dict per finished epoch).
 """
 from __future__ import annotations
 
