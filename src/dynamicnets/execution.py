@@ -21,6 +21,8 @@ from __future__ import annotations
 from enum import Enum
 from typing import Protocol, runtime_checkable
 
+import torch
+
 from .errors import ConfigError
 
 
@@ -67,9 +69,30 @@ def resolve_execution(execution: ExecutionLike, training: bool,
     Raises:
         ConfigError: an unknown or unsupported mode.
     """
-    if execution is None:
-        return Execution.MASKED if training else Execution.COMPACT
-    return parse_execution(execution, allowed)
+    mode = (Execution.MASKED if training else Execution.COMPACT) if execution is None else (
+        parse_execution(execution, allowed))
+    if mode is not Execution.MASKED:
+        refuse_tracing("compact execution")
+    return mode
+
+
+def refuse_tracing(what: str) -> None:
+    """Raise when `torch.jit.trace` or `torch.export` is recording the caller.
+
+    Compact paths take data-dependent decisions (which samples run a block, where a sample
+    exits): a trace would freeze the decisions of its example input and give wrong results
+    on every other input, and `torch.export` cannot express the shapes.
+
+    Raises:
+        ConfigError: while tracing or exporting, naming the exportable alternative.
+    """
+    if torch.jit.is_tracing() or torch.compiler.is_exporting():
+        raise ConfigError(
+            f"{what} takes data-dependent decisions and cannot be traced or exported (a trace would "
+            f"freeze the example's decisions); export the masked path instead, "
+            f"`model(x, execution=Execution.MASKED)` in eval mode, or export the model's separately "
+            f"callable stages and drive them with the compact runtime"
+        )
 
 
 @runtime_checkable

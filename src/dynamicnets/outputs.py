@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.utils._pytree as pytree
 from torch import Tensor
 
 
@@ -51,6 +52,30 @@ class DynamicOutput:
         if self.flops is None:
             raise ValueError("this output carries no per-sample FLOPs")
         return float(self.flops.double().mean())
+
+
+def _flatten(out: DynamicOutput) -> tuple[list, None]:
+    return [out.logits, out.exit_logits, out.decisions, out.aux_losses, out.flops], None
+
+
+def _unflatten(children: list, _context: None) -> DynamicOutput:
+    return DynamicOutput(*children)
+
+
+def _flatten_with_keys(out: DynamicOutput) -> tuple[list, None]:
+    children, context = _flatten(out)
+    return [(pytree.GetAttrKey(name), child) for name, child in zip(_FIELDS, children)], context
+
+
+_FIELDS = ("logits", "exit_logits", "decisions", "aux_losses", "flops")
+
+# A registered pytree: `torch.export`, `torch.compile`, `torch.jit.trace` (with
+# `strict=False`) and `torch.utils._pytree.tree_map` see through a DynamicOutput.
+pytree.register_pytree_node(
+    DynamicOutput, _flatten, _unflatten,
+    serialized_type_name="dynamicnets.outputs.DynamicOutput",
+    flatten_with_keys_fn=_flatten_with_keys,
+)
 
 
 def constant_flops(flops_per_sample: float, batch_size: int, device=None) -> Tensor:

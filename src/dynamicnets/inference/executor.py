@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..gates.confidence import ExitCriterion
+from ..execution import refuse_tracing
 from ..compact import assemble_rows, gather_rows, rows_where
 from ..outputs import DynamicOutput
 from .policy import ExitPolicy
@@ -84,6 +85,7 @@ def run_early_exit(
         `ExitResult` with `(B,)` predictions, exit indices and FLOPs and `(B, C)` logits.
     """
     criterion = _check_model(model, policy)
+    refuse_tracing("the early-exit executor")
     costs = list(model.exit_costs(tuple(x.shape[1:]))) if costs is None else list(costs)
     last = policy.last_exit(costs)
     spent = costs_with_decisions(costs, last, criterion)

@@ -294,7 +294,7 @@ class GatedResNet(nn.Module):
         if execution == "compact":
             flops = compact
         else:
-            flops = torch.full_like(compact, base + float(costs.sum()))
+            flops = torch.full_like(compact, base) + costs.sum().to(compact)  # no host sync: exportable
         decided = gates.detach()
         return DynamicOutput(
             logits=logits,

@@ -177,7 +177,7 @@ class ChannelGatedResNet(nn.Module):
             logits=self.backbone.head(h),
             flops=fixed + ran @ per_channel,
             decisions={
-                "channel_keep_rate": (kept.sum(dim=1) / float(channels.sum())).to(h.dtype),
+                "channel_keep_rate": (kept.sum(dim=1) / channels.sum().to(kept)).to(h.dtype),
                 "block_keep_rates": (kept / channels.to(x.device)).to(h.dtype),
                 "kept_flops": fixed + kept @ per_channel,
             },

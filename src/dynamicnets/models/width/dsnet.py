@@ -18,11 +18,12 @@ width with a linear layer.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...compact import assemble_rows, gather_rows, group_rows
 from ...errors import ConfigError
-from ...execution import Execution
+from ...execution import Execution, ExecutionLike, resolve_execution
 from ...gates import GumbelSoftmaxGate
 from ...outputs import DynamicOutput
 from .._registry import register_model
@@ -47,6 +48,8 @@ class DSNet(nn.Module):
         `(B, C, H, W)` -> `DynamicOutput` with `logits (B, num_classes)`, `flops (B,)`,
         `decisions["width"] (B,)` (chosen width) and `decisions["width_index"] (B,)`.
     """
+
+    execution_modes = (Execution.MASKED, Execution.COMPACT)
 
     def __init__(
         self,
@@ -105,24 +108,40 @@ class DSNet(nn.Module):
         mixed = torch.einsum("bw,wbc->bc", one_hot.to(per_width[0].dtype), torch.stack(per_width))
         return mixed, per_width
 
-    def forward(self, x: Tensor) -> DynamicOutput:
+    def forward(self, x: Tensor, execution: ExecutionLike = None) -> DynamicOutput:
+        """Gate, then run the chosen width per sample.
+
+        Args:
+            x: `(B, in_chans, H, W)`.
+            execution: masked (default in training): every width runs on the whole batch,
+                mixed by the one-hot choice (Gumbel-softmax in training, argmax in eval);
+                compact (default in eval): the samples are grouped by width and each group
+                runs once at its width, as weight slices. Same choice, same logits.
+
+        Returns:
+            `DynamicOutput`: `logits (B, C)`, `flops (B,)` of what ran (masked: every
+            width), `decisions["width_index"]`, `decisions["width"]` `(B,)`; in training
+            `exit_logits` holds each width's logits, then the mix.
+        """
+        execution = resolve_execution(execution, self.training)
         shape = tuple(x.shape[1:])
         costs = self.width_costs(shape).to(x.device)
         gate = self.gate_cost(shape)
         logits_g = self.gate_logits(x)
         widths = torch.tensor(self.widths, device=x.device)
-        if self.training:
-            one_hot = self.gumbel(logits_g)
+        if execution is Execution.MASKED:
+            if self.training:
+                one_hot = self.gumbel(logits_g)
+            else:
+                one_hot = F.one_hot(logits_g.argmax(dim=-1), len(self.widths)).to(logits_g.dtype)
             mixed, per_width = self.run_fused(x, one_hot)
             choice = one_hot.argmax(dim=-1)
             out = DynamicOutput(
                 logits=mixed,
                 exit_logits=[*per_width, mixed],
-                flops=torch.full(
-                    (x.shape[0],), float(gate + costs.sum()), dtype=torch.float64, device=x.device
-                ),
+                flops=torch.full((x.shape[0],), float(gate), dtype=torch.float64, device=x.device) + costs.sum(),
             )
-            if self.cost_weight > 0:
+            if self.training and self.cost_weight > 0:
                 full = costs[-1]
                 expected = (one_hot.to(torch.float64) @ costs).mean() / full
                 loss = self.cost_weight * (expected - self.target_flops_ratio).square()
