@@ -19,7 +19,8 @@ def _builder():
 
 def test_every_public_module_imports_and_gets_a_page():
     modules = _builder().public_modules()
-    assert {"dynamicnets", "dynamicnets.data.preprocessing", "dynamicnets.cli.main", "dynamicnets.configs"} <= set(modules)
+    expected = {"dynamicnets", "dynamicnets.data.preprocessing", "dynamicnets.cli.main", "dynamicnets.configs"}
+    assert expected <= set(modules)
     assert not [m for m in modules if "._" in m]
     for name in modules:
         importlib.import_module(name)

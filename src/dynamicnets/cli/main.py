@@ -8,8 +8,18 @@ from ..errors import DynamicNetsError
 from ..pipelines.early_exit import DEFAULT_TIMED_SAMPLES
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows `(default: X)` where there is a value to show: not for required options, flags
+    or options whose absence the help text already explains."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.required or action.default in (None, False, argparse.SUPPRESS):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _build_parser() -> argparse.ArgumentParser:
-    formatter = argparse.ArgumentDefaultsHelpFormatter
+    formatter = _DefaultsFormatter
     parser = argparse.ArgumentParser(
         prog="dynamicnets",
         description="Dynamic neural networks: train, evaluate with real savings, benchmark.",
@@ -32,18 +42,20 @@ def _build_parser() -> argparse.ArgumentParser:
     p = add_parser("eval", "evaluate a checkpoint: accuracy, FLOPs, latency")
     p.add_argument("--checkpoint", required=True, help="a best.pt / last.pt written by train")
     p.add_argument("--data", default=None,
-                   help="data spec; None: the one it was trained on. Inputs are prepared as in training "
+                   help="data spec (default: the one it was trained on). Inputs are prepared as in training "
                         "(the checkpoint's scale, mean, std), whatever the source")
     p.add_argument("--split", default="val", choices=["val", "test", "all"],
                    help="val: the seeded validation split carved from the training files (as in training); "
                         "test: the test files; all: every sample of the data source")
     p.add_argument("--batch-size", type=int, default=256, help="samples per batch for inference and timing")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for timing")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for timing (default: torch's current number)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--policy", default="maxprob", help="exit criterion: maxprob, entropy, margin, patience")
     p.add_argument("--budget", default=None,
-                   help="mean FLOPs per sample, e.g. 30M, or a fraction of the full cost, e.g. 50%% (multi-exit models)")
+                   help="mean FLOPs per sample, e.g. 30M, or a fraction of the full cost, e.g. 50%% "
+                        "(multi-exit models)")
     p.add_argument("--budget-ms", type=float, default=None, help="mean measured ms per sample")
     p.add_argument("--thresholds", default=None, help="comma-separated, one per exit but the last")
     p.add_argument("--max-flops", default=None, help="per-sample compute cap, e.g. 20M")
@@ -58,9 +70,10 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = add_parser("bench", "latency/FLOPs of registered models (same-run ratios)")
     p.add_argument("models", nargs="*", help="model names (default: the static baselines)")
-    p.add_argument("--input-shape", default=None, help="e.g. 3,32,32; None: the model's own")
+    p.add_argument("--input-shape", default=None, help="e.g. 3,32,32 (default: the model's own)")
     p.add_argument("--batch-sizes", default="1,64", help="comma-separated batch sizes")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for timing; None: torch's current")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for timing (default: torch's current number)")
     p.add_argument("--min-run-time", type=float, default=0.3, help="seconds per timed call and round")
     p.add_argument("--json", default=None, help="also write the results here")
 
@@ -69,7 +82,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = add_parser("demo", "the main job on digits, in about two minutes on 2 cores")
     p.add_argument("--out-dir", default="runs/demo", help="where the runs, tables and plots go")
-    p.add_argument("--epochs", type=int, default=None, help="override the demo's epochs; None: its own")
+    p.add_argument("--epochs", type=int, default=None, help="override the demo's epochs (default: its own)")
     p.add_argument("--min-run-time", type=float, default=0.3, help="seconds per timed call and round")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
