@@ -94,7 +94,7 @@ def trained_preprocessing(ckpt: dict[str, Any], source: str = "checkpoint") -> t
 
 
 def _conform_bundle(bundle: DataBundle, trained: Preprocessing, spec: str) -> tuple[DataBundle, str | None]:
-    """The bundle's validation and test splits prepared as the model was trained."""
+    """The bundle's splits prepared as the model was trained, and what was converted."""
     train = conform(bundle.train, trained, spec)[0]
     val, note = conform(bundle.val, trained, spec)
     test = None if bundle.test is None else conform(bundle.test, trained, f"{spec} (test files)")[0]
@@ -134,10 +134,23 @@ def full_flops_per_sample(model: torch.nn.Module, input_shape: tuple[int, ...], 
 def evaluate_checkpoint(request: EvalRequest) -> dict[str, Any]:
     """Accuracy and costs of `request.checkpoint` on a split of its (or another) data set.
 
+    The inputs are prepared with the checkpoint's preprocessing whatever `request.data`
+    reads (converted, or a `DataError` when that cannot be done).
+
     Returns:
-        dict with `accuracy`, `exit_accuracy`, `mean_flops`, `full_flops`,
-        `speedup_flops` (full ÷ mean), `latency_ms_per_sample` (at `batch_size`),
-        `latency_ms_batch1`, `samples`, and what was evaluated.
+        dict with what was evaluated (`model`, `data`, `split`, `scored_on`: the split in
+        words with its size, `preprocessing` and `preprocessing_converted`), `samples`,
+        `accuracy`, `exit_accuracy`, `mean_flops`, `full_flops`, `speedup_flops` (full ÷
+        mean over every scored sample), `timed_samples`, `latency_ms_per_sample` (over
+        those samples in batches of `batch_size`) and `latency_ms_batch1`; multi-exit
+        models add the exit rule's figures (see `evaluate_early_exit`).
+
+    Raises:
+        CheckpointError: the checkpoint is unreadable or does not fit its model.
+        DataError: the data cannot be read, has other classes, or cannot be prepared as
+            the model was trained.
+        ConfigError: an option does not fit the model (`--anytime` without exits, no
+            exit rule for a multi-exit model, ...).
     """
     device = resolve_device(request.device, what="--device")
     model, ckpt = load_trained_model(request.checkpoint, device)
