@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from dynamicnets.layers.cond_conv import RoutedCondConv2d
 from dynamicnets.layers.dynamic_conv import DynamicConv2d
-from dynamicnets.profiling.flops import counted_flops
+from dynamicnets.flops import counted_flops
 from dynamicnets.profiling.latency import compare
 from dynamicnets.profiling.report import markdown_table, write_json
 

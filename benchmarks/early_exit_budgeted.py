@@ -31,7 +31,7 @@ from dynamicnets.errors import DynamicNetsError
 from dynamicnets.inference import ExitPolicy, anytime_table, calibrate_thresholds, collect_exit_logits
 from dynamicnets.pipelines.checkpoints import load_trained_model
 from dynamicnets.pipelines.early_exit import run_compact, split_for_calibration, time_against_full
-from dynamicnets.profiling.flops import counted_flops
+from dynamicnets.flops import counted_flops
 from dynamicnets.profiling.plots import plot_accuracy_vs_flops
 from dynamicnets.profiling.report import format_flops, markdown_table, write_json
 from dynamicnets.training import TrainConfig, Trainer

@@ -7,7 +7,7 @@ from torch import nn
 import dynamicnets as dn
 from dynamicnets.errors import ConfigError
 from dynamicnets.layers import CondConv2d
-from dynamicnets.models.depth.costs import flops_and_shape
+from dynamicnets.flops import flops_and_shape
 
 from adapt_helpers import counted, make_resnet
 

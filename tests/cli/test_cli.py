@@ -203,7 +203,7 @@ def test_eval_gate_rate_refuses_ungated_models_and_rates_outside_0_1(trained, tm
 def test_full_flops_of_skipping_models_count_every_block_whatever_the_gates_decide(name):
     from dynamicnets import create_model
     from dynamicnets.pipelines.evaluate import full_flops_per_sample
-    from dynamicnets.profiling.flops import counted_flops
+    from dynamicnets.flops import counted_flops
 
     torch.manual_seed(0)
     kwargs = {"length": 12} if name == "skip_lstm_classifier" else {"depth": 14, "width": 4}

@@ -7,7 +7,7 @@ import torch
 from dynamicnets import ConfigError, create_model
 from dynamicnets.models.depth import MSDNet
 from dynamicnets.models.depth.msdnet import _first_scales
-from dynamicnets.profiling import counted_flops
+from dynamicnets.flops import counted_flops
 
 
 def _costs_by_counter(model, x):

@@ -8,9 +8,9 @@ from torch import nn
 
 from dynamicnets import ConfigError, DynamicOutput, create_model
 from dynamicnets.models.depth import ExitHead, MultiExitNetwork
-from dynamicnets.models.depth.costs import flops_and_shape, traced_flops_and_shape
+from dynamicnets.flops import flops_and_shape, traced_flops_and_shape
 from dynamicnets.models.depth.gradient_equilibrium import downstream_exit_counts, scale_gradient
-from dynamicnets.profiling import counted_flops
+from dynamicnets.flops import counted_flops
 
 DEPTH_MODELS = {
     "multi_exit_cnn": {},

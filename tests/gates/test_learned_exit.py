@@ -20,7 +20,7 @@ from dynamicnets.gates import (
     score_margin,
 )
 from dynamicnets.inference import ExitPolicy
-from dynamicnets.profiling import counted_flops
+from dynamicnets.flops import counted_flops
 
 
 def _synthetic(correct_if, num: int = 1500, classes: int = 10, exits: int = 2, seed: int = 0):

@@ -10,7 +10,7 @@ from torch import nn
 from dynamicnets import ConfigError, create_model
 from dynamicnets.gates import get_criterion
 from dynamicnets.inference import ExitPolicy, run_all_then_select, run_early_exit
-from dynamicnets.profiling import counted_flops
+from dynamicnets.flops import counted_flops
 
 MODELS = {
     "multi_exit_cnn": {"width": 8},

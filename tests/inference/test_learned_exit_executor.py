@@ -8,7 +8,7 @@ from torch import nn
 from dynamicnets import create_model
 from dynamicnets.gates import LearnedExitCriterion, fit_learned_exit
 from dynamicnets.inference import ExitPolicy, calibrate_thresholds, run_all_then_select, run_early_exit
-from dynamicnets.profiling import counted_flops
+from dynamicnets.flops import counted_flops
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from dynamicnets.errors import ConfigError
 from dynamicnets.layers.attention import CBAM, ChannelAttention, SpatialAttention, SqueezeExcite
-from dynamicnets.profiling.flops import counted_flops
+from dynamicnets.flops import counted_flops
 
 
 @pytest.fixture

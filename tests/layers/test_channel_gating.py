@@ -14,7 +14,7 @@ from dynamicnets.layers import (
     pair_cost,
 )
 from dynamicnets.layers.channel_gated_conv import channel_cost, executed_channels
-from dynamicnets.profiling.flops import counted_flops
+from dynamicnets.flops import counted_flops
 
 IN, MID, OUT = 5, 8, 6
 DT = torch.float64  # equality checks in double precision: only summation order differs

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from dynamicnets.errors import ConfigError
 from dynamicnets.layers.cond_conv import CondConv2d, RoutedCondConv2d, per_sample_conv2d
 from dynamicnets.layers.routing import RoutingFunction
-from dynamicnets.profiling.flops import counted_flops
+from dynamicnets.flops import counted_flops
 
 CONFIGS = [
     dict(in_channels=4, out_channels=6, kernel_size=3, stride=1, groups=1, bias=False),

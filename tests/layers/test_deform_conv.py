@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from dynamicnets.errors import ConfigError
 from dynamicnets.layers.deform_conv import DeformConv2d, deform_conv2d
-from dynamicnets.profiling.flops import conv_out_size, counted_flops
+from dynamicnets.flops import conv_out_size, counted_flops
 
 GEOMETRIES = [
     dict(stride=1, padding=1, dilation=1, groups=1, offset_groups=1),

@@ -6,7 +6,7 @@ from torch import nn
 
 from dynamicnets.errors import ConfigError
 from dynamicnets.layers.dy_relu import DyReLU, PiecewiseLinearCoefficients, dy_relu
-from dynamicnets.profiling.flops import counted_flops
+from dynamicnets.flops import counted_flops
 
 
 def coefficients(slopes, intercepts, batch=1):

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from dynamicnets.errors import ConfigError
 from dynamicnets.gates.schedules import LinearDecay
 from dynamicnets.layers.dynamic_conv import DynamicConv2d
-from dynamicnets.profiling.flops import counted_flops
+from dynamicnets.flops import counted_flops
 
 
 def make(dtype=torch.float32, **kw):

@@ -9,7 +9,7 @@ from dynamicnets import ConfigError
 from dynamicnets.layers.experts import MLPExperts
 from dynamicnets.layers.moe import MoE, MoELayer, combine_weights, dense_moe, dispatch
 from dynamicnets.layers.routers import Routing
-from dynamicnets.profiling.flops import counted_flops
+from dynamicnets.flops import counted_flops
 
 D, H, E = 8, 12, 4
 

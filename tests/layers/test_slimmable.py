@@ -22,7 +22,7 @@ from dynamicnets.layers.switchable_norm import (
     SwitchableBatchNorm2d,
     calibrate_batchnorm,
 )
-from dynamicnets.profiling.flops import counted_flops
+from dynamicnets.flops import counted_flops
 
 
 class OpRecorder(TorchDispatchMode):

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from dynamicnets.errors import ConfigError
 from dynamicnets.layers.weightnet import WeightNetConv2d
-from dynamicnets.profiling.flops import counted_flops
+from dynamicnets.flops import counted_flops
 
 CONFIGS = [
     dict(in_channels=4, out_channels=6, kernel_size=3),

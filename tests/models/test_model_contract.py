@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from dynamicnets import DynamicOutput, create_model, list_models
-from dynamicnets.profiling.flops import counted_flops
+from dynamicnets.flops import counted_flops
 
 MODELS = list_models()
 NUM_CLASSES = 7  # not the default 10, so a model that ignores the argument is caught

@@ -9,7 +9,7 @@ import dynamicnets.models.parameters  # noqa: F401  (registers the models)
 from dynamicnets import create_model, list_models
 from dynamicnets.errors import ConfigError
 from dynamicnets.models.parameters import CONVS, DynamicCifarResNet, MobileNetV2Cifar
-from dynamicnets.profiling.flops import counted_flops
+from dynamicnets.flops import counted_flops
 
 ACTS = ("relu", "dyrelu_a", "dyrelu_b", "dyrelu_c")
 

@@ -8,7 +8,7 @@ from skipping_helpers import GATED, HALTING, NUM_CLASSES, build, center_decision
 
 from dynamicnets import DynamicOutput, create_model, list_models
 from dynamicnets.errors import ConfigError
-from dynamicnets.profiling.flops import counted_flops
+from dynamicnets.flops import counted_flops
 
 ALL = list(GATED) + list(HALTING)
 

@@ -7,7 +7,7 @@ import torch
 from dynamicnets import create_model
 from dynamicnets.errors import ConfigError
 from dynamicnets.layers.skip_rnn import SkipLSTM
-from dynamicnets.profiling.flops import counted_flops
+from dynamicnets.flops import counted_flops
 
 
 def skip_model(bias: float = -0.5, **kwargs):

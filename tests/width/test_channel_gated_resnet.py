@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from dynamicnets import ConfigError, create_model
 from dynamicnets.models.width import ChannelGatedResNet
-from dynamicnets.profiling.flops import counted_flops
+from dynamicnets.flops import counted_flops
 
 SHAPE = (3, 8, 8)
 NAMES = ["fbs_resnet_cifar", "gumbel_channel_resnet_cifar"]

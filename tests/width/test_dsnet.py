@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from dynamicnets import ConfigError, create_model
 from dynamicnets.models.width import DSNet
-from dynamicnets.profiling.flops import counted_flops
+from dynamicnets.flops import counted_flops
 
 SHAPE = (3, 16, 16)
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from dynamicnets import ConfigError, create_model
 from dynamicnets.models.width import MoECifarResNet
-from dynamicnets.profiling.flops import counted_flops
+from dynamicnets.flops import counted_flops
 
 SHAPE = (3, 16, 16)
 EXPERT_CONV = 2 * 64 * 64 * 9 * 8 * 8  # one 64-channel 3x3 expert at 8x8, 3x32x32 input

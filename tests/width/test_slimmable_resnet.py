@@ -13,7 +13,7 @@ from dynamicnets.layers.switchable_norm import calibrate_batchnorm
 from dynamicnets.models.static import CifarResNet
 from dynamicnets.models.width import SlimmableResNet
 from dynamicnets.models.width.slimmable_resnet import slimmable_resnet50
-from dynamicnets.profiling.flops import counted_flops
+from dynamicnets.flops import counted_flops
 
 WIDTHS = (0.25, 0.5, 0.75, 1.0)
 

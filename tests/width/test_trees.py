@@ -16,7 +16,7 @@ from dynamicnets import ConfigError, create_model
 from dynamicnets.data import load_data
 from dynamicnets.models.width import NeuralTree, SoftDecisionTree
 from dynamicnets.models.width.binary_tree import follow, leaf_probs, reach_probs
-from dynamicnets.profiling.flops import counted_flops
+from dynamicnets.flops import counted_flops
 
 MODELS = ["soft_decision_tree", "neural_tree_cnn"]
 

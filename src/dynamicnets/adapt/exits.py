@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils._python_dispatch import _disable_current_modes
 
 from ..errors import ConfigError
-from ..models.depth.costs import flops_and_shape
+from ..flops import flops_and_shape
 from ..models.depth.multi_exit import MultiExitNetwork
 
 # (per-sample shape of the features the exit reads, num_classes) -> exit head

@@ -38,7 +38,7 @@ from ..errors import ConfigError
 from ..execution import Execution, ExecutionLike, resolve_execution
 from ..gates import GumbelSigmoidGate
 from ..layers.gated_block import gated_flops, is_hard, run_gated
-from ..models.depth.costs import flops_and_shape
+from ..flops import flops_and_shape
 from ..models.skipping.convnet_aig import target_rate_loss
 from ..models.skipping.gate_networks import PooledLinearGate, PooledMLPGate
 from ..outputs import DynamicOutput

@@ -39,7 +39,7 @@ from ..errors import ConfigError
 from ..execution import parse_execution
 from ..layers.slimmable import EXECUTIONS, SlimmableConv2d, SlimmableLinear, check_width
 from ..layers.switchable_norm import SlimmableBatchNorm2d, SwitchableBatchNorm2d
-from ..models.depth.costs import flops_and_shape
+from ..flops import flops_and_shape
 from ..outputs import DynamicOutput, constant_flops
 from .convs import numeric_padding
 

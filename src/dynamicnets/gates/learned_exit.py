@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import CheckpointError, ConfigError, DataError
-from ..profiling.flops import linear_flops
+from ..flops import linear_flops
 from .confidence import ExitCriterion, entropy_confidence
 
 

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..profiling.flops import linear_flops
+from ..flops import linear_flops
 
 
 def _hidden_width(where: str, channels: int, reduction: int, min_hidden: int) -> int:

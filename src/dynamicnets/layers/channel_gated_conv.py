@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..profiling.flops import conv2d_flops
+from ..flops import conv2d_flops
 from .channel_gates import check_positive_ints
 from .cond_conv import per_sample_conv2d
 from ..execution import parse_execution

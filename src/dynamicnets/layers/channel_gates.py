@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..gates.gumbel import gumbel_sigmoid
-from ..profiling.flops import linear_flops
+from ..flops import linear_flops
 
 
 class ChannelDecision(NamedTuple):

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..profiling.flops import conv_out_size
+from ..flops import conv_out_size, matmul_flops
 from .routing import RoutingFunction
 
 # channels_last folding: the grouped conv reads each group's pixels `n * C` values
@@ -292,7 +292,7 @@ class CondConv2d(nn.Module):
 
     def aggregation_cost(self) -> int:
         """Per-sample FLOPs of mixing the experts (a `(1, K) @ (K, P)` matrix product)."""
-        return 2 * self.num_experts * self.expert_params()
+        return matmul_flops(1, self.num_experts, self.expert_params())
 
     def cost(self, height: int, width: int) -> int:
         """Per-sample FLOPs of `forward` (aggregation + convolution), as `FlopCounterMode`."""

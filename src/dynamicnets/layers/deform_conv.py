@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..profiling.flops import conv_out_size
+from ..flops import conv_out_size
 from .cond_conv import check_conv_args, store_conv_geometry
 
 

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..profiling.flops import linear_flops
+from ..flops import linear_flops
 
 VARIANTS = ("A", "B", "C")
 

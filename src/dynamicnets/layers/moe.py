@@ -146,7 +146,10 @@ def dispatch(routing: Routing, capacity_factor: float | None = None) -> Dispatch
     # priority order: all first choices (token order), then all second choices, ...
     experts = routing.expert_indices.t().reshape(-1)
     order = torch.argsort(experts, stable=True)
-    routed = torch.bincount(experts, minlength=num_experts)
+    # counts by scatter-add, not bincount: same result, and it runs on meta tensors
+    routed = torch.zeros(num_experts, dtype=torch.long, device=experts.device).scatter_add_(
+        0, experts, torch.ones_like(experts)
+    )
     kept_flat = None
     if capacity_factor is None:
         counts = routed
@@ -284,8 +287,9 @@ def kept_weights(plan: Dispatch, num_tokens: int) -> Tensor:
 
     Zero where not routed or dropped by capacity; without drops, `combine_weights(routing)`.
     """
-    experts = torch.repeat_interleave(
-        torch.arange(plan.counts.numel(), device=plan.counts.device), plan.counts
+    experts = torch.repeat_interleave(  # output_size given: no host sync, runs on meta tensors
+        torch.arange(plan.counts.numel(), device=plan.counts.device), plan.counts,
+        output_size=plan.token_ids.numel(),
     )
     dense = plan.weights.new_zeros(num_tokens, plan.counts.numel())
     return dense.index_put((plan.token_ids, experts), plan.weights, accumulate=True)

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..flops import matmul_flops
 from ..errors import ConfigError
 
 
@@ -114,7 +115,7 @@ class TopKRouter(nn.Module):
         return Routing(scores, weights, indices, logits)
 
     def flops(self, tokens: int) -> int:
-        return 2 * tokens * self.d_model * self.num_experts
+        return matmul_flops(tokens, self.d_model, self.num_experts)
 
 
 class NoisyTopKRouter(nn.Module):
@@ -153,7 +154,7 @@ class NoisyTopKRouter(nn.Module):
         return Routing(logits.softmax(dim=-1), top.softmax(dim=-1), indices, logits)
 
     def flops(self, tokens: int) -> int:
-        return 2 * tokens * self.d_model * self.num_experts * (2 if self.training else 1)
+        return matmul_flops(tokens, self.d_model, self.num_experts) * (2 if self.training else 1)
 
 
 class ExpertChoiceRouter(nn.Module):
@@ -198,4 +199,4 @@ class ExpertChoiceRouter(nn.Module):
         return Routing(scores, weights, token_ids, logits, expert_choice=True)
 
     def flops(self, tokens: int) -> int:
-        return 2 * tokens * self.d_model * self.num_experts
+        return matmul_flops(tokens, self.d_model, self.num_experts)

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..profiling.flops import linear_flops
+from ..flops import linear_flops
 
 ACTIVATIONS = ("sigmoid", "softmax")
 

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..gates.straight_through import ste_threshold
-from ..profiling.flops import linear_flops, lstm_cell_flops
+from ..flops import linear_flops, lstm_cell_flops
 from ..compact import rows_where, scatter_rows
 from ..execution import Execution, parse_execution
 

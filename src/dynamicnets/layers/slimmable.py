@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..execution import Execution, parse_execution
-from ..profiling.flops import conv_out_size
+from ..flops import conv_out_size
 
 EXECUTIONS = (Execution.COMPACT, Execution.MASKED, Execution.INDEXED)
 

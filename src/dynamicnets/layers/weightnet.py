@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..profiling.flops import conv_out_size, linear_flops
+from ..flops import conv_out_size, linear_flops
 from .cond_conv import check_conv_args, per_sample_conv2d, store_conv_geometry
 
 

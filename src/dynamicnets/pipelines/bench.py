@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..models import create_model
-from ..profiling.flops import counted_flops
+from ..flops import counted_flops
 from ..profiling.latency import compare, per_sample_ms
 
 DEFAULT_MODELS = ["resnet20", "resnet32", "resnet56", "resnet110"]

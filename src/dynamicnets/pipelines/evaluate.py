@@ -17,7 +17,7 @@ from ..data import DataBundle, load_data, make_eval_loader
 from ..data.preprocessing import Preprocessing, conform, preprocessing_for_spec
 from ..errors import ConfigError, DataError
 from ..inference.gate_rate import calibrate_gate_rate
-from ..profiling.flops import counted_flops
+from ..flops import counted_flops
 from ..profiling.latency import measure, per_sample_ms
 from ..training.evaluate import evaluate
 from ..training.trainer import resolve_device

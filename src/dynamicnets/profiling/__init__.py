@@ -1,5 +1,7 @@
-"""Costs: FLOPs (analytic + FlopCounterMode), latency, reports and plots."""
-from .flops import conv1d_flops, conv2d_flops, conv_out_size, counted_flops, linear_flops
+"""Measuring and reporting: latency (`torch.utils.benchmark`), report tables and plots.
+
+FLOP formulas and counters live in `dynamicnets.flops`.
+"""
 from .latency import Measurement, compare, measure, per_sample_ms, ratio, samples_per_second
 from .plots import plot_accuracy_vs_flops, plot_training_curves
 from .report import (
@@ -13,11 +15,6 @@ from .report import (
 )
 
 __all__ = [
-    "conv1d_flops",
-    "conv2d_flops",
-    "conv_out_size",
-    "counted_flops",
-    "linear_flops",
     "Measurement",
     "compare",
     "measure",

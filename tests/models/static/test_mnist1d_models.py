@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from dynamicnets import ConfigError, create_model
-from dynamicnets.profiling.flops import counted_flops
+from dynamicnets.flops import counted_flops
 
 SIGNAL = (1, 40)
 

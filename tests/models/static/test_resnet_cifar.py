@@ -4,7 +4,7 @@ import torch
 
 from dynamicnets import ConfigError, create_model
 from dynamicnets.models.static import BasicBlock, CifarResNet, ConvNormAct
-from dynamicnets.profiling.flops import counted_flops
+from dynamicnets.flops import counted_flops
 
 CIFAR = (3, 32, 32)
 

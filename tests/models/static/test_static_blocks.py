@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from dynamicnets.models.static import ClassifierHead, ConvNormAct
-from dynamicnets.profiling.flops import counted_flops
+from dynamicnets.flops import counted_flops
 
 
 @pytest.mark.parametrize("kernel,stride", [(1, 1), (1, 2), (3, 1), (3, 2), (5, 2)])

@@ -5,7 +5,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from ...profiling.flops import linear_flops
+from ...flops import linear_flops
 from ..static.conv_norm_act import ConvNormAct
 from .tree import ShapeTree, State
 

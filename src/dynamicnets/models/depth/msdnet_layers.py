@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ..static.conv_norm_act import ConvNormAct
-from .costs import flops_and_shape
+from ...flops import flops_and_shape
 
 
 class BottleneckConv(nn.Module):

@@ -21,7 +21,7 @@ from torch.utils._python_dispatch import _disable_current_modes
 
 from ...errors import ConfigError
 from ...outputs import DynamicOutput, constant_flops
-from .costs import flops_and_shape
+from ...flops import flops_and_shape
 from .gradient_equilibrium import downstream_exit_counts, scale_state_gradient
 from .tree import ShapeTree, State
 

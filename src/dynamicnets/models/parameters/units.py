@@ -13,7 +13,7 @@ from ...layers.dy_relu import DyReLU
 from ...layers.dynamic_conv import DynamicConv2d
 from ...layers.weightnet import WeightNetConv2d
 from ...outputs import DynamicOutput, constant_flops
-from ...profiling.flops import conv2d_flops
+from ...flops import conv2d_flops
 
 CONVS = ("static", "condconv", "dyconv", "weightnet")
 ACTIVATIONS = ("relu", "relu6", "dyrelu_a", "dyrelu_b", "dyrelu_c", "none")

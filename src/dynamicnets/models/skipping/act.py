@@ -33,7 +33,7 @@ from ...errors import ConfigError
 from ...compact import add_rows, rows_where, scatter_rows
 from ...execution import Execution, ExecutionLike, resolve_execution
 from ...outputs import DynamicOutput
-from ...profiling.flops import conv2d_flops, linear_flops
+from ...flops import conv2d_flops, linear_flops
 from .._registry import register_model
 from ..static._checks import require_positive
 from ..static.resnet_cifar import CifarResNet

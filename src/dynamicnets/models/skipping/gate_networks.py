@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...profiling.flops import linear_flops, lstm_cell_flops
+from ...flops import linear_flops, lstm_cell_flops
 from ..static.conv_norm_act import ConvNormAct
 
 

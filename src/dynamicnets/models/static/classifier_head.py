@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ...profiling.flops import linear_flops
+from ...flops import linear_flops
 
 
 class ClassifierHead(nn.Module):

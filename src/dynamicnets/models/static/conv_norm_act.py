@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ...profiling.flops import conv1d_flops, conv2d_flops
+from ...flops import conv1d_flops, conv2d_flops
 
 
 class ConvNormAct(nn.Module):

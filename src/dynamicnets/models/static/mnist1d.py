@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from ...errors import ConfigError
 from ...outputs import DynamicOutput, constant_flops
-from ...profiling.flops import linear_flops
+from ...flops import linear_flops
 from .._registry import register_model
 from ._checks import check_input_shape, require_positive
 from .classifier_head import ClassifierHead

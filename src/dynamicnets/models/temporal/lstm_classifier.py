@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ...outputs import DynamicOutput, constant_flops
-from ...profiling.flops import linear_flops, lstm_cell_flops
+from ...flops import linear_flops, lstm_cell_flops
 from .._registry import register_model
 from ..static._checks import require_positive
 from .sequence import as_sequence, step_features

@@ -12,7 +12,7 @@ from ...errors import ConfigError
 from ...execution import Execution, ExecutionLike, resolve_execution
 from ...layers.skip_rnn import SkipLSTM
 from ...outputs import DynamicOutput
-from ...profiling.flops import linear_flops
+from ...flops import linear_flops
 from .._registry import register_model
 from ..static._checks import require_positive
 from .sequence import as_sequence, step_features

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from ...compact import assemble_rows, gather_rows, group_rows
 from ...errors import ConfigError
 from ...execution import Execution, ExecutionLike, resolve_execution
+from ...flops import linear_flops
 from ...gates import GumbelSoftmaxGate
 from ...outputs import DynamicOutput
 from .._registry import register_model
@@ -85,7 +86,7 @@ class DSNet(nn.Module):
     def gate_cost(self, input_shape: tuple[int, ...]) -> int:
         """Per-sample FLOPs of the gate (stem at the narrowest width + the linear layer)."""
         stem, _ = self.backbone.stem.flops_and_shape(tuple(input_shape), self.gate_width, Execution.COMPACT)
-        return stem + 2 * self.gate.in_features * self.gate.out_features
+        return stem + linear_flops(self.gate)
 
     def width_costs(self, input_shape: tuple[int, ...]) -> Tensor:
         """`(num widths,)` float64 per-sample FLOPs of each width's network (no gate)."""

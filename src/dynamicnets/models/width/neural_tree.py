@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from ...compact import rows_where
 from ...errors import ConfigError
 from ...gates import gumbel_sigmoid
-from ...profiling.flops import linear_flops
+from ...flops import linear_flops
 from .._registry import register_model
 from ..static._checks import check_input_shape, require_positive
 from ..static.classifier_head import ClassifierHead

@@ -43,7 +43,7 @@ from ...errors import ConfigError
 from ...execution import Execution, parse_execution
 from ...layers.slimmable import EXECUTIONS, SlimmableLinear, channels_at, check_width
 from ...outputs import DynamicOutput
-from ...profiling.flops import conv_out_size
+from ...flops import conv_out_size
 from .._registry import register_model
 from ..static._checks import check_input_shape, require_positive
 from .conv_norm_act import NORMS, SlimmableConvNormAct

@@ -1,16 +1,12 @@
-"""FLOPs: analytic per-layer costs and a cross-check with `FlopCounterMode`.
+"""The cost formulas, in one place: per-sample FLOPs of the layers every family uses.
 
 Convention (the same as `torch.utils.flop_counter`): 2 FLOPs per multiply-add of a
 convolution or matrix product; biases, normalisation, activations and pooling are not
-counted. Analytic costs are per sample, so dynamic models can add them up per decision.
+counted. Costs are per sample, so dynamic models can add them up per decision.
 """
 from __future__ import annotations
 
-from typing import Callable
-
-import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 
 def conv_out_size(size: int, kernel: int, stride: int, padding: int, dilation: int = 1) -> int:
@@ -39,19 +35,17 @@ def conv1d_flops(conv: nn.Conv1d, length: int) -> tuple[int, int]:
     return 2 * conv.out_channels * (conv.in_channels // conv.groups) * k * out, out
 
 
+def matmul_flops(rows: int, inner: int, cols: int) -> int:
+    """FLOPs of a `(rows, inner) @ (inner, cols)` product: `2 * rows * inner * cols`."""
+    return 2 * rows * inner * cols
+
+
 def linear_flops(linear: nn.Linear, tokens: int = 1) -> int:
     """Per-sample FLOPs of `linear` applied to `tokens` rows."""
-    return 2 * linear.in_features * linear.out_features * tokens
+    return matmul_flops(tokens, linear.in_features, linear.out_features)
 
 
 def lstm_cell_flops(cell: nn.LSTMCell) -> int:
     """Per-sample FLOPs of one `cell` step: its input and hidden products to the 4 gates
     (what `FlopCounterMode` counts; the gate activations are free)."""
     return 2 * 4 * cell.hidden_size * (cell.input_size + cell.hidden_size)
-
-
-def counted_flops(fn: Callable, *args, **kwargs) -> int:
-    """Total FLOPs `FlopCounterMode` sees while `fn(*args, **kwargs)` runs (no grad)."""
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        fn(*args, **kwargs)
-    return int(counter.get_total_flops())

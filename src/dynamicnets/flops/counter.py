@@ -1,4 +1,4 @@
-"""Per-sample FLOPs and output shapes of the stages and exit heads of a network.
+"""Counting per-sample FLOPs of any module: its own answer, a formula, or a traced count.
 
 `flops_and_shape(module, in_shape)` answers "how many FLOPs does one sample cost in
 `module`, and what shape comes out", counted like `FlopCounterMode` (2 per
@@ -18,15 +18,36 @@ for a multi-scale state.
 from __future__ import annotations
 
 import math
+from typing import Callable, Protocol, Union, runtime_checkable
 
 import torch
 from torch import nn
 from torch.func import functional_call
+from torch.utils._python_dispatch import _disable_current_modes
 from torch.utils.flop_counter import FlopCounterMode
 
-from ...errors import ConfigError
-from ...profiling.flops import conv1d_flops, conv2d_flops, linear_flops
-from .tree import ShapeTree, is_shape
+from ..errors import ConfigError
+from .formulas import conv1d_flops, conv2d_flops, linear_flops
+
+ShapeTree = Union[tuple, list]
+
+
+@runtime_checkable
+class CostReporting(Protocol):
+    """The one cost protocol: a module that knows its own per-sample FLOPs.
+
+    `flops_and_shape(in_shape)` takes the per-sample input shape (`(C, *spatial)`, or a
+    list of such shapes for a multi-scale state) and returns `(flops, out_shape)`:
+    the FLOPs one sample costs in the module, counted like `FlopCounterMode`, and the
+    per-sample output shape. `count_flops` and `flops_and_shape` ask it first.
+    """
+
+    def flops_and_shape(self, in_shape: ShapeTree) -> tuple[int, ShapeTree]: ...
+
+
+def is_shape(shape) -> bool:
+    """True for one per-sample shape (a tuple of ints), False for a list of shapes."""
+    return isinstance(shape, tuple) and all(isinstance(s, int) for s in shape)
 
 _FREE_SAME_SHAPE = (
     nn.BatchNorm1d,
@@ -76,9 +97,8 @@ def flops_and_shape(module: nn.Module, in_shape: ShapeTree) -> tuple[int, ShapeT
     Returns:
         `(flops, out_shape)`, `out_shape` per sample like `in_shape`.
     """
-    own = getattr(module, "flops_and_shape", None)
-    if callable(own):
-        flops, out = own(in_shape)
+    if isinstance(module, CostReporting):
+        flops, out = module.flops_and_shape(in_shape)
         return int(flops), out
     if isinstance(module, nn.Sequential):
         total, current = 0, in_shape
@@ -146,7 +166,9 @@ def traced_flops_and_shape(module: nn.Module, in_shape: ShapeTree) -> tuple[int,
     first = next(iter(substitutes.values()), None)
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.get_default_dtype()
     example = _meta_batch(in_shape, dtype)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    # Measured apart from any counter the caller runs: an outer FlopCounterMode must see
+    # the caller's own work, not this measurement.
+    with _disable_current_modes(), torch.no_grad(), FlopCounterMode(display=False) as counter:
         out = functional_call(module, substitutes, (example,))
     out = getattr(out, "logits", out)  # a whole model returning DynamicOutput
     return int(counter.get_total_flops()), _per_sample_shape(out)
@@ -162,3 +184,31 @@ def _per_sample_shape(out) -> ShapeTree:
     if isinstance(out, torch.Tensor):
         return tuple(out.shape[1:])
     return [_per_sample_shape(o) for o in out]
+
+
+def counted_flops(fn: Callable, *args, **kwargs) -> int:
+    """Total FLOPs `FlopCounterMode` sees while `fn(*args, **kwargs)` runs (no grad)."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        fn(*args, **kwargs)
+    return int(counter.get_total_flops())
+
+
+def count_flops(model: nn.Module, input_shape: ShapeTree) -> int:
+    """Per-sample FLOPs of `model` on an input of per-sample shape `input_shape`.
+
+    The public entry point for any module, the library's or a user's: a module that
+    implements `CostReporting` answers itself; common layers and `nn.Sequential` chains
+    are computed analytically; anything else is counted by `FlopCounterMode` on one
+    sample of meta tensors (no data, no compute, the module's tensors untouched). For a
+    dynamic model this is the cost of its static (masked) forward; what a given input
+    executes is in `model(x).flops`.
+
+    Args:
+        model: any module whose forward takes one tensor (or a list of tensors).
+        input_shape: `(C, *spatial)` without the batch dim, or a list of such shapes.
+
+    Returns:
+        FLOPs of one sample (2 per multiply-add of convolutions and matrix products).
+    """
+    shape = tuple(int(s) for s in input_shape) if not isinstance(input_shape, list) else input_shape
+    return flops_and_shape(model, shape)[0]

@@ -1,0 +1,50 @@
+"""`count_flops`: one public counter for any module, checked against FlopCounterMode."""
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+import dynamicnets as dn
+from dynamicnets.flops import CostReporting, count_flops, counted_flops, matmul_flops
+
+
+class UserBlock(nn.Module):
+    """A user module the library knows nothing about (traced on meta tensors)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+
+
+def test_count_flops_of_a_user_module_equals_the_counter():
+    model = UserBlock()
+    assert count_flops(model, (3, 12, 10)) == counted_flops(model, torch.randn(1, 3, 12, 10))
+
+
+def test_count_flops_of_library_models_equals_the_counter():
+    for name in ("resnet20", "small_cnn", "mobilenetv2_cifar"):
+        model = dn.create_model(name).eval()
+        shape = model.default_input_shape
+        assert count_flops(model, shape) == counted_flops(model, torch.zeros(1, *shape)), name
+
+
+def test_library_blocks_answer_the_cost_protocol():
+    model = dn.create_model("resnet20")
+    block = model.stages[0][0] if hasattr(model, "stages") else next(
+        m for m in model.modules() if isinstance(m, CostReporting) and m is not model)
+    assert isinstance(block, CostReporting)
+    assert not isinstance(nn.Conv2d(1, 1, 1), CostReporting)  # counted by formula instead
+
+
+def test_an_outer_counter_does_not_see_the_measurement():
+    model = UserBlock()
+    with FlopCounterMode(display=False) as outer:
+        count_flops(model, (3, 8, 8))
+    assert outer.get_total_flops() == 0
+
+
+def test_matmul_formula():
+    assert matmul_flops(3, 4, 5) == counted_flops(torch.matmul, torch.randn(3, 4), torch.randn(4, 5))
