@@ -8,6 +8,6 @@ from .exit_head import ExitHead
 from .gradient_equilibrium import scale_gradient
 from .msdnet import MSDNet
 from .multi_exit import MultiExitNetwork
-from .multi_exit_models import ModelStage
+from .multi_exit_models import Cascade, ModelStage
 
-__all__ = ["ExitHead", "MSDNet", "ModelStage", "MultiExitNetwork", "scale_gradient", "msdnet", "multi_exit_models"]
+__all__ = ["Cascade", "ExitHead", "MSDNet", "ModelStage", "MultiExitNetwork", "scale_gradient", "msdnet", "multi_exit_models"]

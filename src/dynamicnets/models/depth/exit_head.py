@@ -26,8 +26,12 @@ class ExitHead(nn.Module):
             head reads `features[scale_index]` (MSDNet: `-1`, the coarsest); `None` for
             a single tensor.
 
+    Attributes:
+        in_chans: channels of the features it reads.
+
     Shapes:
-        `(B, in_chans, H, W)` (or a list holding it) -> `(B, num_classes)`.
+        `(B, in_chans, H, W)` (or a list holding it) -> `(B, num_classes)`; `select` picks
+        the tensor out of a list, `classify` maps that tensor to the logits.
     """
 
     def __init__(
@@ -44,6 +48,7 @@ class ExitHead(nn.Module):
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         self.scale_index = scale_index
+        self.in_chans = in_chans
         self.convs = nn.ModuleList()
         chans = in_chans
         for width in hidden:
@@ -52,7 +57,15 @@ class ExitHead(nn.Module):
         self.fc = nn.Linear(chans, num_classes, **factory)
 
     def forward(self, features: State) -> Tensor:
-        x = features if self.scale_index is None else features[self.scale_index]
+        return self.classify(self.select(features))
+
+    def select(self, features: State) -> Tensor:
+        """The `(B, in_chans, H, W)` tensor the head reads: `features[scale_index]`, or
+        `features` itself when `scale_index` is None."""
+        return features if self.scale_index is None else features[self.scale_index]
+
+    def classify(self, x: Tensor) -> Tensor:
+        """`(B, in_chans, H, W) -> (B, num_classes)`: the conv layers, pooling, the linear layer."""
         for conv in self.convs:
             x = conv(x)
         return self.fc(x.mean(dim=tuple(range(2, x.ndim))))

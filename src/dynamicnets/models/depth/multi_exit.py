@@ -22,11 +22,13 @@ from torch.utils._python_dispatch import _disable_current_modes
 from ...errors import ConfigError
 from ...outputs import DynamicOutput, constant_flops
 from ...flops import flops_and_shape
+from .._api import ClassifierApi
+from .exit_head import ExitHead
 from .gradient_equilibrium import downstream_exit_counts, scale_state_gradient
 from .tree import ShapeTree, State
 
 
-class MultiExitNetwork(nn.Module):
+class MultiExitNetwork(ClassifierApi, nn.Module):
     """Stages `0..S-1` run in order; exit `k` reads the output of stage `exit_after[k]`.
 
     Args:
@@ -47,6 +49,12 @@ class MultiExitNetwork(nn.Module):
         `DynamicOutput` with `logits` of the last exit `(B, C)`, `exit_logits` (`K`
         tensors `(B, C)`, shallowest first) and `flops (B,)`: the per-sample cost of
         the whole pass (every stage and every exit head, `exit_costs(...)[-1]`).
+
+    Classifier API (`dynamicnets.models.ClassifierApi`): `forward_features(x)` runs every
+    stage (no exit head) and returns what the final exit reads (for an `ExitHead` on a
+    multi-scale state, its scale); `forward_head` is the final exit; `get_classifier()`
+    its linear layer; `reset_classifier` replaces the linear layer of every exit (an
+    exit must be an `ExitHead` or an `nn.Linear`).
     """
 
     def __init__(
@@ -115,6 +123,43 @@ class MultiExitNetwork(nn.Module):
     def exit_logits(self, k: int, state: State) -> Tensor:
         """`(n, C)` logits of exit `k` on the activations `run_segment(k, ...)` returned."""
         return self.exits[k](state)
+
+    # ------------------------------------------------------------ classifier API
+    def forward_features(self, x: Tensor) -> Tensor:
+        """`(B, *input_shape) -> ` what the final exit reads, e.g. `(B, num_features, H', W')`."""
+        state: State | None = None
+        for k in range(self.num_exits):
+            state = self.run_segment(k, state, x)
+        last = self.exits[-1]
+        return last.select(state) if isinstance(last, ExitHead) else state
+
+    def forward_head(self, features: Tensor) -> Tensor:
+        """The final exit on `forward_features`' output: `(B, num_classes)` logits."""
+        last = self.exits[-1]
+        return last.classify(features) if isinstance(last, ExitHead) else last(features)
+
+    @property
+    def classifier_paths(self) -> tuple[str, ...]:
+        """The linear layer of every exit, shallowest first (`exits.k.fc` or `exits.k`)."""
+        paths = []
+        for k, head in enumerate(self.exits):
+            if not isinstance(head, (ExitHead, nn.Linear)):
+                raise ConfigError(
+                    f"exit {k} is a {type(head).__name__}: the classifier API needs exits that are "
+                    "ExitHead or nn.Linear modules"
+                )
+            paths.append(f"exits.{k}.fc" if isinstance(head, ExitHead) else f"exits.{k}")
+        return tuple(paths)
+
+    @property
+    def num_features(self) -> int:
+        """Channels of what the final exit reads."""
+        last = self.exits[-1]
+        return last.in_chans if isinstance(last, ExitHead) else int(self.get_classifier().in_features)
+
+    def classifier_changed(self) -> None:
+        """Forget the measured costs: the exit heads changed."""
+        self._cost_cache.clear()
 
     def forward(self, x: Tensor) -> DynamicOutput:
         balance = self.gradient_equilibrium and torch.is_grad_enabled()

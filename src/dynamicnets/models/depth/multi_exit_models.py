@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from torch import Tensor, nn
 
 from ...errors import ConfigError
+from .._api import ClassifierApi, check_num_classes
 from .._registry import create_model, register_model
 from ..static._checks import require_positive
 from ..static.conv_norm_act import ConvNormAct
@@ -129,6 +130,62 @@ class ModelStage(nn.Module):
         return int(self.model.cost(in_shape)), (self.num_classes,)
 
 
+class Cascade(MultiExitNetwork):
+    """A `MultiExitNetwork` of whole models: every stage a `ModelStage` that starts again
+    from the input, every exit the identity on that member's logits.
+
+    Classifier API (`dynamicnets.models.ClassifierApi`): `forward_features`,
+    `forward_head`, `get_classifier` and `num_features` are the last member's (the final
+    exit); `reset_classifier` resets every member's classifier.
+
+    Args:
+        stages: the `ModelStage`s, cheapest first; each member must have the classifier API.
+        default_input_shape: canonical per-sample input shape.
+    """
+
+    def __init__(self, stages: Sequence[ModelStage], *, default_input_shape: tuple[int, ...] | None = None) -> None:
+        for stage in stages:
+            if not isinstance(stage.model, ClassifierApi):
+                raise ConfigError(
+                    f"a cascade member needs the classifier API (ClassifierApi); {type(stage.model).__name__} "
+                    "does not have it"
+                )
+        super().__init__(
+            stages,
+            [nn.Identity() for _ in stages],
+            restart_stages=range(1, len(stages)),
+            default_input_shape=default_input_shape,
+        )
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """The last member's `forward_features(x)` (it starts from the input)."""
+        return self.stages[-1].model.forward_features(x)
+
+    def forward_head(self, features: Tensor) -> Tensor:
+        """The last member's `forward_head(features)`: `(B, num_classes)`."""
+        return self.stages[-1].model.forward_head(features)
+
+    @property
+    def classifier_paths(self) -> tuple[str, ...]:
+        """Every member's classifier layer(s), the last member's last."""
+        return tuple(
+            f"stages.{i}.model.{path}" for i, stage in enumerate(self.stages) for path in stage.model.classifier_paths
+        )
+
+    @property
+    def num_features(self) -> int:
+        """The last member's `num_features`."""
+        return self.stages[-1].model.num_features
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Reset every member's classifier to `num_classes` outputs (see `ClassifierApi`)."""
+        check_num_classes("cascade", num_classes)
+        for stage in self.stages:
+            stage.model.reset_classifier(num_classes)
+            stage.num_classes = num_classes
+        self.classifier_changed()
+
+
 @register_model
 def cascade(
     *,
@@ -138,7 +195,7 @@ def cascade(
     in_chans: int = 1,
     device=None,
     dtype=None,
-) -> MultiExitNetwork:
+) -> Cascade:
     """A cascade of independent registered models, cheapest first.
 
     Each member is a stage that starts again from the input and its exit is its own
@@ -165,9 +222,4 @@ def cascade(
         for name, extra in zip(members, member_args)
     ]
     stages = [ModelStage(m, num_classes) for m in models]
-    return MultiExitNetwork(
-        stages,
-        [nn.Identity() for _ in stages],
-        restart_stages=range(1, len(stages)),
-        default_input_shape=getattr(models[0], "default_input_shape", None),
-    )
+    return Cascade(stages, default_input_shape=getattr(models[0], "default_input_shape", None))

@@ -10,13 +10,14 @@ from torch import Tensor, nn
 from ...errors import ConfigError
 from ...outputs import DynamicOutput, constant_flops
 from ...flops import linear_flops
+from .._api import ClassifierApi
 from .._registry import register_model
 from ._checks import check_input_shape, require_positive
 from .classifier_head import ClassifierHead
 from .conv_norm_act import ConvNormAct
 
 
-class Mnist1dMLP(nn.Module):
+class Mnist1dMLP(ClassifierApi, nn.Module):
     """Flatten, `depth` hidden `Linear + ReLU` layers of `hidden` units, linear classifier.
 
     Args:
@@ -29,6 +30,8 @@ class Mnist1dMLP(nn.Module):
         hidden_layers: `nn.ModuleList` of `nn.Sequential(Linear, ReLU)`.
         head: `nn.Linear(hidden, num_classes)`.
         default_input_shape: `(in_chans, length)`; the only shape it accepts.
+        num_features: `hidden` (`in_chans * length` for depth 0); `forward_features` is
+            the output of the last hidden layer (classifier API: `dynamicnets.models.ClassifierApi`).
 
     Figures (10 classes, hidden 256, depth 2, input 1x40): 78,858 params, 156,672 FLOPs.
 
@@ -64,12 +67,19 @@ class Mnist1dMLP(nn.Module):
             features = hidden
         self.head = nn.Linear(features, num_classes, **factory)
 
-    def forward(self, x: Tensor) -> DynamicOutput:
-        flops = self.cost(x.shape[1:])
+    head_path = "head"
+    classifier_paths = ("head",)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """`(B, in_chans, length) -> (B, num_features)`: flattened, through the hidden layers."""
         h = x.flatten(1)
         for layer in self.hidden_layers:
             h = layer(h)
-        logits = self.head(h)
+        return h
+
+    def forward(self, x: Tensor) -> DynamicOutput:
+        flops = self.cost(x.shape[1:])
+        logits = self.forward_head(self.forward_features(x))
         return DynamicOutput(logits=logits, flops=constant_flops(flops, x.shape[0], x.device))
 
     def cost(self, input_shape: tuple[int, ...]) -> int:
@@ -84,7 +94,7 @@ class Mnist1dMLP(nn.Module):
         return sum(linear_flops(layer) for layer in layers)
 
 
-class Mnist1dCNN(nn.Module):
+class Mnist1dCNN(ClassifierApi, nn.Module):
     """Three Conv1d-BN-ReLU layers (widths `w, 2w, 2w`, kernels `5, 3, 3`, strides
     `1, 2, 2`), global average pooling and a linear classifier.
 
@@ -97,6 +107,7 @@ class Mnist1dCNN(nn.Module):
         features: `nn.ModuleList` of the three `ConvNormAct` layers, each callable alone.
         head: `ClassifierHead`, `(B, 2w, L') -> (B, num_classes)`.
         default_input_shape: `(in_chans, 40)`; any length `L >= 1` works.
+        num_features: `2w` (classifier API: `dynamicnets.models.ClassifierApi`).
 
     Figures (10 classes, width 32, input 1x40): 19,562 params; 505,600 FLOPs.
 
@@ -129,7 +140,7 @@ class Mnist1dCNN(nn.Module):
 
     def forward(self, x: Tensor) -> DynamicOutput:
         flops = self.cost(x.shape[1:])
-        logits = self.head(self.forward_features(x))
+        logits = self.forward_head(self.forward_features(x))
         return DynamicOutput(logits=logits, flops=constant_flops(flops, x.shape[0], x.device))
 
     def cost(self, input_shape: tuple[int, ...]) -> int:

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from ...errors import ConfigError
 from ...outputs import DynamicOutput, constant_flops
+from .._api import ClassifierApi
 from .._registry import register_model
 from ._checks import check_input_shape, require_positive
 from .classifier_head import ClassifierHead
@@ -75,7 +76,7 @@ class BasicBlock(nn.Module):
         return flops, out
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(ClassifierApi, nn.Module):
     """CIFAR-style ResNet of depth `6n + 2` with option-B shortcuts (see module docstring).
 
     Args:
@@ -90,6 +91,8 @@ class CifarResNet(nn.Module):
             each block separately callable (for exits or gates attached per block).
         head: `ClassifierHead`, `(B, 4*width, H/4, W/4) -> (B, num_classes)`.
         default_input_shape: `(in_chans, 32, 32)`, the canonical per-sample input.
+        num_features: `4*width`, the channels of `forward_features`' output (the
+            classifier API of `dynamicnets.models.ClassifierApi`).
 
     Any `H, W >= 1` works (28x28 MNIST, 32x32 CIFAR, ...); no op depends on the memory
     layout, so `model.to(memory_format=torch.channels_last)` is supported.
@@ -143,7 +146,7 @@ class CifarResNet(nn.Module):
 
     def forward(self, x: Tensor) -> DynamicOutput:
         flops = self.cost(x.shape[1:])
-        logits = self.head(self.forward_features(x))
+        logits = self.forward_head(self.forward_features(x))
         return DynamicOutput(logits=logits, flops=constant_flops(flops, x.shape[0], x.device))
 
     def cost_breakdown(self, input_shape: tuple[int, ...]) -> dict:

@@ -4,13 +4,14 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ...outputs import DynamicOutput, constant_flops
+from .._api import ClassifierApi
 from .._registry import register_model
 from ._checks import check_input_shape, require_positive
 from .classifier_head import ClassifierHead
 from .conv_norm_act import ConvNormAct
 
 
-class SmallCNN(nn.Module):
+class SmallCNN(ClassifierApi, nn.Module):
     """Four 3x3 conv-BN-ReLU layers (widths `w, 2w, 2w, 4w`, strides `1, 2, 1, 2`),
     global average pooling and a linear classifier.
 
@@ -23,6 +24,7 @@ class SmallCNN(nn.Module):
         features: `nn.ModuleList` of the four `ConvNormAct` layers, each callable alone.
         head: `ClassifierHead`, `(B, 4w, H', W') -> (B, num_classes)`.
         default_input_shape: `(in_chans, 8, 8)` (sklearn digits); MNIST is `(1, 28, 28)`.
+        num_features: `4w` (classifier API: `dynamicnets.models.ClassifierApi`).
 
     Figures (10 classes, width 32): 131,178 params; 2,398,720 FLOPs on 1x8x8,
     29,355,520 FLOPs on 1x28x28 (2 FLOPs per multiply-add).
@@ -56,7 +58,7 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: Tensor) -> DynamicOutput:
         flops = self.cost(x.shape[1:])
-        logits = self.head(self.forward_features(x))
+        logits = self.forward_head(self.forward_features(x))
         return DynamicOutput(logits=logits, flops=constant_flops(flops, x.shape[0], x.device))
 
     def cost(self, input_shape: tuple[int, ...]) -> int:
