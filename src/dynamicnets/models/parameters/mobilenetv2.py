@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from ...errors import ConfigError
 from ...outputs import DynamicOutput
+from .._api import ClassifierApi
 from .._registry import register_model
 from ..static._checks import check_input_shape, require_positive
 from ..static.classifier_head import ClassifierHead
@@ -120,7 +121,7 @@ class InvertedResidual(nn.Module):
         return total, shape
 
 
-class MobileNetV2Cifar(nn.Module):
+class MobileNetV2Cifar(ClassifierApi, nn.Module):
     """MobileNetV2 for small images, conv and activation chosen by name.
 
     Args:
@@ -137,6 +138,9 @@ class MobileNetV2Cifar(nn.Module):
 
     Attributes:
         default_input_shape: `(in_chans, 32, 32)`.
+        num_features: channels of the last 1x1 conv (classifier API:
+            `dynamicnets.models.ClassifierApi`; `forward_features(x, temperature=None)`
+            is its unpooled output).
 
     Returns (forward(x, temperature=None)):
         `DynamicOutput` with `logits (B, num_classes)`, constant `flops (B,)` and, for
@@ -192,7 +196,7 @@ class MobileNetV2Cifar(nn.Module):
         self.last = DynamicConvNormAct(chans, last, 1, 1, activation=activation, **factory)
         self.head = ClassifierHead(last, num_classes, **factory)
 
-    def forward_features(
+    def forward_routed(
         self, x: Tensor, temperature: float | None = None
     ) -> tuple[Tensor, list[Tensor]]:
         """`(B, C, H, W) -> (features (B, last, H/8, W/8), routing weights per routed conv)`."""
@@ -203,6 +207,10 @@ class MobileNetV2Cifar(nn.Module):
             routing.extend(block_routing)
         x, _ = self.last(x)
         return x, routing
+
+    def forward_features(self, x: Tensor, temperature: float | None = None) -> Tensor:
+        """`(B, C, H, W) -> (B, last, H/8, W/8)`, the features `forward_routed` returns."""
+        return self.forward_routed(x, temperature)[0]
 
     def forward(self, x: Tensor, temperature: float | None = None) -> DynamicOutput:
         return routed_output(self, x, temperature)

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from ...errors import ConfigError
 from ...outputs import DynamicOutput
+from .._api import ClassifierApi
 from .._registry import register_model
 from ..static._checks import check_input_shape, require_positive
 from ..static.classifier_head import ClassifierHead
@@ -90,7 +91,7 @@ class DynamicBasicBlock(nn.Module):
         return flops, out
 
 
-class DynamicCifarResNet(nn.Module):
+class DynamicCifarResNet(ClassifierApi, nn.Module):
     """CIFAR ResNet of depth `6n + 2` with the conv and activation chosen by name.
 
     Args:
@@ -103,6 +104,8 @@ class DynamicCifarResNet(nn.Module):
 
     Attributes:
         default_input_shape: `(in_chans, 32, 32)`.
+        num_features: `4 * width` (classifier API: `dynamicnets.models.ClassifierApi`;
+            `forward_features(x, temperature=None)` is the unpooled last feature map).
 
     Returns (forward(x, temperature=None)):
         `DynamicOutput` with `logits (B, num_classes)`, constant `flops (B,)` and, for
@@ -157,7 +160,7 @@ class DynamicCifarResNet(nn.Module):
             self.stages.append(blocks)
         self.head = ClassifierHead(chans, num_classes, **factory)
 
-    def forward_features(
+    def forward_routed(
         self, x: Tensor, temperature: float | None = None
     ) -> tuple[Tensor, list[Tensor]]:
         """`(B, C, H, W) -> (features (B, 4w, H/4, W/4), routing weights per routed conv)`."""
@@ -168,6 +171,10 @@ class DynamicCifarResNet(nn.Module):
                 x, block_routing = block(x, temperature)
                 routing.extend(block_routing)
         return x, routing
+
+    def forward_features(self, x: Tensor, temperature: float | None = None) -> Tensor:
+        """`(B, C, H, W) -> (B, 4w, H/4, W/4)`, the features `forward_routed` returns."""
+        return self.forward_routed(x, temperature)[0]
 
     def forward(self, x: Tensor, temperature: float | None = None) -> DynamicOutput:
         return routed_output(self, x, temperature)

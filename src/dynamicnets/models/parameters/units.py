@@ -134,14 +134,14 @@ class DynamicConvNormAct(nn.Module):
 
 
 def routed_output(model: nn.Module, x: Tensor, temperature: float | None) -> DynamicOutput:
-    """The `DynamicOutput` of a network whose `forward_features(x, temperature)` returns
-    `(features, routing)`: logits from `model.head`, `decisions["routing"]` `(B, L, K)`
+    """The `DynamicOutput` of a network whose `forward_routed(x, temperature)` returns
+    `(features, routing)`: logits from `model.forward_head`, `decisions["routing"]` `(B, L, K)`
     stacked over the routed layers, and the constant per-sample `model.cost`."""
     flops = model.cost(x.shape[1:])
-    features, routing = model.forward_features(x, temperature)
+    features, routing = model.forward_routed(x, temperature)
     decisions = {"routing": torch.stack(routing, dim=1)} if routing else {}
     return DynamicOutput(
-        logits=model.head(features),
+        logits=model.forward_head(features),
         decisions=decisions,
         flops=constant_flops(flops, x.shape[0], x.device),
     )

@@ -10,12 +10,13 @@ from torch import Tensor, nn
 
 from ...outputs import DynamicOutput, constant_flops
 from ...flops import linear_flops, lstm_cell_flops
+from .._api import ClassifierApi
 from .._registry import register_model
 from ..static._checks import require_positive
 from .sequence import as_sequence, step_features
 
 
-class LSTMClassifier(nn.Module):
+class LSTMClassifier(ClassifierApi, nn.Module):
     """`nn.LSTMCell` over the steps of the input, a linear classifier on the last hidden state.
 
     Args:
@@ -29,7 +30,13 @@ class LSTMClassifier(nn.Module):
     Shapes:
         `(B, C, L)` or `(B, C, H, row_width)` -> `DynamicOutput` with `logits (B, num_classes)`,
         `flops (B,)` = `T x 8 hidden (features + hidden) + head`.
+
+    Classifier API (`dynamicnets.models.ClassifierApi`): `forward_features(x)` is the last
+    hidden state `(B, hidden)`, `num_features = hidden`, the classifier is `head`.
     """
+
+    head_path = "head"
+    classifier_paths = ("head",)
 
     def __init__(self, num_classes: int = 10, in_chans: int = 1, hidden: int = 64, row_width: int | None = None,
                  length: int = 40, *, device=None, dtype=None) -> None:
@@ -45,13 +52,19 @@ class LSTMClassifier(nn.Module):
         """Per-sample FLOPs of one step of the cell."""
         return lstm_cell_flops(self.cell)
 
-    def forward(self, x: Tensor) -> DynamicOutput:
+    def forward_features(self, x: Tensor) -> Tensor:
+        """The last hidden state: `(B, C, L)` or `(B, C, H, row_width)` -> `(B, hidden)`."""
         steps = as_sequence("lstm_classifier", x, self.in_chans, self.row_width).transpose(0, 1).contiguous()
         h = c = steps.new_zeros(steps.shape[1], self.cell.hidden_size)
         for x_t in steps:  # (B, features), contiguous
             h, c = self.cell(x_t, (h, c))
-        flops = steps.shape[0] * self.step_flops() + linear_flops(self.head)
-        return DynamicOutput(logits=self.head(h), flops=constant_flops(flops, x.shape[0], x.device))
+        return h
+
+    def forward(self, x: Tensor) -> DynamicOutput:
+        h = self.forward_features(x)
+        steps = x.shape[2]  # L, or H rows
+        flops = steps * self.step_flops() + linear_flops(self.head)
+        return DynamicOutput(logits=self.forward_head(h), flops=constant_flops(flops, x.shape[0], x.device))
 
 
 @register_model

@@ -13,12 +13,13 @@ from ...execution import Execution, ExecutionLike, resolve_execution
 from ...layers.skip_rnn import SkipLSTM
 from ...outputs import DynamicOutput
 from ...flops import linear_flops
+from .._api import ClassifierApi
 from .._registry import register_model
 from ..static._checks import require_positive
 from .sequence import as_sequence, step_features
 
 
-class SkipLSTMClassifier(nn.Module):
+class SkipLSTMClassifier(ClassifierApi, nn.Module):
     """`SkipLSTM` over the steps of the input, a linear classifier on the last hidden state.
 
     Args:
@@ -33,9 +34,15 @@ class SkipLSTMClassifier(nn.Module):
         `compact`), `decisions["gates"] (B, T)` (1 where the state was updated),
         `decisions["executed_fraction"] (B,)`, `decisions["compact_flops"] (B,)`, and in
         training `aux_losses["budget"]`.
+
+    Classifier API (`dynamicnets.models.ClassifierApi`): `forward_features(x, execution=,
+    updates=)` is the last hidden state `(B, hidden)` of that run, `num_features =
+    hidden`, the classifier is `head`.
     """
 
     execution_modes = (Execution.MASKED, Execution.COMPACT)
+    head_path = "head"
+    classifier_paths = ("head",)
 
     def __init__(self, num_classes: int = 10, in_chans: int = 1, hidden: int = 64, row_width: int | None = None,
                  length: int = 40, budget_weight: float = 1e-3, update_bias_init: float = 2.0, *,
@@ -67,13 +74,11 @@ class SkipLSTMClassifier(nn.Module):
 
         **Returns:** `DynamicOutput` (see the class docstring).
         """
-        execution = resolve_execution(execution, self.training)
-        seq = as_sequence("skip_lstm_classifier", x, self.in_chans, self.row_width)
-        result = self.rnn(seq, execution=execution, updates=updates)
+        result = self._run(x, execution, updates)
         head = float(linear_flops(self.head))
         decided = result.updates.detach()
         out = DynamicOutput(
-            logits=self.head(result.hidden),
+            logits=self.forward_head(result.hidden),
             flops=result.flops + head,
             decisions={
                 "gates": decided,
@@ -84,6 +89,17 @@ class SkipLSTMClassifier(nn.Module):
         if self.training and self.budget_weight > 0:
             out.aux_losses["budget"] = self.budget_weight * result.updates.sum(dim=1).mean()
         return out
+
+    def forward_features(
+        self, x: Tensor, *, execution: ExecutionLike = None, updates: Tensor | None = None
+    ) -> Tensor:
+        """The last hidden state `(B, hidden)` of the run `forward` makes (same arguments)."""
+        return self._run(x, execution, updates).hidden
+
+    def _run(self, x: Tensor, execution: ExecutionLike, updates: Tensor | None):
+        execution = resolve_execution(execution, self.training)
+        seq = as_sequence("skip_lstm_classifier", x, self.in_chans, self.row_width)
+        return self.rnn(seq, execution=execution, updates=updates)
 
 
 @register_model
