@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from dynamicnets.errors import ConfigError
 from dynamicnets.layers.cond_conv import CondConv2d, RoutedCondConv2d, per_sample_conv2d
-from dynamicnets.layers.routing import RoutingFunction
+from dynamicnets.gates.routing import RoutingFunction
 from dynamicnets.flops import counted_flops
 
 CONFIGS = [

@@ -11,7 +11,7 @@ from dynamicnets.layers.cond_conv import CondConv2d
 from dynamicnets.layers.conv_experts import ConvExperts
 from dynamicnets.layers.conv_moe import ConvMoE, expert_mask, sample_decisions
 from dynamicnets.layers.moe import MoE, combine_weights, dense_moe, dispatch, kept_weights
-from dynamicnets.layers.routers import Routing
+from dynamicnets.gates.routers import Routing
 from dynamicnets.flops import counted_flops
 
 C_IN, C_OUT, E = 6, 10, 4

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from dynamicnets import ConfigError
 from dynamicnets.layers.experts import MLPExperts
 from dynamicnets.layers.moe import MoE, MoELayer, combine_weights, dense_moe, dispatch
-from dynamicnets.layers.routers import Routing
+from dynamicnets.gates.routers import Routing
 from dynamicnets.flops import counted_flops
 
 D, H, E = 8, 12, 4

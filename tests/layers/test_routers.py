@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dynamicnets import ConfigError
-from dynamicnets.layers.routers import ExpertChoiceRouter, NoisyTopKRouter, Routing, TopKRouter
+from dynamicnets.gates.routers import ExpertChoiceRouter, NoisyTopKRouter, Routing, TopKRouter
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from skipping_helpers import build, center_decisions, inputs
 from torch.profiler import ProfilerActivity, profile
 
 from dynamicnets.models.skipping import PooledLinearGate, PooledMLPGate, RecurrentGate
-from dynamicnets.models.skipping.gate_networks import global_pool, pool_count
+from dynamicnets.gates.block_gates import global_pool, pool_count
 
 SCORED = ["skipnet_ff", "skipnet_rnn", "convnet_aig"]
 

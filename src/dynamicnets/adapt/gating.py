@@ -40,7 +40,7 @@ from ..gates import GumbelSigmoidGate
 from ..layers.gated_block import gated_flops, is_hard, run_gated
 from ..flops import flops_and_shape
 from ..models.skipping.convnet_aig import target_rate_loss
-from ..models.skipping.gate_networks import PooledLinearGate, PooledMLPGate
+from ..gates.block_gates import PooledLinearGate, PooledMLPGate
 from ..outputs import DynamicOutput
 
 # per-sample block input shape (C, *spatial) -> gate network, (B, C, *spatial) -> (B,) logits

@@ -6,7 +6,15 @@
 - `policy`: REINFORCE policies, moving-average baseline, loss, cost-aware reward.
 - `confidence`: early-exit criteria (max-prob, entropy, margin, patience).
 - `learned_exit`: a learned exit criterion (a tiny head predicting whether an exit is right).
+- `block_gates`: gate networks of layer skipping (pooled linear/MLP gates, SkipNet's
+  recurrent gate, BlockDrop's policy network).
+- `channel`: per-sample channel gates (feature boosting and suppression, Gumbel channels).
+- `routers`: mixture-of-experts routers (top-k, noisy top-k, expert choice).
+- `routing`: CondConv / DY-Conv routing functions (attention over expert kernels).
+- `thresholds`: `GatePolicy`, the inference decision rule of threshold gates.
 """
+from .block_gates import PolicyNetwork, PooledLinearGate, PooledMLPGate, RecurrentGate
+from .channel import ChannelDecision, FBSGate, GumbelChannelGate
 from .confidence import (
     EntropyCriterion,
     ExitCriterion,
@@ -37,10 +45,27 @@ from .policy import (
     cost_aware_reward,
     reinforce_loss,
 )
+from .routers import ExpertChoiceRouter, NoisyTopKRouter, Routing, TopKRouter
+from .routing import RoutingFunction
 from .schedules import CosineDecay, ExponentialDecay, LinearDecay
+from .thresholds import GatePolicy
 from .straight_through import ImprovedSemHash, improved_semhash, saturating_sigmoid, ste_threshold
 
 __all__ = [
+    # gate networks, routers, the threshold policy
+    "PolicyNetwork",
+    "PooledLinearGate",
+    "PooledMLPGate",
+    "RecurrentGate",
+    "ChannelDecision",
+    "FBSGate",
+    "GumbelChannelGate",
+    "ExpertChoiceRouter",
+    "NoisyTopKRouter",
+    "Routing",
+    "TopKRouter",
+    "RoutingFunction",
+    "GatePolicy",
     # gumbel
     "gumbel_softmax",
     "gumbel_sigmoid",

@@ -5,7 +5,8 @@
 - `ExitPolicy`: criterion, per-exit thresholds, optional `max_flops` cap.
 - `calibrate` / `calibrate_thresholds`: thresholds for a mean-FLOPs budget.
 - `anytime_table`, `collect_exit_logits`: per-exit accuracy and cost.
-- `calibrate_gate_rate`: thresholds of layer-skipping gates for a target execution rate.
+- `calibrate_gate_rate`: thresholds of layer-skipping gates for a target execution rate
+  (folded into the gate biases); `calibrate_gate_policy`: the same fit as a `GatePolicy`.
 """
 from .calibrate import (
     BudgetCalibration,
@@ -17,7 +18,7 @@ from .calibrate import (
     geometric_fractions,
     thresholds_for_fractions,
 )
-from .gate_rate import calibrate_gate_rate, gate_logit_layers
+from .gate_rate import calibrate_gate_policy, calibrate_gate_rate, gate_logit_layers
 from .executor import ExitResult, run_all_then_select, run_early_exit
 from .policy import ExitPolicy
 
@@ -30,6 +31,7 @@ __all__ = [
     "anytime_table",
     "calibrate",
     "calibrate_gate_rate",
+    "calibrate_gate_policy",
     "calibrate_thresholds",
     "collect_exit_logits",
     "exit_decisions",

@@ -28,12 +28,14 @@ Fit on data the model is not scored on (`split_for_calibration`).
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..gates.thresholds import GatePolicy
 
 
 def gate_logit_layers(model: nn.Module) -> list[nn.Linear]:
@@ -149,3 +151,37 @@ def calibrate_gate_rate(
             layer.bias.sub_(cut)
             total[k] += cut
     return total
+
+
+def calibrate_gate_policy(
+    model: nn.Module,
+    data: Tensor | Iterable,
+    rate: float | Sequence[float],
+    *,
+    passes: int = 3,
+) -> GatePolicy:
+    """Fit inference thresholds so each gated block executes on a fraction `rate` of
+    `data`, and return them as a `GatePolicy`; `model` itself is left unchanged.
+
+    The same fit as `calibrate_gate_rate` (done on a copy): pass the result at inference,
+    `model(x, policy=policy)`, save it with `policy.to_dict()`.
+
+    Args:
+        model: a gated ResNet with `gate_logit_layers()` (put in eval mode).
+        data: calibration inputs `(N, C, H, W)`, or an iterable of batches.
+        rate: executed fraction per gated block, in `(0, 1]` (one, or one per gate output).
+        passes: refits of a shared (recurrent) gate output layer.
+
+    Returns:
+        `GatePolicy` with one threshold per gated block on the original gate logits.
+
+    Raises:
+        ConfigError: as `calibrate_gate_rate`.
+    """
+    model.eval()
+    shifted = copy.deepcopy(model)
+    cuts = torch.cat([c.flatten() for c in calibrate_gate_rate(shifted, data, rate, passes=passes)]).tolist()
+    blocks = int(model.num_gated_blocks)
+    if len(cuts) == 1:  # one output layer shared by every block (SkipNet's recurrent gate)
+        cuts = cuts * blocks
+    return GatePolicy(tuple(cuts), {"calibrated_rate": rate if isinstance(rate, (int, float)) else list(rate)})

@@ -4,7 +4,7 @@ from .conv_experts import ConvExperts
 from .conv_moe import ConvMoE, expert_mask, sample_decisions
 from .experts import MLPExperts
 from .moe import MoE, MoELayer, MoEOutput, combine_weights, dense_moe, dispatch
-from .routers import ExpertChoiceRouter, NoisyTopKRouter, Routing, TopKRouter
+from ..gates.routers import ExpertChoiceRouter, NoisyTopKRouter, Routing, TopKRouter
 from .slimmable import (
     SlimmableConv2d,
     SlimmableLinear,
@@ -14,7 +14,7 @@ from .slimmable import (
     set_execution,
 )
 from .channel_gated_conv import ChannelGatedConvPair, channel_gated_convs, pair_cost
-from .channel_gates import ChannelDecision, FBSGate, GumbelChannelGate
+from ..gates.channel import ChannelDecision, FBSGate, GumbelChannelGate
 from .switchable_norm import SlimmableBatchNorm2d, SwitchableBatchNorm2d, calibrate_batchnorm
 # dynamic parameters and features: CondConv, DY-Conv, WeightNet, DY-ReLU, attention, deformable conv
 from .attention import CBAM, ChannelAttention, SpatialAttention, SqueezeExcite
@@ -22,5 +22,5 @@ from .cond_conv import CondConv2d, RoutedCondConv2d, per_sample_conv2d
 from .deform_conv import DeformConv2d, deform_conv2d
 from .dy_relu import DyReLU, DyReLUHyperFunction, PiecewiseLinearCoefficients, dy_relu
 from .dynamic_conv import DynamicConv2d
-from .routing import RoutingFunction
+from ..gates.routing import RoutingFunction
 from .weightnet import WeightNetConv2d

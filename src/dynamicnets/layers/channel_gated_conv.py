@@ -1,6 +1,6 @@
 """Channel-gated conv pair: `conv2(relu(bn1(conv1(x))) * scale)` with per-sample channels.
 
-`scale (B, C_mid)` is a decision taken as an argument (from `channel_gates`): channel `c`
+`scale (B, C_mid)` is a decision taken as an argument (from `dynamicnets.gates.channel`): channel `c`
 of sample `b` runs iff `scale[b, c] != 0` and is multiplied by it (0/1 for a Gumbel mask,
 the FBS boost otherwise). A skipped channel is skipped twice: `conv1` does not compute
 it and `conv2` does not read it, so the pair's per-sample cost is
@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..flops import conv2d_flops
-from .channel_gates import check_positive_ints
+from ..gates.channel import check_positive_ints
 from .cond_conv import per_sample_conv2d
 from ..execution import parse_execution
 

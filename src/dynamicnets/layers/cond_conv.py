@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..flops import conv_out_size, matmul_flops
-from .routing import RoutingFunction
+from ..gates.routing import RoutingFunction
 
 # channels_last folding: the grouped conv reads each group's pixels `n * C` values
 # apart (n samples per fold), and oneDNN slows down as that stride grows. Measured on

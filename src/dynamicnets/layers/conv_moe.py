@@ -39,7 +39,7 @@ from .moe import (
     kept_weights,
     make_router,
 )
-from .routers import Routing
+from ..gates.routers import Routing
 
 
 class ConvMoE(nn.Module):

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from ..compact import add_rows, gather_rows
 from ..errors import ConfigError
 from .experts import MLPExperts
-from .routers import ExpertChoiceRouter, NoisyTopKRouter, Routing, TopKRouter
+from ..gates.routers import ExpertChoiceRouter, NoisyTopKRouter, Routing, TopKRouter
 
 ROUTERS = ("topk", "noisy_topk", "expert_choice")
 

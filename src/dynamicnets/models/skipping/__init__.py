@@ -17,7 +17,7 @@ from . import act, blockdrop, convnet_aig, skipnet
 from .act import ACTResNet, HaltingState, HaltingUnit
 from .blockdrop import BlockDrop, curriculum_blocks
 from .convnet_aig import ConvNetAIG, target_rate_loss
-from .gate_networks import PolicyNetwork, PooledLinearGate, PooledMLPGate, RecurrentGate
+from ...gates.block_gates import PolicyNetwork, PooledLinearGate, PooledMLPGate, RecurrentGate
 from .gated_resnet import GatedResNet
 from .reinforce import accuracy_reward_surrogate, loss_reward_surrogate
 from .skipnet import SkipNet

@@ -29,7 +29,8 @@ from ...errors import ConfigError
 from ...gates import BernoulliPolicy, MovingAverageBaseline, cost_aware_reward, reinforce_loss
 from ...outputs import DynamicOutput
 from .._registry import register_model
-from .gate_networks import PolicyNetwork
+from ...gates.block_gates import PolicyNetwork
+from ...gates.thresholds import GatePolicy
 from .gated_resnet import GatedResNet
 from .reinforce import accuracy_reward_surrogate
 
@@ -148,6 +149,7 @@ class BlockDrop(GatedResNet):
         *,
         gates: Tensor | None = None,
         execution: str | None = None,
+        policy: GatePolicy | None = None,
         decide_last: int | None = None,
         target: Tensor | None = None,
         generator: torch.Generator | None = None,
@@ -158,6 +160,8 @@ class BlockDrop(GatedResNet):
         - `gates`: optional `(B, G)` decisions to apply instead of the policy's (the
             policy network is then not evaluated and its FLOPs not counted).
         - `execution`: `"masked"` / `"compact"`; default masked in training, compact in eval.
+        - `policy`: inference thresholds on the policy logits, one per gated block
+            (`calibrate_gate_policy`); default: logit > 0 (the greedy action).
         - `decide_last`: curriculum for this call (default `self.decide_last`).
         - `target`: optional `(B,)` labels; in training the reward is then computed
             exactly instead of through the logits (see `reinforce.py`).
@@ -178,7 +182,8 @@ class BlockDrop(GatedResNet):
         if self.training:
             actions, _ = self.policy.sample(policy_logits, generator)
         else:
-            actions = self.policy.greedy(policy_logits)
+            cuts = torch.tensor(self.gate_thresholds(policy), dtype=policy_logits.dtype, device=policy_logits.device)
+            actions = (policy_logits > cuts).to(policy_logits.dtype)
         actions = torch.where(mask.bool(), actions, torch.ones_like(actions))
         logits = self.run_decided(x, actions, execution)
         if self.training:

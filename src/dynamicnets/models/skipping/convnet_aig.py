@@ -25,7 +25,8 @@ from ...errors import ConfigError
 from ...gates import GumbelSigmoidGate
 from ...outputs import DynamicOutput
 from .._registry import register_model
-from .gate_networks import PooledMLPGate
+from ...gates.block_gates import PooledMLPGate
+from ...gates.thresholds import GatePolicy
 from .gated_resnet import GatedResNet
 
 RATE_LOSSES = ("per_block", "global")
@@ -133,6 +134,7 @@ class ConvNetAIG(GatedResNet):
         *,
         gates: Tensor | None = None,
         execution: str | None = None,
+        policy: GatePolicy | None = None,
         generator: torch.Generator | None = None,
     ) -> DynamicOutput:
         """**Arguments:**
@@ -141,12 +143,15 @@ class ConvNetAIG(GatedResNet):
         - `gates`: optional `(B, G)` decisions to apply instead of the gates' own (the
             gate networks are then not evaluated and their FLOPs not counted).
         - `execution`: `"masked"` / `"compact"`; default masked in training, compact in eval.
+        - `policy`: inference thresholds on the gate logits, one per gated block
+            (`calibrate_gate_policy`); default: logit > 0. Not used in training.
         - `generator`: optional `torch.Generator` for the Gumbel noise while training.
 
         **Returns:** `DynamicOutput` (see the class docstring).
         """
         self.check_input(x)
         execution = self.resolve_execution(execution)
+        cuts = self.gate_thresholds(policy)
         if gates is not None:
             gates = self.check_gates(gates, x.shape[0], execution)
             logits = self.run_decided(x, gates, execution)
@@ -155,12 +160,12 @@ class ConvNetAIG(GatedResNet):
         if not self.training and execution == "compact":
             # the eval gate, sigmoid(logit / tau) > 0.5, is logit > 0
             scorers = [gate.scorer() for gate in self.gates]
-            return self.scored_output(x, scorers, self.gate_flops())
+            return self.scored_output(x, scorers, self.gate_flops(), cuts)
 
         def decide(index: int, stage: int, h: Tensor) -> Tensor:
             logit = self.gates[index](h)
             if not self.training:
-                return logit > 0
+                return logit > cuts[index]
             return self.gumbel(logit, generator=generator)
 
         features, decided = self.run_blocks(x, decide, execution, validate=self.training)

@@ -36,11 +36,12 @@ from torch import Tensor, nn
 
 from ...errors import ConfigError
 from ...execution import Execution, ExecutionLike, resolve_execution
+from ...gates.thresholds import GatePolicy
 from ...layers.gated_block import gated_flops, is_hard, run_gated
 from ...outputs import DynamicOutput
 from ..static._checks import check_input_shape, require_positive
 from ..static.resnet_cifar import CifarResNet
-from .gate_networks import Scorer, global_pool, pool_count
+from ...gates.block_gates import Scorer, global_pool, pool_count
 
 # decide(gated index, stage, block input (B, C, H, W)) -> gate (B,)
 Decide = Callable[[int, int, Tensor], Tensor]
@@ -176,7 +177,15 @@ class GatedResNet(nn.Module):
         stacked = torch.stack(gates, dim=1)
         return x, stacked if stacked.is_floating_point() else stacked.to(x.dtype)
 
-    def run_scored(self, x: Tensor, scorers: Sequence[Scorer]) -> tuple[Tensor, Tensor]:
+    def gate_thresholds(self, policy: GatePolicy | None) -> list[float]:
+        """Per gated block, the threshold its gate logit must exceed at inference: the
+        policy's (checked: one per gated block), or 0 (`sigmoid > 0.5`) without one."""
+        if policy is None:
+            return [0.0] * self.num_gated_blocks
+        return list(policy.check(self.num_gated_blocks, f"model {self.name!r}").thresholds)
+
+    def run_scored(self, x: Tensor, scorers: Sequence[Scorer],
+                   thresholds: Sequence[float] | None = None) -> tuple[Tensor, Tensor]:
         """Compact inference with threshold gates: each gated block runs on the samples
         whose gate logit, scored from the block's pooled input, is `> 0`. The decisions
         and outputs of `run_blocks` in `compact` with `decide = gate(h) > 0`, bit for bit,
@@ -191,8 +200,9 @@ class GatedResNet(nn.Module):
         Args:
             x: `(B, in_chans, H, W)` input.
             scorers: one per gated block, in gate order: `global_pool(block input)`
-                `(B, C) -> (B, 1)` logits (see `gate_networks`); they must not modify
+                `(B, C) -> (B, 1)` logits (see `dynamicnets.gates.block_gates`); they must not modify
                 their argument (it may be reused).
+            thresholds: per gated block, the cut the logit must exceed (default 0).
 
         Returns:
             `(features (B, 4 width, ceil(H/4), ceil(W/4)), gates (B, G))`, the gates as
@@ -200,6 +210,7 @@ class GatedResNet(nn.Module):
         """
         single, inplace = x.shape[0] == 1, not torch.is_grad_enabled()
         scores = iter(scorers)
+        cuts = iter([0.0] * len(scorers) if thresholds is None else thresholds)
         decisions: list = []  # bools (batch of 1) or (B,) bool tensors
         x = self.backbone.stem(x)
         for blocks in self.backbone.stages:
@@ -208,13 +219,13 @@ class GatedResNet(nn.Module):
             for block in islice(blocks, 1, None):
                 if pooled is None:  # else the last block was skipped: same input, same pool
                     pooled = global_pool(x, count)
-                logit = next(scores)(pooled)
+                logit, cut = next(scores)(pooled), next(cuts)
                 if single:
-                    on = logit.item() > 0  # the one sync of the block
+                    on = logit.item() > cut  # the one sync of the block
                     if on:
                         x, pooled = block(x), None
                 else:
-                    on = logit.view(-1) > 0
+                    on = logit.view(-1) > cut
                     x = run_gated(block, x, on, "compact", validate=False, inplace=inplace)
                     pooled = None
                 decisions.append(on)
@@ -222,7 +233,8 @@ class GatedResNet(nn.Module):
             return x, torch.tensor([decisions], dtype=x.dtype, device=x.device)
         return x, torch.stack(decisions, dim=1).to(x.dtype)
 
-    def scored_output(self, x: Tensor, scorers: Sequence[Scorer], gate_flops: int) -> DynamicOutput:
+    def scored_output(self, x: Tensor, scorers: Sequence[Scorer], gate_flops: int,
+                      thresholds: Sequence[float] | None = None) -> DynamicOutput:
         """`run_scored`, the head and `make_output`: a model's compact eval forward.
 
         Args:
@@ -233,7 +245,7 @@ class GatedResNet(nn.Module):
         Returns:
             `DynamicOutput` as from `make_output` (execution `"compact"`).
         """
-        features, gates = self.run_scored(x, scorers)
+        features, gates = self.run_scored(x, scorers, thresholds)
         return self.make_output(x, self.backbone.head(features), gates, "compact", gate_flops)
 
     def run_decided(self, x: Tensor, gates: Tensor, execution: str) -> Tensor:

@@ -33,7 +33,8 @@ from ...errors import ConfigError
 from ...gates import BernoulliPolicy, MovingAverageBaseline, reinforce_loss
 from ...outputs import DynamicOutput
 from .._registry import register_model
-from .gate_networks import PooledLinearGate, RecurrentGate
+from ...gates.block_gates import PooledLinearGate, RecurrentGate
+from ...gates.thresholds import GatePolicy
 from .gated_resnet import GatedResNet
 from .reinforce import loss_reward_surrogate
 
@@ -128,6 +129,7 @@ class SkipNet(GatedResNet):
         *,
         gates: Tensor | None = None,
         execution: str | None = None,
+        policy: GatePolicy | None = None,
         rl: bool | None = None,
         target: Tensor | None = None,
         generator: torch.Generator | None = None,
@@ -138,6 +140,8 @@ class SkipNet(GatedResNet):
         - `gates`: optional `(B, G)` decisions to apply instead of the gates' own (the
             gate networks are then not evaluated and their FLOPs not counted).
         - `execution`: `"masked"` / `"compact"`; default masked in training, compact in eval.
+        - `policy`: inference thresholds on the gate logits, one per gated block
+            (`calibrate_gate_policy`); default: logit > 0. Not used in training.
         - `rl`: training mode for this call (default `self.rl`); ignored in eval.
         - `target`: optional `(B,)` labels; in RL training the reward is then computed
             exactly instead of through the logits (see `reinforce.py`).
@@ -147,6 +151,7 @@ class SkipNet(GatedResNet):
         """
         self.check_input(x)
         execution = self.resolve_execution(execution)
+        cuts = self.gate_thresholds(policy)
         if gates is not None:
             gates = self.check_gates(gates, x.shape[0], execution)
             logits = self.run_decided(x, gates, execution)
@@ -157,7 +162,7 @@ class SkipNet(GatedResNet):
                 scorers = [gate.scorer() for gate in self.gates]
             else:
                 scorers = self.gate.scorers([s for s, _ in self.gated_blocks])
-            return self.scored_output(x, scorers, self.gate_flops())
+            return self.scored_output(x, scorers, self.gate_flops(), cuts)
 
         use_rl = self.training and (self.rl if rl is None else bool(rl))
         gate_logits: list[Tensor] = []
@@ -171,7 +176,7 @@ class SkipNet(GatedResNet):
                 logit, rnn_state[0] = self.gate(h, stage, rnn_state[0])
             gate_logits.append(logit)
             if not self.training:
-                return logit > 0
+                return logit > cuts[index]
             if use_rl:
                 action, log_prob = self.policy.sample(logit.unsqueeze(1), generator)
                 log_probs.append(log_prob)

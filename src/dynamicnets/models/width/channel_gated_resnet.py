@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from ...errors import ConfigError
 from ...layers.channel_gated_conv import channel_cost, channel_gated_convs, executed_channels
-from ...layers.channel_gates import FBSGate, GumbelChannelGate
+from ...gates.channel import FBSGate, GumbelChannelGate
 from ...execution import Execution, resolve_execution
 from ...outputs import DynamicOutput
 from .._registry import register_model

@@ -29,8 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...flops import linear_flops, lstm_cell_flops
-from ..static.conv_norm_act import ConvNormAct
+from ..flops import linear_flops, lstm_cell_flops
 
 
 # pooled block input (B, C) -> gate logits (B, 1)
@@ -252,6 +251,8 @@ class PolicyNetwork(nn.Module):
         device=None,
         dtype=None,
     ) -> None:
+        from ..models.static.conv_norm_act import ConvNormAct  # models import gates: resolve late
+
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         self.resolution = resolution

@@ -96,7 +96,7 @@ def test_custom_gate_factory_and_compact_needs_hard_gates():
 
     def factory(shape):
         made.append(shape)
-        return dn.models.skipping.gate_networks.PooledLinearGate(shape[0])
+        return dn.gates.block_gates.PooledLinearGate(shape[0])
 
     net = gated(gate=factory)
     assert made == [(8, 16, 16), (8, 16, 16), (16, 8, 8)]

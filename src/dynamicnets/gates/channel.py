@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..gates.gumbel import gumbel_sigmoid
+from .gumbel import gumbel_sigmoid
 from ..flops import linear_flops
 
 
