@@ -70,3 +70,22 @@ def test_bad_policies_are_refused():
         GatePolicy(())
     with pytest.raises(ConfigError, match="ckpt.pt: expected a saved gate policy"):
         GatePolicy.from_dict({"thresholds": 3}, source="ckpt.pt")
+
+
+def test_skip_rnn_threshold_policy_trades_updates_on_every_path():
+    torch.manual_seed(0)
+    model = dn.create_model("skip_lstm_classifier", num_classes=5).eval()
+    x = torch.randn(6, *model.default_input_shape)
+    with torch.no_grad():
+        default = model(x)
+        explicit = model(x, policy=GatePolicy((0.5,)))
+        strict = model(x, policy=GatePolicy((0.9,)))
+        masked = model(x, policy=GatePolicy((0.9,)), execution="masked")
+        single = model(x[:1], policy=GatePolicy((0.9,)))
+    assert torch.equal(default.decisions["gates"], explicit.decisions["gates"])
+    assert torch.equal(strict.decisions["gates"], masked.decisions["gates"])
+    torch.testing.assert_close(strict.logits, masked.logits, rtol=1e-4, atol=1e-5)
+    assert torch.equal(single.decisions["gates"], strict.decisions["gates"][:1])
+    assert float(strict.decisions["gates"].sum()) < float(default.decisions["gates"].sum())
+    with pytest.raises(ConfigError, match="1 gates"):
+        model(x, policy=GatePolicy((0.5, 0.5)))

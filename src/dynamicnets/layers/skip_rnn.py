@@ -102,19 +102,24 @@ class SkipLSTM(nn.Module):
         """`(n, H) -> (n,)` `du = sigmoid(w . c + b)`."""
         return self.update_gate(c).view(-1).sigmoid()
 
-    def forward(self, x: Tensor, *, execution: Execution | str = Execution.MASKED, updates: Tensor | None = None) -> SkipRNNResult:
-        """**Arguments:**
+    def forward(self, x: Tensor, *, execution: Execution | str = Execution.MASKED, updates: Tensor | None = None,
+                threshold: float = 0.5) -> SkipRNNResult:
+        """Run the sequence, updating the state only where the update gate decides so.
 
-        - `x`: `(B, T, input_size)`.
-        - `execution`: `"masked"` or `"compact"` (see the module docstring).
-        - `updates`: optional `(B, T)` 0/1 decisions to apply instead of the gate's.
+        Args:
+            x: `(B, T, input_size)`.
+            execution: `"masked"` or `"compact"` (see the module docstring).
+            updates: optional `(B, T)` 0/1 decisions to apply instead of the gate's.
+            threshold: the decision rule, `u_t = [u~_t > threshold]` (0.5 rounds, as in
+                training; a model passes its `GatePolicy` here).
 
-        **Returns:** `SkipRNNResult`.
+        Returns:
+            `SkipRNNResult`.
         """
         self._check(x, updates)
         if parse_execution(execution) is Execution.COMPACT:
-            return self._compact(x, updates)
-        return self._masked(x, updates)
+            return self._compact(x, updates, float(threshold))
+        return self._masked(x, updates, float(threshold))
 
     def _initial(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         batch = x.shape[0]
@@ -124,12 +129,12 @@ class SkipLSTM(nn.Module):
         delta = torch.sigmoid(self.update_gate.bias).expand(batch)
         return zeros, zeros, u_tilde, delta
 
-    def _masked(self, x: Tensor, forced: Tensor | None) -> SkipRNNResult:
+    def _masked(self, x: Tensor, forced: Tensor | None, threshold: float) -> SkipRNNResult:
         h, c, u_tilde, delta = self._initial(x)
         seq = x.transpose(0, 1).contiguous()  # (T, B, I)
         taken = []
         for t in range(x.shape[1]):
-            u = ste_threshold(u_tilde, 0.5) if forced is None else forced[:, t].to(x.dtype)
+            u = ste_threshold(u_tilde, threshold) if forced is None else forced[:, t].to(x.dtype)
             h_new, c_new = self.cell(seq[t], (h, c))
             w = u.unsqueeze(1)
             h = w * h_new + (1 - w) * h  # exact for u in {0, 1}: 1*a + 0*b == a
@@ -142,15 +147,15 @@ class SkipLSTM(nn.Module):
                            device=x.device)
         return SkipRNNResult(hidden=h, updates=updates, flops=flops)
 
-    def _compact(self, x: Tensor, forced: Tensor | None) -> SkipRNNResult:
+    def _compact(self, x: Tensor, forced: Tensor | None, threshold: float) -> SkipRNNResult:
         batch, steps = x.shape[:2]
         if batch == 1 and x.dtype in _SCALAR_TYPES:
-            return self._compact_single(x, forced)
+            return self._compact_single(x, forced, threshold)
         h, c, u_tilde, delta = self._initial(x)
         seq = x.transpose(0, 1).contiguous()  # (T, B, I): each step's rows contiguous for the gather
         taken = []
         for t in range(steps):
-            on = (u_tilde > 0.5) if forced is None else (forced[:, t] > 0.5)
+            on = (u_tilde > threshold) if forced is None else (forced[:, t] > 0.5)
             rows = rows_where(on)
             if rows.numel() == batch:
                 h, c = self.cell(seq[t], (h, c))
@@ -169,19 +174,19 @@ class SkipLSTM(nn.Module):
         return SkipRNNResult(hidden=hidden, updates=updates,
                              flops=updates.double().sum(dim=1) * float(self.step_flops()))
 
-    def _compact_single(self, x: Tensor, forced: Tensor | None) -> SkipRNNResult:
+    def _compact_single(self, x: Tensor, forced: Tensor | None, threshold: float) -> SkipRNNResult:
         """One sample: `u~` and `du` kept as NumPy scalars of `x`'s precision, so a skipped
         step costs no tensor op at all and an update one sync (`du`). NumPy's float32 /
         float64 scalar arithmetic rounds like the tensor ops of `_masked`, so the decisions
         are the same, bit for bit."""
         scalar = _SCALAR_TYPES[x.dtype]
-        one, half = scalar(1.0), scalar(0.5)
+        one, cut = scalar(1.0), scalar(threshold)
         h = c = x.new_zeros(1, self.cell.hidden_size)
         u_tilde, delta = one, scalar(torch.sigmoid(self.update_gate.bias).item())
         forced_on = None if forced is None else (forced[0] > 0.5).tolist()
         taken = []
         for t in range(x.shape[1]):
-            on = bool(u_tilde > half) if forced_on is None else forced_on[t]
+            on = bool(u_tilde > cut) if forced_on is None else forced_on[t]
             if on:
                 h, c = self.cell(x[:, t], (h, c))
                 delta = scalar(self._delta(c).item())

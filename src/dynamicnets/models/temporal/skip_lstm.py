@@ -9,6 +9,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ...errors import ConfigError
+from ...gates.thresholds import GatePolicy
 from ...execution import Execution, ExecutionLike, resolve_execution
 from ...layers.skip_rnn import SkipLSTM
 from ...outputs import DynamicOutput
@@ -65,16 +66,21 @@ class SkipLSTMClassifier(ClassifierApi, nn.Module):
         steps = input_shape[1]
         return float(steps * self.rnn.step_flops() + linear_flops(self.head))
 
-    def forward(self, x: Tensor, *, execution: ExecutionLike = None, updates: Tensor | None = None) -> DynamicOutput:
-        """**Arguments:**
+    def forward(self, x: Tensor, *, execution: ExecutionLike = None, updates: Tensor | None = None,
+                policy: GatePolicy | None = None) -> DynamicOutput:
+        """Classify a sequence, updating the LSTM state only at the steps the gate picks.
 
-        - `x`: `(B, C, L)` or `(B, C, H, row_width)`.
-        - `execution`: `"masked"` / `"compact"`; default masked in training, compact in eval.
-        - `updates`: optional `(B, T)` 0/1 decisions to apply instead of the gate's.
+        Args:
+            x: `(B, C, L)` or `(B, C, H, row_width)`.
+            execution: `"masked"` / `"compact"`; default masked in training, compact in eval.
+            updates: optional `(B, T)` 0/1 decisions to apply instead of the gate's.
+            policy: a one-threshold `GatePolicy`: update where `u~ > threshold`
+                (default 0.5, the rounding training uses). A higher threshold skips more.
 
-        **Returns:** `DynamicOutput` (see the class docstring).
+        Returns:
+            `DynamicOutput` (see the class docstring).
         """
-        result = self._run(x, execution, updates)
+        result = self._run(x, execution, updates, policy)
         head = float(linear_flops(self.head))
         decided = result.updates.detach()
         out = DynamicOutput(
@@ -94,12 +100,13 @@ class SkipLSTMClassifier(ClassifierApi, nn.Module):
         self, x: Tensor, *, execution: ExecutionLike = None, updates: Tensor | None = None
     ) -> Tensor:
         """The last hidden state `(B, hidden)` of the run `forward` makes (same arguments)."""
-        return self._run(x, execution, updates).hidden
+        return self._run(x, execution, updates, None).hidden
 
-    def _run(self, x: Tensor, execution: ExecutionLike, updates: Tensor | None):
+    def _run(self, x: Tensor, execution: ExecutionLike, updates: Tensor | None, policy: GatePolicy | None):
         execution = resolve_execution(execution, self.training)
         seq = as_sequence("skip_lstm_classifier", x, self.in_chans, self.row_width)
-        return self.rnn(seq, execution=execution, updates=updates)
+        threshold = 0.5 if policy is None else policy.check(1, "model 'skip_lstm_classifier'").thresholds[0]
+        return self.rnn(seq, execution=execution, updates=updates, threshold=threshold)
 
 
 @register_model
