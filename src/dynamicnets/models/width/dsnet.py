@@ -27,11 +27,12 @@ from ...execution import Execution, ExecutionLike, resolve_execution
 from ...flops import linear_flops
 from ...gates import GumbelSoftmaxGate
 from ...outputs import DynamicOutput
+from .._api import ClassifierApi
 from .._registry import register_model
 from .slimmable_resnet import CIFAR_DEPTHS, SlimmableResNet
 
 
-class DSNet(nn.Module):
+class DSNet(ClassifierApi, nn.Module):
     """A slimmable backbone with a per-sample width gate.
 
     Args:
@@ -44,6 +45,12 @@ class DSNet(nn.Module):
     Attributes:
         backbone, gate (`nn.Linear(stem channels at the narrowest width, num widths)`),
         gumbel (`GumbelSoftmaxGate`), widths, default_input_shape.
+
+    Classifier API (`dynamicnets.models.ClassifierApi`): the widest network's.
+    `forward_features(x)` runs the backbone at full width, whatever the gate would
+    choose; `forward_head(forward_features(x))` is the widest width's logits (in
+    `forward`'s masked output, `exit_logits[-2]`); `reset_classifier` resets the shared
+    (slimmable) classifier of every width.
 
     Shapes:
         `(B, C, H, W)` -> `DynamicOutput` with `logits (B, num_classes)`, `flops (B,)`,
@@ -77,6 +84,25 @@ class DSNet(nn.Module):
         gate_in = backbone.stem.conv.out_channels_at(self.gate_width)
         self.gate = nn.Linear(gate_in, len(self.widths), device=device, dtype=dtype)
         self.gumbel = GumbelSoftmaxGate(tau, hard=True)
+
+    classifier_paths = ("backbone.head",)
+
+    def forward_features(self, x: Tensor, execution: ExecutionLike = None) -> Tensor:
+        """`(B, C, H, W) -> (B, num_features, H', W')`: the backbone at full width.
+
+        `execution` is checked and accepted so that `forward`'s arguments fit here too;
+        one width runs the same in either execution.
+        """
+        resolve_execution(execution, self.training)
+        return self.backbone.forward_features(x)
+
+    def forward_head(self, features: Tensor) -> Tensor:
+        """The backbone's pool and classifier: `(B, num_features, H', W') -> (B, num_classes)`."""
+        return self.backbone.forward_head(features)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """The backbone's `reset_classifier`: one fresh classifier shared by every width."""
+        self.backbone.reset_classifier(num_classes)
 
     def gate_logits(self, x: Tensor) -> Tensor:
         """`(B, C, H, W) -> (B, num widths)` width scores."""

@@ -105,7 +105,9 @@ class MoECifarResNet(CifarResNet):
         stem, stages, head, default_input_shape: as `CifarResNet`; the chosen blocks are
         `MoEBasicBlock`s. `cost(input_shape)` / `cost_breakdown` count what every image
         pays whatever its routing (MoE blocks: `conv1` and the shortcut); `forward` adds
-        the routers and experts each image ran.
+        the routers and experts each image ran. The classifier API is `CifarResNet`'s;
+        `forward_features(x, execution=None)` returns the features alone,
+        `forward_routed(x, execution)` also every MoE layer's `MoEOutput`.
 
     Returns (`forward(x (B, in_chans, H, W), execution=None)`):
         `DynamicOutput` with `logits (B, num_classes)`, `flops (B,)` (see module doc),
@@ -165,7 +167,7 @@ class MoECifarResNet(CifarResNet):
                         conv.in_channels, conv.out_channels, conv.stride[0], **moe
                     )
 
-    def forward_features(
+    def forward_routed(
         self, x: Tensor, execution: str
     ) -> tuple[Tensor, list[MoEOutput], list[int]]:
         """`(B, C, H, W)` -> `(features (B, 4w, H/4, W/4), MoEOutput per MoE layer,
@@ -182,10 +184,15 @@ class MoECifarResNet(CifarResNet):
                     x = block(x)
         return x, routed, row_flops
 
+    def forward_features(self, x: Tensor, execution: ExecutionLike = None) -> Tensor:
+        """`(B, C, H, W) -> (B, 4w, H/4, W/4)`, the features of `forward_routed` (execution
+        resolved as in `forward`)."""
+        return self.forward_routed(x, resolve_execution(execution, self.training))[0]
+
     def forward(self, x: Tensor, execution: ExecutionLike = None) -> DynamicOutput:
         execution = resolve_execution(execution, self.training)
         fixed = float(self.cost(tuple(x.shape[1:])))
-        features, routed, row_flops = self.forward_features(x, execution)
+        features, routed, row_flops = self.forward_routed(x, execution)
         flops = fixed + sum(out.token_flops for out in routed)
         per_layer = [sample_decisions(out) for out in routed]
         decisions = {key: torch.stack([d[key] for d in per_layer], 1) for key in per_layer[0]}
@@ -199,7 +206,7 @@ class MoECifarResNet(CifarResNet):
             for key, value in out.aux_losses.items():
                 aux[key] = aux[key] + value if key in aux else value
         return DynamicOutput(
-            logits=self.head(features), decisions=decisions, aux_losses=aux, flops=flops
+            logits=self.forward_head(features), decisions=decisions, aux_losses=aux, flops=flops
         )
 
     def routed_blocks(self) -> list[MoEBasicBlock]:

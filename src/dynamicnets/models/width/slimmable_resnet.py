@@ -44,6 +44,7 @@ from ...execution import Execution, parse_execution
 from ...layers.slimmable import EXECUTIONS, SlimmableLinear, channels_at, check_width
 from ...outputs import DynamicOutput
 from ...flops import conv_out_size
+from .._api import ClassifierApi, check_num_classes
 from .._registry import register_model
 from ..static._checks import check_input_shape, require_positive
 from .conv_norm_act import NORMS, SlimmableConvNormAct
@@ -127,7 +128,7 @@ def _chain_flops(layers, shortcut, in_shape, width, execution):
     return total, shape
 
 
-class SlimmableResNet(nn.Module):
+class SlimmableResNet(ClassifierApi, nn.Module):
     """A ResNet whose every conv is slimmable; `forward(x, width)` runs one width compactly.
 
     Args:
@@ -152,11 +153,16 @@ class SlimmableResNet(nn.Module):
             when none is given (1.0; change with `set_default_width`).
         execution: `"compact"`, `"masked"` or `"indexed"` (`layers.slimmable.set_execution`).
         default_input_shape: `(in_chans, 32, 32)` (CIFAR stem) or `(in_chans, 224, 224)`.
+        num_features: feature channels at the full width (classifier API:
+            `dynamicnets.models.ClassifierApi`; `forward_features(x, width=None)` runs one
+            width, `forward_head` pools and classifies features of any width).
 
     Shapes:
         `forward(x)`: `(B, in_chans, H, W)` -> `DynamicOutput` (`logits (B, num_classes)`,
         `flops (B,)`, `decisions["width"] (B,)` when one width ran).
     """
+
+    classifier_paths = ("head",)
 
     def __init__(
         self,
@@ -264,9 +270,25 @@ class SlimmableResNet(nn.Module):
                 x = block(x, width)
         return x
 
+    def forward_head(self, features: Tensor) -> Tensor:
+        """`(B, channels_at(features, width), H', W') -> (B, num_classes)`: pool, then the
+        classifier on the features of that width."""
+        return self.head(features.mean(dim=(2, 3)))
+
     def forward_logits(self, x: Tensor, width: float | None = None) -> Tensor:
         """Logits `(B, num_classes)` of one width (`None` = widest), no checks, no FLOPs."""
-        return self.head(self.forward_features(x, width).mean(dim=(2, 3)))
+        return self.forward_head(self.forward_features(x, width))
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A fresh classifier (`SlimmableLinear`, every class at every width) with
+        `num_classes` outputs, in the old one's execution, device and dtype."""
+        check_num_classes(self.name, num_classes)
+        old = self.head
+        self.head = SlimmableLinear(
+            old.in_features, num_classes, old.bias is not None, slim_in=old.slim_in, slim_out=old.slim_out,
+            device=old.weight.device, dtype=old.weight.dtype,
+        )
+        self.head.execution = old.execution
 
     def forward(
         self, x: Tensor, width: float | None = None, *, widths: Sequence[float] | None = None
