@@ -59,10 +59,14 @@ class NeuralTree(RoutedTree):
         routers: `nn.ModuleList` of `nn.Linear(channels, 1)`, one per inner node.
         solvers: `nn.ModuleList` of `ClassifierHead(channels, C)`, one per leaf.
         depth, num_inner, default_input_shape `(in_chans, 32, 32)` (any `H, W` works).
+        num_features: `in_chans` (the tree is all head, see `RoutedTree`).
 
     Shapes:
         `forward(x (B, in_chans, H, W), execution=None, decisions=None (B, 2^d - 1))` ->
         `DynamicOutput`, see `RoutedTree`.
+
+    `get_classifier()` is `solvers`, the leaves' classifiers; `reset_classifier` gives
+    every leaf a fresh linear layer.
     """
 
     def __init__(
@@ -96,6 +100,21 @@ class NeuralTree(RoutedTree):
         self.solvers = nn.ModuleList(
             ClassifierHead(channels, num_classes, **factory) for _ in range(2**depth)
         )
+
+    # ----------------------------------------------------------- classifier API
+    @property
+    def classifier_paths(self) -> tuple[str, ...]:
+        """The linear layer of every leaf's solver, leftmost leaf first."""
+        return tuple(f"solvers.{leaf}.fc" for leaf in range(len(self.solvers)))
+
+    def get_classifier(self) -> nn.Module:
+        """`solvers`: the leaves' classifiers (`ClassifierHead`s)."""
+        return self.solvers
+
+    @property
+    def num_features(self) -> int:
+        """`in_chans`: the tree reads the input itself."""
+        return self.in_chans
 
     # ------------------------------------------------------------------ costs
     def level_costs(self, input_shape: tuple[int, ...]) -> list[int]:

@@ -19,10 +19,11 @@ from torch import Tensor, nn
 from ...errors import ConfigError
 from ...outputs import DynamicOutput, constant_flops
 from ...execution import Execution, resolve_execution
+from .._api import ClassifierApi
 from .binary_tree import balance_penalty, check_decisions, check_depth, follow
 
 
-class RoutedTree(nn.Module):
+class RoutedTree(ClassifierApi, nn.Module):
     """Base of the binary-tree models (see the module docstring).
 
     Args:
@@ -39,9 +40,26 @@ class RoutedTree(nn.Module):
         0/1 at the visited nodes, -1 at the others) and, masked with a penalty,
         `aux_losses["routing_balance"]`. Masked `leaf`/`path` are the greedy path (the
         more probable child at every node), the one compact execution takes.
+
+    Classifier API (`dynamicnets.models.ClassifierApi`): a tree has no feature extractor
+    apart from its routing, so it is all head. `forward_features(x)` is the input as the
+    tree reads it (`prepare`), `num_features` its size along dim 1, and
+    `forward_head(features, execution=None, decisions=None)` the whole routed tree, with
+    `forward`'s execution and decisions arguments (the execution changes the result: a
+    soft tree mixes every leaf when masked and follows one path when compact).
     """
 
     execution_modes = (Execution.MASKED, Execution.COMPACT)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """The input as the tree reads it: `prepare(x)`'s tensor."""
+        return self.prepare(x)[0]
+
+    def forward_head(
+        self, features: Tensor, execution: str | None = None, decisions: Tensor | None = None
+    ) -> Tensor:
+        """`forward(features, execution, decisions).logits`: `(B, C)` log-probabilities."""
+        return self(features, execution, decisions).logits
 
     def __init__(self, name: str, depth: int, penalty_strength: float, penalty_decay: float) -> None:
         super().__init__()

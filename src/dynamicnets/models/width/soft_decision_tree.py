@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import ConfigError
+from .._api import check_num_classes
 from .._registry import register_model
 from ..static._checks import require_positive
 from .binary_tree import hard_mixture, leaf_log_probs, leaf_probs, soft_mixture
@@ -54,6 +55,11 @@ class SoftDecisionTree(RoutedTree):
         leaf_logits: `(2^d, C)` parameter, the `phi_l`.
         beta: scalar parameter or buffer.
         depth, in_features, default_input_shape.
+        num_features: `in_features` (the tree is all head, see `RoutedTree`).
+
+    The leaf logits are the tree's only classifier and not a module of their own:
+    `get_classifier()` is the tree itself, and `reset_classifier` draws fresh
+    `leaf_logits` for the new number of classes.
 
     Shapes:
         `forward(x (B, *input_shape), execution=None, decisions=None (B, 2^d - 1))` ->
@@ -94,6 +100,24 @@ class SoftDecisionTree(RoutedTree):
             self.beta = nn.Parameter(beta_t)
         else:
             self.register_buffer("beta", beta_t)
+
+    classifier_paths = ()
+
+    def get_classifier(self) -> nn.Module:
+        """The tree itself (its classifier is the `leaf_logits` parameter)."""
+        return self
+
+    @property
+    def num_features(self) -> int:
+        """`in_features`: the tree reads the flattened input."""
+        return self.in_features
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Fresh `leaf_logits` `(2^d, num_classes)`, initialised as at construction."""
+        check_num_classes(NAME, num_classes)
+        old = self.leaf_logits
+        self.leaf_logits = nn.Parameter(torch.empty(old.shape[0], num_classes, device=old.device, dtype=old.dtype))
+        nn.init.normal_(self.leaf_logits, std=0.1)
 
     def prepare(self, x: Tensor) -> tuple[Tensor, tuple[int, ...]]:
         """`(B, *input_shape) -> ((B, F), per-sample shape)`; raises `ConfigError` on another
