@@ -34,6 +34,7 @@ from ...compact import add_rows, rows_where, scatter_rows
 from ...execution import Execution, ExecutionLike, resolve_execution
 from ...outputs import DynamicOutput
 from ...flops import conv2d_flops, linear_flops
+from .._api import ClassifierApi
 from .._registry import register_model
 from ..static._checks import require_positive
 from ..static.resnet_cifar import CifarResNet
@@ -136,7 +137,7 @@ def _expand(weight: Tensor, like: Tensor) -> Tensor:
     return weight.view(-1, 1, 1, 1) if weight.dim() == 1 else weight.unsqueeze(1)
 
 
-class ACTResNet(nn.Module):
+class ACTResNet(ClassifierApi, nn.Module):
     """CIFAR ResNet with adaptive computation time over the blocks of each stage.
 
     Args:
@@ -159,9 +160,16 @@ class ACTResNet(nn.Module):
         `ponder (B,)` (`N + R` summed over stages, averaged over positions for SACT),
         `compact_flops (B,)`, and for SACT `position_depth (B, 3)`; in training
         `aux_losses["ponder"]`.
+
+    Classifier API (`dynamicnets.models.ClassifierApi`): the backbone's head and
+    classifier; `forward_features(x, execution=None)` returns the halting-weighted
+    features `(B, 4 width, H/4, W/4)` of that forward (it runs the forward: halting and
+    blocks are interleaved).
     """
 
     execution_modes = (Execution.MASKED, Execution.COMPACT)
+    head_path = "backbone.head"
+    classifier_paths = ("backbone.head.fc",)
 
     def __init__(
         self,

@@ -39,6 +39,7 @@ from ...execution import Execution, ExecutionLike, resolve_execution
 from ...gates.thresholds import GatePolicy
 from ...layers.gated_block import gated_flops, is_hard, run_gated
 from ...outputs import DynamicOutput
+from .._api import ClassifierApi
 from ..static._checks import check_input_shape, require_positive
 from ..static.resnet_cifar import CifarResNet
 from ...gates.block_gates import Scorer, global_pool, pool_count
@@ -47,7 +48,7 @@ from ...gates.block_gates import Scorer, global_pool, pool_count
 Decide = Callable[[int, int, Tensor], Tensor]
 
 
-class GatedResNet(nn.Module):
+class GatedResNet(ClassifierApi, nn.Module):
     """CIFAR ResNet of depth `6n + 2` (`n >= 2`) with per-sample gates on `3 (n - 1)` blocks.
 
     Args:
@@ -61,9 +62,16 @@ class GatedResNet(nn.Module):
         num_gated_blocks: `3 (n - 1)`.
         gate_chans: channels of each gated block's input, in gate order.
         default_input_shape: `(in_chans, 32, 32)`.
+
+    Classifier API (`dynamicnets.models.ClassifierApi`): the backbone's head and
+    classifier. `forward_features(x, **kwargs)` takes `forward`'s keyword arguments and
+    returns the features `(B, 4 width, H/4, W/4)` of that forward, with its gate
+    decisions (it runs the forward: gates and blocks are interleaved).
     """
 
     execution_modes = (Execution.MASKED, Execution.COMPACT)
+    head_path = "backbone.head"
+    classifier_paths = ("backbone.head.fc",)
 
     def __init__(
         self,
@@ -110,6 +118,10 @@ class GatedResNet(nn.Module):
             fixed, gated = self._default_costs
             return fixed, gated.clone()
         return self._compute_block_costs(input_shape)
+
+    def classifier_changed(self) -> None:
+        """Recompute the kept default-shape costs: the head's cost changed."""
+        self._default_costs = self._compute_block_costs(self.default_input_shape)
 
     def _compute_block_costs(self, input_shape: tuple[int, ...]) -> tuple[int, Tensor]:
         parts = self.backbone.cost_breakdown(input_shape)

@@ -46,6 +46,7 @@ from ...layers.channel_gated_conv import channel_cost, channel_gated_convs, exec
 from ...gates.channel import FBSGate, GumbelChannelGate
 from ...execution import Execution, resolve_execution
 from ...outputs import DynamicOutput
+from .._api import ClassifierApi
 from .._registry import register_model
 from ..static._checks import check_input_shape
 from ..static.conv_norm_act import ConvNormAct
@@ -61,7 +62,7 @@ def check_weight(model: str, key: str, value: float) -> None:
 GateFactory = Callable[..., nn.Module]
 
 
-class ChannelGatedResNet(nn.Module):
+class ChannelGatedResNet(ClassifierApi, nn.Module):
     """A `CifarResNet` with a channel gate on the middle channels of every block.
 
     Args:
@@ -82,9 +83,16 @@ class ChannelGatedResNet(nn.Module):
         `flops (B,)` and `decisions`: `"channel_keep_rate" (B,)` (kept / gated channels,
         all blocks), `"block_keep_rates" (B, G)`, `"kept_flops" (B,)`; in training
         `aux_losses[aux_name]`.
+
+    Classifier API (`dynamicnets.models.ClassifierApi`): the backbone's head and
+    classifier; `forward_features(x, **kwargs)` takes `forward`'s keyword arguments and
+    returns the features `(B, 4 width, H/4, W/4)` of that forward (it runs the forward:
+    gates and convolutions are interleaved).
     """
 
     execution_modes = (Execution.MASKED, Execution.COMPACT)
+    head_path = "backbone.head"
+    classifier_paths = ("backbone.head.fc",)
 
     def __init__(
         self,
