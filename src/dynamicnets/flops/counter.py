@@ -27,6 +27,7 @@ from torch.utils._python_dispatch import _disable_current_modes
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..errors import ConfigError
+from ..execution import Execution, supported_executions
 from .formulas import conv1d_flops, conv2d_flops, linear_flops
 
 ShapeTree = Union[tuple, list]
@@ -169,7 +170,9 @@ def traced_flops_and_shape(module: nn.Module, in_shape: ShapeTree) -> tuple[int,
     # Measured apart from any counter the caller runs: an outer FlopCounterMode must see
     # the caller's own work, not this measurement.
     with _disable_current_modes(), torch.no_grad(), FlopCounterMode(display=False) as counter:
-        out = functional_call(module, substitutes, (example,))
+        # a dynamic model is counted on its static (masked) path: every block it can run
+        static = {"execution": Execution.MASKED} if supported_executions(module) else {}
+        out = functional_call(module, substitutes, (example,), static)
     out = getattr(out, "logits", out)  # a whole model returning DynamicOutput
     return int(counter.get_total_flops()), _per_sample_shape(out)
 
