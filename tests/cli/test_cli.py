@@ -35,7 +35,7 @@ def trained(config_file, tmp_path):
 
 
 def test_models_lists_registered_names(capsys):
-    assert main(["models", "resnet*"]) == 0
+    assert main(["models", "resnet*", "--names"]) == 0
     printed = capsys.readouterr().out.split()
     assert {"resnet20", "resnet32", "resnet56", "resnet110"} <= set(printed)
     assert all(name.startswith("resnet") for name in printed)

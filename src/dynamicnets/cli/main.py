@@ -77,8 +77,12 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-run-time", type=float, default=0.3, help="seconds per timed call and round")
     p.add_argument("--json", default=None, help="also write the results here")
 
-    p = add_parser("models", "list registered models")
+    p = add_parser("models", "list registered models: family, input, params, FLOPs, description")
     p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'resnet*'")
+    p.add_argument("--family", default=None,
+                   help="only this family: static, depth (early exits), skipping, width, parameters, "
+                        "spatial, temporal")
+    p.add_argument("--names", action="store_true", help="print the names only, one per line (fast)")
 
     p = add_parser("demo", "the main job on digits, in about two minutes on 2 cores")
     p.add_argument("--out-dir", default="runs/demo", help="where the runs, tables and plots go")
@@ -103,11 +107,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return run_bench(args)
     if args.command == "models":
-        from .. import list_models
+        from .models import run_models
 
-        for name in list_models(args.pattern):
-            print(name)
-        return 0
+        return run_models(args)
     if args.command == "demo":
         from ..pipelines.demo import DemoConfig, run_demo
 
