@@ -1,6 +1,6 @@
 """dynamicnets: dynamic neural networks for PyTorch, with real, measured savings."""
 from . import data, flops, gates, inference, layers, models, profiling, training
-from . import adapt
+from . import adapt, protocols
 from .errors import CheckpointError, ConfigError, DataError, DynamicNetsError, TrainingError
 from .flops import count_flops
 from .models import create_model, list_models, register_model

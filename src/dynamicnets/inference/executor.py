@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..gates.confidence import ExitCriterion
 from ..execution import refuse_tracing
+from ..protocols import MultiExit
 from ..compact import assemble_rows, gather_rows, rows_where
 from ..outputs import DynamicOutput
 from .policy import ExitPolicy
@@ -56,12 +57,13 @@ class ExitResult:
 def _check_model(model: nn.Module, policy: ExitPolicy) -> ExitCriterion:
     """Raise `ConfigError` unless `model` is a multi-exit model in eval mode and `policy`
     fits it; return the policy's criterion."""
-    for attr in ("num_exits", "run_segment", "exit_logits", "exit_costs"):
-        if not hasattr(model, attr):
-            raise ConfigError(
-                f"early-exit execution needs a multi-exit model (MultiExitNetwork); "
-                f"{type(model).__name__} has no {attr!r}"
-            )
+    if not isinstance(model, MultiExit):
+        missing = [a for a in ("num_exits", "run_segment", "exit_logits", "exit_costs", "needs_input_after")
+                   if not hasattr(model, a)]
+        raise ConfigError(
+            f"early-exit execution needs a multi-exit model (the MultiExit protocol, e.g. a "
+            f"MultiExitNetwork); {type(model).__name__} has no {', '.join(map(repr, missing))}"
+        )
     if model.training:
         raise ConfigError(
             "the model is in training mode: call model.eval() before early-exit inference "

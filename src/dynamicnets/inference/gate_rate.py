@@ -34,6 +34,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..protocols import CalibratableGates
 from ..errors import ConfigError
 from ..gates.thresholds import GatePolicy
 
@@ -44,13 +45,12 @@ def gate_logit_layers(model: nn.Module) -> list[nn.Linear]:
     Raises:
         ConfigError: `model` has no calibratable gates.
     """
-    layers = getattr(model, "gate_logit_layers", None)
-    if layers is None:
+    if not isinstance(model, CalibratableGates):
         raise ConfigError(
             f"{type(model).__name__}: has no layer-skipping gates to calibrate (expected a gated ResNet "
             "such as skipnet_resnet, convnet_aig_resnet or blockdrop_resnet)"
         )
-    return list(layers())
+    return list(model.gate_logit_layers())
 
 
 def _batches(data: Tensor | Iterable, device: torch.device) -> list[Tensor]:
@@ -132,7 +132,7 @@ def calibrate_gate_rate(
     x = torch.cat(_batches(data, layers[0].bias.device))
     model.eval()
     total = [torch.zeros_like(layer.bias) for layer in layers]
-    if sum(sizes) == getattr(model, "num_gated_blocks", None):
+    if sum(sizes) == model.num_gated_blocks:
         # one logit per block, each layer called once per forward: fit each gate inside
         # the forward, before the later gates read its decisions -- exact in one pass
         def shift(k: int, layer: nn.Linear, output: Tensor) -> Tensor:

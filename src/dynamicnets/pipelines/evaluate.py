@@ -15,6 +15,7 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from ..data import DataBundle, load_data, make_eval_loader
 from ..data.preprocessing import Preprocessing, conform, preprocessing_for_spec
+from ..protocols import CalibratableGates, MultiExit, SkipsComputation
 from ..errors import ConfigError, DataError
 from ..inference.gate_rate import calibrate_gate_rate
 from ..flops import counted_flops
@@ -125,7 +126,7 @@ def full_flops_per_sample(model: torch.nn.Module, input_shape: tuple[int, ...], 
     state updates) define `full_flops(input_shape)`, the cost with nothing skipped; a
     plain forward of a zero input would count whatever that input's gates decided.
     """
-    if hasattr(model, "full_flops"):
+    if isinstance(model, SkipsComputation):
         return float(model.full_flops(tuple(input_shape)))
     x = torch.zeros((1, *input_shape), device=device)
     return float(counted_flops(model, x))
@@ -154,7 +155,7 @@ def evaluate_checkpoint(request: EvalRequest) -> dict[str, Any]:
     """
     device = resolve_device(request.device, what="--device")
     model, ckpt = load_trained_model(request.checkpoint, device)
-    if request.early_exit is not None and not hasattr(model, "num_exits"):
+    if request.early_exit is not None and not isinstance(model, MultiExit):
         raise ConfigError(
             f"--budget/--budget-ms/--thresholds: {request.checkpoint} holds {ckpt['model_name']!r}, a model "
             f"without early exits, so there is no exit rule to set; drop the option"
@@ -174,7 +175,7 @@ def evaluate_checkpoint(request: EvalRequest) -> dict[str, Any]:
     described = {"checkpoint": str(Path(request.checkpoint)), "model": ckpt["model_name"], "data": spec,
                  "split": request.split, "scored_on": scored_on,
                  "preprocessing": f"{trained.describe()} ({origin})", "preprocessing_converted": converted}
-    if hasattr(model, "num_exits"):
+    if isinstance(model, MultiExit):
         return {**described, **_evaluate_multi_exit(model, bundle, dataset, request, seed)}
     if request.anytime:
         raise ConfigError(f"--anytime: {type(model).__name__} has a single exit; anytime evaluation scores "
@@ -228,7 +229,7 @@ def _calibrate_gates(model, bundle, dataset, request: EvalRequest, seed: int, de
     returns the data to score and what to report."""
     if not 0.0 < request.gate_rate <= 1.0:
         raise ConfigError(f"--gate-rate: expected an execution rate in (0, 1], got {request.gate_rate}")
-    if not hasattr(model, "gate_logit_layers"):
+    if not isinstance(model, CalibratableGates):
         raise ConfigError(
             f"--gate-rate: {type(model).__name__} has no layer-skipping gates (expected a gated ResNet: "
             "skipnet_resnet, convnet_aig_resnet or blockdrop_resnet)"
