@@ -21,7 +21,7 @@ class ExitPolicy:
             `thresholds[k]` exits agree).
         thresholds: one per exit except the last (`K - 1` numbers); the last exit takes
             every sample still running. `math.inf` closes an exit.
-        max_flops: optional per-sample compute cap (DESIGN principle 8): a sample never
+        max_flops: optional per-sample compute cap (a bounded worst case): a sample never
             runs past the last exit whose cumulative cost is `<= max_flops`; that exit
             takes every sample still running, whatever the criterion says.
     """

@@ -4,7 +4,7 @@ The same class carries a backbone with intermediate classifiers (BranchyNet,
 Shallow-Deep Networks, MSDNet) and a cascade of independent models (each model a
 stage that starts again from the network input, its exit the identity on its logits).
 
-Two execution modes share the weights (DESIGN principle 2):
+Two execution modes share the weights (masked for training, compact for inference):
 
 - `forward(x)`: static shapes, every stage and every exit on the whole batch; the
   training path (and the run-everything reference).
