@@ -94,15 +94,14 @@ class _PooledLinearScorer(nn.Module):
 class GumbelChannelGate(_PooledLinearScorer):
     """Per-sample, per-channel keep decisions from Gumbel-sigmoid samples.
 
-    **Arguments:**
-
-    - `in_chans`: channels of the features the gate reads (the conv's input).
-    - `out_chans`: channels it decides on (the conv's output).
-    - `tau`: Gumbel temperature while training, `> 0`.
-    - `min_keep`: every sample keeps at least this many channels (its highest logits),
-        in `[0, out_chans]`; 1 keeps every sample's block from collapsing to nothing.
-    - `target_rate`: keep rate in `[0, 1]` the aux loss pulls toward, or None (no loss).
-    - `bias_init`: initial logit bias (2.0: about 88% of the channels kept at first).
+    Args:
+        in_chans: channels of the features the gate reads (the conv's input).
+        out_chans: channels it decides on (the conv's output).
+        tau: Gumbel temperature while training, `> 0`.
+        min_keep: every sample keeps at least this many channels (its highest logits),
+            in `[0, out_chans]`; 1 keeps every sample's block from collapsing to nothing.
+        target_rate: keep rate in `[0, 1]` the aux loss pulls toward, or None (no loss).
+        bias_init: initial logit bias (2.0: about 88% of the channels kept at first).
 
     Shapes:
         `forward(x (B, in_chans, *S)) -> ChannelDecision` with `(B, out_chans)` tensors,
@@ -143,13 +142,15 @@ class GumbelChannelGate(_PooledLinearScorer):
     def forward(
         self, x: Tensor, tau: float | None = None, generator: torch.Generator | None = None
     ) -> ChannelDecision:
-        """**Arguments:**
+        """Keep decisions for the output channels of each sample.
 
-        - `x`: `(B, in_chans, *S)` the gated conv's input.
-        - `tau`: temperature for this call (None: `self.tau`); unused in eval.
-        - `generator`: optional `torch.Generator` for reproducible training noise.
+        Args:
+            x: `(B, in_chans, *S)` the gated conv's input.
+            tau: temperature for this call (None: `self.tau`); unused in eval.
+            generator: optional `torch.Generator` for reproducible training noise.
 
-        **Returns:** `ChannelDecision` (`scale` is `keep`).
+        Returns:
+            `ChannelDecision` (`scale` is `keep`).
         """
         self.check_input(x)
         logits = self.fc(pooled_descriptor(x))
@@ -182,12 +183,11 @@ class FBSGate(_PooledLinearScorer):
     broken by `topk`), `scale = keep * s`. The same in training and eval; `s` gets its
     gradient through the boost and the L1 aux loss.
 
-    **Arguments:**
-
-    - `in_chans`, `out_chans`: as `GumbelChannelGate`.
-    - `density`: fraction of the output channels kept, in `(0, 1]`;
-        `k = ceil(density * out_chans)`.
-    - `bias_init`: initial saliency bias (1.0: boosts near 1, the static network at first).
+    Args:
+        in_chans, out_chans: as `GumbelChannelGate`.
+        density: fraction of the output channels kept, in `(0, 1]`;
+            `k = ceil(density * out_chans)`.
+        bias_init: initial saliency bias (1.0: boosts near 1, the static network at first).
 
     Shapes:
         `forward(x (B, in_chans, *S)) -> ChannelDecision` with `(B, out_chans)` tensors,

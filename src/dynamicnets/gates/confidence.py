@@ -34,13 +34,11 @@ def _probs(logits: Tensor) -> Tensor:
 def max_probability(logits: Tensor) -> Tensor:
     """Largest softmax probability.
 
-    **Arguments:**
+    Args:
+        logits: `(B, C)` class logits.
 
-    - `logits`: `(B, C)` class logits.
-
-    **Returns:**
-
-    `(B,)` float32 in `[1/C, 1]`.
+    Returns:
+        `(B,)` float32 in `[1/C, 1]`.
     """
     return _probs(logits).max(dim=-1).values
 
@@ -48,14 +46,12 @@ def max_probability(logits: Tensor) -> Tensor:
 def entropy_confidence(logits: Tensor) -> Tensor:
     """Normalised negative entropy `1 - H(p) / log C` of `p = softmax(logits)`.
 
-    **Arguments:**
+    Args:
+        logits: `(B, C)` class logits.
 
-    - `logits`: `(B, C)` class logits.
-
-    **Returns:**
-
-    `(B,)` float32 in `[0, 1]`: 0 for a uniform `p`, 1 for a one-hot `p` (and always 1
-    when `C = 1`).
+    Returns:
+        `(B,)` float32 in `[0, 1]`: 0 for a uniform `p`, 1 for a one-hot `p` (and always 1
+        when `C = 1`).
     """
     _check_logits(logits)
     log_p = torch.log_softmax(logits.float(), dim=-1)
@@ -71,13 +67,11 @@ def entropy_confidence(logits: Tensor) -> Tensor:
 def score_margin(logits: Tensor) -> Tensor:
     """Difference between the two largest softmax probabilities.
 
-    **Arguments:**
+    Args:
+        logits: `(B, C)` class logits.
 
-    - `logits`: `(B, C)` class logits.
-
-    **Returns:**
-
-    `(B,)` float32 in `[0, 1]` (1 when `C = 1`).
+    Returns:
+        `(B,)` float32 in `[0, 1]` (1 when `C = 1`).
     """
     probs = _probs(logits)
     if probs.shape[-1] == 1:
@@ -101,15 +95,13 @@ def _as_predictions(entry: Tensor) -> Tensor:
 def agreement_streaks(history: Sequence[Tensor]) -> Tensor:
     """Length of the run of identical predictions ending at each exit.
 
-    **Arguments:**
+    Args:
+        history: `E` tensors, one per exit (shallowest first), each `(B,)`
+            predictions or `(B, C)` logits (then argmax is taken).
 
-    - `history`: `E` tensors, one per exit (shallowest first), each `(B,)`
-        predictions or `(B, C)` logits (then argmax is taken).
-
-    **Returns:**
-
-    `(E, B)` int64: `streaks[e, b]` is how many consecutive exits up to and including
-    `e` predicted the same class as exit `e` for sample `b` (at least 1).
+    Returns:
+        `(E, B)` int64: `streaks[e, b]` is how many consecutive exits up to and including
+        `e` predicted the same class as exit `e` for sample `b` (at least 1).
     """
     if len(history) == 0:
         raise ValueError("patience needs a non-empty history of per-exit predictions")
@@ -133,23 +125,22 @@ class Patience:
     With `k = 1` every sample exits at exit 0. PABEE's patience `t` ("unchanged `t`
     times") is `k = t + 1` here.
 
-    **Arguments:**
-
-    - `k`: number of consecutive exits that must agree, `>= 1`.
+    Args:
+        k: number of consecutive exits that must agree, `>= 1`.
     """
 
     def __init__(self, k: int):
         self.k = _check_patience(k)
 
     def __call__(self, history: Sequence[Tensor]) -> Tensor:
-        """**Arguments:**
+        """First exit at which the last `k` exits agree, per sample.
 
-        - `history`: `E` per-exit `(B,)` predictions (or `(B, C)` logits), shallowest first.
+        Args:
+            history: `E` per-exit `(B,)` predictions (or `(B, C)` logits), shallowest first.
 
-        **Returns:**
-
-        `(B,)` int64 index of the first exit `e` where exits `e-k+1 .. e` agree, or
-        `-1` where that never happens within the history.
+        Returns:
+            `(B,)` int64 index of the first exit `e` where exits `e-k+1 .. e` agree, or
+            `-1` where that never happens within the history.
         """
         reached = agreement_streaks(history) >= self.k  # (E, B)
         first = reached.to(torch.int64).argmax(dim=0)  # first True (0 when none)
@@ -174,14 +165,14 @@ class ExitCriterion:
         raise NotImplementedError
 
     def should_exit(self, logits: Tensor, threshold: float) -> Tensor:
-        """**Arguments:**
+        """Whether each sample's score reaches `threshold`.
 
-        - `logits`: `(B, C)` logits of the current exit.
-        - `threshold`: minimum score needed to exit.
+        Args:
+            logits: `(B, C)` logits of the current exit.
+            threshold: minimum score needed to exit.
 
-        **Returns:**
-
-        `(B,)` bool, true for the samples that may exit here.
+        Returns:
+            `(B,)` bool, true for the samples that may exit here.
         """
         return self.score(logits) >= threshold
 
@@ -200,7 +191,14 @@ class MaxProbCriterion(ExitCriterion):
     name = "maxprob"
 
     def score(self, logits: Tensor) -> Tensor:
-        """**Arguments:** `logits` `(B, C)`. **Returns:** `(B,)` max probability."""
+        """Largest softmax probability of each sample.
+
+        Args:
+            logits: `(B, C)`.
+
+        Returns:
+            `(B,)` max probability.
+        """
         return max_probability(logits)
 
 
@@ -210,7 +208,14 @@ class EntropyCriterion(ExitCriterion):
     name = "entropy"
 
     def score(self, logits: Tensor) -> Tensor:
-        """**Arguments:** `logits` `(B, C)`. **Returns:** `(B,)` normalised negative entropy."""
+        """Normalised negative entropy of each sample.
+
+        Args:
+            logits: `(B, C)`.
+
+        Returns:
+            `(B,)` normalised negative entropy.
+        """
         return entropy_confidence(logits)
 
 
@@ -220,7 +225,14 @@ class MarginCriterion(ExitCriterion):
     name = "margin"
 
     def score(self, logits: Tensor) -> Tensor:
-        """**Arguments:** `logits` `(B, C)`. **Returns:** `(B,)` probability margin."""
+        """Top-1 minus top-2 softmax probability of each sample.
+
+        Args:
+            logits: `(B, C)`.
+
+        Returns:
+            `(B,)` probability margin.
+        """
         return score_margin(logits)
 
 
@@ -235,26 +247,26 @@ class PatienceCriterion(ExitCriterion):
     uses_history = True
 
     def score(self, history_preds: Sequence[Tensor]) -> Tensor:
-        """**Arguments:**
+        """Length of the run of agreeing exits ending at the current one.
 
-        - `history_preds`: per-exit `(B,)` predictions (or `(B, C)` logits) for the
-            exits reached so far, shallowest first; the last one is the current exit.
+        Args:
+            history_preds: per-exit `(B,)` predictions (or `(B, C)` logits) for the
+                exits reached so far, shallowest first; the last one is the current exit.
 
-        **Returns:**
-
-        `(B,)` float32 length of the run of agreeing exits ending at the current one.
+        Returns:
+            `(B,)` float32 length of the run of agreeing exits ending at the current one.
         """
         return agreement_streaks(history_preds)[-1].float()
 
     def should_exit(self, history_preds: Sequence[Tensor], threshold: float) -> Tensor:
-        """**Arguments:**
+        """Whether the last `threshold` exits agree, per sample.
 
-        - `history_preds`: as for `score`.
-        - `threshold`: `k`, the number of consecutive agreeing exits needed (`>= 1`).
+        Args:
+            history_preds: as for `score`.
+            threshold: `k`, the number of consecutive agreeing exits needed (`>= 1`).
 
-        **Returns:**
-
-        `(B,)` bool, true where the last `k` exits agree.
+        Returns:
+            `(B,)` bool, true where the last `k` exits agree.
         """
         return self.score(history_preds) >= _check_patience(threshold)
 
@@ -277,18 +289,15 @@ def list_criteria() -> list[str]:
 def get_criterion(name: str) -> ExitCriterion:
     """Build the exit criterion called `name`.
 
-    **Arguments:**
+    Args:
+        name: one of `"entropy"`, `"margin"`, `"maxprob"`, `"patience"`.
 
-    - `name`: one of `"entropy"`, `"margin"`, `"maxprob"`, `"patience"`.
+    Returns:
+        A new `ExitCriterion`.
 
-    **Returns:**
-
-    A new `ExitCriterion`.
-
-    **Raises:**
-
-    `ConfigError` naming the valid criteria when `name` is unknown, and telling how to
-    build a `"learned"` criterion (it must be fitted: `fit_learned_exit`).
+    Raises:
+        ConfigError: naming the valid criteria when `name` is unknown, and telling how to
+            build a `"learned"` criterion (it must be fitted: `fit_learned_exit`).
     """
     if name == "learned":
         raise ConfigError(

@@ -37,15 +37,13 @@ from .confidence import ExitCriterion, entropy_confidence
 def learned_exit_features(logits: Tensor, top_k: int = 3) -> Tensor:
     """Scale-free summary of each sample's softmax, the input of the learned head.
 
-    **Arguments:**
+    Args:
+        logits: `(B, C)` class logits of one exit.
+        top_k: how many of the largest probabilities to keep, `>= 2`.
 
-    - `logits`: `(B, C)` class logits of one exit.
-    - `top_k`: how many of the largest probabilities to keep, `>= 2`.
-
-    **Returns:**
-
-    `(B, top_k + 2)` float32: `[p_(1), ..., p_(top_k), p_(1) - p_(2), 1 - H(p)/log C]`
-    with `p_(i)` the i-th largest softmax probability (0 where `i > C`).
+    Returns:
+        `(B, top_k + 2)` float32: `[p_(1), ..., p_(top_k), p_(1) - p_(2), 1 - H(p)/log C]`
+        with `p_(i)` the i-th largest softmax probability (0 where `i > C`).
     """
     if logits.dim() != 2:
         raise ValueError(f"learned exit features need (B, C) logits, got shape {tuple(logits.shape)}")
@@ -72,11 +70,10 @@ class LearnedExitCriterion(nn.Module, ExitCriterion):
     It holds no per-exit state (see the module docstring): one head serves every exit.
     Move it to the logits' device with `.to(device)`.
 
-    **Arguments:**
-
-    - `top_k`: number of sorted probabilities among the features, `>= 2`.
-    - `hidden`: width of the hidden layer.
-    - `device`, `dtype`: where and in which dtype to create the parameters.
+    Args:
+        top_k: number of sorted probabilities among the features, `>= 2`.
+        hidden: width of the hidden layer.
+        device, dtype: where and in which dtype to create the parameters.
     """
 
     name = "learned"
@@ -99,13 +96,13 @@ class LearnedExitCriterion(nn.Module, ExitCriterion):
         return self.top_k + 2
 
     def forward(self, logits: Tensor) -> Tensor:
-        """**Arguments:**
+        """Correctness logit of one exit's prediction, per sample.
 
-        - `logits`: `(B, C)` class logits of one exit, on the head's device.
+        Args:
+            logits: `(B, C)` class logits of one exit, on the head's device.
 
-        **Returns:**
-
-        `(B,)` logit of "this exit's prediction is correct".
+        Returns:
+            `(B,)` logit of "this exit's prediction is correct".
         """
         weight = self.hidden.weight
         if logits.device != weight.device:
@@ -116,25 +113,25 @@ class LearnedExitCriterion(nn.Module, ExitCriterion):
         return self.head(learned_exit_features(logits, self.top_k).to(weight.dtype))
 
     def head(self, features: Tensor) -> Tensor:
-        """**Arguments:**
+        """Apply the head (standardisation and the two linear layers) to the features.
 
-        - `features`: `(B, top_k + 2)` from `learned_exit_features` (not standardised).
+        Args:
+            features: `(B, top_k + 2)` from `learned_exit_features` (not standardised).
 
-        **Returns:**
-
-        `(B,)` correctness logit.
+        Returns:
+            `(B,)` correctness logit.
         """
         standardised = (features - self.feature_mean) / self.feature_std
         return self.out(torch.tanh(self.hidden(standardised))).squeeze(-1)
 
     def score(self, logits: Tensor) -> Tensor:
-        """**Arguments:**
+        """Predicted probability that the current exit is right, per sample.
 
-        - `logits`: `(B, C)` class logits of the current exit.
+        Args:
+            logits: `(B, C)` class logits of the current exit.
 
-        **Returns:**
-
-        `(B,)` float32 in `[0, 1]`: predicted probability that `argmax(logits)` is right.
+        Returns:
+            `(B,)` float32 in `[0, 1]`: predicted probability that `argmax(logits)` is right.
         """
         with torch.no_grad():
             return torch.sigmoid(self.forward(logits).float())
@@ -153,19 +150,16 @@ class LearnedExitCriterion(nn.Module, ExitCriterion):
         `top_k` and `hidden` are read off the weight shapes, so the state dict alone is
         a complete checkpoint (tensors only; `torch.load(..., weights_only=True)` reads it).
 
-        **Arguments:**
+        Args:
+            state: the mapping `state_dict()` returned.
+            source: name of where it came from, for error messages.
+            device, dtype: where and in which dtype to create the criterion.
 
-        - `state`: the mapping `state_dict()` returned.
-        - `source`: name of where it came from, for error messages.
-        - `device`, `dtype`: where and in which dtype to create the criterion.
+        Returns:
+            A `LearnedExitCriterion` whose scores equal the saved one's.
 
-        **Returns:**
-
-        A `LearnedExitCriterion` whose scores equal the saved one's.
-
-        **Raises:**
-
-        `CheckpointError` naming the missing/unexpected keys or the inconsistent shapes.
+        Raises:
+            CheckpointError: naming the missing/unexpected keys or the inconsistent shapes.
         """
         expected = {"feature_mean", "feature_std", "hidden.weight", "hidden.bias", "out.weight", "out.bias"}
         if not isinstance(state, Mapping):
@@ -245,23 +239,21 @@ def fit_learned_exit(
     Fit on data the backbone was not trained on, or the head learns the training set's
     over-confidence.
 
-    **Arguments:**
+    Args:
+        exit_logits: `K` tensors `(N, C)`, one per exit (`collect_exit_logits`).
+        targets: `(N,)` int64 labels.
+        top_k, hidden: the head's shape (see `LearnedExitCriterion`).
+        steps: Adam steps over the whole pooled set.
+        lr, weight_decay: Adam's learning rate and L2 penalty.
+        seed: seeds the head's initialisation.
 
-    - `exit_logits`: `K` tensors `(N, C)`, one per exit (`collect_exit_logits`).
-    - `targets`: `(N,)` int64 labels.
-    - `top_k`, `hidden`: the head's shape (see `LearnedExitCriterion`).
-    - `steps`: Adam steps over the whole pooled set.
-    - `lr`, `weight_decay`: Adam's learning rate and L2 penalty.
-    - `seed`: seeds the head's initialisation.
+    Returns:
+        A fitted `LearnedExitCriterion` on the CPU in float32, in eval mode.
 
-    **Returns:**
-
-    A fitted `LearnedExitCriterion` on the CPU in float32, in eval mode.
-
-    **Raises:**
-
-    `DataError` for mismatched shapes or out-of-range targets, or when every example
-    has the same label; `ConfigError` for bad hyper-parameters.
+    Raises:
+        DataError: for mismatched shapes or out-of-range targets, or when every example
+            has the same label.
+        ConfigError: for bad hyper-parameters.
     """
     top_k = _check_top_k(top_k)
     if isinstance(steps, bool) or int(steps) != steps or steps < 1:

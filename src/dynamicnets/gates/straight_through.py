@@ -16,14 +16,12 @@ from ..errors import ConfigError
 def ste_threshold(x: Tensor, threshold: float = 0.5) -> Tensor:
     """Hard threshold with an identity (straight-through) gradient.
 
-    **Arguments:**
+    Args:
+        x: `(...)` soft gate values (e.g. probabilities).
+        threshold: values strictly above it become 1.
 
-    - `x`: `(...)` soft gate values (e.g. probabilities).
-    - `threshold`: values strictly above it become 1.
-
-    **Returns:**
-
-    `(...)` tensor of `x`'s dtype holding exactly `0.0` or `1.0`; `d out / d x = 1`.
+    Returns:
+        `(...)` tensor of `x`'s dtype holding exactly `0.0` or `1.0`; `d out / d x = 1`.
     """
     hard = (x > threshold).to(x.dtype)
     return hard + (x - x.detach())
@@ -32,13 +30,11 @@ def ste_threshold(x: Tensor, threshold: float = 0.5) -> Tensor:
 def saturating_sigmoid(x: Tensor) -> Tensor:
     """`clamp(1.2 * sigmoid(x) - 0.1, 0, 1)`: reaches exactly 0 and 1 for finite `x`.
 
-    **Arguments:**
+    Args:
+        x: `(...)` log-odds.
 
-    - `x`: `(...)` log-odds.
-
-    **Returns:**
-
-    `(...)` values in `[0, 1]`, equal to 0.5 at `x = 0`.
+    Returns:
+        `(...)` values in `[0, 1]`, equal to 0.5 at `x = 0`.
     """
     return torch.clamp(1.2 * torch.sigmoid(x) - 0.1, 0.0, 1.0)
 
@@ -60,19 +56,17 @@ def improved_semhash(
     first), so the same generator state gives the same result. In eval
     (`training=False`) the result is the bits `(v > 0)` without noise.
 
-    **Arguments:**
+    Args:
+        v: `(B, ...)` gate log-odds.
+        noise_std: standard deviation of `xi`, `>= 0`.
+        hard_prob: probability that a sample uses the hard bits, in `[0, 1]`
+            (Kaiser & Bengio use 0.5).
+        training: whether to add noise and mix (training) or return bits (eval).
+        generator: optional `torch.Generator` on `v`'s device.
 
-    - `v`: `(B, ...)` gate log-odds.
-    - `noise_std`: standard deviation of `xi`, `>= 0`.
-    - `hard_prob`: probability that a sample uses the hard bits, in `[0, 1]`
-        (Kaiser & Bengio use 0.5).
-    - `training`: whether to add noise and mix (training) or return bits (eval).
-    - `generator`: optional `torch.Generator` on `v`'s device.
-
-    **Returns:**
-
-    `(B, ...)` tensor of `v`'s dtype with values in `[0, 1]`; exactly 0/1 in eval and
-    for the samples that took the hard bits.
+    Returns:
+        `(B, ...)` tensor of `v`'s dtype with values in `[0, 1]`; exactly 0/1 in eval and
+        for the samples that took the hard bits.
     """
     if not noise_std >= 0:
         raise ConfigError(f"improved_semhash: noise_std must be >= 0, got {noise_std!r}")
@@ -100,10 +94,9 @@ class ImprovedSemHash(nn.Module):
     `self.training` chooses between the noisy soft/hard mix (training) and the exact
     bits `(v > 0)` (eval). No parameters; nothing is changed in `forward`.
 
-    **Arguments:**
-
-    - `noise_std`: standard deviation of the Gaussian noise added while training.
-    - `hard_prob`: probability that a sample uses hard bits while training.
+    Args:
+        noise_std: standard deviation of the Gaussian noise added while training.
+        hard_prob: probability that a sample uses hard bits while training.
     """
 
     def __init__(self, noise_std: float = 1.0, hard_prob: float = 0.5):
@@ -116,14 +109,14 @@ class ImprovedSemHash(nn.Module):
         self.hard_prob = float(hard_prob)
 
     def forward(self, v: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """**Arguments:**
+        """Gate values of the log-odds `v`.
 
-        - `v`: `(B, ...)` gate log-odds.
-        - `generator`: optional `torch.Generator` for reproducible training draws.
+        Args:
+            v: `(B, ...)` gate log-odds.
+            generator: optional `torch.Generator` for reproducible training draws.
 
-        **Returns:**
-
-        `(B, ...)` gate values in `[0, 1]` (exact 0/1 in eval).
+        Returns:
+            `(B, ...)` gate values in `[0, 1]` (exact 0/1 in eval).
         """
         return improved_semhash(v, self.noise_std, self.hard_prob, self.training, generator)
 
