@@ -137,3 +137,21 @@ def test_reset_classifier_refuses_a_bad_num_classes(bad):
     model = build("small_cnn")
     with pytest.raises(ConfigError, match="num_classes"):
         model.reset_classifier(bad)
+
+
+def test_exits_on_a_user_backbone_have_the_api_too():
+    """`add_exits` on a user's stages: pool + linear exits (`nn.Sequential`) reset like ExitHeads."""
+    from dynamicnets.adapt import add_exits
+
+    torch.manual_seed(0)
+    stages = [nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU()),
+              nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU())]
+    model = add_exits(stages, num_classes=NUM_CLASSES, input_shape=(1, 8, 8)).eval()
+    x = torch.randn(3, 1, 8, 8)
+    features = model.forward_features(x)
+    assert features.shape == (3, 16, 4, 4) and model.num_features == 16
+    torch.testing.assert_close(model.forward_head(features), model(x).logits)
+    model.reset_classifier(NEW_CLASSES)
+    out = model(x)
+    assert all(e.shape == (3, NEW_CLASSES) for e in out.exit_logits)
+    assert int(out.flops.sum().item()) == counted_flops(model, x)

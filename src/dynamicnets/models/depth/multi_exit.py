@@ -54,7 +54,7 @@ class MultiExitNetwork(ClassifierApi, nn.Module):
     stage (no exit head) and returns what the final exit reads (for an `ExitHead` on a
     multi-scale state, its scale); `forward_head` is the final exit; `get_classifier()`
     its linear layer; `reset_classifier` replaces the linear layer of every exit (an
-    exit must be an `ExitHead` or an `nn.Linear`).
+    exit must be an `ExitHead`, an `nn.Linear` or an `nn.Sequential` ending in one).
     """
 
     def __init__(
@@ -143,12 +143,17 @@ class MultiExitNetwork(ClassifierApi, nn.Module):
         """The linear layer of every exit, shallowest first (`exits.k.fc` or `exits.k`)."""
         paths = []
         for k, head in enumerate(self.exits):
-            if not isinstance(head, (ExitHead, nn.Linear)):
+            if isinstance(head, ExitHead):
+                paths.append(f"exits.{k}.fc")
+            elif type(head) is nn.Linear:
+                paths.append(f"exits.{k}")
+            elif isinstance(head, nn.Sequential) and len(head) and type(head[-1]) is nn.Linear:
+                paths.append(f"exits.{k}.{len(head) - 1}")
+            else:
                 raise ConfigError(
                     f"exit {k} is a {type(head).__name__}: the classifier API needs exits that are "
-                    "ExitHead or nn.Linear modules"
+                    "ExitHead, nn.Linear or nn.Sequential modules ending in an nn.Linear"
                 )
-            paths.append(f"exits.{k}.fc" if isinstance(head, ExitHead) else f"exits.{k}")
         return tuple(paths)
 
     @property
