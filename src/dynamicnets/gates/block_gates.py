@@ -77,10 +77,9 @@ def _linear_parameters(module: nn.Module, name: str) -> tuple[Tensor, Tensor | N
 class PooledLinearGate(nn.Module):
     """`logit = w . mean_{h,w}(x) + b`.
 
-    **Arguments:**
-
-    - `in_chans`: channels of the features the gate reads.
-    - `bias_init`: initial bias (positive: blocks start mostly executed).
+    Args:
+        in_chans: channels of the features the gate reads.
+        bias_init: initial bias (positive: blocks start mostly executed).
 
     Shapes:
         `(B, in_chans, H, W) -> (B,)` logits.
@@ -97,7 +96,8 @@ class PooledLinearGate(nn.Module):
     def scorer(self) -> Scorer:
         """`forward`'s logits as a function of `global_pool(x)` (see the module docstring).
 
-        **Returns:** `(B, in_chans) -> (B, 1)` logits; make a new one per forward.
+        Returns:
+            `(B, in_chans) -> (B, 1)` logits; make a new one per forward.
         """
         weight, bias = _linear_parameters(self, "fc")
         return lambda pooled: F.linear(pooled, weight, bias)
@@ -113,11 +113,10 @@ class PooledMLPGate(nn.Module):
     ConvNet-AIG's two-way softmax over (skip, execute) logits is a sigmoid of their
     difference, so one logit loses nothing.
 
-    **Arguments:**
-
-    - `in_chans`: channels of the features the gate reads.
-    - `hidden`: width of the hidden layer.
-    - `bias_init`: initial bias of the output (positive: blocks start mostly executed).
+    Args:
+        in_chans: channels of the features the gate reads.
+        hidden: width of the hidden layer.
+        bias_init: initial bias of the output (positive: blocks start mostly executed).
 
     Shapes:
         `(B, in_chans, H, W) -> (B,)` logits.
@@ -138,7 +137,8 @@ class PooledMLPGate(nn.Module):
     def scorer(self) -> Scorer:
         """`forward`'s logits as a function of `global_pool(x)` (see the module docstring).
 
-        **Returns:** `(B, in_chans) -> (B, 1)` logits; make a new one per forward.
+        Returns:
+            `(B, in_chans) -> (B, 1)` logits; make a new one per forward.
         """
         (w1, b1), (w2, b2) = _linear_parameters(self, "fc1"), _linear_parameters(self, "fc2")
         return lambda pooled: F.linear(F.linear(pooled, w1, b1).relu_(), w2, b2)
@@ -156,11 +156,10 @@ class RecurrentGate(nn.Module):
     shared linear layer. The LSTM state is carried from block to block, so a decision can
     depend on the earlier ones.
 
-    **Arguments:**
-
-    - `stage_chans`: channels of the block inputs of each stage, e.g. `(16, 32, 64)`.
-    - `input_size`, `hidden_size`: of the LSTM cell (SkipNet uses a hidden size of 10).
-    - `bias_init`: initial bias of the output layer.
+    Args:
+        stage_chans: channels of the block inputs of each stage, e.g. `(16, 32, 64)`.
+        input_size, hidden_size: of the LSTM cell (SkipNet uses a hidden size of 10).
+        bias_init: initial bias of the output layer.
 
     Shapes:
         `forward(x (B, C_stage, H, W), stage, state) -> (logits (B,), state)`, `state` a
@@ -194,10 +193,12 @@ class RecurrentGate(nn.Module):
         """`forward`'s logits for a run of steps, as functions of `global_pool(x)` (see the
         module docstring), the LSTM state carried from one to the next.
 
-        **Arguments:** `stages`: the stage of each step, in order.
+        Args:
+            stages: the stage of each step, in order.
 
-        **Returns:** one `(B, C_stage) -> (B, 1)` function per step, to be called once
-        each, in order, starting from a zero state; make new ones per forward.
+        Returns:
+            One `(B, C_stage) -> (B, 1)` function per step, to be called once
+            each, in order, starting from a zero state; make new ones per forward.
         """
         project = [(layer.weight, layer.bias) for layer in self.project]
         lstm = self.lstm
@@ -227,14 +228,13 @@ class PolicyNetwork(nn.Module):
     conv3x3(4 width, stride 2) -> global pool -> linear(num_actions)`, each conv with
     BatchNorm and ReLU (BlockDrop uses a ResNet-8/10 here; this is the same idea, smaller).
 
-    **Arguments:**
-
-    - `in_chans`: input channels.
-    - `num_actions`: logits produced (one per gated block).
-    - `resolution`: the input is average-pooled by `max(1, H // resolution)` first (32x32
-        CIFAR images are seen at 16x16 by default).
-    - `width`: channels of the first conv.
-    - `bias_init`: initial bias of the output layer (positive: keep most blocks at first).
+    Args:
+        in_chans: input channels.
+        num_actions: logits produced (one per gated block).
+        resolution: the input is average-pooled by `max(1, H // resolution)` first (32x32
+            CIFAR images are seen at 16x16 by default).
+        width: channels of the first conv.
+        bias_init: initial bias of the output layer (positive: keep most blocks at first).
 
     Shapes:
         `(B, in_chans, H, W) -> (B, num_actions)` logits.

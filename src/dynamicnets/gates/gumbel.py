@@ -39,14 +39,12 @@ def _uniform_open(like: Tensor, generator: torch.Generator | None) -> Tensor:
 def sample_gumbel(like: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """Standard Gumbel(0, 1) noise.
 
-    **Arguments:**
+    Args:
+        like: any tensor; only its shape, device and dtype are used.
+        generator: optional `torch.Generator` (on `like`'s device) for reproducible draws.
 
-    - `like`: any tensor; only its shape, device and dtype are used.
-    - `generator`: optional `torch.Generator` (on `like`'s device) for reproducible draws.
-
-    **Returns:**
-
-    Noise of `like`'s shape, in `like`'s dtype promoted to at least float32.
+    Returns:
+        Noise of `like`'s shape, in `like`'s dtype promoted to at least float32.
     """
     return -torch.log(-torch.log(_uniform_open(like, generator)))
 
@@ -54,14 +52,12 @@ def sample_gumbel(like: Tensor, generator: torch.Generator | None = None) -> Ten
 def sample_logistic(like: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """Standard logistic noise `log u - log(1 - u)` (the difference of two Gumbels).
 
-    **Arguments:**
+    Args:
+        like: any tensor; only its shape, device and dtype are used.
+        generator: optional `torch.Generator` for reproducible draws.
 
-    - `like`: any tensor; only its shape, device and dtype are used.
-    - `generator`: optional `torch.Generator` for reproducible draws.
-
-    **Returns:**
-
-    Noise of `like`'s shape, in `like`'s dtype promoted to at least float32.
+    Returns:
+        Noise of `like`'s shape, in `like`'s dtype promoted to at least float32.
     """
     u = _uniform_open(like, generator)
     return torch.log(u) - torch.log1p(-u)
@@ -83,23 +79,21 @@ def gumbel_softmax(
 ) -> Tensor:
     """Relaxed (or straight-through hard) sample of a categorical decision.
 
-    **Arguments:**
+    Args:
+        logits: `(..., K, ...)` unnormalised log-probabilities; `dim` indexes the `K`
+            choices.
+        tau: temperature `> 0`; small values make the relaxed sample nearly one-hot.
+        hard: if `True` the value is an exact one-hot of the argmax of the (noisy)
+            logits and the gradient is the relaxed sample's (straight-through).
+        generator: optional `torch.Generator` on `logits`' device; the same generator
+            state gives the same sample.
+        dim: the dimension of the choices.
+        noise: if `False` no Gumbel noise is added: the result is the deterministic
+            `softmax(logits / tau)`, or with `hard=True` the one-hot argmax of `logits`.
 
-    - `logits`: `(..., K, ...)` unnormalised log-probabilities; `dim` indexes the `K`
-        choices.
-    - `tau`: temperature `> 0`; small values make the relaxed sample nearly one-hot.
-    - `hard`: if `True` the value is an exact one-hot of the argmax of the (noisy)
-        logits and the gradient is the relaxed sample's (straight-through).
-    - `generator`: optional `torch.Generator` on `logits`' device; the same generator
-        state gives the same sample.
-    - `dim`: the dimension of the choices.
-    - `noise`: if `False` no Gumbel noise is added: the result is the deterministic
-        `softmax(logits / tau)`, or with `hard=True` the one-hot argmax of `logits`.
-
-    **Returns:**
-
-    Tensor of `logits`' shape and dtype. Soft: non-negative, summing to 1 along `dim`.
-    Hard: exactly one 1 along `dim`, 0 elsewhere.
+    Returns:
+        Tensor of `logits`' shape and dtype. Soft: non-negative, summing to 1 along `dim`.
+        Hard: exactly one 1 along `dim`, 0 elsewhere.
     """
     _check_tau(tau)
     scores = logits + sample_gumbel(logits, generator) if noise else logits
@@ -124,19 +118,17 @@ def gumbel_sigmoid(
     The relaxed value is `sigmoid((logits + l) / tau)` with logistic noise `l`; with
     `threshold=0.5` the hard decision is 1 with probability `sigmoid(logits)`.
 
-    **Arguments:**
+    Args:
+        logits: `(...)` log-odds of each gate being on.
+        tau: temperature `> 0`.
+        hard: if `True` the value is exactly `1.0` where the relaxed sample exceeds
+            `threshold` and `0.0` elsewhere, with the relaxed sample's gradient.
+        threshold: in `(0, 1)`; the cut applied to the relaxed sample when `hard`.
+        generator: optional `torch.Generator` for reproducible draws.
+        noise: if `False` no noise is added (`sigmoid(logits / tau)`, or its threshold).
 
-    - `logits`: `(...)` log-odds of each gate being on.
-    - `tau`: temperature `> 0`.
-    - `hard`: if `True` the value is exactly `1.0` where the relaxed sample exceeds
-        `threshold` and `0.0` elsewhere, with the relaxed sample's gradient.
-    - `threshold`: in `(0, 1)`; the cut applied to the relaxed sample when `hard`.
-    - `generator`: optional `torch.Generator` for reproducible draws.
-    - `noise`: if `False` no noise is added (`sigmoid(logits / tau)`, or its threshold).
-
-    **Returns:**
-
-    Tensor of `logits`' shape and dtype, in `[0, 1]` (soft) or in `{0, 1}` (hard).
+    Returns:
+        Tensor of `logits`' shape and dtype, in `[0, 1]` (soft) or in `{0, 1}` (hard).
     """
     _check_tau(tau)
     if not 0.0 < threshold < 1.0:
@@ -154,14 +146,13 @@ class GumbelSoftmaxGate(nn.Module):
     While training it samples with Gumbel noise; in eval mode it is deterministic
     (argmax). The module has no parameters and never changes state in `forward`.
 
-    **Arguments:**
-
-    - `tau`: default temperature `> 0` (a schedule can pass another per call).
-    - `hard`: straight-through one-hot while training if `True`, relaxed sample if
-        `False`.
-    - `hard_eval`: in eval mode, return the one-hot argmax if `True` (the discrete
-        decision inference needs to save compute), else `softmax(logits / tau)`.
-    - `dim`: the dimension of the `K` choices.
+    Args:
+        tau: default temperature `> 0` (a schedule can pass another per call).
+        hard: straight-through one-hot while training if `True`, relaxed sample if
+            `False`.
+        hard_eval: in eval mode, return the one-hot argmax if `True` (the discrete
+            decision inference needs to save compute), else `softmax(logits / tau)`.
+        dim: the dimension of the `K` choices.
     """
 
     def __init__(self, tau: float = 1.0, hard: bool = True, hard_eval: bool = True, dim: int = -1):
@@ -175,15 +166,15 @@ class GumbelSoftmaxGate(nn.Module):
     def forward(
         self, logits: Tensor, tau: float | None = None, generator: torch.Generator | None = None
     ) -> Tensor:
-        """**Arguments:**
+        """Sample (training) or take (eval) the categorical decisions.
 
-        - `logits`: `(..., K)` choice logits (choices along `self.dim`).
-        - `tau`: temperature for this call; `None` uses `self.tau`.
-        - `generator`: optional `torch.Generator` for reproducible training draws.
+        Args:
+            logits: `(..., K)` choice logits (choices along `self.dim`).
+            tau: temperature for this call; `None` uses `self.tau`.
+            generator: optional `torch.Generator` for reproducible training draws.
 
-        **Returns:**
-
-        `(..., K)` decisions (see `gumbel_softmax`).
+        Returns:
+            `(..., K)` decisions (see `gumbel_softmax`).
         """
         tau = self.tau if tau is None else tau
         if self.training:
@@ -200,12 +191,11 @@ class GumbelSigmoidGate(nn.Module):
     While training it samples with logistic noise; in eval mode it is deterministic
     (`sigmoid(logits / tau) > threshold`). No parameters, no state changed in `forward`.
 
-    **Arguments:**
-
-    - `tau`: default temperature `> 0`.
-    - `hard`: straight-through 0/1 while training if `True`, relaxed sample if `False`.
-    - `threshold`: in `(0, 1)`, the cut on the relaxed value.
-    - `hard_eval`: in eval mode return exact 0/1 if `True`, else `sigmoid(logits / tau)`.
+    Args:
+        tau: default temperature `> 0`.
+        hard: straight-through 0/1 while training if `True`, relaxed sample if `False`.
+        threshold: in `(0, 1)`, the cut on the relaxed value.
+        hard_eval: in eval mode return exact 0/1 if `True`, else `sigmoid(logits / tau)`.
     """
 
     def __init__(
@@ -223,15 +213,15 @@ class GumbelSigmoidGate(nn.Module):
     def forward(
         self, logits: Tensor, tau: float | None = None, generator: torch.Generator | None = None
     ) -> Tensor:
-        """**Arguments:**
+        """Sample (training) or take (eval) the binary decisions.
 
-        - `logits`: `(...)` gate log-odds.
-        - `tau`: temperature for this call; `None` uses `self.tau`.
-        - `generator`: optional `torch.Generator` for reproducible training draws.
+        Args:
+            logits: `(...)` gate log-odds.
+            tau: temperature for this call; `None` uses `self.tau`.
+            generator: optional `torch.Generator` for reproducible training draws.
 
-        **Returns:**
-
-        `(...)` decisions (see `gumbel_sigmoid`).
+        Returns:
+            `(...)` decisions (see `gumbel_sigmoid`).
         """
         tau = self.tau if tau is None else tau
         if self.training:

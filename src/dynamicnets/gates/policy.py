@@ -32,16 +32,14 @@ class BernoulliPolicy:
     def sample(self, logits: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Draw actions `a ~ Bernoulli(sigmoid(logits))`.
 
-        **Arguments:**
+        Args:
+            logits: `(B, *A)` log-odds of action 1.
+            generator: optional `torch.Generator` on `logits`' device.
 
-        - `logits`: `(B, *A)` log-odds of action 1.
-        - `generator`: optional `torch.Generator` on `logits`' device.
-
-        **Returns:**
-
-        `(actions, log_prob)`: `actions` `(B, *A)` float in `{0, 1}` (no gradient);
-        `log_prob` `(B,)`, the log-probability of each sample's actions, summed over
-        `A`, differentiable in `logits`.
+        Returns:
+            `(actions, log_prob)`: `actions` `(B, *A)` float in `{0, 1}` (no gradient);
+            `log_prob` `(B,)`, the log-probability of each sample's actions, summed over
+            `A`, differentiable in `logits`.
         """
         with torch.no_grad():
             u = torch.rand(logits.shape, generator=generator, device=logits.device)
@@ -49,9 +47,14 @@ class BernoulliPolicy:
         return actions, self.log_prob(logits, actions)
 
     def log_prob(self, logits: Tensor, actions: Tensor) -> Tensor:
-        """**Arguments:** `logits` `(B, *A)`; `actions` `(B, *A)` in `{0, 1}`.
+        """Log-probability of the given actions, summed over `A`.
 
-        **Returns:** `(B,)` summed log-probability of the actions.
+        Args:
+            logits: `(B, *A)`.
+            actions: `(B, *A)` in `{0, 1}`.
+
+        Returns:
+            `(B,)` summed log-probability of the actions.
         """
         per_action = -F.binary_cross_entropy_with_logits(
             logits, actions.to(logits.dtype), reduction="none"
@@ -59,11 +62,25 @@ class BernoulliPolicy:
         return _sum_per_sample(per_action)
 
     def greedy(self, logits: Tensor) -> Tensor:
-        """**Arguments:** `logits` `(B, *A)`. **Returns:** `(B, *A)` float, 1 where `logits > 0`."""
+        """Most likely actions, without sampling.
+
+        Args:
+            logits: `(B, *A)`.
+
+        Returns:
+            `(B, *A)` float, 1 where `logits > 0`.
+        """
         return (logits > 0).to(logits.dtype)
 
     def entropy(self, logits: Tensor) -> Tensor:
-        """**Arguments:** `logits` `(B, *A)`. **Returns:** `(B,)` entropy in nats, summed over `A`."""
+        """Entropy of the policy, per sample.
+
+        Args:
+            logits: `(B, *A)`.
+
+        Returns:
+            `(B,)` entropy in nats, summed over `A`.
+        """
         p = torch.sigmoid(logits)
         # H = -p log p - (1-p) log(1-p), written with log-sigmoids to stay finite.
         per_action = -(p * F.logsigmoid(logits) + (1 - p) * F.logsigmoid(-logits))
@@ -79,15 +96,13 @@ class CategoricalPolicy:
     def sample(self, logits: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Draw actions `a ~ Categorical(softmax(logits))` (by the Gumbel-max trick).
 
-        **Arguments:**
+        Args:
+            logits: `(B, *A, K)` unnormalised log-probabilities; `-inf` masks a choice.
+            generator: optional `torch.Generator` on `logits`' device.
 
-        - `logits`: `(B, *A, K)` unnormalised log-probabilities; `-inf` masks a choice.
-        - `generator`: optional `torch.Generator` on `logits`' device.
-
-        **Returns:**
-
-        `(actions, log_prob)`: `actions` `(B, *A)` int64; `log_prob` `(B,)` summed over
-        `A`, differentiable in `logits`.
+        Returns:
+            `(actions, log_prob)`: `actions` `(B, *A)` int64; `log_prob` `(B,)` summed over
+            `A`, differentiable in `logits`.
         """
         if logits.dim() < 2:
             raise ValueError(f"CategoricalPolicy needs (B, *A, K) logits, got shape {tuple(logits.shape)}")
@@ -96,20 +111,39 @@ class CategoricalPolicy:
         return actions, self.log_prob(logits, actions)
 
     def log_prob(self, logits: Tensor, actions: Tensor) -> Tensor:
-        """**Arguments:** `logits` `(B, *A, K)`; `actions` `(B, *A)` int64.
+        """Log-probability of the given actions, summed over `A`.
 
-        **Returns:** `(B,)` summed log-probability of the actions.
+        Args:
+            logits: `(B, *A, K)`.
+            actions: `(B, *A)` int64.
+
+        Returns:
+            `(B,)` summed log-probability of the actions.
         """
         log_p = torch.log_softmax(logits, dim=-1)
         chosen = log_p.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
         return _sum_per_sample(chosen)
 
     def greedy(self, logits: Tensor) -> Tensor:
-        """**Arguments:** `logits` `(B, *A, K)`. **Returns:** `(B, *A)` int64 argmax."""
+        """Most likely choices, without sampling.
+
+        Args:
+            logits: `(B, *A, K)`.
+
+        Returns:
+            `(B, *A)` int64 argmax.
+        """
         return logits.argmax(dim=-1)
 
     def entropy(self, logits: Tensor) -> Tensor:
-        """**Arguments:** `logits` `(B, *A, K)`. **Returns:** `(B,)` entropy in nats, summed over `A`."""
+        """Entropy of the policy, per sample.
+
+        Args:
+            logits: `(B, *A, K)`.
+
+        Returns:
+            `(B,)` entropy in nats, summed over `A`.
+        """
         log_p = torch.log_softmax(logits, dim=-1)
         # Masked choices have log p = -inf and p = 0; clamping keeps 0 * log p at 0
         # (and its gradient finite) instead of NaN.
@@ -129,10 +163,9 @@ class MovingAverageBaseline(nn.Module):
     Under data-parallel training, average the rewards over ranks before `update` (or
     let DDP broadcast the buffers) so every rank holds the same baseline.
 
-    **Arguments:**
-
-    - `momentum`: weight of the old mean, in `[0, 1)`.
-    - `device`, `dtype`: of the buffers (`dtype` defaults to float32).
+    Args:
+        momentum: weight of the old mean, in `[0, 1)`.
+        device, dtype: of the buffers (`dtype` defaults to float32).
     """
 
     mean: Tensor
@@ -147,20 +180,22 @@ class MovingAverageBaseline(nn.Module):
         self.register_buffer("count", torch.zeros((), device=device, dtype=torch.int64))
 
     def forward(self) -> Tensor:
-        """**Returns:** the current baseline, a scalar tensor (no gradient)."""
+        """Read the baseline without updating it.
+
+        Returns:
+            The current baseline, a scalar tensor (no gradient).
+        """
         return self.mean.detach().clone()
 
     @torch.no_grad()
     def update(self, rewards: Tensor) -> Tensor:
         """Fold a batch of rewards into the running mean.
 
-        **Arguments:**
+        Args:
+            rewards: `(B,)` (or any shape) rewards; their mean is used.
 
-        - `rewards`: `(B,)` (or any shape) rewards; their mean is used.
-
-        **Returns:**
-
-        The new baseline, a scalar tensor.
+        Returns:
+            The new baseline, a scalar tensor.
         """
         if rewards.numel() == 0:
             raise ValueError("MovingAverageBaseline.update got an empty reward tensor")
@@ -190,17 +225,15 @@ def reinforce_loss(
     Minimising it raises the log-probability of actions whose reward beats the
     baseline; the entropy bonus keeps the policy from collapsing early.
 
-    **Arguments:**
+    Args:
+        log_prob: `(B,)` log-probability of each sample's sampled actions.
+        reward: `(B,)` reward of each sample (no gradient flows into it).
+        baseline: a float, a scalar tensor or a `(B,)` tensor (no gradient flows into it).
+        entropy: optional `(B,)` policy entropy per sample.
+        entropy_weight: weight of the entropy bonus; needs `entropy` when non-zero.
 
-    - `log_prob`: `(B,)` log-probability of each sample's sampled actions.
-    - `reward`: `(B,)` reward of each sample (no gradient flows into it).
-    - `baseline`: a float, a scalar tensor or a `(B,)` tensor (no gradient flows into it).
-    - `entropy`: optional `(B,)` policy entropy per sample.
-    - `entropy_weight`: weight of the entropy bonus; needs `entropy` when non-zero.
-
-    **Returns:**
-
-    Scalar loss.
+    Returns:
+        Scalar loss.
     """
     if log_prob.dim() != 1 or reward.shape != log_prob.shape:
         raise ValueError(
@@ -228,16 +261,14 @@ def cost_aware_reward(
     residual blocks executed, `|u|_0 / K`; its paper names the wrong-answer penalty
     gamma, which here is `penalty` (and `gamma` is the exponent).
 
-    **Arguments:**
+    Args:
+        correct: `(B,)` bool, whether each prediction is right.
+        cost_fraction: `(B,)` executed cost over the full cost, normally in `[0, 1]`.
+        penalty: reward of a wrong prediction is `-penalty`.
+        gamma: exponent of the cost term, `> 0`.
 
-    - `correct`: `(B,)` bool, whether each prediction is right.
-    - `cost_fraction`: `(B,)` executed cost over the full cost, normally in `[0, 1]`.
-    - `penalty`: reward of a wrong prediction is `-penalty`.
-    - `gamma`: exponent of the cost term, `> 0`.
-
-    **Returns:**
-
-    `(B,)` rewards in `cost_fraction`'s floating dtype (float32 if it is not floating).
+    Returns:
+        `(B,)` rewards in `cost_fraction`'s floating dtype (float32 if it is not floating).
     """
     if correct.shape != cost_fraction.shape:
         raise ValueError(

@@ -42,11 +42,10 @@ class _Schedule:
 class LinearDecay(_Schedule):
     """`start + (end - start) * t` with `t = clamp(step / total_steps, 0, 1)`.
 
-    **Arguments:**
-
-    - `start`: value at step 0.
-    - `end`: value at and after `total_steps`.
-    - `total_steps`: length of the schedule, `> 0`.
+    Args:
+        start: value at step 0.
+        end: value at and after `total_steps`.
+        total_steps: length of the schedule, `> 0`.
     """
 
     def __call__(self, step: int | float) -> float:
@@ -61,11 +60,10 @@ class ExponentialDecay(_Schedule):
     The value shrinks by the same factor every step, the usual choice for a Gumbel
     temperature. Both `start` and `end` must be `> 0`.
 
-    **Arguments:**
-
-    - `start`: value at step 0, `> 0`.
-    - `end`: value at and after `total_steps`, `> 0`.
-    - `total_steps`: length of the schedule, `> 0`.
+    Args:
+        start: value at step 0, `> 0`.
+        end: value at and after `total_steps`, `> 0`.
+        total_steps: length of the schedule, `> 0`.
     """
 
     def __post_init__(self) -> None:
@@ -89,11 +87,10 @@ class CosineDecay(_Schedule):
 
     Flat near both ends, steepest in the middle.
 
-    **Arguments:**
-
-    - `start`: value at step 0.
-    - `end`: value at and after `total_steps`.
-    - `total_steps`: length of the schedule, `> 0`.
+    Args:
+        start: value at step 0.
+        end: value at and after `total_steps`.
+        total_steps: length of the schedule, `> 0`.
     """
 
     def __call__(self, step: int | float) -> float:
