@@ -118,27 +118,24 @@ def channel_gated_convs(
 ) -> Tensor:
     """`conv2(relu(bn1(conv1(x))) * scale)`, running only the channels with `scale != 0`.
 
-    **Arguments:**
+    Args:
+        x: `(B, C_in, H, W)`.
+        conv1, bn1, conv2: `nn.Conv2d(C_in, C_mid)`, `nn.BatchNorm2d(C_mid)`,
+            `nn.Conv2d(C_mid, C_out)`, both convs ungrouped (any kernel, stride, padding).
+        scale: `(B, C_mid)` per-sample channel factors; 0 skips the channel.
+        execution: `"masked"` or `"compact"` (module docstring); compact needs `bn1` in
+            eval mode.
+        max_kept: compact only: the batch runs `K = max_kept` channels per sample; it
+            must be at least every sample's count of nonzero `scale` (a fixed-`k` gate
+            guarantees it). None: `K` is the largest count in the batch (one host sync).
 
-    - `x`: `(B, C_in, H, W)`.
-    - `conv1`, `bn1`, `conv2`: `nn.Conv2d(C_in, C_mid)`, `nn.BatchNorm2d(C_mid)`,
-        `nn.Conv2d(C_mid, C_out)`, both convs ungrouped (any kernel, stride, padding).
-    - `scale`: `(B, C_mid)` per-sample channel factors; 0 skips the channel.
-    - `execution`: `"masked"` or `"compact"` (module docstring); compact needs `bn1` in
-        eval mode.
-    - `max_kept`: compact only: the batch runs `K = max_kept` channels per sample; it
-        must be at least every sample's count of nonzero `scale` (a fixed-`k` gate
-        guarantees it). None: `K` is the largest count in the batch (one host sync).
+    Returns:
+        `(B, C_out, H', W')` (before any norm of `conv2`). The two executions agree up to
+        floating-point rounding.
 
-    **Returns:**
-
-    `(B, C_out, H', W')` (before any norm of `conv2`). The two executions agree up to
-    floating-point rounding.
-
-    **Raises:**
-
-    `ConfigError` for a bad `execution`, `scale` shape, `max_kept`, modules that do not
-    chain (`check_pair`), or a compact run with `bn1` in training mode.
+    Raises:
+        ConfigError: for a bad `execution`, `scale` shape, `max_kept`, modules that do not
+            chain (`check_pair`), or a compact run with `bn1` in training mode.
     """
     execution = parse_execution(execution)
     check_pair(conv1, bn1, conv2)
@@ -181,12 +178,12 @@ def executed_channels(
 ) -> tuple[Tensor, Tensor]:
     """Mid channels each sample computes and keeps under `channel_gated_convs`.
 
-    **Arguments:** `scale (B, C_mid)`, `execution`, `max_kept`: as passed to it.
+    Args:
+        scale, execution, max_kept: as passed to it (`scale` is `(B, C_mid)`).
 
-    **Returns:**
-
-    `(ran, kept)`, each `(B,)` float64: `ran` is what the execution computed for the
-    sample (masked: `C_mid`; compact: `K`, padding included), `kept` its nonzero `scale`s.
+    Returns:
+        `(ran, kept)`, each `(B,)` float64: `ran` is what the execution computed for the
+        sample (masked: `C_mid`; compact: `K`, padding included), `kept` its nonzero `scale`s.
     """
     kept = count_kept(scale.detach()).to(torch.float64)
     if execution == "masked":
@@ -207,17 +204,16 @@ def pair_cost(
 ) -> tuple[Tensor, Tensor]:
     """Per-sample FLOPs of `channel_gated_convs` with the same arguments (FlopCounterMode's count).
 
-    **Arguments:**
+    Args:
+        conv1, conv2: the pair.
+        height, width: of `x`.
+        scale, execution, max_kept: as passed to `channel_gated_convs`.
 
-    - `conv1`, `conv2`: the pair; `height`, `width`: of `x`.
-    - `scale`, `execution`, `max_kept`: as passed to `channel_gated_convs`.
-
-    **Returns:**
-
-    `(ran, kept)`, each `(B,)` float64 on `scale`'s device. `ran`: what each sample's
-    execution computed (masked: the full pair; compact: `K` channels, padding
-    included); `ran.sum()` is what `FlopCounterMode` sees. `kept`: the cost of the
-    channels the sample keeps (its compact cost run alone, or in a batch of equal counts).
+    Returns:
+        `(ran, kept)`, each `(B,)` float64 on `scale`'s device. `ran`: what each sample's
+        execution computed (masked: the full pair; compact: `K` channels, padding
+        included); `ran.sum()` is what `FlopCounterMode` sees. `kept`: the cost of the
+        channels the sample keeps (its compact cost run alone, or in a batch of equal counts).
     """
     ran, kept = executed_channels(scale, execution, max_kept)
     per_channel = channel_cost(conv1, conv2, height, width)
@@ -227,13 +223,13 @@ def pair_cost(
 class ChannelGatedConvPair(nn.Module):
     """`conv1 -> bn1 -> ReLU -> (x scale) -> conv2`, the mid channels gated per sample.
 
-    **Arguments:**
+    Args:
+        in_chans, mid_chans, out_chans: channels of `x`, of the gated middle, of the
+            output.
+        kernel_size, stride: of `conv1` (`conv2` has stride 1); padding `kernel_size // 2`.
 
-    - `in_chans`, `mid_chans`, `out_chans`: channels of `x`, of the gated middle, of the
-        output.
-    - `kernel_size`, `stride`: of `conv1` (`conv2` has stride 1); padding `kernel_size // 2`.
-
-    Attributes: `conv1`, `bn1`, `conv2` (bias-free convs, He-initialised).
+    Attributes:
+        conv1, bn1, conv2: the layers (bias-free convs, He-initialised).
 
     Shapes:
         `forward(x (B, in_chans, H, W), scale (B, mid_chans), execution, max_kept)

@@ -62,32 +62,29 @@ def run_gated(
 ) -> Tensor:
     """Apply `block` to the samples of `x` whose gate is on; the others pass unchanged.
 
-    **Arguments:**
+    Args:
+        block: a callable `(N, *S) -> (N, *S)` (shape-preserving), applied per sample
+            (no interaction between samples other than batch-norm statistics in training).
+        x: `(B, *S)` input.
+        gate: `(B,)` gate values: in `[0, 1]` for `masked`, exactly 0/1 (float or bool)
+            for `compact`. A gate that requires grad keeps its gradient in both executions
+            (in `compact` only the executed samples' gates receive one: the others ran
+            nothing).
+        execution: `"masked"` or `"compact"` (see the module docstring).
+        validate: check the gate's shape and, for `compact`, that it is hard. Callers
+            that made the gate themselves (e.g. by a comparison) may skip the check, which
+            costs a few small tensor ops per block.
+        inplace: `compact` only, without autograd: write the executed samples back into
+            `x` itself instead of a copy. Saves copying the whole batch per block; use it
+            only on an intermediate activation that nothing else reads afterwards.
 
-    - `block`: a callable `(N, *S) -> (N, *S)` (shape-preserving), applied per sample
-        (no interaction between samples other than batch-norm statistics in training).
-    - `x`: `(B, *S)` input.
-    - `gate`: `(B,)` gate values: in `[0, 1]` for `masked`, exactly 0/1 (float or bool)
-        for `compact`. A gate that requires grad keeps its gradient in both executions
-        (in `compact` only the executed samples' gates receive one: the others ran
-        nothing).
-    - `execution`: `"masked"` or `"compact"` (see the module docstring).
-    - `validate`: check the gate's shape and, for `compact`, that it is hard. Callers
-        that made the gate themselves (e.g. by a comparison) may skip the check, which
-        costs a few small tensor ops per block.
-    - `inplace`: `compact` only, without autograd: write the executed samples back into
-        `x` itself instead of a copy. Saves copying the whole batch per block; use it
-        only on an intermediate activation that nothing else reads afterwards.
+    Returns:
+        `(B, *S)`: `gate * block(x) + (1 - gate) * x` per sample.
 
-    **Returns:**
-
-    `(B, *S)`: `gate * block(x) + (1 - gate) * x` per sample.
-
-    **Raises:**
-
-    `ConfigError` (a `ValueError`) if `gate` is not `(B,)`, is soft with
-    `execution="compact"`, or `execution` is unknown (checks skipped with `validate=False`,
-    except the last).
+    Raises:
+        ConfigError: (a `ValueError`) if `gate` is not `(B,)`, is soft with
+            `execution="compact"`, or `execution` is unknown (checks skipped with
+            `validate=False`, except the last).
     """
     execution = parse_execution(execution)
     if validate and gate.shape != (x.shape[0],):
@@ -117,9 +114,8 @@ class GatedResidual(nn.Module):
     The module holds no gate: the decision is a forward argument (policy apart from
     mechanism), so any gate network, policy or schedule can drive it.
 
-    **Arguments:**
-
-    - `block`: the wrapped module, `(N, *S) -> (N, *S)`.
+    Args:
+        block: the wrapped module, `(N, *S) -> (N, *S)`.
 
     Shapes:
         `forward(x (B, *S), gate (B,), execution) -> (B, *S)` (see `run_gated`).
@@ -136,13 +132,11 @@ class GatedResidual(nn.Module):
 def gated_flops(block_flops: Tensor, gates: Tensor) -> Tensor:
     """Per-sample FLOPs of gated blocks under hard (or, as an expectation, soft) gates.
 
-    **Arguments:**
+    Args:
+        block_flops: `(G,)` per-sample FLOPs of each gated block.
+        gates: `(B, G)` decisions.
 
-    - `block_flops`: `(G,)` per-sample FLOPs of each gated block.
-    - `gates`: `(B, G)` decisions.
-
-    **Returns:**
-
-    `(B,)` float64: `sum_i gates[b, i] * block_flops[i]`.
+    Returns:
+        `(B,)` float64: `sum_i gates[b, i] * block_flops[i]`.
     """
     return gates.detach().to(torch.float64) @ block_flops.to(device=gates.device, dtype=torch.float64)

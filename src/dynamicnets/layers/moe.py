@@ -298,7 +298,7 @@ def kept_weights(plan: Dispatch, num_tokens: int) -> Tensor:
 def dense_moe(experts: nn.Module, x: Tensor, weights: Tensor) -> Tensor:
     """Soft-weight fusion: every expert on every token, `sum_e weights[:, e] * expert_e(x)`.
 
-    Arguments:
+    Args:
         experts: the experts (`MLPExperts`, `ConvExperts`, ...).
         x: `(..., d)` tokens (for conv experts `(B, C, H, W)`, `T = B`).
         weights: `(T, E)` per-token weights (e.g. `routing.scores`, `combine_weights`

@@ -59,11 +59,10 @@ class SkipRNNResult:
 class SkipLSTM(nn.Module):
     """An LSTM that learns to skip state updates (Skip-RNN).
 
-    **Arguments:**
-
-    - `input_size`, `hidden_size`: of the `nn.LSTMCell`.
-    - `update_bias_init`: initial bias of the update gate `du = sigmoid(w . c + b)`
-        (positive: update at most steps at first).
+    Args:
+        input_size, hidden_size: of the `nn.LSTMCell`.
+        update_bias_init: initial bias of the update gate `du = sigmoid(w . c + b)`
+            (positive: update at most steps at first).
 
     Shapes:
         `forward(x (B, T, input_size)) -> SkipRNNResult` with `hidden (B, hidden_size)`,

@@ -185,7 +185,7 @@ def calibrate_batchnorm(
     resets only the norm of `width`; `SlimmableBatchNorm2d` and plain `BatchNorm2d`
     are reset entirely. Momentum and every module's train/eval mode are restored.
 
-    Arguments:
+    Args:
         model: a network whose forward takes `(x, width=...)`.
         batches: iterable of input batches `(B, ...)` (no labels).
         width: the width to calibrate (`None` = the widest).
