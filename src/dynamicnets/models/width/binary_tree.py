@@ -56,17 +56,15 @@ def check_decisions(model: str, decisions: Tensor, batch: int, depth: int) -> Te
 def descend(left: Tensor, right: Tensor, start: Tensor, combine: Callable, depth: int) -> list[Tensor]:
     """Accumulate per-node values from the root down, one level at a time.
 
-    **Arguments:**
+    Args:
+        left, right: `(B, 2^d - 1)` per inner node: the value of going left / right
+            (e.g. `1 - r` / `r`, or their logs).
+        start: `(B, 1)` the root's value (1, or 0 for logs).
+        combine: `(parent (B, n), edge (B, n)) -> (B, n)`, e.g. `torch.mul` / `torch.add`.
 
-    - `left`, `right`: `(B, 2^d - 1)` per inner node: the value of going left / right
-        (e.g. `1 - r` / `r`, or their logs).
-    - `start`: `(B, 1)` the root's value (1, or 0 for logs).
-    - `combine`: `(parent (B, n), edge (B, n)) -> (B, n)`, e.g. `torch.mul` / `torch.add`.
-
-    **Returns:**
-
-    `d + 1` tensors, level `k` of shape `(B, 2^k)`: the value of every node of that level,
-    left to right (level `d` = the leaves).
+    Returns:
+        `d + 1` tensors, level `k` of shape `(B, 2^k)`: the value of every node of that level,
+        left to right (level `d` = the leaves).
     """
     levels = [start]
     for k in range(depth):
@@ -105,14 +103,12 @@ def reach_probs(go_right: Tensor, depth: int) -> Tensor:
 def follow(decisions: Tensor, depth: int) -> tuple[Tensor, Tensor]:
     """Follow hard decisions from the root.
 
-    **Arguments:**
+    Args:
+        decisions: `(B, 2^d - 1)`, nonzero = go right (only the visited nodes are read).
 
-    - `decisions`: `(B, 2^d - 1)`, nonzero = go right (only the visited nodes are read).
-
-    **Returns:**
-
-    `(leaf, path)`: `leaf` `(B,)` int64 in `[0, 2^d)`, `path` `(B, d)` int64, the inner
-    node visited at each level.
+    Returns:
+        `(leaf, path)`: `leaf` `(B,)` int64 in `[0, 2^d)`, `path` `(B, d)` int64, the inner
+        node visited at each level.
     """
     node = torch.zeros(decisions.shape[0], dtype=torch.int64, device=decisions.device)
     path = []
@@ -147,14 +143,14 @@ def balance_penalty(router_logits: Tensor, depth: int, strength: float, decay: f
     `-sum_i strength * decay^level(i) * 0.5 * (log alpha_i + log(1 - alpha_i))`,
     smallest (`log 2` per unit weight) when every `alpha_i = 0.5`.
 
-    **Arguments:**
+    Args:
+        router_logits: `(B, 2^d - 1)` logits of going right.
+        depth: `d`.
+        strength, decay: the weight of the root, and its factor per level (the paper
+            uses `2^-level`, i.e. `decay = 0.5`).
 
-    - `router_logits`: `(B, 2^d - 1)` logits of going right.
-    - `depth`: `d`.
-    - `strength`, `decay`: the weight of the root, and its factor per level (the paper
-        uses `2^-level`, i.e. `decay = 0.5`).
-
-    **Returns:** a scalar in `router_logits`' dtype.
+    Returns:
+        A scalar in `router_logits`' dtype.
     """
     r = torch.sigmoid(router_logits)
     reach = reach_probs(r, depth)

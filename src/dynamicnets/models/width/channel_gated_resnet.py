@@ -153,14 +153,16 @@ class ChannelGatedResNet(ClassifierApi, nn.Module):
         execution: str | None = None,
         generator: torch.Generator | None = None,
     ) -> DynamicOutput:
-        """**Arguments:**
+        """Run the network, each block's mid channels gated per sample.
 
-        - `x`: `(B, in_chans, H, W)`.
-        - `execution`: `"masked"` / `"compact"`; None: masked in training, compact in
-            eval. Compact needs eval mode (its BatchNorms run as per-channel affines).
-        - `generator`: optional `torch.Generator` for the gates' training noise.
+        Args:
+            x: `(B, in_chans, H, W)`.
+            execution: `"masked"` / `"compact"`; None: masked in training, compact in
+                eval. Compact needs eval mode (its BatchNorms run as per-channel affines).
+            generator: optional `torch.Generator` for the gates' training noise.
 
-        **Returns:** `DynamicOutput` (see the class docstring).
+        Returns:
+            `DynamicOutput` (see the class docstring).
         """
         fixed, per_channel, channels = self.cost_parts(tuple(x.shape[1:]))
         execution = resolve_execution(execution, self.training)
