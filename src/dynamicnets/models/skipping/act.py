@@ -43,11 +43,10 @@ from ..static.resnet_cifar import CifarResNet
 class HaltingUnit(nn.Module):
     """Halting score from a block's output: per sample (ACT) or per position (SACT).
 
-    **Arguments:**
-
-    - `chans`: channels of the block output.
-    - `spatial`: add a 3x3 convolution for a per-position score.
-    - `bias_init`: initial bias (negative: halt late, every block runs at first).
+    Args:
+        chans: channels of the block output.
+        spatial: add a 3x3 convolution for a per-position score.
+        bias_init: initial bias (negative: halt late, every block runs at first).
 
     Shapes:
         `(B, chans, H, W) -> (B,)` (ACT) or `(B, H, W)` (SACT) scores in `(0, 1)`.
@@ -82,13 +81,15 @@ class HaltingUnit(nn.Module):
 class HaltingState:
     """Running ACT bookkeeping of one stage, per sample or per position (no parameters).
 
-    **Arguments:**
+    Args:
+        like: `(B,)` (ACT) or `(B, H, W)` (SACT) tensor giving the shape, dtype, device.
+        eps: a position halts once its cumulative score reaches `1 - eps`.
 
-    - `like`: `(B,)` (ACT) or `(B, H, W)` (SACT) tensor giving the shape, dtype, device.
-    - `eps`: a position halts once its cumulative score reaches `1 - eps`.
-
-    Attributes (all shaped like `like`): `cum` (cumulative score), `running` (bool, not
-    halted yet), `count` (blocks run, `N` once halted), `remainder` (`R` once halted).
+    Attributes:
+        cum: cumulative score, shaped like `like` (as are all the attributes below).
+        running: bool, not halted yet.
+        count: blocks run, `N` once halted.
+        remainder: `R` once halted.
     """
 
     def __init__(self, like: Tensor, eps: float) -> None:
@@ -101,14 +102,14 @@ class HaltingState:
     def step(self, rows: Tensor | None, h: Tensor | None) -> Tensor:
         """Fold in one block's halting scores.
 
-        **Arguments:**
+        Args:
+            rows: `(K,)` indices of the samples that ran the block, or `None` for all.
+            h: `(K, *P)` halting scores of those samples, or `None` for the last block
+                of the stage (`h_n = 1`: every running position halts).
 
-        - `rows`: `(K,)` indices of the samples that ran the block, or `None` for all.
-        - `h`: `(K, *P)` halting scores of those samples, or `None` for the last block
-            of the stage (`h_n = 1`: every running position halts).
-
-        **Returns:** `(K, *P)` weight of the block's output in the stage's output:
-        `h` while running, the remainder `1 - cum` at the halting block, 0 after.
+        Returns:
+            `(K, *P)` weight of the block's output in the stage's output:
+            `h` while running, the remainder `1 - cum` at the halting block, 0 after.
         """
         take = (lambda t: t) if rows is None else (lambda t: t[rows])
         cum, running = take(self.cum), take(self.running)
@@ -149,9 +150,10 @@ class ACTResNet(ClassifierApi, nn.Module):
         halting_bias_init: initial bias of the halting units.
 
     Attributes:
-        backbone (`CifarResNet`), halting (`nn.ModuleList` per stage of `n - 1`
-        `HaltingUnit`s), num_gated_blocks (`3 (n - 1)`, the blocks that can be left out),
-        default_input_shape.
+        backbone: the `CifarResNet`.
+        halting: `nn.ModuleList` per stage of `n - 1` `HaltingUnit`s.
+        num_gated_blocks: `3 (n - 1)`, the blocks that can be left out.
+        default_input_shape: the per-sample input shape the model is built for.
 
     Shapes:
         `forward(x (B, in_chans, H, W)) -> DynamicOutput` with `logits (B, num_classes)`,
@@ -272,12 +274,14 @@ class ACTResNet(ClassifierApi, nn.Module):
         return out, halting
 
     def forward(self, x: Tensor, *, execution: ExecutionLike = None) -> DynamicOutput:
-        """**Arguments:**
+        """Run the network, each stage halting per sample (ACT) or per position (SACT).
 
-        - `x`: `(B, in_chans, H, W)`.
-        - `execution`: `"masked"` / `"compact"`; default masked in training, compact in eval.
+        Args:
+            x: `(B, in_chans, H, W)`.
+            execution: `"masked"` / `"compact"`; default masked in training, compact in eval.
 
-        **Returns:** `DynamicOutput` (see the class docstring).
+        Returns:
+            `DynamicOutput` (see the class docstring).
         """
         execution = resolve_execution(execution, self.training)
         fixed, costs = self.unit_costs(tuple(x.shape[1:]))

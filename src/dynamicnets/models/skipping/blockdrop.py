@@ -38,9 +38,13 @@ from .reinforce import accuracy_reward_surrogate
 def curriculum_blocks(epoch: int, num_gated_blocks: int, epochs_per_block: int = 1) -> int:
     """BlockDrop's curriculum: the number of last blocks the policy decides at `epoch`.
 
-    **Arguments:** `epoch` (from 0); `num_gated_blocks`; `epochs_per_block` (>= 1).
+    Args:
+        epoch: the epoch (from 0).
+        num_gated_blocks: the number of gated blocks.
+        epochs_per_block: epochs per block (>= 1).
 
-    **Returns:** `min(num_gated_blocks, epoch // epochs_per_block + 1)`.
+    Returns:
+        `min(num_gated_blocks, epoch // epochs_per_block + 1)`.
     """
     if epoch < 0 or epochs_per_block < 1:
         raise ConfigError(
@@ -154,20 +158,22 @@ class BlockDrop(GatedResNet):
         target: Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> DynamicOutput:
-        """**Arguments:**
+        """Run the network, the policy deciding which blocks each sample executes.
 
-        - `x`: `(B, in_chans, H, W)`.
-        - `gates`: optional `(B, G)` decisions to apply instead of the policy's (the
-            policy network is then not evaluated and its FLOPs not counted).
-        - `execution`: `"masked"` / `"compact"`; default masked in training, compact in eval.
-        - `policy`: inference thresholds on the policy logits, one per gated block
-            (`calibrate_gate_policy`); default: logit > 0 (the greedy action).
-        - `decide_last`: curriculum for this call (default `self.decide_last`).
-        - `target`: optional `(B,)` labels; in training the reward is then computed
-            exactly instead of through the logits (see `reinforce.py`).
-        - `generator`: optional `torch.Generator` for the sampled actions.
+        Args:
+            x: `(B, in_chans, H, W)`.
+            gates: optional `(B, G)` decisions to apply instead of the policy's (the
+                policy network is then not evaluated and its FLOPs not counted).
+            execution: `"masked"` / `"compact"`; default masked in training, compact in eval.
+            policy: inference thresholds on the policy logits, one per gated block
+                (`calibrate_gate_policy`); default: logit > 0 (the greedy action).
+            decide_last: curriculum for this call (default `self.decide_last`).
+            target: optional `(B,)` labels; in training the reward is then computed
+                exactly instead of through the logits (see `reinforce.py`).
+            generator: optional `torch.Generator` for the sampled actions.
 
-        **Returns:** `DynamicOutput` (see the class docstring).
+        Returns:
+            `DynamicOutput` (see the class docstring).
         """
         self.check_input(x)
         execution = self.resolve_execution(execution)
@@ -232,9 +238,12 @@ class BlockDrop(GatedResNet):
     def update_baseline(self, out: DynamicOutput, target: Tensor) -> Tensor:
         """Fold the batch's rewards into the moving-average baseline (call after backward).
 
-        **Arguments:** `out` of a training forward; `target` `(B,)` labels.
+        Args:
+            out: the output of a training forward.
+            target: `(B,)` labels.
 
-        **Returns:** the new baseline (scalar).
+        Returns:
+            The new baseline (scalar).
         """
         return self.baseline.update(self.reward(out, target))
 

@@ -35,14 +35,14 @@ RATE_LOSSES = ("per_block", "global")
 def target_rate_loss(gates: Tensor, target: Tensor, kind: str = "per_block") -> Tensor:
     """Squared distance of the execution rates to their targets.
 
-    **Arguments:**
+    Args:
+        gates: `(B, G)` gate values (straight-through hard or soft).
+        target: `(G,)` target execution rate of each gated block, in `[0, 1]`.
+        kind: `"per_block"` (mean over blocks of the squared error of each block's rate)
+            or `"global"` (squared error of the overall rate against the mean target).
 
-    - `gates`: `(B, G)` gate values (straight-through hard or soft).
-    - `target`: `(G,)` target execution rate of each gated block, in `[0, 1]`.
-    - `kind`: `"per_block"` (mean over blocks of the squared error of each block's rate)
-        or `"global"` (squared error of the overall rate against the mean target).
-
-    **Returns:** a scalar.
+    Returns:
+        A scalar.
     """
     if kind == "per_block":
         return (gates.mean(dim=0) - target).square().mean()
@@ -137,17 +137,19 @@ class ConvNetAIG(GatedResNet):
         policy: GatePolicy | None = None,
         generator: torch.Generator | None = None,
     ) -> DynamicOutput:
-        """**Arguments:**
+        """Run the network, each gated block executed or skipped per sample.
 
-        - `x`: `(B, in_chans, H, W)`.
-        - `gates`: optional `(B, G)` decisions to apply instead of the gates' own (the
-            gate networks are then not evaluated and their FLOPs not counted).
-        - `execution`: `"masked"` / `"compact"`; default masked in training, compact in eval.
-        - `policy`: inference thresholds on the gate logits, one per gated block
-            (`calibrate_gate_policy`); default: logit > 0. Not used in training.
-        - `generator`: optional `torch.Generator` for the Gumbel noise while training.
+        Args:
+            x: `(B, in_chans, H, W)`.
+            gates: optional `(B, G)` decisions to apply instead of the gates' own (the
+                gate networks are then not evaluated and their FLOPs not counted).
+            execution: `"masked"` / `"compact"`; default masked in training, compact in eval.
+            policy: inference thresholds on the gate logits, one per gated block
+                (`calibrate_gate_policy`); default: logit > 0. Not used in training.
+            generator: optional `torch.Generator` for the Gumbel noise while training.
 
-        **Returns:** `DynamicOutput` (see the class docstring).
+        Returns:
+            `DynamicOutput` (see the class docstring).
         """
         self.check_input(x)
         execution = self.resolve_execution(execution)

@@ -50,18 +50,16 @@ def loss_reward_surrogate(
 ) -> tuple[Tensor, Tensor]:
     """Policy gradient for `reward_b = -task_loss_b + extra_reward_b` without the label.
 
-    **Arguments:**
+    Args:
+        logits: `(B, C)` the model's logits.
+        log_prob: `(B,)` log-probability of each sample's sampled actions.
+        extra_reward: `(B,)` label-free part of the reward (e.g. `-alpha * cost`).
+        baseline: scalar (or `(B,)`) baseline of the reward.
 
-    - `logits`: `(B, C)` the model's logits.
-    - `log_prob`: `(B,)` log-probability of each sample's sampled actions.
-    - `extra_reward`: `(B,)` label-free part of the reward (e.g. `-alpha * cost`).
-    - `baseline`: scalar (or `(B,)`) baseline of the reward.
-
-    **Returns:**
-
-    `(logits, aux)`: `(B, C)` logits to return (same values) and the scalar aux loss.
-    Together with the trainer's batch-mean cross-entropy on those logits, the gradient
-    into `log_prob` equals that of `reinforce_loss(log_prob, reward, baseline)`.
+    Returns:
+        `(logits, aux)`: `(B, C)` logits to return (same values) and the scalar aux loss.
+        Together with the trainer's batch-mean cross-entropy on those logits, the gradient
+        into `log_prob` equals that of `reinforce_loss(log_prob, reward, baseline)`.
     """
     log_p = torch.log_softmax(logits.detach().float(), dim=-1)
     entropy = -(log_p.exp() * log_p).sum(dim=-1)
@@ -82,16 +80,14 @@ def accuracy_reward_surrogate(
     `reward_b = reward_correct_b` if `argmax logits_b` is the label, else `reward_wrong_b`
     (BlockDrop: `1 - cost**gamma` and `-penalty`), without the label (see module doc).
 
-    **Arguments:**
+    Args:
+        logits: `(B, C)`.
+        log_prob: `(B,)` log-probability of the sampled actions.
+        reward_correct, reward_wrong: `(B,)` label-free rewards of the two outcomes.
+        baseline: scalar (or `(B,)`) baseline of the reward.
 
-    - `logits`: `(B, C)`.
-    - `log_prob`: `(B,)` log-probability of the sampled actions.
-    - `reward_correct`, `reward_wrong`: `(B,)` label-free rewards of the two outcomes.
-    - `baseline`: scalar (or `(B,)`) baseline of the reward.
-
-    **Returns:**
-
-    `(logits, aux)` as in `loss_reward_surrogate` (exact for hard labels).
+    Returns:
+        `(logits, aux)` as in `loss_reward_surrogate` (exact for hard labels).
     """
     detached = logits.detach()
     pred = detached.argmax(dim=-1)

@@ -134,20 +134,22 @@ class SkipNet(GatedResNet):
         target: Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> DynamicOutput:
-        """**Arguments:**
+        """Run the network, each gated block executed or skipped per sample.
 
-        - `x`: `(B, in_chans, H, W)`.
-        - `gates`: optional `(B, G)` decisions to apply instead of the gates' own (the
-            gate networks are then not evaluated and their FLOPs not counted).
-        - `execution`: `"masked"` / `"compact"`; default masked in training, compact in eval.
-        - `policy`: inference thresholds on the gate logits, one per gated block
-            (`calibrate_gate_policy`); default: logit > 0. Not used in training.
-        - `rl`: training mode for this call (default `self.rl`); ignored in eval.
-        - `target`: optional `(B,)` labels; in RL training the reward is then computed
-            exactly instead of through the logits (see `reinforce.py`).
-        - `generator`: optional `torch.Generator` for the RL gate samples.
+        Args:
+            x: `(B, in_chans, H, W)`.
+            gates: optional `(B, G)` decisions to apply instead of the gates' own (the
+                gate networks are then not evaluated and their FLOPs not counted).
+            execution: `"masked"` / `"compact"`; default masked in training, compact in eval.
+            policy: inference thresholds on the gate logits, one per gated block
+                (`calibrate_gate_policy`); default: logit > 0. Not used in training.
+            rl: training mode for this call (default `self.rl`); ignored in eval.
+            target: optional `(B,)` labels; in RL training the reward is then computed
+                exactly instead of through the logits (see `reinforce.py`).
+            generator: optional `torch.Generator` for the RL gate samples.
 
-        **Returns:** `DynamicOutput` (see the class docstring).
+        Returns:
+            `DynamicOutput` (see the class docstring).
         """
         self.check_input(x)
         execution = self.resolve_execution(execution)
@@ -218,9 +220,12 @@ class SkipNet(GatedResNet):
     def update_baseline(self, out: DynamicOutput, target: Tensor) -> Tensor:
         """Fold the batch's rewards into the moving-average baseline (call after backward).
 
-        **Arguments:** `out` of a training forward; `target` `(B,)` labels.
+        Args:
+            out: the output of a training forward.
+            target: `(B,)` labels.
 
-        **Returns:** the new baseline (scalar).
+        Returns:
+            The new baseline (scalar).
         """
         return self.baseline.update(self.reward(out, target))
 
