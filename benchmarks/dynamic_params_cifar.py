@@ -75,7 +75,7 @@ def main() -> int:
         shapes = create_model("mobilenetv2_cifar", device="meta", **args)
         rows.append({
             "variant": name, "model_args": args, "accuracy": metrics["accuracy"], "val_loss": metrics["loss"],
-            "flops": shapes.cost((3, 32, 32)), "params": sum(p.numel() for p in shapes.parameters()),
+            "flops": shapes.flops((3, 32, 32)), "params": sum(p.numel() for p in shapes.parameters()),
             "train_seconds_this_run": seconds,
             "train_images_per_second": ckpt["history"][-1]["images_per_second"],
         })

@@ -77,7 +77,7 @@ def per_sample_flops(layers: dict[str, nn.Module]) -> dict[str, int]:
         if name == "static":
             flops[name] = 2 * layer.weight.numel() * SIZE * SIZE
         else:
-            flops[name] = layer.cost(SIZE, SIZE)
+            flops[name] = layer.flops(SIZE, SIZE)
         counted = counted_flops(layer, x)
         if counted != 2 * flops[name]:
             raise RuntimeError(

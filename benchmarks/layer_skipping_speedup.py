@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
 
     models = {m: build(m, args.depth, args.rate, calibration, fmt) for m in args.methods}
     static = models[args.methods[0]].backbone  # same seed, so every model has these weights
-    full_flops = static.cost(SHAPE)
+    full_flops = static.flops(SHAPE)
     fns = {"full_batch": lambda: static(x_batch), "full_1": lambda: [static(s) for s in singles]}
     facts = {}
     with torch.inference_mode():

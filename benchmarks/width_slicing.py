@@ -98,9 +98,9 @@ def run(
                 "masking/full": ratio(m, "masking", "full"),
                 "indexing/ideal": ratio(m, "indexing", "ideal"),
                 "iqr_ms": {k: m[k].iqr_ms for k in VARIANTS},
-                "flops_full": nets["slim"].cost(shape, 1.0),
-                "flops_width": nets["slim"].cost(shape, WIDTH),
-                "flops_ideal": nets["ideal"].cost(shape),
+                "flops_full": nets["slim"].flops(shape, 1.0),
+                "flops_width": nets["slim"].flops(shape, WIDTH),
+                "flops_ideal": nets["ideal"].flops(shape),
             }
         )
         records.append(record)

@@ -52,7 +52,7 @@ def test_every_argument_form(form):
     torch.testing.assert_close(y, cond.conv.mixture_of_experts_reference(x, r), rtol=1e-4, atol=1e-5)
     # per-sample cost: the layer's own figure is what FlopCounterMode counts
     _, total = counted(cond, x)
-    assert cond.cost(11, 10) * 3 == total == flops_and_shape(cond, (4, 11, 10))[0] * 3
+    assert cond.flops(11, 10) * 3 == total == flops_and_shape(cond, (4, 11, 10))[0] * 3
 
 
 def test_cond_conv_takes_pairs():

@@ -54,7 +54,7 @@ def test_costs_are_measured_once_per_shape(monkeypatch):
     assert len(calls) == first
     net(torch.randn(1, 3, 8, 8))  # a new shape is measured once
     assert len(calls) == 2 * first
-    assert net.cost((3, 8, 8)) < net.cost((3, 16, 16))
+    assert net.flops((3, 8, 8)) < net.flops((3, 16, 16))
 
 
 def test_bad_exit_after_and_stages_are_refused():

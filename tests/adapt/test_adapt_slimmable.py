@@ -37,7 +37,7 @@ def test_width_one_is_the_original_and_narrow_widths_cost_less(norm):
         for w in WIDTHS:
             out, total = counted(chain, x, w)
             assert out.logits.shape == (5, 10)
-            assert out.flops.tolist() == [total / 5] * 5 == [chain.cost(SHAPE, w)] * 5
+            assert out.flops.tolist() == [total / 5] * 5 == [chain.flops(SHAPE, w)] * 5
             costs.append(total)
     assert costs[0] < costs[1] < costs[2]
 
@@ -51,7 +51,7 @@ def test_compact_equals_masked(width):
         set_execution(chain, "masked")
         masked, total = counted(chain, x, width)
     torch.testing.assert_close(compact.logits, masked.logits)
-    assert masked.flops[0].item() == chain.cost(SHAPE, 1.0, "masked") == total / 4
+    assert masked.flops[0].item() == chain.flops(SHAPE, 1.0, "masked") == total / 4
 
 
 def test_sandwich_training_reaches_every_parameter():

@@ -44,7 +44,7 @@ def test_exit_costs_equal_counter_up_to_each_exit(name):
     shape = model.default_input_shape
     x = torch.randn(2, *shape)
     costs = model.exit_costs(shape)
-    assert costs == sorted(costs) and costs[-1] == model.cost(shape)
+    assert costs == sorted(costs) and costs[-1] == model.flops(shape)
 
     def run_to(k):
         state = None
@@ -76,7 +76,7 @@ def test_documented_costs():
     assert big.exit_costs((3, 32, 32)) == [81_626_368, 333_122_048]
     # the last exit of a cascade costs every member; resnet_exits' last = resnet20 + 2 heads
     assert create_model("cascade").exit_costs((1, 8, 8))[-1] == (
-        create_model("small_cnn", width=8).cost((1, 8, 8)) + create_model("small_cnn").cost((1, 8, 8))
+        create_model("small_cnn", width=8).flops((1, 8, 8)) + create_model("small_cnn").flops((1, 8, 8))
     )
 
 

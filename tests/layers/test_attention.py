@@ -59,7 +59,7 @@ def test_cbam_is_channel_then_spatial(x):
 )
 def test_cost_equals_flop_counter(x, make):
     layer = make()
-    assert counted_flops(layer, x) == 3 * layer.cost(7, 5)
+    assert counted_flops(layer, x) == 3 * layer.flops(7, 5)
 
 
 def test_gradcheck_double():

@@ -138,14 +138,14 @@ def test_per_sample_flops_equal_flop_counter_when_counts_are_equal():
     with torch.no_grad():
         decision = gate(x)
     for execution in ("masked", "compact"):
-        ran, kept = pair.cost(9, 9, decision.scale, execution, decision.max_kept)
+        ran, kept = pair.flops(9, 9, decision.scale, execution, decision.max_kept)
         counted = counted_flops(pair, x, decision.scale, execution, decision.max_kept)
         assert int(ran.sum()) == counted
         assert (ran == ran[0]).all() and ran.dtype == torch.float64
     per_channel = channel_cost(pair.conv1, pair.conv2, 9, 9)
     assert (kept == 3 * per_channel).all() and (ran == kept).all()  # compact ran: no padding
     full = counted_flops(lambda v: pair.conv2(pair.conv1(v)), x[:1])
-    assert pair.cost(9, 9, decision.scale, "masked")[0][0] == full  # masked costs the full pair
+    assert pair.flops(9, 9, decision.scale, "masked")[0][0] == full  # masked costs the full pair
 
 
 def test_padded_overhead_is_reported_and_counted():
@@ -154,7 +154,7 @@ def test_padded_overhead_is_reported_and_counted():
     with torch.no_grad():
         decision = gate(x)
         counts = decision.keep.sum(dim=1).to(torch.float64)
-        ran, kept = pair.cost(9, 9, decision.scale, "compact")
+        ran, kept = pair.flops(9, 9, decision.scale, "compact")
         assert int(ran.sum()) == counted_flops(pair, x, decision.scale, "compact")
         per_channel = channel_cost(pair.conv1, pair.conv2, 9, 9)
         assert torch.equal(ran - kept, (counts.max() - counts) * per_channel)

@@ -65,8 +65,8 @@ def test_equals_mixture_of_experts_at_fewer_flops(config):
     )
     cond_flops = counted_flops(conv, x, r)
     moe_flops = counted_flops(conv.mixture_of_experts_reference, x, r)
-    assert moe_flops == 4 * 3 * conv.conv_cost(8, 8)
-    assert cond_flops == 3 * conv.cost(8, 8) < moe_flops
+    assert moe_flops == 4 * 3 * conv.conv_flops(8, 8)
+    assert cond_flops == 3 * conv.flops(8, 8) < moe_flops
 
 
 @pytest.mark.parametrize("config", CONFIGS)
@@ -75,8 +75,8 @@ def test_cost_equals_flop_counter(config, batch):
     conv = make(config, num_experts=4)
     x = torch.randn(batch, config["in_channels"], 11, 10)
     r = torch.rand(batch, 4)
-    assert counted_flops(conv, x, r) == batch * conv.cost(11, 10)
-    assert conv.aggregation_cost() == 2 * 4 * conv.expert_params()
+    assert counted_flops(conv, x, r) == batch * conv.flops(11, 10)
+    assert conv.aggregation_flops() == 2 * 4 * conv.expert_params()
 
 
 def test_gradcheck_double():
@@ -135,7 +135,7 @@ def test_routing_function_activations_and_temperature():
 def test_routing_cost_equals_flop_counter(hidden):
     routing = RoutingFunction(8, 4, hidden_channels=hidden)
     x = torch.randn(3, 8, 6, 6)
-    assert counted_flops(routing, x) == 3 * routing.cost()
+    assert counted_flops(routing, x) == 3 * routing.flops()
 
 
 def test_routed_cond_conv_bundle():
@@ -146,7 +146,7 @@ def test_routed_cond_conv_bundle():
     assert y.shape == (3, 6, 5, 5) and r.shape == (3, 4)
     torch.testing.assert_close(y, layer.conv(x, layer.routing(x)))
     torch.testing.assert_close(layer(x), y)
-    assert counted_flops(layer, x) == 3 * layer.cost(9, 9)
+    assert counted_flops(layer, x) == 3 * layer.flops(9, 9)
     assert layer.output_size(9, 9) == (5, 5)
     looped = torch.cat([layer(x[b : b + 1]) for b in range(3)])
     torch.testing.assert_close(y, looped, rtol=1e-5, atol=1e-5)
@@ -218,7 +218,7 @@ def test_channels_last_inference_mixes_in_channels_last(batch):
     x_cl = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         out = conv(x_cl, r)
-        assert counted_flops(conv, x_cl, r) == batch * conv.cost(8, 8)
+        assert counted_flops(conv, x_cl, r) == batch * conv.flops(8, 8)
     assert out.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(out, conv(x, r), rtol=1e-5, atol=1e-5)
 

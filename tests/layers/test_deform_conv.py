@@ -149,7 +149,7 @@ def test_module_starts_as_a_plain_conv(modulated):
     torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
     offset, mask = layer.predict(x)
     assert offset.shape == (2, 36, 5, 5) and (mask is None) != modulated
-    assert counted_flops(layer, x) == 2 * layer.cost(9, 9)
+    assert counted_flops(layer, x) == 2 * layer.flops(9, 9)
 
 
 def test_module_learns_offsets():

@@ -98,7 +98,7 @@ def test_variant_c_spatial_attention_is_clipped_softmax(x):
 @pytest.mark.parametrize("variant", ["A", "B", "C"])
 def test_cost_equals_flop_counter(x, variant):
     layer = DyReLU(4, variant, num_pieces=3)
-    assert counted_flops(layer, x) == 3 * layer.cost(5, 6)
+    assert counted_flops(layer, x) == 3 * layer.flops(5, 6)
 
 
 @pytest.mark.parametrize("variant", ["A", "B", "C"])

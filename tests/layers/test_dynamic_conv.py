@@ -61,10 +61,10 @@ def test_batched_equals_per_sample_loop(kw):
 def test_cost_equals_flop_counter(batch):
     layer = make(stride=2)
     x = torch.randn(batch, 8, 10, 10)
-    assert counted_flops(layer, x) == batch * layer.cost(10, 10)
+    assert counted_flops(layer, x) == batch * layer.flops(10, 10)
     hidden = layer.routing.hidden[0].out_features
     expected = 2 * (8 * hidden + hidden * 4) + 2 * 4 * 6 * 8 * 9 + 2 * 6 * 8 * 9 * 5 * 5
-    assert layer.cost(10, 10) == expected
+    assert layer.flops(10, 10) == expected
 
 
 def test_gradcheck_double():

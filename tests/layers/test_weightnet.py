@@ -59,7 +59,7 @@ def test_explicit_descriptor():
     x, d = torch.randn(2, 4, 6, 6), torch.randn(2, 5)
     y = layer(x, d)
     assert y.shape == (2, 6, 6, 6)
-    assert counted_flops(layer, x, d) == 2 * layer.cost(6, 6)
+    assert counted_flops(layer, x, d) == 2 * layer.flops(6, 6)
     with pytest.raises(ConfigError, match="needs a descriptor"):
         layer(x)
     with pytest.raises(ConfigError, match="descriptor must be"):
@@ -71,7 +71,7 @@ def test_explicit_descriptor():
 def test_cost_equals_flop_counter(config, batch):
     layer = make(config)
     x = torch.randn(batch, config["in_channels"], 10, 9)
-    assert counted_flops(layer, x) == batch * layer.cost(10, 9)
+    assert counted_flops(layer, x) == batch * layer.flops(10, 9)
 
 
 def test_gradcheck_double():

@@ -122,13 +122,13 @@ FIGURES = {
 def test_published_figures(name, kwargs):
     model = create_model(name, device="meta", **dict(kwargs))
     params = sum(p.numel() for p in model.parameters())
-    assert (params, model.cost((3, 32, 32))) == FIGURES[(name, kwargs)]
+    assert (params, model.flops((3, 32, 32))) == FIGURES[(name, kwargs)]
 
 
 def test_stem_stride_2_cost_equals_flop_counter():
     model = create_model("mobilenetv2_cifar", width_mult=0.35, stem_stride=2, conv="dyconv").eval()
     x = torch.zeros(2, 3, 32, 32)
-    assert counted_flops(model, x) == 2 * model.cost((3, 32, 32))
+    assert counted_flops(model, x) == 2 * model.flops((3, 32, 32))
 
 
 @pytest.mark.parametrize("conv, act", [("condconv", "dyrelu_c"), ("weightnet", "relu6")])
@@ -153,4 +153,4 @@ def test_bad_switches_raise_config_error():
     with pytest.raises(ConfigError, match="stem_stride must be 1 or 2"):
         create_model("mobilenetv2_cifar", stem_stride=3)
     with pytest.raises(ConfigError, match="expects per-sample inputs"):
-        create_model("resnet20_dyconv").cost((1, 32, 32))
+        create_model("resnet20_dyconv").flops((1, 32, 32))

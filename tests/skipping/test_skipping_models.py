@@ -143,5 +143,5 @@ def test_gated_block_counts():
     model = build("convnet_aig", depth=110)
     assert model.num_gated_blocks == 51  # 54 blocks, the first of each stage always runs
     fixed, costs = model.block_costs((3, 32, 32))
-    assert fixed + costs.sum().item() == create_model("resnet110", num_classes=NUM_CLASSES).cost(
+    assert fixed + costs.sum().item() == create_model("resnet110", num_classes=NUM_CLASSES).flops(
         (3, 32, 32))

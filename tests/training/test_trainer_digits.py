@@ -18,7 +18,7 @@ def digits_config(tmp_path, **overrides) -> TrainConfig:
 def test_small_cnn_learns_digits_and_checkpoint_rebuilds_the_model(tmp_path):
     result = Trainer(digits_config(tmp_path)).fit()
     assert result["val_accuracy"] > 0.85
-    assert result["val_mean_flops"] == create_model("small_cnn", width=8).cost((1, 8, 8))
+    assert result["val_mean_flops"] == create_model("small_cnn", width=8).flops((1, 8, 8))
     ckpt = load_checkpoint(tmp_path / "digits" / "best.pt")
     model = create_model(ckpt["model_name"], num_classes=ckpt["num_classes"], in_chans=ckpt["input_shape"][0],
                          **ckpt["model_args"])

@@ -128,7 +128,7 @@ def test_default_figures_in_the_docstring():
             assert gumbel(x).flops.item() == flops == counted_flops(gumbel, x)
     gate_flops = sum(g.flops() for g in fbs.gates)
     assert (gate_flops, params[0] - params[2]) == (27_136, 13_904)
-    assert 81_653_504 - gate_flops == static.cost((3, 32, 32))
+    assert 81_653_504 - gate_flops == static.flops((3, 32, 32))
 
 
 @pytest.mark.parametrize("name, aux", [(NAMES[0], "saliency_l1"), (NAMES[1], "target_rate")])

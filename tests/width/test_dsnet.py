@@ -56,7 +56,7 @@ def test_per_sample_flops_equal_flop_counter():
     x = spread_input(model)
     out = model(x)
     costs = model.width_costs(SHAPE)
-    expected = model.gate_cost(SHAPE) + costs[out.decisions["width_index"]]
+    expected = model.gate_flops(SHAPE) + costs[out.decisions["width_index"]]
     assert torch.equal(out.flops, expected)
     assert out.flops.unique().numel() >= 2  # samples really cost different amounts
     assert int(out.flops.sum()) == counted_flops(model, x)
@@ -71,7 +71,7 @@ def test_training_mixes_widths_and_the_cost_loss_trains_the_gate():
     torch.testing.assert_close(
         out.logits, torch.einsum("bw,wbc->bc", one_hot, torch.stack(out.exit_logits[:4]))
     )
-    assert out.flops[0].item() == model.gate_cost(SHAPE) + model.width_costs(SHAPE).sum().item()
+    assert out.flops[0].item() == model.gate_flops(SHAPE) + model.width_costs(SHAPE).sum().item()
     out.aux_losses["target_flops"].backward()
     assert model.gate.weight.grad.abs().sum() > 0
 

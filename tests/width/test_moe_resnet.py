@@ -42,7 +42,7 @@ def test_published_params_and_flops_at_the_default_config():
         # three last-stage second convs become 4 experts; three 64x4 routers
         assert count_params(model) == count_params(static) + 3 * 3 * 64 * 64 * 9 + 3 * 64 * 4
         assert count_params(model) == 605_018
-        assert compact == static.cost(x.shape[1:]) + 3 * (512 + (k - 1) * EXPERT_CONV)
+        assert compact == static.flops(x.shape[1:]) + 3 * (512 + (k - 1) * EXPERT_CONV)
         assert model(x).flops.tolist() == [compact] and counted_flops(model, x) == compact
     # masked: every expert on every image plus the mix, 2 * 4 per output element
     masked = 81_626_368 + 3 * (512 + 3 * EXPERT_CONV + 2 * 4 * 64 * 8 * 8)
@@ -91,7 +91,7 @@ def test_per_sample_flops_are_what_each_image_ran():
     out = model(x)
     assert int(out.flops.sum()) == counted_flops(model, x)
     ran = out.decisions["experts"].sum(dim=(1, 2)).double()
-    fixed = model.cost(SHAPE) + 3 * 2 * 64 * 4
+    fixed = model.flops(SHAPE) + 3 * 2 * 64 * 4
     assert torch.equal(out.flops, fixed + ran * (2 * 64 * 64 * 9 * 4 * 4))
     assert out.flops.unique().numel() >= 2
 

@@ -31,11 +31,11 @@ def tiny_bottleneck(**kw) -> SlimmableResNet:
 
 def test_resnet20_figures_and_costs_equal_flop_counter():
     model = cifar(num_classes=10).eval()
-    per_width = {w: model.cost((3, 32, 32), w) for w in WIDTHS}
+    per_width = {w: model.flops((3, 32, 32), w) for w in WIDTHS}
     assert per_width == {1.0: 81_626_368, 0.75: 46_080_960, 0.5: 20_628_096, 0.25: 5_267_776}
     # width 1.0 is exactly the static resnet20 (same option-B shortcuts)
     static = CifarResNet(20, 10, 3, 16)
-    assert per_width[1.0] == static.cost((3, 32, 32))
+    assert per_width[1.0] == static.flops((3, 32, 32))
     x = torch.randn(2, 3, 32, 32)
     for w in (0.25, 0.75):
         out = model(x, w)
@@ -50,8 +50,8 @@ def test_resnet50_figures():
     model = slimmable_resnet50(device="meta")
     ideal = slimmable_resnet50(width_mult=0.25, widths=(1.0,), device="meta")
     shape = (3, 224, 224)
-    assert model.cost(shape, 1.0) == 8_178_368_512  # 2 x 4.09 G multiply-adds
-    assert model.cost(shape, 0.25) == ideal.cost(shape) == 556_171_264
+    assert model.flops(shape, 1.0) == 8_178_368_512  # 2 x 4.09 G multiply-adds
+    assert model.flops(shape, 0.25) == ideal.flops(shape) == 556_171_264
     width1 = sum(p.numel() for n, p in model.named_parameters() if "bns." not in n or "bns.3" in n)
     assert width1 == 25_557_032  # the standard ResNet-50 parameter count
     assert sum(p.numel() for p in ideal.parameters()) == 1_993_976
@@ -77,7 +77,7 @@ def test_masked_and_indexed_execution_equal_sliced(build, train):
         torch.testing.assert_close(masked(x, w).logits, sliced.logits, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(indexed(x, w).logits, sliced.logits, atol=1e-5, rtol=1e-5)
         # masking runs (and reports) the full network's FLOPs
-        assert masked(x, w).flops[0].item() == model.cost(shape, 1.0) > sliced.flops[0].item()
+        assert masked(x, w).flops[0].item() == model.flops(shape, 1.0) > sliced.flops[0].item()
     if train:  # and the two modes train the same weights the same way
         model.zero_grad()
         model(x, 0.5).logits.square().sum().backward()
@@ -94,7 +94,7 @@ def test_sandwich_training_runs_every_width_and_reaches_every_norm():
     out = model(x)
     assert isinstance(out, DynamicOutput)
     assert len(out.exit_logits) == 4 and out.logits is out.exit_logits[-1]
-    expected_flops = sum(model.cost((3, 32, 32), w) for w in WIDTHS)
+    expected_flops = sum(model.flops((3, 32, 32), w) for w in WIDTHS)
     assert out.flops[0].item() == expected_flops
     assert "inplace_distill" in out.aux_losses
     y = torch.tensor([0, 3, 6])

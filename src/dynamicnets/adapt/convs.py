@@ -21,7 +21,7 @@ it scaled by the sum of its sigmoid routing weights.
 
 The swapped layers are drop-in (`(B, C, H, W) -> (B, C', H', W')`); every sample runs
 one convolution with its own kernel, so the cost per sample is fixed:
-`layer.cost(H, W)` (routing + kernel mix + convolution), as `FlopCounterMode` counts it.
+`layer.flops(H, W)` (routing + kernel mix + convolution), as `FlopCounterMode` counts it.
 """
 from __future__ import annotations
 

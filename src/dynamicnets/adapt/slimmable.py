@@ -131,13 +131,13 @@ class SlimmableChain(nn.Module):
         out = DynamicOutput(
             logits=all_logits[-1],
             exit_logits=all_logits,
-            flops=constant_flops(sum(self.cost(shape, w) for w in widths), x.shape[0], x.device),
+            flops=constant_flops(sum(self.flops(shape, w) for w in widths), x.shape[0], x.device),
         )
         if len(widths) == 1:
             out.decisions["width"] = torch.full((x.shape[0],), widths[0], device=x.device)
         return out
 
-    def cost(self, input_shape: Sequence[int], width: float | None = None, execution: str | None = None) -> int:
+    def flops(self, input_shape: Sequence[int], width: float | None = None, execution: str | None = None) -> int:
         """Per-sample FLOPs of one width on an `input_shape` input, as `FlopCounterMode` counts.
 
         `execution` defaults to the layers'; `"masked"` costs the full chain whatever the width.

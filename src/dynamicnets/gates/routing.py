@@ -116,7 +116,7 @@ class RoutingFunction(nn.Module):
         fc = self.fc
         return torch.addmm(fc.bias, pooled, fc.weight.t(), beta=scale, alpha=inv_size * scale)
 
-    def cost(self) -> int:
+    def flops(self) -> int:
         """Per-sample FLOPs (the linear layers; pooling and activations are not counted)."""
         flops = linear_flops(self.fc)
         if self.hidden is not None:

@@ -6,7 +6,7 @@
   channel-wise mean and max maps for positions; CBAM applies channel then spatial.
 
 Each module has `attention(x)` returning the weights it multiplies by, so they can be
-inspected or replaced, and `cost(H, W)` per-sample FLOPs as `FlopCounterMode` counts
+inspected or replaced, and `flops(H, W)` per-sample FLOPs as `FlopCounterMode` counts
 them (FC layers and convs; pooling, sigmoid and the products are not counted).
 """
 from __future__ import annotations
@@ -61,7 +61,7 @@ class SqueezeExcite(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return x * self.attention(x)
 
-    def cost(self, height: int, width: int) -> int:
+    def flops(self, height: int, width: int) -> int:
         return linear_flops(self.fc1) + linear_flops(self.fc2)
 
 
@@ -96,7 +96,7 @@ class ChannelAttention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return x * self.attention(x)
 
-    def cost(self, height: int, width: int) -> int:
+    def flops(self, height: int, width: int) -> int:
         return 2 * (linear_flops(self.fc1) + linear_flops(self.fc2))
 
 
@@ -133,7 +133,7 @@ class SpatialAttention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return x * self.attention(x)
 
-    def cost(self, height: int, width: int) -> int:
+    def flops(self, height: int, width: int) -> int:
         return 2 * 2 * self.kernel_size**2 * height * width
 
 
@@ -167,5 +167,5 @@ class CBAM(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.spatial(self.channel(x))
 
-    def cost(self, height: int, width: int) -> int:
-        return self.channel.cost(height, width) + self.spatial.cost(height, width)
+    def flops(self, height: int, width: int) -> int:
+        return self.channel.flops(height, width) + self.spatial.flops(height, width)

@@ -265,7 +265,7 @@ class ChannelGatedConvPair(nn.Module):
     ) -> Tensor:
         return channel_gated_convs(x, self.conv1, self.bn1, self.conv2, scale, execution, max_kept)
 
-    def cost(
+    def flops(
         self, height: int, width: int, scale: Tensor, execution: str, max_kept: int | None = None
     ) -> tuple[Tensor, Tensor]:
         """`(ran (B,), kept (B,))` per-sample FLOPs on an `(H, W)` input (see `pair_cost`)."""

@@ -285,18 +285,18 @@ class CondConv2d(nn.Module):
         (ph, pw), (dh, dw) = _pair(self.padding), _pair(self.dilation)
         return conv_out_size(height, kh, sh, ph, dh), conv_out_size(width, kw, sw, pw, dw)
 
-    def conv_cost(self, height: int, width: int) -> int:
+    def conv_flops(self, height: int, width: int) -> int:
         """Per-sample FLOPs of the convolution alone on a `(C_in, height, width)` input."""
         oh, ow = self.output_size(height, width)
         return 2 * self.weight[0].numel() * oh * ow
 
-    def aggregation_cost(self) -> int:
+    def aggregation_flops(self) -> int:
         """Per-sample FLOPs of mixing the experts (a `(1, K) @ (K, P)` matrix product)."""
         return matmul_flops(1, self.num_experts, self.expert_params())
 
-    def cost(self, height: int, width: int) -> int:
+    def flops(self, height: int, width: int) -> int:
         """Per-sample FLOPs of `forward` (aggregation + convolution), as `FlopCounterMode`."""
-        return self.aggregation_cost() + self.conv_cost(height, width)
+        return self.aggregation_flops() + self.conv_flops(height, width)
 
     def _check_routing(self, routing_weights: Tensor) -> None:
         if routing_weights.ndim != 2 or routing_weights.shape[1] != self.num_experts:
@@ -385,9 +385,9 @@ class RoutedCondConv2d(nn.Module):
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         return self.conv.output_size(height, width)
 
-    def cost(self, height: int, width: int) -> int:
+    def flops(self, height: int, width: int) -> int:
         """Per-sample FLOPs: routing + kernel aggregation + convolution."""
-        return self.routing.cost() + self.conv.cost(height, width)
+        return self.routing.flops() + self.conv.flops(height, width)
 
 
 def conv_pair(where: str, key: str, value, minimum: int = 1) -> tuple[int, int]:

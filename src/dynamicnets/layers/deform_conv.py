@@ -7,7 +7,7 @@ bilinearly (zero outside the image); v2 also multiplies each sample by a mask in
 `(B, C * kh * kw, H' * W')` and multiplied by the kernel, so the matrix product costs
 exactly what the plain convolution costs. The bilinear interpolation (about
 4 multiply-adds per sampled value) is elementwise arithmetic that `FlopCounterMode`
-does not count, so `cost` does not either.
+does not count, so `flops` does not either.
 
 Offsets and masks use torchvision's layout: `offset (B, 2 * G * kh * kw, H', W')` with
 `(dy, dx)` pairs, offset group major then tap (row-major over the kernel);
@@ -243,7 +243,7 @@ class DeformConv2d(nn.Module):
             x, offset, self.weight, self.bias, self.stride, self.padding, self.dilation, mask
         )
 
-    def cost(self, height: int, width: int) -> int:
+    def flops(self, height: int, width: int) -> int:
         """Per-sample FLOPs with the built-in predictor: predictor conv + the column product."""
         k, s, p, d = self.kernel_size, self.stride, self.padding, self.dilation
         oh, ow = conv_out_size(height, k, s, p, d), conv_out_size(width, k, s, p, d)

@@ -166,7 +166,7 @@ class DyReLUHyperFunction(nn.Module):
         attention = (gamma * z.softmax(dim=1)).clamp(max=1.0)
         return attention.view(x.shape[0], 1, height, width)
 
-    def cost(self, height: int, width: int) -> int:
+    def flops(self, height: int, width: int) -> int:
         """Per-sample FLOPs on a `(C, height, width)` input (FC layers, variant C's 1x1 conv)."""
         flops = linear_flops(self.fc1) + linear_flops(self.fc2)
         if self.spatial is not None:
@@ -212,6 +212,6 @@ class DyReLU(nn.Module):
             coefficients = self.hyper(x)
         return dy_relu(x, coefficients)
 
-    def cost(self, height: int, width: int) -> int:
+    def flops(self, height: int, width: int) -> int:
         """Per-sample FLOPs of the hyper function (the max of pieces is not counted)."""
-        return self.hyper.cost(height, width)
+        return self.hyper.flops(height, width)

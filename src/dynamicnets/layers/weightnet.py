@@ -147,7 +147,7 @@ class WeightNetConv2d(nn.Module):
         k, s, p, d = self.kernel_size, self.stride, self.padding, self.dilation
         return conv_out_size(height, k, s, p, d), conv_out_size(width, k, s, p, d)
 
-    def cost(self, height: int, width: int) -> int:
+    def flops(self, height: int, width: int) -> int:
         """Per-sample FLOPs of `forward` on a `(C_in, height, width)` input."""
         oh, ow = self.output_size(height, width)
         conv = 2 * math.prod(self.kernel_shape()) * oh * ow

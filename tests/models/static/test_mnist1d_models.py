@@ -16,7 +16,7 @@ def test_stated_figures(name, params, flops):
     model = create_model(name).eval()
     assert model.default_input_shape == SIGNAL
     assert sum(p.numel() for p in model.parameters()) == params
-    assert model.cost(SIGNAL) == counted_flops(model, torch.randn(1, *SIGNAL)) == flops
+    assert model.flops(SIGNAL) == counted_flops(model, torch.randn(1, *SIGNAL)) == flops
 
 
 @pytest.mark.parametrize("hidden,depth", [(16, 0), (16, 1), (64, 3)])
@@ -27,7 +27,7 @@ def test_mlp_hidden_and_depth(hidden, depth):
     x = torch.randn(3, *SIGNAL)
     out = model(x)
     assert out.logits.shape == (3, 4)
-    assert int(out.flops.sum()) == counted_flops(model, x) == 3 * model.cost(SIGNAL)
+    assert int(out.flops.sum()) == counted_flops(model, x) == 3 * model.flops(SIGNAL)
 
 
 def test_mlp_flattens_several_channels():
@@ -48,7 +48,7 @@ def test_cnn_any_length(shape):
     model = create_model("mnist1d_cnn", in_chans=shape[0], width=8).eval()
     x = torch.randn(2, *shape)
     out = model(x)
-    assert int(out.flops.sum()) == counted_flops(model, x) == 2 * model.cost(shape)
+    assert int(out.flops.sum()) == counted_flops(model, x) == 2 * model.flops(shape)
 
 
 @pytest.mark.parametrize("shape", [(2, 40), (1, 8, 8)])

@@ -50,7 +50,7 @@ def test_published_cost_figures(
     x = torch.randn(1, *CIFAR)
     assert [len(blocks) for blocks in model.stages] == [n, n, n]
     assert n_params(model) == params
-    assert model.cost(CIFAR) == flops
+    assert model.flops(CIFAR) == flops
     assert counted_flops(model, x) == flops
 
     # Option B = option A + the two projection shortcuts; measure those from the modules.
@@ -60,7 +60,7 @@ def test_published_cost_figures(
     proj_flops = sum(counted_flops(b.shortcut, h) for b, h in projections)
     assert (proj_params, proj_flops) == (2_752, 524_288)  # the figures the docstring states
     assert n_params(model) - proj_params == a_params
-    assert model.cost(CIFAR) - proj_flops == a_flops
+    assert model.flops(CIFAR) - proj_flops == a_flops
 
     # The exact option-A figures agree with what the papers print, at the precision printed.
     assert round_like(a_params / 1e6, paper_params) == paper_params
@@ -90,7 +90,7 @@ def test_stages_are_separately_callable_and_compose_to_forward():
         assert counted_flops(model.head, h) == 2 * breakdown["head"]
         torch.testing.assert_close(logits, model(x).logits)
     total = breakdown["stem"] + sum(map(sum, breakdown["stages"])) + breakdown["head"]
-    assert total == model.cost(CIFAR)
+    assert total == model.flops(CIFAR)
 
 
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 17, 23), (3, 5, 4), (2, 1, 1)])
@@ -99,7 +99,7 @@ def test_any_input_size(shape):
     x = torch.randn(2, *shape)
     out = model(x)
     assert out.logits.shape == (2, 3)
-    assert int(out.flops.sum()) == counted_flops(model, x) == 2 * model.cost(shape)
+    assert int(out.flops.sum()) == counted_flops(model, x) == 2 * model.flops(shape)
 
 
 @pytest.mark.parametrize("width", [4, 8, 24])
@@ -110,7 +110,7 @@ def test_width_sets_the_three_stage_widths(width):
     assert model.stem.conv.out_channels == width
     assert model.head.fc.in_features == 4 * width
     x = torch.randn(1, *CIFAR)
-    assert counted_flops(model.eval(), x) == model.cost(CIFAR)
+    assert counted_flops(model.eval(), x) == model.flops(CIFAR)
 
 
 def test_channels_last_gives_the_same_result_and_keeps_the_layout():

@@ -11,8 +11,8 @@ def test_stated_figures():
     model = create_model("small_cnn").eval()
     assert model.default_input_shape == (1, 8, 8)
     assert sum(p.numel() for p in model.parameters()) == 131_178
-    assert model.cost((1, 8, 8)) == counted_flops(model, torch.randn(1, 1, 8, 8)) == 2_398_720
-    assert model.cost((1, 28, 28)) == counted_flops(model, torch.randn(1, 1, 28, 28)) == 29_355_520
+    assert model.flops((1, 8, 8)) == counted_flops(model, torch.randn(1, 1, 8, 8)) == 2_398_720
+    assert model.flops((1, 28, 28)) == counted_flops(model, torch.randn(1, 1, 28, 28)) == 29_355_520
 
 
 @pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32), (1, 3, 5)])
@@ -20,7 +20,7 @@ def test_flops_on_any_size(shape):
     model = create_model("small_cnn", in_chans=shape[0], width=8).eval()
     x = torch.randn(2, *shape)
     out = model(x)
-    assert int(out.flops.sum()) == counted_flops(model, x) == 2 * model.cost(shape)
+    assert int(out.flops.sum()) == counted_flops(model, x) == 2 * model.flops(shape)
 
 
 def test_fits_a_small_batch():

@@ -237,6 +237,6 @@ class MultiExitNetwork(ClassifierApi, nn.Module):
             costs.append(total)
         return costs
 
-    def cost(self, input_shape: Sequence[int]) -> int:
+    def flops(self, input_shape: Sequence[int]) -> int:
         """Per-sample FLOPs of the full pass (`forward`): `exit_costs(input_shape)[-1]`."""
         return self.exit_costs(input_shape)[-1]

@@ -108,7 +108,7 @@ class ModelStage(nn.Module):
     """A whole model used as one stage of a cascade: `x -> model(x).logits`.
 
     Args:
-        model: a model returning `DynamicOutput`, with `cost(input_shape) -> int`.
+        model: a model returning `DynamicOutput`, with `flops(input_shape) -> int`.
         num_classes: its number of logits.
 
     Shapes:
@@ -117,8 +117,8 @@ class ModelStage(nn.Module):
 
     def __init__(self, model: nn.Module, num_classes: int) -> None:
         super().__init__()
-        if not callable(getattr(model, "cost", None)):
-            raise ConfigError(f"a cascade member needs a cost(input_shape) method; {type(model).__name__} has none")
+        if not callable(getattr(model, "flops", None)):
+            raise ConfigError(f"a cascade member needs a flops(input_shape) method; {type(model).__name__} has none")
         self.model = model
         self.num_classes = num_classes
 
@@ -126,8 +126,8 @@ class ModelStage(nn.Module):
         return self.model(x).logits
 
     def flops_and_shape(self, in_shape: tuple[int, ...]) -> tuple[int, tuple[int, ...]]:
-        """`(model.cost(in_shape), (num_classes,))`."""
-        return int(self.model.cost(in_shape)), (self.num_classes,)
+        """`(model.flops(in_shape), (num_classes,))`."""
+        return int(self.model.flops(in_shape)), (self.num_classes,)
 
 
 class Cascade(MultiExitNetwork):

@@ -215,7 +215,7 @@ class MobileNetV2Cifar(ClassifierApi, nn.Module):
     def forward(self, x: Tensor, temperature: float | None = None) -> DynamicOutput:
         return routed_output(self, x, temperature)
 
-    def cost(self, input_shape: tuple[int, ...]) -> int:
+    def flops(self, input_shape: tuple[int, ...]) -> int:
         """Per-sample FLOPs on a `(in_chans, H, W)` input, as `FlopCounterMode` counts."""
         shape = check_input_shape(self.name, input_shape, self.in_chans, spatial_dims=2)
         flops, shape = self.stem.flops_and_shape(shape)

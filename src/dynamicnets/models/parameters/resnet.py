@@ -86,8 +86,8 @@ class DynamicBasicBlock(nn.Module):
         flops = flops1 + flops2
         if isinstance(self.shortcut, ConvNormAct):
             flops += self.shortcut.flops_and_shape(in_shape)[0]
-        if hasattr(self.act, "cost"):
-            flops += self.act.cost(out[1], out[2])
+        if hasattr(self.act, "flops"):
+            flops += self.act.flops(out[1], out[2])
         return flops, out
 
 
@@ -179,7 +179,7 @@ class DynamicCifarResNet(ClassifierApi, nn.Module):
     def forward(self, x: Tensor, temperature: float | None = None) -> DynamicOutput:
         return routed_output(self, x, temperature)
 
-    def cost(self, input_shape: tuple[int, ...]) -> int:
+    def flops(self, input_shape: tuple[int, ...]) -> int:
         """Per-sample FLOPs on a `(in_chans, H, W)` input, as `FlopCounterMode` counts.
 
         Includes routing functions, kernel aggregation / generation and DY-ReLU hyper

@@ -125,10 +125,10 @@ class DynamicConvNormAct(nn.Module):
         if isinstance(self.conv, nn.Conv2d):
             flops, oh, ow = conv2d_flops(self.conv, height, width)
         else:
-            flops = self.conv.cost(height, width)
+            flops = self.conv.flops(height, width)
             oh, ow = self.conv.output_size(height, width)
         if isinstance(self.act, DyReLU):
-            flops += self.act.cost(oh, ow)
+            flops += self.act.flops(oh, ow)
         return flops, (self.out_chans, oh, ow)
 
 
@@ -137,7 +137,7 @@ def routed_output(model: nn.Module, x: Tensor, temperature: float | None) -> Dyn
     """The `DynamicOutput` of a network whose `forward_routed(x, temperature)` returns
     `(features, routing)`: logits from `model.forward_head`, `decisions["routing"]` `(B, L, K)`
     stacked over the routed layers, and the constant per-sample `model.cost`."""
-    flops = model.cost(x.shape[1:])
+    flops = model.flops(x.shape[1:])
     features, routing = model.forward_routed(x, temperature)
     decisions = {"routing": torch.stack(routing, dim=1)} if routing else {}
     return DynamicOutput(

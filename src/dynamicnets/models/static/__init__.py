@@ -4,7 +4,7 @@ Conventions every model of the library follows (the model tests check them):
 
 - `forward(x)` returns `DynamicOutput` whose `flops` is the `(B,)` float64 per-sample
   cost, counted like `torch.utils.flop_counter.FlopCounterMode`.
-- `cost(input_shape) -> int`: analytic per-sample FLOPs on a `(C, *spatial)` input.
+- `flops(input_shape) -> int`: analytic per-sample FLOPs on a `(C, *spatial)` input.
 - `default_input_shape`: the canonical per-sample input shape as a tuple (e.g.
   `(3, 32, 32)` for the CIFAR ResNets, `(1, 8, 8)` for `small_cnn`, `(1, 40)` for the
   MNIST-1D models), so tools and tests can build an example input for any model.

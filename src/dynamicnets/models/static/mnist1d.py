@@ -78,11 +78,11 @@ class Mnist1dMLP(ClassifierApi, nn.Module):
         return h
 
     def forward(self, x: Tensor) -> DynamicOutput:
-        flops = self.cost(x.shape[1:])
+        flops = self.flops(x.shape[1:])
         logits = self.forward_head(self.forward_features(x))
         return DynamicOutput(logits=logits, flops=constant_flops(flops, x.shape[0], x.device))
 
-    def cost(self, input_shape: tuple[int, ...]) -> int:
+    def flops(self, input_shape: tuple[int, ...]) -> int:
         """Per-sample FLOPs on its `(in_chans, length)` input (as `FlopCounterMode` counts)."""
         shape = check_input_shape("mnist1d_mlp", input_shape, self.in_chans, spatial_dims=1)
         if shape != self.default_input_shape:
@@ -139,11 +139,11 @@ class Mnist1dCNN(ClassifierApi, nn.Module):
         return x
 
     def forward(self, x: Tensor) -> DynamicOutput:
-        flops = self.cost(x.shape[1:])
+        flops = self.flops(x.shape[1:])
         logits = self.forward_head(self.forward_features(x))
         return DynamicOutput(logits=logits, flops=constant_flops(flops, x.shape[0], x.device))
 
-    def cost(self, input_shape: tuple[int, ...]) -> int:
+    def flops(self, input_shape: tuple[int, ...]) -> int:
         """Per-sample FLOPs on a `(in_chans, L)` input (as `FlopCounterMode` counts)."""
         shape = check_input_shape("mnist1d_cnn", input_shape, self.in_chans, spatial_dims=1)
         total = 0

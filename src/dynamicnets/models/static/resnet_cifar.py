@@ -99,7 +99,7 @@ class CifarResNet(ClassifierApi, nn.Module):
 
     Returns (forward):
         `DynamicOutput` with `logits (B, num_classes)` and `flops (B,)`, the constant
-        per-sample `cost(x.shape[1:])`.
+        per-sample `flops(x.shape[1:])`.
     """
 
     def __init__(
@@ -145,7 +145,7 @@ class CifarResNet(ClassifierApi, nn.Module):
         return x
 
     def forward(self, x: Tensor) -> DynamicOutput:
-        flops = self.cost(x.shape[1:])
+        flops = self.flops(x.shape[1:])
         logits = self.forward_head(self.forward_features(x))
         return DynamicOutput(logits=logits, flops=constant_flops(flops, x.shape[0], x.device))
 
@@ -166,7 +166,7 @@ class CifarResNet(ClassifierApi, nn.Module):
             stages.append(costs)
         return {"stem": stem, "stages": stages, "head": self.head.flops()}
 
-    def cost(self, input_shape: tuple[int, ...]) -> int:
+    def flops(self, input_shape: tuple[int, ...]) -> int:
         """Per-sample FLOPs on a `(in_chans, H, W)` input (as `FlopCounterMode` counts)."""
         parts = self.cost_breakdown(input_shape)
         return parts["stem"] + sum(sum(s) for s in parts["stages"]) + parts["head"]

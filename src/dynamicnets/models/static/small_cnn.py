@@ -57,11 +57,11 @@ class SmallCNN(ClassifierApi, nn.Module):
         return x
 
     def forward(self, x: Tensor) -> DynamicOutput:
-        flops = self.cost(x.shape[1:])
+        flops = self.flops(x.shape[1:])
         logits = self.forward_head(self.forward_features(x))
         return DynamicOutput(logits=logits, flops=constant_flops(flops, x.shape[0], x.device))
 
-    def cost(self, input_shape: tuple[int, ...]) -> int:
+    def flops(self, input_shape: tuple[int, ...]) -> int:
         """Per-sample FLOPs on a `(in_chans, H, W)` input (as `FlopCounterMode` counts)."""
         shape = check_input_shape("small_cnn", input_shape, self.in_chans, spatial_dims=2)
         total = 0

@@ -109,14 +109,14 @@ class DSNet(ClassifierApi, nn.Module):
         features = self.backbone.stem(x, self.gate_width)
         return self.gate(features.mean(dim=(2, 3)))
 
-    def gate_cost(self, input_shape: tuple[int, ...]) -> int:
+    def gate_flops(self, input_shape: tuple[int, ...]) -> int:
         """Per-sample FLOPs of the gate (stem at the narrowest width + the linear layer)."""
         stem, _ = self.backbone.stem.flops_and_shape(tuple(input_shape), self.gate_width, Execution.COMPACT)
         return stem + linear_flops(self.gate)
 
     def width_costs(self, input_shape: tuple[int, ...]) -> Tensor:
         """`(num widths,)` float64 per-sample FLOPs of each width's network (no gate)."""
-        costs = [self.backbone.cost(tuple(input_shape), w, Execution.COMPACT) for w in self.widths]
+        costs = [self.backbone.flops(tuple(input_shape), w, Execution.COMPACT) for w in self.widths]
         return torch.tensor(costs, dtype=torch.float64)
 
     def run_grouped(self, x: Tensor, choice: Tensor) -> Tensor:
@@ -153,7 +153,7 @@ class DSNet(ClassifierApi, nn.Module):
         execution = resolve_execution(execution, self.training)
         shape = tuple(x.shape[1:])
         costs = self.width_costs(shape).to(x.device)
-        gate = self.gate_cost(shape)
+        gate = self.gate_flops(shape)
         logits_g = self.gate_logits(x)
         widths = torch.tensor(self.widths, device=x.device)
         if execution is Execution.MASKED:

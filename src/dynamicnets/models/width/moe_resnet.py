@@ -103,7 +103,7 @@ class MoECifarResNet(CifarResNet):
 
     Attributes:
         stem, stages, head, default_input_shape: as `CifarResNet`; the chosen blocks are
-        `MoEBasicBlock`s. `cost(input_shape)` / `cost_breakdown` count what every image
+        `MoEBasicBlock`s. `flops(input_shape)` / `cost_breakdown` count what every image
         pays whatever its routing (MoE blocks: `conv1` and the shortcut); `forward` adds
         the routers and experts each image ran. The classifier API is `CifarResNet`'s;
         `forward_features(x, execution=None)` returns the features alone,
@@ -191,7 +191,7 @@ class MoECifarResNet(CifarResNet):
 
     def forward(self, x: Tensor, execution: ExecutionLike = None) -> DynamicOutput:
         execution = resolve_execution(execution, self.training)
-        fixed = float(self.cost(tuple(x.shape[1:])))
+        fixed = float(self.flops(tuple(x.shape[1:])))
         features, routed, row_flops = self.forward_routed(x, execution)
         flops = fixed + sum(out.token_flops for out in routed)
         per_layer = [sample_decisions(out) for out in routed]

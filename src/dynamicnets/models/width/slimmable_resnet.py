@@ -304,7 +304,7 @@ class SlimmableResNet(ClassifierApi, nn.Module):
         widths = [self.check_width(w) for w in widths]
         b = x.shape[0]
         all_logits = [self.forward_logits(x, w) for w in widths]
-        flops = sum(self.cost(x.shape[1:], w) for w in widths)
+        flops = sum(self.flops(x.shape[1:], w) for w in widths)
         out = DynamicOutput(
             logits=all_logits[-1],
             exit_logits=all_logits,
@@ -320,7 +320,7 @@ class SlimmableResNet(ClassifierApi, nn.Module):
 
     # -- costs ----------------------------------------------------------------------------
 
-    def cost(
+    def flops(
         self, input_shape: tuple[int, ...], width: float | None = None, execution: str | None = None
     ) -> int:
         """Per-sample FLOPs of one width on a `(in_chans, H, W)` input (`FlopCounterMode`'s count).
