@@ -89,3 +89,21 @@ def test_skip_rnn_threshold_policy_trades_updates_on_every_path():
     assert float(strict.decisions["gates"].sum()) < float(default.decisions["gates"].sum())
     with pytest.raises(ConfigError, match="1 gates"):
         model(x, policy=GatePolicy((0.5, 0.5)))
+
+
+@pytest.mark.parametrize("name", ["soft_decision_tree", "neural_tree_cnn"])
+def test_tree_routing_thresholds_are_a_policy(name):
+    torch.manual_seed(0)
+    model = dn.create_model(name, num_classes=5).eval()
+    x = torch.randn(16, *model.default_input_shape)
+    inner = 2 ** model.depth - 1
+    with torch.no_grad():
+        default = model(x)
+        zero = model(x, policy=GatePolicy.constant(0.0, inner))
+        left = model(x, policy=GatePolicy.constant(float("inf"), inner))
+        shifted = GatePolicy(tuple(float(v) for v in torch.linspace(-0.5, 0.5, inner)))
+        compact, masked = model(x, policy=shifted), model(x, policy=shifted, execution="masked")
+    assert torch.equal(default.decisions["leaf"], zero.decisions["leaf"])
+    assert (left.decisions["leaf"] == 0).all()  # every node sends every sample left
+    assert torch.equal(compact.decisions["leaf"], masked.decisions["leaf"])
+    torch.testing.assert_close(compact.logits, masked.logits, rtol=1e-4, atol=1e-5)

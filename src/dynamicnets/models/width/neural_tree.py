@@ -23,6 +23,8 @@ transformer, router and solver.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
@@ -150,7 +152,8 @@ class NeuralTree(RoutedTree):
         """Solver of `leaf`: `(n, channels, h, w) -> (n, C)` log-probabilities."""
         return torch.log_softmax(self.solvers[leaf](features), dim=-1)
 
-    def run_masked(self, x: Tensor, decisions: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    def run_masked(self, x: Tensor, decisions: Tensor | None,
+                   thresholds: Sequence[float] | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Every node on the whole batch.
 
         Returns `(log-probabilities (B, C), router logits (B, 2^d - 1), routing values
@@ -168,6 +171,8 @@ class NeuralTree(RoutedTree):
             [self.leaf_log_q(leaf, features[self.num_inner + leaf]) for leaf in range(2**self.depth)],
             dim=1,
         )
+        if decisions is None and thresholds is not None:
+            decisions = router_logits > router_logits.new_tensor(thresholds)
         if decisions is None and not self.hard_training:
             out = soft_mixture(leaf_log_probs(router_logits, self.depth), leaf_log_q)
             return out, router_logits, torch.sigmoid(router_logits)
@@ -178,7 +183,8 @@ class NeuralTree(RoutedTree):
         return hard_mixture(leaf_probs(routing, self.depth), leaf_log_q), router_logits, routing
 
     def run_compact(
-        self, x: Tensor, decisions: Tensor | None
+        self, x: Tensor, decisions: Tensor | None,
+        thresholds: Sequence[float] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Route the batch: each sample runs the transformers of its own path only.
 
@@ -189,13 +195,14 @@ class NeuralTree(RoutedTree):
         routing = x.new_full((batch, self.num_inner), -1.0)
         path = torch.zeros(batch, self.depth, dtype=torch.int64, device=x.device)
         # (node, batch positions of its samples, its output on them)
+        cuts = [0.0] * self.num_inner if thresholds is None else list(thresholds)
         frontier = [(0, torch.arange(batch, device=x.device), self.transformers[0](x))]
         for level in range(self.depth):
             children = []
             for node, rows, features in frontier:
                 path[rows, level] = node
                 z = self.route(node, features)
-                right = z > 0 if decisions is None else decisions[rows, node] != 0
+                right = z > cuts[node] if decisions is None else decisions[rows, node] != 0
                 routing[rows, node] = right.to(routing.dtype)
                 for child, take in ((2 * node + 1, ~right), (2 * node + 2, right)):
                     index = rows_where(take)

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from ...errors import ConfigError
 from ...outputs import DynamicOutput, constant_flops
+from ...gates.thresholds import GatePolicy
 from ...execution import Execution, resolve_execution
 from .._api import ClassifierApi
 from .binary_tree import balance_penalty, check_decisions, check_depth, follow
@@ -74,20 +75,34 @@ class RoutedTree(ClassifierApi, nn.Module):
         self.penalty_decay = float(penalty_decay)
 
     def forward(
-        self, x: Tensor, execution: str | None = None, decisions: Tensor | None = None
+        self, x: Tensor, execution: str | None = None, decisions: Tensor | None = None,
+        policy: GatePolicy | None = None,
     ) -> DynamicOutput:
-        """`execution`: `None` (masked in training, compact in eval), `"masked"` or
-        `"compact"`; `decisions`: optional hard `(B, 2^d - 1)` routing decisions."""
+        """Route every sample to one leaf (compact) or mix the leaves (masked).
+
+        Args:
+            x: the input (see the model).
+            execution: `None` (masked in training, compact in eval), `"masked"` or `"compact"`.
+            decisions: optional hard `(B, 2^d - 1)` routing decisions.
+            policy: hard routing at inference, one threshold per inner node (breadth-first):
+                a sample goes right where the router logit is `> threshold`. Compact uses
+                0 without a policy; masked with a policy mixes the leaves by these hard
+                decisions instead of the soft (or trained) routing.
+
+        Returns:
+            `DynamicOutput` with `decisions` `leaf (B,)`, `path (B, d)`, `routing`.
+        """
         execution = resolve_execution(execution, self.training)
         inputs, shape = self.prepare(x)
         if decisions is not None:
             check_decisions(self.name, decisions, x.shape[0], self.depth)
+        cuts = None if policy is None else policy.check(self.num_inner, f"model {self.name!r}").thresholds
         aux_losses = {}
         if execution == "compact":
-            logits, leaf, path, routing = self.run_compact(inputs, decisions)
+            logits, leaf, path, routing = self.run_compact(inputs, decisions, cuts)
             flops = self.path_flops(shape)
         else:
-            logits, router_logits, routing = self.run_masked(inputs, decisions)
+            logits, router_logits, routing = self.run_masked(inputs, decisions, cuts)
             leaf, path = follow(routing.detach() > 0.5, self.depth)
             flops = self.all_nodes_flops(shape)
             if self.penalty_strength > 0:

@@ -143,7 +143,8 @@ class SoftDecisionTree(RoutedTree):
         """Per-sample FLOPs of the masked execution: every inner node's dot product."""
         return 2 * self.in_features * self.num_inner
 
-    def run_masked(self, x_flat: Tensor, decisions: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    def run_masked(self, x_flat: Tensor, decisions: Tensor | None,
+                   thresholds: Sequence[float] | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Every node on the whole batch.
 
         Returns `(log-probabilities (B, C), router logits (B, 2^d - 1), routing values
@@ -151,6 +152,8 @@ class SoftDecisionTree(RoutedTree):
         """
         logits = self.router_logits(x_flat)
         leaf_log_q = torch.log_softmax(self.leaf_logits, dim=-1).unsqueeze(0)
+        if decisions is None and thresholds is not None:
+            decisions = logits > logits.new_tensor(thresholds)
         if decisions is None:
             out = soft_mixture(leaf_log_probs(logits, self.depth), leaf_log_q)
             return out, logits, torch.sigmoid(logits)
@@ -158,7 +161,8 @@ class SoftDecisionTree(RoutedTree):
         return hard_mixture(leaf_probs(routing, self.depth), leaf_log_q), logits, routing
 
     def run_compact(
-        self, x_flat: Tensor, decisions: Tensor | None
+        self, x_flat: Tensor, decisions: Tensor | None,
+        thresholds: Sequence[float] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """One root-to-leaf path per sample: `d` gathered dot products.
 
@@ -171,12 +175,13 @@ class SoftDecisionTree(RoutedTree):
         node = torch.zeros(batch, dtype=torch.int64, device=x_flat.device)
         routing = x_flat.new_full((batch, self.num_inner), -1.0)
         x_row = x_flat.unsqueeze(1)  # (B, 1, F)
+        cut_table = x_flat.new_tensor([0.0] * self.num_inner if thresholds is None else list(thresholds))
         path = []
         for _ in range(self.depth):
             path.append(node)
             w = self.inner.weight[node].unsqueeze(2)  # (B, F, 1)
             z = self.beta * (torch.bmm(x_row, w).view(batch) + self.inner.bias[node])
-            right = z > 0 if decisions is None else decisions[rows, node] != 0
+            right = z > cut_table[node] if decisions is None else decisions[rows, node] != 0
             routing[rows, node] = right.to(routing.dtype)
             node = 2 * node + 1 + right.long()
         leaf = node - self.num_inner
