@@ -107,3 +107,20 @@ def test_tree_routing_thresholds_are_a_policy(name):
     assert (left.decisions["leaf"] == 0).all()  # every node sends every sample left
     assert torch.equal(compact.decisions["leaf"], masked.decisions["leaf"])
     torch.testing.assert_close(compact.logits, masked.logits, rtol=1e-4, atol=1e-5)
+
+
+def test_channel_gate_thresholds_are_a_policy():
+    torch.manual_seed(0)
+    model = dn.create_model("gumbel_channel_resnet_cifar", num_classes=5).eval()
+    x = torch.randn(4, 3, 32, 32)
+    blocks = len(model.gates)
+    with torch.no_grad():
+        default = model(x)
+        zero = model(x, policy=GatePolicy.constant(0.0, blocks))
+        strict = model(x, policy=GatePolicy.constant(0.5, blocks))
+        masked = model(x, policy=GatePolicy.constant(0.5, blocks), execution="masked")
+    torch.testing.assert_close(default.logits, zero.logits)
+    assert (strict.flops <= default.flops).all() and (strict.flops < default.flops).any()
+    torch.testing.assert_close(strict.logits, masked.logits, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ConfigError, match="FBS keeps each sample's top-k"):
+        dn.create_model("fbs_resnet_cifar", num_classes=5).eval()(x, policy=GatePolicy.constant(0.0, blocks))

@@ -140,7 +140,8 @@ class GumbelChannelGate(_PooledLinearScorer):
         self.target_rate = None if target_rate is None else float(target_rate)
 
     def forward(
-        self, x: Tensor, tau: float | None = None, generator: torch.Generator | None = None
+        self, x: Tensor, tau: float | None = None, generator: torch.Generator | None = None,
+        threshold: float = 0.0,
     ) -> ChannelDecision:
         """Keep decisions for the output channels of each sample.
 
@@ -148,6 +149,8 @@ class GumbelChannelGate(_PooledLinearScorer):
             x: `(B, in_chans, *S)` the gated conv's input.
             tau: temperature for this call (None: `self.tau`); unused in eval.
             generator: optional `torch.Generator` for reproducible training noise.
+            threshold: the eval rule, keep a channel where its logit is `> threshold`
+                (a model passes its `GatePolicy` here); unused in training.
 
         Returns:
             `ChannelDecision` (`scale` is `keep`).
@@ -160,7 +163,7 @@ class GumbelChannelGate(_PooledLinearScorer):
             # forced channels become 1; the value stays exactly 0/1, the gradient is keep's
             keep = keep + forced * (1 - keep.detach())
         else:
-            keep = torch.maximum((logits > 0).to(logits.dtype), forced)
+            keep = torch.maximum((logits > threshold).to(logits.dtype), forced)
         return ChannelDecision(keep, keep, logits, None)
 
     def aux_loss(self, decision: ChannelDecision) -> Tensor:

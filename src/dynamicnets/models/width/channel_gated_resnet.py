@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from ...errors import ConfigError
 from ...layers.channel_gated_conv import channel_cost, channel_gated_convs, executed_channels
 from ...gates.channel import FBSGate, GumbelChannelGate
+from ...gates.thresholds import GatePolicy
 from ...execution import Execution, resolve_execution
 from ...outputs import DynamicOutput
 from .._api import ClassifierApi
@@ -146,12 +147,23 @@ class ChannelGatedResNet(ClassifierApi, nn.Module):
         per_channel = torch.tensor(per_channel, dtype=torch.float64)
         return fixed, per_channel, torch.tensor(channels, dtype=torch.float64)
 
+    def _gate_thresholds(self, policy: GatePolicy | None) -> list[dict]:
+        """Per gated block, the keyword arguments that carry the policy to its gate."""
+        if policy is None:
+            return [{}] * len(self.gates)
+        if not all(isinstance(g, GumbelChannelGate) for g in self.gates):
+            raise ConfigError(f"model {self.name!r}: a gate policy needs threshold gates (Gumbel channel "
+                              f"gates); FBS keeps each sample's top-k channels, set by its density")
+        cuts = policy.check(len(self.gates), f"model {self.name!r}").thresholds
+        return [{"threshold": t} for t in cuts]
+
     def forward(
         self,
         x: Tensor,
         *,
         execution: str | None = None,
         generator: torch.Generator | None = None,
+        policy: GatePolicy | None = None,
     ) -> DynamicOutput:
         """Run the network, each block's mid channels gated per sample.
 
@@ -160,17 +172,21 @@ class ChannelGatedResNet(ClassifierApi, nn.Module):
             execution: `"masked"` / `"compact"`; None: masked in training, compact in
                 eval. Compact needs eval mode (its BatchNorms run as per-channel affines).
             generator: optional `torch.Generator` for the gates' training noise.
+            policy: Gumbel channel gates only: one eval threshold per gated block, a
+                channel runs where its logit is `> threshold` (default 0). FBS keeps a
+                fixed top-k (its density), which no threshold changes: refused.
 
         Returns:
             `DynamicOutput` (see the class docstring).
         """
         fixed, per_channel, channels = self.cost_parts(tuple(x.shape[1:]))
         execution = resolve_execution(execution, self.training)
+        thresholds = self._gate_thresholds(policy)
         with_aux = self.training and self.aux_weight > 0
         h = self.backbone.stem(x)
         ran, kept, aux = [], [], []
-        for block, gate in zip(self.blocks, self.gates):
-            decision = gate(h, generator=generator)
+        for block, gate, gate_kwargs in zip(self.blocks, self.gates, thresholds):
+            decision = gate(h, generator=generator, **gate_kwargs)
             y = channel_gated_convs(
                 h, block.conv1.conv, block.conv1.bn, block.conv2.conv, decision.scale,
                 execution, decision.max_kept,
