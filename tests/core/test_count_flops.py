@@ -1,4 +1,5 @@
 """`count_flops`: one public counter for any module, checked against FlopCounterMode."""
+import pytest
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -48,3 +49,18 @@ def test_an_outer_counter_does_not_see_the_measurement():
 
 def test_matmul_formula():
     assert matmul_flops(3, 4, 5) == counted_flops(torch.matmul, torch.randn(3, 4), torch.randn(4, 5))
+
+
+def test_every_registered_model_answers_the_cost_protocol():
+    assert all(isinstance(dn.create_model(name), CostReporting) for name in dn.list_models())
+
+
+@pytest.mark.parametrize("name,kwargs", [("resnet20", {}), ("skipnet_resnet", {"depth": 20}),
+                                         ("msdnet_cifar", {"num_blocks": 2}), ("dsnet_resnet_cifar", {})])
+def test_a_model_counts_its_static_forward(name, kwargs):
+    model = dn.create_model(name, num_classes=7, **kwargs).eval()
+    shape = model.default_input_shape
+    flops, out_shape = model.flops_and_shape(shape)
+    static = {"execution": "masked"} if dn.execution.supported_executions(model) else {}
+    assert out_shape == (7,)
+    assert flops == counted_flops(lambda x: model(x, **static), torch.zeros(1, *shape))

@@ -133,6 +133,17 @@ class ClassifierApi:
             self.set_submodule(path, fresh_linear(self.get_submodule(path), num_classes))
         self.classifier_changed()
 
+    def flops_and_shape(self, in_shape: tuple[int, ...]) -> tuple[int, tuple[int, ...]]:
+        """The `CostReporting` protocol for whole models: per-sample FLOPs of the static
+        (masked) forward on a `(C, *spatial)` input, and the per-sample logits shape.
+
+        Counted by `FlopCounterMode` on one sample of meta tensors (no data, no compute,
+        nothing of the model touched); what a given input executes is `model(x).flops`.
+        """
+        from ..flops import traced_flops_and_shape  # the counter reaches models through this protocol
+
+        return traced_flops_and_shape(self, tuple(int(s) for s in in_shape))
+
     def classifier_changed(self) -> None:
         """Called after `reset_classifier`: drop whatever the model cached from the old
         classifier (e.g. costs). Nothing by default."""
