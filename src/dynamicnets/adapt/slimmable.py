@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..execution import parse_execution
-from ..layers.slimmable import EXECUTIONS, SlimmableConv2d, SlimmableLinear, check_width
+from ..layers.slimmable import EXECUTIONS, SlimmableConv2d, SlimmableLinear, WidthLadder, check_width
 from ..layers.switchable_norm import SlimmableBatchNorm2d, SwitchableBatchNorm2d
 from ..flops import flops_and_shape
 from ..outputs import DynamicOutput, constant_flops
@@ -53,7 +53,7 @@ _SLIMMABLE = (SlimmableConv2d, SlimmableLinear, SwitchableBatchNorm2d, Slimmable
 _SUPPORTED = "nn.Sequential chains of Conv2d, BatchNorm2d, activations, dropout, pooling, Flatten and Linear"
 
 
-class SlimmableChain(nn.Module):
+class SlimmableChain(WidthLadder, nn.Module):
     """A chain of slimmable layers; `forward(x, width)` runs one width, or several in training.
 
     Built by `make_slimmable`. Attributes: `layers` (`nn.Sequential`), `widths` (ascending,
@@ -86,32 +86,10 @@ class SlimmableChain(nn.Module):
         self.norm = norm
         self.num_random_widths = int(num_random_widths)
         self.default_width = 1.0
+        self.width_owner = "SlimmableChain"
+        self.universal_hint = "make_slimmable(..., norm='universal') runs any width"
         self.default_input_shape = tuple(int(s) for s in input_shape)
         self.in_chans = self.default_input_shape[0]
-
-    def check_width(self, width: float) -> float:
-        """`width` if this chain can run it (`ConfigError` otherwise)."""
-        width = check_width(width, "SlimmableChain")
-        if self.norm == "switchable" and width not in self.widths:
-            raise ConfigError(
-                f"SlimmableChain: width {width} is not configured; configured widths: {list(self.widths)} "
-                f"(make_slimmable(..., norm='universal') runs any width)"
-            )
-        if width < self.widths[0]:
-            raise ConfigError(f"SlimmableChain: width {width} is below the smallest trained width {self.widths[0]}")
-        return width
-
-    def set_default_width(self, width: float) -> None:
-        """The width `forward` runs in eval mode when given none (not for use in forward)."""
-        self.default_width = self.check_width(width)
-
-    def training_widths(self) -> list[float]:
-        """The widths of one sandwich-rule training step, ascending (random ones drawn now)."""
-        if self.norm == "switchable":
-            return list(self.widths)
-        low = self.widths[0]
-        drawn = (low + (1.0 - low) * torch.rand(self.num_random_widths)).tolist()
-        return sorted([low, *drawn, 1.0])
 
     def forward_logits(self, x: Tensor, width: float | None = None) -> Tensor:
         """Logits `(B, C)` at one width (`None` = widest), no checks, no FLOPs."""

@@ -50,6 +50,49 @@ def check_width(width: float, owner: str = "slimmable layer") -> float:
     return float(width)
 
 
+class WidthLadder:
+    """Mixin: the widths a slimmable model runs, and the sandwich rule that trains them.
+
+    The host sets `widths` (ascending fractions), `norm` (`"switchable"`: one norm per
+    configured width, only those run; `"universal"`: any width from the smallest up),
+    `num_random_widths`, `default_width`, and names itself in `width_owner`;
+    `universal_hint` tells a user how to get a model that runs any width.
+    """
+
+    widths: tuple[float, ...]
+    norm: str
+    num_random_widths: int
+    default_width: float
+    width_owner: str
+    universal_hint: str = "build with norm='universal' for any width"
+
+    def check_width(self, width: float) -> float:
+        """`width` if this model can run it (`ConfigError` otherwise)."""
+        width = check_width(width, self.width_owner)
+        if self.norm == "switchable" and width not in self.widths:
+            raise ConfigError(
+                f"{self.width_owner}: width {width} is not configured; configured widths: "
+                f"{list(self.widths)} ({self.universal_hint})"
+            )
+        if width < self.widths[0]:
+            raise ConfigError(
+                f"{self.width_owner}: width {width} is below the smallest trained width {self.widths[0]}"
+            )
+        return width
+
+    def set_default_width(self, width: float) -> None:
+        """The width `forward` runs in eval mode when given none (not for use in forward)."""
+        self.default_width = self.check_width(width)
+
+    def training_widths(self) -> list[float]:
+        """The widths of one sandwich-rule training step, ascending (random ones drawn now)."""
+        if self.norm == "switchable":
+            return list(self.widths)
+        low = self.widths[0]
+        drawn = (low + (1.0 - low) * torch.rand(self.num_random_widths)).tolist()
+        return sorted([low, *drawn, 1.0])
+
+
 def set_execution(module: nn.Module, execution: Execution | str) -> nn.Module:
     """Set `execution` (`"compact"`, `"masked"` or `"indexed"`) on every slimmable module in `module`.
 

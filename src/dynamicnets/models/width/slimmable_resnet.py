@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from ...errors import ConfigError
 from ...execution import Execution, parse_execution
-from ...layers.slimmable import EXECUTIONS, SlimmableLinear, channels_at, check_width
+from ...layers.slimmable import EXECUTIONS, SlimmableLinear, WidthLadder, channels_at, check_width
 from ...outputs import DynamicOutput
 from ...flops import conv_out_size
 from .._api import ClassifierApi, check_num_classes
@@ -128,7 +128,7 @@ def _chain_flops(layers, shortcut, in_shape, width, execution):
     return total, shape
 
 
-class SlimmableResNet(ClassifierApi, nn.Module):
+class SlimmableResNet(WidthLadder, ClassifierApi, nn.Module):
     """A ResNet whose every conv is slimmable; `forward(x, width)` runs one width compactly.
 
     Args:
@@ -230,33 +230,9 @@ class SlimmableResNet(ClassifierApi, nn.Module):
             self.stages.append(blocks)
         self.head = SlimmableLinear(chans, num_classes, slim_out=False, device=device, dtype=dtype)
 
-    # -- widths ---------------------------------------------------------------------------
-
-    def check_width(self, width: float) -> float:
-        """Validate a width this model can run (`ConfigError` otherwise)."""
-        width = check_width(width, self.name)
-        if self.norm == "switchable" and width not in self.widths:
-            raise ConfigError(
-                f"{self.name}: width {width} is not configured; configured widths: "
-                f"{list(self.widths)} (build with norm='universal' for any width)"
-            )
-        if width < self.widths[0]:
-            raise ConfigError(
-                f"{self.name}: width {width} is below the smallest trained width {self.widths[0]}"
-            )
-        return width
-
-    def set_default_width(self, width: float) -> None:
-        """The width `forward` runs in eval mode when it is given none (not for use in forward)."""
-        self.default_width = self.check_width(width)
-
-    def training_widths(self) -> list[float]:
-        """The widths of one sandwich-rule training step, ascending (random ones drawn now)."""
-        if self.norm == "switchable":
-            return list(self.widths)
-        low = self.widths[0]
-        drawn = (low + (1.0 - low) * torch.rand(self.num_random_widths)).tolist()
-        return sorted([low, *drawn, 1.0])
+    @property
+    def width_owner(self) -> str:
+        return self.name
 
     # -- forward --------------------------------------------------------------------------
 
