@@ -1,0 +1,172 @@
+"""A residual branch as a chain of convolutions with BatchNorm folded in: what sparse
+spatial execution runs.
+
+Sparse execution (`sparse_positions`, `sparse_tiles`) computes a residual branch on part
+of the feature map only, as matrix products over gathered positions or convolutions over
+gathered tiles. It does not call the block's modules: it reads the branch as a list of
+`ConvStep`s (weight and bias with the inference BatchNorm folded in, kernel size, ReLU or
+not) and runs them itself. `residual_steps(block)` reads that list from the blocks the
+library uses (CIFAR `BasicBlock` of `ConvNormAct`s, and torchvision-layout basic and
+bottleneck blocks with `conv1, bn1, conv2, bn2[, conv3, bn3]`).
+
+Folding costs a pass over the weights, so `FoldedSteps` keeps the folded tensors and
+folds again only when a parameter or BN statistic changed (optimizer steps, loading a
+state dict and BN updates all bump the tensors' version counters).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ConvStep:
+    """One stride-1, 'same'-padded convolution of a residual branch, BN folded in.
+
+    Attributes:
+        weight: `(C_out, C_in, k, k)`, odd `k`.
+        bias: `(C_out,)`.
+        relu: apply ReLU after the convolution.
+    """
+
+    weight: Tensor
+    bias: Tensor
+    relu: bool
+
+    @property
+    def kernel_size(self) -> int:
+        return self.weight.shape[-1]
+
+    @property
+    def reach(self) -> int:
+        """How many positions away from an output this step reads its input: `k // 2`."""
+        return self.weight.shape[-1] // 2
+
+    def flops_per_position(self) -> int:
+        """FLOPs of one output position (2 per multiply-add, as `FlopCounterMode`)."""
+        c_out, c_in, kh, kw = self.weight.shape
+        return 2 * c_out * c_in * kh * kw
+
+    def gemm_weight(self) -> Tensor:
+        """The weight as a `(k * k * C_in, C_out)` matrix whose rows follow a gathered
+        neighbourhood: kernel row, kernel column, then input channel."""
+        c_out = self.weight.shape[0]
+        return self.weight.permute(2, 3, 1, 0).reshape(-1, c_out)
+
+
+def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[Tensor, Tensor]:
+    """`conv` followed by `bn` (inference statistics) as one convolution's weight and bias.
+
+    Returns:
+        `(weight (C_out, C_in, k, k), bias (C_out,))`.
+    """
+    weight = conv.weight
+    bias = conv.bias if conv.bias is not None else weight.new_zeros(weight.shape[0])
+    if bn is None:
+        return weight, bias
+    mean = bn.running_mean if bn.running_mean is not None else torch.zeros_like(bias)
+    var = bn.running_var if bn.running_var is not None else torch.ones_like(bias)
+    scale = torch.rsqrt(var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = bn.bias if bn.bias is not None else torch.zeros_like(bias)
+    return weight * scale.view(-1, 1, 1, 1), (bias - mean) * scale + shift
+
+
+# (conv, bn or None, relu after) for each convolution of a residual branch
+BranchLayers = list[tuple[nn.Conv2d, nn.BatchNorm2d | None, bool]]
+
+
+def _check_conv(conv: nn.Module, where: str) -> None:
+    if not isinstance(conv, nn.Conv2d):
+        raise ConfigError(f"{where}: expected an nn.Conv2d, got {type(conv).__name__}")
+    k = conv.kernel_size
+    if (conv.stride != (1, 1) or conv.dilation != (1, 1) or conv.groups != 1 or k[0] != k[1]
+            or k[0] % 2 == 0 or conv.padding != (k[0] // 2, k[1] // 2)):
+        raise ConfigError(
+            f"{where}: sparse spatial execution needs square odd kernels with stride 1, "
+            f"dilation 1, groups 1 and padding k // 2; got kernel {k}, stride {conv.stride}, "
+            f"padding {conv.padding}, dilation {conv.dilation}, groups {conv.groups}"
+        )
+
+
+def branch_layers(block: nn.Module) -> BranchLayers:
+    """The residual branch of `block` as `(conv, bn, relu)` triples, shallowest first.
+
+    Accepts a block with `ConvNormAct` children `conv1, conv2` (the CIFAR `BasicBlock`) or
+    the torchvision layout (`conv1, bn1, conv2, bn2` and optionally `conv3, bn3`). The
+    block must keep its shape (identity shortcut): only such blocks can leave positions
+    unchanged.
+
+    Raises:
+        ConfigError: naming the block type, when it has another layout, a projection
+            shortcut or a convolution sparse execution cannot run.
+    """
+    name = type(block).__name__
+    layers: BranchLayers = []
+    if hasattr(block, "conv1") and hasattr(block.conv1, "conv") and hasattr(block.conv1, "bn"):
+        units = [block.conv1, block.conv2]
+        layers = [(u.conv, u.bn, not isinstance(u.act, nn.Identity)) for u in units]
+        shortcut = getattr(block, "shortcut", None)
+        projected = shortcut is not None and not isinstance(shortcut, nn.Identity)
+    elif hasattr(block, "conv1") and hasattr(block, "bn1"):
+        depth = 3 if hasattr(block, "conv3") else 2
+        for i in range(1, depth + 1):
+            layers.append((getattr(block, f"conv{i}"), getattr(block, f"bn{i}"), i < depth))
+        projected = getattr(block, "downsample", None) is not None
+    else:
+        raise ConfigError(
+            f"{name}: sparse spatial execution reads a residual branch of ConvNormAct units "
+            f"(conv1, conv2) or of torchvision-style conv1/bn1/conv2/bn2[/conv3/bn3]"
+        )
+    if projected:
+        raise ConfigError(f"{name}: a block with a projection shortcut changes its shape; "
+                          f"only identity-shortcut blocks can run sparsely")
+    for i, (conv, _, _) in enumerate(layers):
+        _check_conv(conv, f"{name} conv{i + 1}")
+    if layers[0][0].in_channels != layers[-1][0].out_channels:
+        raise ConfigError(f"{name}: the branch maps {layers[0][0].in_channels} to "
+                          f"{layers[-1][0].out_channels} channels; an identity shortcut needs equal")
+    return layers
+
+
+class FoldedSteps:
+    """The folded `ConvStep`s of a residual branch, refolded only when its tensors change.
+
+    Args:
+        layers: `branch_layers(block)`.
+    """
+
+    def __init__(self, layers: BranchLayers) -> None:
+        self.layers = layers
+        self._key: tuple | None = None
+        self._steps: list[ConvStep] = []
+
+    def _tensors(self) -> list[Tensor]:
+        out = []
+        for conv, bn, _ in self.layers:
+            out += [conv.weight, conv.bias]
+            if bn is not None:
+                out += [bn.weight, bn.bias, bn.running_mean, bn.running_var]
+        return [t for t in out if t is not None]
+
+    def steps(self) -> list[ConvStep]:
+        """The current folded steps (recomputed when a weight or statistic changed)."""
+        tensors = self._tensors()
+        key = tuple((id(t), t._version, t.device, t.dtype) for t in tensors)
+        if key != self._key or torch.is_grad_enabled():
+            with torch.set_grad_enabled(torch.is_grad_enabled()):
+                self._steps = [ConvStep(*fold_batchnorm(conv, bn), relu)
+                               for conv, bn, relu in self.layers]
+            # steps built with autograd on hold graph references: never reuse them
+            self._key = None if torch.is_grad_enabled() else key
+        return self._steps
+
+    def chain_flops_per_position(self) -> list[int]:
+        """Per-position FLOPs of each step (independent of the fold)."""
+        return [2 * c.out_channels * c.in_channels * c.kernel_size[0] * c.kernel_size[1]
+                for c, _, _ in self.layers]

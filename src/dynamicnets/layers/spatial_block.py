@@ -1,0 +1,135 @@
+"""A residual block that runs only at chosen positions: masked for training, sparse
+(positions or tiles) for inference.
+
+`SparseBranch` wraps an identity-shortcut residual block (its modules keep their names,
+so a plain ResNet's weights load unchanged) and applies a spatial decision `mask`
+`(B, H, W)` to it:
+
+- `Execution.MASKED`: the block runs densely and `x + m * (block(x) - x)` keeps its
+  output where `m = 1` and the input where `m = 0`. `m` may be a straight-through or soft
+  mask; gradients reach the gate. This is the training path and the reference.
+- `Execution.COMPACT` with strategy `"positions"`: `run_at_positions`, gathered rows
+  and matrix products over the active positions of the whole batch.
+- `Execution.COMPACT` with strategy `"tiles"`: `run_on_tiles`, dense convolutions on the
+  active tiles with their halo.
+
+For the same hard mask all three give the same output (up to float rounding: the sparse
+paths use the BatchNorm folded into the convolutions, inference statistics only).
+"""
+from __future__ import annotations
+
+from enum import Enum
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from ..execution import Execution
+from .conv_chain import FoldedSteps, branch_layers
+from .sparse_positions import run_at_positions, sparse_chain_flops
+from .sparse_tiles import run_on_tiles, sparse_tile_flops
+
+
+class SparseStrategy(str, Enum):
+    """How compact execution gathers the active part of a feature map."""
+
+    POSITIONS = "positions"
+    TILES = "tiles"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def parse_strategy(strategy: SparseStrategy | str, tile: int | None = None) -> SparseStrategy:
+    """`strategy` as a `SparseStrategy`; `tile` checked when it is `"tiles"`.
+
+    Raises:
+        ConfigError: an unknown name, or tiles without a tile size >= 1.
+    """
+    try:
+        parsed = SparseStrategy(strategy)
+    except ValueError:
+        names = ", ".join(repr(s.value) for s in SparseStrategy)
+        raise ConfigError(f"sparse strategy must be one of {names}, got {strategy!r}") from None
+    if parsed is SparseStrategy.TILES and not (isinstance(tile, int) and not isinstance(tile, bool) and tile >= 1):
+        raise ConfigError(f"the 'tiles' strategy needs a tile size >= 1, got {tile!r}")
+    return parsed
+
+
+def check_spatial_mask(mask: Tensor, x: Tensor, owner: str) -> Tensor:
+    """`mask` after checking it is a `(B, H, W)` decision for the `(B, C, H, W)` input `x`.
+
+    Raises:
+        ConfigError: naming `owner`, for another shape or a complex dtype.
+    """
+    expected = (x.shape[0], *x.shape[2:])
+    if not isinstance(mask, Tensor) or tuple(mask.shape) != expected or mask.is_complex():
+        got = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
+        raise ConfigError(f"{owner}: expected a spatial mask of shape (B, H, W) = {expected} "
+                         f"for an input of shape {tuple(x.shape)}, got {got}")
+    return mask
+
+
+class SparseBranch:
+    """Masked and sparse execution of one identity-shortcut residual block.
+
+    Not an `nn.Module`: it holds a reference to `block` (which stays where the model
+    registered it) and its folded convolutions.
+
+    Args:
+        block: the residual block (see `conv_chain.branch_layers` for the layouts read).
+        name: used in error messages.
+    """
+
+    def __init__(self, block: nn.Module, name: str = "block") -> None:
+        self.block = block
+        self.name = name
+        self.folded = FoldedSteps(branch_layers(block))
+
+    def _hard(self, mask: Tensor) -> Tensor:
+        if mask.dtype == torch.bool:
+            return mask
+        if not bool(((mask == 0) | (mask == 1)).all()):
+            raise ConfigError(f"{self.name}: compact execution needs a hard (0/1) spatial mask, got soft values")
+        return mask > 0.5
+
+    def full_flops(self, height: int, width: int) -> int:
+        """Per-sample FLOPs of the dense block on an `H x W` map."""
+        return sum(self.folded.chain_flops_per_position()) * height * width
+
+    def __call__(self, x: Tensor, mask: Tensor, execution: Execution, *,
+                 strategy: SparseStrategy = SparseStrategy.POSITIONS, tile: int = 8,
+                 inplace: bool = False) -> Tensor:
+        """The block's output at `mask`, its input elsewhere.
+
+        Args:
+            x: `(B, C, H, W)`.
+            mask: `(B, H, W)`; bool or 0/1 (masked execution also takes soft values).
+            execution: masked or compact.
+            strategy, tile: how compact execution gathers.
+            inplace: compact only: write into `x` when autograd is off.
+
+        Returns:
+            `(B, C, H, W)`.
+        """
+        check_spatial_mask(mask, x, self.name)
+        if execution is Execution.MASKED:
+            m = mask.unsqueeze(1).to(x.dtype)
+            return x + m * (self.block(x) - x)
+        hard = self._hard(mask)
+        steps = self.folded.steps()
+        if strategy is SparseStrategy.TILES:
+            return run_on_tiles(x, hard, steps, tile, inplace=inplace)
+        return run_at_positions(x, hard, steps, inplace=inplace)
+
+    def flops(self, mask: Tensor, execution: Execution, *,
+              strategy: SparseStrategy = SparseStrategy.POSITIONS, tile: int = 8) -> Tensor:
+        """Per-sample FLOPs `(B,)` float64 of `__call__` with the same arguments."""
+        if execution is Execution.MASKED:
+            full = float(self.full_flops(*mask.shape[-2:]))
+            return torch.full((mask.shape[0],), full, dtype=torch.float64, device=mask.device)
+        hard = self._hard(mask)
+        steps = self.folded.steps()
+        if strategy is SparseStrategy.TILES:
+            return sparse_tile_flops(hard, steps, tile)
+        return sparse_chain_flops(hard, steps)
