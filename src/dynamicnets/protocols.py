@@ -10,7 +10,8 @@ by defining the methods, without inheriting from anything.
 - `CalibratableGates`: threshold gates whose logit layers can be fitted to an execution
   rate (`calibrate_gate_rate`, `calibrate_gate_policy`).
 - `SupportsExecution` (`dynamicnets.execution`), `CostReporting` (`dynamicnets.flops`) and
-  `SupportsBaselineUpdate` (`dynamicnets.training.protocols`) complete the set.
+  `SupportsBaselineUpdate` and `SupportsTrainingProgress` (`dynamicnets.training.protocols`)
+  complete the set.
 """
 from __future__ import annotations
 

@@ -23,3 +23,16 @@ class SupportsBaselineUpdate(Protocol):
     """
 
     def update_baseline(self, out: DynamicOutput, target: Tensor) -> Any: ...
+
+
+@runtime_checkable
+class SupportsTrainingProgress(Protocol):
+    """A model whose training losses change with how far training has come (annealed
+    loss terms such as DynConv's per-block FLOPs bounds).
+
+    When `uses_training_progress` is true the training loop passes
+    `progress=step / total_steps` (a float in `[0, 1]`) to `forward` at every training
+    step. From your own loop: `model(x, progress=step / total_steps)`.
+    """
+
+    uses_training_progress: bool

@@ -30,7 +30,7 @@ from .evaluate import autocast_context, evaluate, to_channels_last, to_device
 from .initialise import execution_kwargs, load_initial_weights, temperature_schedule
 from .distillation import exit_distillation_loss
 from .losses import multi_exit_loss
-from .protocols import SupportsBaselineUpdate
+from .protocols import SupportsBaselineUpdate, SupportsTrainingProgress
 from .rng import capture_rng_state, derived_seed, restore_rng_state, seed_everything
 from .schedules import build_scheduler, lr_factor
 
@@ -324,6 +324,8 @@ class Trainer:
         kwargs = dict(self.forward_kwargs)
         if self.temperature is not None:
             kwargs["temperature"] = self.temperature(self.step)
+        if isinstance(self.model, SupportsTrainingProgress) and self.model.uses_training_progress:
+            kwargs["progress"] = min(1.0, self.step / max(1, self.config.epochs * self.steps_per_epoch))
         with autocast_context(self.device, cfg.bf16):
             out = self._train_model(x, **kwargs)
         task = multi_exit_loss(out, y, cfg.exit_weights, cfg.label_smoothing)

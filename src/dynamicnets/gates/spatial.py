@@ -1,0 +1,100 @@
+"""Spatial gates: where in the feature map a residual block runs.
+
+`SpatialMaskGate` is DynConv's mask unit (Verelst & Tuytelaars, "Dynamic Convolutions:
+Exploiting Spatial Sparsity for Faster Inference", CVPR 2020): a small convolution on the
+block input scores each position; with `tile > 1` the input is first average-pooled over
+`tile x tile` tiles and the gate scores tiles (SBNet-style granularity: one decision per
+tile, which the tile strategy of sparse execution can run without waste).
+
+The gate only scores. `spatial_decisions` turns scores into masks: a straight-through
+Gumbel-sigmoid sample while training (exact 0/1 forward, relaxed gradient), and
+`logit > threshold` at inference, where the threshold is a policy (`GatePolicy`, one per
+gated block) rather than part of the layer. `expand_tiles` turns tile decisions into the
+`(B, H, W)` position mask that layers take.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from ..flops import conv_out_size
+from .gumbel import gumbel_sigmoid
+
+
+class SpatialMaskGate(nn.Module):
+    """Per-position (or per-tile) gate logits from a block input.
+
+    Args:
+        in_chans: channels of the block input.
+        tile: decision granularity; 1 scores every position, `t > 1` every `t x t` tile
+            (the input is average-pooled first; a partial last tile is pooled over the
+            positions it has).
+        kernel_size: odd size of the scoring convolution (1 in DynConv).
+        bias_init: initial bias of the logits (a positive bias starts with most positions
+            executed, so a gate added to a trained network starts close to it).
+
+    Shapes:
+        `(B, in_chans, H, W) -> (B, ceil(H / tile), ceil(W / tile))` logits.
+    """
+
+    def __init__(self, in_chans: int, tile: int = 1, kernel_size: int = 1, *,
+                 bias_init: float = 3.0, device=None, dtype=None) -> None:
+        super().__init__()
+        if not (isinstance(tile, int) and tile >= 1):
+            raise ConfigError(f"SpatialMaskGate: tile must be an int >= 1, got {tile!r}")
+        if not (isinstance(kernel_size, int) and kernel_size >= 1 and kernel_size % 2 == 1):
+            raise ConfigError(f"SpatialMaskGate: kernel_size must be an odd int >= 1, got {kernel_size!r}")
+        self.tile = tile
+        self.conv = nn.Conv2d(in_chans, 1, kernel_size, padding=kernel_size // 2,
+                              device=device, dtype=dtype)
+        nn.init.normal_(self.conv.weight, std=0.01)
+        nn.init.constant_(self.conv.bias, bias_init)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.tile > 1:
+            x = F.avg_pool2d(x, self.tile, ceil_mode=True)
+        return self.conv(x).squeeze(1)
+
+    def grid(self, height: int, width: int) -> tuple[int, int]:
+        """The decision grid for an `H x W` input."""
+        return -(-height // self.tile), -(-width // self.tile)
+
+    def flops(self, height: int, width: int) -> int:
+        """Per-sample FLOPs on an `H x W` input (pooling is free, as in `FlopCounterMode`)."""
+        rows, cols = self.grid(height, width)
+        k = self.conv.kernel_size[0]
+        oh = conv_out_size(rows, k, 1, k // 2)
+        ow = conv_out_size(cols, k, 1, k // 2)
+        return 2 * self.conv.in_channels * k * k * oh * ow
+
+
+def spatial_decisions(logits: Tensor, *, training: bool, threshold: float = 0.0,
+                      tau: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
+    """Hard spatial decisions from gate logits.
+
+    Args:
+        logits: `(B, h, w)` gate logits.
+        training: sample straight-through Gumbel-sigmoid decisions (float 0/1 with the
+            relaxed gradient); otherwise threshold deterministically.
+        threshold: inference rule `logit > threshold` (0 is the trained default,
+            `sigmoid(logit) > 0.5`).
+        tau: Gumbel temperature in training.
+        generator: optional `torch.Generator` for the training noise.
+
+    Returns:
+        `(B, h, w)`: float in training (differentiable), bool at inference.
+    """
+    if training:
+        return gumbel_sigmoid(logits, tau, hard=True, generator=generator)
+    return logits > threshold
+
+
+def expand_tiles(decisions: Tensor, tile: int, height: int, width: int) -> Tensor:
+    """`(B, h, w)` tile decisions -> `(B, H, W)` position mask (each tile's value
+    repeated over its `tile x tile` positions, cropped to `H x W`)."""
+    if tile == 1:
+        return decisions
+    grown = decisions.repeat_interleave(tile, dim=1).repeat_interleave(tile, dim=2)
+    return grown[:, :height, :width]

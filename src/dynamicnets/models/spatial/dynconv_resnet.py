@@ -1,0 +1,102 @@
+"""DynConv ResNets for CIFAR (Verelst & Tuytelaars, "Dynamic Convolutions: Exploiting
+Spatial Sparsity for Faster Inference", CVPR 2020): a plain CIFAR ResNet whose
+identity-shortcut blocks each run only where a per-position gate says so.
+
+The module names are the plain `resnet{depth}`'s, so its checkpoint initialises one
+(`init_from: runs/.../best.pt` in a training config): fine-tuning then learns the gates
+against the FLOPs budget. At inference blocks run sparse; see `SpatialGating`.
+
+DynConv reports ResNet-32 on CIFAR-10 at budget 0.7 with 93.58% top-1 and 55.4 M
+multiply-adds (after full training; the plain ResNet-32 has 69.1 M).
+"""
+from __future__ import annotations
+
+from torch import Tensor
+
+from ...errors import ConfigError
+from .._registry import register_model
+from ..static._checks import check_input_shape
+from ..static.resnet_cifar import CifarResNet
+from .spatial_gating import SpatialGating
+
+
+class DynConvResNet(SpatialGating, CifarResNet):
+    """A CIFAR ResNet with DynConv spatial gates on its identity-shortcut blocks.
+
+    Args:
+        depth, num_classes, in_chans, width: of the CIFAR ResNet.
+        budget: target fraction of the gated blocks' FLOPs, in `(0, 1]`.
+        gate_tile: decision granularity (1: per position; `t`: per `t x t` tile).
+        gate_kernel: kernel size of the gate convolution.
+        tau: Gumbel temperature while training.
+        budget_weight: weight of the FLOPs-budget aux loss.
+        gate_bias_init: initial gate logit bias (3: ~95% of positions run at first).
+        strategy: compact execution, `"positions"` or `"tiles"` (default: tiles for tile
+            gates, positions otherwise).
+        sparse_tile: tile side of the tiles strategy (default: `gate_tile` when > 1, else 8).
+
+    Attributes:
+        gates: one `SpatialMaskGate` per gated block; gated_index: indices of the gated
+        blocks among all blocks (stage-major); branches: their `SparseBranch`es.
+
+    Shapes:
+        `forward(x (B, in_chans, H, W)) -> DynamicOutput` (see `SpatialGating.forward`).
+    """
+
+    def __init__(self, depth: int = 32, num_classes: int = 10, in_chans: int = 3, width: int = 16, *,
+                 budget: float = 0.5, gate_tile: int = 1, gate_kernel: int = 1, tau: float = 1.0,
+                 budget_weight: float = 10.0, gate_bias_init: float = 3.0, strategy: str | None = None,
+                 sparse_tile: int | None = None, device=None, dtype=None) -> None:
+        super().__init__(depth, num_classes, in_chans, width, device=device, dtype=dtype)
+        self.name = f"dynconv_resnet{depth}"
+        if not (isinstance(gate_tile, int) and gate_tile >= 1):
+            raise ConfigError(f"model {self.name!r}: gate_tile must be an int >= 1, got {gate_tile!r}")
+        self.init_spatial_gating(
+            budget=budget, gate_tile=gate_tile, gate_kernel=gate_kernel, tau=tau,
+            budget_weight=budget_weight, gate_bias_init=gate_bias_init, strategy=strategy,
+            sparse_tile=sparse_tile if sparse_tile is not None else (gate_tile if gate_tile > 1 else 8),
+            device=device, dtype=dtype,
+        )
+
+    def check_input(self, x: Tensor) -> None:
+        """Raise `ConfigError` unless `x` is a `(B, in_chans, H, W)` batch."""
+        if not isinstance(x, Tensor) or x.dim() != 4:
+            raise ConfigError(f"model {self.name!r}: expected a (B, {self.in_chans}, H, W) batch, got "
+                              f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+        check_input_shape(self.name, x.shape[1:], self.in_chans, spatial_dims=2)
+
+    def spatial_stem(self, x: Tensor) -> Tensor:
+        """The stem convolution."""
+        return self.stem(x)
+
+    def spatial_blocks(self) -> list:
+        """Every residual block, stage by stage."""
+        return [block for blocks in self.stages for block in blocks]
+
+    def spatial_fixed_flops(self, input_shape: tuple[int, ...]) -> int:
+        """Per-sample FLOPs of the stem, the ungated blocks and the head."""
+        parts = self.cost_breakdown(input_shape)
+        blocks = [f for stage in parts["stages"] for f in stage]
+        return parts["stem"] + parts["head"] + sum(f for i, f in enumerate(blocks) if i not in self.gated_index)
+
+
+def _dynconv(depth: int, **kwargs) -> DynConvResNet:
+    return DynConvResNet(depth, **kwargs)
+
+
+@register_model
+def dynconv_resnet20(*, num_classes: int = 10, in_chans: int = 3, width: int = 16, budget: float = 0.5,
+                     gate_tile: int = 1, gate_kernel: int = 1, tau: float = 1.0, budget_weight: float = 10.0,
+                     gate_bias_init: float = 3.0, strategy: str | None = None, sparse_tile: int | None = None,
+                     device=None, dtype=None) -> DynConvResNet:
+    """DynConv spatially sparse ResNet-20 for CIFAR; see `DynConvResNet`."""
+    return _dynconv(20, **{k: v for k, v in locals().items()})
+
+
+@register_model
+def dynconv_resnet32(*, num_classes: int = 10, in_chans: int = 3, width: int = 16, budget: float = 0.5,
+                     gate_tile: int = 1, gate_kernel: int = 1, tau: float = 1.0, budget_weight: float = 10.0,
+                     gate_bias_init: float = 3.0, strategy: str | None = None, sparse_tile: int | None = None,
+                     device=None, dtype=None) -> DynConvResNet:
+    """DynConv spatially sparse ResNet-32 for CIFAR; see `DynConvResNet`."""
+    return _dynconv(32, **{k: v for k, v in locals().items()})

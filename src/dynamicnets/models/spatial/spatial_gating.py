@@ -1,0 +1,194 @@
+"""`SpatialGating`: what turns a plain ResNet into a DynConv-style spatially sparse one.
+
+A mixin for a ResNet class that exposes its stem, its residual blocks in order and its
+head (`spatial_stem`, `spatial_blocks`, `forward_head`). Every identity-shortcut block
+gets a `SpatialMaskGate` on its input; the blocks that change shape (stride 2 or a new
+width) run densely. The model keeps the plain ResNet's module names, so a plain
+checkpoint loads into it (`init_from` in a training config, or `load_state_dict(...,
+strict=False)`): only the gates start fresh.
+
+Per block, the gate's decisions become a `(B, H, W)` mask and `SparseBranch` runs the
+block masked (training: dense, output blended by the straight-through mask) or compact
+(inference: only the masked positions, by gathered positions or gathered tiles).
+Training adds DynConv's FLOPs-budget loss (`gates.flops_budget`) towards `budget`.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ...errors import ConfigError
+from ...execution import Execution, resolve_execution
+from ...gates.flops_budget import check_budget, flops_budget_loss
+from ...gates.spatial import SpatialMaskGate, expand_tiles, spatial_decisions
+from ...gates.thresholds import GatePolicy
+from ...layers.spatial_block import SparseBranch, SparseStrategy, check_spatial_mask, parse_strategy
+from ...outputs import DynamicOutput
+
+
+def _keeps_shape(block: nn.Module) -> bool:
+    shortcut = getattr(block, "shortcut", None)
+    if shortcut is not None:
+        return isinstance(shortcut, nn.Identity)
+    return getattr(block, "downsample", "absent") is None
+
+
+class SpatialGating:
+    """Mixin: spatial gates and sparse execution for a ResNet (see the module docstring).
+
+    The host class provides `spatial_stem(x)`, `spatial_blocks()` (every residual block,
+    in order), `forward_head(features)`, `spatial_fixed_flops(input_shape)` (per-sample
+    FLOPs of everything but the gated blocks and the gates) and `check_input(x)`.
+    """
+
+    execution_modes = (Execution.MASKED, Execution.COMPACT)
+    uses_training_progress = True
+    gates: nn.ModuleList
+
+    def init_spatial_gating(
+        self,
+        *,
+        budget: float,
+        gate_tile: int,
+        gate_kernel: int,
+        tau: float,
+        budget_weight: float,
+        gate_bias_init: float,
+        strategy: str | None,
+        sparse_tile: int,
+        device=None,
+        dtype=None,
+    ) -> None:
+        """Create the gates; call at the end of the host's `__init__`."""
+        owner = f"model {self.name!r}"
+        self.budget = check_budget(budget, owner)
+        if not tau > 0:
+            raise ConfigError(f"{owner}: tau must be > 0, got {tau!r}")
+        if not budget_weight >= 0:
+            raise ConfigError(f"{owner}: budget_weight must be >= 0, got {budget_weight!r}")
+        strategy = strategy or ("tiles" if gate_tile > 1 else "positions")
+        self.strategy = parse_strategy(strategy, sparse_tile)
+        self.sparse_tile = int(sparse_tile) if self.strategy is SparseStrategy.TILES else 8
+        self.tau = float(tau)
+        self.budget_weight = float(budget_weight)
+        blocks = list(self.spatial_blocks())
+        self.gated_index = [i for i, b in enumerate(blocks) if _keeps_shape(b)]
+        self.branches = {i: SparseBranch(blocks[i], f"{owner} block {i}") for i in self.gated_index}
+        chans = [blocks[i].conv1.conv.in_channels if hasattr(blocks[i].conv1, "conv")
+                 else blocks[i].conv1.in_channels for i in self.gated_index]
+        self.gates = nn.ModuleList(
+            SpatialMaskGate(c, gate_tile, gate_kernel, bias_init=gate_bias_init, device=device, dtype=dtype)
+            for c in chans
+        )
+
+    @property
+    def num_gated_blocks(self) -> int:
+        return len(self.gated_index)
+
+    def gate_logit_layers(self) -> list[nn.Conv2d]:
+        """The layers whose outputs are the gate logits, one per gated block."""
+        return [gate.conv for gate in self.gates]
+
+    def gate_thresholds(self, policy: GatePolicy | None) -> list[float]:
+        """Per-gate inference thresholds (0 without a policy)."""
+        if policy is None:
+            return [0.0] * self.num_gated_blocks
+        return list(policy.check(self.num_gated_blocks, f"model {self.name!r}").thresholds)
+
+    def forward_features(self, x: Tensor, **kwargs) -> Tensor:
+        """`(B, in_chans, H, W) -> (B, num_features, h, w)`, with `forward`'s keyword arguments."""
+        return self._run(x, **kwargs)[0]
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        masks: Sequence[Tensor] | None = None,
+        execution: str | None = None,
+        policy: GatePolicy | None = None,
+        strategy: str | None = None,
+        progress: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> DynamicOutput:
+        """Run the network, each gated block computed only at its masked positions.
+
+        Args:
+            x: `(B, in_chans, H, W)`.
+            masks: optional decisions to apply instead of the gates' own: one `(B, h, w)`
+                mask per gated block, at that block's resolution (the gates are then not
+                evaluated and their FLOPs not counted).
+            execution: `"masked"` / `"compact"`; default masked in training, compact in eval.
+            policy: inference thresholds on the gate logits, one per gated block; default
+                logit > 0. Not used in training.
+            strategy: compact execution's `"positions"` or `"tiles"` (default: the model's).
+            progress: training progress in `[0, 1]` (the trainer passes it) for the
+                annealed per-block bounds of the budget loss; without it only the
+                network-level budget term applies.
+            generator: optional `torch.Generator` for the Gumbel noise while training.
+
+        Returns:
+            `DynamicOutput`: `logits (B, num_classes)`, `flops (B,)` of the path that ran;
+            `decisions`: `spatial_mask.{i} (B, h_i, w_i)` bool per gated block,
+            `block_density (B, G)`, `density (B,)` (executed fraction of the gated blocks'
+            dense FLOPs), `compact_flops (B,)` (what compact execution costs for these
+            masks); in training `aux_losses["flops_budget"]`.
+        """
+        features, record = self._run(x, masks=masks, execution=execution, policy=policy,
+                                     strategy=strategy, generator=generator)
+        logits = self.forward_head(features)
+        executed = torch.stack(record["executed"], dim=1) if record["executed"] else logits.new_zeros(x.shape[0], 0)
+        full = torch.tensor(record["full"], dtype=executed.dtype, device=executed.device)
+        decisions = {f"spatial_mask.{i}": m for i, m in enumerate(record["masks"])}
+        decisions["block_density"] = (executed / full).detach()
+        decisions["density"] = (executed.sum(1) / full.sum()).detach()
+        decisions["compact_flops"] = record["base"] + record["compact"]
+        out = DynamicOutput(logits=logits, flops=record["base"] + record["ran"], decisions=decisions)
+        if self.training and self.budget_weight > 0 and record["executed"]:
+            loss = flops_budget_loss(executed, full, self.budget, progress)
+            out.aux_losses["flops_budget"] = self.budget_weight * loss
+        return out
+
+    def _run(self, x: Tensor, *, masks=None, execution=None, policy=None, strategy=None,
+             generator=None) -> tuple[Tensor, dict]:
+        self.check_input(x)
+        mode = resolve_execution(execution, self.training)
+        strat = self.strategy if strategy is None else parse_strategy(strategy, self.sparse_tile)
+        cuts = self.gate_thresholds(policy)
+        if masks is not None and len(masks) != self.num_gated_blocks:
+            raise ConfigError(f"model {self.name!r}: masks must hold one (B, h, w) mask per gated block "
+                              f"({self.num_gated_blocks}), got {len(masks)}")
+        batch = x.shape[0]
+        zeros = torch.zeros(batch, dtype=torch.float64, device=x.device)
+        record = {"masks": [], "executed": [], "full": [], "compact": zeros.clone(), "ran": zeros.clone(),
+                  "base": zeros + float(self.spatial_fixed_flops(tuple(x.shape[1:])))}
+        inplace = mode is Execution.COMPACT and not torch.is_grad_enabled()
+        h = self.spatial_stem(x)
+        gate_of = {block: g for g, block in enumerate(self.gated_index)}
+        for index, block in enumerate(self.spatial_blocks()):
+            if index not in gate_of:
+                h = block(h)
+                continue
+            g = gate_of[index]
+            height, width = h.shape[-2:]
+            if masks is not None:
+                mask = check_spatial_mask(masks[g], h, f"model {self.name!r} masks[{g}]")
+            else:
+                gate = self.gates[g]
+                logits = gate(h)
+                decided = spatial_decisions(logits, training=self.training, threshold=cuts[g],
+                                            tau=self.tau, generator=generator)
+                mask = expand_tiles(decided, gate.tile, height, width)
+                record["base"] += gate.flops(height, width)
+            branch = self.branches[index]
+            full = branch.full_flops(height, width)
+            hard = mask.detach() > 0.5 if mask.dtype != torch.bool else mask
+            record["masks"].append(hard)
+            record["full"].append(float(full))
+            record["executed"].append(mask.to(h.dtype).flatten(1).mean(1) * full)
+            compact = branch.flops(hard, Execution.COMPACT, strategy=strat, tile=self.sparse_tile)
+            record["compact"] += compact
+            record["ran"] += compact if mode is Execution.COMPACT else float(full)
+            h = branch(h, mask, mode, strategy=strat, tile=self.sparse_tile, inplace=inplace)
+        return h, record
