@@ -7,17 +7,20 @@ and step `j` at `S_j = dilate(S_{j+1}, k_{j+1})`, the positions step `j + 1` rea
 (a 3x3 kernel reads one position around each output, a 1x1 none). Dilation never leaves
 the image: positions outside it are the zero padding of the dense convolution.
 
-Each step then is
-- a 1x1 convolution: the rows of its input at `S_j` (in a channels_last tensor a
-  position's channels are one contiguous row), times the `(C_in, C_out)` weight;
-- a `k x k` convolution: for each position of `S_j` its `k * k` neighbours' rows, read
-  from a zero-bordered buffer, side by side as one `(|S_j|, k * k * C_in)` matrix, times
-  the `(k * k * C_in, C_out)` weight (im2col restricted to the active positions).
-Intermediate results go to a zero-bordered `(B, H + 2r, W + 2r, C)` buffer at their
-positions, which the next step gathers from. The last step's rows, plus the shortcut and
-ReLU, are written into the output at `M`; every other position keeps its input value.
+Each step's output is kept compact, one row per position of `S_j` (in a channels_last
+tensor a position's channels are one contiguous row, so the block input is already such
+a table). A step then is
+- a 1x1 convolution: its input rows at `S_j` times the `(C_in, C_out)` weight (no
+  gather at all when `S_j` is the previous step's set, as for a bottleneck's last 1x1);
+- a `k x k` convolution: for each position of `S_j` the rows of its `k * k` neighbours,
+  side by side as one `(|S_j|, k * k * C_in)` matrix, times the `(k * k * C_in, C_out)`
+  weight (im2col restricted to the active positions). A lookup table from positions to
+  rows finds the neighbours; taps outside the image read a zero row (the padding).
+The last step's rows, plus the shortcut and ReLU, are written into the output at `M`;
+every other position keeps its input value.
 
-All of it is advanced indexing and `addmm`: no custom kernels, any device, float32 or
+All of it is `index_select` (several times faster than advanced indexing for gathering
+rows on a CPU), `index_copy_` and `addmm`: no custom kernels, any device, float32 or
 float64. The FLOPs are the matrix products': `sum_j |S_j| * 2 * k_j^2 * C_in * C_out` per
 sample, what `FlopCounterMode` counts on this path.
 """
@@ -39,7 +42,8 @@ def dilate_mask(mask: Tensor, reach: int) -> Tensor:
 
 
 def position_sets(mask: Tensor, steps: list[ConvStep]) -> list[Tensor]:
-    """The `(B, H, W)` bool positions where each step of the chain computes its output."""
+    """The `(B, H, W)` bool positions where each step of the chain computes its output
+    (the same tensor object for consecutive steps that share a set)."""
     sets = [mask]
     for step in reversed(steps[1:]):
         sets.append(dilate_mask(sets[-1], step.reach))
@@ -54,10 +58,18 @@ def sparse_chain_flops(mask: Tensor, steps: list[ConvStep]) -> Tensor:
     return total
 
 
-def _neighbour_offsets(kernel: int, padded_width: int, device: torch.device) -> Tensor:
-    r = kernel // 2
-    d = torch.arange(-r, r + 1, device=device)
-    return (d.view(-1, 1) * padded_width + d.view(1, -1)).flatten()
+def _taps(n: Tensor, h: Tensor, w: Tensor, reach: int, height: int, width: int) -> tuple[Tensor, Tensor | None]:
+    """Flat indices `(P, k*k)` of the neighbours of positions `(n, h, w)` in a `(B, H, W)`
+    map (out-of-image taps clamped to a valid index), and the `(P * k * k,)` indices of
+    the out-of-image taps (`None` when there are none)."""
+    d = torch.arange(-reach, reach + 1, device=n.device)
+    rows = h.unsqueeze(1) + d.repeat_interleave(d.numel())   # (P, k*k), kernel row-major
+    cols = w.unsqueeze(1) + d.repeat(d.numel())
+    outside = (rows < 0) | (rows >= height) | (cols < 0) | (cols >= width)
+    flat = (n.unsqueeze(1) * height + rows.clamp(0, height - 1)) * width + cols.clamp(0, width - 1)
+    if not bool(outside.any()):
+        return flat, None
+    return flat, torch.nonzero(outside.flatten()).flatten()
 
 
 def run_at_positions(x: Tensor, mask: Tensor, steps: list[ConvStep], *,
@@ -79,35 +91,30 @@ def run_at_positions(x: Tensor, mask: Tensor, steps: list[ConvStep], *,
     out = x if inplace and not torch.is_grad_enabled() else x.clone(memory_format=torch.channels_last)
     if not bool(mask.any()):
         return out
-    pad = max(step.reach for step in steps)
-    padded_h, padded_w = height + 2 * pad, width + 2 * pad
     x_rows = x.permute(0, 2, 3, 1).reshape(-1, chans)
-    x_padded_rows = None
-    source_rows = x_rows  # rows of the previous step's output, unpadded for x, else padded
-    source_padded = False
-    sets = position_sets(mask, steps)
-    for j, (positions, step) in enumerate(zip(sets, steps)):
+    rows, lookup, previous = x_rows, None, None  # previous step's output rows and their table
+    for j, (positions, step) in enumerate(zip(position_sets(mask, steps), steps)):
         n, h, w = torch.nonzero(positions, as_tuple=True)
-        plain = (n * height + h) * width + w
-        padded = (n * padded_h + h + pad) * padded_w + w + pad
+        flat = (n * height + h) * width + w
         if step.reach == 0:
-            rows = source_rows[padded if source_padded else plain]
+            if positions is previous:
+                inputs = rows
+            else:
+                inputs = rows.index_select(0, flat if lookup is None else lookup.index_select(0, flat))
         else:
-            if not source_padded:
-                if x_padded_rows is None:
-                    x_padded_rows = F.pad(x.permute(0, 2, 3, 1), (0, 0, pad, pad, pad, pad)).reshape(-1, chans)
-                source_rows, source_padded = x_padded_rows, True
-            taps = padded.unsqueeze(1) + _neighbour_offsets(step.kernel_size, padded_w, x.device)
-            rows = source_rows[taps.flatten()].reshape(padded.numel(), -1)
-        result = torch.addmm(step.bias, rows, step.gemm_weight())
+            taps, outside = _taps(n, h, w, step.reach, height, width)
+            index = taps.flatten() if lookup is None else lookup.index_select(0, taps.flatten())
+            inputs = rows.index_select(0, index)
+            if outside is not None:
+                inputs.index_fill_(0, outside, 0)
+            inputs = inputs.view(flat.numel(), -1)
+        result = torch.addmm(step.bias, inputs, step.gemm_weight())
         if j == len(steps) - 1:
-            result = result.add_(x_rows[plain]).relu_()
-            out_rows = out.permute(0, 2, 3, 1).reshape(-1, chans)
-            out_rows.index_copy_(0, plain, result)
+            result = result.add_(x_rows.index_select(0, flat)).relu_()
+            out.permute(0, 2, 3, 1).reshape(-1, chans).index_copy_(0, flat, result)
             return out
-        if step.relu:
-            result = result.relu_()
-        buffer = result.new_zeros(batch * padded_h * padded_w, result.shape[1])
-        buffer.index_copy_(0, padded, result)
-        source_rows, source_padded = buffer, True
+        rows = result.relu_() if step.relu else result
+        lookup = torch.zeros(batch * height * width, dtype=torch.long, device=x.device)
+        lookup[flat] = torch.arange(flat.numel(), device=x.device)
+        previous = positions
     return out

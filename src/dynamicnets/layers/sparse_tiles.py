@@ -95,8 +95,12 @@ def run_on_tiles(x: Tensor, mask: Tensor, steps: list[ConvStep], tile: int, *,
     grid_h, grid_w = tile_grid(height, width, tile)
     extra_h, extra_w = grid_h * tile - height, grid_w * tile - width
     padded = F.pad(x.permute(0, 2, 3, 1), (0, 0, halo, halo + extra_w, halo, halo + extra_h))
+    padded_h, padded_w = padded.shape[1:3]
     n = tiles.sample.view(-1, 1, 1)
-    patches = padded[n, tiles.rows.unsqueeze(2), tiles.cols.unsqueeze(1)].permute(0, 3, 1, 2)
+    span = tiles.rows.shape[1]
+    pixels = (n * padded_h + tiles.rows.unsqueeze(2)) * padded_w + tiles.cols.unsqueeze(1)
+    patches = padded.reshape(-1, chans).index_select(0, pixels.flatten())
+    patches = patches.view(-1, span, span, chans).permute(0, 3, 1, 2)
     inside_rows = (tiles.rows >= halo) & (tiles.rows < halo + height)
     inside_cols = (tiles.cols >= halo) & (tiles.cols < halo + width)
     h = patches
