@@ -7,6 +7,8 @@
 - `anytime_table`, `collect_exit_logits`: per-exit accuracy and cost.
 - `calibrate_gate_rate`: thresholds of layer-skipping gates for a target execution rate
   (folded into the gate biases); `calibrate_gate_policy`: the same fit as a `GatePolicy`.
+- `fastest_block_strategies`: for a spatially sparse model, the fastest exact execution
+  (dense, gathered positions, gathered tiles) of each gated block, measured.
 """
 from .calibrate import (
     BudgetCalibration,
@@ -21,6 +23,7 @@ from .calibrate import (
 from .gate_rate import calibrate_gate_policy, calibrate_gate_rate, gate_logit_layers
 from .executor import ExitResult, run_all_then_select, run_early_exit
 from .policy import ExitPolicy
+from .sparse_strategy import fastest_block_strategies
 
 run = run_early_exit
 
@@ -35,6 +38,7 @@ __all__ = [
     "calibrate_thresholds",
     "collect_exit_logits",
     "exit_decisions",
+    "fastest_block_strategies",
     "gate_logit_layers",
     "geometric_fractions",
     "run",

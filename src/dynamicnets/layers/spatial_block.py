@@ -12,6 +12,11 @@ so a plain ResNet's weights load unchanged) and applies a spatial decision `mask
   and matrix products over the active positions of the whole batch.
 - `Execution.COMPACT` with strategy `"tiles"`: `run_on_tiles`, dense convolutions on the
   active tiles with their halo.
+- `Execution.COMPACT` with strategy `"dense"`: the whole block, then `where(mask, block(x),
+  x)`. Where gathering costs more than it saves (few channels, high density, small maps:
+  a CIFAR block with 16 channels runs slower sparse than dense on a CPU), this is the
+  fastest exact execution; `dynamicnets.inference.fastest_block_strategies` measures
+  which strategy wins for each block on the machine at hand.
 
 For the same hard mask all three give the same output (up to float rounding: the sparse
 paths use the BatchNorm folded into the convolutions, inference statistics only).
@@ -35,6 +40,7 @@ class SparseStrategy(str, Enum):
 
     POSITIONS = "positions"
     TILES = "tiles"
+    DENSE = "dense"
 
     def __str__(self) -> str:
         return self.value
@@ -117,6 +123,8 @@ class SparseBranch:
             m = mask.unsqueeze(1).to(x.dtype)
             return x + m * (self.block(x) - x)
         hard = self._hard(mask)
+        if strategy is SparseStrategy.DENSE:
+            return torch.where(hard.unsqueeze(1), self.block(x), x)
         steps = self.folded.steps()
         if strategy is SparseStrategy.TILES:
             return run_on_tiles(x, hard, steps, tile, inplace=inplace)
@@ -125,7 +133,7 @@ class SparseBranch:
     def flops(self, mask: Tensor, execution: Execution, *,
               strategy: SparseStrategy = SparseStrategy.POSITIONS, tile: int = 8) -> Tensor:
         """Per-sample FLOPs `(B,)` float64 of `__call__` with the same arguments."""
-        if execution is Execution.MASKED:
+        if execution is Execution.MASKED or strategy is SparseStrategy.DENSE:
             full = float(self.full_flops(*mask.shape[-2:]))
             return torch.full((mask.shape[0],), full, dtype=torch.float64, device=mask.device)
         hard = self._hard(mask)

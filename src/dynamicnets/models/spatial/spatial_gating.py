@@ -68,9 +68,8 @@ class SpatialGating:
             raise ConfigError(f"{owner}: tau must be > 0, got {tau!r}")
         if not budget_weight >= 0:
             raise ConfigError(f"{owner}: budget_weight must be >= 0, got {budget_weight!r}")
+        self.sparse_tile = int(sparse_tile)
         strategy = strategy or ("tiles" if gate_tile > 1 else "positions")
-        self.strategy = parse_strategy(strategy, sparse_tile)
-        self.sparse_tile = int(sparse_tile) if self.strategy is SparseStrategy.TILES else 8
         self.tau = float(tau)
         self.budget_weight = float(budget_weight)
         blocks = list(self.spatial_blocks())
@@ -82,6 +81,21 @@ class SpatialGating:
             SpatialMaskGate(c, gate_tile, gate_kernel, bias_init=gate_bias_init, device=device, dtype=dtype)
             for c in chans
         )
+        self.strategies = self.parse_strategies(strategy)
+
+    def parse_strategies(self, strategy: str | Sequence[str]) -> list[SparseStrategy]:
+        """One compact strategy per gated block, from one name or a list of them.
+
+        Raises:
+            ConfigError: an unknown name, or a list of the wrong length.
+        """
+        if isinstance(strategy, (str, SparseStrategy)):
+            return [parse_strategy(strategy, self.sparse_tile)] * self.num_gated_blocks
+        names = list(strategy)
+        if len(names) != self.num_gated_blocks:
+            raise ConfigError(f"model {self.name!r}: strategy must be one name or one per gated block "
+                              f"({self.num_gated_blocks}), got {len(names)}")
+        return [parse_strategy(name, self.sparse_tile) for name in names]
 
     @property
     def num_gated_blocks(self) -> int:
@@ -108,7 +122,7 @@ class SpatialGating:
         masks: Sequence[Tensor] | None = None,
         execution: str | None = None,
         policy: GatePolicy | None = None,
-        strategy: str | None = None,
+        strategy: str | Sequence[str] | None = None,
         progress: float | None = None,
         generator: torch.Generator | None = None,
     ) -> DynamicOutput:
@@ -122,7 +136,8 @@ class SpatialGating:
             execution: `"masked"` / `"compact"`; default masked in training, compact in eval.
             policy: inference thresholds on the gate logits, one per gated block; default
                 logit > 0. Not used in training.
-            strategy: compact execution's `"positions"` or `"tiles"` (default: the model's).
+            strategy: compact execution's `"positions"`, `"tiles"` or `"dense"`, one for all
+                gated blocks or one per block (default: the model's `strategies`).
             progress: training progress in `[0, 1]` (the trainer passes it) for the
                 annealed per-block bounds of the budget loss; without it only the
                 network-level budget term applies.
@@ -150,11 +165,24 @@ class SpatialGating:
             out.aux_losses["flops_budget"] = self.budget_weight * loss
         return out
 
+    def gated_block_inputs(self, x: Tensor, policy: GatePolicy | None = None) -> list[tuple[Tensor, Tensor]]:
+        """`(block input (B, C, h, w), mask (B, h, w) bool)` of every gated block for `x`,
+        in eval mode without autograd (what `fastest_block_strategies` times)."""
+        was_training = self.training
+        seen: list[tuple[Tensor, Tensor]] = []
+        try:
+            self.eval()
+            with torch.no_grad():
+                self._run(x, execution=Execution.MASKED, policy=policy, seen=seen)
+        finally:
+            self.train(was_training)
+        return seen
+
     def _run(self, x: Tensor, *, masks=None, execution=None, policy=None, strategy=None,
-             generator=None) -> tuple[Tensor, dict]:
+             generator=None, seen: list | None = None) -> tuple[Tensor, dict]:
         self.check_input(x)
         mode = resolve_execution(execution, self.training)
-        strat = self.strategy if strategy is None else parse_strategy(strategy, self.sparse_tile)
+        strategies = self.strategies if strategy is None else self.parse_strategies(strategy)
         cuts = self.gate_thresholds(policy)
         if masks is not None and len(masks) != self.num_gated_blocks:
             raise ConfigError(f"model {self.name!r}: masks must hold one (B, h, w) mask per gated block "
@@ -187,6 +215,9 @@ class SpatialGating:
             record["masks"].append(hard)
             record["full"].append(float(full))
             record["executed"].append(mask.to(h.dtype).flatten(1).mean(1) * full)
+            if seen is not None:
+                seen.append((h.clone(memory_format=torch.channels_last), hard))
+            strat = strategies[g]
             compact = branch.flops(hard, Execution.COMPACT, strategy=strat, tile=self.sparse_tile)
             record["compact"] += compact
             record["ran"] += compact if mode is Execution.COMPACT else float(full)
