@@ -5,13 +5,14 @@ Sparse execution (`sparse_positions`, `sparse_tiles`) computes a residual branch
 of the feature map only, as matrix products over gathered positions or convolutions over
 gathered tiles. It does not call the block's modules: it reads the branch as a list of
 `ConvStep`s (weight and bias with the inference BatchNorm folded in, kernel size, ReLU or
-not) and runs them itself. `residual_steps(block)` reads that list from the blocks the
+not) and runs them itself. `branch_layers(block)` reads the branch from the blocks the
 library uses (CIFAR `BasicBlock` of `ConvNormAct`s, and torchvision-layout basic and
 bottleneck blocks with `conv1, bn1, conv2, bn2[, conv3, bn3]`).
 
 Folding costs a pass over the weights, so `FoldedSteps` keeps the folded tensors and
-folds again only when a parameter or BN statistic changed (optimizer steps, loading a
-state dict and BN updates all bump the tensors' version counters).
+folds again only when a parameter or BN statistic changed (optimizer steps and loading a
+state dict bump the tensors' version counters; a BN update in training mode bumps the
+norm's batch counter).
 """
 from __future__ import annotations
 
@@ -94,6 +95,15 @@ def _check_conv(conv: nn.Module, where: str) -> None:
         )
 
 
+def _check_norm(bn: nn.Module | None, where: str) -> None:
+    if bn is None:
+        return
+    if not isinstance(bn, nn.BatchNorm2d) or bn.running_mean is None or bn.running_var is None:
+        raise ConfigError(f"{where}: sparse spatial execution folds a BatchNorm2d with running "
+                          f"statistics into its convolution; got {type(bn).__name__}"
+                          + (" without running statistics" if isinstance(bn, nn.BatchNorm2d) else ""))
+
+
 def branch_layers(block: nn.Module) -> BranchLayers:
     """The residual branch of `block` as `(conv, bn, relu)` triples, shallowest first.
 
@@ -104,7 +114,8 @@ def branch_layers(block: nn.Module) -> BranchLayers:
 
     Raises:
         ConfigError: naming the block type, when it has another layout, a projection
-            shortcut or a convolution sparse execution cannot run.
+            shortcut, a convolution sparse execution cannot run or a norm it cannot fold
+            (anything but a `BatchNorm2d` with running statistics).
     """
     name = type(block).__name__
     layers: BranchLayers = []
@@ -126,8 +137,9 @@ def branch_layers(block: nn.Module) -> BranchLayers:
     if projected:
         raise ConfigError(f"{name}: a block with a projection shortcut changes its shape; "
                           f"only identity-shortcut blocks can run sparsely")
-    for i, (conv, _, _) in enumerate(layers):
+    for i, (conv, bn, _) in enumerate(layers):
         _check_conv(conv, f"{name} conv{i + 1}")
+        _check_norm(bn, f"{name} bn{i + 1}")
     if layers[0][0].in_channels != layers[-1][0].out_channels:
         raise ConfigError(f"{name}: the branch maps {layers[0][0].in_channels} to "
                           f"{layers[-1][0].out_channels} channels; an identity shortcut needs equal")
@@ -151,7 +163,9 @@ class FoldedSteps:
         for conv, bn, _ in self.layers:
             out += [conv.weight, conv.bias]
             if bn is not None:
-                out += [bn.weight, bn.bias, bn.running_mean, bn.running_var]
+                # a training-mode forward updates the running statistics inside the kernel,
+                # without bumping their version counters; the batch counter it bumps does
+                out += [bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.num_batches_tracked]
         return [t for t in out if t is not None]
 
     def steps(self) -> list[ConvStep]:

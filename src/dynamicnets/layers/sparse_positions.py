@@ -81,10 +81,12 @@ def run_at_positions(x: Tensor, mask: Tensor, steps: list[ConvStep], *,
         mask: `(B, H, W)` bool, the positions whose output is computed.
         steps: the residual branch (`ConvStep`s, stride 1, 'same' padding), `C -> C`.
         inplace: write the result into `x` itself (autograd must be off); saves copying
-            the whole feature map.
+            the whole feature map. Only a channels_last `x` can be written into: any
+            other `x` is left unchanged (it is copied to channels_last either way), so
+            always use the returned tensor.
 
     Returns:
-        `(B, C, H, W)` channels_last.
+        `(B, C, H, W)` channels_last (`x` itself when written in place).
     """
     batch, chans, height, width = x.shape
     x = x.contiguous(memory_format=torch.channels_last)

@@ -79,10 +79,11 @@ def run_on_tiles(x: Tensor, mask: Tensor, steps: list[ConvStep], tile: int, *,
         mask: `(B, H, W)` bool positions whose output is computed.
         steps: the residual branch (`ConvStep`s, stride 1, 'same' padding), `C -> C`.
         tile: tile side `t >= 1`.
-        inplace: write into `x` (autograd must be off).
+        inplace: write into `x` (autograd must be off). Only a channels_last `x` can be
+            written into: any other `x` is left unchanged, so always use the returned tensor.
 
     Returns:
-        `(B, C, H, W)` channels_last.
+        `(B, C, H, W)` channels_last (`x` itself when written in place).
     """
     batch, chans, height, width = x.shape
     x = x.contiguous(memory_format=torch.channels_last)

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..execution import Execution
+from ..execution import Execution, parse_execution
 from .conv_chain import FoldedSteps, branch_layers
 from .sparse_positions import run_at_positions, sparse_chain_flops
 from .sparse_tiles import run_on_tiles, sparse_tile_flops
@@ -111,14 +111,20 @@ class SparseBranch:
         Args:
             x: `(B, C, H, W)`.
             mask: `(B, H, W)`; bool or 0/1 (masked execution also takes soft values).
-            execution: masked or compact.
-            strategy, tile: how compact execution gathers.
+            execution: masked or compact (an `Execution` or its name).
+            strategy, tile: how compact execution gathers (a `SparseStrategy` or its name).
             inplace: compact only: write into `x` when autograd is off.
 
         Returns:
             `(B, C, H, W)`.
+
+        Raises:
+            ConfigError: a mask of another shape, a soft mask in compact execution, an
+                unknown execution or strategy, or tiles without a tile size >= 1.
         """
         check_spatial_mask(mask, x, self.name)
+        execution = parse_execution(execution)
+        strategy = parse_strategy(strategy, tile)
         if execution is Execution.MASKED:
             m = mask.unsqueeze(1).to(x.dtype)
             return x + m * (self.block(x) - x)
@@ -133,6 +139,8 @@ class SparseBranch:
     def flops(self, mask: Tensor, execution: Execution, *,
               strategy: SparseStrategy = SparseStrategy.POSITIONS, tile: int = 8) -> Tensor:
         """Per-sample FLOPs `(B,)` float64 of `__call__` with the same arguments."""
+        execution = parse_execution(execution)
+        strategy = parse_strategy(strategy, tile)
         if execution is Execution.MASKED or strategy is SparseStrategy.DENSE:
             full = float(self.full_flops(*mask.shape[-2:]))
             return torch.full((mask.shape[0],), full, dtype=torch.float64, device=mask.device)
