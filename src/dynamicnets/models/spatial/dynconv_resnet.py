@@ -13,9 +13,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ...errors import ConfigError
 from .._registry import register_model
-from ..static._checks import check_input_shape
 from ..static.resnet_cifar import CifarResNet
 from .spatial_gating import SpatialGating
 
@@ -49,21 +47,12 @@ class DynConvResNet(SpatialGating, CifarResNet):
                  sparse_tile: int | None = None, device=None, dtype=None) -> None:
         super().__init__(depth, num_classes, in_chans, width, device=device, dtype=dtype)
         self.name = f"dynconv_resnet{depth}"
-        if not (isinstance(gate_tile, int) and gate_tile >= 1):
-            raise ConfigError(f"model {self.name!r}: gate_tile must be an int >= 1, got {gate_tile!r}")
         self.init_spatial_gating(
             budget=budget, gate_tile=gate_tile, gate_kernel=gate_kernel, tau=tau,
             budget_weight=budget_weight, gate_bias_init=gate_bias_init, strategy=strategy,
             sparse_tile=sparse_tile if sparse_tile is not None else (gate_tile if gate_tile > 1 else 8),
             device=device, dtype=dtype,
         )
-
-    def check_input(self, x: Tensor) -> None:
-        """Raise `ConfigError` unless `x` is a `(B, in_chans, H, W)` batch."""
-        if not isinstance(x, Tensor) or x.dim() != 4:
-            raise ConfigError(f"model {self.name!r}: expected a (B, {self.in_chans}, H, W) batch, got "
-                              f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
-        check_input_shape(self.name, x.shape[1:], self.in_chans, spatial_dims=2)
 
     def spatial_stem(self, x: Tensor) -> Tensor:
         """The stem convolution."""
@@ -73,11 +62,6 @@ class DynConvResNet(SpatialGating, CifarResNet):
         """Every residual block, stage by stage."""
         return [block for blocks in self.stages for block in blocks]
 
-    def spatial_fixed_flops(self, input_shape: tuple[int, ...]) -> int:
-        """Per-sample FLOPs of the stem, the ungated blocks and the head."""
-        parts = self.cost_breakdown(input_shape)
-        blocks = [f for stage in parts["stages"] for f in stage]
-        return parts["stem"] + parts["head"] + sum(f for i, f in enumerate(blocks) if i not in self.gated_index)
 
 
 def _dynconv(depth: int, **kwargs) -> DynConvResNet:

@@ -26,21 +26,21 @@ from ...gates.spatial import SpatialMaskGate, expand_tiles, spatial_decisions
 from ...gates.thresholds import GatePolicy
 from ...layers.spatial_block import SparseBranch, SparseStrategy, check_spatial_mask, parse_strategy
 from ...outputs import DynamicOutput
+from ..static._checks import check_input_shape
 
 
 def _keeps_shape(block: nn.Module) -> bool:
-    shortcut = getattr(block, "shortcut", None)
-    if shortcut is not None:
-        return isinstance(shortcut, nn.Identity)
-    return getattr(block, "downsample", "absent") is None
+    if "downsample" in block._modules or hasattr(block, "downsample"):
+        return block.downsample is None  # torchvision layout
+    return isinstance(getattr(block, "shortcut", None), nn.Identity)
 
 
 class SpatialGating:
     """Mixin: spatial gates and sparse execution for a ResNet (see the module docstring).
 
     The host class provides `spatial_stem(x)`, `spatial_blocks()` (every residual block,
-    in order), `forward_head(features)`, `spatial_fixed_flops(input_shape)` (per-sample
-    FLOPs of everything but the gated blocks and the gates) and `check_input(x)`.
+    in order), `forward_head(features)`, `cost_breakdown(input_shape)` (`{"stem", "stages":
+    [[per block]], "head"}` per-sample FLOPs), `name` and `in_chans`.
     """
 
     execution_modes = (Execution.MASKED, Execution.COMPACT)
@@ -63,6 +63,8 @@ class SpatialGating:
     ) -> None:
         """Create the gates; call at the end of the host's `__init__`."""
         owner = f"model {self.name!r}"
+        if not (isinstance(gate_tile, int) and not isinstance(gate_tile, bool) and gate_tile >= 1):
+            raise ConfigError(f"{owner}: gate_tile must be an int >= 1, got {gate_tile!r}")
         self.budget = check_budget(budget, owner)
         if not tau > 0:
             raise ConfigError(f"{owner}: tau must be > 0, got {tau!r}")
@@ -96,6 +98,20 @@ class SpatialGating:
             raise ConfigError(f"model {self.name!r}: strategy must be one name or one per gated block "
                               f"({self.num_gated_blocks}), got {len(names)}")
         return [parse_strategy(name, self.sparse_tile) for name in names]
+
+    def spatial_fixed_flops(self, input_shape: tuple[int, ...]) -> int:
+        """Per-sample FLOPs of the stem, the ungated blocks and the head."""
+        parts = self.cost_breakdown(input_shape)
+        blocks = [f for stage in parts["stages"] for f in stage]
+        gated = set(self.gated_index)
+        return parts["stem"] + parts["head"] + sum(f for i, f in enumerate(blocks) if i not in gated)
+
+    def check_input(self, x: Tensor) -> None:
+        """Raise `ConfigError` unless `x` is a `(B, in_chans, H, W)` batch."""
+        if not isinstance(x, Tensor) or x.dim() != 4:
+            raise ConfigError(f"model {self.name!r}: expected a (B, {self.in_chans}, H, W) batch, got "
+                              f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+        check_input_shape(self.name, x.shape[1:], self.in_chans, spatial_dims=2)
 
     @property
     def num_gated_blocks(self) -> int:
