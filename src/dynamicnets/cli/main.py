@@ -22,7 +22,7 @@ def _build_parser() -> argparse.ArgumentParser:
     formatter = _DefaultsFormatter
     parser = argparse.ArgumentParser(
         prog="dynamicnets",
-        description="Dynamic neural networks: train, evaluate with real savings, benchmark.",
+        description="Dynamic neural networks: train, evaluate with real savings, explain, benchmark.",
         formatter_class=formatter,
     )
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
@@ -68,6 +68,17 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="time the first N scored samples (in batches); the FLOPs speedup of exactly these "
                         "samples is printed beside the measured one; 0: all")
 
+    p = add_parser("explain", "draw where a spatially dynamic checkpoint executes, per block, as PNGs")
+    p.add_argument("--checkpoint", required=True, help="a best.pt / last.pt written by train")
+    p.add_argument("--data", default=None,
+                   help="data spec (default: the one it was trained on), prepared as in training")
+    p.add_argument("--split", default="val", choices=["val", "test", "all"],
+                   help="which split's first images to draw (as for eval)")
+    p.add_argument("--num-images", type=int, default=8, metavar="N", help="draw the first N images of the split")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="folder for the PNGs (default: spatial_maps/ beside the checkpoint)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+
     p = add_parser("bench", "latency/FLOPs of registered models (same-run ratios)")
     p.add_argument("models", nargs="*", help="model names (default: the static baselines)")
     p.add_argument("--input-shape", default=None, help="e.g. 3,32,32 (default: the model's own)")
@@ -102,6 +113,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .evaluate import run_eval
 
         return run_eval(args)
+    if args.command == "explain":
+        from .explain import run_explain
+
+        return run_explain(args)
     if args.command == "bench":
         from .bench import run_bench
 

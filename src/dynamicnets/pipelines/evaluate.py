@@ -11,17 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import ConcatDataset, Dataset
 
-from ..data import DataBundle, load_data, make_eval_loader
-from ..data.preprocessing import Preprocessing, conform, preprocessing_for_spec
+from ..data import make_eval_loader
 from ..protocols import CalibratableGates, MultiExit, SkipsComputation
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
 from ..inference.gate_rate import calibrate_gate_rate
 from ..flops import counted_flops
 from ..profiling.latency import measure, per_sample_ms
 from ..training.evaluate import evaluate
 from ..training.trainer import resolve_device
+from .checkpoint_data import SPLITS, check_split, load_checkpoint_data, trained_preprocessing  # noqa: F401
 from .checkpoints import load_trained_model
 from .early_exit import (
     DEFAULT_TIMED_SAMPLES,
@@ -31,11 +30,6 @@ from .early_exit import (
     split_for_calibration,
     timed_batches,
 )
-
-SPLITS = ("val", "test", "all")
-"""`val`: the seeded validation split carved from the training files (as in training);
-`test`: the source's test files; `all`: every sample of the source."""
-
 
 @dataclass
 class EvalRequest:
@@ -71,52 +65,9 @@ class EvalRequest:
     timed_samples: int | None = DEFAULT_TIMED_SAMPLES
 
     def __post_init__(self) -> None:
-        if self.split not in SPLITS:
-            raise ConfigError(f"--split: expected one of {', '.join(SPLITS)}, got {self.split!r}")
+        check_split(self.split)
         if self.timed_samples is not None and self.timed_samples < 1:
             raise ConfigError(f"--timed-samples: expected a positive count, got {self.timed_samples}")
-
-
-def trained_preprocessing(ckpt: dict[str, Any], source: str = "checkpoint") -> tuple[Preprocessing, str]:
-    """The preprocessing the checkpoint's model was trained with, and where it came from.
-
-    Checkpoints record it (`preprocessing`); for older ones it is derived from the data
-    spec they were trained on.
-
-    Raises:
-        CheckpointError: the recorded field is malformed.
-        DataError: an older checkpoint's data spec names no known data set.
-    """
-    recorded = ckpt.get("preprocessing")
-    if recorded is not None:
-        return Preprocessing.from_dict(recorded, source), "recorded in the checkpoint"
-    spec = ckpt.get("data")
-    return preprocessing_for_spec(spec, ckpt["input_shape"]), f"derived from its training data {spec!r}"
-
-
-def _conform_bundle(bundle: DataBundle, trained: Preprocessing, spec: str) -> tuple[DataBundle, str | None]:
-    """The bundle's splits prepared as the model was trained, and what was converted."""
-    train = conform(bundle.train, trained, spec)[0]
-    val, note = conform(bundle.val, trained, spec)
-    test = None if bundle.test is None else conform(bundle.test, trained, f"{spec} (test files)")[0]
-    return replace(bundle, train=train, val=val, test=test), note
-
-
-def _scored_split(bundle: DataBundle, split: str, spec: str, val_size, seed: int) -> tuple[Dataset, str]:
-    """`(dataset, description)` of the split to score."""
-    whole = bundle.train.whole()
-    if split == "val":
-        return bundle.val, (f"val: {len(bundle.val)} of the {len(whole)} samples of the training files of {spec}, "
-                            f"carved with val_size={val_size}, seed={seed} (use --split all to score every sample)")
-    if split == "test":
-        if bundle.test is None:
-            raise DataError(f"{spec}: has no test split (the official test files are not in that folder); "
-                            "use --split val or --split all")
-        return bundle.test, f"test: the {len(bundle.test)} samples of the test files of {spec}"
-    if bundle.test is None:
-        return whole, f"all: every one of the {len(whole)} samples of {spec}"
-    return ConcatDataset([whole, bundle.test]), (f"all: every one of the {len(whole) + len(bundle.test)} samples "
-                                                 f"of {spec} (training and test files)")
 
 
 def full_flops_per_sample(model: torch.nn.Module, input_shape: tuple[int, ...], device="cpu") -> float:
@@ -160,21 +111,12 @@ def evaluate_checkpoint(request: EvalRequest) -> dict[str, Any]:
             f"--budget/--budget-ms/--thresholds: {request.checkpoint} holds {ckpt['model_name']!r}, a model "
             f"without early exits, so there is no exit rule to set; drop the option"
         )
-    config = ckpt.get("config", {})
-    spec = request.data or ckpt.get("data")
-    trained, origin = trained_preprocessing(ckpt, request.checkpoint)
-    val_size, seed = config.get("val_size", 0.1), config.get("seed", 0)
-    # `all` scores every sample, so it carves no validation split (the folder may be smaller
-    # than the split the model was trained with).
-    bundle = load_data(spec, val_size=None if request.split == "all" else val_size, seed=seed, augment=False)
-    if bundle.num_classes != ckpt["num_classes"]:
-        raise DataError(f"{spec}: {bundle.num_classes} classes, but {request.checkpoint} was trained on "
-                        f"{ckpt['num_classes']} classes")
-    bundle, converted = _conform_bundle(bundle, trained, spec)
-    dataset, scored_on = _scored_split(bundle, request.split, spec, val_size, seed)
-    described = {"checkpoint": str(Path(request.checkpoint)), "model": ckpt["model_name"], "data": spec,
-                 "split": request.split, "scored_on": scored_on,
-                 "preprocessing": f"{trained.describe()} ({origin})", "preprocessing_converted": converted}
+    prepared = load_checkpoint_data(ckpt, request.checkpoint, request.data, request.split)
+    bundle, dataset, seed = prepared.bundle, prepared.dataset, prepared.seed
+    described = {"checkpoint": str(Path(request.checkpoint)), "model": ckpt["model_name"], "data": prepared.spec,
+                 "split": request.split, "scored_on": prepared.scored_on,
+                 "preprocessing": f"{prepared.trained.describe()} ({prepared.origin})",
+                 "preprocessing_converted": prepared.converted}
     if isinstance(model, MultiExit):
         return {**described, **_evaluate_multi_exit(model, bundle, dataset, request, seed)}
     if request.anytime:

@@ -1,0 +1,102 @@
+"""Draw where a trained spatially dynamic checkpoint spends its computation.
+
+`explain_checkpoint` loads a checkpoint as `dynamicnets eval` does (its model, its data
+or another spec prepared with its preprocessing, one named split), takes the first images
+of the split and writes `save_spatial_maps`'s PNGs for them.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..data.preprocessing import Preprocessing
+from ..errors import ConfigError
+from ..profiling.spatial_maps import SpatialMaps, save_spatial_maps
+from ..training.trainer import resolve_device
+from .checkpoint_data import check_split, load_checkpoint_data
+from .checkpoints import load_trained_model
+
+
+@dataclass
+class ExplainRequest:
+    """What `dynamicnets explain` asks for.
+
+    Attributes:
+        checkpoint: a `best.pt` / `last.pt` written by the trainer.
+        data: data spec to draw from; `None`: the one the checkpoint was trained on.
+        split: `val`, `test` or `all` (see `checkpoint_data.SPLITS`).
+        num_images: the first this many images of the split are drawn.
+        out_dir: where the PNGs go; `None`: `spatial_maps/` beside the checkpoint.
+        device: `cpu`, `cuda` or `auto`.
+    """
+
+    checkpoint: str
+    data: str | None = None
+    split: str = "val"
+    num_images: int = 8
+    out_dir: str | None = None
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        check_split(self.split)
+        if not (isinstance(self.num_images, int) and self.num_images >= 1):
+            raise ConfigError(f"--num-images: expected a positive count, got {self.num_images!r}")
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """What `explain_checkpoint` drew.
+
+    Attributes:
+        maps: the PNGs and values (see `SpatialMaps`).
+        model: the checkpoint's model name.
+        drawn_from: the split in words, with its size.
+        out_dir: the folder written.
+    """
+
+    maps: SpatialMaps
+    model: str
+    drawn_from: str
+    out_dir: Path
+
+
+def explain_checkpoint(request: ExplainRequest) -> Explanation:
+    """Per-block execution maps of `request.checkpoint` on the first images of a split.
+
+    The images are prepared with the checkpoint's preprocessing and shown undone: pixel
+    data as the stored pixels, float data min-max scaled.
+
+    Returns:
+        `Explanation`: the PNGs written (one per image, then the summary) and what they show.
+
+    Raises:
+        CheckpointError: the checkpoint is unreadable or does not fit its model.
+        DataError: the data cannot be read, has other classes, or cannot be prepared as
+            the model was trained.
+        ConfigError: the model makes no spatial decisions, or its inputs are not images.
+        OutputError: a PNG cannot be written.
+    """
+    device = resolve_device(request.device, what="--device")
+    model, ckpt = load_trained_model(request.checkpoint, device)
+    prepared = load_checkpoint_data(ckpt, request.checkpoint, request.data, request.split)
+    count = min(request.num_images, len(prepared.dataset))
+    if count == 0:
+        raise ConfigError(f"--split {request.split}: {prepared.scored_on}; there is no image to draw")
+    images = torch.stack([prepared.dataset[i][0] for i in range(count)]).to(device)
+    out_dir = Path(request.out_dir) if request.out_dir else Path(request.checkpoint).parent / "spatial_maps"
+    shown = _display_stats(prepared.trained)
+    maps = save_spatial_maps(model, images, out_dir, max_images=count,
+                             mean=shown[0] if shown else None, std=shown[1] if shown else None)
+    return Explanation(maps=maps, model=str(ckpt["model_name"]), drawn_from=prepared.scored_on, out_dir=out_dir)
+
+
+def _display_stats(trained: Preprocessing) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """`(mean, std)` that turn model inputs back into pixels in `[0, 1]`, for pixel data
+    read as `raw / 255`; `None` (min-max scaling) for anything else."""
+    if trained.storage != "uint8" or not math.isclose(trained.scale, 1 / 255):
+        return None
+    channels = trained.input_shape[0]
+    return trained.mean or (0.0,) * channels, trained.std or (1.0,) * channels
