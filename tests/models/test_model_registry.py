@@ -140,7 +140,9 @@ def test_families_filter_the_list():
     assert set(list_models(family="skipping")) == {
         "act_resnet", "sact_resnet", "skipnet_resnet", "blockdrop_resnet", "convnet_aig_resnet",
     }
-    assert set(list_models("resnet*", family="static")) == {"resnet20", "resnet32", "resnet56", "resnet110"}
+    assert set(list_models("resnet*", family="static")) == {
+        "resnet20", "resnet32", "resnet56", "resnet110", "resnet18", "resnet34", "resnet50",
+    }
     assert list_models(family="no_such_family") == []
     assert {"static", "depth", "skipping", "width", "parameters", "temporal"} <= set(list_families())
 
