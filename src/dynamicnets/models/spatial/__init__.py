@@ -1,8 +1,9 @@
 """Spatial family: networks that decide *where* in the feature map to compute.
 
-- Pixel level: DynConv ResNets (`dynconv_resnet20/32`, per-position or per-tile gates,
+- Pixel level: DynConv ResNets (`dynconv_resnet20/32`, `dynconv_resnet50`, per-position or per-tile gates,
   sparse execution at inference); SACT ResNets (per-position halting).
 - Dynamic receptive fields: deformable ResNets (`deformable_resnet20/32`).
 """
 from . import deformable_resnet  # noqa: F401  (registers deformable_resnet20/32)
 from . import dynconv_resnet  # noqa: F401  (registers dynconv_resnet20/32)
+from . import dynconv_resnet50  # noqa: F401  (registers dynconv_resnet50)
