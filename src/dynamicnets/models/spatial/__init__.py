@@ -6,4 +6,5 @@
 """
 from . import deformable_resnet  # noqa: F401  (registers deformable_resnet20/32)
 from . import dynconv_resnet  # noqa: F401  (registers dynconv_resnet20/32)
+from . import sact  # noqa: F401  (registers sact_resnet20/32)
 from . import dynconv_resnet50  # noqa: F401  (registers dynconv_resnet50)
