@@ -22,7 +22,9 @@ the weighted output into the stage's output). SACT's per-position halting is **n
 turned into per-position execution: a block that runs for a sample runs at all its
 positions (no sparse convolution), so `flops` counts every position of each executed
 block, the honest cost of what ran. `decisions["position_depth"]` gives the mean number
-of blocks per position, what a per-position sparse execution could reach.
+of blocks per position, what a per-position sparse execution could reach; the spatial
+family's `sact_resnet20/32` (`dynamicnets.models.spatial.sact`) is that execution: blocks
+run only at the positions that have not halted.
 """
 from __future__ import annotations
 
