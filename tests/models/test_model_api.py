@@ -35,9 +35,16 @@ def build(name: str, **kwargs) -> nn.Module:
     return create_model(name, num_classes=NUM_CLASSES, **SMALL.get(name, {}), **kwargs)
 
 
+def capped_input_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """`shape`, with image sides capped at 64: ImageNet-layout models (224x224) run the
+    same code on 64x64 about 12x cheaper, which keeps the registry-wide suite fast."""
+    if len(shape) != 3:
+        return tuple(shape)
+    return (shape[0], *(min(side, 64) for side in shape[1:]))
+
 def example_input(model: nn.Module, batch: int = 3, **kwargs) -> torch.Tensor:
     generator = torch.Generator().manual_seed(1)
-    return torch.randn(batch, *model.default_input_shape, generator=generator).to(**kwargs)
+    return torch.randn(batch, *capped_input_shape(model.default_input_shape), generator=generator).to(**kwargs)
 
 
 def executions(model: nn.Module) -> list[dict]:
