@@ -185,3 +185,21 @@ def test_check_budget_refuses_values_outside_the_unit_interval(bad):
 def test_check_budget_accepts_the_unit_interval():
     assert check_budget(1) == 1.0 and isinstance(check_budget(1), float)
     assert check_budget(0.25) == 0.25
+
+
+def test_zero_noise_scale_trains_on_the_inference_rule():
+    logits = torch.randn(3, 5, 6, requires_grad=True)
+    decided = spatial_decisions(logits, training=True, noise_scale=0.0)
+    assert torch.equal(decided.detach() > 0.5, logits.detach() > 0)
+    decided.sum().backward()
+    assert logits.grad.abs().sum() > 0
+
+
+def test_noise_scale_changes_how_often_decisions_flip():
+    logits = torch.full((1, 64, 64), 1.0)
+    g = torch.Generator().manual_seed(0)
+    full = spatial_decisions(logits, training=True, noise_scale=1.0, generator=g).mean()
+    g = torch.Generator().manual_seed(0)
+    small = spatial_decisions(logits, training=True, noise_scale=0.2, generator=g).mean()
+    assert 0.6 < full < 0.85  # sigmoid(1) = 0.73 of the positions on
+    assert small > 0.99       # logit 1 beats noise scaled to 0.2 almost always

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..flops import conv_out_size
-from .gumbel import gumbel_sigmoid
+from .gumbel import sample_logistic
 
 
 class SpatialMaskGate(nn.Module):
@@ -71,7 +71,8 @@ class SpatialMaskGate(nn.Module):
 
 
 def spatial_decisions(logits: Tensor, *, training: bool, threshold: float = 0.0,
-                      tau: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
+                      tau: float = 1.0, noise_scale: float = 1.0,
+                      generator: torch.Generator | None = None) -> Tensor:
     """Hard spatial decisions from gate logits.
 
     Args:
@@ -80,15 +81,25 @@ def spatial_decisions(logits: Tensor, *, training: bool, threshold: float = 0.0,
             relaxed gradient); otherwise threshold deterministically.
         threshold: inference rule `logit > threshold` (0 is the trained default,
             `sigmoid(logit) > 0.5`).
-        tau: Gumbel temperature in training.
+        tau: Gumbel temperature in training (it shapes the gradient only: the hard
+            decision `logit + noise > 0` does not depend on it).
+        noise_scale: multiplies the logistic noise in training. 1 is the Gumbel-sigmoid
+            sample (DynConv); annealing it toward 0 makes the training decisions converge
+            to the inference rule `logit > 0`, which closes the gap between a network
+            trained on noisy masks and evaluated on thresholded ones.
         generator: optional `torch.Generator` for the training noise.
 
     Returns:
         `(B, h, w)`: float in training (differentiable), bool at inference.
     """
-    if training:
-        return gumbel_sigmoid(logits, tau, hard=True, generator=generator)
-    return logits > threshold
+    if not training:
+        return logits > threshold
+    if not tau > 0:
+        raise ConfigError(f"spatial_decisions: tau must be > 0, got {tau!r}")
+    scores = logits + noise_scale * sample_logistic(logits, generator) if noise_scale > 0 else logits
+    soft = torch.sigmoid(scores / tau).to(logits.dtype)
+    hard = (scores > 0).to(soft.dtype)
+    return hard + (soft - soft.detach())  # value exactly `hard`, gradient the relaxed sample's
 
 
 def expand_tiles(decisions: Tensor, tile: int, height: int, width: int) -> Tensor:

@@ -314,3 +314,9 @@ def test_count_flops_is_the_masked_forward():
     model = create_model("dynconv_resnet20")
     assert dn.count_flops(model, (3, 32, 32)) == 81_626_368 + GATE_FLOPS_20
     assert "dynconv_resnet20" in dn.list_models() and "dynconv_resnet32" in dn.list_models()
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5])
+def test_gate_noise_end_outside_unit_interval_is_refused(bad):
+    with pytest.raises(ConfigError, match="gate_noise_end"):
+        create_model("dynconv_resnet20", gate_noise_end=bad)

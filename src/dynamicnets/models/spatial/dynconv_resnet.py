@@ -32,6 +32,9 @@ class DynConvResNet(SpatialGating, CifarResNet):
         strategy: compact execution, `"positions"` or `"tiles"` (default: tiles for tile
             gates, positions otherwise).
         sparse_tile: tile side of the tiles strategy (default: `gate_tile` when > 1, else 8).
+        gate_noise_end: scale of the Gumbel noise at the end of training, reached linearly
+            from 1 (1: constant noise, as DynConv; 0: training decisions end at the
+            inference rule).
 
     Attributes:
         gates: one `SpatialMaskGate` per gated block; gated_index: indices of the gated
@@ -44,14 +47,14 @@ class DynConvResNet(SpatialGating, CifarResNet):
     def __init__(self, depth: int = 32, num_classes: int = 10, in_chans: int = 3, width: int = 16, *,
                  budget: float = 0.5, gate_tile: int = 1, gate_kernel: int = 1, tau: float = 1.0,
                  budget_weight: float = 10.0, gate_bias_init: float = 3.0, strategy: str | None = None,
-                 sparse_tile: int | None = None, device=None, dtype=None) -> None:
+                 sparse_tile: int | None = None, gate_noise_end: float = 1.0, device=None, dtype=None) -> None:
         super().__init__(depth, num_classes, in_chans, width, device=device, dtype=dtype)
         self.name = f"dynconv_resnet{depth}"
         self.init_spatial_gating(
             budget=budget, gate_tile=gate_tile, gate_kernel=gate_kernel, tau=tau,
             budget_weight=budget_weight, gate_bias_init=gate_bias_init, strategy=strategy,
             sparse_tile=sparse_tile if sparse_tile is not None else (gate_tile if gate_tile > 1 else 8),
-            device=device, dtype=dtype,
+            gate_noise_end=gate_noise_end, device=device, dtype=dtype,
         )
 
     def spatial_stem(self, x: Tensor) -> Tensor:
@@ -72,7 +75,7 @@ def _dynconv(depth: int, **kwargs) -> DynConvResNet:
 def dynconv_resnet20(*, num_classes: int = 10, in_chans: int = 3, width: int = 16, budget: float = 0.5,
                      gate_tile: int = 1, gate_kernel: int = 1, tau: float = 1.0, budget_weight: float = 10.0,
                      gate_bias_init: float = 3.0, strategy: str | None = None, sparse_tile: int | None = None,
-                     device=None, dtype=None) -> DynConvResNet:
+                     gate_noise_end: float = 1.0, device=None, dtype=None) -> DynConvResNet:
     """DynConv spatially sparse ResNet-20 for CIFAR; see `DynConvResNet`."""
     return _dynconv(20, **{k: v for k, v in locals().items()})
 
@@ -81,6 +84,6 @@ def dynconv_resnet20(*, num_classes: int = 10, in_chans: int = 3, width: int = 1
 def dynconv_resnet32(*, num_classes: int = 10, in_chans: int = 3, width: int = 16, budget: float = 0.5,
                      gate_tile: int = 1, gate_kernel: int = 1, tau: float = 1.0, budget_weight: float = 10.0,
                      gate_bias_init: float = 3.0, strategy: str | None = None, sparse_tile: int | None = None,
-                     device=None, dtype=None) -> DynConvResNet:
+                     gate_noise_end: float = 1.0, device=None, dtype=None) -> DynConvResNet:
     """DynConv spatially sparse ResNet-32 for CIFAR; see `DynConvResNet`."""
     return _dynconv(32, **{k: v for k, v in locals().items()})

@@ -58,6 +58,7 @@ class SpatialGating:
         gate_bias_init: float,
         strategy: str | None,
         sparse_tile: int,
+        gate_noise_end: float = 1.0,
         device=None,
         dtype=None,
     ) -> None:
@@ -73,6 +74,9 @@ class SpatialGating:
         self.sparse_tile = int(sparse_tile)
         strategy = strategy or ("tiles" if gate_tile > 1 else "positions")
         self.tau = float(tau)
+        if not 0.0 <= gate_noise_end <= 1.0:
+            raise ConfigError(f"{owner}: gate_noise_end must be in [0, 1], got {gate_noise_end!r}")
+        self.gate_noise_end = float(gate_noise_end)
         self.budget_weight = float(budget_weight)
         blocks = list(self.spatial_blocks())
         self.gated_index = [i for i, b in enumerate(blocks) if _keeps_shape(b)]
@@ -155,8 +159,9 @@ class SpatialGating:
             strategy: compact execution's `"positions"`, `"tiles"` or `"dense"`, one for all
                 gated blocks or one per block (default: the model's `strategies`).
             progress: training progress in `[0, 1]` (the trainer passes it) for the
-                annealed per-block bounds of the budget loss; without it only the
-                network-level budget term applies.
+                annealed per-block bounds of the budget loss and the gate-noise schedule
+                (`gate_noise_end`); without it only the network-level budget term applies
+                and the noise is at full scale.
             generator: optional `torch.Generator` for the Gumbel noise while training.
 
         Returns:
@@ -166,8 +171,9 @@ class SpatialGating:
             dense FLOPs), `compact_flops (B,)` (what compact execution costs for these
             masks); in training `aux_losses["flops_budget"]`.
         """
+        noise = 1.0 if progress is None else 1.0 + (self.gate_noise_end - 1.0) * min(max(progress, 0.0), 1.0)
         features, record = self._run(x, masks=masks, execution=execution, policy=policy,
-                                     strategy=strategy, generator=generator)
+                                     strategy=strategy, generator=generator, noise_scale=noise)
         logits = self.forward_head(features)
         executed = torch.stack(record["executed"], dim=1) if record["executed"] else logits.new_zeros(x.shape[0], 0)
         full = torch.tensor(record["full"], dtype=executed.dtype, device=executed.device)
@@ -195,7 +201,7 @@ class SpatialGating:
         return seen
 
     def _run(self, x: Tensor, *, masks=None, execution=None, policy=None, strategy=None,
-             generator=None, seen: list | None = None) -> tuple[Tensor, dict]:
+             generator=None, seen: list | None = None, noise_scale: float = 1.0) -> tuple[Tensor, dict]:
         self.check_input(x)
         mode = resolve_execution(execution, self.training)
         strategies = self.strategies if strategy is None else self.parse_strategies(strategy)
@@ -222,7 +228,7 @@ class SpatialGating:
                 gate = self.gates[g]
                 logits = gate(h)
                 decided = spatial_decisions(logits, training=self.training, threshold=cuts[g],
-                                            tau=self.tau, generator=generator)
+                                            tau=self.tau, noise_scale=noise_scale, generator=generator)
                 mask = expand_tiles(decided, gate.tile, height, width)
                 record["base"] += gate.flops(height, width)
             branch = self.branches[index]
