@@ -58,6 +58,13 @@ def sparse_chain_flops(mask: Tensor, steps: list[ConvStep]) -> Tensor:
     return total
 
 
+def _neighbour_offsets(kernel: int, padded_width: int, device: torch.device) -> Tensor:
+    """`(k * k,)` flat offsets of a `k x k` neighbourhood (row-major) in a grid
+    `padded_width` wide."""
+    d = torch.arange(-(kernel // 2), kernel // 2 + 1, device=device)
+    return (d.view(-1, 1) * padded_width + d.view(1, -1)).flatten()
+
+
 def _taps(n: Tensor, h: Tensor, w: Tensor, reach: int, height: int, width: int) -> tuple[Tensor, Tensor | None]:
     """Flat indices `(P, k*k)` of the neighbours of positions `(n, h, w)` in a `(B, H, W)`
     map (out-of-image taps clamped to a valid index), and the `(P * k * k,)` indices of
@@ -94,29 +101,53 @@ def run_at_positions(x: Tensor, mask: Tensor, steps: list[ConvStep], *,
     if not bool(mask.any()):
         return out
     x_rows = x.permute(0, 2, 3, 1).reshape(-1, chans)
-    rows, lookup, previous = x_rows, None, None  # previous step's output rows and their table
+    pad = max(step.reach for step in steps)
+    padded_w = width + 2 * pad
+    offsets = {}
+    # After step 0, `rows` holds the previous step's outputs plus one zero row at the end,
+    # and `table` maps every position of the zero-bordered (B, H + 2 pad, W + 2 pad) grid
+    # to its row: the border and the positions the step did not compute point to the zero
+    # row, so a k x k gather needs no bounds checks.
+    rows, table, previous = x_rows, None, None
     for j, (positions, step) in enumerate(zip(position_sets(mask, steps), steps)):
-        n, h, w = torch.nonzero(positions, as_tuple=True)
-        flat = (n * height + h) * width + w
-        if step.reach == 0:
-            if positions is previous:
-                inputs = rows
+        flat = torch.nonzero(positions.flatten()).flatten()  # n * H * W + h * W + w
+        line = torch.div(flat, width, rounding_mode="floor")  # n * H + h
+        col = flat - line * width
+        sample = torch.div(line, height, rounding_mode="floor")
+        padded = (line + sample * (2 * pad) + pad) * padded_w + col + pad
+        if table is None:
+            if step.reach == 0:
+                inputs = x_rows.index_select(0, flat)
             else:
-                inputs = rows.index_select(0, flat if lookup is None else lookup.index_select(0, flat))
+                taps, outside = _taps(sample, line - sample * height, col, step.reach, height, width)
+                inputs = x_rows.index_select(0, taps.flatten())
+                if outside is not None:
+                    inputs.index_fill_(0, outside, 0)
+                inputs = inputs.view(flat.numel(), -1)
+        elif step.reach == 0:
+            inputs = rows[:-1] if positions is previous else rows.index_select(0, table.index_select(0, padded))
         else:
-            taps, outside = _taps(n, h, w, step.reach, height, width)
-            index = taps.flatten() if lookup is None else lookup.index_select(0, taps.flatten())
-            inputs = rows.index_select(0, index)
-            if outside is not None:
-                inputs.index_fill_(0, outside, 0)
-            inputs = inputs.view(flat.numel(), -1)
-        result = torch.addmm(step.bias, inputs, step.gemm_weight())
+            k = step.kernel_size
+            if k not in offsets:
+                offsets[k] = _neighbour_offsets(k, padded_w, x.device)
+            taps = (padded.unsqueeze(1) + offsets[k]).flatten()
+            inputs = rows.index_select(0, table.index_select(0, taps)).view(flat.numel(), -1)
         if j == len(steps) - 1:
+            result = torch.addmm(step.bias, inputs, step.gemm_weight())
             result = result.add_(x_rows.index_select(0, flat)).relu_()
             out.permute(0, 2, 3, 1).reshape(-1, chans).index_copy_(0, flat, result)
             return out
-        rows = result.relu_() if step.relu else result
-        lookup = torch.zeros(batch * height * width, dtype=torch.long, device=x.device)
-        lookup[flat] = torch.arange(flat.numel(), device=x.device)
+        count = flat.numel()
+        if torch.is_grad_enabled():
+            rows = torch.addmm(step.bias, inputs, step.gemm_weight())
+            rows = torch.cat([rows.relu() if step.relu else rows, rows.new_zeros(1, rows.shape[1])])
+        else:  # written in place after the zero row is set: no concatenation copy
+            rows = inputs.new_empty(count + 1, step.weight.shape[0])
+            rows[count].zero_()
+            torch.addmm(step.bias, inputs, step.gemm_weight(), out=rows[:count])
+            if step.relu:
+                rows.relu_()
+        table = torch.full((batch * (height + 2 * pad) * padded_w,), count, dtype=torch.long, device=x.device)
+        table.index_copy_(0, padded, torch.arange(count, device=x.device))
         previous = positions
     return out
