@@ -50,10 +50,11 @@ def position_sets(mask: Tensor, steps: list[ConvStep]) -> list[Tensor]:
     return sets[::-1]
 
 
-def sparse_chain_flops(mask: Tensor, steps: list[ConvStep]) -> Tensor:
-    """Per-sample FLOPs `(B,)` float64 of `run_at_positions` for `mask`."""
+def sparse_chain_flops(mask: Tensor, steps: list[ConvStep], sets: list[Tensor] | None = None) -> Tensor:
+    """Per-sample FLOPs `(B,)` float64 of `run_at_positions` for `mask` (`sets`: its
+    `position_sets`, when already computed)."""
     total = torch.zeros(mask.shape[0], dtype=torch.float64, device=mask.device)
-    for positions, step in zip(position_sets(mask, steps), steps):
+    for positions, step in zip(sets if sets is not None else position_sets(mask, steps), steps):
         total += positions.flatten(1).sum(1).to(torch.float64) * step.flops_per_position()
     return total
 
@@ -80,7 +81,7 @@ def _taps(n: Tensor, h: Tensor, w: Tensor, reach: int, height: int, width: int) 
 
 
 def run_at_positions(x: Tensor, mask: Tensor, steps: list[ConvStep], *,
-                     inplace: bool = False) -> Tensor:
+                     inplace: bool = False, sets: list[Tensor] | None = None) -> Tensor:
     """`where(mask, relu(x + chain(x)), x)` computing `chain` only where it is needed.
 
     Args:
@@ -91,6 +92,7 @@ def run_at_positions(x: Tensor, mask: Tensor, steps: list[ConvStep], *,
             the whole feature map. Only a channels_last `x` can be written into: any
             other `x` is left unchanged (it is copied to channels_last either way), so
             always use the returned tensor.
+        sets: `position_sets(mask, steps)`, when the caller already has them.
 
     Returns:
         `(B, C, H, W)` channels_last (`x` itself when written in place).
@@ -109,7 +111,9 @@ def run_at_positions(x: Tensor, mask: Tensor, steps: list[ConvStep], *,
     # to its row: the border and the positions the step did not compute point to the zero
     # row, so a k x k gather needs no bounds checks.
     rows, table, previous = x_rows, None, None
-    for j, (positions, step) in enumerate(zip(position_sets(mask, steps), steps)):
+    if sets is None:
+        sets = position_sets(mask, steps)
+    for j, (positions, step) in enumerate(zip(sets, steps)):
         flat = torch.nonzero(positions.flatten()).flatten()  # n * H * W + h * W + w
         line = torch.div(flat, width, rounding_mode="floor")  # n * H + h
         col = flat - line * width

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..execution import Execution, parse_execution
 from .conv_chain import FoldedSteps, branch_layers
-from .sparse_positions import run_at_positions, sparse_chain_flops
+from .sparse_positions import position_sets, run_at_positions, sparse_chain_flops
 from .sparse_tiles import run_on_tiles, sparse_tile_flops
 
 
@@ -122,19 +122,28 @@ class SparseBranch:
             ConfigError: a mask of another shape, a soft mask in compact execution, an
                 unknown execution or strategy, or tiles without a tile size >= 1.
         """
+        return self.run_counted(x, mask, execution, strategy=strategy, tile=tile, inplace=inplace)[0]
+
+    def run_counted(self, x: Tensor, mask: Tensor, execution: Execution, *,
+                    strategy: SparseStrategy = SparseStrategy.POSITIONS, tile: int = 8,
+                    inplace: bool = False) -> tuple[Tensor, Tensor]:
+        """`(self(x, mask, ...), self.flops(mask, ...))`, sharing the work both need (the
+        dilated position sets) instead of computing it twice."""
         check_spatial_mask(mask, x, self.name)
         execution = parse_execution(execution)
         strategy = parse_strategy(strategy, tile)
-        if execution is Execution.MASKED:
-            m = mask.unsqueeze(1).to(x.dtype)
-            return x + m * (self.block(x) - x)
+        if execution is Execution.MASKED or strategy is SparseStrategy.DENSE:
+            flops = self.flops(mask, execution, strategy=strategy, tile=tile)
+            if execution is Execution.MASKED:
+                m = mask.unsqueeze(1).to(x.dtype)
+                return x + m * (self.block(x) - x), flops
+            return torch.where(self._hard(mask).unsqueeze(1), self.block(x), x), flops
         hard = self._hard(mask)
-        if strategy is SparseStrategy.DENSE:
-            return torch.where(hard.unsqueeze(1), self.block(x), x)
         steps = self.folded.steps()
         if strategy is SparseStrategy.TILES:
-            return run_on_tiles(x, hard, steps, tile, inplace=inplace)
-        return run_at_positions(x, hard, steps, inplace=inplace)
+            return run_on_tiles(x, hard, steps, tile, inplace=inplace), sparse_tile_flops(hard, steps, tile)
+        sets = position_sets(hard, steps)
+        return run_at_positions(x, hard, steps, inplace=inplace, sets=sets), sparse_chain_flops(hard, steps, sets)
 
     def flops(self, mask: Tensor, execution: Execution, *,
               strategy: SparseStrategy = SparseStrategy.POSITIONS, tile: int = 8) -> Tensor:

@@ -240,8 +240,13 @@ class SpatialGating:
             if seen is not None:
                 seen.append((h.clone(memory_format=torch.channels_last), hard))
             strat = strategies[g]
-            compact = branch.flops(hard, Execution.COMPACT, strategy=strat, tile=self.sparse_tile)
+            if mode is Execution.COMPACT:
+                h, compact = branch.run_counted(h, mask, mode, strategy=strat, tile=self.sparse_tile,
+                                                inplace=inplace)
+                record["ran"] += compact
+            else:
+                compact = branch.flops(hard, Execution.COMPACT, strategy=strat, tile=self.sparse_tile)
+                record["ran"] += float(full)
+                h = branch(h, mask, mode, strategy=strat, tile=self.sparse_tile)
             record["compact"] += compact
-            record["ran"] += compact if mode is Execution.COMPACT else float(full)
-            h = branch(h, mask, mode, strategy=strat, tile=self.sparse_tile, inplace=inplace)
         return h, record
