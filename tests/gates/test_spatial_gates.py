@@ -203,3 +203,9 @@ def test_noise_scale_changes_how_often_decisions_flip():
     small = spatial_decisions(logits, training=True, noise_scale=0.2, generator=g).mean()
     assert 0.6 < full < 0.85  # sigmoid(1) = 0.73 of the positions on
     assert small > 0.99       # logit 1 beats noise scaled to 0.2 almost always
+
+
+@pytest.mark.parametrize("bad", [{"tile": True}, {"kernel_size": True}])
+def test_booleans_are_not_sizes(bad):
+    with pytest.raises(ConfigError):
+        SpatialMaskGate(8, **bad)

@@ -42,9 +42,10 @@ class SpatialMaskGate(nn.Module):
     def __init__(self, in_chans: int, tile: int = 1, kernel_size: int = 1, *,
                  bias_init: float = 3.0, device=None, dtype=None) -> None:
         super().__init__()
-        if not (isinstance(tile, int) and tile >= 1):
+        if not (isinstance(tile, int) and not isinstance(tile, bool) and tile >= 1):
             raise ConfigError(f"SpatialMaskGate: tile must be an int >= 1, got {tile!r}")
-        if not (isinstance(kernel_size, int) and kernel_size >= 1 and kernel_size % 2 == 1):
+        if not (isinstance(kernel_size, int) and not isinstance(kernel_size, bool) and kernel_size >= 1
+                and kernel_size % 2 == 1):
             raise ConfigError(f"SpatialMaskGate: kernel_size must be an odd int >= 1, got {kernel_size!r}")
         self.tile = tile
         self.conv = nn.Conv2d(in_chans, 1, kernel_size, padding=kernel_size // 2,
