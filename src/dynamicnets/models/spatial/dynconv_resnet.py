@@ -45,17 +45,10 @@ class DynConvResNet(SpatialGating, CifarResNet):
     """
 
     def __init__(self, depth: int = 32, num_classes: int = 10, in_chans: int = 3, width: int = 16, *,
-                 budget: float = 0.5, gate_tile: int = 1, gate_kernel: int = 1, tau: float = 1.0,
-                 budget_weight: float = 10.0, gate_bias_init: float = 3.0, strategy: str | None = None,
-                 sparse_tile: int | None = None, gate_noise_end: float = 1.0, device=None, dtype=None) -> None:
+                 device=None, dtype=None, **gating) -> None:
         super().__init__(depth, num_classes, in_chans, width, device=device, dtype=dtype)
         self.name = f"dynconv_resnet{depth}"
-        self.init_spatial_gating(
-            budget=budget, gate_tile=gate_tile, gate_kernel=gate_kernel, tau=tau,
-            budget_weight=budget_weight, gate_bias_init=gate_bias_init, strategy=strategy,
-            sparse_tile=sparse_tile if sparse_tile is not None else (gate_tile if gate_tile > 1 else 8),
-            gate_noise_end=gate_noise_end, device=device, dtype=dtype,
-        )
+        self.init_spatial_gating(device=device, dtype=dtype, **gating)
 
     def spatial_stem(self, x: Tensor) -> Tensor:
         """The stem convolution."""

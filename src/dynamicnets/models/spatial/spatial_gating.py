@@ -50,14 +50,14 @@ class SpatialGating:
     def init_spatial_gating(
         self,
         *,
-        budget: float,
-        gate_tile: int,
-        gate_kernel: int,
-        tau: float,
-        budget_weight: float,
-        gate_bias_init: float,
-        strategy: str | None,
-        sparse_tile: int,
+        budget: float = 0.5,
+        gate_tile: int = 1,
+        gate_kernel: int = 1,
+        tau: float = 1.0,
+        budget_weight: float = 10.0,
+        gate_bias_init: float = 3.0,
+        strategy: str | None = None,
+        sparse_tile: int | None = None,
         gate_noise_end: float = 1.0,
         device=None,
         dtype=None,
@@ -71,7 +71,7 @@ class SpatialGating:
             raise ConfigError(f"{owner}: tau must be > 0, got {tau!r}")
         if not budget_weight >= 0:
             raise ConfigError(f"{owner}: budget_weight must be >= 0, got {budget_weight!r}")
-        self.sparse_tile = int(sparse_tile)
+        self.sparse_tile = int(sparse_tile) if sparse_tile is not None else (gate_tile if gate_tile > 1 else 8)
         strategy = strategy or ("tiles" if gate_tile > 1 else "positions")
         self.tau = float(tau)
         if not 0.0 <= gate_noise_end <= 1.0:
