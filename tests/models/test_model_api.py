@@ -28,6 +28,8 @@ REFERENCE = {"dsnet_resnet_cifar": lambda out: out.exit_logits[-2] if len(out.ex
 HIDDEN_HEADS = {"msdnet_cifar"}
 # trees are all head: forward_head takes forward's execution (see RoutedTree)
 TREES = {"soft_decision_tree", "neural_tree_cnn"}
+# transformers return their tokens (B, N, num_features), timm's layout
+TOKENS = set(list_models(family="transformers"))
 
 
 def build(name: str, **kwargs) -> nn.Module:
@@ -69,7 +71,8 @@ def test_forward_head_of_forward_features_is_forward(name):
                 logits = model.forward_head(features)
             out = model(x, **kwargs)
         assert isinstance(features, torch.Tensor), f"{name}: forward_features must return a tensor"
-        assert features.shape[:2] == (3, model.num_features), f"{name} {kwargs}: {tuple(features.shape)}"
+        channels = (features.shape[0], features.shape[-1]) if name in TOKENS else features.shape[:2]
+        assert channels == (3, model.num_features), f"{name} {kwargs}: {tuple(features.shape)}"
         assert logits.shape == (3, NUM_CLASSES)
         expected = reference(out)
         if expected is not None:

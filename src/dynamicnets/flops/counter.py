@@ -28,9 +28,34 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..errors import ConfigError
 from ..execution import Execution, supported_executions
-from .formulas import conv1d_flops, conv2d_flops, linear_flops
+from .formulas import attention_flops, conv1d_flops, conv2d_flops, linear_flops
 
 ShapeTree = Union[tuple, list]
+
+
+def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    batch, heads, queries, head_dim = query_shape
+    return batch * attention_flops(heads, queries, key_shape[-2], head_dim, value_shape[-1])
+
+
+def _cpu_attention_backward_flops(grad_shape, query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+    # backward: dV = P^T dO, dP = dO V^T, dQ = dS K, dK = dS^T Q (the forward's product count twice)
+    return 2 * _cpu_attention_flops(query_shape, key_shape, value_shape)
+
+
+ATTENTION_FORMULAS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_attention_backward_flops,
+}
+"""FLOP formulas for the fused attention kernels of the CPU, which `FlopCounterMode` does not
+know (it counts the CUDA kernels only, and would see zero for `scaled_dot_product_attention`
+on a CPU): the same formula as PyTorch's for the CUDA kernels."""
+
+
+def flop_counter(*, display: bool = False) -> FlopCounterMode:
+    """A `FlopCounterMode` that also counts the CPU's fused attention (`ATTENTION_FORMULAS`).
+    Every count of the library, and every test that checks a reported cost, uses it."""
+    return FlopCounterMode(display=display, custom_mapping=dict(ATTENTION_FORMULAS))
 
 
 @runtime_checkable
@@ -169,7 +194,7 @@ def traced_flops_and_shape(module: nn.Module, in_shape: ShapeTree) -> tuple[int,
     example = _meta_batch(in_shape, dtype)
     # Measured apart from any counter the caller runs: an outer FlopCounterMode must see
     # the caller's own work, not this measurement.
-    with _disable_current_modes(), torch.no_grad(), FlopCounterMode(display=False) as counter:
+    with _disable_current_modes(), torch.no_grad(), flop_counter() as counter:
         # a dynamic model is counted on its static (masked) path: every block it can run
         static = {"execution": Execution.MASKED} if supported_executions(module) else {}
         out = functional_call(module, substitutes, (example,), static)
@@ -191,7 +216,7 @@ def _per_sample_shape(out) -> ShapeTree:
 
 def counted_flops(fn: Callable, *args, **kwargs) -> int:
     """Total FLOPs `FlopCounterMode` sees while `fn(*args, **kwargs)` runs (no grad)."""
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    with torch.no_grad(), flop_counter() as counter:
         fn(*args, **kwargs)
     return int(counter.get_total_flops())
 

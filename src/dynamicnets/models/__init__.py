@@ -4,7 +4,7 @@ Every registered model has the classifier API of `ClassifierApi` (`forward_featu
 `forward_head`, `get_classifier`, `reset_classifier`, `num_features`); `model_info(name)`
 gives a registered model's family, description, default input shape, parameters and FLOPs.
 """
-from . import depth, parameters, skipping, spatial, static, temporal, width  # noqa: F401  (importing a family registers its models)
+from . import depth, parameters, skipping, spatial, static, temporal, transformers, width  # noqa: F401  (importing a family registers its models)
 from ._api import ClassifierApi
 from ._registry import (
     FAMILIES,

@@ -2,7 +2,8 @@
 
 - `forward_features(x)`: the features the final classifier reads, before any pooling:
   for a CNN the last feature map, unpooled, `(B, num_features, *S)`; for an MLP or a
-  recurrent network the vector `(B, num_features)` its linear classifier reads. The
+  recurrent network the vector `(B, num_features)` its linear classifier reads; for a
+  transformer its normalised tokens `(B, N, num_features)` (timm's layout). The
   model's own keyword arguments (`execution=`, `width=`, `temperature=`, ...) may be
   passed and mean what they mean for `forward`.
 - `forward_head(features)`: the rest of the way to the logits `(B, num_classes)`:

@@ -3,7 +3,7 @@
 Every registered constructor is recorded with its metadata:
 
 - `family`: the sub-package of `dynamicnets.models` it lives in (`static`, `depth` (early
-  exits), `skipping`, `width`, `parameters`, `spatial`, `temporal`), or the family
+  exits), `skipping`, `width`, `parameters`, `spatial`, `temporal`, `transformers`), or the family
   declared with `register_model(family=...)`; `"user"` for a model registered outside
   the package without one.
 - `description`: the first sentence of the constructor's docstring.
@@ -32,7 +32,7 @@ from torch import nn
 
 from ..errors import ConfigError
 
-FAMILIES = ("static", "depth", "skipping", "width", "parameters", "spatial", "temporal")
+FAMILIES = ("static", "depth", "skipping", "width", "parameters", "spatial", "temporal", "transformers")
 """The model families, one sub-package of `dynamicnets.models` each."""
 
 _PACKAGE = __name__.rsplit(".", 1)[0]  # "dynamicnets.models"
@@ -227,9 +227,9 @@ def _per_sample_flops(model: nn.Module, x: torch.Tensor) -> int:
     flops = getattr(out, "flops", None)
     if flops is not None:
         return int(flops.reshape(-1)[0])
-    from torch.utils.flop_counter import FlopCounterMode
+    from ..flops import flop_counter
 
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+    with torch.inference_mode(), flop_counter() as counter:
         model(x)
     return int(counter.get_total_flops())
 
