@@ -9,6 +9,8 @@
   (folded into the gate biases); `calibrate_gate_policy`: the same fit as a `GatePolicy`.
 - `fastest_block_strategies`: for a spatially sparse model, the fastest exact execution
   (dense, gathered positions, gathered tiles) of each gated block, measured.
+- `TokenPolicy`: which tokens a token-pruning transformer keeps (a keep ratio or a score
+  threshold per stage) and how samples with different token counts share a batch.
 """
 from .calibrate import (
     BudgetCalibration,
@@ -24,6 +26,7 @@ from .gate_rate import calibrate_gate_policy, calibrate_gate_rate, gate_logit_la
 from .executor import ExitResult, run_all_then_select, run_early_exit
 from .policy import ExitPolicy
 from .sparse_strategy import fastest_block_strategies
+from .token_policy import TokenPolicy
 
 run = run_early_exit
 
@@ -45,4 +48,5 @@ __all__ = [
     "run_all_then_select",
     "run_early_exit",
     "thresholds_for_fractions",
+    "TokenPolicy",
 ]

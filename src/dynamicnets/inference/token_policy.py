@@ -1,0 +1,106 @@
+"""`TokenPolicy`: how many tokens a token-sparse transformer keeps at inference, and how it
+batches samples that keep different numbers.
+
+Token-pruning models (DynamicViT, EViT) score the tokens at each pruning stage; the
+policy, not the model, says which scores survive:
+
+- `keep_ratio`: keep the `ceil(ratio * n)` best-scored of the `n` patch tokens that enter
+  a stage (the class token always stays). One number applies at every stage, so 0.7 at
+  three stages keeps 70%, 49% and 34.3% of the patches (DynamicViT's rho, rho^2, rho^3);
+  a sequence gives one ratio per stage. Every sample keeps the same count.
+- `threshold`: keep the patch tokens whose keep score (a probability) is `> threshold`,
+  at least `min_tokens` of them (the best-scored). Counts differ per sample: the batch
+  is run by `token_batching`.
+
+Exactly one of the two is given.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..errors import ConfigError
+from ..layers.token_batching import TokenBatching, parse_token_batching
+
+
+def _per_stage(name: str, value, stages: int) -> tuple[float, ...]:
+    values = tuple(value) if isinstance(value, Sequence) else (value,) * stages
+    if len(values) != stages:
+        raise ConfigError(f"TokenPolicy: {name} has {len(values)} entries but the model prunes at {stages} stages")
+    return tuple(float(v) for v in values)
+
+
+@dataclass(frozen=True)
+class TokenPolicy:
+    """Which patch tokens a token-pruning model keeps at each pruning stage.
+
+    Attributes:
+        keep_ratio: in (0, 1], one for all stages or one per stage (fraction of the
+            patch tokens entering the stage).
+        threshold: in [0, 1), one for all stages or one per stage (keep score above it).
+        min_tokens: the fewest patch tokens a sample keeps at a stage (>= 1).
+        token_batching: how samples with different counts share a batch (`"pack"`,
+            `"pad"` or `"bucket"`, see `dynamicnets.layers.token_batching`).
+
+    Raises:
+        ConfigError: neither or both of `keep_ratio` and `threshold`, a ratio outside
+            (0, 1], a threshold outside [0, 1), `min_tokens < 1`, an unknown batching.
+    """
+
+    keep_ratio: float | Sequence[float] | None = None
+    threshold: float | Sequence[float] | None = None
+    min_tokens: int = 1
+    token_batching: TokenBatching | str = TokenBatching.PACK
+
+    def __post_init__(self) -> None:
+        if (self.keep_ratio is None) == (self.threshold is None):
+            raise ConfigError("TokenPolicy: give exactly one of keep_ratio and threshold")
+        for name, low_open, high_open in (("keep_ratio", True, False), ("threshold", False, True)):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            values = tuple(value) if isinstance(value, Sequence) else (value,)
+            for v in values:
+                bad = (isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v)
+                       or (v <= 0 if low_open else v < 0) or (v >= 1 if high_open else v > 1))
+                if bad or not values:
+                    interval = "(0, 1]" if name == "keep_ratio" else "[0, 1)"
+                    raise ConfigError(f"TokenPolicy: {name} must be in {interval}, got {value!r}")
+        if isinstance(self.min_tokens, bool) or not isinstance(self.min_tokens, int) or self.min_tokens < 1:
+            raise ConfigError(f"TokenPolicy: min_tokens must be an int >= 1, got {self.min_tokens!r}")
+        object.__setattr__(self, "token_batching", parse_token_batching(self.token_batching))
+
+    def keep_counts(self, scores: Tensor, stage: int, stages: int) -> Tensor:
+        """How many patch tokens each sample keeps at `stage` (of `stages`).
+
+        Args:
+            scores: `(B, n)` keep scores of the `n` patch tokens entering the stage (for
+                `threshold`, probabilities in [0, 1]); entries of tokens a sample no
+                longer has are `-inf`.
+            stage: index of the pruning stage, `0..stages-1`.
+            stages: how many stages the model prunes at.
+
+        Returns:
+            `(B,)` int64 counts, each in `[min(min_tokens, available), available]`.
+        """
+        available = torch.isfinite(scores).sum(dim=1)
+        if self.keep_ratio is not None:
+            ratio = _per_stage("keep_ratio", self.keep_ratio, stages)[stage]
+            counts = torch.ceil(available.double() * ratio).long()
+        else:
+            threshold = _per_stage("threshold", self.threshold, stages)[stage]
+            counts = (scores > threshold).sum(dim=1)
+        return torch.minimum(torch.clamp(counts, min=self.min_tokens), available)
+
+    def select(self, scores: Tensor, stage: int, stages: int) -> Tensor:
+        """`(B, n)` bool: the patch tokens kept at `stage`, the best-scored `keep_counts` of
+        each sample (ties broken by position)."""
+        counts = self.keep_counts(scores, stage, stages)
+        order = scores.argsort(dim=1, descending=True, stable=True)
+        ranks = torch.empty_like(order)
+        ranks.scatter_(1, order, torch.arange(scores.shape[1], device=scores.device).expand_as(order))
+        return ranks < counts[:, None]
