@@ -27,6 +27,9 @@ from ..errors import ConfigError
 from ..layers.token_batching import TokenBatching, parse_token_batching
 
 
+_CEIL_SLACK = 1e-9
+
+
 def _per_stage(name: str, value, stages: int) -> tuple[float, ...]:
     values = tuple(value) if isinstance(value, Sequence) else (value,) * stages
     if len(values) != stages:
@@ -64,10 +67,12 @@ class TokenPolicy:
             if value is None:
                 continue
             values = tuple(value) if isinstance(value, Sequence) else (value,)
+            if not values:
+                raise ConfigError(f"TokenPolicy: {name} is an empty sequence; give one value or one per stage")
             for v in values:
                 bad = (isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v)
                        or (v <= 0 if low_open else v < 0) or (v >= 1 if high_open else v > 1))
-                if bad or not values:
+                if bad:
                     interval = "(0, 1]" if name == "keep_ratio" else "[0, 1)"
                     raise ConfigError(f"TokenPolicy: {name} must be in {interval}, got {value!r}")
         if isinstance(self.min_tokens, bool) or not isinstance(self.min_tokens, int) or self.min_tokens < 1:
@@ -87,10 +92,13 @@ class TokenPolicy:
         Returns:
             `(B,)` int64 counts, each in `[min(min_tokens, available), available]`.
         """
+        if isinstance(stage, bool) or not isinstance(stage, int) or not 0 <= stage < stages:
+            raise ConfigError(f"TokenPolicy: stage must be an int in [0, {stages}), got {stage!r}")
         available = torch.isfinite(scores).sum(dim=1)
         if self.keep_ratio is not None:
             ratio = _per_stage("keep_ratio", self.keep_ratio, stages)[stage]
-            counts = torch.ceil(available.double() * ratio).long()
+            # less a hair, so that a product such as 0.7 * 10 = 7.000000000000001 keeps 7
+            counts = torch.ceil(available.double() * ratio - _CEIL_SLACK).long()
         else:
             threshold = _per_stage("threshold", self.threshold, stages)[stage]
             counts = (scores > threshold).sum(dim=1)

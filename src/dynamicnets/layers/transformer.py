@@ -11,6 +11,7 @@ gates decide, layers take decisions):
   removed from every other token's softmax, `A_ij = exp(s_ij) g_ij / sum_k exp(s_ik) g_ik`
   with `g_ij = keep_j` off the diagonal and 1 on it, so the decisions get gradients.
 - `attn_mask (B, 1, N, N)` or `(B, 1, 1, N)` bool, `True` = may attend: padded batches.
+  Both may be given: a key then counts where it is kept and allowed.
 
 Costs (per sample, `N` tokens, width `D`, MLP width `M`, FLOPs as `FlopCounterMode`
 counts them): `2 N (4 D^2 + 2 D M)` for the linear layers and `4 N^2 D` for attention
@@ -56,6 +57,8 @@ class PatchEmbed(nn.Module):
         for name, value in (("img_size", height), ("img_size", width), ("patch_size", patch_size),
                             ("in_chans", in_chans), ("embed_dim", embed_dim)):
             _positive_int("PatchEmbed", name, value)
+        if height % patch_size or width % patch_size:
+            raise ConfigError(f"PatchEmbed: img_size {(height, width)} is not divisible by patch_size {patch_size}")
         self.patch_size = patch_size
         self.img_size = (height, width)
         self.grid_size = self.grid_for(height, width)
@@ -70,7 +73,7 @@ class PatchEmbed(nn.Module):
         """
         if height % self.patch_size or width % self.patch_size:
             raise ConfigError(
-                f"PatchEmbed: image size {(height, width)} is not divisible by patch_size {self.patch_size}"
+                f"PatchEmbed: input image size {(height, width)} is not divisible by patch_size {self.patch_size}"
             )
         return height // self.patch_size, width // self.patch_size
 
@@ -128,7 +131,7 @@ class Attention(nn.Module):
         if keep is None:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         else:
-            out = _keep_masked_attention(q * self.scale, k, v, keep)
+            out = _keep_masked_attention(q * self.scale, k, v, keep, attn_mask)
         return self._merge(out)
 
     def forward_with_cls_attention(self, x: Tensor, attn_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -154,14 +157,17 @@ class Attention(nn.Module):
         return 2 * self.num_heads * tokens * self.head_dim
 
 
-def _keep_masked_attention(q: Tensor, k: Tensor, v: Tensor, keep: Tensor) -> Tensor:
+def _keep_masked_attention(q: Tensor, k: Tensor, v: Tensor, keep: Tensor, attn_mask: Tensor | None) -> Tensor:
     """DynamicViT's masked softmax: `keep (B, N)` in [0, 1] weights every key except each
-    query's own token; computed stably (max subtracted) and with a small floor in the sum."""
+    query's own token, and a bool `attn_mask` (padding) removes the keys it forbids, own
+    token included; computed stably (max subtracted) and with a small floor in the sum."""
     tokens = q.shape[-2]
     scores = q @ k.transpose(-2, -1)
     scores = scores - scores.amax(dim=-1, keepdim=True).detach()
     eye = torch.eye(tokens, dtype=q.dtype, device=q.device)
     weights = keep[:, None, None, :].to(q.dtype) * (1 - eye) + eye
+    if attn_mask is not None:
+        weights = weights * attn_mask.to(q.dtype)
     attn = scores.exp() * weights
     attn = attn / (attn.sum(dim=-1, keepdim=True) + 1e-6)
     return attn @ v
