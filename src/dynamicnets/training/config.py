@@ -38,6 +38,13 @@ class TrainConfig:
         distill_weight: weight of self-distillation of every exit from the final one
             (`exit_distillation_loss`, logged within `aux_loss`); 0 = off.
         distill_temperature: softening temperature of that distillation.
+        teacher_checkpoint: a training checkpoint of a static model (DynamicViT's frozen
+            teacher, e.g. the static ViT a dynamic model is fine-tuned from); its model is
+            rebuilt from the recorded name and arguments, frozen, in eval mode.
+        teacher_weight: weight of `T^2 KL(softmax(teacher / T) || softmax(student / T))` on
+            the final logits (`dynamicnets.training.teacher`, logged within `aux_loss`);
+            0 = off (the teacher is not loaded). Needs `teacher_checkpoint`.
+        teacher_temperature: `T` of that distillation.
         grad_clip: max global gradient norm; None = no clipping.
         seed: seed of model initialisation, data split/shuffle and augmentation.
         device: `auto` (cuda when available), `cpu` or `cuda`.
@@ -91,6 +98,9 @@ class TrainConfig:
     label_smoothing: float = 0.0
     distill_weight: float = 0.0
     distill_temperature: float = 3.0
+    teacher_checkpoint: str | None = None
+    teacher_weight: float = 0.0
+    teacher_temperature: float = 1.0
     grad_clip: float | None = None
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -141,6 +151,16 @@ class TrainConfig:
                  "a number >= 0", self.distill_weight)
         _require(_finite(self.distill_temperature) and self.distill_temperature > 0, "distill_temperature",
                  "a number > 0", self.distill_temperature)
+        _require(_finite(self.teacher_weight) and self.teacher_weight >= 0, "teacher_weight", "a number >= 0",
+                 self.teacher_weight)
+        _require(_finite(self.teacher_temperature) and self.teacher_temperature > 0, "teacher_temperature",
+                 "a number > 0", self.teacher_temperature)
+        if self.teacher_checkpoint is not None:
+            _require(bool(self.teacher_checkpoint), "teacher_checkpoint", "a checkpoint path or null",
+                     self.teacher_checkpoint)
+        _require(self.teacher_weight == 0 or self.teacher_checkpoint is not None, "teacher_checkpoint",
+                 f"a checkpoint path when teacher_weight > 0 (teacher_weight={self.teacher_weight})",
+                 self.teacher_checkpoint)
         _require(_finite(self.label_smoothing) and 0.0 <= self.label_smoothing < 1.0, "label_smoothing",
                  "a number in [0, 1)", self.label_smoothing)
         if self.grad_clip is not None:

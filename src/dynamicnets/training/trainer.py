@@ -29,6 +29,7 @@ from .distributed import all_reduce_sum, init_distributed, is_distributed, is_ma
 from .evaluate import autocast_context, evaluate, to_channels_last, to_device
 from .initialise import execution_kwargs, load_initial_weights, temperature_schedule
 from .distillation import exit_distillation_loss
+from .teacher import TeacherDistillation
 from .losses import multi_exit_loss
 from .protocols import SupportsBaselineUpdate, SupportsTrainingProgress
 from .rng import capture_rng_state, derived_seed, restore_rng_state, seed_everything
@@ -110,7 +111,8 @@ class Trainer:
     trainer on the same folder is refused, a lock left by a dead process is taken over.
     Files get the mode the user's umask gives.
 
-    The loss is `multi_exit_loss(out, y, exit_weights, label_smoothing) + out.aux_loss()`.
+    The loss is `multi_exit_loss(out, y, exit_weights, label_smoothing) + out.aux_loss()`
+    (plus the self-distillation and frozen-teacher terms when configured).
     Every epoch re-seeds the global random streams from `(seed, epoch, rank)`, so runs
     are reproducible (same seed -> same weights on CPU) and a resumed run continues
     exactly as the uninterrupted one would have (the loader's shuffle generator is
@@ -183,6 +185,8 @@ class Trainer:
         self.temperature = (None if config.temperature_schedule is None
                             else temperature_schedule(config.temperature_schedule, self.steps_per_epoch, model))
         self.forward_kwargs = execution_kwargs(config.train_execution, model)
+        self.teacher = TeacherDistillation.from_config(config, self.device, self.bundle.num_classes,
+                                                       self.bundle.input_shape)
         self.optimizer = build_optimizer(model, config)
         self.scheduler = build_scheduler(
             self.optimizer, total_steps=config.epochs * self.steps_per_epoch,
@@ -332,6 +336,8 @@ class Trainer:
         aux = out.aux_loss().float()
         if cfg.distill_weight > 0:
             aux = aux + exit_distillation_loss(out, cfg.distill_temperature, cfg.distill_weight)
+        if self.teacher is not None:
+            aux = aux + self.teacher.loss(x, out.logits)
         loss = task + aux
         loss_value = self._checked_loss(loss, epoch, index)
         self.optimizer.zero_grad(set_to_none=True)

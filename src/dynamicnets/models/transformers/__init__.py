@@ -3,3 +3,5 @@ mixture-of-experts variants."""
 from .vit import VisionTransformer, deit_tiny_patch16_224, vit_cifar
 
 __all__ = ["VisionTransformer", "deit_tiny_patch16_224", "vit_cifar"]
+from .dynamic_vit import DynamicViT, default_prune_before, dynamic_deit_tiny_patch16_224, dynamic_vit_cifar
+__all__ += ["DynamicViT", "default_prune_before", "dynamic_deit_tiny_patch16_224", "dynamic_vit_cifar"]
