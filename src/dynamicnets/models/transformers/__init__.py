@@ -5,3 +5,7 @@ from .vit import VisionTransformer, deit_tiny_patch16_224, vit_cifar
 __all__ = ["VisionTransformer", "deit_tiny_patch16_224", "vit_cifar"]
 from .dynamic_vit import DynamicViT, default_prune_before, dynamic_deit_tiny_patch16_224, dynamic_vit_cifar
 __all__ += ["DynamicViT", "default_prune_before", "dynamic_deit_tiny_patch16_224", "dynamic_vit_cifar"]
+from .exit_vit import ExitViT, TokenExitHead, exit_deit_tiny_patch16_224, exit_vit_cifar
+from .moe_vit import MoEVisionTransformer, moe_vit_cifar
+__all__ += ["ExitViT", "MoEVisionTransformer", "TokenExitHead", "exit_deit_tiny_patch16_224", "exit_vit_cifar",
+            "moe_vit_cifar"]
