@@ -9,3 +9,6 @@ from .exit_vit import ExitViT, TokenExitHead, exit_deit_tiny_patch16_224, exit_v
 from .moe_vit import MoEVisionTransformer, moe_vit_cifar
 __all__ += ["ExitViT", "MoEVisionTransformer", "TokenExitHead", "exit_deit_tiny_patch16_224", "exit_vit_cifar",
             "moe_vit_cifar"]
+from .evit import EViT, evit_cifar, evit_deit_tiny_patch16_224
+from .avit import AViT, avit_cifar, avit_deit_tiny_patch16_224
+__all__ += ["AViT", "EViT", "avit_cifar", "avit_deit_tiny_patch16_224", "evit_cifar", "evit_deit_tiny_patch16_224"]
