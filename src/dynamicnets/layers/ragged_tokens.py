@@ -71,15 +71,30 @@ class RaggedTokens:
     def dim(self) -> int:
         return self.values.shape[1]
 
+    def _cached(self, name: str, make):
+        # derived index tensors are built once per layout (the dataclass is frozen, so the
+        # cache lives in the instance dict, out of the dataclass fields)
+        cache = self.__dict__.setdefault("_index_cache", {})
+        if name not in cache:
+            cache[name] = make()
+        return cache[name]
+
     def offsets(self) -> Tensor:
         """`(B + 1,)` int64: sample `i`'s tokens are rows `offsets[i]:offsets[i + 1]`."""
-        lengths = torch.tensor((0,) + self.lengths, dtype=torch.long, device=self.values.device)
-        return lengths.cumsum(0)
+        return self._cached("offsets", lambda: torch.tensor(
+            (0,) + self.lengths, dtype=torch.long, device=self.values.device).cumsum(0))
 
     def sample_ids(self) -> Tensor:
         """`(T,)` int64: the sample each row belongs to."""
-        lengths = torch.tensor(self.lengths, dtype=torch.long, device=self.values.device)
-        return torch.repeat_interleave(torch.arange(self.batch_size, device=self.values.device), lengths)
+        def make() -> Tensor:
+            lengths = torch.tensor(self.lengths, dtype=torch.long, device=self.values.device)
+            return torch.repeat_interleave(torch.arange(self.batch_size, device=self.values.device), lengths)
+        return self._cached("sample_ids", make)
+
+    @property
+    def uniform(self) -> bool:
+        """Whether every sample has the same number of tokens."""
+        return min(self.lengths) == max(self.lengths)
 
     def with_values(self, values: Tensor) -> "RaggedTokens":
         """The same layout holding new `(T, D')` values."""
@@ -132,6 +147,13 @@ class RaggedTokens:
 
     def index_of_samples(self, samples: Sequence[int]) -> Tensor:
         """`(sum n_s,)` int64 rows of `values` that belong to `samples`, in that order."""
-        offsets = self.offsets().tolist()
-        pieces = [torch.arange(offsets[s], offsets[s + 1], device=self.values.device) for s in samples]
-        return torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.long, device=self.values.device)
+        device = self.values.device
+        if not samples:
+            return torch.zeros(0, dtype=torch.long, device=device)
+        chosen = torch.as_tensor(list(samples), dtype=torch.long, device=device)
+        lengths = torch.tensor(self.lengths, dtype=torch.long, device=device).index_select(0, chosen)
+        starts = self.offsets().index_select(0, chosen)
+        # each chosen sample's rows: its start repeated, plus 0..n-1
+        within = torch.arange(int(lengths.sum()), device=device) - torch.repeat_interleave(
+            lengths.cumsum(0) - lengths, lengths)
+        return torch.repeat_interleave(starts, lengths) + within

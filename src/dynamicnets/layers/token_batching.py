@@ -103,8 +103,11 @@ def _run_bucketed(blocks: Sequence[nn.Module], tokens: RaggedTokens) -> RaggedTo
 
 
 def _run_packed(blocks: Sequence[nn.Module], tokens: RaggedTokens) -> RaggedTokens:
-    groups = [(length, tokens.index_of_samples(samples), len(samples))
-              for length, samples in length_groups(tokens.lengths).items()]
+    if tokens.uniform:  # one group: no rows to gather
+        groups = [(tokens.lengths[0], None, tokens.batch_size)]
+    else:
+        groups = [(length, tokens.index_of_samples(samples), len(samples))
+                  for length, samples in length_groups(tokens.lengths).items()]
     x = tokens.values
     for block in blocks:
         x = x + _packed_attention(block.attn, block.norm1(x), groups)
@@ -112,7 +115,7 @@ def _run_packed(blocks: Sequence[nn.Module], tokens: RaggedTokens) -> RaggedToke
     return tokens.with_values(x)
 
 
-def _packed_attention(attn: nn.Module, x: Tensor, groups: list[tuple[int, Tensor, int]]) -> Tensor:
+def _packed_attention(attn: nn.Module, x: Tensor, groups: list[tuple[int, Tensor | None, int]]) -> Tensor:
     """Self-attention of `Attention` `attn` on packed rows `x (T, D)`, within each sample."""
     heads, head_dim = attn.num_heads, attn.head_dim
     qkv = attn.qkv(x)

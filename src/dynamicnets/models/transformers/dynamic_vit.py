@@ -137,6 +137,7 @@ class DynamicViT(VisionTransformer):
             TokenScorer(embed_dim, keep_prior=self.keep_ratio, device=device, dtype=dtype)
             for _ in self.prune_before
         )
+        self._cost_cache: dict[tuple[int, int], tuple] = {}
 
     @property
     def num_stages(self) -> int:
@@ -205,9 +206,10 @@ class DynamicViT(VisionTransformer):
             features, masks, counts, loss = self._masked(tokens, None if sampled else policy)
         return features, masks, self._flops(counts, x.shape[2], x.shape[3]), loss
 
-    def _segments(self) -> list[nn.ModuleList]:
+    def _segments(self) -> list[list[nn.Module]]:
         bounds = (0, *self.prune_before, self.depth)
-        return [self.blocks[start:stop] for start, stop in zip(bounds[:-1], bounds[1:])]
+        blocks = list(self.blocks)
+        return [blocks[start:stop] for start, stop in zip(bounds[:-1], bounds[1:])]
 
     def _masked(self, tokens: Tensor, policy: TokenPolicy | None):
         """Every token runs every block; dropped tokens leave the attention of the others."""
@@ -269,21 +271,33 @@ class DynamicViT(VisionTransformer):
         keep_rows[~is_cls] = row_kept
         return ragged.select(keep_rows), positions[row_kept], chosen
 
+    def _cost_terms(self, height: int, width: int) -> tuple[int, int, list[tuple[int, int, int]]]:
+        """`(patches, fixed, [(scorer a, blocks a, blocks b) per stage])`, cached per image size:
+        a stage with `n` patch tokens in and `m` out costs `scorer_a n + a (1 + m) + b (1 + m)^2`."""
+        key = (height, width)
+        if key not in self._cost_cache:
+            patches = self.tokens_for((self.patch_embed.proj.in_channels, height, width)) - 1
+            segments = self._segments()
+            fixed = self.patch_embed.flops(height, width) + self.head_flops()
+            fixed += sum(block.flops(1 + patches) for block in segments[0])
+            stages = []
+            for s, predictor in enumerate(self.predictors):
+                terms = [_quadratic(block.flops) for block in segments[s + 1]]
+                stages.append((_quadratic(predictor.flops)[0], sum(a for a, _ in terms), sum(b for _, b in terms)))
+            self._cost_cache[key] = (patches, fixed, stages)
+        return self._cost_cache[key]
+
+    def classifier_changed(self) -> None:
+        self._cost_cache.clear()
+
     def _flops(self, counts: list[Tensor], height: int, width: int) -> Tensor:
         """Per-sample FLOPs from the patch tokens kept after each stage (`counts[s] (B,)`)."""
-        patches = self.tokens_for((self.patch_embed.proj.in_channels, height, width)) - 1
-        segments = self._segments()
-        fixed = self.patch_embed.flops(height, width) + self.head_flops()
-        fixed += sum(block.flops(1 + patches) for block in segments[0])
+        patches, fixed, stages = self._cost_terms(height, width)
         total = counts[0].new_full(counts[0].shape, float(fixed), dtype=torch.float64)
-        before = torch.full_like(total, float(patches))
-        for s, predictor in enumerate(self.predictors):
-            a, _ = _quadratic(predictor.flops)
-            total = total + a * before
-            after = counts[s].to(torch.float64)
-            for block in segments[s + 1]:
-                a, b = _quadratic(block.flops)
-                total = total + a * (1 + after) + b * (1 + after) ** 2
+        before = float(patches)
+        for (scorer, a, b), count in zip(stages, counts):
+            after = count.to(torch.float64)
+            total = total + scorer * before + a * (1 + after) + b * (1 + after) ** 2
             before = after
         return total
 
