@@ -239,20 +239,48 @@ class DynamicViT(VisionTransformer):
         return self.norm(tokens), masks, counts, loss
 
     def _compact(self, tokens: Tensor, policy: TokenPolicy):
-        """Only the kept tokens run: a ragged batch through `run_blocks`."""
+        """Only the kept tokens run. While every sample keeps the same number of tokens (a
+        keep-ratio policy) the batch stays a dense `(B, 1 + n, D)` tensor and pruning is one
+        gather; once counts differ it becomes a ragged batch run by `run_blocks`."""
         batch, patches = tokens.shape[0], tokens.shape[1] - 1
         segments = self._segments()
-        ragged = RaggedTokens.from_dense(tokens)
-        positions = torch.arange(patches, device=tokens.device).repeat(batch)  # patch rows' grid positions
+        positions = torch.arange(patches, device=tokens.device).expand(batch, -1)  # (B, n) grid positions
+        state: Tensor | RaggedTokens = tokens
         masks, counts = [], []
         for s, predictor in enumerate(self.predictors):
-            ragged = run_blocks(segments[s], ragged, policy.token_batching)
-            ragged, positions, chosen = self._prune(s, predictor, ragged, positions, patches, policy)
+            if isinstance(state, Tensor):
+                for block in segments[s]:
+                    state = block(state)
+                state, positions, chosen = self._prune_dense(s, predictor, state, positions, patches, policy)
+            else:
+                state = run_blocks(segments[s], state, policy.token_batching)
+                state, positions, chosen = self._prune(s, predictor, state, positions, patches, policy)
             masks.append(chosen)
-            counts.append(torch.tensor([n - 1 for n in ragged.lengths], dtype=torch.float64, device=tokens.device))
-        ragged = run_blocks(segments[-1], ragged, policy.token_batching)
-        padded, _ = ragged.to_padded()
+            counts.append(chosen.sum(dim=1).to(torch.float64))
+        if isinstance(state, Tensor):
+            for block in segments[-1]:
+                state = block(state)
+            return self.norm(state), masks, counts
+        state = run_blocks(segments[-1], state, policy.token_batching)
+        padded, _ = state.to_padded()
         return self.norm(padded), masks, counts
+
+    def _prune_dense(self, stage: int, predictor: TokenScorer, tokens: Tensor, positions: Tensor,
+                     patches: int, policy: TokenPolicy) -> tuple[Tensor | RaggedTokens, Tensor, Tensor]:
+        """`_prune` for a dense batch `tokens (B, 1 + n, D)` (`positions (B, n)`): a dense batch
+        again when the policy keeps the same count for every sample, else a ragged one."""
+        probs = keep_probability(predictor(tokens[:, 1:]))
+        scores = probs.new_full((tokens.shape[0], patches), float("-inf")).scatter_(1, positions, probs)
+        chosen = policy.select(scores, stage, self.num_stages)
+        row_kept = chosen.gather(1, positions)
+        kept_counts = row_kept.sum(dim=1)
+        if bool((kept_counts == kept_counts[0]).all()):
+            # the kept rows first, in their original order (a stable sort of "dropped")
+            order = torch.argsort((~row_kept).to(torch.uint8), dim=1, stable=True)[:, :int(kept_counts[0])]
+            patches_kept = tokens[:, 1:].gather(1, order[..., None].expand(-1, -1, tokens.shape[2]))
+            return torch.cat([tokens[:, :1], patches_kept], dim=1), positions.gather(1, order), chosen
+        keep_rows = torch.cat([row_kept.new_ones(tokens.shape[0], 1), row_kept], dim=1)
+        return RaggedTokens.from_mask(tokens, keep_rows), positions[row_kept], chosen
 
     def _prune(self, stage: int, predictor: TokenScorer, ragged: RaggedTokens, positions: Tensor,
                patches: int, policy: TokenPolicy) -> tuple[RaggedTokens, Tensor, Tensor]:
