@@ -97,7 +97,7 @@ def test_compact_equals_masked_for_the_same_policy(batching, batch):
         with torch.no_grad():
             compact = model(x, execution="compact", policy=policy)
             masked = model(x, execution="masked", policy=policy)
-        assert compact.decisions.keys() == masked.decisions.keys() == {"kept.0", "kept.1", "kept.2", "tokens"}
+        assert compact.decisions.keys() == masked.decisions.keys() == {"kept.0", "kept.1", "kept.2", "tokens", "spatial_mask.0", "spatial_mask.1", "spatial_mask.2"}
         for key in compact.decisions:
             assert torch.equal(compact.decisions[key], masked.decisions[key]), (name, key)
         torch.testing.assert_close(compact.logits, masked.logits, rtol=1e-6, atol=1e-6, msg=name)

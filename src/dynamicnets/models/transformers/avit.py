@@ -58,6 +58,7 @@ from ...outputs import DynamicOutput, constant_flops
 from .._registry import register_model
 from ..skipping.act import HaltingState
 from ._token_costs import QuadraticCost
+from .token_maps import halting_depth_map
 from .vit import VisionTransformer
 
 
@@ -163,6 +164,8 @@ class AViT(VisionTransformer):
         """
         features, flops, decisions, masses = self._run(x, execution, policy)
         out = DynamicOutput(logits=self.forward_head(features), flops=flops, decisions=decisions)
+        out.decisions.update(halting_depth_map(out.decisions["halting_depth"],
+                                               self.patch_embed.grid_for(x.shape[2], x.shape[3])))
         if self.training:
             out.aux_losses["ponder"] = self.ponder_weight * decisions.pop("_ponder").mean()
             prior = depth_prior(self.depth, self.target_depth, self.prior_std, device=x.device,

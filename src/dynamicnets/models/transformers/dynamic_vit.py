@@ -50,6 +50,7 @@ from ...layers.ragged_tokens import RaggedTokens
 from ...layers.token_batching import run_blocks
 from ...outputs import DynamicOutput
 from .._registry import register_model
+from .token_maps import kept_token_masks
 from .vit import VisionTransformer
 
 
@@ -143,6 +144,11 @@ class DynamicViT(VisionTransformer):
     def num_stages(self) -> int:
         return len(self.prune_before)
 
+    @property
+    def gated_index(self) -> tuple[int, ...]:
+        """The first block run on each stage's kept tokens (`spatial_mask.{s}` is stage `s`'s)."""
+        return self.prune_before
+
     def default_policy(self) -> TokenPolicy:
         """`TokenPolicy(keep_ratio=self.keep_ratio)`: `rho` of the tokens at every stage."""
         return TokenPolicy(keep_ratio=self.keep_ratio)
@@ -189,6 +195,7 @@ class DynamicViT(VisionTransformer):
         out = DynamicOutput(logits=self.forward_head(features), flops=flops)
         out.decisions = {f"kept.{s}": mask for s, mask in enumerate(masks)}
         out.decisions["tokens"] = masks[-1].sum(dim=1)
+        out.decisions.update(kept_token_masks(out.decisions, self.patch_embed.grid_for(x.shape[2], x.shape[3])))
         if loss is not None:
             out.aux_losses["keep_ratio"] = loss
         return out

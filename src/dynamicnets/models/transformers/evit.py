@@ -52,6 +52,7 @@ from ...layers.token_reorganisation import fusion_flops, masked_flops, reorganis
 from ...outputs import DynamicOutput, constant_flops
 from .._registry import register_model
 from ._token_costs import QuadraticCost
+from .token_maps import kept_token_masks
 from .vit import VisionTransformer
 
 
@@ -116,6 +117,11 @@ class EViT(VisionTransformer):
         """How many blocks reorganise."""
         return len(self.reorganize_in)
 
+    @property
+    def gated_index(self) -> tuple[int, ...]:
+        """The block whose MLP first runs on each stage's kept tokens (`spatial_mask.{s}`)."""
+        return tuple(self.reorganize_in)
+
     def default_policy(self) -> TokenPolicy:
         """`TokenPolicy(keep_ratio=keep_ratio)`, the policy of training and of `policy=None`."""
         return TokenPolicy(keep_ratio=self.keep_ratio)
@@ -167,6 +173,7 @@ class EViT(VisionTransformer):
             `DynamicOutput` (see the class docstring).
         """
         features, flops, decisions = self._run(x, execution, policy)
+        decisions.update(kept_token_masks(decisions, self.patch_embed.grid_for(x.shape[2], x.shape[3])))
         return DynamicOutput(logits=self.forward_head(features), flops=flops, decisions=decisions)
 
     def _run(self, x: Tensor, execution: ExecutionLike,
