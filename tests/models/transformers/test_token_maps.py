@@ -16,8 +16,11 @@ def test_kept_patches_are_spatial_masks_of_the_grid(name):
         mask = out.decisions[f"spatial_mask.{s}"]
         assert mask.shape == (3, 8, 8) and mask.dtype == torch.bool
         assert torch.equal(mask.flatten(1), out.decisions[f"kept.{s}"])
-    # keep 0.5 per stage: 32, 16, 8 of the 64 patches
-    assert [int(out.decisions[f"spatial_mask.{s}"][0].sum()) for s in range(3)] == [32, 16, 8]
+    kept = [int(out.decisions[f"spatial_mask.{s}"][0].sum()) for s in range(3)]
+    if name == "dynamic_vit_cifar":  # keep 0.5 per stage: 32, 16, 8 of the 64 patches
+        assert kept == [32, 16, 8]
+    else:  # EViT's fused token competes for a place from the second stage on
+        assert kept[0] == 32 and 16 <= kept[1] <= 17 and kept[2] <= kept[1]
 
 
 def test_avit_halting_depth_is_a_ponder_map():
