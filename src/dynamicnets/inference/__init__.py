@@ -10,7 +10,8 @@
 - `fastest_block_strategies`: for a spatially sparse model, the fastest exact execution
   (dense, gathered positions, gathered tiles) of each gated block, measured.
 - `TokenPolicy`: which tokens a token-pruning transformer keeps (a keep ratio or a score
-  threshold per stage) and how samples with different token counts share a batch.
+  threshold per stage) and how samples with different token counts share a batch;
+  `calibrate_token_policy` fits one to a mean-FLOPs budget.
 """
 from .calibrate import (
     BudgetCalibration,
@@ -26,6 +27,7 @@ from .gate_rate import calibrate_gate_policy, calibrate_gate_rate, gate_logit_la
 from .executor import ExitResult, run_all_then_select, run_early_exit
 from .policy import ExitPolicy
 from .sparse_strategy import fastest_block_strategies
+from .token_calibration import TokenCalibration, calibrate_token_policy
 from .token_policy import TokenPolicy
 
 run = run_early_exit
@@ -48,5 +50,7 @@ __all__ = [
     "run_all_then_select",
     "run_early_exit",
     "thresholds_for_fractions",
+    "TokenCalibration",
     "TokenPolicy",
+    "calibrate_token_policy",
 ]
