@@ -11,8 +11,9 @@ the early-exit ViT's thresholds are calibrated for each budget on the first half
 mode with compact execution. Cases per model:
 
 - token pruning (DynamicViT, EViT): `TokenPolicy(keep_ratio=r)` for each `--keep-ratios`
-  (per stage, multiplicative), and `TokenPolicy(threshold=t)` for each `--thresholds`
-  (per-sample token counts);
+  (per stage, multiplicative), and for each `--threshold-twins` ratio a
+  `TokenPolicy(threshold=t)` whose `t` is fitted on the first half to that ratio's mean
+  FLOPs (`calibrate_token_policy`): the same mean cost, spent unevenly per image;
 - A-ViT: its default halting policy;
 - early exits: the policies calibrated for `--budgets` (fractions of the static FLOPs).
 
@@ -48,7 +49,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
 from dynamicnets.data import make_eval_loader
-from dynamicnets.inference import TokenPolicy, calibrate, run_early_exit
+from dynamicnets.inference import TokenPolicy, calibrate, calibrate_token_policy, run_early_exit
 from dynamicnets.outputs import DynamicOutput
 from dynamicnets.pipelines.checkpoint_data import load_checkpoint_data
 from dynamicnets.pipelines.checkpoints import load_trained_model
@@ -92,17 +93,34 @@ def resolve_checkpoint(given: str) -> Path:
     return path
 
 
-def token_policy_cases(run: str, name: str, model: nn.Module, args) -> list[Case]:
+def token_policy_cases(run: str, name: str, model: nn.Module, calib: Dataset, args) -> list[Case]:
     cases = []
     for r in args.keep_ratios:
         def call(x, token_batching=None, r=r):
             return model(x, policy=TokenPolicy(keep_ratio=r, token_batching=token_batching or "pack"))
         cases.append(Case(run, name, f"keep {r:g}", call, keep_ratio=r))
-    for t in args.thresholds:
+    loader = make_eval_loader(calib, 256)
+    for r in args.threshold_twins:
+        # a score threshold fitted to the keep ratio's mean FLOPs on the calibration half
+        budget = _mean_flops_of(lambda x: model(x, policy=TokenPolicy(keep_ratio=r)), loader)
+        fit = calibrate_token_policy(model, loader, budget, by="threshold", iterations=args.calibration_steps)
+        t = fit.policy.threshold
+
         def call(x, token_batching=None, t=t):
             return model(x, policy=TokenPolicy(threshold=t, token_batching=token_batching or "pack"))
-        cases.append(Case(run, name, f"threshold {t:g}", call, varies=True, extra={"threshold": t}))
+        cases.append(Case(run, name, f"threshold at keep {r:g}'s FLOPs", call, varies=True,
+                          extra={"threshold": t, "threshold_budget_flops": budget}))
     return cases
+
+
+@torch.no_grad()
+def _mean_flops_of(fn: Callable, loader) -> float:
+    total = count = 0
+    for x, _ in loader:
+        flops = fn(x).flops
+        total += float(flops.double().sum())
+        count += flops.shape[0]
+    return total / count
 
 
 def halting_cases(run: str, name: str, model: nn.Module) -> list[Case]:
@@ -133,7 +151,7 @@ def cases_for(run: str, model: nn.Module, name: str, calib: Dataset, static_flop
         return exit_cases(run, name, model, calib, static_flops, args)
     policy = model.default_policy() if callable(getattr(model, "default_policy", None)) else None
     if isinstance(policy, TokenPolicy):
-        return token_policy_cases(run, name, model, args)
+        return token_policy_cases(run, name, model, calib, args)
     if policy is not None:
         return halting_cases(run, name, model)
     return [Case(run, name, "default", lambda x, token_batching=None: model(x))]
@@ -225,7 +243,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--runs", nargs="+", required=True, help="run folders or checkpoints of dynamic ViTs")
     parser.add_argument("--data", default=None, help="data spec (default: the one each checkpoint names)")
     parser.add_argument("--keep-ratios", type=float, nargs="+", default=[0.5, 0.6, 0.7, 0.8])
-    parser.add_argument("--thresholds", type=float, nargs="*", default=[0.5])
+    parser.add_argument("--threshold-twins", type=float, nargs="*", default=[0.5, 0.7],
+                        help="token pruning: also a score-threshold policy calibrated to each of these keep "
+                             "ratios' mean FLOPs (per-sample token counts)")
+    parser.add_argument("--calibration-steps", type=int, default=10, help="bisection steps of each threshold")
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.5, 0.6, 0.7, 0.8],
                         help="early exits: mean-FLOPs budgets as fractions of the static ViT's")
     parser.add_argument("--threads", type=int, default=1)
