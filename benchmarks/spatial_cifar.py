@@ -64,7 +64,7 @@ from torch.utils.data import Dataset, Subset
 from dynamicnets.data import make_eval_loader
 from dynamicnets.inference import fastest_block_strategies
 from dynamicnets.pipelines.checkpoint_data import CheckpointData, load_checkpoint_data
-from dynamicnets.pipelines.checkpoints import load_trained_model
+from dynamicnets.pipelines.checkpoints import load_trained_model, run_checkpoint
 from dynamicnets.pipelines.early_exit import timed_batches
 from dynamicnets.profiling.latency import compare, ratio
 from dynamicnets.profiling.plots import plot_accuracy_vs_flops
@@ -92,21 +92,8 @@ class Loaded:
     budget: float | None
 
 
-def resolve_checkpoint(given: str) -> Path:
-    """`given`, or its run folder's `best.pt` (`last.pt` when there is no best)."""
-    path = Path(given)
-    if path.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (path / name).is_file():
-                return path / name
-        raise SystemExit(f"{path}: run folder without best.pt or last.pt (still training?)")
-    if not path.is_file():
-        raise SystemExit(f"{path}: no such checkpoint file or run folder")
-    return path
-
-
 def load(given: str, tile: int) -> Loaded:
-    path = resolve_checkpoint(given)
+    path = run_checkpoint(given)
     model, ckpt = load_trained_model(path)
     to_channels_last(model)
     if hasattr(model, "sparse_tile"):

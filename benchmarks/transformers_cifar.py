@@ -52,7 +52,7 @@ from dynamicnets.data import make_eval_loader
 from dynamicnets.inference import TokenPolicy, calibrate, calibrate_token_policy, run_early_exit
 from dynamicnets.outputs import DynamicOutput
 from dynamicnets.pipelines.checkpoint_data import load_checkpoint_data
-from dynamicnets.pipelines.checkpoints import load_trained_model
+from dynamicnets.pipelines.checkpoints import load_trained_model, run_checkpoint
 from dynamicnets.pipelines.early_exit import timed_batches
 from dynamicnets.profiling.latency import compare, ratio
 from dynamicnets.profiling.plots import plot_accuracy_vs_flops
@@ -78,19 +78,6 @@ class Case:
     keep_ratio: float | None = None
     varies: bool = False                 # per-sample token counts differ: time every batching
     extra: dict = field(default_factory=dict)
-
-
-def resolve_checkpoint(given: str) -> Path:
-    """`given`, or its run folder's `best.pt` (`last.pt` when there is no best)."""
-    path = Path(given)
-    if path.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (path / name).is_file():
-                return path / name
-        raise SystemExit(f"{path}: run folder without best.pt or last.pt (still training?)")
-    if not path.is_file():
-        raise SystemExit(f"{path}: no such checkpoint file or run folder")
-    return path
 
 
 def token_policy_cases(run: str, name: str, model: nn.Module, calib: Dataset, args) -> list[Case]:
@@ -267,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     if args.quick:
         args.timed_samples, args.min_run_time, args.rounds, args.warmup = 1, 0.005, 1, 1
-    static_path = resolve_checkpoint(args.static)
+    static_path = run_checkpoint(args.static)
     static, static_ckpt = load_trained_model(static_path)
     static.eval()
     data = load_checkpoint_data(static_ckpt, str(static_path), args.data, "val")
@@ -286,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             "command": "python benchmarks/transformers_cifar.py " + " ".join(sys.argv[1:] if argv is None else argv)}
     rows = []
     for given in args.runs:
-        path = resolve_checkpoint(given)
+        path = run_checkpoint(given)
         model, ckpt = load_trained_model(path)
         model.eval()
         for case in cases_for(path.parent.name, model, ckpt["model_name"], calib, static_row["mean_flops"], args):

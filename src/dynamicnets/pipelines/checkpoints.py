@@ -11,6 +11,25 @@ from ..models import create_model
 from ..training.checkpoint import MODEL_FIELDS, check_compatible, check_fields, check_finite, load_checkpoint
 
 
+def run_checkpoint(given: str | Path) -> Path:
+    """`given` when it is a checkpoint file, or the `best.pt` (else `last.pt`) of the run
+    folder it names.
+
+    Raises:
+        CheckpointError: naming `given`, when it is neither a file nor a run folder with a
+            checkpoint (a run still in its first epoch has none).
+    """
+    path = Path(given)
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (path / name).is_file():
+                return path / name
+        raise CheckpointError(f"{path}: run folder without best.pt or last.pt (still training?)")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file or run folder")
+    return path
+
+
 def load_trained_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """The model saved in `path`, in eval mode on `device`, and the checkpoint dict.
 
