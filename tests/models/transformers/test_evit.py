@@ -267,3 +267,22 @@ def test_bad_policies_are_config_errors():
         model(x, policy=TokenPolicy(threshold=(0.1, 0.2)))
     with pytest.raises(ConfigError, match="execution must be one of"):
         model(x, execution="indexed")
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.7, 1.0])
+def test_uniform_keep_ratio_path_equals_the_ragged_path(ratio):
+    """A keep-ratio policy runs dense (one gather per stage); the ragged path with the same
+    policy gives the same features, costs and decisions."""
+    torch.manual_seed(0)
+    model = create_model("evit_cifar").eval()
+    x = torch.randn(4, 3, 32, 32)
+    policy = TokenPolicy(keep_ratio=ratio)
+    with torch.no_grad():
+        dense = model._run_uniform(x, policy)
+        ragged = model._run_compact(x, policy)
+        counted = counted_flops(model, x, policy=policy)
+    torch.testing.assert_close(dense[0], ragged[0], rtol=1e-5, atol=1e-5)
+    assert torch.equal(dense[1], ragged[1]) and int(dense[1].sum()) == counted
+    assert dense[2].keys() == ragged[2].keys()
+    for key in dense[2]:
+        assert torch.equal(dense[2][key], ragged[2][key].to(dense[2][key].dtype)), key

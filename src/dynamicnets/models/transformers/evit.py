@@ -48,7 +48,9 @@ from ...execution import Execution, ExecutionLike, resolve_execution
 from ...inference.token_policy import TokenPolicy
 from ...layers.ragged_tokens import RaggedTokens
 from ...layers.token_batching import executed_flops, run_blocks
-from ...layers.token_reorganisation import fusion_flops, masked_flops, reorganise_masked, reorganise_ragged
+from ...layers.token_reorganisation import (
+    fusion_flops, fusion_weights, keep_scores, masked_flops, reorganise_masked, reorganise_ragged,
+)
 from ...outputs import DynamicOutput, constant_flops
 from .._registry import register_model
 from ._token_costs import QuadraticCost
@@ -181,6 +183,8 @@ class EViT(VisionTransformer):
         mode = resolve_execution(execution, self.training)
         policy = self._policy(policy)
         if mode is Execution.COMPACT:
+            if policy.keep_ratio is not None:  # every sample keeps the same count
+                return self._run_uniform(x, policy)
             return self._run_compact(x, policy)
         return self._run_masked(x, policy)
 
@@ -244,6 +248,49 @@ class EViT(VisionTransformer):
         flops = torch.tensor(flops, dtype=torch.float64, device=x.device)
         padded, valid = tokens.to_padded()
         return self.norm(padded).masked_fill(~valid.unsqueeze(-1), 0), flops, decisions
+
+    def _run_uniform(self, x: Tensor, policy: TokenPolicy) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """The compact path when every sample keeps the same number of tokens (a keep-ratio
+        policy): a dense `(B, L, D)` batch throughout, each reorganisation one gather. The
+        same decisions, outputs and costs as `_run_compact`."""
+        tokens = self.embed(x)
+        batch, length, width = tokens.shape
+        labels = torch.arange(length, device=x.device).expand(batch, -1)  # original position; -1 fused
+        flops = self._fixed_flops(x)
+        decisions: dict[str, Tensor] = {}
+        start = 0
+        for stage, index in enumerate(self.reorganize_in):
+            for block in self.blocks[start:index]:
+                flops += block.flops(tokens.shape[1])
+                tokens = block(tokens)
+            block, entering = self.blocks[index], tokens.shape[1]
+            out, attention = block.attn.forward_with_cls_attention(block.norm1(tokens))
+            tokens = tokens + out
+            present = torch.ones_like(attention, dtype=torch.bool)
+            keep = self._select(policy, stage)(keep_scores(attention, present))
+            kept = int(keep[0].sum())
+            order = torch.argsort((~keep).to(torch.uint8), dim=1, stable=True)[:, :kept]
+            patches = tokens[:, 1:]
+            parts = [tokens[:, :1], patches.gather(1, order[..., None].expand(-1, -1, width))]
+            names = [labels[:, :1], labels[:, 1:].gather(1, order)]
+            if kept < entering - 1:  # the dropped tokens, fused into one (last)
+                parts.append(fusion_weights(attention, ~keep)[:, None, :] @ patches)
+                names.append(labels.new_full((batch, 1), -1))
+                flops += 2 * (entering - 1) * width
+            tokens, labels = torch.cat(parts, dim=1), torch.cat(names, dim=1)
+            tokens = tokens + block.mlp(block.norm2(tokens))
+            flops += (block.attn.flops(entering) + block.attn.cls_attention_flops(entering)
+                      + block.mlp.flops(tokens.shape[1]))
+            mask = torch.zeros(batch, length, dtype=torch.bool, device=x.device)
+            decisions[f"kept.{stage}"] = mask.scatter_(1, labels.clamp_min(0), labels > 0)[:, 1:]
+            start = index + 1
+        for block in self.blocks[start:]:
+            flops += block.flops(tokens.shape[1])
+            tokens = block(tokens)
+        per_sample = torch.full((batch,), float(flops), dtype=torch.float64, device=x.device)
+        decisions["tokens"] = torch.full((batch,), tokens.shape[1], dtype=torch.long, device=x.device)
+        decisions["compact_flops"] = per_sample.clone()
+        return self.norm(tokens), per_sample, decisions
 
     @staticmethod
     def _lengths(tokens: RaggedTokens) -> Tensor:
