@@ -1,0 +1,79 @@
+"""Run one exported graph: the engines a deployed folder can be executed with.
+
+Each loader returns a callable `(*tensors) -> tuple[Tensor, ...]` over CPU (or the
+program's device) tensors with the batch first:
+
+- `"torch.export"`: `torch.export.load(file).module()`;
+- `"onnxruntime"`: an `onnxruntime.InferenceSession` on the CPU execution provider,
+  fed NumPy views of the tensors (no copy) and returning tensors over its outputs;
+- `"eager"` / `"compiled"` (no files): the plan's own modules, as they are or through
+  `torch.compile(dynamic=True)` (each graph compiles on its own, so the decisions between
+  them never break a compiled graph).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from .graphs import as_tuple
+
+Runner = Callable[..., tuple[Tensor, ...]]
+BACKENDS = ("torch.export", "onnxruntime", "eager", "compiled")
+
+
+def module_runner(module: nn.Module) -> Runner:
+    """A callable over `module` that always returns a tuple."""
+    def run(*tensors: Tensor) -> tuple[Tensor, ...]:
+        return as_tuple(module(*tensors))
+    return run
+
+
+def torch_export_runner(path: Path) -> Runner:
+    """A `.pt2` program saved by `torch.export.save`, as a callable."""
+    return module_runner(torch.export.load(str(path)).module())
+
+
+def onnxruntime_runner(path: Path, *, threads: int | None = None) -> Runner:
+    """An ONNX file run by onnxruntime on the CPU.
+
+    Args:
+        path: the `.onnx` file.
+        threads: intra-op threads (default: `torch.get_num_threads()`, so both engines
+            are compared with the same number of threads).
+
+    Raises:
+        ConfigError: onnxruntime is not installed.
+    """
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ConfigError("backend 'onnxruntime' needs the onnxruntime package: "
+                          "pip install 'dynamicnets[deploy]'") from None
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+
+    def run(*tensors: Tensor) -> tuple[Tensor, ...]:
+        feeds = {n: t.detach().contiguous().numpy() for n, t in zip(names, tensors)}
+        return tuple(torch.from_numpy(o) for o in session.run(None, feeds))
+    return run
+
+
+def compiled_runner(module: nn.Module) -> Runner:
+    """`module` through `torch.compile(dynamic=True)` (a graph of its own, no breaks inside)."""
+    return module_runner(torch.compile(module, dynamic=True))
+
+
+def file_runner(path: Path, backend: str) -> Runner:
+    """The runner of one graph file for `backend` (`"torch.export"` or `"onnxruntime"`)."""
+    if backend == "torch.export":
+        return torch_export_runner(path)
+    if backend == "onnxruntime":
+        return onnxruntime_runner(path)
+    raise ConfigError(f"backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")

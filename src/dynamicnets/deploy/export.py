@@ -1,0 +1,111 @@
+"""Write a `DeploymentPlan` to a folder: one graph file per piece and `manifest.json`.
+
+Formats:
+
+- `"torch.export"`: each piece is a `torch.export` program (`<name>.pt2`), loaded back
+  with `torch.export.load`;
+- `"onnx"`: each piece is an ONNX model (`<name>.onnx`, opset of the installed exporter),
+  run by onnxruntime (an optional dependency: `pip install dynamicnets[deploy]`).
+
+Every graph has a dynamic batch dimension on each input and output. The manifest records
+the structure, the decision policy, each graph's file, SHA-256, input/output counts and
+per-sample FLOPs; it is written last, so a folder with a manifest is a complete export.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError
+from ..writing import atomic_write_with, ensure_dir
+from .plan import DeploymentPlan, Graph
+
+FORMATS = ("torch.export", "onnx")
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
+SUFFIX = {"torch.export": ".pt2", "onnx": ".onnx"}
+MAX_BATCH = 1 << 16
+
+
+def _dynamic_batch(graph: Graph) -> tuple:
+    """Dim 0 of every input is the batch (`forward(*tensors)` takes them as one varargs tuple)."""
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    per_input = tuple({0: batch} for _ in graph.example)
+    params = inspect.signature(graph.module.forward).parameters.values()
+    return (per_input,) if any(p.kind is p.VAR_POSITIONAL for p in params) else per_input
+
+
+def _torch_export_bytes(graph: Graph) -> bytes:
+    program = torch.export.export(graph.module, graph.example, dynamic_shapes=_dynamic_batch(graph))
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    return buffer.getvalue()
+
+
+def _onnx_bytes(graph: Graph, name: str) -> bytes:
+    try:
+        import onnx  # noqa: F401  (the exporter needs it; a clear error here is better than its own)
+    except ImportError:
+        raise ConfigError("format 'onnx' needs the onnx and onnxscript packages: "
+                          "pip install 'dynamicnets[deploy]'") from None
+    inputs = [f"input{i}" for i in range(len(graph.example))]
+    outputs = [f"output{i}" for i in range(graph.outputs)]
+    with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints its progress
+        program = torch.onnx.export(
+            graph.module, graph.example, input_names=inputs, output_names=outputs,
+            dynamic_shapes=_dynamic_batch(graph), dynamo=True, verbose=False,
+        )
+    if program is None:
+        raise ConfigError(f"graph {name!r}: the ONNX exporter returned nothing")
+    return program.model_proto.SerializeToString()
+
+
+def graph_bytes(graph: Graph, name: str, fmt: str) -> bytes:
+    """One graph serialised in `fmt` (`"torch.export"` or `"onnx"`)."""
+    with torch.no_grad():
+        return _torch_export_bytes(graph) if fmt == "torch.export" else _onnx_bytes(graph, name)
+
+
+def export_plan(plan: DeploymentPlan, out_dir: str | os.PathLike, fmt: str = "torch.export") -> Path:
+    """Export every graph of `plan` into `out_dir` and write its manifest.
+
+    Args:
+        plan: from `deployment_plan`.
+        out_dir: the folder (created if needed; files of an earlier export are replaced).
+        fmt: `"torch.export"` or `"onnx"`.
+
+    Returns:
+        the manifest's path.
+
+    Raises:
+        ConfigError: an unknown format, or the ONNX packages missing.
+        OutputError: the folder cannot be written.
+    """
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+    folder = ensure_dir(out_dir, "export folder")
+    manifest_path = folder / MANIFEST
+    if manifest_path.exists():  # an incomplete rewrite must not look complete
+        manifest_path.unlink()
+    graphs: dict[str, Any] = {}
+    for name, graph in plan.graphs.items():
+        data = graph_bytes(graph, name, fmt)
+        file = name + SUFFIX[fmt]
+        atomic_write_with(folder / file, lambda f, data=data: f.write(data))
+        graphs[name] = {"file": file, "sha256": hashlib.sha256(data).hexdigest(), "inputs": len(graph.example),
+                        "outputs": graph.outputs, "flops": graph.flops}
+    manifest = {
+        "format_version": MANIFEST_VERSION, "format": fmt, "kind": plan.kind, "model": plan.model_name,
+        "input_shape": list(plan.input_shape), "graphs": graphs, "structure": plan.structure,
+        "policy": plan.policy, "torch_version": torch.__version__,
+    }
+    text = json.dumps(manifest, indent=2, allow_nan=True).encode()
+    return atomic_write_with(manifest_path, lambda f: f.write(text))

@@ -1,0 +1,203 @@
+"""A dynamic model as static graphs plus the decisions between them: a `DeploymentPlan`.
+
+`deployment_plan(model, input_shape, policy)` splits a model at its decisions:
+
+- **early exits** (any `MultiExit` model, e.g. `resnet_exits`, `msdnet_cifar`): one graph
+  per stage (`segment{k}`) and per exit head (`exit{k}`); the decision after each head is
+  the `ExitPolicy` (criterion, thresholds, `max_flops`);
+- **layer skipping** (SkipNet with feed-forward gates, ConvNet-AIG): a graph for the stem
+  and each stage's first block, one for each gate network (`gate{i}`: block input ->
+  logit) and one for each gated block (`block{i}`); a block runs where the logit is above
+  the `GatePolicy` threshold (0 without one);
+- **width** (a slimmable ResNet, DS-Net): one graph per width (`width{i}`, the sliced
+  network) and, for DS-Net, the gate (`gate`: input -> width scores, argmax decides).
+
+The plan holds the modules, an example input of each (batch 2) and each graph's
+per-sample FLOPs; `structure` and `policy` are plain data, the manifest an exported
+folder carries (see `export_model`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from ..gates.thresholds import GatePolicy
+from ..inference.policy import ExitPolicy
+from ..models.skipping.blockdrop import BlockDrop
+from ..models.skipping.gated_resnet import GatedResNet
+from ..models.width.dsnet import DSNet
+from ..models.width.slimmable_resnet import SlimmableResNet
+from ..protocols import MultiExit
+from .graphs import AtWidth, Chain, ExitHead, ExitSegment, GateScore, StateLayout, WidthScores, as_tuple, per_sample_flops
+
+KINDS = ("early_exit", "gated", "width")
+EXAMPLE_BATCH = 2  # exporters specialise a batch of 1; any other size keeps the batch dynamic
+
+
+@dataclass
+class Graph:
+    """One static piece: `module(*example) -> outputs` tensors, each with batch first.
+
+    Attributes:
+        module: the piece, in eval mode.
+        example: example inputs `(EXAMPLE_BATCH, ...)`, one tensor per graph input.
+        outputs: how many tensors it returns.
+        flops: per-sample FLOPs of one call.
+    """
+
+    module: nn.Module
+    example: tuple[Tensor, ...]
+    outputs: int
+    flops: float
+
+
+@dataclass
+class DeploymentPlan:
+    """A dynamic model split into static graphs and the decisions between them.
+
+    Attributes:
+        kind: `"early_exit"`, `"gated"` or `"width"`.
+        model_name: the model's registered name (or class name).
+        input_shape: per-sample input shape the graphs were traced on, e.g. `(3, 32, 32)`.
+        graphs: the pieces by name, in the order they first run.
+        structure: how the runtime wires them (kind-specific plain data).
+        policy: the decision rule as plain data (`ExitPolicy` / `GatePolicy` fields), or None.
+    """
+
+    kind: str
+    model_name: str
+    input_shape: tuple[int, ...]
+    graphs: dict[str, Graph] = field(default_factory=dict)
+    structure: dict[str, Any] = field(default_factory=dict)
+    policy: dict[str, Any] | None = None
+
+
+def _add(plan: DeploymentPlan, name: str, module: nn.Module, *example: Tensor) -> tuple[Tensor, ...]:
+    """Run `module` on `example`, record it as graph `name`, return its outputs."""
+    with torch.no_grad():
+        out = as_tuple(module(*example))
+    plan.graphs[name] = Graph(module, tuple(example), len(out), per_sample_flops(module, tuple(example)))
+    return out
+
+
+def exit_policy_data(policy: ExitPolicy, num_exits: int) -> dict[str, Any]:
+    """An `ExitPolicy` as plain data (checked against `num_exits`)."""
+    criterion = policy.check(num_exits)
+    return {"criterion": criterion.name, "thresholds": [float(t) for t in policy.thresholds],
+            "max_flops": None if policy.max_flops is None else float(policy.max_flops)}
+
+
+def _early_exit_plan(model: nn.Module, x: Tensor, policy: ExitPolicy | None, name: str) -> DeploymentPlan:
+    plan = DeploymentPlan("early_exit", name, tuple(x.shape[1:]))
+    num_exits = model.num_exits
+    if policy is None:  # every sample to the last exit until a calibrated policy is given
+        policy = ExitPolicy("maxprob", [float("inf")] * (num_exits - 1))
+    plan.policy = exit_policy_data(policy, num_exits)
+    state_in: StateLayout | None = None
+    tensors: tuple[Tensor, ...] = ()
+    segments = []
+    for k in range(num_exits):
+        takes_input = k == 0 or model.needs_input_after(k - 1)
+        with torch.no_grad():
+            state = model.run_segment(k, None if state_in is None else state_in.rebuild(tensors), x)
+        state_out = StateLayout.of(state, f"model {name!r}, stage {k}")
+        inputs = tensors + ((x,) if takes_input else ())
+        tensors = _add(plan, f"segment{k}", ExitSegment(model, k, state_in, state_out, takes_input), *inputs)
+        _add(plan, f"exit{k}", ExitHead(model, k, state_out), *tensors)
+        segments.append({"segment": f"segment{k}", "head": f"exit{k}", "state_in": None if state_in is None
+                         else state_in.to_dict(), "takes_input": takes_input})
+        state_in = state_out
+    costs = [float(c) for c in model.exit_costs(tuple(x.shape[1:]))]
+    plan.structure = {"stages": segments, "exit_costs": costs,
+                      "needs_input_after": [bool(model.needs_input_after(k)) for k in range(num_exits)]}
+    return plan
+
+
+def _gated_plan(model: GatedResNet, x: Tensor, policy: GatePolicy | None, name: str) -> DeploymentPlan:
+    if isinstance(model, BlockDrop) or getattr(model, "gate_kind", "ffgate") != "ffgate":
+        raise ConfigError(
+            f"model {name!r}: its gates decide from a shared state (BlockDrop's policy network, "
+            f"SkipNet's recurrent gate) and cannot be split into one graph per block yet; export "
+            f"ConvNet-AIG or SkipNet with gate='ffgate'"
+        )
+    plan = DeploymentPlan("gated", name, tuple(x.shape[1:]))
+    thresholds = model.gate_thresholds(policy)
+    plan.policy = {"kind": "gate_thresholds", "thresholds": [float(t) for t in thresholds]}
+    backbone, steps, index = model.backbone, [], 0
+    (h,) = _add(plan, "stem", Chain(backbone.stem, backbone.stages[0][0]), x)
+    steps.append({"run": "stem"})
+    for s, blocks in enumerate(backbone.stages):
+        if s > 0:
+            (h,) = _add(plan, f"stage{s}", blocks[0], h)
+            steps.append({"run": f"stage{s}"})
+        for block in blocks[1:]:
+            _add(plan, f"gate{index}", GateScore(model.gates[index]), h)
+            (h,) = _add(plan, f"block{index}", block, h)
+            steps.append({"gate": f"gate{index}", "block": f"block{index}", "index": index})
+            index += 1
+    _add(plan, "head", backbone.head, h)
+    plan.structure = {"steps": steps, "head": "head", "num_gates": index}
+    return plan
+
+
+def _width_plan(model: nn.Module, x: Tensor, name: str) -> DeploymentPlan:
+    plan = DeploymentPlan("width", name, tuple(x.shape[1:]))
+    backbone = model.backbone if isinstance(model, DSNet) else model
+    widths = [float(w) for w in backbone.widths]
+    gate = None
+    if isinstance(model, DSNet):
+        _add(plan, "gate", WidthScores(model), x)
+        gate = "gate"
+    for i, w in enumerate(widths):
+        _add(plan, f"width{i}", AtWidth(backbone, w), x)
+    default = float(backbone.default_width)
+    plan.structure = {"widths": widths, "variants": [f"width{i}" for i in range(len(widths))], "gate": gate,
+                      "default_width": default}
+    plan.policy = {"kind": "argmax_gate" if gate else "fixed_width", "width": None if gate else default}
+    return plan
+
+
+def deployment_plan(model: nn.Module, input_shape: tuple[int, ...] | None = None, policy=None) -> DeploymentPlan:
+    """Split `model` into static graphs and the decisions between them.
+
+    Args:
+        model: a multi-exit model, a gated ResNet (ConvNet-AIG, SkipNet with feed-forward
+            gates), a slimmable ResNet or DS-Net. Put in eval mode here.
+        input_shape: per-sample input shape; default the model's `default_input_shape`.
+        policy: `ExitPolicy` for early exits (default: every sample to the last exit),
+            `GatePolicy` for gated models (default: logit > 0), unused for width models.
+
+    Returns:
+        the `DeploymentPlan`.
+
+    Raises:
+        ConfigError: a model of another kind, a policy of the wrong type or size.
+    """
+    name = getattr(model, "name", None) or type(model).__name__
+    shape = tuple(input_shape or getattr(model, "default_input_shape", ()) or ())
+    if not shape:
+        raise ConfigError(f"model {name!r} has no default_input_shape: pass input_shape")
+    model.eval()
+    param = next(model.parameters())
+    x = torch.randn((EXAMPLE_BATCH, *shape), generator=torch.Generator().manual_seed(0)).to(param)
+    if isinstance(model, MultiExit):
+        if policy is not None and not isinstance(policy, ExitPolicy):
+            raise ConfigError(f"model {name!r} has early exits: policy must be an ExitPolicy, got "
+                              f"{type(policy).__name__}")
+        return _early_exit_plan(model, x, policy, name)
+    if isinstance(model, GatedResNet):
+        if policy is not None and not isinstance(policy, GatePolicy):
+            raise ConfigError(f"model {name!r} has gated blocks: policy must be a GatePolicy, got "
+                              f"{type(policy).__name__}")
+        return _gated_plan(model, x, policy, name)
+    if isinstance(model, (DSNet, SlimmableResNet)):
+        return _width_plan(model, x, name)
+    raise ConfigError(
+        f"model {name!r} ({type(model).__name__}) cannot be deployed yet: supported are multi-exit "
+        f"models (the MultiExit protocol), ConvNet-AIG / SkipNet (feed-forward gates), slimmable "
+        f"ResNets and DS-Net"
+    )

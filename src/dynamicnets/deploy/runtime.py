@@ -1,0 +1,269 @@
+"""`DeployedModel`: run an exported folder (or a plan) with the same compact dispatch.
+
+The runtime reads `manifest.json`, checks every graph file against its SHA-256, loads
+each graph with one engine (`torch.export` programs or onnxruntime sessions) and drives
+them with the library's compact execution:
+
+- early exits: the exported stages and heads are handed to `run_early_exit` (the same
+  executor eager inference uses), so samples that exit leave the batch and the decisions
+  are those of the eager model;
+- gated blocks: each gate graph scores the whole batch, each block graph runs on the rows
+  whose logit is above the policy's threshold only (gathered, then written back);
+- widths: DS-Net's gate picks a width per sample (argmax), the samples are grouped by
+  width and each group runs that width's graph once; a slimmable network runs the
+  requested width.
+
+Per-sample FLOPs are the sum of the exported graphs' per-sample costs over the graphs
+each sample went through (for exits, the manifest's exit costs, as in eager execution).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..compact import assemble_rows, group_rows, rows_where
+from ..errors import ConfigError
+from ..inference.executor import run_early_exit
+from ..inference.policy import ExitPolicy
+from ..outputs import DynamicOutput
+from .backends import Runner, compiled_runner, file_runner, module_runner
+from .export import FORMATS, MANIFEST, MANIFEST_VERSION
+from .graphs import StateLayout
+from .plan import KINDS, DeploymentPlan
+
+ENGINE_OF_FORMAT = {"torch.export": "torch.export", "onnx": "onnxruntime"}
+
+
+def _require(condition: bool, source: str, what: str) -> None:
+    if not condition:
+        raise ConfigError(f"{source}: {what}")
+
+
+def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
+    """`folder/manifest.json`, checked for the keys the runtime needs.
+
+    Raises:
+        ConfigError: naming the file, when it is missing, not JSON or malformed.
+    """
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise ConfigError(f"{path}: no manifest; expected a folder written by `dynamicnets export`")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{path}: cannot read the manifest as JSON ({err})") from None
+    source = str(path)
+    _require(isinstance(manifest, dict), source, "expected a JSON object")
+    _require(manifest.get("format_version") == MANIFEST_VERSION, source,
+             f"key 'format_version': expected {MANIFEST_VERSION}, got {manifest.get('format_version')!r}")
+    _require(manifest.get("format") in FORMATS, source,
+             f"key 'format': expected one of {FORMATS}, got {manifest.get('format')!r}")
+    _require(manifest.get("kind") in KINDS, source, f"key 'kind': expected one of {KINDS}, got {manifest.get('kind')!r}")
+    for key in ("graphs", "structure", "input_shape"):
+        _require(key in manifest, source, f"key {key!r} is missing")
+    _require(isinstance(manifest["graphs"], dict) and manifest["graphs"], source, "key 'graphs': expected graphs")
+    return manifest
+
+
+def _check_graph_file(folder: Path, name: str, entry: dict) -> Path:
+    path = folder / str(entry.get("file", ""))
+    if not path.is_file():
+        raise ConfigError(f"{path}: graph {name!r} named in the manifest is missing")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != entry.get("sha256"):
+        raise ConfigError(
+            f"{path}: SHA-256 {digest[:16]}... does not match the manifest's {str(entry.get('sha256'))[:16]}... "
+            f"for graph {name!r} (a manifest from another export or model, or a changed file)"
+        )
+    return path
+
+
+class _ExportedExits:
+    """Exported stages and heads seen through the `MultiExit` protocol (for `run_early_exit`)."""
+
+    training = False
+
+    def __init__(self, structure: dict, runners: dict[str, Runner]) -> None:
+        self.stages = structure["stages"]
+        self.num_exits = len(self.stages)
+        self.costs = [float(c) for c in structure["exit_costs"]]
+        self.input_after = [bool(v) for v in structure["needs_input_after"]]
+        self.runners = runners
+        self.layouts = [None if s["state_in"] is None else StateLayout.from_dict(s["state_in"]) for s in self.stages]
+
+    def run_segment(self, k: int, state, x: Tensor):
+        stage = self.stages[k]
+        tensors = () if self.layouts[k] is None else self.layouts[k].flatten(state)
+        out = self.runners[stage["segment"]](*tensors, *((x,) if stage["takes_input"] else ()))
+        return out if len(out) > 1 else out[0]
+
+    def exit_logits(self, k: int, state) -> Tensor:
+        tensors = tuple(state) if isinstance(state, (list, tuple)) else (state,)
+        return self.runners[self.stages[k]["head"]](*tensors)[0]
+
+    def exit_costs(self, input_shape) -> list[float]:
+        return list(self.costs)
+
+    def needs_input_after(self, k: int) -> bool:
+        return self.input_after[k]
+
+
+class DeployedModel:
+    """An exported dynamic model, run with compact dispatch by one engine.
+
+    Build with `DeployedModel.load(folder)` (exported files) or
+    `DeployedModel.from_plan(plan, backend="eager" | "compiled")` (in memory).
+
+    Attributes:
+        manifest: the manifest (plain data): kind, structure, policy, graphs, input shape.
+        backend: the engine that runs the graphs.
+
+    Shapes:
+        `model(x (B, *input_shape)) -> DynamicOutput` with `logits (B, C)`, `flops (B,)` and
+        the decisions: `exit_index (B,)` (early exits), `gates (B, G)` (gated blocks),
+        `width_index (B,)` and `width (B,)` (widths).
+    """
+
+    def __init__(self, manifest: dict[str, Any], runners: dict[str, Runner], backend: str) -> None:
+        self.manifest, self.runners, self.backend = manifest, runners, backend
+        self.kind = manifest["kind"]
+        self.input_shape = tuple(manifest["input_shape"])
+        self.flops = {name: float(entry["flops"]) for name, entry in manifest["graphs"].items()}
+        missing = sorted(_graph_names(manifest) - set(runners))
+        if missing:
+            raise ConfigError(f"manifest of model {manifest.get('model')!r}: the structure names graphs "
+                              f"{missing} that the manifest does not list")
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike, backend: str | None = None) -> DeployedModel:
+        """Load an exported folder.
+
+        Args:
+            folder: written by `export_model` / `dynamicnets export`.
+            backend: `"torch.export"` for `.pt2` graphs, `"onnxruntime"` for `.onnx` ones;
+                default the one that fits the folder's format.
+
+        Raises:
+            ConfigError: a missing or malformed manifest, a missing graph file, a file
+                whose SHA-256 differs from the manifest's, an engine that does not fit.
+        """
+        manifest = read_manifest(folder)
+        engine = ENGINE_OF_FORMAT[manifest["format"]]
+        if backend is not None and backend != engine:
+            raise ConfigError(f"backend {backend!r} cannot run a {manifest['format']!r} export; use {engine!r}")
+        root = Path(folder)
+        runners = {name: file_runner(_check_graph_file(root, name, entry), engine)
+                   for name, entry in manifest["graphs"].items()}
+        return cls(manifest, runners, engine)
+
+    @classmethod
+    def from_plan(cls, plan: DeploymentPlan, backend: str = "eager") -> DeployedModel:
+        """Run a plan's own modules (`"eager"`) or each compiled on its own (`"compiled"`)."""
+        if backend not in ("eager", "compiled"):
+            raise ConfigError(f"backend: a plan runs 'eager' or 'compiled', got {backend!r}")
+        make = compiled_runner if backend == "compiled" else module_runner
+        manifest = {"kind": plan.kind, "model": plan.model_name, "input_shape": list(plan.input_shape),
+                    "structure": plan.structure, "policy": plan.policy,
+                    "graphs": {n: {"flops": g.flops} for n, g in plan.graphs.items()}}
+        return cls(manifest, {n: make(g.module) for n, g in plan.graphs.items()}, backend)
+
+    def default_policy(self):
+        """The policy exported with the model: an `ExitPolicy`, gate thresholds or a width."""
+        return self.manifest.get("policy")
+
+    def __call__(self, x: Tensor, *, policy: ExitPolicy | None = None, thresholds=None,
+                 width: float | None = None) -> DynamicOutput:
+        """Run a batch.
+
+        Args:
+            x: `(B, *input_shape)`.
+            policy: early exits: an `ExitPolicy` instead of the exported one.
+            thresholds: gated blocks: per-gate logit thresholds instead of the exported ones.
+            width: a slimmable network: the width to run (default the exported one).
+        """
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise ConfigError(f"model {self.manifest.get('model')!r} was exported for inputs "
+                              f"{self.input_shape}, got {tuple(x.shape[1:])}")
+        with torch.no_grad():
+            if self.kind == "early_exit":
+                return self._exits(x, policy)
+            if self.kind == "gated":
+                return self._gated(x, thresholds)
+            return self._width(x, width)
+
+    def _exits(self, x: Tensor, policy: ExitPolicy | None) -> DynamicOutput:
+        if policy is None:
+            data = self.manifest["policy"]
+            policy = ExitPolicy(data["criterion"], [float(t) for t in data["thresholds"]], data.get("max_flops"))
+        exits = _ExportedExits(self.manifest["structure"], self.runners)
+        return run_early_exit(exits, x, policy, costs=exits.costs).as_output()
+
+    def _gated(self, x: Tensor, thresholds) -> DynamicOutput:
+        structure = self.manifest["structure"]
+        cuts = list(self.manifest["policy"]["thresholds"] if thresholds is None else thresholds)
+        if len(cuts) != structure["num_gates"]:
+            raise ConfigError(f"thresholds: the model has {structure['num_gates']} gates, got {len(cuts)}")
+        batch = x.shape[0]
+        flops = torch.zeros(batch, dtype=torch.float64, device=x.device)
+        gates, h = [], x
+        for step in structure["steps"]:
+            if "run" in step:
+                (h,) = self.runners[step["run"]](h)
+                flops += self.flops[step["run"]]
+                continue
+            (logit,) = self.runners[step["gate"]](h)
+            flops += self.flops[step["gate"]]
+            on = logit.reshape(-1) > cuts[step["index"]]
+            rows = rows_where(on)
+            if rows.numel() == batch:
+                (h,) = self.runners[step["block"]](h)
+            elif rows.numel():
+                (done,) = self.runners[step["block"]](h[rows])
+                h = h.index_put((rows,), done)
+            flops += on.to(torch.float64) * self.flops[step["block"]]
+            gates.append(on)
+        (logits,) = self.runners[structure["head"]](h)
+        flops += self.flops[structure["head"]]
+        decided = torch.stack(gates, dim=1).to(logits.dtype) if gates else logits.new_zeros((batch, 0))
+        return DynamicOutput(logits=logits, flops=flops, decisions={"gates": decided})
+
+    def _width(self, x: Tensor, width: float | None) -> DynamicOutput:
+        structure = self.manifest["structure"]
+        widths = [float(w) for w in structure["widths"]]
+        variants = structure["variants"]
+        batch = x.shape[0]
+        if structure["gate"] is not None and width is None:
+            (scores,) = self.runners[structure["gate"]](x)
+            choice = scores.argmax(dim=-1)
+            pieces = [(rows, self.runners[variants[i]](x[rows])[0]) for i, rows in group_rows(choice, len(widths))]
+            logits = assemble_rows(pieces, batch)
+            costs = torch.tensor([self.flops[v] for v in variants], dtype=torch.float64, device=x.device)
+            flops = self.flops[structure["gate"]] + costs[choice]
+        else:
+            wanted = float(structure["default_width"] if width is None else width)
+            matches = [i for i, w in enumerate(widths) if math.isclose(w, wanted)]
+            if not matches:
+                raise ConfigError(f"width: the export holds widths {widths}, got {wanted}")
+            i = matches[0]
+            (logits,) = self.runners[variants[i]](x)
+            choice = torch.full((batch,), i, dtype=torch.int64, device=x.device)
+            flops = torch.full((batch,), self.flops[variants[i]], dtype=torch.float64, device=x.device)
+        width_values = torch.tensor(widths, device=x.device)[choice]
+        return DynamicOutput(logits=logits, flops=flops, decisions={"width_index": choice, "width": width_values})
+
+
+def _graph_names(manifest: dict[str, Any]) -> set[str]:
+    """Every graph name the structure refers to."""
+    s, kind = manifest["structure"], manifest["kind"]
+    if kind == "early_exit":
+        return {n for stage in s["stages"] for n in (stage["segment"], stage["head"])}
+    if kind == "gated":
+        return {n for step in s["steps"] for key, n in step.items() if key != "index"} | {s["head"]}
+    return set(s["variants"]) | ({s["gate"]} if s.get("gate") else set())
