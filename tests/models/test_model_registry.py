@@ -107,10 +107,14 @@ def test_missing_required_argument_is_a_config_error(scratch_registry):
     assert create_model("needs_size", size=3).in_features == 3
 
 
-@pytest.mark.parametrize("pretrained", [True, "imagenet", 1])
-def test_pretrained_weights_are_refused_clearly(pretrained):
-    with pytest.raises(ConfigError, match="'resnet20': no pretrained weights are registered"):
-        create_model("resnet20", pretrained=pretrained)
+@pytest.mark.parametrize(("name", "pretrained", "message"), [
+    ("resnet32", True, "'resnet32': no pretrained weights are shipped"),
+    ("resnet20", "imagenet", "'resnet20': no pretrained weights tagged 'imagenet'; available tags: cifar10"),
+    ("resnet20", 1, "pretrained: expected False, True or a tag"),
+])
+def test_pretrained_weights_that_do_not_exist_are_refused_clearly(name, pretrained, message):
+    with pytest.raises(ConfigError, match=message):
+        create_model(name, pretrained=pretrained)
 
 
 def test_pretrained_false_builds_the_model():
@@ -121,8 +125,13 @@ def test_a_constructor_may_not_take_pretrained(scratch_registry):
     def takes_pretrained(*, pretrained: bool = False):
         """Loads weights itself."""
 
-    with pytest.raises(ValueError, match="pretrained"):
+    def takes_pretrained_dir(*, pretrained_dir=None):
+        """Reads weights itself."""
+
+    with pytest.raises(ValueError, match="must not take `pretrained`"):
         register_model(takes_pretrained)
+    with pytest.raises(ValueError, match="must not take `pretrained_dir`"):
+        register_model(takes_pretrained_dir)
 
 
 # --- metadata ----------------------------------------------------------------------------

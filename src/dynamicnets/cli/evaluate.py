@@ -1,4 +1,4 @@
-"""`dynamicnets eval --checkpoint CK [--data SPEC] [--split val|test|all]
+"""`dynamicnets eval (--checkpoint CK | --model NAME --pretrained [TAG]) [--data SPEC] [--split val|test|all]
 [--budget 30M | --budget 50% | --budget-ms 2.5 | --thresholds ... | --gate-rate 0.5] [--anytime]`."""
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from ..writing import check_writable
 # Printed in this order: what was scored and how, then accuracy and FLOPs on every scored
 # sample, then the timings, and the FLOPs speedup of exactly the timed samples beside the
 # measured one.
-SUMMARY = ["model", "data", "split", "scored_on", "preprocessing", "preprocessing_converted", "protocol",
-           "samples", "policy", "budget_flops", "thresholds", "gate_rate", "accuracy", "mean_flops", "full_flops",
-           "speedup_flops", "exit_histogram", "block_execution_rate", "timed_samples", "latency_ms_per_sample",
-           "full_latency_ms_per_sample", "latency_ms_batch1", "speedup_flops_timed", "speedup_measured",
-           "realized_fraction"]
+SUMMARY = ["model", "pretrained", "sha256", "data", "split", "scored_on", "preprocessing", "preprocessing_converted",
+           "protocol", "samples", "policy", "budget_flops", "thresholds", "gate_rate", "accuracy", "mean_flops",
+           "full_flops", "speedup_flops", "exit_histogram", "block_execution_rate", "timed_samples",
+           "latency_ms_per_sample", "full_latency_ms_per_sample", "latency_ms_batch1", "speedup_flops_timed",
+           "speedup_measured", "realized_fraction"]
 
 
 def _floats(text: str, what: str) -> list[float]:
@@ -62,7 +62,8 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.json:
         check_writable(args.json, "--json")  # before the evaluation, not after it
     result = evaluate_checkpoint(EvalRequest(
-        checkpoint=args.checkpoint, data=args.data, split=args.split, batch_size=args.batch_size,
+        checkpoint=args.checkpoint, model=args.model, pretrained=args.pretrained, data=args.data, split=args.split,
+        batch_size=args.batch_size,
         threads=args.threads, device=args.device, min_run_time=args.min_run_time,
         early_exit=_early_exit_request(args), anytime=args.anytime, gate_rate=args.gate_rate,
         timed_samples=args.timed_samples or None,

@@ -39,11 +39,15 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="override config keys, e.g. epochs=3 model_args.width=16")
 
-    p = add_parser("eval", "evaluate a checkpoint: accuracy, FLOPs, latency")
-    p.add_argument("--checkpoint", required=True, help="a best.pt / last.pt written by train")
+    p = add_parser("eval", "evaluate a checkpoint or shipped pretrained weights: accuracy, FLOPs, latency")
+    p.add_argument("--checkpoint", default=None, help="a best.pt / last.pt written by train")
+    p.add_argument("--model", default=None, help="with --pretrained: the model whose shipped weights to score")
+    p.add_argument("--pretrained", nargs="?", const=True, default=None, metavar="TAG",
+                   help="score the shipped weights of --model tagged TAG (e.g. cifar10; without TAG: its only "
+                        "or default tag); `dynamicnets models --pretrained` lists them")
     p.add_argument("--data", default=None,
-                   help="data spec (default: the one it was trained on). Inputs are prepared as in training "
-                        "(the checkpoint's scale, mean, std), whatever the source")
+                   help="data spec (default: the one it was trained on; required with --pretrained). Inputs are "
+                        "prepared as in training (the recorded scale, mean, std), whatever the source")
     p.add_argument("--split", default="val", choices=["val", "test", "all"],
                    help="val: the seeded validation split carved from the training files (as in training); "
                         "test: the test files; all: every sample of the data source")
@@ -94,6 +98,9 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="only this family: static, depth (early exits), skipping, width, parameters, "
                         "spatial, temporal")
     p.add_argument("--names", action="store_true", help="print the names only, one per line (fast)")
+    p.add_argument("--pretrained", action="store_true",
+                   help="list the shipped pretrained weights instead: model, tag, validation accuracy, params, "
+                        "FLOPs, CPU hours")
 
     p = add_parser("demo", "the main job on digits, in about two minutes on 2 cores")
     p.add_argument("--out-dir", default="runs/demo", help="where the runs, tables and plots go")

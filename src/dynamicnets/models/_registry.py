@@ -26,11 +26,13 @@ import inspect
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .pretrained import load_pretrained, pretrained_weights
 
 FAMILIES = ("static", "depth", "skipping", "width", "parameters", "spatial", "temporal", "transformers")
 """The model families, one sub-package of `dynamicnets.models` each."""
@@ -113,15 +115,17 @@ def register_model(
 
     Raises:
         ValueError: the name is already registered, or the constructor takes a
-            `pretrained` argument (that keyword belongs to `create_model`).
+            `pretrained` or `pretrained_dir` argument (those keywords belong to
+            `create_model`).
     """
     if fn is None:
         return lambda f: register_model(f, family=family, description=description)
     name = fn.__name__
     if name in _MODELS:
         raise ValueError(f"model {name!r} is already registered (by {_MODELS[name].constructor.__module__})")
-    if "pretrained" in inspect.signature(fn).parameters:
-        raise ValueError(f"model {name!r}: a constructor must not take `pretrained` (create_model handles it)")
+    taken = {"pretrained", "pretrained_dir"} & set(inspect.signature(fn).parameters)
+    if taken:
+        raise ValueError(f"model {name!r}: a constructor must not take `{sorted(taken)[0]}` (create_model handles it)")
     if family is not None and not (isinstance(family, str) and family):
         raise ValueError(f"model {name!r}: family must be a non-empty string, got {family!r}")
     _MODELS[name] = RegisteredModel(
@@ -191,32 +195,46 @@ def _check_arguments(entry: RegisteredModel, kwargs: dict) -> None:
         raise ConfigError(f"model {entry.name!r}: missing required argument(s) {', '.join(missing)}")
 
 
-def create_model(name: str, *, pretrained: bool = False, **kwargs) -> nn.Module:
+def create_model(
+    name: str, *, pretrained: bool | str = False, pretrained_dir: str | Path | None = None, **kwargs
+) -> nn.Module:
     """Build the registered model `name` with constructor keyword arguments.
+
+    Errors raised inside the constructor (including its own `ConfigError`s and
+    `TypeError`s) pass through unchanged.
 
     Args:
         name: a registered model name (see `list_models`).
-        pretrained: load pretrained weights. No weights are registered yet, so a truthy
-            value is refused.
+        pretrained: `False`: freshly initialised weights. A tag such as `"cifar10"`: load
+            the shipped weights of that tag, after checking their sha256 (see
+            `dynamicnets.models.pretrained`; `dynamicnets models --pretrained` lists them).
+            `True`: the model's only (or default) tag. The model is built with the
+            arguments the weights fit (`num_classes`, ...) unless `kwargs` says otherwise.
+        pretrained_dir: the folder holding `registry.json` and the weight files (default:
+            the package's own).
         **kwargs: the constructor's keyword arguments (e.g. `num_classes=10`, `device`).
 
     Returns:
-        the model, in training mode.
+        the model, in training mode (call `.eval()` to run pretrained weights).
 
     Raises:
-        ConfigError: `name` is not registered, `pretrained` is asked for, or a keyword is
-            not one the constructor takes (the message names the model, the bad keyword and
-            the accepted ones). Errors raised inside the constructor (including its own
-            `ConfigError`s and `TypeError`s) pass through unchanged.
+        ConfigError: `name` is not registered; a keyword is not one the constructor takes
+            (the message names the model, the bad keyword and the accepted ones); no
+            weights are shipped for `name` or none carry the tag (the message lists the
+            tags); or the weights do not fit the arguments given.
+        CheckpointError: the weight file is missing or its sha256 differs from the
+            registry's (the message names the file and the expected digest).
     """
     entry = registered_model(name)
-    if pretrained:
-        raise ConfigError(
-            f"model {name!r}: no pretrained weights are registered for this model yet; build it with "
-            "pretrained=False and load trained weights from a checkpoint"
-        )
+    weights = None
+    if pretrained is not False and pretrained is not None:
+        weights = pretrained_weights(name, pretrained, pretrained_dir)
+        kwargs = {**weights.model_args, **kwargs}
     _check_arguments(entry, kwargs)
-    return entry.constructor(**kwargs)
+    model = entry.constructor(**kwargs)
+    if weights is not None:
+        load_pretrained(model, weights, pretrained_dir)
+    return model
 
 
 def _per_sample_flops(model: nn.Module, x: torch.Tensor) -> int:

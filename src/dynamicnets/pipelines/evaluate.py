@@ -16,6 +16,8 @@ from ..data import make_eval_loader
 from ..protocols import CalibratableGates, MultiExit, SkipsComputation
 from ..errors import ConfigError
 from ..inference.gate_rate import calibrate_gate_rate
+from ..models import create_model
+from ..models.pretrained import pretrained_weights
 from ..flops import counted_flops
 from ..profiling.latency import measure, per_sample_ms
 from ..training.evaluate import evaluate
@@ -36,8 +38,14 @@ class EvalRequest:
     """What `dynamicnets eval` asks for.
 
     Attributes:
-        checkpoint: a `best.pt` / `last.pt` written by the trainer.
-        data: data spec to score on; `None`: the one the checkpoint was trained on.
+        checkpoint: a `best.pt` / `last.pt` written by the trainer (or give `model` and
+            `pretrained`).
+        model: with `pretrained`: the registered model whose shipped weights to score.
+        pretrained: the shipped weights' tag (e.g. `cifar10`); `True`: the model's only
+            or default tag.
+        pretrained_dir: the folder of shipped weights (default: the package's own).
+        data: data spec to score on; `None`: the one the checkpoint was trained on
+            (shipped weights carry no data path: give it).
         split: one of `SPLITS`.
         batch_size: samples per batch for inference and timing.
         threads: CPU threads for timing; `None` keeps the current number.
@@ -51,7 +59,10 @@ class EvalRequest:
         timed_samples: how many of the first scored samples are timed; `None`: all.
     """
 
-    checkpoint: str
+    checkpoint: str | None = None
+    model: str | None = None
+    pretrained: str | bool | None = None
+    pretrained_dir: str | None = None
     data: str | None = None
     split: str = "val"
     batch_size: int = 256
@@ -66,6 +77,19 @@ class EvalRequest:
 
     def __post_init__(self) -> None:
         check_split(self.split)
+        if self.checkpoint is not None and (self.model is not None or self.pretrained not in (None, False)):
+            raise ConfigError("--checkpoint and --model/--pretrained: give one, a checkpoint or shipped weights")
+        if self.checkpoint is None:
+            if self.model is None:
+                raise ConfigError("eval needs --checkpoint CK, or --model NAME --pretrained [TAG] for shipped "
+                                  "weights (`dynamicnets models --pretrained` lists them)")
+            if self.pretrained in (None, False):
+                raise ConfigError(f"--model {self.model}: add --pretrained [TAG] to score its shipped weights "
+                                  "(or give --checkpoint instead)")
+            if self.data is None:
+                raise ConfigError("--data: shipped weights carry no data path; give the data they were trained "
+                                  "on, e.g. --data cifar10:path/to/cifar-10-batches-py (its validation split is "
+                                  "carved as in training)")
         if self.timed_samples is not None and self.timed_samples < 1:
             raise ConfigError(f"--timed-samples: expected a positive count, got {self.timed_samples}")
 
@@ -84,13 +108,15 @@ def full_flops_per_sample(model: torch.nn.Module, input_shape: tuple[int, ...], 
 
 
 def evaluate_checkpoint(request: EvalRequest) -> dict[str, Any]:
-    """Accuracy and costs of `request.checkpoint` on a split of its (or another) data set.
+    """Accuracy and costs of `request.checkpoint` (or of shipped pretrained weights) on a
+    split of its (or another) data set.
 
     The inputs are prepared with the checkpoint's preprocessing whatever `request.data`
     reads (converted, or a `DataError` when that cannot be done).
 
     Returns:
-        dict with what was evaluated (`model`, `data`, `split`, `scored_on`: the split in
+        dict with what was evaluated (`checkpoint`, or `pretrained`, `weights` and
+        `sha256` for shipped weights; `model`, `data`, `split`, `scored_on`: the split in
         words with its size, `preprocessing` and `preprocessing_converted`), `samples`,
         `accuracy`, `exit_accuracy`, `mean_flops`, `full_flops`, `speedup_flops` (full ÷
         mean over every scored sample), `timed_samples`, `latency_ms_per_sample` (over
@@ -98,24 +124,26 @@ def evaluate_checkpoint(request: EvalRequest) -> dict[str, Any]:
         models add the exit rule's figures (see `evaluate_early_exit`).
 
     Raises:
-        CheckpointError: the checkpoint is unreadable or does not fit its model.
+        CheckpointError: the checkpoint is unreadable or does not fit its model, or a
+            shipped weight file is missing or fails its sha256 check.
         DataError: the data cannot be read, has other classes, or cannot be prepared as
             the model was trained.
         ConfigError: an option does not fit the model (`--anytime` without exits, no
             exit rule for a multi-exit model, ...).
     """
     device = resolve_device(request.device, what="--device")
-    model, ckpt = load_trained_model(request.checkpoint, device)
+    model, ckpt, source, origin = _load_model(request, device)
     if request.early_exit is not None and not isinstance(model, MultiExit):
         raise ConfigError(
-            f"--budget/--budget-ms/--thresholds: {request.checkpoint} holds {ckpt['model_name']!r}, a model "
+            f"--budget/--budget-ms/--thresholds: {source} holds {ckpt['model_name']!r}, a model "
             f"without early exits, so there is no exit rule to set; drop the option"
         )
-    prepared = load_checkpoint_data(ckpt, request.checkpoint, request.data, request.split)
+    prepared = load_checkpoint_data(ckpt, source, request.data, request.split)
     bundle, dataset, seed = prepared.bundle, prepared.dataset, prepared.seed
-    described = {"checkpoint": str(Path(request.checkpoint)), "model": ckpt["model_name"], "data": prepared.spec,
+    described = {**origin, "model": ckpt["model_name"], "data": prepared.spec,
                  "split": request.split, "scored_on": prepared.scored_on,
-                 "preprocessing": f"{prepared.trained.describe()} ({prepared.origin})",
+                 "preprocessing": f"{prepared.trained.describe()} "
+                                  f"({prepared.origin if request.checkpoint else 'recorded with the weights'})",
                  "preprocessing_converted": prepared.converted}
     if isinstance(model, MultiExit):
         return {**described, **_evaluate_multi_exit(model, bundle, dataset, request, seed)}
@@ -155,6 +183,20 @@ def evaluate_checkpoint(request: EvalRequest) -> dict[str, Any]:
         "threads": at_batch.threads,
         **extra,
     }
+
+
+def _load_model(request: EvalRequest, device) -> tuple[torch.nn.Module, dict[str, Any], str, dict[str, Any]]:
+    """`(model in eval mode, its checkpoint fields, its name in messages, what the result
+    says it is)` for a checkpoint or for shipped weights (sha256 checked)."""
+    if request.checkpoint is not None:
+        model, ckpt = load_trained_model(request.checkpoint, device)
+        return model, ckpt, request.checkpoint, {"checkpoint": str(Path(request.checkpoint))}
+    weights = pretrained_weights(request.model, request.pretrained, request.pretrained_dir)
+    model = create_model(weights.model, pretrained=weights.tag, pretrained_dir=request.pretrained_dir)
+    source = f"pretrained weights {weights.model}/{weights.tag}"
+    origin = {"pretrained": weights.tag, "weights": str(weights.path(request.pretrained_dir)),
+              "sha256": weights.sha256}
+    return model.to(device).eval(), weights.checkpoint_fields(), source, origin
 
 
 def _calibration_split(bundle, dataset, split: str, seed: int, what: str):

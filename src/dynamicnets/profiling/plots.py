@@ -99,6 +99,8 @@ def plot_training_curves(
     png_path: str | os.PathLike,
     title: str | None = None,
     *,
+    metrics: Sequence[str] | None = None,
+    size: tuple[float, float] = (5.2, 4.2),
     dpi: int = 120,
 ) -> Path:
     """Plot losses and accuracies per epoch from a `metrics.jsonl` file, and save a PNG.
@@ -112,13 +114,19 @@ def plot_training_curves(
             number is the x axis.
         png_path: the PNG file to write (parent folders are created).
         title: figure title; default names the metrics file's folder.
+        metrics: plot only these keys (e.g. `["val_accuracy"]`); default: every
+            numeric key containing "loss" or "acc".
+        size: width and height in inches of one panel.
         dpi: resolution of the PNG.
 
     Returns:
         `png_path` as a `Path`.
+
+    Raises:
+        DataError: the file cannot be read, or holds none of the metrics to plot.
     """
     source = Path(metrics_jsonl_path)
-    records = _read_jsonl(source)
+    records = read_metrics_jsonl(source)
     x_name = "epoch" if any("epoch" in record for record in records) else "line"
     by_metric: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     for index, record in enumerate(records, start=1):
@@ -126,21 +134,19 @@ def plot_training_curves(
         if not _is_real(x):
             continue  # e.g. a final test-set line without an epoch
         for key, value in record.items():
-            if key != "epoch" and _is_real(value) and _panel(key):
+            if key != "epoch" and _is_real(value) and _panel(key) and (metrics is None or key in metrics):
                 by_metric[key][float(x)].append(float(value))
     if not by_metric:
         keys = sorted({key for record in records for key in record})
-        raise DataError(
-            f"{source}: no numeric metric whose name contains 'loss' or 'acc' "
-            f"(keys found: {keys})"
-        )
+        wanted = "whose name contains 'loss' or 'acc'" if metrics is None else f"among {list(metrics)}"
+        raise DataError(f"{source}: no numeric metric {wanted} (keys found: {keys})")
     curves = {
         key: sorted((x, sum(vals) / len(vals)) for x, vals in per_x.items())
         for key, per_x in by_metric.items()
     }
     panels = [p for p in ("loss", "acc") if any(_panel(k) == p for k in curves)]
 
-    figure = _new_figure(5.2 * len(panels), 4.2)
+    figure = _new_figure(size[0] * len(panels), size[1])
     for position, panel in enumerate(panels, start=1):
         axes = figure.add_subplot(1, len(panels), position)
         for key, points in curves.items():
@@ -236,7 +242,20 @@ def _is_real(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+def read_metrics_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file such as a run's `metrics.jsonl`, in order.
+
+    Args:
+        path: one JSON object per line (blank lines are skipped).
+
+    Returns:
+        the objects, one dict per line.
+
+    Raises:
+        DataError: naming the file (and line), when it cannot be read, a line is not a
+            JSON object, or it holds none.
+    """
+    path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
