@@ -170,3 +170,24 @@ def test_missing_or_foreign_graph_is_a_clear_error(exported, tmp_path):
         DeployedModel.load(tmp_path)
     with pytest.raises(ConfigError, match="onnxruntime"):
         DeployedModel.load(folder, backend="onnxruntime")
+
+
+def test_gated_runtime_honours_the_compute_cap(images):
+    """All gates forced on (thresholds -inf): the exported cap binds exactly as in eager."""
+    torch.manual_seed(0)
+    model = create_model("convnet_aig_resnet", depth=14, width=4).eval()
+    everything = GatePolicy.constant(float("-inf"), model.num_gated_blocks)
+    with torch.no_grad():
+        full = float(model(images, policy=everything).flops[0])
+        none = float(model(images, policy=GatePolicy.constant(float("inf"), model.num_gated_blocks)).flops[0])
+    cap = (full + none) / 2
+    policy = GatePolicy.constant(float("-inf"), model.num_gated_blocks, max_flops=cap)
+    deployed = DeployedModel.from_plan(deployment_plan(model, (3, 16, 16), policy))
+    out = deployed(images)
+    with torch.no_grad():
+        ref = model(images, policy=policy)
+    assert float(out.flops.max()) <= cap < full
+    assert torch.equal(out.decisions["gates"], ref.decisions["gates"])
+    assert torch.equal(out.decisions["forced_off"], ref.decisions["forced_off"])
+    torch.testing.assert_close(out.logits, ref.logits)
+    torch.testing.assert_close(out.flops, ref.flops.double())

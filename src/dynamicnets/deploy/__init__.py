@@ -23,7 +23,8 @@ from .runtime import DeployedModel, read_manifest
 
 
 def export_model(model: nn.Module, out_dir: str | os.PathLike, *, format: str = "torch.export",
-                 input_shape: tuple[int, ...] | None = None, policy=None) -> Path:
+                 input_shape: tuple[int, ...] | None = None, policy=None,
+                 metadata: dict | None = None) -> Path:
     """Split `model` at its decisions and export every piece into `out_dir`.
 
     Args:
@@ -32,11 +33,12 @@ def export_model(model: nn.Module, out_dir: str | os.PathLike, *, format: str = 
         format: `"torch.export"` or `"onnx"`.
         input_shape: per-sample input shape (default the model's).
         policy: the decision rule to ship (`ExitPolicy` / `GatePolicy`).
+        metadata: plain data kept in the manifest (preprocessing, provenance).
 
     Returns:
         the path of `manifest.json`.
     """
-    return export_plan(deployment_plan(model, input_shape, policy), out_dir, format)
+    return export_plan(deployment_plan(model, input_shape, policy), out_dir, format, metadata)
 
 
 __all__ = ["BACKENDS", "DeployedModel", "DeploymentPlan", "FORMATS", "Graph", "deployment_plan", "export_model",

@@ -74,13 +74,16 @@ def graph_bytes(graph: Graph, name: str, fmt: str) -> bytes:
         return _torch_export_bytes(graph) if fmt == "torch.export" else _onnx_bytes(graph, name)
 
 
-def export_plan(plan: DeploymentPlan, out_dir: str | os.PathLike, fmt: str = "torch.export") -> Path:
+def export_plan(plan: DeploymentPlan, out_dir: str | os.PathLike, fmt: str = "torch.export",
+                metadata: dict[str, Any] | None = None) -> Path:
     """Export every graph of `plan` into `out_dir` and write its manifest.
 
     Args:
         plan: from `deployment_plan`.
         out_dir: the folder (created if needed; files of an earlier export are replaced).
         fmt: `"torch.export"` or `"onnx"`.
+        metadata: plain data kept in the manifest (e.g. the input preprocessing and the
+            checkpoint the model came from).
 
     Returns:
         the manifest's path.
@@ -105,7 +108,7 @@ def export_plan(plan: DeploymentPlan, out_dir: str | os.PathLike, fmt: str = "to
     manifest = {
         "format_version": MANIFEST_VERSION, "format": fmt, "kind": plan.kind, "model": plan.model_name,
         "input_shape": list(plan.input_shape), "graphs": graphs, "structure": plan.structure,
-        "policy": plan.policy, "torch_version": torch.__version__,
+        "policy": plan.policy, "torch_version": torch.__version__, "metadata": dict(metadata or {}),
     }
     text = json.dumps(manifest, indent=2, allow_nan=True).encode()
     return atomic_write_with(manifest_path, lambda f: f.write(text))

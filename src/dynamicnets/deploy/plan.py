@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..gates.block_budget import CAPS as BLOCK_CAPS
 from ..gates.thresholds import GatePolicy
 from ..inference.policy import ExitPolicy
 from ..models.skipping.blockdrop import BlockDrop
@@ -126,7 +127,11 @@ def _gated_plan(model: GatedResNet, x: Tensor, policy: GatePolicy | None, name: 
         )
     plan = DeploymentPlan("gated", name, tuple(x.shape[1:]))
     thresholds = model.gate_thresholds(policy)
-    plan.policy = {"kind": "gate_thresholds", "thresholds": [float(t) for t in thresholds]}
+    caps = {} if policy is None else {k: v for k, v in policy.caps.items() if k in BLOCK_CAPS}
+    if policy is not None and set(policy.caps) - set(caps):
+        raise ConfigError(f"model {name!r}: key {sorted(set(policy.caps) - set(caps))[0]!r}: a gated ResNet takes "
+                          f"the caps {', '.join(BLOCK_CAPS)}")
+    plan.policy = GatePolicy(tuple(thresholds), **caps).to_dict()
     backbone, steps, index = model.backbone, [], 0
     (h,) = _add(plan, "stem", Chain(backbone.stem, backbone.stages[0][0]), x)
     steps.append({"run": "stem"})

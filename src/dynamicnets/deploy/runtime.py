@@ -30,6 +30,8 @@ from torch import Tensor
 
 from ..compact import assemble_rows, group_rows, rows_where
 from ..errors import ConfigError
+from ..gates.block_budget import CAPS as BLOCK_CAPS, BlockBudget
+from ..gates.thresholds import GatePolicy
 from ..inference.executor import run_early_exit
 from ..inference.policy import ExitPolicy
 from ..outputs import DynamicOutput
@@ -178,14 +180,14 @@ class DeployedModel:
         """The policy exported with the model: an `ExitPolicy`, gate thresholds or a width."""
         return self.manifest.get("policy")
 
-    def __call__(self, x: Tensor, *, policy: ExitPolicy | None = None, thresholds=None,
+    def __call__(self, x: Tensor, *, policy: ExitPolicy | GatePolicy | None = None,
                  width: float | None = None) -> DynamicOutput:
         """Run a batch.
 
         Args:
             x: `(B, *input_shape)`.
-            policy: early exits: an `ExitPolicy` instead of the exported one.
-            thresholds: gated blocks: per-gate logit thresholds instead of the exported ones.
+            policy: instead of the exported policy: an `ExitPolicy` (early exits) or a
+                `GatePolicy` (gated blocks; its `max_flops` / `max_blocks` caps apply).
             width: a slimmable network: the width to run (default the exported one).
         """
         if tuple(x.shape[1:]) != self.input_shape:
@@ -195,7 +197,7 @@ class DeployedModel:
             if self.kind == "early_exit":
                 return self._exits(x, policy)
             if self.kind == "gated":
-                return self._gated(x, thresholds)
+                return self._gated(x, policy)
             return self._width(x, width)
 
     def _exits(self, x: Tensor, policy: ExitPolicy | None) -> DynamicOutput:
@@ -205,11 +207,16 @@ class DeployedModel:
         exits = _ExportedExits(self.manifest["structure"], self.runners)
         return run_early_exit(exits, x, policy, costs=exits.costs).as_output()
 
-    def _gated(self, x: Tensor, thresholds) -> DynamicOutput:
+    def _gated(self, x: Tensor, policy: GatePolicy | None) -> DynamicOutput:
         structure = self.manifest["structure"]
-        cuts = list(self.manifest["policy"]["thresholds"] if thresholds is None else thresholds)
-        if len(cuts) != structure["num_gates"]:
-            raise ConfigError(f"thresholds: the model has {structure['num_gates']} gates, got {len(cuts)}")
+        if policy is None:
+            policy = GatePolicy.from_dict(self.manifest["policy"], "manifest policy")
+        num_gates = structure["num_gates"]
+        cuts = policy.check(num_gates, "policy", caps=BLOCK_CAPS).thresholds
+        steps = structure["steps"]
+        base = sum(self.flops[s.get("run", s.get("gate"))] for s in steps) + self.flops[structure["head"]]
+        budget = BlockBudget.from_policy(policy, [self.flops[s["block"]] for s in steps if "block" in s], base,
+                                         owner=f"model {self.manifest.get('model')!r}")
         batch = x.shape[0]
         flops = torch.zeros(batch, dtype=torch.float64, device=x.device)
         gates, h = [], x
@@ -221,6 +228,8 @@ class DeployedModel:
             (logit,) = self.runners[step["gate"]](h)
             flops += self.flops[step["gate"]]
             on = logit.reshape(-1) > cuts[step["index"]]
+            if budget is not None:
+                on = budget.admit(step["index"], on)
             rows = rows_where(on)
             if rows.numel() == batch:
                 (h,) = self.runners[step["block"]](h)
@@ -232,7 +241,10 @@ class DeployedModel:
         (logits,) = self.runners[structure["head"]](h)
         flops += self.flops[structure["head"]]
         decided = torch.stack(gates, dim=1).to(logits.dtype) if gates else logits.new_zeros((batch, 0))
-        return DynamicOutput(logits=logits, flops=flops, decisions={"gates": decided})
+        decisions = {"gates": decided}
+        if budget is not None:
+            decisions["forced_off"] = budget.forced_off(batch, logits)
+        return DynamicOutput(logits=logits, flops=flops, decisions=decisions)
 
     def _width(self, x: Tensor, width: float | None) -> DynamicOutput:
         structure = self.manifest["structure"]
