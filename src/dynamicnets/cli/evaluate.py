@@ -1,5 +1,6 @@
 """`dynamicnets eval (--checkpoint CK | --model NAME --pretrained [TAG]) [--data SPEC] [--split val|test|all]
-[--budget 30M | --budget 50% | --budget-ms 2.5 | --thresholds ... | --gate-rate 0.5] [--anytime]`."""
+[--budget 30M | --budget 50% | --budget-ms 2.5 | --thresholds ... | --gate-rate 0.5]
+[--confidence 0.95 [--eval-size N]] [--anytime]`."""
 from __future__ import annotations
 
 import argparse
@@ -66,6 +67,7 @@ def run_eval(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         threads=args.threads, device=args.device, min_run_time=args.min_run_time,
         early_exit=_early_exit_request(args), anytime=args.anytime, gate_rate=args.gate_rate,
+        confidence=args.confidence, eval_size=args.eval_size,
         timed_samples=args.timed_samples or None,
     ))
     for key in SUMMARY:
@@ -83,6 +85,8 @@ def run_eval(args: argparse.Namespace) -> int:
         elif isinstance(value, list):
             value = ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in value)
         print(f"{key:>27}: {value}")
+    if result.get("expected_cost"):  # a fitted budget: the mean cost to expect on fresh data
+        print(f"{'expected_cost':>27}: {result['expected_cost']}")
     if "anytime" in result:
         print()
         print_table([{**row, "flops": format_flops(row["flops"])} for row in result["anytime"]],

@@ -72,6 +72,12 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="time the first N scored samples (in batches); the FLOPs speedup of exactly these "
                         "samples is printed beside the measured one; 0: all")
 
+    p = add_parser("attack", "slowdown (DeepSloth) or PGD attacks on a checkpoint: accuracy, early-exit "
+                             "efficacy and per-sample FLOPs, clean vs attacked, with and without a cap")
+    from .attack import add_arguments as add_attack_arguments
+
+    add_attack_arguments(p)
+
     p = add_parser("explain", "draw where a spatially dynamic checkpoint executes, per block, as PNGs")
     p.add_argument("--checkpoint", required=True, help="a best.pt / last.pt written by train")
     p.add_argument("--data", default=None,
@@ -120,6 +126,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .evaluate import run_eval
 
         return run_eval(args)
+    if args.command == "attack":
+        from .attack import run_attack
+
+        return run_attack(args)
     if args.command == "explain":
         from .explain import run_explain
 

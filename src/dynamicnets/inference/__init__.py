@@ -3,10 +3,14 @@
 - `run_early_exit` (alias `run`): the compact executor; samples that exit leave the batch.
 - `run_all_then_select`: the run-everything reference it is tested against.
 - `ExitPolicy`: criterion, per-exit thresholds, optional `max_flops` cap.
-- `calibrate` / `calibrate_thresholds`: thresholds for a mean-FLOPs budget.
+- `calibrate` / `calibrate_thresholds`: thresholds for a mean-FLOPs budget; with
+  `confidence=`, a budget met on a fresh batch of `eval_size` samples with that probability.
+- `CostSpread` / `cost_spread`: the mean cost a calibrated policy is expected to spend on
+  fresh data, its standard deviation and upper confidence bound (every calibration reports it).
 - `anytime_table`, `collect_exit_logits`: per-exit accuracy and cost.
 - `calibrate_gate_rate`: thresholds of layer-skipping gates for a target execution rate
-  (folded into the gate biases); `calibrate_gate_policy`: the same fit as a `GatePolicy`.
+  (folded into the gate biases); `calibrate_gate_policy`: the same fit as a `GatePolicy`;
+  `fit_gate_rate`: the same fit reporting its cost spread (`GateRateFit`).
 - `fastest_block_strategies`: for a spatially sparse model, the fastest exact execution
   (dense, gathered positions, gathered tiles) of each gated block, measured.
 - `TokenPolicy`: which tokens a token-pruning transformer keeps (a keep ratio or a score
@@ -23,7 +27,8 @@ from .calibrate import (
     geometric_fractions,
     thresholds_for_fractions,
 )
-from .gate_rate import calibrate_gate_policy, calibrate_gate_rate, gate_logit_layers
+from .cost_spread import CostSpread, cost_spread
+from .gate_rate import GateRateFit, calibrate_gate_policy, calibrate_gate_rate, fit_gate_rate, gate_logit_layers
 from .executor import ExitResult, run_all_then_select, run_early_exit
 from .policy import ExitPolicy
 from .sparse_strategy import fastest_block_strategies
@@ -34,6 +39,8 @@ run = run_early_exit
 
 __all__ = [
     "BudgetCalibration",
+    "CostSpread",
+    "GateRateFit",
     "ExitPolicy",
     "ExitResult",
     "anytime_table",
@@ -42,8 +49,10 @@ __all__ = [
     "calibrate_gate_policy",
     "calibrate_thresholds",
     "collect_exit_logits",
+    "cost_spread",
     "exit_decisions",
     "fastest_block_strategies",
+    "fit_gate_rate",
     "gate_logit_layers",
     "geometric_fractions",
     "run",

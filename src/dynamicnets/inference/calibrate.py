@@ -10,6 +10,12 @@ cost is then measured by applying those thresholds to the same validation logits
 (exactly the decisions `run_early_exit` takes), and `p` is found by bisection as the
 largest one whose achieved mean cost is within the budget.
 
+With a `confidence`, the condition is instead that an upper confidence bound of the mean
+cost on a fresh batch of `eval_size` samples is within the budget (`cost_spread`): the
+thresholds then meet the budget on new data with probability about `confidence`, where
+plain calibration meets it about half the time. Every result reports the spread it
+expects (`BudgetCalibration.spread`).
+
 The logits come from one `forward` of the model on the validation split
 (`collect_exit_logits`); this chooses thresholds. It is *not* the evaluation: that
 runs the compact executor on held-out data and reports the FLOPs it really spent.
@@ -25,6 +31,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..gates.confidence import ExitCriterion
+from .cost_spread import CostSpread, check_confidence, check_eval_size, cost_spread, within_budget
 from .executor import costs_with_decisions
 from .policy import ExitPolicy
 
@@ -94,6 +101,9 @@ class BudgetCalibration:
         accuracy: accuracy on the calibration set with these exits.
         exit_fractions: fraction of samples leaving at each exit.
         p: the geometric parameter of the chosen exit distribution.
+        spread: the mean cost expected on `spread.eval_size` fresh samples, its standard
+            deviation and (with a confidence) its upper bound, `<= budget_flops` then;
+            `spread.describe()` prints it.
     """
 
     policy: ExitPolicy
@@ -102,6 +112,7 @@ class BudgetCalibration:
     accuracy: float
     exit_fractions: list[float] = field(default_factory=list)
     p: float = 1.0
+    spread: CostSpread | None = None
 
 
 def exit_decisions(scores: Sequence[Tensor], thresholds: Sequence[float]) -> Tensor:
@@ -170,8 +181,11 @@ def calibrate_thresholds(
     criterion: str | ExitCriterion = "maxprob",
     iterations: int = 60,
     cost_unit: str = "FLOPs",
+    confidence: float | None = None,
+    eval_size: int | None = None,
 ) -> BudgetCalibration:
-    """Choose per-exit thresholds whose mean cost on this set is within `budget_flops`.
+    """Choose per-exit thresholds whose mean cost on this set is within `budget_flops`
+    (or, with `confidence`, whose mean cost on fresh data is, with that probability).
 
     Args:
         exit_logits: `K` tensors `(N, C)` from `collect_exit_logits`.
@@ -183,15 +197,26 @@ def calibrate_thresholds(
         cost_unit: name of the cost unit in messages. Any additive per-exit cost works
             (e.g. measured cumulative ms per sample with `cost_unit="ms"`); the result's
             `mean_flops` is then in that unit.
+        confidence: `None`: the mean cost on this set meets the budget. A probability in
+            `(0, 1)`: the upper confidence bound of the mean cost over `eval_size` fresh
+            samples meets it, so that, for i.i.d. data, the mean cost of a fresh batch of
+            that size is `<= budget_flops` with probability about `confidence`
+            (`cost_spread`).
+        eval_size: size of the fresh batch the spread (and guarantee) is for; `None`:
+            the expected cost per sample (an unlimited batch).
 
     Returns:
-        `BudgetCalibration` (policy, achieved mean FLOPs and accuracy, exit fractions).
+        `BudgetCalibration` (policy, achieved mean FLOPs and accuracy, exit fractions,
+        expected spread on `eval_size` fresh samples).
 
     Raises:
         ConfigError: the budget is outside `[costs[0], costs[-1]]` (the message gives
-            the attainable range), or the criterion has no score to rank by (patience).
+            the attainable range), the criterion has no score to rank by (patience),
+            `confidence` is not in `(0, 1)` or `eval_size` is not a positive int.
     """
     _check_lengths(exit_logits, costs)
+    confidence = check_confidence(confidence, "calibrate_thresholds")
+    eval_size = check_eval_size(eval_size, "calibrate_thresholds")
     policy = ExitPolicy(criterion=criterion)
     crit = policy.resolve_criterion()
     if crit.uses_history:
@@ -211,26 +236,29 @@ def calibrate_thresholds(
     cost_table = torch.tensor([float(c) for c in costs], dtype=torch.float64)
     num_exits = len(costs)
 
-    def evaluate(log_p: float) -> tuple[list[float], Tensor, float]:
+    def evaluate(log_p: float) -> tuple[list[float], Tensor, bool]:
         thresholds = thresholds_for_fractions(scores, geometric_fractions(log_p, num_exits))
         chosen = exit_decisions(scores, thresholds)
-        return thresholds, chosen, float(cost_table[chosen].mean())
+        fits = within_budget(cost_table[chosen], budget_flops, eval_size=eval_size, confidence=confidence)
+        return thresholds, chosen, fits
 
-    # log p = -50: everybody at exit 0 (cost costs[0] <= budget); +50: everybody at the last.
+    # log p = -50: everybody at exit 0 (cost costs[0] <= budget, no spread); +50: everybody
+    # at the last.
     lo, hi = -50.0, 50.0
     best = evaluate(lo)
     top = evaluate(hi)
-    if top[2] <= budget_flops:
+    if top[2]:
         lo, best = hi, top
     else:
         for _ in range(iterations):
             mid = 0.5 * (lo + hi)
             trial = evaluate(mid)
-            if trial[2] <= budget_flops:
+            if trial[2]:
                 lo, best = mid, trial
             else:
                 hi = mid
-    thresholds, chosen, mean_cost = best
+    thresholds, chosen, _ = best
+    spread = cost_spread(cost_table[chosen], eval_size=eval_size, confidence=confidence)
     stacked = torch.stack(list(exit_logits))  # (K, N, C)
     picked = stacked[chosen, torch.arange(chosen.shape[0])]
     accuracy = float((picked.argmax(1) == targets).double().mean())
@@ -238,10 +266,11 @@ def calibrate_thresholds(
     return BudgetCalibration(
         policy=ExitPolicy(criterion=criterion, thresholds=thresholds),
         budget_flops=float(budget_flops),
-        mean_flops=mean_cost,
+        mean_flops=spread.expected_mean,
         accuracy=accuracy,
         exit_fractions=fractions,
         p=math.exp(lo),
+        spread=spread,
     )
 
 
@@ -252,6 +281,8 @@ def calibrate(
     *,
     criterion: str | ExitCriterion = "maxprob",
     input_shape: Sequence[int] | None = None,
+    confidence: float | None = None,
+    eval_size: int | None = None,
 ) -> BudgetCalibration:
     """`collect_exit_logits` on `loader`, then `calibrate_thresholds` for `budget_flops`.
 
@@ -262,10 +293,16 @@ def calibrate(
         criterion: `maxprob`, `entropy` or `margin`.
         input_shape: per-sample input shape for the costs (default: the first batch's;
             needed when `loader` can be iterated only once).
+        confidence: meet the budget on a fresh batch of `eval_size` samples with about
+            this probability, instead of on `loader` (see `calibrate_thresholds`).
+        eval_size: the fresh batch's size; `None`: the expected cost per sample.
 
     Returns:
-        `BudgetCalibration`; `.policy` is what `run_early_exit` takes.
+        `BudgetCalibration`; `.policy` is what `run_early_exit` takes, `.spread` the cost
+        it is expected to spend on fresh data.
     """
+    confidence = check_confidence(confidence, "calibrate")
+    eval_size = check_eval_size(eval_size, "calibrate")
     if input_shape is None and iter(loader) is loader:
         raise ConfigError("calibrate: pass input_shape when the loader is a one-shot iterator")
     exit_logits, targets = collect_exit_logits(model, loader)
@@ -273,7 +310,8 @@ def calibrate(
         first_x, _ = next(iter(loader))
         input_shape = tuple(first_x.shape[1:])
     costs = model.exit_costs(tuple(input_shape))
-    return calibrate_thresholds(exit_logits, targets, costs, budget_flops, criterion=criterion)
+    return calibrate_thresholds(exit_logits, targets, costs, budget_flops, criterion=criterion,
+                                confidence=confidence, eval_size=eval_size)
 
 
 def _fmt(value: float) -> str:

@@ -2,9 +2,12 @@
 
 Thresholds come from a mean-FLOPs budget (absolute, or a fraction of the full cost), a
 measured-latency budget, or are given. They are calibrated on one set and scored on
-another (`calibration` / `evaluation`). The speedup the clock shows is measured in the
-same run as the full network, on the same samples as the speedup the FLOPs promise for
-them (`speedup_flops_timed`), so the two can be compared.
+another (`calibration` / `evaluation`). With a `confidence`, the thresholds meet the
+budget on a fresh batch the size of the evaluation set with that probability (not just on
+the calibration set), and the result says what mean cost to expect there, with its spread
+(`expected_cost`). The speedup the clock shows is measured in the same run as the full
+network, on the same samples as the speedup the FLOPs promise for them
+(`speedup_flops_timed`), so the two can be compared.
 """
 from __future__ import annotations
 
@@ -19,12 +22,14 @@ from torch.utils.data import Dataset, Subset
 from ..data import make_eval_loader
 from ..errors import ConfigError
 from ..inference import (
+    CostSpread,
     ExitPolicy,
     anytime_table,
     calibrate_thresholds,
     collect_exit_logits,
     run_early_exit,
 )
+from ..inference.cost_spread import check_confidence, check_eval_size
 from ..profiling.latency import compare, measure
 from ..profiling.report import format_flops
 
@@ -45,6 +50,9 @@ class EarlyExitRequest:
         budget_ms: mean measured milliseconds per sample allowed at `batch_size`.
         thresholds: one per exit but the last (patience: agreeing exits in a row).
         max_flops: per-sample compute cap no input can exceed.
+        confidence: fit a budget so that it holds on a fresh batch of `eval_size` samples
+            with about this probability, in `(0, 1)`; `None`: on the calibration set.
+        eval_size: the fresh batch's size; `None`: the evaluation set's size.
         batch_size: batch for inference and timing.
         threads: CPU threads for timing; `None` keeps the current number.
         min_run_time: seconds of timed calls per callable and round.
@@ -58,6 +66,8 @@ class EarlyExitRequest:
     budget_ms: float | None = None
     thresholds: list[float] | None = None
     max_flops: float | None = None
+    confidence: float | None = None
+    eval_size: int | None = None
     batch_size: int = 256
     threads: int | None = None
     min_run_time: float = 0.3
@@ -76,6 +86,11 @@ class EarlyExitRequest:
                               f"got {self.budget_fraction:.4g} ({100 * self.budget_fraction:.4g}%)")
         if self.timed_samples is not None and self.timed_samples < 1:
             raise ConfigError(f"--timed-samples: expected a positive count, got {self.timed_samples}")
+        check_confidence(self.confidence, "--confidence")
+        check_eval_size(self.eval_size, "--eval-size")
+        if self.thresholds is not None and (self.confidence is not None or self.eval_size is not None):
+            raise ConfigError("--confidence/--eval-size: given thresholds are not fitted to a budget; use them with "
+                              "--budget or --budget-ms")
 
     def resolved_budget(self, full_flops: float) -> float | None:
         """The mean-FLOPs budget, a fraction turned into FLOPs of a network costing `full_flops`."""
@@ -128,11 +143,23 @@ def timed_batches(dataset: Dataset, samples: int | None, batch_size: int) -> lis
     return batches
 
 
-def choose_policy(model, request: EarlyExitRequest, calib_logits, calib_targets, costs, sample_batch):
-    """The `ExitPolicy` the request asks for, plus what calibration reported."""
+def spread_report(spread: CostSpread, budget: float, unit: str = "FLOPs") -> dict[str, Any]:
+    """What a calibrated policy expects on fresh data: `expected_cost` (one line of text)
+    and `cost_spread` (its numbers, the unit, the budget and the probability it holds)."""
+    chance = spread.probability_within(budget)
+    return {"expected_cost": f"{spread.describe(unit)}; within the budget with probability ≈ {chance:.2f}",
+            "cost_spread": {**spread.to_dict(), "unit": unit, "budget": budget, "probability_within_budget": chance}}
+
+
+def choose_policy(model, request: EarlyExitRequest, calib_logits, calib_targets, costs, sample_batch,
+                  eval_size: int | None = None):
+    """The `ExitPolicy` the request asks for, plus what calibration reported (the spread
+    for a fresh batch of `request.eval_size`, else `eval_size`, samples)."""
     if request.thresholds is not None:
         return ExitPolicy(request.policy, list(request.thresholds), request.max_flops), {}
     budget_flops = request.resolved_budget(float(costs[-1]))
+    fresh = {"confidence": request.confidence,
+             "eval_size": request.eval_size if request.eval_size is not None else eval_size}
     if budget_flops is not None:
         if request.budget_fraction is not None and not costs[0] <= budget_flops:
             raise ConfigError(
@@ -141,17 +168,20 @@ def choose_policy(model, request: EarlyExitRequest, calib_logits, calib_targets,
                 f"full {format_flops(costs[-1])}); the attainable range is "
                 f"[{100 * costs[0] / costs[-1]:.4g}%, 100%]"
             )
-        cal = calibrate_thresholds(calib_logits, calib_targets, costs, budget_flops, criterion=request.policy)
-        info = {"calibration_mean_flops": cal.mean_flops, "calibration_accuracy": cal.accuracy}
+        cal = calibrate_thresholds(calib_logits, calib_targets, costs, budget_flops, criterion=request.policy,
+                                   **fresh)
+        info = {"calibration_mean_flops": cal.mean_flops, "calibration_accuracy": cal.accuracy,
+                **spread_report(cal.spread, cal.budget_flops)}
     else:
         ms = exit_latencies_ms(model, sample_batch, threads=request.threads, min_run_time=request.min_run_time)
         if not ms[0] <= request.budget_ms <= ms[-1]:
             raise ConfigError(f"--budget-ms {request.budget_ms}: outside the attainable range "
                               f"[{ms[0]:.4f}, {ms[-1]:.4f}] ms per sample at batch {sample_batch.shape[0]} "
                               f"(every sample at the first exit .. every sample at the last)")
-        cal = calibrate_thresholds(calib_logits, calib_targets, ms, request.budget_ms, criterion=request.policy)
+        cal = calibrate_thresholds(calib_logits, calib_targets, ms, request.budget_ms, criterion=request.policy,
+                                   cost_unit="ms", **fresh)
         info = {"exit_latency_ms": ms, "calibration_ms_per_sample": cal.mean_flops,
-                "calibration_accuracy": cal.accuracy}
+                "calibration_accuracy": cal.accuracy, **spread_report(cal.spread, cal.budget_flops, "ms")}
     return ExitPolicy(request.policy, cal.policy.thresholds, request.max_flops), info
 
 
@@ -225,7 +255,9 @@ def evaluate_early_exit(model: nn.Module, calibration: Dataset | None, evaluatio
         `exit_histogram`, `speedup_flops` (on every evaluation sample), then on the timed
         samples `timed_samples`, `speedup_flops_timed`, `speedup_measured`,
         `realized_fraction`, `latency_ms_per_sample`; `anytime` (per-exit accuracy and
-        cost on `evaluation`) and calibration figures.
+        cost on `evaluation`) and calibration figures; a budget adds `expected_cost` and
+        `cost_spread`, the mean cost expected on a fresh batch of `len(evaluation)` samples
+        (or `request.eval_size`) with its spread, which `mean_flops` can be held against.
     """
     model.eval()
     costs = list(model.exit_costs(tuple(input_shape)))
@@ -236,7 +268,7 @@ def evaluate_early_exit(model: nn.Module, calibration: Dataset | None, evaluatio
     else:
         calib_logits, calib_targets = None, None
     timed = timed_batches(evaluation, request.timed_samples, request.batch_size)
-    policy, info = choose_policy(model, request, calib_logits, calib_targets, costs, timed[0])
+    policy, info = choose_policy(model, request, calib_logits, calib_targets, costs, timed[0], len(evaluation))
     scored = run_compact(model, evaluation, policy, costs, request.batch_size)
     eval_logits, eval_targets = collect_exit_logits(model, make_eval_loader(evaluation, request.batch_size))
     timing = time_against_full(model, timed, policy, costs, threads=request.threads,
@@ -248,6 +280,7 @@ def evaluate_early_exit(model: nn.Module, calibration: Dataset | None, evaluatio
         "budget_flops": request.resolved_budget(float(costs[-1])),
         "budget_fraction": request.budget_fraction,
         "budget_ms": request.budget_ms,
+        "budget_confidence": request.confidence,
         **scored,
         "full_flops": float(costs[-1]),
         "exit_costs": costs,

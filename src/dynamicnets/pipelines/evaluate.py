@@ -15,7 +15,8 @@ import torch
 from ..data import make_eval_loader
 from ..protocols import CalibratableGates, MultiExit, SkipsComputation
 from ..errors import ConfigError
-from ..inference.gate_rate import calibrate_gate_rate
+from ..inference.cost_spread import check_confidence, check_eval_size
+from ..inference.gate_rate import fit_gate_rate
 from ..models import create_model
 from ..models.pretrained import pretrained_weights
 from ..flops import counted_flops
@@ -30,6 +31,7 @@ from .early_exit import (
     evaluate_anytime,
     evaluate_early_exit,
     split_for_calibration,
+    spread_report,
     timed_batches,
 )
 
@@ -56,6 +58,11 @@ class EvalRequest:
             no exit rule).
         gate_rate: gated ResNets: calibrate every gate to this execution rate.
         gate_calibration_samples: at most this many samples fit the gate thresholds.
+        confidence: fit a budget (`early_exit`) or the gate rates so that the cost they
+            promise holds on a fresh batch of `eval_size` samples with about this
+            probability, in `(0, 1)`; `None`: on the calibration samples (about half the
+            time on new data). Overrides `early_exit.confidence` when given.
+        eval_size: that batch's size; `None`: the number of scored samples.
         timed_samples: how many of the first scored samples are timed; `None`: all.
     """
 
@@ -73,10 +80,14 @@ class EvalRequest:
     anytime: bool = False
     gate_rate: float | None = None
     gate_calibration_samples: int = 2048
+    confidence: float | None = None
+    eval_size: int | None = None
     timed_samples: int | None = DEFAULT_TIMED_SAMPLES
 
     def __post_init__(self) -> None:
         check_split(self.split)
+        check_confidence(self.confidence, "--confidence")
+        check_eval_size(self.eval_size, "--eval-size")
         if self.checkpoint is not None and (self.model is not None or self.pretrained not in (None, False)):
             raise ConfigError("--checkpoint and --model/--pretrained: give one, a checkpoint or shipped weights")
         if self.checkpoint is None:
@@ -150,6 +161,9 @@ def evaluate_checkpoint(request: EvalRequest) -> dict[str, Any]:
     if request.anytime:
         raise ConfigError(f"--anytime: {type(model).__name__} has a single exit; anytime evaluation scores "
                           "every exit of a multi-exit model")
+    if request.gate_rate is None and (request.confidence is not None or request.eval_size is not None):
+        raise ConfigError("--confidence/--eval-size: nothing is fitted to a budget; use them with --budget, "
+                          "--budget-ms (multi-exit models) or --gate-rate (gated ResNets)")
     extra = {}
     if request.gate_rate is not None:
         dataset, extra = _calibrate_gates(model, bundle, dataset, request, seed, device)
@@ -221,8 +235,11 @@ def _calibrate_gates(model, bundle, dataset, request: EvalRequest, seed: int, de
     calibration, evaluation, protocol = _calibration_split(bundle, dataset, request.split, seed, "gate thresholds")
     count = min(len(calibration), request.gate_calibration_samples)
     x = torch.stack([calibration[i][0] for i in range(count)]).to(device)
-    calibrate_gate_rate(model, x, request.gate_rate)
-    return evaluation, {"gate_rate": request.gate_rate, "gate_calibration_samples": count, "protocol": protocol}
+    fit = fit_gate_rate(model, x, request.gate_rate, confidence=request.confidence,
+                        eval_size=request.eval_size or len(evaluation))
+    return evaluation, {"gate_rate": request.gate_rate, "gate_calibration_samples": count, "protocol": protocol,
+                        "budget_confidence": request.confidence, "gate_rate_scale": fit.rate_scale,
+                        **spread_report(fit.spread, fit.budget_flops)}
 
 
 def _evaluate_multi_exit(model, bundle, dataset, request: EvalRequest, seed: int) -> dict[str, Any]:
@@ -232,10 +249,15 @@ def _evaluate_multi_exit(model, bundle, dataset, request: EvalRequest, seed: int
         if not request.anytime:
             raise ConfigError("a multi-exit model needs an exit rule (--budget, --budget-ms or --thresholds), "
                               "or --anytime for the accuracy and cost of every exit")
+        if request.confidence is not None or request.eval_size is not None:
+            raise ConfigError("--confidence/--eval-size: nothing is fitted to a budget; add --budget or --budget-ms")
         return {"protocol": "every exit on its own, on the whole split",
                 **evaluate_anytime(model, dataset, bundle.input_shape, request.batch_size)}
     early = replace(request.early_exit, batch_size=request.batch_size, threads=request.threads,
                     min_run_time=request.min_run_time, timed_samples=request.timed_samples)
+    if request.confidence is not None or request.eval_size is not None:
+        early = replace(early, confidence=request.confidence or early.confidence,
+                        eval_size=request.eval_size or early.eval_size)
     if early.thresholds is not None:
         calibration, evaluation, protocol = None, dataset, "thresholds given, nothing fitted; the whole split scored"
     else:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Literal, get_args, get_origin, get_type_hints
 
 from ..errors import ConfigError
+from .adversarial import AdversarialTraining
 
 
 @dataclass
@@ -78,6 +79,11 @@ class TrainConfig:
             the samples that run it (what it sees at inference), masked with the batch's.
         progress: tqdm progress bars, drawn only when stderr is a terminal (the start
             banner, one summary line per epoch and the final summary are always printed).
+        adversarial: adversarial training, a mapping `{kind: pgd|slowdown, eps, steps,
+            fraction, step_size}` (`dynamicnets.training.adversarial`): `fraction` (default
+            1) of every batch is replaced by PGD examples (Madry et al.) or DeepSloth
+            slowdown examples, `eps` and `step_size` in pixel units (`8/255` accepted);
+            None = off.
     """
 
     name: str = "run"
@@ -118,6 +124,7 @@ class TrainConfig:
     temperature_schedule: dict | None = None
     train_execution: Literal["default", "masked", "compact"] = "default"
     progress: bool = True
+    adversarial: dict | None = None
 
     def __post_init__(self) -> None:
         _check_literals(self)
@@ -177,6 +184,7 @@ class TrainConfig:
             _require(bool(self.init_from), "init_from", "a checkpoint path or null", self.init_from)
         if self.temperature_schedule is not None:
             _check_temperature_schedule(self.temperature_schedule)
+        AdversarialTraining.from_config(self.adversarial)
 
 
 TEMPERATURE_SCHEDULE_KEYS = {"kind", "start", "end", "epochs"}

@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from ..attacks import InputSpace
 from ..config import to_plain
 from ..profiling.report import atomic_write
 from ..data import load_data, make_loaders, set_epoch
@@ -28,6 +29,7 @@ from .config import TrainConfig
 from .distributed import all_reduce_sum, init_distributed, is_distributed, is_main
 from .evaluate import autocast_context, evaluate, to_channels_last, to_device
 from .initialise import execution_kwargs, load_initial_weights, temperature_schedule
+from .adversarial import AdversarialTraining
 from .distillation import exit_distillation_loss
 from .teacher import TeacherDistillation
 from .losses import multi_exit_loss
@@ -112,7 +114,9 @@ class Trainer:
     Files get the mode the user's umask gives.
 
     The loss is `multi_exit_loss(out, y, exit_weights, label_smoothing) + out.aux_loss()`
-    (plus the self-distillation and frozen-teacher terms when configured).
+    (plus the self-distillation and frozen-teacher terms when configured). With
+    `adversarial` set, part of every batch is first replaced by attacked inputs
+    (`dynamicnets.training.adversarial`).
     Every epoch re-seeds the global random streams from `(seed, epoch, rank)`, so runs
     are reproducible (same seed -> same weights on CPU) and a resumed run continues
     exactly as the uninterrupted one would have (the loader's shuffle generator is
@@ -167,6 +171,10 @@ class Trainer:
         if self.channels_last:
             model = to_channels_last(model)
         self.model = model
+        self.adversary = AdversarialTraining.from_config(config.adversarial)
+        if self.adversary is not None:  # inputs attacked in the pixel space of the data
+            self.adversary.check_model(model)
+            self.input_space = InputSpace.from_preprocessing(getattr(self.bundle, "preprocessing", None), config.data)
         if self.world_size > 1:
             device_ids = [self.local_rank] if self.device.type == "cuda" else None
             self._train_model: nn.Module = DistributedDataParallel(model, device_ids=device_ids)
@@ -325,6 +333,8 @@ class Trainer:
         cfg = self.config
         x = to_device(x, self.device, self.channels_last)
         y = y.to(self.device, non_blocking=True)
+        if self.adversary is not None:
+            x = self.adversary.perturb(self.model, x, y, self.input_space)
         kwargs = dict(self.forward_kwargs)
         if self.temperature is not None:
             kwargs["temperature"] = self.temperature(self.step)
