@@ -67,6 +67,14 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="print accuracy and cost of every exit (multi-exit models; needs no exit rule)")
     p.add_argument("--gate-rate", type=float, default=None,
                    help="gated ResNets: fit each gate's threshold so this fraction of samples runs its block")
+    p.add_argument("--confidence", type=float, default=None,
+                   help="fit --budget/--budget-ms/--gate-rate so that the mean cost over a fresh batch of "
+                        "--eval-size samples stays within it with this probability, e.g. 0.95 (i.i.d. data; "
+                        "without it the mean on the calibration half meets the budget, which new data then "
+                        "exceeds about half the time)")
+    p.add_argument("--eval-size", type=int, default=None,
+                   help="size of the fresh batch --confidence and the printed cost spread are for "
+                        "(default: the number of scored samples)")
     p.add_argument("--min-run-time", type=float, default=0.3, help="seconds per timed call and round")
     p.add_argument("--timed-samples", type=int, default=DEFAULT_TIMED_SAMPLES,
                    help="time the first N scored samples (in batches); the FLOPs speedup of exactly these "
