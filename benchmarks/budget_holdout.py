@@ -71,8 +71,9 @@ def checkpoint_pool(checkpoint: Path) -> tuple[list[torch.Tensor], torch.Tensor,
     prepared = load_checkpoint_data(ckpt, str(checkpoint), None, "val")
     logits, targets = collect_exit_logits(model, make_eval_loader(prepared.dataset, 256))
     costs = [float(c) for c in model.exit_costs(tuple(prepared.bundle.input_shape))]
-    return logits, targets, costs, {"model": ckpt["model_name"], "data": prepared.spec,
-                                    "pool": prepared.scored_on}
+    data = prepared.spec.split(":")[0]  # the name; where its files lie is this machine's business
+    return logits, targets, costs, {"model": ckpt["model_name"], "data": data,
+                                    "pool": f"the {data} validation split the checkpoint was trained beside"}
 
 
 def one_setting(logits, targets, costs, budget, n_cal, n_eval, repeats, seed) -> list[dict]:
