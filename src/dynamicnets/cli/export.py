@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from ..deploy import FORMATS
-from ..pipelines.export import ExportRequest, export_checkpoint, export_folder_size
-from ..profiling.report import parse_flops
-from .evaluate import _floats
+# The parser is built for every command: the library (models, exporters) loads only when
+# `export` runs. The pipeline checks the format again.
+FORMATS = ("torch.export", "onnx")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -24,6 +23,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from ..pipelines.export import ExportRequest, export_checkpoint, export_folder_size
+    from ..profiling.report import parse_flops
+    from .evaluate import _floats
+
     summary = export_checkpoint(ExportRequest(
         checkpoint=args.checkpoint, out_dir=args.out, format=args.format, criterion=args.criterion,
         thresholds=_floats(args.thresholds, "--thresholds") if args.thresholds is not None else None,

@@ -86,6 +86,12 @@ def _build_parser() -> argparse.ArgumentParser:
 
     add_attack_arguments(p)
 
+    p = add_parser("export", "export a dynamic checkpoint as static graphs (torch.export or ONNX) plus a manifest "
+                             "of its decisions, run by dynamicnets.deploy.DeployedModel")
+    from .export import add_arguments as add_export_arguments
+
+    add_export_arguments(p)
+
     p = add_parser("explain", "draw where a spatially dynamic checkpoint executes, per block, as PNGs")
     p.add_argument("--checkpoint", required=True, help="a best.pt / last.pt written by train")
     p.add_argument("--data", default=None,
@@ -138,6 +144,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .attack import run_attack
 
         return run_attack(args)
+    if args.command == "export":
+        from .export import run_export
+
+        return run_export(args)
     if args.command == "explain":
         from .explain import run_explain
 
