@@ -71,6 +71,7 @@ def test_pgd_with_a_budget_calibrated_on_clean_data(checkpoint, tmp_path):
     (["--kind", "pgd", "--eps", "8/255", "--steps", "0", "--thresholds", "0.5,0.5"], "--steps"),
     (["--kind", "slowdown", "--eps", "eight", "--thresholds", "0.5,0.5"], "--eps"),
     (["--kind", "slowdown", "--eps", "8/255"], "exit rule"),
+    (["--kind", "slowdown", "--eps", "8/255", "--max-flops", "1M"], "--max-flops"),
 ])
 def test_bad_input_is_one_error_line(checkpoint, tmp_path, capsys, args, named):
     code, _ = _attack(checkpoint, tmp_path, *args)
