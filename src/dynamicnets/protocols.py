@@ -9,6 +9,8 @@ by defining the methods, without inheriting from anything.
   `full_flops` is the cost with nothing skipped.
 - `CalibratableGates`: threshold gates whose logit layers can be fitted to an execution
   rate (`calibrate_gate_rate`, `calibrate_gate_policy`).
+- `BoundedWorstCase`: a model that states the most any input can cost under a policy's
+  compute cap (`dynamicnets.inference.worst_case_flops`).
 - `SupportsExecution` (`dynamicnets.execution`), `CostReporting` (`dynamicnets.flops`) and
   `SupportsBaselineUpdate` and `SupportsTrainingProgress` (`dynamicnets.training.protocols`)
   complete the set.
@@ -62,4 +64,12 @@ class CalibratableGates(Protocol):
     def gate_logit_layers(self) -> list[nn.Linear]: ...
 
 
-__all__ = ["CalibratableGates", "CostReporting", "MultiExit", "SkipsComputation", "SupportsExecution"]
+@runtime_checkable
+class BoundedWorstCase(Protocol):
+    """`worst_case_flops(input_shape, policy)`: the most per-sample FLOPs inference on an
+    input of `input_shape` can cost under `policy`'s compute cap (None: no cap)."""
+
+    def worst_case_flops(self, input_shape: tuple[int, ...], policy: Any = None) -> float: ...
+
+
+__all__ = ["BoundedWorstCase", "CalibratableGates", "CostReporting", "MultiExit", "SkipsComputation", "SupportsExecution"]

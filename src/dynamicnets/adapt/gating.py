@@ -12,7 +12,11 @@ network that reads the block's input and scores whether to run it. It returns a
   (a block runs only on the samples whose gate is on). `execution=` overrides the default;
 - `flops (B,)` is what each sample ran, `decisions["gates"] (B, G)` the decisions and, in
   training, `aux_losses["target_rate"]` pulls the execution rate toward `target_rate`
-  (ConvNet-AIG's loss; without it the gates learn to run everything).
+  (ConvNet-AIG's loss; without it the gates learn to run everything);
+- in eval, `policy=GatePolicy(...)` replaces the eval rule by per-gate thresholds on the
+  logits and may cap each sample's compute (`max_flops`, `max_blocks`): in the order the
+  blocks run, a gate that would take its sample over the cap is forced off
+  (`gates.block_budget`; `decisions["forced_off"]` shows which), so no input costs more.
 
 Only blocks whose output has their input's shape can be skipped (a skipped sample passes
 unchanged). A block that downsamples or widens is refused with an error naming its path,
@@ -37,6 +41,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..errors import ConfigError
 from ..execution import Execution, ExecutionLike, resolve_execution
 from ..gates import GumbelSigmoidGate
+from ..gates.block_budget import CAPS as BLOCK_CAPS, BlockBudget, worst_case_blocks
+from ..gates.thresholds import GatePolicy
 from ..layers.gated_block import gated_flops, is_hard, run_gated
 from ..flops import flops_and_shape
 from ..models.skipping.convnet_aig import target_rate_loss
@@ -58,6 +64,8 @@ class _Run:
     decide: nn.Module
     gates: Tensor | None = None
     generator: torch.Generator | None = None
+    cuts: list[float] | None = None
+    budget: BlockBudget | None = None
     decisions: dict[int, Tensor] = field(default_factory=dict)
     shapes: dict[int, tuple[int, ...]] = field(default_factory=dict)
 
@@ -98,8 +106,12 @@ class GatedBlock(nn.Module):
         run.shapes[self.index] = tuple(x.shape[1:])
         if run.gates is not None:
             decision = run.gates[:, self.index]
+        elif run.cuts is not None:
+            decision = self.gate(x) > run.cuts[self.index]
         else:
             decision = run.decide(self.gate(x), generator=run.generator)
+        if run.budget is not None:
+            decision = run.budget.admit(self.index, decision)
         run.decisions[self.index] = decision
         return run_gated(self.block, x, decision, run.execution, validate=False)
 
@@ -115,7 +127,8 @@ class GatedModel(nn.Module):
     Shapes:
         `forward(x (B, *input_shape)) -> DynamicOutput` with `logits` (what `model`
         returns), `flops (B,)`, `decisions["gates"] (B, G)`, `["executed_fraction"] (B,)`,
-        `["compact_flops"] (B,)` and, in training, `aux_losses["target_rate"]`.
+        `["compact_flops"] (B,)`, with a compute cap `["forced_off"] (B, G)` and, in
+        training, `aux_losses["target_rate"]`.
     """
 
     execution_modes = (Execution.MASKED, Execution.COMPACT)
@@ -162,6 +175,7 @@ class GatedModel(nn.Module):
         gates: Tensor | None = None,
         execution: ExecutionLike = None,
         generator: torch.Generator | None = None,
+        policy: GatePolicy | None = None,
     ) -> DynamicOutput:
         """Args:
             x: `(B, *input_shape)`.
@@ -169,6 +183,10 @@ class GatedModel(nn.Module):
                 networks are then not run, and not counted); hard (0/1) for compact.
             execution: `"masked"` / `"compact"`; default masked in training, compact in eval.
             generator: optional `torch.Generator` for the Gumbel noise while training.
+            policy: in eval, thresholds on the gate logits (one per gated block, in gate
+                order; instead of `decide`'s rule) and an optional compute cap
+                (`max_flops`, `max_blocks`, applied to given `gates` too). Not used in
+                training.
 
         Returns:
             `DynamicOutput` (see the class docstring).
@@ -176,11 +194,16 @@ class GatedModel(nn.Module):
         execution = resolve_execution(execution, self.training)
         if gates is not None:
             self._check_gates(gates, x.shape[0], execution)
-        run = _Run(execution, self.decide, gates, generator)
-        logits = self._run_model(x, run)
-        decided = self._collect(run, x)
+        if policy is not None:
+            policy.check(self.num_gated_blocks, "GatedModel", caps=BLOCK_CAPS)
         fixed, gate_flops, block_flops = self.block_costs(tuple(x.shape[1:]))
         base = fixed + (0.0 if gates is not None else gate_flops)
+        run = _Run(execution, self.decide, gates, generator)
+        if policy is not None and not self.training:
+            run.cuts = list(policy.thresholds)
+            run.budget = BlockBudget.from_policy(policy, block_flops, base, "GatedModel")
+        logits = self._run_model(x, run)
+        decided = self._collect(run, x)
         compact = base + gated_flops(block_flops, decided)
         flops = compact if execution is Execution.COMPACT else torch.full_like(compact, base + float(block_flops.sum()))
         decisions = decided.detach()
@@ -189,6 +212,8 @@ class GatedModel(nn.Module):
             flops=flops,
             decisions={"gates": decisions, "executed_fraction": decisions.mean(dim=1), "compact_flops": compact},
         )
+        if run.budget is not None:
+            out.decisions["forced_off"] = run.budget.forced_off(x.shape[0], decisions)
         if self.training and gates is None and self.rate_weight > 0:
             target = decided.new_full((decided.shape[1],), self.target_rate)
             out.aux_losses["target_rate"] = self.rate_weight * target_rate_loss(decided, target)
@@ -239,6 +264,15 @@ class GatedModel(nn.Module):
         """Per-sample FLOPs with every block run and every gate evaluated (the masked cost)."""
         fixed, gate_flops, blocks = self.block_costs(input_shape)
         return fixed + gate_flops + float(blocks.sum())
+
+    def worst_case_flops(self, input_shape: Sequence[int], policy: GatePolicy | None = None) -> float:
+        """The most per-sample FLOPs the compact inference of any input of `input_shape`
+        can cost under `policy` (without a cap: every block run)."""
+        fixed, gate_flops, blocks = self.block_costs(input_shape)
+        if policy is not None:
+            policy.check(self.num_gated_blocks, "GatedModel", caps=BLOCK_CAPS)
+            BlockBudget.from_policy(policy, blocks, fixed + gate_flops, "GatedModel")  # checks the cap
+        return worst_case_blocks(blocks, fixed + gate_flops, policy)
 
     def _measure_costs(self, shape: tuple[int, ...]) -> tuple[float, float, Tensor]:
         meta = {name: torch.empty_like(t, device="meta") for name, t in _tensors(self.model)}

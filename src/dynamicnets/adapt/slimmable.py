@@ -40,6 +40,7 @@ from ..execution import parse_execution
 from ..layers.slimmable import EXECUTIONS, SlimmableConv2d, SlimmableLinear, WidthLadder, check_width
 from ..layers.switchable_norm import SlimmableBatchNorm2d, SwitchableBatchNorm2d
 from ..flops import flops_and_shape
+from ..inference.width_policy import WidthPolicy
 from ..outputs import DynamicOutput, constant_flops
 from .convs import numeric_padding
 
@@ -97,14 +98,17 @@ class SlimmableChain(WidthLadder, nn.Module):
             x = layer(x, width) if isinstance(layer, _SLIMMABLE) else layer(x)
         return x
 
-    def forward(self, x: Tensor, width: float | None = None, *, widths: Sequence[float] | None = None) -> DynamicOutput:
+    def forward(self, x: Tensor, width: float | None = None, *, widths: Sequence[float] | None = None,
+                policy: WidthPolicy | None = None) -> DynamicOutput:
+        """Run one width or several (see the class docstring); `policy` (a `WidthPolicy`)
+        caps a one-width run at the widest width whose per-sample FLOPs fit."""
         if width is not None and widths is not None:
             raise ConfigError("SlimmableChain: give width or widths, not both")
         if widths is None:
             widths = self.training_widths() if width is None and self.training else [
                 self.default_width if width is None else width]
-        widths = [self.check_width(w) for w in widths]
         shape = tuple(x.shape[1:])
+        widths = self.capped_widths([self.check_width(w) for w in widths], shape, policy)
         all_logits = [self.forward_logits(x, w) for w in widths]
         out = DynamicOutput(
             logits=all_logits[-1],

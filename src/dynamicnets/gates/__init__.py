@@ -12,6 +12,7 @@
 - `routers`: mixture-of-experts routers (top-k, noisy top-k, expert choice).
 - `routing`: CondConv / DY-Conv routing functions (attention over expert kernels).
 - `thresholds`: `GatePolicy`, the inference decision rule of threshold gates.
+- `block_budget`: `BlockBudget`, a per-sample compute cap on gated blocks.
 """
 from .block_gates import PolicyNetwork, PooledLinearGate, PooledMLPGate, RecurrentGate
 from .channel import ChannelDecision, FBSGate, GumbelChannelGate
@@ -49,6 +50,7 @@ from .routers import ExpertChoiceRouter, NoisyTopKRouter, Routing, TopKRouter
 from .routing import RoutingFunction
 from .schedules import CosineDecay, ExponentialDecay, LinearDecay
 from .thresholds import GatePolicy
+from .block_budget import BlockBudget
 from .straight_through import ImprovedSemHash, improved_semhash, saturating_sigmoid, ste_threshold
 
 __all__ = [
@@ -66,6 +68,7 @@ __all__ = [
     "TopKRouter",
     "RoutingFunction",
     "GatePolicy",
+    "BlockBudget",
     # gumbel
     "gumbel_softmax",
     "gumbel_sigmoid",

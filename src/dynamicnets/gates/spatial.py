@@ -10,9 +10,13 @@ The gate only scores. `spatial_decisions` turns scores into masks: a straight-th
 Gumbel-sigmoid sample while training (exact 0/1 forward, relaxed gradient), and
 `logit > threshold` at inference, where the threshold is a policy (`GatePolicy`, one per
 gated block) rather than part of the layer. `expand_tiles` turns tile decisions into the
-`(B, H, W)` position mask that layers take.
+`(B, H, W)` position mask that layers take. `cap_density` bounds the fraction of
+decision cells a sample may run (a `GatePolicy`'s `max_density`): a bounded worst case
+for inputs that switch every position on.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -101,6 +105,42 @@ def spatial_decisions(logits: Tensor, *, training: bool, threshold: float = 0.0,
     soft = torch.sigmoid(scores / tau).to(logits.dtype)
     hard = (scores > 0).to(soft.dtype)
     return hard + (soft - soft.detach())  # value exactly `hard`, gradient the relaxed sample's
+
+
+_FLOOR_SLACK = 1e-9  # so that e.g. 0.29 * 100 cells allows 29, not 28
+
+
+def density_limit(max_density: float, cells: int) -> int:
+    """The most of `cells` decision cells a sample runs under `max_density`:
+    `floor(max_density * cells)`."""
+    return min(cells, math.floor(max_density * cells + _FLOOR_SLACK))
+
+
+def cap_density(scores: Tensor, decided: Tensor, max_density: float | None) -> Tensor:
+    """Keep at most `density_limit(max_density, h * w)` of each sample's active cells: where
+    a sample has more, its highest-scoring ones.
+
+    Args:
+        scores: `(B, h, w)` per-cell scores (gate logits: the more confident, the higher).
+        decided: `(B, h, w)` bool decisions.
+        max_density: the cap in `(0, 1]`, or None (no cap: `decided` itself).
+
+    Returns:
+        `(B, h, w)` bool, a subset of `decided`. No host sync.
+    """
+    if max_density is None:
+        return decided
+    batch, cells = decided.shape[0], decided[0].numel()
+    keep = density_limit(max_density, cells)
+    if keep >= cells:
+        return decided
+    flat = decided.reshape(batch, cells)
+    if keep == 0:
+        return torch.zeros_like(decided)
+    ranked = scores.reshape(batch, cells).masked_fill(~flat, -math.inf)
+    top = ranked.topk(keep, dim=1).indices
+    chosen = torch.zeros_like(flat).scatter_(1, top, True)
+    return (chosen & flat).view_as(decided)
 
 
 def expand_tiles(decisions: Tensor, tile: int, height: int, width: int) -> Tensor:

@@ -16,6 +16,8 @@
 - `TokenPolicy`: which tokens a token-pruning transformer keeps (a keep ratio or a score
   threshold per stage) and how samples with different token counts share a batch;
   `calibrate_token_policy` fits one to a mean-FLOPs budget.
+- `WidthPolicy`: a compute cap on the width of slimmable and DS-Net models;
+  `worst_case_flops`: the per-sample cost no input can exceed under a policy's cap.
 """
 from .calibrate import (
     BudgetCalibration,
@@ -34,6 +36,8 @@ from .policy import ExitPolicy
 from .sparse_strategy import fastest_block_strategies
 from .token_calibration import TokenCalibration, calibrate_token_policy
 from .token_policy import TokenPolicy
+from .width_policy import WidthPolicy
+from .worst_case import worst_case_flops
 
 run = run_early_exit
 
@@ -62,4 +66,6 @@ __all__ = [
     "TokenCalibration",
     "TokenPolicy",
     "calibrate_token_policy",
+    "WidthPolicy",
+    "worst_case_flops",
 ]

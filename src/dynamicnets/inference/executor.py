@@ -89,7 +89,7 @@ def run_early_exit(
     criterion = _check_model(model, policy)
     refuse_tracing("the early-exit executor")
     costs = list(model.exit_costs(tuple(x.shape[1:]))) if costs is None else list(costs)
-    last = policy.last_exit(costs)
+    last = capped_last_exit(policy, costs, criterion)
     spent = costs_with_decisions(costs, last, criterion)
     # (original rows or None for "the whole batch", their logits, exit index), per exit taken
     taken: list[tuple[Tensor | None, Tensor, int]] = []
@@ -133,6 +133,17 @@ def costs_with_decisions(costs: Sequence[float], last: int, criterion: ExitCrite
     return [float(c) + per_decision * min(k + 1, last) for k, c in enumerate(costs)]
 
 
+def capped_last_exit(policy: ExitPolicy, costs: Sequence[float], criterion: ExitCriterion) -> int:
+    """The deepest exit `policy.max_flops` lets a sample reach, decisions included.
+
+    A sample that reaches exit `k` as the last one was judged at exits `0..k-1`, so it
+    costs `costs[k] + k * criterion.flops_per_sample()` (`costs_with_decisions`); that is
+    what the cap is held against (for the fixed confidence scores, `costs[k]` itself).
+    """
+    per_decision = float(criterion.flops_per_sample())
+    return policy.last_exit([float(c) + per_decision * k for k, c in enumerate(costs)])
+
+
 def _assemble(taken: list[tuple[Tensor | None, Tensor, int]], batch: int, costs: Sequence[int]) -> ExitResult:
     """Scatter the per-exit pieces back to the original sample order."""
     first_rows, first_logits, first_exit = taken[0]
@@ -163,7 +174,7 @@ def run_all_then_select(
     """
     criterion = _check_model(model, policy)
     costs = list(model.exit_costs(tuple(x.shape[1:]))) if costs is None else list(costs)
-    last = policy.last_exit(costs)
+    last = capped_last_exit(policy, costs, criterion)
     with torch.no_grad():
         all_logits = model(x).exit_logits
     batch = x.shape[0]

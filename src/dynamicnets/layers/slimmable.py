@@ -21,8 +21,9 @@ linear layers), so any layer chain stays consistent by construction.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,9 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..execution import Execution, parse_execution
 from ..flops import conv_out_size
+
+if TYPE_CHECKING:  # the policy lives with inference; the ladder only calls it
+    from ..inference.width_policy import WidthPolicy
 
 EXECUTIONS = (Execution.COMPACT, Execution.MASKED, Execution.INDEXED)
 
@@ -83,6 +87,36 @@ class WidthLadder:
     def set_default_width(self, width: float) -> None:
         """The width `forward` runs in eval mode when given none (not for use in forward)."""
         self.default_width = self.check_width(width)
+
+    def capped_width(self, width: float, input_shape: Sequence[int], policy: WidthPolicy | None) -> float:
+        """`width` clamped by `policy`'s compute cap: `width` itself when its per-sample
+        cost on an `input_shape` input (the host's `flops(input_shape, width)`) and the
+        width fit, else the widest configured width below it that fits (`policy=None`:
+        `width`). Raises `ConfigError` naming the key when nothing fits."""
+        if policy is None:
+            return width
+        candidates = sorted({w for w in self.widths if w < width} | {width})
+        costs = [self.flops(tuple(input_shape), w) for w in candidates]
+        return candidates[policy.widest_allowed(candidates, costs, self.width_owner)]
+
+    def capped_widths(self, widths: list[float], input_shape: Sequence[int],
+                      policy: WidthPolicy | None) -> list[float]:
+        """The widths a forward runs, after `policy` (which bounds a one-width run only)."""
+        if policy is None:
+            return widths
+        if len(widths) != 1:
+            raise ConfigError(f"{self.width_owner}: a width policy caps a run at one width; this call runs "
+                              f"{len(widths)} widths (the sandwich rule: pass width=... or call eval())")
+        return [self.capped_width(widths[0], input_shape, policy)]
+
+    def worst_case_flops(self, input_shape: Sequence[int], policy: WidthPolicy | None = None) -> float:
+        """The most per-sample FLOPs a one-width run on an `input_shape` input can cost
+        under `policy`, whatever width is asked for."""
+        widest = 1.0 if policy is None or policy.max_width is None else policy.max_width
+        if self.norm == "switchable":  # only the configured widths run
+            widest = max([w for w in self.widths if w <= widest], default=self.widths[0])
+        bound = float(self.flops(tuple(input_shape), self.capped_width(widest, input_shape, policy)))
+        return bound if policy is None or policy.max_flops is None else min(bound, policy.max_flops)
 
     def training_widths(self) -> list[float]:
         """The widths of one sandwich-rule training step, ascending (random ones drawn now)."""

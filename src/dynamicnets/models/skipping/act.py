@@ -134,6 +134,26 @@ class HaltingState:
             setattr(self, name, value if rows is None else scatter_rows(full, rows, value))
         return weight
 
+    def halt(self, stop: Tensor, last: Tensor) -> Tensor:
+        """Halt the running positions `stop` now, before the next block (a compute cap).
+
+        The block each of them ran last becomes its `N`: its output's weight grows from
+        `h_N` to the remainder `R = 1 - sum_{l < N} h_l` (the weights still sum to 1).
+
+        Args:
+            stop: bool, shaped like `running`; positions not running are left alone.
+            last: the halting scores `h_N` of the block they ran last, shaped like `cum`.
+
+        Returns:
+            the weight to add to that block's output in the stage's output: `1 - cum`
+            where halted now, 0 elsewhere.
+        """
+        stop = stop & self.running
+        extra = torch.where(stop, 1 - self.cum, 0)
+        self.remainder = self.remainder + torch.where(stop, extra + last, 0)
+        self.running = self.running & ~stop
+        return extra
+
 
 def _expand(weight: Tensor, like: Tensor) -> Tensor:
     """`(B,)` or `(B, H, W)` weights -> broadcastable against `(B, C, H, W)`."""

@@ -136,6 +136,10 @@ class BlockDrop(GatedResNet):
         (`dynamicnets.inference.calibrate_gate_rate` shifts its biases)."""
         return [self.policy_net.fc]
 
+    def decision_flops(self, input_shape: tuple[int, ...]) -> int:
+        """Per-sample FLOPs of the policy network on a `(in_chans, H, W)` input."""
+        return self.policy_net.flops(tuple(input_shape))
+
     def set_curriculum(self, decide_last: int | None) -> None:
         """Set the default number of last blocks the policy decides (`None`: all)."""
         self.decide_last = self._check_decide_last(decide_last)
@@ -166,7 +170,9 @@ class BlockDrop(GatedResNet):
                 policy network is then not evaluated and its FLOPs not counted).
             execution: `"masked"` / `"compact"`; default masked in training, compact in eval.
             policy: inference thresholds on the policy logits, one per gated block
-                (`calibrate_gate_policy`); default: logit > 0 (the greedy action).
+                (`calibrate_gate_policy`), and an optional compute cap (`max_flops`,
+                `max_blocks`: see `GatedResNet`); default: logit > 0 (the greedy
+                action), no cap. Not used in training.
             decide_last: curriculum for this call (default `self.decide_last`).
             target: optional `(B,)` labels; in training the reward is then computed
                 exactly instead of through the logits (see `reinforce.py`).
@@ -178,9 +184,7 @@ class BlockDrop(GatedResNet):
         self.check_input(x)
         execution = self.resolve_execution(execution)
         if gates is not None:
-            gates = self.check_gates(gates, x.shape[0], execution)
-            logits = self.run_decided(x, gates, execution)
-            return self.make_output(x, logits, gates, execution, gate_flops=0)
+            return self.decided_output(x, gates, execution, policy)
 
         k = self.decide_last if decide_last is None else self._check_decide_last(decide_last)
         policy_logits = self.policy_net(x)
@@ -191,11 +195,14 @@ class BlockDrop(GatedResNet):
             cuts = torch.tensor(self.gate_thresholds(policy), dtype=policy_logits.dtype, device=policy_logits.device)
             actions = (policy_logits > cuts).to(policy_logits.dtype)
         actions = torch.where(mask.bool(), actions, torch.ones_like(actions))
+        budget = self.block_budget(policy, x, self.decision_flops(tuple(x.shape[1:])))
+        if budget is not None:
+            actions = budget.apply(actions)
         logits = self.run_decided(x, actions, execution)
         if self.training:
             logits, aux = self._reinforce(logits, policy_logits, actions, mask, target)
         out = self.make_output(
-            x, logits, actions, execution, self.policy_net.flops(tuple(x.shape[1:]))
+            x, logits, actions, execution, self.decision_flops(tuple(x.shape[1:])), budget
         )
         out.decisions["policy_logits"] = policy_logits.detach()
         if self.training:

@@ -145,7 +145,9 @@ class ConvNetAIG(GatedResNet):
                 gate networks are then not evaluated and their FLOPs not counted).
             execution: `"masked"` / `"compact"`; default masked in training, compact in eval.
             policy: inference thresholds on the gate logits, one per gated block
-                (`calibrate_gate_policy`); default: logit > 0. Not used in training.
+                (`calibrate_gate_policy`), and an optional compute cap (`max_flops`,
+                `max_blocks`: see `GatedResNet`); default: logit > 0, no cap. Not used in
+                training.
             generator: optional `torch.Generator` for the Gumbel noise while training.
 
         Returns:
@@ -155,14 +157,13 @@ class ConvNetAIG(GatedResNet):
         execution = self.resolve_execution(execution)
         cuts = self.gate_thresholds(policy)
         if gates is not None:
-            gates = self.check_gates(gates, x.shape[0], execution)
-            logits = self.run_decided(x, gates, execution)
-            return self.make_output(x, logits, gates, execution, gate_flops=0)
+            return self.decided_output(x, gates, execution, policy)
 
+        budget = self.block_budget(policy, x, self.gate_flops())
         if not self.training and execution == "compact":
             # the eval gate, sigmoid(logit / tau) > 0.5, is logit > 0
             scorers = [gate.scorer() for gate in self.gates]
-            return self.scored_output(x, scorers, self.gate_flops(), cuts)
+            return self.scored_output(x, scorers, self.gate_flops(), cuts, budget)
 
         def decide(index: int, stage: int, h: Tensor) -> Tensor:
             logit = self.gates[index](h)
@@ -170,8 +171,8 @@ class ConvNetAIG(GatedResNet):
                 return logit > cuts[index]
             return self.gumbel(logit, generator=generator)
 
-        features, decided = self.run_blocks(x, decide, execution, validate=self.training)
-        out = self.make_output(x, self.backbone.head(features), decided, execution, self.gate_flops())
+        features, decided = self.run_blocks(x, decide, execution, validate=self.training, budget=budget)
+        out = self.make_output(x, self.backbone.head(features), decided, execution, self.gate_flops(), budget)
         if self.training and self.rate_weight > 0:
             loss = target_rate_loss(decided, self.target_rate.to(decided.dtype), self.rate_loss)
             out.aux_losses["target_rate"] = self.rate_weight * loss

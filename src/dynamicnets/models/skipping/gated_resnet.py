@@ -25,6 +25,16 @@ decisions and outputs, bit for bit, with less per-block work around the gate (no
 calls, and at batch 1 one Python `if` per block instead of gate tensors and gathers). At
 batch 1 a ResNet-110 block costs a few hundred microseconds, so those few microseconds
 per gate decide whether skipping half the blocks halves the time.
+
+Compute cap (a bounded worst case): a `GatePolicy` with `max_flops` and/or `max_blocks`
+bounds every sample's cost at inference, whatever its gates decide (all on, for an input
+crafted to slow the network down). Greedy in block order, a gate that would take its
+sample over the cap is forced off (`dynamicnets.gates.block_budget`); the cap applies to
+the gates' own decisions and to decisions given with `gates=`, in both executions, and
+`decisions["forced_off"] (B, G)` shows which gates it turned off. `compact_flops` then
+never exceeds `max_flops`; so does `flops` in compact execution (masked execution, the
+reference, computes every block whatever the decisions, and says so in `flops`).
+`worst_case_flops(input_shape, policy)` is the bound a policy guarantees.
 """
 from __future__ import annotations
 
@@ -36,6 +46,7 @@ from torch import Tensor, nn
 
 from ...errors import ConfigError
 from ...execution import Execution, ExecutionLike, resolve_execution
+from ...gates.block_budget import CAPS as BLOCK_CAPS, BlockBudget, worst_case_blocks
 from ...gates.thresholds import GatePolicy
 from ...layers.gated_block import gated_flops, is_hard, run_gated
 from ...outputs import DynamicOutput
@@ -161,7 +172,8 @@ class GatedResNet(ClassifierApi, nn.Module):
         return gates
 
     def run_blocks(
-        self, x: Tensor, decide: Decide, execution: str, *, validate: bool = True
+        self, x: Tensor, decide: Decide, execution: str, *, validate: bool = True,
+        budget: BlockBudget | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Stem and stages, each gated block run on the samples `decide` turns on.
 
@@ -172,6 +184,7 @@ class GatedResNet(ClassifierApi, nn.Module):
             execution: `"masked"` or `"compact"`.
             validate: check that the gates are hard before a compact run (skip it when
                 `decide` returns comparisons).
+            budget: a compute cap applied to each decision (`BlockBudget.admit`).
 
         Returns:
             `(features (B, 4 width, ceil(H/4), ceil(W/4)), gates (B, G))`, the gates as
@@ -184,6 +197,8 @@ class GatedResNet(ClassifierApi, nn.Module):
             x = blocks[0](x)
             for b in range(1, len(blocks)):
                 gate = decide(len(gates), s, x)
+                if budget is not None:
+                    gate = budget.admit(len(gates), gate)
                 x = run_gated(blocks[b], x, gate, execution, validate=validate, inplace=inplace)
                 gates.append(gate)
         stacked = torch.stack(gates, dim=1)
@@ -191,13 +206,48 @@ class GatedResNet(ClassifierApi, nn.Module):
 
     def gate_thresholds(self, policy: GatePolicy | None) -> list[float]:
         """Per gated block, the threshold its gate logit must exceed at inference: the
-        policy's (checked: one per gated block), or 0 (`sigmoid > 0.5`) without one."""
+        policy's (checked: one per gated block, caps `max_flops` / `max_blocks` at most),
+        or 0 (`sigmoid > 0.5`) without one."""
         if policy is None:
             return [0.0] * self.num_gated_blocks
-        return list(policy.check(self.num_gated_blocks, f"model {self.name!r}").thresholds)
+        return list(policy.check(self.num_gated_blocks, f"model {self.name!r}", caps=BLOCK_CAPS).thresholds)
 
-    def run_scored(self, x: Tensor, scorers: Sequence[Scorer],
-                   thresholds: Sequence[float] | None = None) -> tuple[Tensor, Tensor]:
+    def decision_flops(self, input_shape: tuple[int, ...]) -> int:
+        """Per-sample FLOPs of every gate evaluation on a `(in_chans, H, W)` input (the
+        subclasses' `gate_flops()`; BlockDrop's policy network depends on the input size)."""
+        return self.gate_flops()
+
+    def block_budget(self, policy: GatePolicy | None, x: Tensor, gate_flops: float) -> BlockBudget | None:
+        """The compute cap of `policy` for the batch `x` (None in training, or without a cap).
+
+        Args:
+            policy: the inference policy (checked).
+            x: `(B, in_chans, H, W)` input (for its shape).
+            gate_flops: per-sample FLOPs of the gate evaluations this forward pays.
+
+        Raises:
+            ConfigError: `max_flops` below the cost with every gated block skipped.
+        """
+        if self.training or policy is None:
+            return None
+        self.gate_thresholds(policy)  # checks the thresholds and which caps are set
+        if not policy.caps:
+            return None
+        fixed, costs = self.block_costs(tuple(x.shape[1:]))
+        return BlockBudget.from_policy(policy, costs, fixed + gate_flops, f"model {self.name!r}")
+
+    def worst_case_flops(self, input_shape: tuple[int, ...], policy: GatePolicy | None = None) -> float:
+        """The most per-sample FLOPs the compact inference of any `(in_chans, H, W)` input
+        can cost under `policy` (without a cap: every gated block run)."""
+        fixed, costs = self.block_costs(tuple(input_shape))
+        base = fixed + self.decision_flops(tuple(input_shape))
+        if policy is not None:  # check the policy and its cap
+            self.gate_thresholds(policy)
+            BlockBudget.from_policy(policy, costs, base, f"model {self.name!r}")
+        return worst_case_blocks(costs, base, policy)
+
+    def run_scored(self, x: Tensor, scorers: Sequence[Scorer], thresholds: Sequence[float] | None = None,
+                   budget: BlockBudget | None = None) -> tuple[Tensor, Tensor]:
         """Compact inference with threshold gates: each gated block runs on the samples
         whose gate logit, scored from the block's pooled input, is `> 0`. The decisions
         and outputs of `run_blocks` in `compact` with `decide = gate(h) > 0`, bit for bit,
@@ -215,6 +265,7 @@ class GatedResNet(ClassifierApi, nn.Module):
                 `(B, C) -> (B, 1)` logits (see `dynamicnets.gates.block_gates`); they must not modify
                 their argument (it may be reused).
             thresholds: per gated block, the cut the logit must exceed (default 0).
+            budget: a compute cap applied to each decision (`BlockBudget`).
 
         Returns:
             `(features (B, 4 width, ceil(H/4), ceil(W/4)), gates (B, G))`, the gates as
@@ -234,10 +285,14 @@ class GatedResNet(ClassifierApi, nn.Module):
                 logit, cut = next(scores)(pooled), next(cuts)
                 if single:
                     on = logit.item() > cut  # the one sync of the block
+                    if budget is not None:
+                        on = budget.admit_one(len(decisions), on)
                     if on:
                         x, pooled = block(x), None
                 else:
                     on = logit.view(-1) > cut
+                    if budget is not None:
+                        on = budget.admit(len(decisions), on)
                     x = run_gated(block, x, on, "compact", validate=False, inplace=inplace)
                     pooled = None
                 decisions.append(on)
@@ -246,19 +301,42 @@ class GatedResNet(ClassifierApi, nn.Module):
         return x, torch.stack(decisions, dim=1).to(x.dtype)
 
     def scored_output(self, x: Tensor, scorers: Sequence[Scorer], gate_flops: int,
-                      thresholds: Sequence[float] | None = None) -> DynamicOutput:
+                      thresholds: Sequence[float] | None = None,
+                      budget: BlockBudget | None = None) -> DynamicOutput:
         """`run_scored`, the head and `make_output`: a model's compact eval forward.
 
         Args:
             x: `(B, in_chans, H, W)` input.
             scorers: as for `run_scored`.
             gate_flops: per-sample FLOPs of all the gate evaluations.
+            thresholds, budget: as for `run_scored`.
 
         Returns:
             `DynamicOutput` as from `make_output` (execution `"compact"`).
         """
-        features, gates = self.run_scored(x, scorers, thresholds)
-        return self.make_output(x, self.backbone.head(features), gates, "compact", gate_flops)
+        features, gates = self.run_scored(x, scorers, thresholds, budget)
+        return self.make_output(x, self.backbone.head(features), gates, "compact", gate_flops, budget)
+
+    def decided_output(self, x: Tensor, gates: Tensor, execution: str,
+                       policy: GatePolicy | None) -> DynamicOutput:
+        """The forward with decisions given (`forward(x, gates=...)`): checked, capped by
+        `policy`'s compute cap (in eval), run; the gate networks are not evaluated.
+
+        Args:
+            x: `(B, in_chans, H, W)` input.
+            gates: `(B, G)` decisions.
+            execution: `"masked"` or `"compact"`.
+            policy: the inference policy, or None.
+
+        Returns:
+            `DynamicOutput` as from `make_output`.
+        """
+        gates = self.check_gates(gates, x.shape[0], execution)
+        budget = self.block_budget(policy, x, 0)
+        if budget is not None:
+            gates = budget.apply(gates)
+        logits = self.run_decided(x, gates, execution)
+        return self.make_output(x, logits, gates, execution, 0, budget)
 
     def run_decided(self, x: Tensor, gates: Tensor, execution: str) -> Tensor:
         """Run the network with hard decisions made beforehand (checked by `check_gates`
@@ -298,6 +376,7 @@ class GatedResNet(ClassifierApi, nn.Module):
         gates: Tensor,
         execution: str,
         gate_flops: int,
+        budget: BlockBudget | None = None,
     ) -> DynamicOutput:
         """A `DynamicOutput` with per-sample FLOPs and the decisions every gated model reports.
 
@@ -307,10 +386,12 @@ class GatedResNet(ClassifierApi, nn.Module):
             gates: `(B, G)` decisions that were applied.
             execution: how the blocks ran.
             gate_flops: per-sample FLOPs of the gate networks that were evaluated.
+            budget: the compute cap that capped `gates`, if any.
 
         Returns:
             `DynamicOutput` with `flops (B,)` and `decisions`: `gates (B, G)`,
-            `executed_fraction (B,)` (mean gate), `compact_flops (B,)`.
+            `executed_fraction (B,)` (mean gate), `compact_flops (B,)`, and with a cap
+            `forced_off (B, G)` (1 where the cap turned a gate off).
         """
         fixed, costs = self.block_costs(tuple(x.shape[1:]))
         base = float(fixed + gate_flops)
@@ -320,12 +401,7 @@ class GatedResNet(ClassifierApi, nn.Module):
         else:
             flops = torch.full_like(compact, base) + costs.sum().to(compact)  # no host sync: exportable
         decided = gates.detach()
-        return DynamicOutput(
-            logits=logits,
-            flops=flops,
-            decisions={
-                "gates": decided,
-                "executed_fraction": decided.mean(dim=1),
-                "compact_flops": compact,
-            },
-        )
+        decisions = {"gates": decided, "executed_fraction": decided.mean(dim=1), "compact_flops": compact}
+        if budget is not None:
+            decisions["forced_off"] = budget.forced_off(x.shape[0], decided)
+        return DynamicOutput(logits=logits, flops=flops, decisions=decisions)

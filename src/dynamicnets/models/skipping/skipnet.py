@@ -142,7 +142,9 @@ class SkipNet(GatedResNet):
                 gate networks are then not evaluated and their FLOPs not counted).
             execution: `"masked"` / `"compact"`; default masked in training, compact in eval.
             policy: inference thresholds on the gate logits, one per gated block
-                (`calibrate_gate_policy`); default: logit > 0. Not used in training.
+                (`calibrate_gate_policy`), and an optional compute cap (`max_flops`,
+                `max_blocks`: see `GatedResNet`); default: logit > 0, no cap. Not used in
+                training.
             rl: training mode for this call (default `self.rl`); ignored in eval.
             target: optional `(B,)` labels; in RL training the reward is then computed
                 exactly instead of through the logits (see `reinforce.py`).
@@ -155,16 +157,15 @@ class SkipNet(GatedResNet):
         execution = self.resolve_execution(execution)
         cuts = self.gate_thresholds(policy)
         if gates is not None:
-            gates = self.check_gates(gates, x.shape[0], execution)
-            logits = self.run_decided(x, gates, execution)
-            return self.make_output(x, logits, gates, execution, gate_flops=0)
+            return self.decided_output(x, gates, execution, policy)
 
+        budget = self.block_budget(policy, x, self.gate_flops())
         if not self.training and execution == "compact":
             if self.gate_kind == "ffgate":
                 scorers = [gate.scorer() for gate in self.gates]
             else:
                 scorers = self.gate.scorers([s for s, _ in self.gated_blocks])
-            return self.scored_output(x, scorers, self.gate_flops(), cuts)
+            return self.scored_output(x, scorers, self.gate_flops(), cuts, budget)
 
         use_rl = self.training and (self.rl if rl is None else bool(rl))
         gate_logits: list[Tensor] = []
@@ -185,12 +186,12 @@ class SkipNet(GatedResNet):
                 return action.squeeze(1)
             return torch.sigmoid(logit)
 
-        features, decided = self.run_blocks(x, decide, execution, validate=self.training)
+        features, decided = self.run_blocks(x, decide, execution, validate=self.training, budget=budget)
         logits = self.backbone.head(features)
         if use_rl:
             logits, aux = self._reinforce(logits, torch.stack(log_probs).sum(0), decided,
                                           torch.stack(gate_logits, 1), target)
-        out = self.make_output(x, logits, decided, execution, self.gate_flops())
+        out = self.make_output(x, logits, decided, execution, self.gate_flops(), budget)
         if use_rl:
             out.aux_losses["reinforce"] = aux
         return out

@@ -37,6 +37,13 @@ At inference the halting threshold `1 - eps` may be replaced per stage by a
 once its cumulative score is `>= thresholds[s]`; `-inf` halts every position after the
 first block, `+inf` runs every block.
 
+Compute cap (a bounded worst case): the policy may set `max_density`; at inference each
+gated block then runs at no more than `floor(max_density * H * W)` positions per sample.
+Where more are still running, the ones furthest from halting (lowest cumulative score)
+keep running and the rest halt before the block (`HaltingState.halt`: the block they
+ran last takes the remainder), in both executions. An input crafted never to halt then
+runs at most that density in every gated block.
+
 The module names are the plain `resnet{depth}`'s plus `halting`, so a plain CIFAR ResNet
 checkpoint loads into it (`load_state_dict(..., strict=False)`; only the halting units
 start fresh).
@@ -50,6 +57,7 @@ from torch import Tensor, nn
 
 from ...errors import ConfigError
 from ...execution import Execution, ExecutionLike, resolve_execution
+from ...gates.spatial import cap_density
 from ...gates.thresholds import GatePolicy
 from ...layers.spatial_block import SparseBranch
 from ...outputs import DynamicOutput
@@ -145,7 +153,8 @@ class SACTResNet(CifarResNet):
         if not isinstance(policy, GatePolicy):
             raise ConfigError(f"model {self.name!r}: policy must be a GatePolicy with one halting threshold "
                               f"per stage ({stages}), got {type(policy).__name__}")
-        return list(policy.check(stages, f"model {self.name!r} (one halting threshold per stage)").thresholds)
+        owner = f"model {self.name!r} (one halting threshold per stage)"
+        return list(policy.check(stages, owner, caps=("max_density",)).thresholds)
 
     def _fixed_and_dense(self, input_shape: tuple[int, ...]) -> tuple[int, int]:
         """Per-sample FLOPs `(always run, dense)`: stem, head, every stage's first block
@@ -177,8 +186,9 @@ class SACTResNet(CifarResNet):
         Args:
             x: `(B, in_chans, H, W)`.
             execution: `"masked"` / `"compact"`; default masked in training, compact in eval.
-            policy: inference halting thresholds, one per stage (default `1 - eps`);
-                checked always, used only in eval mode.
+            policy: inference halting thresholds, one per stage (default `1 - eps`), and
+                an optional `max_density` cap (module docstring); checked always, used
+                only in eval mode.
 
         Returns:
             `DynamicOutput` (see the class docstring).
@@ -204,17 +214,20 @@ class SACTResNet(CifarResNet):
         mode = resolve_execution(execution, self.training)
         checked = self.halting_thresholds(policy)
         thresholds = self.halting_thresholds(None) if self.training else checked
+        max_density = None if policy is None or self.training else policy.max_density
         fixed = float(self._fixed_and_dense(tuple(x.shape[1:]))[0])
         zeros = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
         record = {"ran": zeros + fixed, "compact": zeros + fixed, "executed": zeros.clone(), "full": 0.0,
                   "ponder_maps": []}
         h = self.stem(x)
         for s in range(len(self.stages)):
-            h = self._run_stage(s, h, mode, thresholds[s], record)
+            h = self._run_stage(s, h, mode, thresholds[s], record, max_density)
         return h, record
 
-    def _run_stage(self, s: int, x: Tensor, mode: Execution, threshold: float, record: dict) -> Tensor:
-        """Stage `s`: `(B, C, H, W)` in -> its halting-weighted output; fills `record`."""
+    def _run_stage(self, s: int, x: Tensor, mode: Execution, threshold: float, record: dict,
+                   max_density: float | None = None) -> Tensor:
+        """Stage `s`: `(B, C, H, W)` in -> its halting-weighted output; fills `record`.
+        With `max_density`, the positions over the cap halt before each gated block."""
         blocks, units = self.stages[s], self.halting[s]
         compact = mode is Execution.COMPACT
         inplace = compact and not torch.is_grad_enabled()
@@ -223,6 +236,10 @@ class SACTResNet(CifarResNet):
         state = HaltingState(score, 1.0 - threshold)
         out = state.step(None, score).unsqueeze(1) * x
         for l, branch in enumerate(self.branches[s], start=1):
+            if max_density is not None:  # keep the positions furthest from halting
+                kept = cap_density(-state.cum, state.running, max_density)
+                extra = state.halt(state.running & ~kept, score).unsqueeze(1)
+                out = out.addcmul_(extra, x) if inplace else out + extra * x
             running = state.running  # (B, H, W): the positions block l runs at
             unit = units[l] if l < len(units) else None  # none after the last block
             with torch.no_grad():  # costs: no graph through the folded weights

@@ -11,6 +11,13 @@ Per block, the gate's decisions become a `(B, H, W)` mask and `SparseBranch` run
 block masked (training: dense, output blended by the straight-through mask) or compact
 (inference: only the masked positions, by gathered positions or gathered tiles).
 Training adds DynConv's FLOPs-budget loss (`gates.flops_budget`) towards `budget`.
+
+Compute cap (a bounded worst case): a `GatePolicy` with `max_density` bounds, at
+inference, the fraction of each gated block's decision cells (positions, or tiles with
+`gate_tile > 1`) a sample runs: a sample whose gates switch on more than
+`floor(max_density * cells)` keeps its highest-scoring ones (`gates.spatial.cap_density`),
+in both executions. An input crafted to switch every position on then runs at most that
+density in every gated block.
 """
 from __future__ import annotations
 
@@ -22,7 +29,7 @@ from torch import Tensor, nn
 from ...errors import ConfigError
 from ...execution import Execution, resolve_execution
 from ...gates.flops_budget import check_budget, flops_budget_loss
-from ...gates.spatial import SpatialMaskGate, expand_tiles, spatial_decisions
+from ...gates.spatial import SpatialMaskGate, cap_density, expand_tiles, spatial_decisions
 from ...gates.thresholds import GatePolicy
 from ...layers.spatial_block import SparseBranch, SparseStrategy, check_spatial_mask, parse_strategy
 from ...outputs import DynamicOutput
@@ -126,10 +133,10 @@ class SpatialGating:
         return [gate.conv for gate in self.gates]
 
     def gate_thresholds(self, policy: GatePolicy | None) -> list[float]:
-        """Per-gate inference thresholds (0 without a policy)."""
+        """Per-gate inference thresholds (0 without a policy); the policy may set `max_density`."""
         if policy is None:
             return [0.0] * self.num_gated_blocks
-        return list(policy.check(self.num_gated_blocks, f"model {self.name!r}").thresholds)
+        return list(policy.check(self.num_gated_blocks, f"model {self.name!r}", caps=("max_density",)).thresholds)
 
     def forward_features(self, x: Tensor, **kwargs) -> Tensor:
         """`(B, in_chans, H, W) -> (B, num_features, h, w)`, with `forward`'s keyword arguments."""
@@ -154,8 +161,9 @@ class SpatialGating:
                 mask per gated block, at that block's resolution (the gates are then not
                 evaluated and their FLOPs not counted).
             execution: `"masked"` / `"compact"`; default masked in training, compact in eval.
-            policy: inference thresholds on the gate logits, one per gated block; default
-                logit > 0. Not used in training.
+            policy: inference thresholds on the gate logits, one per gated block, and an
+                optional `max_density` cap (module docstring; not with `masks`); default
+                logit > 0, no cap. Not used in training.
             strategy: compact execution's `"positions"`, `"tiles"` or `"dense"`, one for all
                 gated blocks or one per block (default: the model's `strategies`).
             progress: training progress in `[0, 1]` (the trainer passes it) for the
@@ -206,6 +214,11 @@ class SpatialGating:
         mode = resolve_execution(execution, self.training)
         strategies = self.strategies if strategy is None else self.parse_strategies(strategy)
         cuts = self.gate_thresholds(policy)
+        max_density = None if policy is None or self.training else policy.max_density
+        if masks is not None and max_density is not None:
+            raise ConfigError(f"model {self.name!r}: key 'max_density' keeps the highest-scoring positions of "
+                              f"the gates' own decisions; with masks given there are no scores (cap the masks "
+                              f"yourself, or leave masks out)")
         if masks is not None and len(masks) != self.num_gated_blocks:
             raise ConfigError(f"model {self.name!r}: masks must hold one (B, h, w) mask per gated block "
                               f"({self.num_gated_blocks}), got {len(masks)}")
@@ -229,6 +242,7 @@ class SpatialGating:
                 logits = gate(h)
                 decided = spatial_decisions(logits, training=self.training, threshold=cuts[g],
                                             tau=self.tau, noise_scale=noise_scale, generator=generator)
+                decided = cap_density(logits, decided, max_density)
                 mask = expand_tiles(decided, gate.tile, height, width)
                 record["base"] += gate.flops(height, width)
             branch = self.branches[index]

@@ -14,6 +14,11 @@ width with a linear layer.
 - Inference: the gate's argmax picks a width per sample; the batch is grouped by width
   and each group runs its compact slice (`SlimmableResNet.forward_logits`). `flops` is
   per sample: the gate plus the chosen width's network.
+- Compute cap (a bounded worst case): `forward(x, policy=WidthPolicy(max_flops=...))`
+  clamps each sample's choice at inference to the widest width whose per-sample cost,
+  gate included, is `<= max_flops` (and `<= max_width`), so a gate pushed to the widest
+  width by a crafted input costs at most the cap; `decisions["width_capped"]` marks the
+  samples it narrowed. `worst_case_flops(input_shape, policy)` is the bound.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ from ...errors import ConfigError
 from ...execution import Execution, ExecutionLike, resolve_execution
 from ...flops import linear_flops
 from ...gates import GumbelSoftmaxGate
+from ...inference.width_policy import WidthPolicy
 from ...outputs import DynamicOutput
 from .._api import ClassifierApi
 from .._registry import register_model
@@ -135,7 +141,22 @@ class DSNet(ClassifierApi, nn.Module):
         mixed = torch.einsum("bw,wbc->bc", one_hot.to(per_width[0].dtype), torch.stack(per_width))
         return mixed, per_width
 
-    def forward(self, x: Tensor, execution: ExecutionLike = None) -> DynamicOutput:
+    def widest_allowed(self, input_shape: tuple[int, ...], policy: WidthPolicy | None) -> int:
+        """Index of the widest width `policy` allows on a `(C, H, W)` input (the gate
+        included in each width's cost); the widest width without a policy."""
+        if policy is None:
+            return len(self.widths) - 1
+        costs = (self.width_costs(input_shape) + self.gate_flops(input_shape)).tolist()
+        return policy.widest_allowed(self.widths, costs, "DSNet")
+
+    def worst_case_flops(self, input_shape: tuple[int, ...], policy: WidthPolicy | None = None) -> float:
+        """The most per-sample FLOPs compact inference on a `(C, H, W)` input can cost under
+        `policy` (gate + the widest width it allows)."""
+        shape = tuple(input_shape)
+        return float(self.gate_flops(shape) + self.width_costs(shape)[self.widest_allowed(shape, policy)])
+
+    def forward(self, x: Tensor, execution: ExecutionLike = None, *,
+                policy: WidthPolicy | None = None) -> DynamicOutput:
         """Gate, then run the chosen width per sample.
 
         Args:
@@ -144,11 +165,14 @@ class DSNet(ClassifierApi, nn.Module):
                 mixed by the one-hot choice (Gumbel-softmax in training, argmax in eval);
                 compact (default in eval): the samples are grouped by width and each group
                 runs once at its width, as weight slices. Same choice, same logits.
+            policy: a `WidthPolicy` compute cap: in eval, a choice wider than the widest
+                width it allows becomes that width (both executions). Not used in training.
 
         Returns:
             `DynamicOutput`: `logits (B, C)`, `flops (B,)` of what ran (masked: every
-            width), `decisions["width_index"]`, `decisions["width"]` `(B,)`; in training
-            `exit_logits` holds each width's logits, then the mix.
+            width), `decisions["width_index"]`, `decisions["width"]` `(B,)`, with a
+            policy `decisions["width_capped"]` `(B,)` bool; in training `exit_logits`
+            holds each width's logits, then the mix.
         """
         execution = resolve_execution(execution, self.training)
         shape = tuple(x.shape[1:])
@@ -156,11 +180,17 @@ class DSNet(ClassifierApi, nn.Module):
         gate = self.gate_flops(shape)
         logits_g = self.gate_logits(x)
         widths = torch.tensor(self.widths, device=x.device)
+        capped = None
+        if not self.training:
+            wanted = logits_g.argmax(dim=-1)
+            limit = self.widest_allowed(shape, policy)
+            chosen = wanted.clamp(max=limit)
+            capped = None if policy is None else chosen != wanted
         if execution is Execution.MASKED:
             if self.training:
                 one_hot = self.gumbel(logits_g)
             else:
-                one_hot = F.one_hot(logits_g.argmax(dim=-1), len(self.widths)).to(logits_g.dtype)
+                one_hot = F.one_hot(chosen, len(self.widths)).to(logits_g.dtype)
             mixed, per_width = self.run_fused(x, one_hot)
             choice = one_hot.argmax(dim=-1)
             out = DynamicOutput(
@@ -174,10 +204,12 @@ class DSNet(ClassifierApi, nn.Module):
                 loss = self.cost_weight * (expected - self.target_flops_ratio).square()
                 out.aux_losses["target_flops"] = loss.to(mixed.dtype)
         else:
-            choice = logits_g.argmax(dim=-1)
+            choice = logits_g.argmax(dim=-1) if self.training else chosen
             out = DynamicOutput(logits=self.run_grouped(x, choice), flops=gate + costs[choice])
         out.decisions["width_index"] = choice
         out.decisions["width"] = widths[choice]
+        if capped is not None:
+            out.decisions["width_capped"] = capped
         return out
 
 

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from ...errors import ConfigError
 from ...execution import Execution, parse_execution
+from ...inference.width_policy import WidthPolicy
 from ...layers.slimmable import EXECUTIONS, SlimmableLinear, WidthLadder, channels_at, check_width
 from ...outputs import DynamicOutput
 from ...flops import conv_out_size
@@ -267,9 +268,14 @@ class SlimmableResNet(WidthLadder, ClassifierApi, nn.Module):
         self.head.execution = old.execution
 
     def forward(
-        self, x: Tensor, width: float | None = None, *, widths: Sequence[float] | None = None
+        self, x: Tensor, width: float | None = None, *, widths: Sequence[float] | None = None,
+        policy: WidthPolicy | None = None,
     ) -> DynamicOutput:
-        """Run one `width`, or several `widths` (sandwich); see the class doc for the default."""
+        """Run one `width`, or several `widths` (sandwich); see the class doc for the default.
+
+        `policy` (a `WidthPolicy`) caps a one-width run: the width runs if its per-sample
+        FLOPs and fraction fit the caps, else the widest configured width below it that
+        fits (`decisions["width"]` says which ran)."""
         if width is not None and widths is not None:
             raise ConfigError(f"{self.name}: give width or widths, not both")
         if widths is None:
@@ -277,7 +283,7 @@ class SlimmableResNet(WidthLadder, ClassifierApi, nn.Module):
                 widths = self.training_widths()
             else:
                 widths = [self.default_width if width is None else width]
-        widths = [self.check_width(w) for w in widths]
+        widths = self.capped_widths([self.check_width(w) for w in widths], tuple(x.shape[1:]), policy)
         b = x.shape[0]
         all_logits = [self.forward_logits(x, w) for w in widths]
         flops = sum(self.flops(x.shape[1:], w) for w in widths)
