@@ -59,8 +59,9 @@ def test_slowdown_records_clean_and_attacked_with_and_without_a_cap(checkpoint, 
 
 
 def test_pgd_with_a_budget_calibrated_on_clean_data(checkpoint, tmp_path):
-    code, result = _attack(checkpoint, tmp_path, "--kind", "pgd", "--eps", "0.2", "--steps", "5", "--budget", "70%")
-    assert code == 0
+    code, result = _attack(checkpoint.parent, tmp_path, "--kind", "pgd", "--eps", "0.2", "--steps", "5",
+                           "--budget", "70%")  # a run folder stands for its checkpoint
+    assert code == 0 and result["meta"]["checkpoint"] == str(checkpoint.parent / "best.pt")
     assert "fitted on one seeded half" in result["meta"]["protocol"]
     clean, attacked = result["records"]
     assert attacked["attack"] == "pgd" and attacked["accuracy"] < clean["accuracy"]

@@ -10,7 +10,7 @@ COLUMNS = ("defense", "attack", "cap", "accuracy", "efficacy", "mean_flops", "ma
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of `dynamicnets attack`."""
-    p.add_argument("--checkpoint", required=True, help="a best.pt / last.pt written by train")
+    p.add_argument("--checkpoint", required=True, help="a best.pt / last.pt written by train, or its run folder")
     p.add_argument("--kind", required=True, choices=["slowdown", "pgd"],
                    help="slowdown: DeepSloth (every internal exit pushed toward uniform, or every gate on); "
                         "pgd: untargeted PGD on the final logits")

@@ -24,7 +24,7 @@ from ..inference import ExitPolicy, collect_exit_logits
 from ..protocols import CalibratableGates, MultiExit
 from ..training.trainer import resolve_device
 from .checkpoint_data import check_split, load_checkpoint_data
-from .checkpoints import load_trained_model
+from .checkpoints import load_trained_model, run_checkpoint
 from .early_exit import EarlyExitRequest, choose_policy
 from .evaluate import _calibration_split
 
@@ -34,7 +34,8 @@ class AttackRequest:
     """What `dynamicnets attack` asks for.
 
     Attributes:
-        checkpoint: a `best.pt` / `last.pt` written by the trainer.
+        checkpoint: a `best.pt` / `last.pt` written by the trainer, or its run folder
+            (its `best.pt`, else `last.pt`).
         kind: `pgd` or `slowdown`.
         eps: L-infinity radius in pixel units (a number or `"8/255"`).
         steps: attack steps.
@@ -112,6 +113,7 @@ def attack_checkpoint(request: AttackRequest) -> dict[str, Any]:
         CheckpointError, DataError: as for `dynamicnets eval`.
     """
     device = resolve_device(request.device, what="--device")
+    request.checkpoint = str(run_checkpoint(request.checkpoint))
     model, ckpt = load_trained_model(request.checkpoint, device)
     multi_exit = isinstance(model, MultiExit)
     if request.kind == "slowdown" and not (multi_exit or isinstance(model, CalibratableGates)):
