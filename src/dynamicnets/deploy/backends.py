@@ -8,7 +8,7 @@ program's device) tensors with the batch first:
   fed NumPy views of the tensors (no copy) and returning tensors over its outputs;
 - `"eager"` / `"compiled"` (no files): the plan's own modules, as they are or through
   `torch.compile(dynamic=True)` (each graph compiles on its own, so the decisions between
-  them never break a compiled graph).
+  them never break a compiled graph; run them inside `compile_room`).
 """
 from __future__ import annotations
 
@@ -68,6 +68,19 @@ def onnxruntime_runner(path: Path, *, threads: int | None = None) -> Runner:
 def compiled_runner(module: nn.Module) -> Runner:
     """`module` through `torch.compile(dynamic=True)` (a graph of its own, no breaks inside)."""
     return module_runner(torch.compile(module, dynamic=True))
+
+
+def compile_room(graphs: int):
+    """A reusable context in which `torch.compile` may keep a variant of each of `graphs` graphs.
+
+    Dynamo keeps one cache per code object and, past `recompile_limit` (8) variants, runs
+    that code eagerly from then on, silently. The pieces of a plan share code objects
+    (every residual block of a ResNet is one `BasicBlock.forward`, every early-exit stage
+    one `ExitSegment.forward`) and each needs up to two variants per shape (a batch of 1
+    is specialised), so a deep model ran most of its pieces uncompiled without this.
+    """
+    limit = max(int(torch._dynamo.config.recompile_limit), 4 * int(graphs))
+    return torch._dynamo.config.patch(recompile_limit=limit)
 
 
 def file_runner(path: Path, backend: str) -> Runner:

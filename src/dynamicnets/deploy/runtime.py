@@ -18,6 +18,7 @@ each sample went through (for exits, the manifest's exit costs, as in eager exec
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -35,7 +36,7 @@ from ..gates.thresholds import GatePolicy
 from ..inference.executor import run_early_exit
 from ..inference.policy import ExitPolicy
 from ..outputs import DynamicOutput
-from .backends import Runner, compiled_runner, file_runner, module_runner
+from .backends import Runner, compile_room, compiled_runner, file_runner, module_runner
 from .export import FORMATS, MANIFEST, MANIFEST_VERSION
 from .graphs import StateLayout
 from .plan import KINDS, DeploymentPlan
@@ -104,6 +105,8 @@ class _ExportedExits:
         stage = self.stages[k]
         tensors = () if self.layouts[k] is None else self.layouts[k].flatten(state)
         out = self.runners[stage["segment"]](*tensors, *((x,) if stage["takes_input"] else ()))
+        if k + 1 < self.num_exits:  # the state as the next stage reads it (a list of one stays a list)
+            return self.layouts[k + 1].rebuild(out)
         return out if len(out) > 1 else out[0]
 
     def exit_logits(self, k: int, state) -> Tensor:
@@ -138,6 +141,7 @@ class DeployedModel:
         self.kind = manifest["kind"]
         self.input_shape = tuple(manifest["input_shape"])
         self.flops = {name: float(entry["flops"]) for name, entry in manifest["graphs"].items()}
+        self._room = compile_room(len(runners)) if backend == "compiled" else contextlib.nullcontext()
         missing = sorted(_graph_names(manifest) - set(runners))
         if missing:
             raise ConfigError(f"manifest of model {manifest.get('model')!r}: the structure names graphs "
@@ -193,7 +197,7 @@ class DeployedModel:
         if tuple(x.shape[1:]) != self.input_shape:
             raise ConfigError(f"model {self.manifest.get('model')!r} was exported for inputs "
                               f"{self.input_shape}, got {tuple(x.shape[1:])}")
-        with torch.no_grad():
+        with torch.no_grad(), self._room:
             if self.kind == "early_exit":
                 return self._exits(x, policy)
             if self.kind == "gated":
