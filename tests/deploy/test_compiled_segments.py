@@ -66,7 +66,7 @@ def test_compiled_plan_decides_like_eager(name, kwargs):
         assert torch.equal(out.decisions["gates" if name == GATED[0] else "exit_index"], decisions)
         torch.testing.assert_close(out.logits, ref.logits, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(out.flops, ref.flops.double())
-    # the pieces share code objects (5 shapes of `BasicBlock.forward`, 5 stages of
-    # `ExitSegment.forward`), each with a batch-1 variant: more than dynamo's default of 8
-    # variants per code object; every frame still compiled, none left to run eagerly
+    # pieces share code objects: the gated plan's 5 shapes of `BasicBlock.forward`, each
+    # with a batch-1 variant, are more than dynamo's default of 8 variants per code object;
+    # every frame still compiled, none left to run eagerly
     assert counters["frames"]["total"] == counters["frames"]["ok"] > 0

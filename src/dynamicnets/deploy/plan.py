@@ -79,6 +79,7 @@ class DeploymentPlan:
 
 def _add(plan: DeploymentPlan, name: str, module: nn.Module, *example: Tensor) -> tuple[Tensor, ...]:
     """Run `module` on `example`, record it as graph `name`, return its outputs."""
+    module.eval()  # a new wrapper starts in training mode (the ONNX exporter warns about it)
     with torch.no_grad():
         out = as_tuple(module(*example))
     plan.graphs[name] = Graph(module, tuple(example), len(out), per_sample_flops(module, tuple(example)))
