@@ -239,7 +239,7 @@ class DeployedModel:
                 (h,) = self.runners[step["block"]](h)
             elif rows.numel():
                 (done,) = self.runners[step["block"]](h[rows])
-                h = h.index_put((rows,), done)
+                h = h.index_put_((rows,), done)  # h is an activation of ours: no copy of the batch per block
             flops += on.to(torch.float64) * self.flops[step["block"]]
             gates.append(on)
         (logits,) = self.runners[structure["head"]](h)
