@@ -69,11 +69,12 @@ def _without_unused_state(program: ExportedProgram) -> ExportedProgram:
         return program
     module.recompile()
     return ExportedProgram(
-        root=module, graph=module.graph, graph_signature=ExportGraphSignature(keep, program.graph_signature.output_specs),
+        root=module, graph=module.graph,
+        graph_signature=ExportGraphSignature(keep, program.graph_signature.output_specs),
         state_dict={k: v for k, v in program.state_dict.items() if k not in unused},
         range_constraints=program.range_constraints, module_call_graph=program.module_call_graph,
-        example_inputs=program.example_inputs, constants={k: v for k, v in program.constants.items() if k not in unused},
-        verifiers=program.verifiers,
+        example_inputs=program.example_inputs,
+        constants={k: v for k, v in program.constants.items() if k not in unused}, verifiers=program.verifiers,
     )
 
 
