@@ -86,3 +86,24 @@ def test_slowdown_needs_exits_or_gates(tmp_path, capsys):
     assert code == 2 and "--kind slowdown" in capsys.readouterr().err
     code, result = _attack(static, tmp_path, "--kind", "pgd", "--eps", "0.1", "--steps", "2")
     assert code == 0 and [r["efficacy"] for r in result["records"]] == [None, None]
+
+
+def test_a_gated_model_attacked_with_and_without_a_gate_cap(tmp_path):
+    """All-gates-on slowdown on ConvNet-AIG: the capped rows never exceed --max-flops."""
+    root = tmp_path
+    (root / "aig.yaml").write_text(CONFIG.replace("{{width: 8}}", "{{depth: 14, width: 4}}").format(
+        name="aig", model="convnet_aig_resnet", out=root / "runs"))
+    assert main(["train", "--config", str(root / "aig.yaml")]) == 0
+    checkpoint = root / "runs" / "aig" / "last.pt"
+    code, probe = _attack(checkpoint, tmp_path, "--kind", "slowdown", "--eps", "0.1", "--steps", "2")
+    assert code == 0
+    clean, attacked = probe["records"]
+    cap = (clean["mean_flops"] + attacked["max_flops"]) / 2
+    code, result = _attack(checkpoint, tmp_path, "--kind", "slowdown", "--eps", "0.1", "--steps", "2",
+                           "--max-flops", str(cap))
+    assert code == 0
+    assert [(r["attack"], r["cap"]) for r in result["records"]] == [("none", None), ("none", cap),
+                                                                    ("slowdown", None), ("slowdown", cap)]
+    for record in result["records"]:
+        if record["cap"] is not None:
+            assert record["max_flops"] <= cap

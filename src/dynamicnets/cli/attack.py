@@ -37,18 +37,19 @@ def run_attack(args: argparse.Namespace) -> int:
     # Imported here: building the parser must stay light (`dynamicnets models` starts fast).
     from ..pipelines.attack import AttackRequest, attack_checkpoint
     from ..profiling.report import format_flops, print_table, write_json
-    from ..errors import ConfigError
+    from ..profiling.report import parse_flops
     from ..writing import check_writable
     from .evaluate import _early_exit_request
 
     check_writable(args.out, "--out")  # before the attack, not after it
     early_exit = _early_exit_request(args)
-    if early_exit is None and args.max_flops is not None:
-        raise ConfigError("--max-flops: caps the exit rule of a multi-exit model; give one with --budget, "
-                          "--budget-ms or --thresholds")
+    # Without an exit rule, --max-flops caps a layer-skipping model's gates.
+    gate_max_flops = parse_flops(args.max_flops, what="--max-flops") if (
+        early_exit is None and args.max_flops is not None) else None
     result = attack_checkpoint(AttackRequest(
         checkpoint=args.checkpoint, kind=args.kind, eps=args.eps, steps=args.steps, step_size=args.step_size,
         data=args.data, split=args.split, samples=args.samples or None, early_exit=early_exit,
+        gate_max_flops=gate_max_flops,
         batch_size=args.batch_size, device=args.device, seed=args.seed,
     ))
     meta = result["meta"]

@@ -20,6 +20,8 @@ from torch.utils.data import Dataset
 from ..attacks import InputSpace, check_attack, check_kind, craft, score_early_exit, score_forward
 from ..data import make_eval_loader
 from ..errors import ConfigError
+from ..gates.thresholds import GatePolicy
+from ..models.skipping.gated_resnet import GatedResNet
 from ..inference import ExitPolicy, collect_exit_logits
 from ..protocols import CalibratableGates, MultiExit
 from ..training.trainer import resolve_device
@@ -45,6 +47,8 @@ class AttackRequest:
         samples: how many samples are attacked and scored (the first ones of the scored
             set); `None`: all.
         early_exit: the exit rule of a multi-exit model (its `max_flops` adds capped rows).
+        gate_max_flops: a layer-skipping model's per-sample cap (`GatePolicy.max_flops`,
+            gates at their trained thresholds): adds capped rows.
         batch_size: samples per attack and per executor call.
         device: `cpu`, `cuda` or `auto`.
         seed: of the attacks' random starts.
@@ -59,6 +63,7 @@ class AttackRequest:
     split: str = "val"
     samples: int | None = 500
     early_exit: EarlyExitRequest | None = None
+    gate_max_flops: float | None = None
     batch_size: int = 128
     device: str = "cpu"
     seed: int = 0
@@ -119,6 +124,9 @@ def attack_checkpoint(request: AttackRequest) -> dict[str, Any]:
     if request.kind == "slowdown" and not (multi_exit or isinstance(model, CalibratableGates)):
         raise ConfigError(f"--kind slowdown: {request.checkpoint} holds {ckpt['model_name']!r}, which has neither "
                           "early exits nor skipping gates to defeat; use --kind pgd")
+    if multi_exit and request.early_exit is None and request.gate_max_flops is not None:
+        raise ConfigError("--max-flops: caps the exit rule of a multi-exit model; give one with --budget, "
+                          "--budget-ms or --thresholds")
     if multi_exit and request.early_exit is None:
         raise ConfigError("a multi-exit model needs an exit rule: --budget, --budget-ms or --thresholds")
     if not multi_exit and request.early_exit is not None:
@@ -137,6 +145,11 @@ def attack_checkpoint(request: AttackRequest) -> dict[str, Any]:
         meta.update(extra)
     else:
         scored, policies = prepared.dataset, [None]
+        if request.gate_max_flops is not None:
+            if not isinstance(model, GatedResNet):
+                raise ConfigError(f"--max-flops: {ckpt['model_name']!r} has neither early exits nor a gated "
+                                  "ResNet's gates to cap")
+            policies.append(GatePolicy.constant(0.0, model.num_gated_blocks, max_flops=request.gate_max_flops))
         meta["protocol"] = f"the first {request.samples or 'all'} samples of the split, the model's own decisions"
     x, y = _tensors(scored, request.samples, request.batch_size, device)
     generator = torch.Generator(device=x.device).manual_seed(request.seed)
@@ -150,7 +163,7 @@ def attack_checkpoint(request: AttackRequest) -> dict[str, Any]:
             if multi_exit:
                 scores = score_early_exit(model, inputs, y, policy, batch_size=request.batch_size)
             else:
-                scores = score_forward(model, inputs, y, batch_size=request.batch_size)
+                scores = score_forward(model, inputs, y, policy=policy, batch_size=request.batch_size)
             records.append({"defense": meta["defense"], "attack": name,
                             "eps": request.eps if name != "none" else 0.0,
                             "steps": request.steps if name != "none" else 0, **scores})
