@@ -111,6 +111,10 @@ def test_slimmable_runtime_runs_the_asked_width(images):
         assert counted == pytest.approx(float(out.flops.sum()))
     with pytest.raises(ConfigError, match="width"):
         deployed(images, width=0.3)
+    with pytest.raises(ConfigError, match="empty batch"):
+        deployed(images[:0])
+    with pytest.raises(ConfigError, match="exported for inputs"):
+        deployed(torch.randn(2, 3, 8, 8))
 
 
 def test_unsupported_model_and_wrong_policy_are_clear_errors():

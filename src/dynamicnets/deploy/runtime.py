@@ -194,6 +194,8 @@ class DeployedModel:
                 `GatePolicy` (gated blocks; its `max_flops` / `max_blocks` caps apply).
             width: a slimmable network: the width to run (default the exported one).
         """
+        if x.shape[0] == 0:
+            raise ConfigError("x: an empty batch; the exported graphs take batches of 1 or more")
         if tuple(x.shape[1:]) != self.input_shape:
             raise ConfigError(f"model {self.manifest.get('model')!r} was exported for inputs "
                               f"{self.input_shape}, got {tuple(x.shape[1:])}")
