@@ -59,7 +59,7 @@ def _policy(model: torch.nn.Module, request: ExportRequest):
         if len(thresholds) == 1:
             thresholds = thresholds * model.num_gated_blocks
         caps = {} if request.max_flops is None else {"max_flops": request.max_flops}
-        return GatePolicy(tuple(thresholds), **caps).check(model.num_gated_blocks, f"--thresholds", caps=tuple(caps))
+        return GatePolicy(tuple(thresholds), **caps).check(model.num_gated_blocks, "--thresholds", caps=tuple(caps))
     if request.thresholds is not None or request.max_flops is not None:
         raise ConfigError("--thresholds / --max-flops: this model's decisions take neither (widths are "
                           "chosen by its gate, or at run time)")
