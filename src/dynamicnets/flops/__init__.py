@@ -19,7 +19,7 @@ from .counter import (
     is_shape,
     traced_flops_and_shape,
 )
-from .formulas import attention_flops, conv1d_flops, conv2d_flops, conv_out_size, linear_flops, lstm_cell_flops, matmul_flops
+from .formulas import attention_flops, conv1d_flops, conv2d_flops, conv_out_size, gru_cell_flops, linear_flops, lstm_cell_flops, matmul_flops
 
 __all__ = [
     "ATTENTION_FORMULAS",
@@ -36,6 +36,7 @@ __all__ = [
     "conv2d_flops",
     "conv_out_size",
     "linear_flops",
+    "gru_cell_flops",
     "lstm_cell_flops",
     "matmul_flops",
 ]

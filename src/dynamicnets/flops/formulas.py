@@ -51,6 +51,12 @@ def lstm_cell_flops(cell: nn.LSTMCell) -> int:
     return 2 * 4 * cell.hidden_size * (cell.input_size + cell.hidden_size)
 
 
+def gru_cell_flops(cell: nn.GRUCell) -> int:
+    """Per-sample FLOPs of one `cell` step: its input and hidden products to the 3 gates
+    (what `FlopCounterMode` counts; the gate activations and the mixing are free)."""
+    return 2 * 3 * cell.hidden_size * (cell.input_size + cell.hidden_size)
+
+
 def attention_flops(heads: int, queries: int, keys: int, head_dim: int, value_dim: int | None = None) -> int:
     """Per-sample FLOPs of scaled dot-product attention: `Q K^T` and `softmax(.) V` over
     `heads` heads, `2 * heads * queries * keys * (head_dim + value_dim)` (the softmax is free).

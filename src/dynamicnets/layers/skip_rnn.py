@@ -1,12 +1,13 @@
 """Skip-RNN (Campos, Jou, Giró-i-Nieto, Torres, Chang, "Skip RNN: Learning to Skip State
-Updates in Recurrent Neural Networks", ICLR 2018) over an LSTM cell.
+Updates in Recurrent Neural Networks", ICLR 2018) over an LSTM cell (`SkipLSTM`) or a GRU
+cell (`SkipGRU`); both share the skip logic of `SkipRNN`.
 
 At every step the network either updates its state with the LSTM cell or copies it
 unchanged. A scalar accumulates the probability of updating:
 
     u_t      = [u~_t > 0.5]                      (binary; straight-through gradient)
-    s_t      = u_t * LSTM(x_t, s_{t-1}) + (1 - u_t) * s_{t-1}        (s = (h, c))
-    du_t     = sigmoid(w . c_t + b)
+    s_t      = u_t * cell(x_t, s_{t-1}) + (1 - u_t) * s_{t-1}   (s = (h, c) or s = h)
+    du_t     = sigmoid(w . c_t + b)       (c_t: the LSTM's cell state, the GRU's h_t)
     u~_{t+1} = u_t * du_t + (1 - u_t) * (u~_t + min(du_t, 1 - u~_t)),   u~_1 = 1
 
 so after an update `du_t` says how soon the next one comes (`1 / du_t` steps, roughly),
@@ -35,14 +36,14 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..gates.straight_through import ste_threshold
-from ..flops import linear_flops, lstm_cell_flops
+from ..flops import gru_cell_flops, linear_flops, lstm_cell_flops
 from ..compact import rows_where, scatter_rows
 from ..execution import Execution, parse_execution
 
 
 @dataclass
 class SkipRNNResult:
-    """What `SkipLSTM.forward` returns.
+    """What `SkipRNN.forward` returns.
 
     Attributes:
         hidden: `(B, hidden_size)` the last hidden state `h_T`.
@@ -56,11 +57,16 @@ class SkipRNNResult:
     flops: Tensor
 
 
-class SkipLSTM(nn.Module):
-    """An LSTM that learns to skip state updates (Skip-RNN).
+class SkipRNN(nn.Module):
+    """The Skip-RNN logic over a recurrent cell; `SkipLSTM` and `SkipGRU` give the cell.
+
+    A subclass passes its cell (an `nn.LSTMCell` / `nn.GRUCell`-like module with
+    `input_size` and `hidden_size`) and defines `_state_size`, `_cell_step` and
+    `_cell_flops`. The state is a tuple of `(B, hidden_size)` tensors: the first is the
+    hidden state `h`, the last feeds the update gate.
 
     Args:
-        input_size, hidden_size: of the `nn.LSTMCell`.
+        cell: the recurrent cell.
         update_bias_init: initial bias of the update gate `du = sigmoid(w . c + b)`
             (positive: update at most steps at first).
 
@@ -69,16 +75,26 @@ class SkipLSTM(nn.Module):
         `updates (B, T)`, `flops (B,)`.
     """
 
-    def __init__(
-        self, input_size: int, hidden_size: int, *, update_bias_init: float = 2.0, device=None, dtype=None
-    ) -> None:
+    _state_size: int
+
+    def __init__(self, cell: nn.Module, update_bias_init: float, device=None, dtype=None) -> None:
         super().__init__()
-        if input_size < 1 or hidden_size < 1:
-            raise ConfigError(f"SkipLSTM: input_size and hidden_size must be >= 1, got {input_size}, {hidden_size}")
-        factory = {"device": device, "dtype": dtype}
-        self.cell = nn.LSTMCell(input_size, hidden_size, **factory)
-        self.update_gate = nn.Linear(hidden_size, 1, **factory)
+        self.cell = cell
+        self.update_gate = nn.Linear(cell.hidden_size, 1, device=device, dtype=dtype)
         nn.init.constant_(self.update_gate.bias, update_bias_init)
+
+    @staticmethod
+    def _check_sizes(name: str, input_size: int, hidden_size: int) -> None:
+        if input_size < 1 or hidden_size < 1:
+            raise ConfigError(f"{name}: input_size and hidden_size must be >= 1, got {input_size}, {hidden_size}")
+
+    def _cell_step(self, x: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        """`x (n, input_size)`, `state` of `(n, hidden_size)` -> the next state."""
+        raise NotImplementedError
+
+    def _cell_flops(self) -> int:
+        """Per-sample FLOPs of one cell step."""
+        raise NotImplementedError
 
     @property
     def hidden_size(self) -> int:
@@ -86,15 +102,18 @@ class SkipLSTM(nn.Module):
 
     def step_flops(self) -> int:
         """Per-sample FLOPs of one updating step: the cell's two products and the gate."""
-        return lstm_cell_flops(self.cell) + linear_flops(self.update_gate)
+        return self._cell_flops() + linear_flops(self.update_gate)
 
     def _check(self, x: Tensor, updates: Tensor | None) -> None:
+        name = type(self).__name__
         if x.dim() != 3 or x.shape[2] != self.cell.input_size:
             raise ConfigError(
-                f"SkipLSTM: expected input (B, T, {self.cell.input_size}), got {tuple(x.shape)}"
+                f"{name}: expected input (B, T, {self.cell.input_size}), got {tuple(x.shape)}"
             )
+        if x.shape[1] < 1:
+            raise ConfigError(f"{name}: input x must have at least one step (T >= 1), got shape {tuple(x.shape)}")
         if updates is not None and tuple(updates.shape) != tuple(x.shape[:2]):
-            raise ConfigError(f"SkipLSTM: updates must have shape (B, T) = {tuple(x.shape[:2])}, "
+            raise ConfigError(f"{name}: updates must have shape (B, T) = {tuple(x.shape[:2])}, "
                               f"got {tuple(updates.shape)}")
 
     def _delta(self, c: Tensor) -> Tensor:
@@ -120,53 +139,53 @@ class SkipLSTM(nn.Module):
             return self._compact(x, updates, float(threshold))
         return self._masked(x, updates, float(threshold))
 
-    def _initial(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def _initial(self, x: Tensor) -> tuple[tuple[Tensor, ...], Tensor, Tensor]:
         batch = x.shape[0]
         zeros = x.new_zeros(batch, self.cell.hidden_size)
         u_tilde = x.new_ones(batch)
         # the du of the zero state (w . 0 + b = b), what a sample that skips the first step carries
         delta = torch.sigmoid(self.update_gate.bias).expand(batch)
-        return zeros, zeros, u_tilde, delta
+        return (zeros,) * self._state_size, u_tilde, delta
 
     def _masked(self, x: Tensor, forced: Tensor | None, threshold: float) -> SkipRNNResult:
-        h, c, u_tilde, delta = self._initial(x)
+        state, u_tilde, delta = self._initial(x)
         seq = x.transpose(0, 1).contiguous()  # (T, B, I)
         taken = []
         for t in range(x.shape[1]):
             u = ste_threshold(u_tilde, threshold) if forced is None else forced[:, t].to(x.dtype)
-            h_new, c_new = self.cell(seq[t], (h, c))
+            new = self._cell_step(seq[t], state)
             w = u.unsqueeze(1)
-            h = w * h_new + (1 - w) * h  # exact for u in {0, 1}: 1*a + 0*b == a
-            c = w * c_new + (1 - w) * c
-            delta = u * self._delta(c) + (1 - u) * delta  # a skip keeps the last update's du
+            # exact for u in {0, 1}: 1*a + 0*b == a
+            state = tuple(w * s_new + (1 - w) * s for s_new, s in zip(new, state))
+            delta = u * self._delta(state[-1]) + (1 - u) * delta  # a skip keeps the last update's du
             u_tilde = u * delta + (1 - u) * (u_tilde + torch.minimum(delta, 1 - u_tilde))
             taken.append(u)
         updates = torch.stack(taken, dim=1)
         flops = torch.full((x.shape[0],), float(x.shape[1] * self.step_flops()), dtype=torch.float64,
                            device=x.device)
-        return SkipRNNResult(hidden=h, updates=updates, flops=flops)
+        return SkipRNNResult(hidden=state[0], updates=updates, flops=flops)
 
     def _compact(self, x: Tensor, forced: Tensor | None, threshold: float) -> SkipRNNResult:
         batch, steps = x.shape[:2]
         if batch == 1 and x.dtype in _SCALAR_TYPES:
             return self._compact_single(x, forced, threshold)
-        h, c, u_tilde, delta = self._initial(x)
+        state, u_tilde, delta = self._initial(x)
         seq = x.transpose(0, 1).contiguous()  # (T, B, I): each step's rows contiguous for the gather
         taken = []
         for t in range(steps):
             on = (u_tilde > threshold) if forced is None else (forced[:, t] > 0.5)
             rows = rows_where(on)
             if rows.numel() == batch:
-                h, c = self.cell(seq[t], (h, c))
-                delta = self._delta(c)
+                state = self._cell_step(seq[t], state)
+                delta = self._delta(state[-1])
             elif rows.numel() > 0:
-                h_run, c_run = self.cell(seq[t][rows], (h[rows], c[rows]))
-                h, c = scatter_rows(h, rows, h_run), scatter_rows(c, rows, c_run)
-                delta = scatter_rows(delta, rows, self._delta(c_run))
+                run = self._cell_step(seq[t][rows], tuple(s[rows] for s in state))
+                state = tuple(scatter_rows(s, rows, s_run) for s, s_run in zip(state, run))
+                delta = scatter_rows(delta, rows, self._delta(run[-1]))
             u_tilde = torch.where(on, delta, u_tilde + torch.minimum(delta, 1 - u_tilde))
             taken.append(on)
         updates = torch.stack(taken, dim=1).to(x.dtype)
-        return self._compact_result(h, updates)
+        return self._compact_result(state[0], updates)
 
     def _compact_result(self, hidden: Tensor, updates: Tensor) -> SkipRNNResult:
         """Compact execution costs one step per update."""
@@ -180,21 +199,80 @@ class SkipLSTM(nn.Module):
         are the same, bit for bit."""
         scalar = _SCALAR_TYPES[x.dtype]
         one, cut = scalar(1.0), scalar(threshold)
-        h = c = x.new_zeros(1, self.cell.hidden_size)
+        state = (x.new_zeros(1, self.cell.hidden_size),) * self._state_size
         u_tilde, delta = one, scalar(torch.sigmoid(self.update_gate.bias).item())
         forced_on = None if forced is None else (forced[0] > 0.5).tolist()
         taken = []
         for t in range(x.shape[1]):
             on = bool(u_tilde > cut) if forced_on is None else forced_on[t]
             if on:
-                h, c = self.cell(x[:, t], (h, c))
-                delta = scalar(self._delta(c).item())
+                state = self._cell_step(x[:, t], state)
+                delta = scalar(self._delta(state[-1]).item())
                 u_tilde = delta
             else:
                 u_tilde = u_tilde + min(delta, one - u_tilde)
             taken.append(on)
         updates = torch.tensor([taken], dtype=x.dtype, device=x.device)
-        return self._compact_result(h, updates)
+        return self._compact_result(state[0], updates)
+
+
+class SkipLSTM(SkipRNN):
+    """An LSTM that learns to skip state updates (Skip-RNN); the update gate reads the
+    cell state `c`.
+
+    Args:
+        input_size, hidden_size: of the `nn.LSTMCell`.
+        update_bias_init: initial bias of the update gate `du = sigmoid(w . c + b)`
+            (positive: update at most steps at first).
+
+    Shapes:
+        `forward(x (B, T, input_size)) -> SkipRNNResult` with `hidden (B, hidden_size)`,
+        `updates (B, T)`, `flops (B,)`.
+    """
+
+    _state_size = 2
+
+    def __init__(
+        self, input_size: int, hidden_size: int, *, update_bias_init: float = 2.0, device=None, dtype=None
+    ) -> None:
+        self._check_sizes("SkipLSTM", input_size, hidden_size)
+        cell = nn.LSTMCell(input_size, hidden_size, device=device, dtype=dtype)
+        super().__init__(cell, update_bias_init, device=device, dtype=dtype)
+
+    def _cell_step(self, x: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        return self.cell(x, state)
+
+    def _cell_flops(self) -> int:
+        return lstm_cell_flops(self.cell)
+
+
+class SkipGRU(SkipRNN):
+    """A GRU that learns to skip state updates (Skip-RNN); the update gate reads `h`.
+
+    Args:
+        input_size, hidden_size: of the `nn.GRUCell`.
+        update_bias_init: initial bias of the update gate `du = sigmoid(w . h + b)`
+            (positive: update at most steps at first).
+
+    Shapes:
+        `forward(x (B, T, input_size)) -> SkipRNNResult` with `hidden (B, hidden_size)`,
+        `updates (B, T)`, `flops (B,)`.
+    """
+
+    _state_size = 1
+
+    def __init__(
+        self, input_size: int, hidden_size: int, *, update_bias_init: float = 2.0, device=None, dtype=None
+    ) -> None:
+        self._check_sizes("SkipGRU", input_size, hidden_size)
+        cell = nn.GRUCell(input_size, hidden_size, device=device, dtype=dtype)
+        super().__init__(cell, update_bias_init, device=device, dtype=dtype)
+
+    def _cell_step(self, x: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        return (self.cell(x, state[0]),)
+
+    def _cell_flops(self) -> int:
+        return gru_cell_flops(self.cell)
 
 
 _SCALAR_TYPES = {torch.float32: np.float32, torch.float64: np.float64}

@@ -42,6 +42,8 @@ class SkipLSTMClassifier(ClassifierApi, nn.Module):
     """
 
     execution_modes = (Execution.MASKED, Execution.COMPACT)
+    _name = "skip_lstm_classifier"
+    _rnn_type = SkipLSTM
     head_path = "head"
     classifier_paths = ("head",)
 
@@ -49,13 +51,13 @@ class SkipLSTMClassifier(ClassifierApi, nn.Module):
                  length: int = 40, budget_weight: float = 1e-3, update_bias_init: float = 2.0, *,
                  device=None, dtype=None) -> None:
         super().__init__()
-        name = "skip_lstm_classifier"
+        name = self._name
         require_positive(name, num_classes=num_classes, in_chans=in_chans, hidden=hidden, length=length)
         if not budget_weight >= 0:
             raise ConfigError(f"model {name!r}: budget_weight must be >= 0, got {budget_weight!r}")
         factory = {"device": device, "dtype": dtype}
         self.in_chans, self.row_width, self.budget_weight = in_chans, row_width, float(budget_weight)
-        self.rnn = SkipLSTM(step_features(name, in_chans, row_width), hidden, update_bias_init=update_bias_init,
+        self.rnn = self._rnn_type(step_features(name, in_chans, row_width), hidden, update_bias_init=update_bias_init,
                             **factory)
         self.head = nn.Linear(hidden, num_classes, **factory)
         self.default_input_shape = (in_chans, length) if row_width is None else (in_chans, length, row_width)
@@ -104,8 +106,8 @@ class SkipLSTMClassifier(ClassifierApi, nn.Module):
 
     def _run(self, x: Tensor, execution: ExecutionLike, updates: Tensor | None, policy: GatePolicy | None):
         execution = resolve_execution(execution, self.training)
-        seq = as_sequence("skip_lstm_classifier", x, self.in_chans, self.row_width)
-        threshold = 0.5 if policy is None else policy.check(1, "model 'skip_lstm_classifier'").thresholds[0]
+        seq = as_sequence(self._name, x, self.in_chans, self.row_width)
+        threshold = 0.5 if policy is None else policy.check(1, f"model {self._name!r}").thresholds[0]
         return self.rnn(seq, execution=execution, updates=updates, threshold=threshold)
 
 
