@@ -7,7 +7,9 @@ from dynamicnets.errors import DataError
 
 
 def test_dataset_names():
-    assert set(DATASETS) == {"digits", "mnist1d", "mnist", "cifar10", "cifar100", "imagefolder"}
+    assert set(DATASETS) == {
+        "digits", "mnist1d", "mnist", "cifar10", "cifar100", "imagefolder", "cluttered_mnist"
+    }
 
 
 def test_parse_spec_keeps_colons_in_path():

@@ -1,4 +1,4 @@
-"""Data sets and loaders: digits, MNIST-1D, MNIST (IDX), CIFAR-10/100 (python pickle) and
+"""Data sets and loaders: digits, MNIST-1D, MNIST (IDX), cluttered MNIST, CIFAR-10/100 (python
 image folders, loaded from a spec string into a :class:`DataBundle`.
 
 ```python
@@ -12,11 +12,12 @@ for epoch in range(epochs):
 """
 from .bundle import DataBundle
 from .loaders import make_eval_loader, make_loaders, set_epoch
-from .specs import DATASETS, load_data, parse_spec
+from .specs import DATASETS, cluttered_boxes, load_data, parse_spec
 
 __all__ = [
     "DATASETS",
     "DataBundle",
+    "cluttered_boxes",
     "load_data",
     "make_eval_loader",
     "make_loaders",

@@ -12,6 +12,7 @@ from ..errors import DataError
 from .augment import RandomCropFlip
 from .bundle import DataBundle
 from .cifar import read_cifar_batch, read_label_names
+from .cluttered import load_or_generate, parse_options
 from .embedded import digits_arrays, mnist1d_arrays
 from .files import find_file, require_dir
 from .idx import IMAGES_MAGIC, LABELS_MAGIC, read_idx
@@ -21,10 +22,13 @@ from .labels import check_labels
 from .preprocessing import CIFAR10_STATS, CIFAR100_STATS, MNIST_STATS
 from .split import split_indices
 
-DATASETS = ("digits", "mnist1d", "mnist", "cifar10", "cifar100", "imagefolder")
-"""Names a spec may start with; the last four need ``:DIR``."""
+DATASETS = (
+    "digits", "mnist1d", "mnist", "cifar10", "cifar100", "imagefolder", "cluttered_mnist"
+)
+"""Names a spec may start with; all but the first two need ``:DIR``."""
 
-_NEEDS_PATH = ("mnist", "cifar10", "cifar100", "imagefolder")
+_NEEDS_PATH = ("mnist", "cifar10", "cifar100", "imagefolder", "cluttered_mnist")
+_TAKES_OPTIONS = ("cluttered_mnist",)
 
 
 class _Source(NamedTuple):
@@ -37,7 +41,8 @@ class _Source(NamedTuple):
 
 
 def parse_spec(spec: str) -> tuple[str, Path | None]:
-    """Split ``"name"`` or ``"name:path"``.
+    """Split ``"name"`` or ``"name:path"`` (``cluttered_mnist`` also takes ``:path?options``,
+    which are checked here and dropped; see :func:`spec_options`).
 
     Returns:
         the lower-case name and the path (``None`` when absent).
@@ -54,11 +59,19 @@ def parse_spec(spec: str) -> tuple[str, Path | None]:
         raise DataError(
             f"unknown dataset '{name}' in spec '{spec}'; valid names: {', '.join(DATASETS)}"
         )
+    if name in _TAKES_OPTIONS:
+        path, _, query = path.partition("?")
+        parse_options(query)  # bad options fail here, before any file is read
     if name in _NEEDS_PATH and not path:
         raise DataError(f"dataset '{name}' needs a directory: write the spec as '{name}:DIR'")
     if name not in _NEEDS_PATH and path:
         raise DataError(f"dataset '{name}' is built in and takes no path, got '{spec}'")
     return name, (Path(path).expanduser() if path else None)
+
+
+def spec_options(spec: str) -> str:
+    """The ``KEY=VALUE&...`` text after ``?`` in a ``cluttered_mnist:DIR?...`` spec ('' if none)."""
+    return spec.partition("?")[2]
 
 
 _MNIST_CLASSES = 10  # MNIST, Fashion-MNIST and KMNIST all declare 10 classes
@@ -110,6 +123,49 @@ def _mnist(path: Path) -> _Source:
         test = InMemoryDataset(test_images, test_labels, scale=1 / 255, mean=mean, std=std)
     full = InMemoryDataset(images, labels, scale=1 / 255, mean=mean, std=std)
     return _Source(full, test, num_classes, None)
+
+
+def _cluttered_data(spec: str) -> tuple[Path, dict]:
+    _, path = parse_spec(spec)
+    root = require_dir(path, "train-images-idx3-ubyte[.gz] and train-labels-idx1-ubyte[.gz]")
+
+    def read_split(prefix: str):
+        if prefix != "train" and not _has_idx(root, prefix):
+            return None
+        images, labels = _read_idx_pair(root, prefix, _MNIST_CLASSES)
+        if images.shape[2:] != (28, 28):
+            raise DataError(f"'{root}' holds {tuple(images.shape[2:])} images, expected (28, 28)")
+        return images, labels
+
+    return root, load_or_generate(root, parse_options(spec_options(spec)), read_split)
+
+
+def _cluttered_mnist(spec: str) -> _Source:
+    _, data = _cluttered_data(spec)
+    full = InMemoryDataset(data["train_images"], data["train_labels"], scale=1 / 255)
+    test = None
+    if data["test_images"] is not None:
+        test = InMemoryDataset(data["test_images"], data["test_labels"], scale=1 / 255)
+    return _Source(full, test, _MNIST_CLASSES, None)
+
+
+def cluttered_boxes(spec: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Where each digit of a ``cluttered_mnist:DIR?...`` spec was placed.
+
+    Args:
+        spec: the same spec as given to :func:`load_data` (generates the cache if absent).
+
+    Returns:
+        train and test (``None`` without ``t10k`` files) boxes, ``(N, 4)`` int64
+        ``(top, left, bottom, right)`` in canvas pixels, bottom/right exclusive, indexed like
+        the full training set (``bundle.train.indices`` / ``bundle.val.indices`` select
+        into it) and the test set.
+    """
+    name, _ = parse_spec(spec)
+    if name != "cluttered_mnist":
+        raise DataError(f"cluttered_boxes needs a 'cluttered_mnist:DIR' spec, got '{spec}'")
+    _, data = _cluttered_data(spec)
+    return data["train_boxes"], data["test_boxes"]
 
 
 def _read_cifar_files(files: list[Path], label_key: bytes, num_classes: int):
@@ -176,6 +232,14 @@ def load_data(
       with random crop (pad 4) + horizontal flip when ``augment``.
     - ``imagefolder:DIR``: ``DIR/<class>/<image>.png|.jpg``, classes in sorted order, RGB
       scaled to [0, 1]; every image must have the same size. No test split.
+    - ``cluttered_mnist:DIR?canvas=60&variant=cluttered&fragments=8&seed=0&cache=FOLDER``
+      (options optional, these are the defaults; ``canvas`` is ``N`` or ``HxW``, at least
+      28): each MNIST digit of ``DIR`` at a random place on a blank canvas; ``cluttered``
+      adds ``fragments`` random 8x8 crops of other digits (pixel-wise max), ``translated``
+      none. Generated once from ``seed`` and cached as ``cluttered_<H>x<W>_<variant>_<seed>.pt``
+      in ``DIR`` (or ``cache``). Input ``(1, H, W)`` scaled to [0, 1], not mean/std
+      normalised (the canvas is mostly blank, MNIST's statistics do not hold). Digit boxes:
+      :func:`cluttered_boxes`.
 
     Args:
         spec: ``"name"`` or ``"name:DIR"``, name from :data:`DATASETS`.
@@ -199,6 +263,7 @@ def load_data(
         "cifar10": lambda p: _cifar(p, hundred=False),
         "cifar100": lambda p: _cifar(p, hundred=True),
         "imagefolder": _imagefolder,
+        "cluttered_mnist": lambda _: _cluttered_mnist(spec),
     }
     source = readers[name](path)
     if val_size is None:

@@ -1,0 +1,198 @@
+"""Translated and cluttered MNIST: each 28x28 digit pasted at a random place on a larger
+canvas, optionally with random crops of other digits as clutter (the benchmark of recurrent
+attention models, Mnih et al. 2014, and spatial transformers, Jaderberg et al. 2015).
+
+The canvases are generated once from a seeded ``torch.Generator`` and cached as uint8
+tensors in a ``.pt`` file, so every run sees the same data set.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import torch
+
+from ..errors import DataError
+from ..writing import atomic_write_with
+
+DIGIT = 28
+"""Side of an MNIST digit."""
+FRAGMENT = 8
+"""Side of a clutter fragment (a crop of another digit)."""
+VARIANTS = ("translated", "cluttered")
+_KEYS = ("canvas", "variant", "fragments", "seed", "cache")
+_CHUNK = 2048  # samples pasted at once (bounds the index tensors' memory)
+
+
+class ClutterOptions(NamedTuple):
+    """How to build the canvases (parsed from ``?canvas=60&variant=cluttered&...``)."""
+
+    height: int = 60
+    width: int = 60
+    variant: str = "cluttered"
+    fragments: int = 8
+    seed: int = 0
+    cache: Path | None = None
+
+    def cache_name(self) -> str:
+        """File name of the cache, e.g. ``cluttered_60x60_cluttered8_0.pt``."""
+        clutter = f"cluttered{self.fragments}" if self.variant == "cluttered" else "translated"
+        return f"cluttered_{self.height}x{self.width}_{clutter}_{self.seed}.pt"
+
+
+def _int(key: str, text: str, minimum: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < minimum:
+        raise DataError(
+            f"cluttered_mnist option '{key}={text}': expected an integer >= {minimum}"
+        )
+    return value
+
+
+def parse_options(query: str) -> ClutterOptions:
+    """Parse ``canvas=60&variant=cluttered&fragments=8&seed=0&cache=DIR`` (all optional).
+
+    ``canvas`` is ``N`` (square) or ``HxW``, each at least 28; ``variant`` is ``translated``
+    (digit only) or ``cluttered`` (digit + ``fragments`` 8x8 crops of other digits).
+
+    Raises:
+        DataError: naming the option at fault (an unknown key, a canvas under 28, an
+            unknown variant, a negative count).
+    """
+    values: dict[str, str] = {}
+    for item in filter(None, query.split("&")):
+        key, eq, value = item.partition("=")
+        key = key.strip().lower()
+        if key not in _KEYS or not eq:
+            raise DataError(
+                f"cluttered_mnist option '{item}': expected KEY=VALUE with KEY in {', '.join(_KEYS)}"
+            )
+        values[key] = value.strip()
+    canvas = values.get("canvas", "60").lower()
+    sides = canvas.split("x") if "x" in canvas else [canvas, canvas]
+    if len(sides) != 2:
+        raise DataError(f"cluttered_mnist option 'canvas={canvas}': expected N or HxW")
+    height, width = (_int("canvas", s, DIGIT) for s in sides)
+    variant = values.get("variant", "cluttered").lower()
+    if variant not in VARIANTS:
+        raise DataError(
+            f"cluttered_mnist option 'variant={variant}': expected one of {', '.join(VARIANTS)}"
+        )
+    fragments = _int("fragments", values.get("fragments", "8"), 0)
+    seed = _int("seed", values.get("seed", "0"), 0)
+    cache = Path(values["cache"]).expanduser() if values.get("cache") else None
+    return ClutterOptions(height, width, variant, fragments, seed, cache)
+
+
+def _paste(canvas, n, top, left, patch) -> None:
+    """``canvas[n, top:top+h, left:left+w] = max(canvas[...], patch)`` for every row of ``n``.
+
+    Args:
+        canvas: ``(N, H, W)`` uint8, changed in place.
+        n, top, left: ``(B,)`` int64.
+        patch: ``(B, h, w)`` uint8.
+    """
+    h, w = patch.shape[1:]
+    rows = (top[:, None] + torch.arange(h))[:, :, None]
+    cols = (left[:, None] + torch.arange(w))[:, None, :]
+    index = (n[:, None, None], rows, cols)
+    canvas[index] = torch.maximum(canvas[index], patch)
+
+
+def _uniform(high: int, size: int, generator: torch.Generator) -> torch.Tensor:
+    return torch.randint(0, high + 1, (size,), generator=generator)
+
+
+def generate(images: torch.Tensor, options: ClutterOptions, generator: torch.Generator):
+    """Place every digit on its own canvas.
+
+    Args:
+        images: ``(N, 28, 28)`` uint8 digits.
+        options: canvas size, variant and fragment count.
+        generator: the source of every random draw.
+
+    Returns:
+        canvases ``(N, H, W)`` uint8 and boxes ``(N, 4)`` int64 ``(top, left, bottom, right)``
+        of each digit (bottom/right exclusive).
+    """
+    n_images, height, width = len(images), options.height, options.width
+    canvas = torch.zeros(n_images, height, width, dtype=torch.uint8)
+    top = _uniform(height - DIGIT, n_images, generator)
+    left = _uniform(width - DIGIT, n_images, generator)
+    fragments = options.fragments if options.variant == "cluttered" else 0
+    offsets = torch.arange(FRAGMENT)
+    for _ in range(fragments):
+        shift = torch.randint(0, max(n_images - 1, 1), (n_images,), generator=generator)
+        other = (torch.arange(n_images) + 1 + shift) % n_images  # another digit where possible
+        crop_y = _uniform(DIGIT - FRAGMENT, n_images, generator)
+        crop_x = _uniform(DIGIT - FRAGMENT, n_images, generator)
+        at_y = _uniform(height - FRAGMENT, n_images, generator)
+        at_x = _uniform(width - FRAGMENT, n_images, generator)
+        for s in range(0, n_images, _CHUNK):
+            part = slice(s, s + _CHUNK)
+            rows = (crop_y[part, None] + offsets)[:, :, None]
+            cols = (crop_x[part, None] + offsets)[:, None, :]
+            crops = images[other[part, None, None], rows, cols]
+            _paste(canvas, torch.arange(n_images)[part], at_y[part], at_x[part], crops)
+    for s in range(0, n_images, _CHUNK):
+        part = slice(s, s + _CHUNK)
+        _paste(canvas, torch.arange(n_images)[part], top[part], left[part], images[part])
+    boxes = torch.stack([top, left, top + DIGIT, left + DIGIT], dim=1)
+    return canvas, boxes
+
+
+def _check_cache(data, path: Path) -> dict:
+    keys = [f"{split}_{k}" for split in ("train", "test") for k in ("images", "labels", "boxes")]
+    ok = isinstance(data, dict) and isinstance(data.get("train_images"), torch.Tensor)
+    ok = ok and all(data.get(k) is None or isinstance(data[k], torch.Tensor) for k in keys)
+    if not ok:
+        raise DataError(f"'{path}' is not a cluttered MNIST cache; delete it to regenerate")
+    return data
+
+
+def load_or_generate(
+    root: Path,
+    options: ClutterOptions,
+    read_split: Callable[[str], tuple[torch.Tensor, torch.Tensor] | None],
+) -> dict:
+    """The cached canvases of ``root``'s MNIST, generated and saved on the first call.
+
+    Args:
+        root: the MNIST folder (the cache goes there unless ``options.cache`` is set).
+        options: see :func:`parse_options`.
+        read_split: ``"train"``/``"t10k"`` -> ``(images (N, 1, 28, 28) uint8, labels (N,))``,
+            or ``None`` when that split is absent; called only when no cache exists.
+
+    Returns:
+        ``{"train_images": (N, 1, H, W) uint8, "train_labels": (N,) int64, "train_boxes":
+        (N, 4) int64, "test_*": the same or None}``.
+
+    Raises:
+        DataError: a cache file that is not one; OutputError: the cache cannot be written.
+    """
+    path = (options.cache or root) / options.cache_name()
+    if path.is_file():
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # a foreign or damaged file: say which, do not guess
+            raise DataError(
+                f"'{path}' cannot be read as a cache ({err}); delete it to regenerate"
+            ) from err
+        return _check_cache(data, path)
+    generator = torch.Generator().manual_seed(options.seed)
+    data: dict = {}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        pair = read_split(prefix)
+        data[f"{split}_images"] = data[f"{split}_labels"] = data[f"{split}_boxes"] = None
+        if pair is None:
+            continue
+        images, labels = pair
+        canvas, boxes = generate(images[:, 0], options, generator)
+        data[f"{split}_images"] = canvas.unsqueeze(1)
+        data[f"{split}_labels"] = labels
+        data[f"{split}_boxes"] = boxes
+    atomic_write_with(path, lambda handle: torch.save(data, handle))
+    return data
