@@ -13,6 +13,7 @@ from .augment import RandomCropFlip
 from .bundle import DataBundle
 from .cifar import read_cifar_batch, read_label_names
 from .cluttered import load_or_generate, parse_options
+from . import moving_digits
 from .embedded import digits_arrays, mnist1d_arrays
 from .files import find_file, require_dir
 from .idx import IMAGES_MAGIC, LABELS_MAGIC, read_idx
@@ -23,12 +24,12 @@ from .preprocessing import CIFAR10_STATS, CIFAR100_STATS, MNIST_STATS
 from .split import split_indices
 
 DATASETS = (
-    "digits", "mnist1d", "mnist", "cifar10", "cifar100", "imagefolder", "cluttered_mnist"
+    "digits", "mnist1d", "mnist", "cifar10", "cifar100", "imagefolder", "cluttered_mnist", "moving_mnist",
 )
 """Names a spec may start with; all but the first two need ``:DIR``."""
 
-_NEEDS_PATH = ("mnist", "cifar10", "cifar100", "imagefolder", "cluttered_mnist")
-_TAKES_OPTIONS = ("cluttered_mnist",)
+_NEEDS_PATH = ("mnist", "cifar10", "cifar100", "imagefolder", "cluttered_mnist", "moving_mnist")
+_TAKES_OPTIONS = {"cluttered_mnist": parse_options, "moving_mnist": moving_digits.parse_options}
 
 
 class _Source(NamedTuple):
@@ -41,7 +42,7 @@ class _Source(NamedTuple):
 
 
 def parse_spec(spec: str) -> tuple[str, Path | None]:
-    """Split ``"name"`` or ``"name:path"`` (``cluttered_mnist`` also takes ``:path?options``,
+    """Split ``"name"`` or ``"name:path"`` (``cluttered_mnist`` and ``moving_mnist`` also take ``:path?options``,
     which are checked here and dropped; see :func:`spec_options`).
 
     Returns:
@@ -61,7 +62,7 @@ def parse_spec(spec: str) -> tuple[str, Path | None]:
         )
     if name in _TAKES_OPTIONS:
         path, _, query = path.partition("?")
-        parse_options(query)  # bad options fail here, before any file is read
+        _TAKES_OPTIONS[name](query)  # bad options fail here, before any file is read
     if name in _NEEDS_PATH and not path:
         raise DataError(f"dataset '{name}' needs a directory: write the spec as '{name}:DIR'")
     if name not in _NEEDS_PATH and path:
@@ -70,7 +71,8 @@ def parse_spec(spec: str) -> tuple[str, Path | None]:
 
 
 def spec_options(spec: str) -> str:
-    """The ``KEY=VALUE&...`` text after ``?`` in a ``cluttered_mnist:DIR?...`` spec ('' if none)."""
+    """The ``KEY=VALUE&...`` text after ``?`` in a ``cluttered_mnist:DIR?...`` (or
+    ``moving_mnist:DIR?...``) spec ('' if none)."""
     return spec.partition("?")[2]
 
 
@@ -125,7 +127,9 @@ def _mnist(path: Path) -> _Source:
     return _Source(full, test, num_classes, None)
 
 
-def _cluttered_data(spec: str) -> tuple[Path, dict]:
+def _digit_reader(spec: str):
+    """The MNIST folder of a generated-data spec and its split reader (``None`` for an
+    absent test split; 28x28 digits required)."""
     _, path = parse_spec(spec)
     root = require_dir(path, "train-images-idx3-ubyte[.gz] and train-labels-idx1-ubyte[.gz]")
 
@@ -137,7 +141,22 @@ def _cluttered_data(spec: str) -> tuple[Path, dict]:
             raise DataError(f"'{root}' holds {tuple(images.shape[2:])} images, expected (28, 28)")
         return images, labels
 
+    return root, read_split
+
+
+def _cluttered_data(spec: str) -> tuple[Path, dict]:
+    root, read_split = _digit_reader(spec)
     return root, load_or_generate(root, parse_options(spec_options(spec)), read_split)
+
+
+def _moving_mnist(spec: str) -> _Source:
+    root, read_split = _digit_reader(spec)
+    data = moving_digits.load_or_generate(root, moving_digits.parse_options(spec_options(spec)), read_split)
+    full = InMemoryDataset(data["train_videos"], data["train_labels"], scale=1 / 255)
+    test = None
+    if data["test_videos"] is not None:
+        test = InMemoryDataset(data["test_videos"], data["test_labels"], scale=1 / 255)
+    return _Source(full, test, _MNIST_CLASSES, None)
 
 
 def _cluttered_mnist(spec: str) -> _Source:
@@ -240,6 +259,14 @@ def load_data(
       in ``DIR`` (or ``cache``). Input ``(1, H, W)`` scaled to [0, 1], not mean/std
       normalised (the canvas is mostly blank, MNIST's statistics do not hold). Digit boxes:
       :func:`cluttered_boxes`.
+    - ``moving_mnist:DIR?frames=16&size=48&visible=4&occluders=2&videos=6000&seed=0&cache=FOLDER``
+      (options optional, these are the defaults; ``size`` is ``N`` or ``HxW``, at least 28):
+      the first ``videos`` MNIST digits of ``DIR`` (and of its test split), each bouncing over
+      a blank canvas for ``frames`` frames with ``occluders`` moving 14x14 noise squares, and
+      hidden under a 28x28 noise block in all but ``visible`` random frames
+      (:mod:`dynamicnets.data.moving_digits`). Generated once from ``seed`` and cached as a
+      uint8 ``.pt`` in ``DIR`` (or ``cache``). Input ``(T, 1, H, W)`` (frames first) scaled
+      to [0, 1], not mean/std normalised.
 
     Args:
         spec: ``"name"`` or ``"name:DIR"``, name from :data:`DATASETS`.
@@ -264,6 +291,7 @@ def load_data(
         "cifar100": lambda p: _cifar(p, hundred=True),
         "imagefolder": _imagefolder,
         "cluttered_mnist": lambda _: _cluttered_mnist(spec),
+        "moving_mnist": lambda _: _moving_mnist(spec),
     }
     source = readers[name](path)
     if val_size is None:

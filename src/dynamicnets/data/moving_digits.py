@@ -1,0 +1,234 @@
+"""Moving MNIST with occlusion: each video is one MNIST digit bouncing over a blank canvas
+for ``frames`` frames, with moving noise squares as distractors, and the digit fully
+hidden under a noise block in all but ``visible`` randomly chosen frames, so that the
+label can be read only in some frames (the setting of frame-selection video classifiers
+such as AdaFrame, Wu et al. 2019, and FrameExit, Ghodrati et al. 2021).
+
+Per video (all draws from one seeded ``torch.Generator``):
+
+- the digit starts at a uniform place and moves at a uniform speed in ``[2, 5]`` pixels per
+  frame in a uniform direction, bouncing off the canvas borders;
+- ``occluders`` noise squares of side 14 (uniform random pixels) bounce the same way,
+  pasted over the digit where they cross it;
+- in ``frames - visible`` frames drawn uniformly without replacement, a 28x28 noise block
+  covers the digit's box (the digit is then not visible at all in that frame).
+
+The videos are generated once and cached as uint8 tensors in a ``.pt`` file, so every run
+sees the same data set.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import torch
+
+from ..compact import rows_where
+from ..errors import DataError
+from ..writing import atomic_write_with
+from .cluttered import DIGIT, _paste
+
+OCCLUDER = 14
+"""Side of a distractor noise square."""
+SPEED = (2.0, 5.0)
+"""Range of the digit's and the squares' speed, pixels per frame."""
+_KEYS = ("frames", "size", "visible", "occluders", "videos", "seed", "cache")
+_NAME = "moving_mnist"
+_CHUNK = 2048  # videos pasted at once
+
+
+class MovingOptions(NamedTuple):
+    """How to build the videos (parsed from ``?frames=16&size=48&visible=4&...``)."""
+
+    frames: int = 16
+    height: int = 48
+    width: int = 48
+    visible: int = 4
+    occluders: int = 2
+    videos: int = 6000
+    seed: int = 0
+    cache: Path | None = None
+
+    def cache_name(self) -> str:
+        """File name of the cache, e.g. ``moving_mnist_48x48_t16_v4_o2_n6000_0.pt``."""
+        return (f"{_NAME}_{self.height}x{self.width}_t{self.frames}_v{self.visible}_o{self.occluders}"
+                f"_n{self.videos}_{self.seed}.pt")
+
+
+def _int(key: str, text: str, minimum: int, maximum: int | None = None, why: str = "") -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < minimum or (maximum is not None and value > maximum):
+        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise DataError(f"{_NAME} option '{key}={text}': expected an integer {bound}{why}")
+    return value
+
+
+def parse_options(query: str) -> MovingOptions:
+    """Parse ``frames=16&size=48&visible=4&occluders=2&videos=6000&seed=0&cache=DIR`` (all
+    optional; these are the defaults).
+
+    ``size`` is ``N`` (square) or ``HxW``, each side at least 28 (a digit must fit);
+    ``visible`` is in ``[1, frames]``; ``videos`` caps how many training digits (and test
+    digits) become videos, the first ones of the files.
+
+    Raises:
+        DataError: naming the option at fault (an unknown key, a canvas smaller than a
+            digit, more visible frames than frames, a count out of range).
+    """
+    values: dict[str, str] = {}
+    for item in filter(None, query.split("&")):
+        key, eq, value = item.partition("=")
+        key = key.strip().lower()
+        if key not in _KEYS or not eq:
+            raise DataError(f"{_NAME} option '{item}': expected KEY=VALUE with KEY in {', '.join(_KEYS)}")
+        values[key] = value.strip()
+    size = values.get("size", "48").lower()
+    sides = size.split("x") if "x" in size else [size, size]
+    if len(sides) != 2:
+        raise DataError(f"{_NAME} option 'size={size}': expected N or HxW")
+    height, width = (_int("size", s, DIGIT, why=f" (the canvas must hold a {DIGIT}x{DIGIT} digit)")
+                     for s in sides)
+    frames = _int("frames", values.get("frames", "16"), 1)
+    visible = _int("visible", values.get("visible", str(min(4, frames))), 1, frames,
+                   f" (frames in which the digit shows, at most frames={frames})")
+    occluders = _int("occluders", values.get("occluders", "2"), 0)
+    videos = _int("videos", values.get("videos", "6000"), 1)
+    seed = _int("seed", values.get("seed", "0"), 0)
+    cache = Path(values["cache"]).expanduser() if values.get("cache") else None
+    return MovingOptions(frames, height, width, visible, occluders, videos, seed, cache)
+
+
+def bounce(count: int, frames: int, span_y: int, span_x: int, generator: torch.Generator) -> torch.Tensor:
+    """Integer top-left corners of ``count`` objects bouncing inside a box.
+
+    Args:
+        count: number of objects.
+        frames: number of frames ``T``.
+        span_y, span_x: the largest top / left coordinate (canvas side minus object side).
+        generator: the source of the random start, speed and direction.
+
+    Returns:
+        ``(count, T, 2)`` int64 ``(top, left)``, each in ``[0, span]``.
+    """
+    start = torch.rand(count, 2, generator=generator) * torch.tensor([span_y, span_x], dtype=torch.float32)
+    speed = SPEED[0] + (SPEED[1] - SPEED[0]) * torch.rand(count, generator=generator)
+    angle = 2 * math.pi * torch.rand(count, generator=generator)
+    velocity = torch.stack([speed * angle.sin(), speed * angle.cos()], dim=1)
+    t = torch.arange(frames, dtype=torch.float32)
+    free = start[:, None, :] + t[None, :, None] * velocity[:, None, :]  # (count, T, 2), unbounded
+    span = torch.tensor([span_y, span_x], dtype=torch.float32).clamp(min=1e-6)
+    folded = torch.remainder(free, 2 * span)
+    reflected = torch.where(folded > span, 2 * span - folded, folded)  # a triangle wave: bouncing
+    limit = torch.tensor([span_y, span_x])
+    return reflected.round().long().clamp(min=torch.zeros(2, dtype=torch.long), max=limit)
+
+
+def _cover(canvas: torch.Tensor, n: torch.Tensor, top: torch.Tensor, left: torch.Tensor,
+           patch: torch.Tensor) -> None:
+    """``canvas[n, top:top+h, left:left+w] = patch`` for every row of ``n`` (overwrite).
+
+    Args:
+        canvas: ``(N, H, W)`` uint8, changed in place.
+        n, top, left: ``(B,)`` int64.
+        patch: ``(B, h, w)`` uint8.
+    """
+    h, w = patch.shape[1:]
+    rows = (top[:, None] + torch.arange(h))[:, :, None]
+    cols = (left[:, None] + torch.arange(w))[:, None, :]
+    canvas[n[:, None, None], rows, cols] = patch
+
+
+def hidden_frames(count: int, frames: int, visible: int, generator: torch.Generator) -> torch.Tensor:
+    """``(count, frames)`` bool: True in the ``frames - visible`` frames (uniform, without
+    replacement, per video) where the digit is hidden."""
+    ranks = torch.rand(count, frames, generator=generator).argsort(dim=1).argsort(dim=1)
+    return ranks >= visible
+
+
+def generate(images: torch.Tensor, options: MovingOptions, generator: torch.Generator):
+    """Make one video per digit.
+
+    Args:
+        images: ``(N, 28, 28)`` uint8 digits.
+        options: frames, canvas size, visible frames, occluder count.
+        generator: the source of every random draw.
+
+    Returns:
+        videos ``(N, T, 1, H, W)`` uint8 and ``hidden`` ``(N, T)`` bool (True where a noise
+        block covers the digit).
+    """
+    count, frames, height, width = len(images), options.frames, options.height, options.width
+    videos = torch.zeros(count, frames, height, width, dtype=torch.uint8)
+    digit_at = bounce(count, frames, height - DIGIT, width - DIGIT, generator)
+    side = min(OCCLUDER, height, width)
+    squares = [bounce(count, frames, height - side, width - side, generator) for _ in range(options.occluders)]
+    hidden = hidden_frames(count, frames, options.visible, generator)
+    for t in range(frames):
+        canvas = videos[:, t]  # a view: pasting writes into the videos
+        noise = [torch.randint(0, 256, (count, side, side), generator=generator, dtype=torch.uint8)
+                 for _ in squares]
+        block = torch.randint(0, 256, (count, DIGIT, DIGIT), generator=generator, dtype=torch.uint8)
+        for start in range(0, count, _CHUNK):  # chunks bound the index tensors' memory
+            part = torch.arange(start, min(start + _CHUNK, count))
+            top, left = digit_at[part, t, 0], digit_at[part, t, 1]
+            _paste(canvas, part, top, left, images[part])
+            for square, pixels in zip(squares, noise):
+                _cover(canvas, part, square[part, t, 0], square[part, t, 1], pixels[part])
+            covered = rows_where(hidden[part, t])
+            _cover(canvas, part[covered], top[covered], left[covered], block[part[covered]])
+    return videos.unsqueeze(2), hidden
+
+
+def _check_cache(data, path: Path) -> dict:
+    keys = [f"{split}_{k}" for split in ("train", "test") for k in ("videos", "labels", "hidden")]
+    ok = isinstance(data, dict) and isinstance(data.get("train_videos"), torch.Tensor)
+    ok = ok and all(data.get(k) is None or isinstance(data[k], torch.Tensor) for k in keys)
+    if not ok:
+        raise DataError(f"'{path}' is not a {_NAME} cache; delete it to regenerate")
+    return data
+
+
+def load_or_generate(
+    root: Path,
+    options: MovingOptions,
+    read_split: Callable[[str], tuple[torch.Tensor, torch.Tensor] | None],
+) -> dict:
+    """The cached videos of ``root``'s MNIST, generated and saved on the first call.
+
+    Args:
+        root: the MNIST folder (the cache goes there unless ``options.cache`` is set).
+        options: see :func:`parse_options`.
+        read_split: ``"train"``/``"t10k"`` -> ``(images (N, 1, 28, 28) uint8, labels (N,))``,
+            or ``None`` when that split is absent; called only when no cache exists.
+
+    Returns:
+        ``{"train_videos": (N, T, 1, H, W) uint8, "train_labels": (N,) int64,
+        "train_hidden": (N, T) bool, "test_*": the same or None}``, ``N`` at most
+        ``options.videos``.
+
+    Raises:
+        DataError: a cache file that is not one; OutputError: the cache cannot be written.
+    """
+    path = (options.cache or root) / options.cache_name()
+    if path.is_file():
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # a foreign or damaged file: say which, do not guess
+            raise DataError(f"'{path}' cannot be read as a cache ({err}); delete it to regenerate") from err
+        return _check_cache(data, path)
+    generator = torch.Generator().manual_seed(options.seed)
+    data: dict = {}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        pair = read_split(prefix)
+        data[f"{split}_videos"] = data[f"{split}_labels"] = data[f"{split}_hidden"] = None
+        if pair is None:
+            continue
+        images, labels = pair[0][: options.videos], pair[1][: options.videos]
+        videos, hidden = generate(images[:, 0], options, generator)
+        data[f"{split}_videos"], data[f"{split}_labels"], data[f"{split}_hidden"] = videos, labels, hidden
+    atomic_write_with(path, lambda handle: torch.save(data, handle))
+    return data
