@@ -61,3 +61,22 @@ def test_bad_points_are_clear_errors(bad, match):
 def test_bad_sample_count():
     with pytest.raises(ConfigError, match="samples must be >= 1"):
         compare_to_frontier(STATIC, [FrontierPoint("d", 1.0, 0.5)], samples=0)
+
+
+def test_paired_noise_uses_the_per_sample_differences():
+    import torch
+
+    n = 1000
+    gen = torch.Generator().manual_seed(0)
+    low = torch.rand(n, generator=gen) < 0.90
+    high = low | (torch.rand(n, generator=gen) < 0.5)  # right wherever low is, and on half of the rest
+    dyn = high.clone()
+    static = [FrontierPoint("lo", 100.0, low.float().mean().item(), low),
+              FrontierPoint("hi", 300.0, high.float().mean().item(), high)]
+    (c,) = compare_to_frontier(static, [FrontierPoint("dyn", 200.0, dyn.float().mean().item(), dyn)], samples=n)
+    diff = dyn.double() - (0.5 * low.double() + 0.5 * high.double())
+    assert c.noise == pytest.approx(float(diff.std() / n ** 0.5))
+    assert c.margin == pytest.approx(float(diff.mean()))
+    unpaired = compare_to_frontier([FrontierPoint(p.name, p.cost, p.accuracy) for p in static],
+                                   [FrontierPoint("dyn", 200.0, c.point.accuracy)], samples=n)[0]
+    assert c.noise < unpaired.noise  # pairing removes the shared samples' noise

@@ -11,11 +11,14 @@ its own cost:
 - below the cheapest static model there is no static model of that cost: the dynamic
   point then wins only if it is at least as accurate as that cheapest model.
 
-A margin smaller than the sampling noise of the accuracies is not a win: with `n`
-evaluation samples the standard error of a difference of two accuracies near `p` is
-about `sqrt(2 p (1 - p) / n)`; `compare_to_frontier` calls a point a win only when its
-margin exceeds `noise_se` standard errors (2 by default) where a static model of the
-same cost exists.
+A margin smaller than the sampling noise of the accuracies is not a win. When every
+point carries its per-sample correctness on the same evaluation samples, the noise is
+the paired standard error: `d_i = correct_dyn_i - ((1 - w) correct_lo_i + w correct_hi_i)`
+(the two frontier models the cost falls between, `w` the interpolation weight) and
+`se = std(d) / sqrt(n)`; otherwise, given the sample count `n`, the unpaired
+`sqrt(2 p (1 - p) / n)`. `compare_to_frontier` calls a point a win only when its margin
+exceeds `noise_se` standard errors (2 by default) where a static model of the same cost
+exists.
 """
 from __future__ import annotations
 
@@ -23,16 +26,21 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+from torch import Tensor
+
 from ..errors import ConfigError
 
 
 @dataclass(frozen=True)
 class FrontierPoint:
-    """One evaluated model: `cost` (FLOPs or ms per sample, > 0) and `accuracy` in [0, 1]."""
+    """One evaluated model: `cost` (FLOPs or ms per sample, > 0), `accuracy` in [0, 1],
+    and optionally `correct`, its `(N,)` per-sample 0/1 correctness on the evaluation
+    samples (the same samples, in the same order, for every point), for paired noise."""
 
     name: str
     cost: float
     accuracy: float
+    correct: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -79,16 +87,33 @@ def frontier(static: Sequence[FrontierPoint]) -> list[FrontierPoint]:
     return best
 
 
-def static_accuracy_at(static: Sequence[FrontierPoint], cost: float) -> float | None:
-    """The frontier's accuracy at `cost` (see the module docstring); `None` below the
-    cheapest static model."""
-    line = frontier(static)
+def _bracket(line: list[FrontierPoint], cost: float) -> tuple[FrontierPoint, FrontierPoint, float] | None:
+    """`(lo, hi, w)`: the frontier at `cost` is `(1 - w) lo + w hi`; `None` below it."""
     if cost < line[0].cost:
         return None
     for lo, hi in zip(line, line[1:]):
         if lo.cost <= cost < hi.cost:
-            return lo.accuracy + (hi.accuracy - lo.accuracy) * (cost - lo.cost) / (hi.cost - lo.cost)
-    return line[-1].accuracy
+            return lo, hi, (cost - lo.cost) / (hi.cost - lo.cost)
+    return line[-1], line[-1], 0.0
+
+
+def static_accuracy_at(static: Sequence[FrontierPoint], cost: float) -> float | None:
+    """The frontier's accuracy at `cost` (see the module docstring); `None` below the
+    cheapest static model."""
+    found = _bracket(frontier(static), cost)
+    if found is None:
+        return None
+    lo, hi, w = found
+    return (1 - w) * lo.accuracy + w * hi.accuracy
+
+
+def _paired_noise(point: FrontierPoint, lo: FrontierPoint, hi: FrontierPoint, w: float) -> float | None:
+    vectors = [point.correct, lo.correct, hi.correct]
+    if any(v is None for v in vectors) or len({v.numel() for v in vectors}) != 1 or vectors[0].numel() < 2:
+        return None
+    dyn, low, high = (v.detach().double().flatten() for v in vectors)
+    diff = dyn - ((1 - w) * low + w * high)
+    return float(diff.std() / math.sqrt(diff.numel()))
 
 
 def compare_to_frontier(static: Sequence[FrontierPoint], dynamic: Sequence[FrontierPoint], *,
@@ -98,8 +123,8 @@ def compare_to_frontier(static: Sequence[FrontierPoint], dynamic: Sequence[Front
     Args:
         static: the static models (at least one).
         dynamic: the dynamic model's operating points (e.g. one per calibrated budget).
-        samples: how many samples each accuracy was measured on (for the noise); `None`
-            ignores the noise.
+        samples: how many samples each accuracy was measured on, for the unpaired noise
+            when the points carry no `correct` vectors; `None` (and no vectors): no noise.
         noise_se: how many standard errors the margin must exceed to count as a win.
 
     Returns:
@@ -108,14 +133,18 @@ def compare_to_frontier(static: Sequence[FrontierPoint], dynamic: Sequence[Front
     _check(dynamic, "dynamic")
     if samples is not None and samples < 1:
         raise ConfigError(f"compare_to_frontier: samples must be >= 1, got {samples}")
-    cheapest = frontier(static)[0]
+    line = frontier(static)
     result = []
     for p in dynamic:
-        reference = static_accuracy_at(static, p.cost)
-        against = cheapest.accuracy if reference is None else reference
+        found = _bracket(line, p.cost)
+        lo, hi, w = (line[0], line[0], 0.0) if found is None else found
+        reference = None if found is None else (1 - w) * lo.accuracy + w * hi.accuracy
+        against = (1 - w) * lo.accuracy + w * hi.accuracy
         margin = p.accuracy - against
         mean = (p.accuracy + against) / 2
-        noise = 0.0 if samples is None else math.sqrt(2 * mean * (1 - mean) / samples)
+        noise = _paired_noise(p, lo, hi, w)
+        if noise is None:
+            noise = 0.0 if samples is None else math.sqrt(2 * mean * (1 - mean) / samples)
         wins = margin > noise_se * noise if reference is not None else margin >= 0
         result.append(FrontierComparison(p, reference, margin, noise, wins))
     return result
