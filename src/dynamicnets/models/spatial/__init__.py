@@ -3,8 +3,10 @@
 - Pixel level: DynConv ResNets (`dynconv_resnet20/32`, `dynconv_resnet50`, per-position or per-tile gates,
   sparse execution at inference); SACT ResNets (per-position halting).
 - Dynamic receptive fields: deformable ResNets (`deformable_resnet20/32`).
+- Region level: a spatial transformer picks a glimpse for a small CNN (`stn_cnn`).
 """
 from . import deformable_resnet  # noqa: F401  (registers deformable_resnet20/32)
 from . import dynconv_resnet  # noqa: F401  (registers dynconv_resnet20/32)
 from . import sact  # noqa: F401  (registers sact_resnet20/32)
 from . import dynconv_resnet50  # noqa: F401  (registers dynconv_resnet50)
+from . import stn  # noqa: F401  (registers stn_cnn)
