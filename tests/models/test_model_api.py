@@ -25,7 +25,7 @@ SMALL = {name: {"depth": 14} for name in (
 # forward runs only the chosen widths, so there is nothing to compare with
 REFERENCE = {"dsnet_resnet_cifar": lambda out: out.exit_logits[-2] if len(out.exit_logits) > 1 else None}
 # exit heads with conv layers before pooling: the linear layer reads their width
-HIDDEN_HEADS = {"msdnet_cifar"}
+HIDDEN_HEADS = {"msdnet_cifar", "ranet_cifar"}
 # trees are all head: forward_head takes forward's execution (see RoutedTree)
 TREES = {"soft_decision_tree", "neural_tree_cnn"}
 # transformers return their tokens (B, N, num_features), timm's layout
