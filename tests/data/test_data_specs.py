@@ -9,6 +9,7 @@ from dynamicnets.errors import DataError
 def test_dataset_names():
     assert set(DATASETS) == {
         "digits", "mnist1d", "mnist", "cifar10", "cifar100", "imagefolder", "cluttered_mnist", "moving_mnist",
+        "jump_task",
     }
 
 

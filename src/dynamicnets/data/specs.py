@@ -19,17 +19,22 @@ from .files import find_file, require_dir
 from .idx import IMAGES_MAGIC, LABELS_MAGIC, read_idx
 from .imagefolder import read_image_folder
 from .in_memory import InMemoryDataset
+from .jump_task import generate_tokens, one_hot_signals
+from .jump_task import parse_options as parse_jump_options
 from .labels import check_labels
 from .preprocessing import CIFAR10_STATS, CIFAR100_STATS, MNIST_STATS
 from .split import split_indices
 
 DATASETS = (
     "digits", "mnist1d", "mnist", "cifar10", "cifar100", "imagefolder", "cluttered_mnist", "moving_mnist",
+    "jump_task",
 )
 """Names a spec may start with; all but the first two need ``:DIR``."""
 
 _NEEDS_PATH = ("mnist", "cifar10", "cifar100", "imagefolder", "cluttered_mnist", "moving_mnist")
 _TAKES_OPTIONS = {"cluttered_mnist": parse_options, "moving_mnist": moving_digits.parse_options}
+_BUILT_IN_OPTIONS = {"jump_task": parse_jump_options}
+"""Built-in data sets that take ``name?options`` (no path)."""
 
 
 class _Source(NamedTuple):
@@ -55,6 +60,7 @@ def parse_spec(spec: str) -> tuple[str, Path | None]:
     if not isinstance(spec, str) or not spec.strip():
         raise DataError(f"data spec {spec!r} is empty; expected one of {', '.join(DATASETS)}")
     name, _, path = spec.strip().partition(":")
+    name, _, inline = name.partition("?")  # built-in specs take options without a path
     name = name.strip().lower()
     if name not in DATASETS:
         raise DataError(
@@ -63,6 +69,10 @@ def parse_spec(spec: str) -> tuple[str, Path | None]:
     if name in _TAKES_OPTIONS:
         path, _, query = path.partition("?")
         _TAKES_OPTIONS[name](query)  # bad options fail here, before any file is read
+    if name in _BUILT_IN_OPTIONS:
+        _BUILT_IN_OPTIONS[name](inline)
+    elif inline:
+        raise DataError(f"dataset '{name}' takes no options, got '{spec}'")
     if name in _NEEDS_PATH and not path:
         raise DataError(f"dataset '{name}' needs a directory: write the spec as '{name}:DIR'")
     if name not in _NEEDS_PATH and path:
@@ -187,6 +197,12 @@ def cluttered_boxes(spec: str) -> tuple[torch.Tensor, torch.Tensor | None]:
     return data["train_boxes"], data["test_boxes"]
 
 
+def _jump_task(spec: str) -> _Source:
+    options = parse_jump_options(spec_options(spec))
+    tokens, labels = generate_tokens(options)
+    return _Source(InMemoryDataset(one_hot_signals(tokens, options.vocab), labels), None, options.vocab, None)
+
+
 def _read_cifar_files(files: list[Path], label_key: bytes, num_classes: int):
     parts = [read_cifar_batch(f, label_key, num_classes) for f in files]
     if len(parts) == 1:
@@ -267,6 +283,11 @@ def load_data(
       (:mod:`dynamicnets.data.moving_digits`). Generated once from ``seed`` and cached as a
       uint8 ``.pt`` in ``DIR`` (or ``cache``). Input ``(T, 1, H, W)`` (frames first) scaled
       to [0, 1], not mean/std normalised.
+    - ``jump_task?length=64&vocab=16&seed=0&size=10000`` (options optional, these are the
+      defaults): LSTM-Jump's number prediction, generated from ``seed``: ``size`` sequences
+      of ``length`` tokens in ``0..vocab-1``; the first token is an index, the label (one of
+      ``vocab`` classes) is the token at that index (:mod:`dynamicnets.data.jump_task`).
+      Input ``(vocab, length)`` one-hot. No test split.
 
     Args:
         spec: ``"name"`` or ``"name:DIR"``, name from :data:`DATASETS`.
@@ -291,6 +312,7 @@ def load_data(
         "cifar100": lambda p: _cifar(p, hundred=True),
         "imagefolder": _imagefolder,
         "cluttered_mnist": lambda _: _cluttered_mnist(spec),
+        "jump_task": lambda _: _jump_task(spec),
         "moving_mnist": lambda _: _moving_mnist(spec),
     }
     source = readers[name](path)
