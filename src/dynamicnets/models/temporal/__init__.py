@@ -3,10 +3,14 @@
 - `lstm_classifier`: the static baseline (an LSTM cell at every step).
 - `skip_lstm_classifier`: Skip-RNN (Campos et al. 2018), learned state-update skipping.
 - `skip_gru_classifier`: the same Skip-RNN over a GRU cell.
+- `early_stop_lstm_classifier`: stops reading once confident (confidence criteria or a
+  learned halting unit), the early-exit idea over steps.
 """
 from .lstm_classifier import LSTMClassifier, lstm_classifier
 from .skip_lstm import SkipLSTMClassifier, skip_lstm_classifier
 from .skip_gru import SkipGRUClassifier, skip_gru_classifier
+from .early_stop import EarlyStopLSTMClassifier, early_stop_lstm_classifier
 
 __all__ = ["LSTMClassifier", "SkipGRUClassifier", "SkipLSTMClassifier", "lstm_classifier", "skip_gru_classifier",
            "skip_lstm_classifier"]
+__all__ += ["EarlyStopLSTMClassifier", "early_stop_lstm_classifier"]
