@@ -1,0 +1,305 @@
+"""LSTM-Jump (Yu, Lee, Le, "Learning to Skim Text", ACL 2017): an LSTM that reads a few
+tokens, then decides how far to jump.
+
+Hyper-parameters: `R` (`read_steps`) tokens read between decisions, `K` (`max_jump`) the
+largest jump, `N` (`max_jumps`) the number of jumps allowed (`None`: as many as the
+sequence holds). Every sample starts at token 0 and runs:
+
+1. read the next token: `(h, c) = cell(x_t, (h, c))`;
+2. stop if that was the last token of the sequence (or, at inference, the policy's
+   `max_reads` cap is reached);
+3. after `R` tokens read since the last jump: if `N` jumps were made already, stop;
+   else the jump head scores `softmax(W h + b)` over `0..K` and a choice `k` is made
+   (sampled in training, `JumpPolicy` at inference, or given):
+   `k = 0` stops; `k >= 1` skips the next `k - 1` tokens, so the next token read is
+   `x_{t + k}` (the paper's "next token to read is `x_{R + k}`" after reading `x_1..x_R`),
+   and stops if that is past the end;
+4. otherwise read on (step 1).
+
+The final state is the hidden state `h` when the sample stopped. A sample makes at most
+`max_decisions(T) = min(N, ceil((T - 1) / R))` decisions; the choices are returned as
+`jumps (B, D)` (`-1` where no decision was made) and can be given back as forced
+decisions.
+
+Execution:
+
+- `masked` (training): static shapes, no host sync. At every step the cell runs on the
+  whole batch and only the samples that read this step take the new state (`torch.where`);
+  a sample that stopped or is jumping carries its state unchanged. The jump head runs on
+  the whole batch at every step that can hold a decision; only the deciding samples use
+  it. The decisions get no gradient through the state; the head learns by REINFORCE from
+  `log_prob` (see `models.temporal.lstm_jump`).
+- `compact` (inference): event driven. The loop goes straight to the next step some live
+  sample reads (a step nobody reads costs nothing, not even a Python iteration); the cell
+  runs only on the samples that read it (gathered, computed, written back; no gather when
+  every live sample reads), the jump head only on the samples that decide, and samples
+  that stop leave the batch (their final `h` is written out, the live state shrinks).
+  Same decisions and states as `masked` for the same choices.
+
+Per-sample FLOPs (counted like `FlopCounterMode`: the cell's two matrix products and the
+jump head's; activations free): compact `reads x cell + decisions x jump head`;
+masked `T x cell + (T - 1) x jump head` (all that runs).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..compact import scatter_rows
+from ..errors import ConfigError
+from ..execution import Execution, parse_execution
+from ..flops import linear_flops, lstm_cell_flops
+from ..gates.jump_policy import JumpPolicy
+from ..gates.policy import CategoricalPolicy
+
+
+@dataclass
+class LSTMJumpResult:
+    """What `LSTMJump.forward` returns.
+
+    Attributes:
+        hidden: `(B, hidden_size)` the hidden state when each sample stopped.
+        reads: `(B, T)` 0/1 in `x`'s dtype, 1 at the tokens each sample read.
+        jumps: `(B, D)` int64 choices in `0..K` at each decision, `-1` where none was made.
+        log_prob: `(B,)` summed log-probability of the choices made (differentiable in the
+            jump head), or `None` (compact execution without sampling).
+        entropy: `(B,)` summed entropy of the jump softmax at the decisions made, or `None`
+            like `log_prob`.
+        flops: `(B,)` float64 per-sample FLOPs of what ran.
+    """
+
+    hidden: Tensor
+    reads: Tensor
+    jumps: Tensor
+    log_prob: Tensor | None
+    entropy: Tensor | None
+    flops: Tensor
+
+
+class LSTMJump(nn.Module):
+    """An LSTM cell that reads `R` tokens, then jumps `0..K` tokens ahead (module docstring).
+
+    Args:
+        input_size, hidden_size: of the `nn.LSTMCell`.
+        read_steps: `R`, tokens read between jump decisions, `>= 1`.
+        max_jump: `K`, the largest jump, `>= 1` (the head scores `K + 1` choices).
+        max_jumps: `N`, jumps allowed per sample (`>= 1`), or `None` for no limit but the
+            sequence's end.
+
+    Shapes:
+        `forward(x (B, T, input_size)) -> LSTMJumpResult` with `hidden (B, hidden_size)`,
+        `reads (B, T)`, `jumps (B, max_decisions(T))`, `flops (B,)`.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, *, read_steps: int = 1, max_jump: int = 10,
+                 max_jumps: int | None = None, device=None, dtype=None) -> None:
+        super().__init__()
+        for key, value in (("input_size", input_size), ("hidden_size", hidden_size), ("read_steps", read_steps),
+                           ("max_jump", max_jump)):
+            _require_int(key, value)
+        if max_jumps is not None:
+            _require_int("max_jumps", max_jumps)
+        self.read_steps, self.max_jump, self.max_jumps = read_steps, max_jump, max_jumps
+        self.cell = nn.LSTMCell(input_size, hidden_size, device=device, dtype=dtype)
+        self.jump = nn.Linear(hidden_size, max_jump + 1, device=device, dtype=dtype)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.cell.hidden_size
+
+    def read_flops(self) -> int:
+        """Per-sample FLOPs of reading one token (the cell's two matrix products)."""
+        return lstm_cell_flops(self.cell)
+
+    def jump_flops(self) -> int:
+        """Per-sample FLOPs of one evaluation of the jump head."""
+        return linear_flops(self.jump)
+
+    def max_decisions(self, steps: int) -> int:
+        """The most decisions a sample can make on `steps` tokens: `min(N, ceil((T - 1) / R))`."""
+        most = math.ceil((steps - 1) / self.read_steps)
+        return most if self.max_jumps is None else min(self.max_jumps, most)
+
+    def masked_flops(self, steps: int) -> float:
+        """Per-sample FLOPs of `masked` execution on `steps` tokens (the cell at every step,
+        the head at every step that can hold a decision)."""
+        head_steps = steps - 1 if self.max_decisions(steps) > 0 else 0
+        return float(steps * self.read_flops() + head_steps * self.jump_flops())
+
+    def _check(self, x: Tensor, jumps: Tensor | None) -> None:
+        if x.dim() != 3 or x.shape[2] != self.cell.input_size:
+            raise ConfigError(f"LSTMJump: expected input x (B, T, {self.cell.input_size}), got {tuple(x.shape)}")
+        if x.shape[1] < 1:
+            raise ConfigError(f"LSTMJump: input x must have at least one step (T >= 1), got shape {tuple(x.shape)}")
+        if jumps is not None:
+            expected = (x.shape[0], self.max_decisions(x.shape[1]))
+            if tuple(jumps.shape) != expected or jumps.is_floating_point():
+                raise ConfigError(f"LSTMJump: jumps must be an integer tensor of shape (B, max_decisions(T)) = "
+                                  f"{expected}, got {tuple(jumps.shape)} {jumps.dtype}")
+            if jumps.numel() and (int(jumps.min()) < -1 or int(jumps.max()) > self.max_jump):
+                raise ConfigError(f"LSTMJump: jumps must lie in 0..max_jump={self.max_jump} (-1: no decision), "
+                                  f"got values in {int(jumps.min())}..{int(jumps.max())}")
+
+    def forward(self, x: Tensor, *, execution: Execution | str = Execution.MASKED, jumps: Tensor | None = None,
+                policy: JumpPolicy | None = None, sample: bool = False,
+                generator: torch.Generator | None = None) -> LSTMJumpResult:
+        """Read the sequence, jumping where the decisions say.
+
+        Args:
+            x: `(B, T, input_size)`.
+            execution: `"masked"` or `"compact"` (module docstring).
+            jumps: optional `(B, max_decisions(T))` int64 forced choices: the `j`-th
+                decision of sample `b` is `jumps[b, j]` (`-1` reads as 0, stop). Entries
+                after a sample's last decision are ignored, so a result's `jumps` can be
+                given back.
+            policy: the inference rule (`JumpPolicy`, default greedy argmax, no cap); its
+                `max_reads` cap also holds with `sample` or `jumps`.
+            sample: draw the choices from the jump softmax (training) instead of `policy`.
+            generator: optional `torch.Generator` for the draws.
+
+        Returns:
+            `LSTMJumpResult`.
+        """
+        self._check(x, jumps)
+        policy = JumpPolicy() if policy is None else policy
+        if not isinstance(policy, JumpPolicy):
+            raise ConfigError(f"LSTMJump: policy must be a JumpPolicy, got {type(policy).__name__}")
+        if parse_execution(execution) is Execution.COMPACT:
+            return self._compact(x, jumps, policy, sample, generator)
+        return self._masked(x, jumps, policy, sample, generator)
+
+    def _choose(self, logits: Tensor, forced: Tensor | None, index: Tensor, policy: JumpPolicy, sample: bool,
+                generator: torch.Generator | None) -> Tensor:
+        """`(n,)` int64 choices for the rows of `logits`; `index` `(n,)` is each row's decision number."""
+        if forced is not None:
+            return forced.gather(1, index.unsqueeze(1)).squeeze(1).clamp(min=0)
+        if sample:
+            return CategoricalPolicy().sample(logits.detach(), generator)[0]
+        return policy.choose(logits)
+
+    def _masked(self, x: Tensor, forced: Tensor | None, policy: JumpPolicy, sample: bool,
+                generator: torch.Generator | None) -> LSTMJumpResult:
+        batch, steps = x.shape[:2]
+        decisions = self.max_decisions(steps)
+        seq = x.transpose(0, 1).contiguous()  # (T, B, I)
+        h = c = x.new_zeros(batch, self.hidden_size)
+        counts = torch.zeros(4, batch, dtype=torch.int64, device=x.device)
+        nxt, run, jumped, reads = counts.unbind(0)  # next token to read, reads since the last jump, jumps, reads
+        live = torch.ones(batch, dtype=torch.bool, device=x.device)
+        taken = torch.full((batch, decisions), -1, dtype=torch.int64, device=x.device)
+        log_prob, entropy = x.new_zeros(batch), x.new_zeros(batch)
+        read_steps = []
+        for t in range(steps):
+            r = live & (nxt == t)
+            h_new, c_new = self.cell(seq[t], (h, c))
+            keep = r.unsqueeze(1)
+            h, c = torch.where(keep, h_new, h), torch.where(keep, c_new, c)
+            run, reads = run + r, reads + r
+            nxt = torch.where(r, t + 1, nxt)
+            ended = r if t == steps - 1 else torch.zeros_like(r)
+            if policy.max_reads is not None:
+                ended = ended | (r & (reads >= policy.max_reads))
+            chunk = r & ~ended & (run == self.read_steps)
+            out_of_jumps = chunk & (jumped >= self.max_jumps) if self.max_jumps is not None else torch.zeros_like(r)
+            decide = chunk & ~out_of_jumps
+            live = live & ~ended & ~out_of_jumps
+            if t < steps - 1 and decisions > 0:
+                logits = self.jump(h)
+                index = jumped.clamp(max=decisions - 1)
+                kappa = self._choose(logits, forced, index, policy, sample, generator)
+                log_p = torch.log_softmax(logits, dim=-1)
+                log_prob = log_prob + torch.where(decide, log_p.gather(1, kappa.unsqueeze(1)).squeeze(1), 0.0)
+                entropy = entropy + torch.where(decide, -(log_p.exp() * log_p).sum(dim=1), 0.0)
+                old = taken.gather(1, index.unsqueeze(1)).squeeze(1)
+                taken = taken.scatter(1, index.unsqueeze(1), torch.where(decide, kappa, old).unsqueeze(1))
+                go = decide & (kappa > 0)
+                nxt = torch.where(go, t + kappa, nxt)
+                jumped, run = jumped + go, torch.where(go, 0, run)
+                live = live & ~(decide & (kappa == 0)) & ~(go & (nxt >= steps))
+            read_steps.append(r)
+        flops = torch.full((batch,), self.masked_flops(steps), dtype=torch.float64, device=x.device)
+        return LSTMJumpResult(hidden=h, reads=torch.stack(read_steps, dim=1).to(x.dtype), jumps=taken,
+                              log_prob=log_prob, entropy=entropy, flops=flops)
+
+    def _compact(self, x: Tensor, forced: Tensor | None, policy: JumpPolicy, sample: bool,
+                 generator: torch.Generator | None) -> LSTMJumpResult:
+        batch, steps = x.shape[:2]
+        decisions, device = self.max_decisions(steps), x.device
+        seq = x.transpose(0, 1).contiguous()  # (T, B, I): each step's rows contiguous for the gather
+        forced_np = None if forced is None else forced.detach().cpu().numpy()
+        nxt, run, jumped, reads = (np.zeros(batch, dtype=np.int64) for _ in range(4))
+        read_map = np.zeros((batch, steps), dtype=bool)
+        taken = np.full((batch, decisions), -1, dtype=np.int64)
+        log_prob = entropy = x.new_zeros(batch) if sample else None
+        hidden = x.new_zeros(batch, self.hidden_size)
+        h = c = x.new_zeros(batch, self.hidden_size)
+        live = np.arange(batch)  # the live samples, in the order of the rows of h and c
+
+        def tensor(index: np.ndarray) -> Tensor:
+            return torch.from_numpy(index).to(device)
+
+        while live.size:
+            n = live.size
+            at = nxt[live]
+            t = int(at.min())  # straight to the next step some live sample reads
+            pos = np.flatnonzero(at == t)  # rows of the live state that read x_t
+            ids = live[pos]  # ... and their samples
+            if pos.size == n:
+                h, c = self.cell(seq[t] if n == batch else seq[t][tensor(live)], (h, c))
+            else:
+                rows = tensor(pos)
+                h_run, c_run = self.cell(seq[t][tensor(ids)], (h[rows], c[rows]))
+                h, c = scatter_rows(h, rows, h_run, inplace=True), scatter_rows(c, rows, c_run, inplace=True)
+            run[ids] += 1
+            reads[ids] += 1
+            nxt[ids] = t + 1
+            read_map[ids, t] = True
+            stop = np.full(pos.size, t == steps - 1)
+            if policy.max_reads is not None:
+                stop |= reads[ids] >= policy.max_reads
+            chunk = ~stop & (run[ids] == self.read_steps)
+            if self.max_jumps is not None:
+                stop |= chunk & (jumped[ids] >= self.max_jumps)
+            decide = np.flatnonzero(chunk & ~stop)  # indices into pos
+            if decide.size:
+                rows, deciders = pos[decide], ids[decide]
+                logits = self.jump(h if rows.size == n else h[tensor(rows)])
+                index = jumped[deciders]
+                if forced_np is not None:
+                    kappa = np.maximum(forced_np[deciders, index], 0)
+                else:
+                    choice = CategoricalPolicy().sample(logits, generator)[0] if sample else policy.choose(logits)
+                    if sample:
+                        log_p = torch.log_softmax(logits, dim=-1)
+                        log_prob = log_prob.index_add(0, tensor(deciders), log_p.gather(1, choice.unsqueeze(1)).squeeze(1))
+                        entropy = entropy.index_add(0, tensor(deciders), -(log_p.exp() * log_p).sum(dim=1))
+                    kappa = choice.cpu().numpy()
+                taken[deciders, index] = kappa
+                go = kappa > 0
+                movers = deciders[go]
+                nxt[movers] = t + kappa[go]
+                jumped[movers] += 1
+                run[movers] = 0
+                stop[decide] |= ~go | (nxt[deciders] >= steps)
+            if stop.any():  # finished samples leave the batch
+                gone = pos[stop]
+                hidden = scatter_rows(hidden, tensor(ids[stop]), h[tensor(gone)], inplace=True)
+                keep = np.ones(n, dtype=bool)
+                keep[gone] = False
+                rest = tensor(np.flatnonzero(keep))
+                live, h, c = live[keep], h[rest], c[rest]
+        head_calls = (taken >= 0).sum(axis=1)
+        flops = torch.from_numpy(read_map.sum(axis=1) * float(self.read_flops())
+                                 + head_calls * float(self.jump_flops())).to(device)
+        return LSTMJumpResult(hidden=hidden, reads=torch.from_numpy(read_map).to(device=device, dtype=x.dtype),
+                              jumps=torch.from_numpy(taken).to(device), log_prob=log_prob, entropy=entropy,
+                              flops=flops)
+
+
+def _require_int(key: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"LSTMJump: {key} must be an int >= 1, got {value!r}")
