@@ -1,0 +1,248 @@
+"""Skim-RNN (Seo, Min, Farhadi, Hajishirzi, "Neural Speed Reading via Skim-RNN", ICLR 2018)
+over LSTM cells: at every step a sample either *reads* (a big LSTM cell, hidden size `d`,
+updates the whole state) or *skims* (a small LSTM cell, hidden size `d' << d`, updates
+only the first `d'` dimensions of the state; the other `d - d'` are copied).
+
+With the state `s = (h, c)`, both `(B, d)`, and the input `x_t`:
+
+    p_t = softmax(W [x_t; h_{t-1}] + b)              (2-way: p_t[0] read, p_t[1] skim)
+    Q_t ~ p_t                                        (the choice; 1 = read in `choices`)
+    s_t = big(x_t, s_{t-1})                                      if read
+    s_t = [small(x_t, s_{t-1}[:d']); s_{t-1}[d':]]               if skim
+
+(the small cell's state is the first `d'` dimensions of `h` and of `c`, as in the
+authors' code). Training relaxes the choice with Gumbel-softmax, `r_t =
+softmax((log p_t + g_t) / tau)`, and mixes the two candidate states, `s_t = r_t[0] *
+read + r_t[1] * skim`; the paper anneals `tau` towards 0.5. Its skim loss (added by the
+model) is `gamma * mean over samples of (1/T) sum_t -log p_t[1]`, pulling towards
+skimming.
+
+Execution:
+
+- `masked` (training): both cells run on every sample at every step and their states
+  are mixed by `r_t` (soft, or straight-through one-hot with `hard=True`); in eval mode,
+  or with `choices` given, by the exact 0/1 choice (`1 * a + 0 * b == a`).
+- `compact` (inference): at each step the batch is split by the choice; the read rows
+  run the big cell once and the skim rows the small cell once (gathered, computed,
+  written back). A step where every sample makes the same choice needs no gather. The
+  choice layer runs on every sample (it decides).
+
+The inference decision rule is a threshold on the probability of reading: read where
+`p_t[0] > threshold` (0.5: the more likely choice; lower reads more). Without `choices`
+both executions in eval mode take these decisions.
+
+Per-sample FLOPs (counted like `FlopCounterMode`: the cells' two matrix products and the
+choice layer's one; activations, softmax and mixing free): `compact` costs
+`sum_t (read ? big : small) + T * choice`; `masked` runs both cells at every step,
+`T * (big + small + choice)`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..compact import assemble_rows, group_rows
+from ..errors import ConfigError
+from ..execution import Execution, parse_execution
+from ..flops import linear_flops, lstm_cell_flops
+from ..gates.gumbel import gumbel_softmax
+
+READ, SKIM = 0, 1  # columns of the choice logits and probabilities, in the paper's order
+
+
+@dataclass
+class SkimRNNResult:
+    """What `SkimLSTM.forward` returns.
+
+    Attributes:
+        hidden: `(B, hidden_size)` the last hidden state `h_T`.
+        choices: `(B, T)` 0/1 in `x`'s dtype, 1 where the big cell read the step (in
+            masked training: the hard choice of the relaxed sample; its weight `r_t[0]`
+            carries the gradient).
+        log_probs: `(B, T, 2)` `log p_t` (read, skim) of the choice layer (with gradient
+            in `masked` execution).
+        flops: `(B,)` float64 per-sample FLOPs of what ran.
+    """
+
+    hidden: Tensor
+    choices: Tensor
+    log_probs: Tensor
+    flops: Tensor
+
+
+class SkimLSTM(nn.Module):
+    """An LSTM that skims: a big cell reads the important steps, a small one skims the rest.
+
+    Args:
+        input_size: features per step.
+        hidden_size: `d`, the big cell's (and the state's) size.
+        small_hidden_size: `d'`, the small cell's size, `1 <= d' < d`.
+        tau: default Gumbel-softmax temperature `> 0` of training (a call may pass another).
+        hard: train with straight-through one-hot choices instead of the paper's soft
+            relaxed mixture.
+
+    Shapes:
+        `forward(x (B, T, input_size)) -> SkimRNNResult` with `hidden (B, hidden_size)`,
+        `choices (B, T)`, `log_probs (B, T, 2)`, `flops (B,)`.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, small_hidden_size: int, *, tau: float = 0.5,
+                 hard: bool = False, device=None, dtype=None) -> None:
+        super().__init__()
+        if input_size < 1 or hidden_size < 1:
+            raise ConfigError(f"SkimLSTM: input_size and hidden_size must be >= 1, got {input_size}, {hidden_size}")
+        if not 1 <= small_hidden_size < hidden_size:
+            raise ConfigError(f"SkimLSTM: small_hidden_size must be >= 1 and < hidden_size ({hidden_size}), "
+                              f"got {small_hidden_size}")
+        _check_tau(tau)
+        factory = {"device": device, "dtype": dtype}
+        self.big = nn.LSTMCell(input_size, hidden_size, **factory)
+        self.small = nn.LSTMCell(input_size, small_hidden_size, **factory)
+        self.choice = nn.Linear(input_size + hidden_size, 2, **factory)
+        self.tau, self.hard = float(tau), bool(hard)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.big.hidden_size
+
+    @property
+    def small_hidden_size(self) -> int:
+        return self.small.hidden_size
+
+    def read_flops(self) -> int:
+        """Per-sample FLOPs of a step the big cell reads (cell + choice layer)."""
+        return lstm_cell_flops(self.big) + linear_flops(self.choice)
+
+    def skim_flops(self) -> int:
+        """Per-sample FLOPs of a step the small cell skims (cell + choice layer)."""
+        return lstm_cell_flops(self.small) + linear_flops(self.choice)
+
+    def masked_step_flops(self) -> int:
+        """Per-sample FLOPs of a masked step: both cells and the choice layer."""
+        return lstm_cell_flops(self.big) + lstm_cell_flops(self.small) + linear_flops(self.choice)
+
+    def flops_of(self, choices: Tensor) -> Tensor:
+        """`(B, T)` 0/1 choices -> `(B,)` float64 compact FLOPs of those choices."""
+        reads = choices.detach().double().sum(dim=1)
+        return reads * float(self.read_flops()) + (choices.shape[1] - reads) * float(self.skim_flops())
+
+    def forward(self, x: Tensor, *, execution: Execution | str = Execution.MASKED, choices: Tensor | None = None,
+                threshold: float = 0.5, tau: float | None = None,
+                generator: torch.Generator | None = None) -> SkimRNNResult:
+        """Run the sequence, reading or skimming each step.
+
+        Args:
+            x: `(B, T, input_size)`, `T >= 1`.
+            execution: `"masked"` or `"compact"` (see the module docstring).
+            choices: optional `(B, T)` 0/1 decisions (1 = read with the big cell) to apply
+                instead of the choice layer's.
+            threshold: the inference rule, read where `p_t[0] > threshold` (used in eval
+                mode and in `compact`; masked training samples instead).
+            tau: Gumbel-softmax temperature of masked training (default `self.tau`).
+            generator: optional `torch.Generator` for reproducible training draws.
+
+        Returns:
+            `SkimRNNResult`.
+        """
+        self._check(x, choices, threshold)
+        tau = self.tau if tau is None else float(tau)
+        _check_tau(tau)
+        if parse_execution(execution) is Execution.COMPACT:
+            return self._compact(x, choices, float(threshold))
+        return self._masked(x, choices, float(threshold), tau, generator)
+
+    def _check(self, x: Tensor, choices: Tensor | None, threshold: float) -> None:
+        if x.dim() != 3 or x.shape[2] != self.big.input_size:
+            raise ConfigError(f"SkimLSTM: expected input x of shape (B, T, {self.big.input_size}), "
+                              f"got {tuple(x.shape)}")
+        if x.shape[1] < 1:
+            raise ConfigError(f"SkimLSTM: input x must have at least one step (T >= 1), got shape {tuple(x.shape)}")
+        if choices is not None and tuple(choices.shape) != tuple(x.shape[:2]):
+            raise ConfigError(f"SkimLSTM: choices must have shape (B, T) = {tuple(x.shape[:2])}, "
+                              f"got {tuple(choices.shape)}")
+        if math.isnan(threshold):
+            raise ConfigError(f"SkimLSTM: threshold must be a number (read where p_read > threshold), got {threshold!r}")
+
+    def _logits(self, x_t: Tensor, h: Tensor) -> Tensor:
+        """`(n, I), (n, d) -> (n, 2)` choice logits (read, skim)."""
+        return self.choice(torch.cat([x_t, h], dim=1))
+
+    def _skim(self, x_t: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        """The skim candidate state: the small cell on the first `d'` dimensions, the rest copied."""
+        k = self.small.hidden_size
+        h_small, c_small = self.small(x_t, (h[:, :k], c[:, :k]))
+        return torch.cat([h_small, h[:, k:]], dim=1), torch.cat([c_small, c[:, k:]], dim=1)
+
+    def _masked(self, x: Tensor, forced: Tensor | None, threshold: float, tau: float,
+                generator: torch.Generator | None) -> SkimRNNResult:
+        batch, steps = x.shape[:2]
+        h = c = x.new_zeros(batch, self.hidden_size)
+        seq = x.transpose(0, 1)  # (T, B, I)
+        taken, log_probs = [], []
+        for t in range(steps):
+            logits = self._logits(seq[t], h)
+            log_p = torch.log_softmax(logits, dim=1)
+            if forced is not None:
+                read = forced[:, t].to(x.dtype)
+                weights = torch.stack([read, 1 - read], dim=1)
+            elif self.training:
+                weights = gumbel_softmax(logits, tau, self.hard, generator)
+                read = (weights[:, READ] > weights[:, SKIM]).to(x.dtype)
+            else:
+                read = (log_p[:, READ].exp() > threshold).to(x.dtype)
+                weights = torch.stack([read, 1 - read], dim=1)
+            h_read, c_read = self.big(seq[t], (h, c))
+            h_skim, c_skim = self._skim(seq[t], h, c)
+            w_read, w_skim = weights[:, READ:READ + 1], weights[:, SKIM:SKIM + 1]
+            h = w_read * h_read + w_skim * h_skim  # exact for 0/1 weights
+            c = w_read * c_read + w_skim * c_skim
+            taken.append(read)
+            log_probs.append(log_p)
+        flops = torch.full((batch,), float(steps * self.masked_step_flops()), dtype=torch.float64, device=x.device)
+        return SkimRNNResult(hidden=h, choices=torch.stack(taken, dim=1).detach(),
+                             log_probs=torch.stack(log_probs, dim=1), flops=flops)
+
+    def _compact(self, x: Tensor, forced: Tensor | None, threshold: float) -> SkimRNNResult:
+        batch, steps = x.shape[:2]
+        h = c = x.new_zeros(batch, self.hidden_size)
+        seq = x.transpose(0, 1).contiguous()  # (T, B, I): each step's rows contiguous for the gathers
+        taken, log_probs = [], []
+        for t in range(steps):
+            log_p = torch.log_softmax(self._logits(seq[t], h), dim=1)
+            read = (log_p[:, READ].exp() > threshold) if forced is None else (forced[:, t] > 0.5)
+            reads = int(read.sum())
+            if reads == batch:
+                h, c = self.big(seq[t], (h, c))
+            elif reads == 0:
+                h, c = self._skim(seq[t], h, c)
+            else:
+                h, c = self._split_step(seq[t], h, c, read)
+            taken.append(read)
+            log_probs.append(log_p)
+        choices = torch.stack(taken, dim=1).to(x.dtype)
+        return SkimRNNResult(hidden=h, choices=choices, log_probs=torch.stack(log_probs, dim=1),
+                             flops=self.flops_of(choices))
+
+    def _split_step(self, x_t: Tensor, h: Tensor, c: Tensor, read: Tensor) -> tuple[Tensor, Tensor]:
+        """One step of a batch that both reads and skims: each group's cell runs once on its rows."""
+        pieces_h, pieces_c = [], []
+        for group, rows in group_rows((~read).long(), 2):  # group READ (0) / SKIM (1)
+            cell_step = self.big if group == READ else self._skim_pair
+            h_new, c_new = cell_step(x_t[rows], (h[rows], c[rows]))
+            pieces_h.append((rows, h_new))
+            pieces_c.append((rows, c_new))
+        return assemble_rows(pieces_h, h.shape[0]), assemble_rows(pieces_c, c.shape[0])
+
+    def _skim_pair(self, x_t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        return self._skim(x_t, *state)
+
+    def extra_repr(self) -> str:
+        return f"tau={self.tau}, hard={self.hard}"
+
+
+def _check_tau(tau: float) -> None:
+    if not tau > 0:
+        raise ConfigError(f"SkimLSTM: Gumbel temperature tau must be > 0, got {tau!r}")
