@@ -5,12 +5,15 @@
 - `skip_gru_classifier`: the same Skip-RNN over a GRU cell.
 - `early_stop_lstm_classifier`: stops reading once confident (confidence criteria or a
   learned halting unit), the early-exit idea over steps.
+- `gru_classifier`: the static GRU baseline of `skip_gru_classifier`.
 """
 from .lstm_classifier import LSTMClassifier, lstm_classifier
 from .skip_lstm import SkipLSTMClassifier, skip_lstm_classifier
 from .skip_gru import SkipGRUClassifier, skip_gru_classifier
 from .early_stop import EarlyStopLSTMClassifier, early_stop_lstm_classifier
+from .gru_classifier import GRUClassifier, gru_classifier
 
 __all__ = ["LSTMClassifier", "SkipGRUClassifier", "SkipLSTMClassifier", "lstm_classifier", "skip_gru_classifier",
            "skip_lstm_classifier"]
+__all__ += ["GRUClassifier", "gru_classifier"]
 __all__ += ["EarlyStopLSTMClassifier", "early_stop_lstm_classifier"]

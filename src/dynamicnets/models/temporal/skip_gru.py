@@ -24,7 +24,7 @@ class SkipGRUClassifier(SkipLSTMClassifier):
 @register_model
 def skip_gru_classifier(*, num_classes: int = 10, in_chans: int = 1, hidden: int = 64, row_width: int | None = None,
                         length: int = 40, budget_weight: float = 1e-3, update_bias_init: float = 2.0,
-                        device=None, dtype=None) -> SkipGRUClassifier:
+                        reading: str = "rows", device=None, dtype=None) -> SkipGRUClassifier:
     """Skip-RNN GRU sequence classifier; see `SkipGRUClassifier`."""
     return SkipGRUClassifier(num_classes, in_chans, hidden, row_width, length, budget_weight, update_bias_init,
-                             device=device, dtype=dtype)
+                             reading, device=device, dtype=dtype)

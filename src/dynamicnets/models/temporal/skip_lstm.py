@@ -17,14 +17,14 @@ from ...flops import linear_flops
 from .._api import ClassifierApi
 from .._registry import register_model
 from ..static._checks import require_positive
-from .sequence import as_sequence, step_features
+from .sequence import as_sequence, sequence_steps, step_features
 
 
 class SkipLSTMClassifier(ClassifierApi, nn.Module):
     """`SkipLSTM` over the steps of the input, a linear classifier on the last hidden state.
 
     Args:
-        num_classes, in_chans, hidden, row_width, length: as for `LSTMClassifier` (whose
+        num_classes, in_chans, hidden, row_width, length, reading: as for `LSTMClassifier` (whose
             cell and head have the same shapes and names under `rnn.cell` / `head`).
         budget_weight: weight of the update-count loss, `>= 0`.
         update_bias_init: initial bias of the update gate (positive: update often).
@@ -48,8 +48,8 @@ class SkipLSTMClassifier(ClassifierApi, nn.Module):
     classifier_paths = ("head",)
 
     def __init__(self, num_classes: int = 10, in_chans: int = 1, hidden: int = 64, row_width: int | None = None,
-                 length: int = 40, budget_weight: float = 1e-3, update_bias_init: float = 2.0, *,
-                 device=None, dtype=None) -> None:
+                 length: int = 40, budget_weight: float = 1e-3, update_bias_init: float = 2.0,
+                 reading: str = "rows", *, device=None, dtype=None) -> None:
         super().__init__()
         name = self._name
         require_positive(name, num_classes=num_classes, in_chans=in_chans, hidden=hidden, length=length)
@@ -57,15 +57,16 @@ class SkipLSTMClassifier(ClassifierApi, nn.Module):
             raise ConfigError(f"model {name!r}: budget_weight must be >= 0, got {budget_weight!r}")
         factory = {"device": device, "dtype": dtype}
         self.in_chans, self.row_width, self.budget_weight = in_chans, row_width, float(budget_weight)
-        self.rnn = self._rnn_type(step_features(name, in_chans, row_width), hidden, update_bias_init=update_bias_init,
-                            **factory)
+        self.reading = reading
+        self.rnn = self._rnn_type(step_features(name, in_chans, row_width, reading), hidden,
+                                  update_bias_init=update_bias_init, **factory)
         self.head = nn.Linear(hidden, num_classes, **factory)
         self.default_input_shape = (in_chans, length) if row_width is None else (in_chans, length, row_width)
 
     def full_flops(self, input_shape: tuple[int, ...]) -> float:
         """Per-sample FLOPs with the state updated at every step, for a `(C, L)` or
-        `(C, H, row_width)` input (`L` or `H` steps)."""
-        steps = input_shape[1]
+        `(C, H, row_width)` input (`L`, `H` or `H * row_width` steps, by `reading`)."""
+        steps = sequence_steps(tuple(input_shape), self.reading)
         return float(steps * self.rnn.step_flops() + linear_flops(self.head))
 
     def forward(self, x: Tensor, *, execution: ExecutionLike = None, updates: Tensor | None = None,
@@ -106,7 +107,7 @@ class SkipLSTMClassifier(ClassifierApi, nn.Module):
 
     def _run(self, x: Tensor, execution: ExecutionLike, updates: Tensor | None, policy: GatePolicy | None):
         execution = resolve_execution(execution, self.training)
-        seq = as_sequence(self._name, x, self.in_chans, self.row_width)
+        seq = as_sequence(self._name, x, self.in_chans, self.row_width, self.reading)
         threshold = 0.5 if policy is None else policy.check(1, f"model {self._name!r}").thresholds[0]
         return self.rnn(seq, execution=execution, updates=updates, threshold=threshold)
 
@@ -114,7 +115,7 @@ class SkipLSTMClassifier(ClassifierApi, nn.Module):
 @register_model
 def skip_lstm_classifier(*, num_classes: int = 10, in_chans: int = 1, hidden: int = 64, row_width: int | None = None,
                          length: int = 40, budget_weight: float = 1e-3, update_bias_init: float = 2.0,
-                         device=None, dtype=None) -> SkipLSTMClassifier:
+                         reading: str = "rows", device=None, dtype=None) -> SkipLSTMClassifier:
     """Skip-RNN LSTM sequence classifier; see `SkipLSTMClassifier`."""
     return SkipLSTMClassifier(num_classes, in_chans, hidden, row_width, length, budget_weight, update_bias_init,
-                              device=device, dtype=dtype)
+                              reading, device=device, dtype=dtype)
