@@ -6,6 +6,7 @@
 - `early_stop_lstm_classifier`: stops reading once confident (confidence criteria or a
   learned halting unit), the early-exit idea over steps.
 - `gru_classifier`: the static GRU baseline of `skip_gru_classifier`.
+- `skim_lstm_classifier`: Skim-RNN (Seo et al. 2018), a big LSTM cell reads, a small one skims.
 """
 from .lstm_classifier import LSTMClassifier, lstm_classifier
 from .skip_lstm import SkipLSTMClassifier, skip_lstm_classifier
@@ -17,3 +18,6 @@ __all__ = ["LSTMClassifier", "SkipGRUClassifier", "SkipLSTMClassifier", "lstm_cl
            "skip_lstm_classifier"]
 __all__ += ["GRUClassifier", "gru_classifier"]
 __all__ += ["EarlyStopLSTMClassifier", "early_stop_lstm_classifier"]
+from .skim_rnn import SkimLSTMClassifier, skim_lstm_classifier
+
+__all__ += ["SkimLSTMClassifier", "skim_lstm_classifier"]
