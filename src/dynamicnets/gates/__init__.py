@@ -12,6 +12,7 @@
 - `routers`: mixture-of-experts routers (top-k, noisy top-k, expert choice).
 - `routing`: CondConv / DY-Conv routing functions (attention over expert kernels).
 - `thresholds`: `GatePolicy`, the inference decision rule of threshold gates.
+- `jump_policy`: `JumpPolicy`, the inference decision rule of a jump softmax (LSTM-Jump).
 - `block_budget`: `BlockBudget`, a per-sample compute cap on gated blocks.
 """
 from .block_gates import PolicyNetwork, PooledLinearGate, PooledMLPGate, RecurrentGate
@@ -50,6 +51,7 @@ from .routers import ExpertChoiceRouter, NoisyTopKRouter, Routing, TopKRouter
 from .routing import RoutingFunction
 from .schedules import CosineDecay, ExponentialDecay, LinearDecay
 from .thresholds import GatePolicy
+from .jump_policy import JumpPolicy
 from .block_budget import BlockBudget
 from .straight_through import ImprovedSemHash, improved_semhash, saturating_sigmoid, ste_threshold
 
@@ -68,6 +70,7 @@ __all__ = [
     "TopKRouter",
     "RoutingFunction",
     "GatePolicy",
+    "JumpPolicy",
     "BlockBudget",
     # gumbel
     "gumbel_softmax",
