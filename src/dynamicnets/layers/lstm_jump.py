@@ -183,47 +183,64 @@ class LSTMJump(nn.Module):
 
     def _masked(self, x: Tensor, forced: Tensor | None, policy: JumpPolicy, sample: bool,
                 generator: torch.Generator | None) -> LSTMJumpResult:
+        """The reading position `nxt` says everything: a sample reads `x_t` where `nxt == t`;
+        a stop sets `nxt` to a step already past (`t`, for choice 0 or no jump left) or
+        beyond the end, so that it never reads again."""
         batch, steps = x.shape[:2]
         decisions = self.max_decisions(steps)
         seq = x.transpose(0, 1).contiguous()  # (T, B, I)
         h = c = x.new_zeros(batch, self.hidden_size)
-        counts = torch.zeros(4, batch, dtype=torch.int64, device=x.device)
-        nxt, run, jumped, reads = counts.unbind(0)  # next token to read, reads since the last jump, jumps, reads
-        live = torch.ones(batch, dtype=torch.bool, device=x.device)
-        taken = torch.full((batch, decisions), -1, dtype=torch.int64, device=x.device)
-        log_prob, entropy = x.new_zeros(batch), x.new_zeros(batch)
-        read_steps = []
+        nxt, run, jumped, reads = (torch.zeros(batch, dtype=torch.int64, device=x.device) for _ in range(4))
+        read_steps, deciding, chosen, scores = [], [], [], []
         for t in range(steps):
-            r = live & (nxt == t)
+            r = nxt == t
             h_new, c_new = self.cell(seq[t], (h, c))
             keep = r.unsqueeze(1)
             h, c = torch.where(keep, h_new, h), torch.where(keep, c_new, c)
-            run, reads = run + r, reads + r
-            nxt = torch.where(r, t + 1, nxt)
-            ended = r if t == steps - 1 else torch.zeros_like(r)
-            if policy.max_reads is not None:
-                ended = ended | (r & (reads >= policy.max_reads))
-            chunk = r & ~ended & (run == self.read_steps)
-            out_of_jumps = chunk & (jumped >= self.max_jumps) if self.max_jumps is not None else torch.zeros_like(r)
-            decide = chunk & ~out_of_jumps
-            live = live & ~ended & ~out_of_jumps
-            if t < steps - 1 and decisions > 0:
-                logits = self.jump(h)
-                index = jumped.clamp(max=decisions - 1)
-                kappa = self._choose(logits, forced, index, policy, sample, generator)
-                log_p = torch.log_softmax(logits, dim=-1)
-                log_prob = log_prob + torch.where(decide, log_p.gather(1, kappa.unsqueeze(1)).squeeze(1), 0.0)
-                entropy = entropy + torch.where(decide, -(log_p.exp() * log_p).sum(dim=1), 0.0)
-                old = taken.gather(1, index.unsqueeze(1)).squeeze(1)
-                taken = taken.scatter(1, index.unsqueeze(1), torch.where(decide, kappa, old).unsqueeze(1))
-                go = decide & (kappa > 0)
-                nxt = torch.where(go, t + kappa, nxt)
-                jumped, run = jumped + go, torch.where(go, 0, run)
-                live = live & ~(decide & (kappa == 0)) & ~(go & (nxt >= steps))
             read_steps.append(r)
+            if t == steps - 1 or decisions == 0:  # the last token ends every reader
+                continue
+            nxt, run = nxt + r, run + r  # a reader moves on to t + 1
+            chunk = r & (run == self.read_steps)
+            if policy.max_reads is not None:
+                reads = reads + r
+                capped = r & (reads >= policy.max_reads)
+                nxt = torch.where(capped, steps, nxt)
+                chunk = chunk & ~capped
+            logits = self.jump(h)
+            kappa = self._choose(logits, forced, jumped.clamp(max=decisions - 1), policy, sample, generator)
+            decide = chunk
+            if self.max_jumps is not None:  # out of jumps: stop (nxt = t, a step already past)
+                decide = chunk & (jumped < self.max_jumps)
+                kappa = torch.where(decide, kappa, 0)
+            nxt = torch.where(chunk, t + kappa, nxt)  # choice 0 gives t: never read again
+            run = torch.where(chunk, 0, run)
+            jumped = jumped + decide
+            deciding.append(decide)
+            chosen.append(kappa)
+            scores.append(logits)
+        log_prob, entropy, taken = self._decisions_made(deciding, chosen, scores, x, decisions)
         flops = torch.full((batch,), self.masked_flops(steps), dtype=torch.float64, device=x.device)
         return LSTMJumpResult(hidden=h, reads=torch.stack(read_steps, dim=1).to(x.dtype), jumps=taken,
                               log_prob=log_prob, entropy=entropy, flops=flops)
+
+    @staticmethod
+    def _decisions_made(deciding: list[Tensor], chosen: list[Tensor], scores: list[Tensor], x: Tensor,
+                        decisions: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-step `(B,)` decide masks, choices and `(B, K + 1)` scores -> summed
+        log-probability and entropy `(B,)` of the choices made, and `jumps (B, D)`."""
+        batch = x.shape[0]
+        if not deciding:
+            zeros = x.new_zeros(batch)
+            return zeros, zeros, torch.full((batch, decisions), -1, dtype=torch.int64, device=x.device)
+        decide, kappa = torch.stack(deciding), torch.stack(chosen)  # (S, B)
+        log_p = torch.log_softmax(torch.stack(scores), dim=-1)  # (S, B, K + 1)
+        log_prob = torch.where(decide, log_p.gather(2, kappa.unsqueeze(2)).squeeze(2), 0.0).sum(dim=0)
+        entropy = torch.where(decide, -(log_p.exp() * log_p).sum(dim=2), 0.0).sum(dim=0)
+        slot = torch.where(decide, decide.cumsum(dim=0) - 1, decisions)  # j-th decision -> column j; else a spare
+        taken = torch.full((batch, decisions + 1), -1, dtype=torch.int64, device=x.device)
+        taken = taken.scatter(1, slot.t(), torch.where(decide, kappa, -1).t())
+        return log_prob, entropy, taken[:, :decisions]
 
     def _compact(self, x: Tensor, forced: Tensor | None, policy: JumpPolicy, sample: bool,
                  generator: torch.Generator | None) -> LSTMJumpResult:
