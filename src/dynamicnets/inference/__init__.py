@@ -16,6 +16,9 @@
 - `TokenPolicy`: which tokens a token-pruning transformer keeps (a keep ratio or a score
   threshold per stage) and how samples with different token counts share a batch;
   `calibrate_token_policy` fits one to a mean-FLOPs budget.
+- `ResolutionPolicy`: how a dynamic-resolution network picks each sample's resolution (bias
+  per resolution on its predictor's logits, a FLOPs cap); `calibrate_resolution_policy`
+  fits the bias to a mean-FLOPs budget.
 - `WidthPolicy`: a compute cap on the width of slimmable and DS-Net models;
   `worst_case_flops`: the per-sample cost no input can exceed under a policy's cap.
 """
@@ -33,6 +36,7 @@ from .cost_spread import CostSpread, cost_spread
 from .gate_rate import GateRateFit, calibrate_gate_policy, calibrate_gate_rate, fit_gate_rate, gate_logit_layers
 from .executor import ExitResult, run_all_then_select, run_early_exit
 from .policy import ExitPolicy
+from .resolution_policy import ResolutionPolicy, calibrate_resolution_policy
 from .sparse_strategy import fastest_block_strategies
 from .token_calibration import TokenCalibration, calibrate_token_policy
 from .token_policy import TokenPolicy
@@ -47,6 +51,8 @@ __all__ = [
     "GateRateFit",
     "ExitPolicy",
     "ExitResult",
+    "ResolutionPolicy",
+    "calibrate_resolution_policy",
     "anytime_table",
     "calibrate",
     "calibrate_gate_rate",

@@ -24,3 +24,6 @@ from .dy_relu import DyReLU, DyReLUHyperFunction, PiecewiseLinearCoefficients, d
 from .dynamic_conv import DynamicConv2d
 from ..gates.routing import RoutingFunction
 from .weightnet import WeightNetConv2d
+# region and resolution level: spatial transformer glimpses, resizing to a set of resolutions
+from .spatial_transformer import LocalisationNet, SpatialTransformer
+from .resize import check_resolutions, resize, resize_flops
