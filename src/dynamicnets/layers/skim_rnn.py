@@ -28,11 +28,13 @@ Execution:
   choice layer runs on every sample (it decides).
 
 The inference decision rule is a threshold on the probability of reading: read where
-`p_t[0] > threshold` (0.5: the more likely choice; lower reads more). Without `choices`
+`p_t[0] > threshold` (0.5: the more likely choice; lower reads more), compared as
+`l_read - l_skim > log(threshold / (1 - threshold))` on the choice logits. Without `choices`
 both executions in eval mode take these decisions.
 
 Per-sample FLOPs (counted like `FlopCounterMode`: the cells' two matrix products and the
-choice layer's one; activations, softmax and mixing free): `compact` costs
+choice layer's, whose input part is one product over all steps and whose state part one
+per step; activations, softmax and mixing free): `compact` costs
 `sum_t (read ? big : small) + T * choice`; `masked` runs both cells at every step,
 `T * (big + small + choice)`.
 """
@@ -166,9 +168,21 @@ class SkimLSTM(nn.Module):
         if math.isnan(threshold):
             raise ConfigError(f"SkimLSTM: threshold must be a number (read where p_read > threshold), got {threshold!r}")
 
-    def _logits(self, x_t: Tensor, h: Tensor) -> Tensor:
-        """`(n, I), (n, d) -> (n, 2)` choice logits (read, skim)."""
-        return self.choice(torch.cat([x_t, h], dim=1))
+    def _input_logits(self, seq: Tensor) -> Tensor:
+        """`(T, B, I) -> (T, B, 2)` the input's part of the choice logits (with the bias),
+        for every step in one product; `_logits` adds the state's part step by step."""
+        return nn.functional.linear(seq, self.choice.weight[:, : self.big.input_size], self.choice.bias)
+
+    def _logits(self, x_part: Tensor, h: Tensor) -> Tensor:
+        """`(n, 2)` input part, `(n, d)` state -> `(n, 2)` choice logits (read, skim)."""
+        return torch.addmm(x_part, h, self.choice.weight[:, self.big.input_size :].t())
+
+    @staticmethod
+    def _reads(logits: Tensor, threshold: float) -> Tensor:
+        """`(n, 2) -> (n,)` bool: `p_read = sigmoid(l_read - l_skim) > threshold`, compared
+        as logits (`threshold <= 0` always reads, `>= 1` never)."""
+        cut = math.inf if threshold >= 1 else -math.inf if threshold <= 0 else math.log(threshold / (1 - threshold))
+        return (logits[:, READ] - logits[:, SKIM]) > cut
 
     def _skim(self, x_t: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
         """The skim candidate state: the small cell on the first `d'` dimensions, the rest copied."""
@@ -181,10 +195,10 @@ class SkimLSTM(nn.Module):
         batch, steps = x.shape[:2]
         h = c = x.new_zeros(batch, self.hidden_size)
         seq = x.transpose(0, 1)  # (T, B, I)
-        taken, log_probs = [], []
+        x_logits = self._input_logits(seq)
+        taken, all_logits = [], []
         for t in range(steps):
-            logits = self._logits(seq[t], h)
-            log_p = torch.log_softmax(logits, dim=1)
+            logits = self._logits(x_logits[t], h)
             if forced is not None:
                 read = forced[:, t].to(x.dtype)
                 weights = torch.stack([read, 1 - read], dim=1)
@@ -192,7 +206,7 @@ class SkimLSTM(nn.Module):
                 weights = gumbel_softmax(logits, tau, self.hard, generator)
                 read = (weights[:, READ] > weights[:, SKIM]).to(x.dtype)
             else:
-                read = (log_p[:, READ].exp() > threshold).to(x.dtype)
+                read = self._reads(logits, threshold).to(x.dtype)
                 weights = torch.stack([read, 1 - read], dim=1)
             h_read, c_read = self.big(seq[t], (h, c))
             h_skim, c_skim = self._skim(seq[t], h, c)
@@ -200,19 +214,21 @@ class SkimLSTM(nn.Module):
             h = w_read * h_read + w_skim * h_skim  # exact for 0/1 weights
             c = w_read * c_read + w_skim * c_skim
             taken.append(read)
-            log_probs.append(log_p)
+            all_logits.append(logits)
         flops = torch.full((batch,), float(steps * self.masked_step_flops()), dtype=torch.float64, device=x.device)
         return SkimRNNResult(hidden=h, choices=torch.stack(taken, dim=1).detach(),
-                             log_probs=torch.stack(log_probs, dim=1), flops=flops)
+                             log_probs=torch.log_softmax(torch.stack(all_logits, dim=1), dim=2), flops=flops)
 
     def _compact(self, x: Tensor, forced: Tensor | None, threshold: float) -> SkimRNNResult:
         batch, steps = x.shape[:2]
         h = c = x.new_zeros(batch, self.hidden_size)
         seq = x.transpose(0, 1).contiguous()  # (T, B, I): each step's rows contiguous for the gathers
-        taken, log_probs = [], []
+        x_logits = self._input_logits(seq)
+        forced_reads = None if forced is None else (forced > 0.5).t()  # (T, B)
+        taken, all_logits = [], []
         for t in range(steps):
-            log_p = torch.log_softmax(self._logits(seq[t], h), dim=1)
-            read = (log_p[:, READ].exp() > threshold) if forced is None else (forced[:, t] > 0.5)
+            logits = self._logits(x_logits[t], h)
+            read = self._reads(logits, threshold) if forced_reads is None else forced_reads[t]
             reads = int(read.sum())
             if reads == batch:
                 h, c = self.big(seq[t], (h, c))
@@ -221,10 +237,10 @@ class SkimLSTM(nn.Module):
             else:
                 h, c = self._split_step(seq[t], h, c, read)
             taken.append(read)
-            log_probs.append(log_p)
+            all_logits.append(logits)
         choices = torch.stack(taken, dim=1).to(x.dtype)
-        return SkimRNNResult(hidden=h, choices=choices, log_probs=torch.stack(log_probs, dim=1),
-                             flops=self.flops_of(choices))
+        return SkimRNNResult(hidden=h, choices=choices, flops=self.flops_of(choices),
+                             log_probs=torch.log_softmax(torch.stack(all_logits, dim=1), dim=2))
 
     def _split_step(self, x_t: Tensor, h: Tensor, c: Tensor, read: Tensor) -> tuple[Tensor, Tensor]:
         """One step of a batch that both reads and skims: each group's cell runs once on its rows."""
