@@ -2,7 +2,6 @@
 import pytest
 import torch
 
-import dynamicnets.models.temporal.skim_rnn  # noqa: F401  (registers skim_lstm_classifier)
 from dynamicnets import create_model
 from dynamicnets.errors import ConfigError
 from dynamicnets.flops import counted_flops, linear_flops, lstm_cell_flops
