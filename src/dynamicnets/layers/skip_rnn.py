@@ -20,8 +20,15 @@ Execution:
   mixed with the old state by `u_t`, so `u_t` gets a gradient (`h_new - h_old`).
 - `compact` (inference): at each step the cell runs only on the samples that update
   (gathered, computed, written back); a step nobody updates costs no cell call, a step
-  everybody updates needs no gather. Same decisions and states as `masked`, bit for bit
-  (the mixing above is exact for 0/1 gates). The update gate gets no gradient here.
+  everybody updates needs no gather. Same decisions and states as `masked` (the mixing
+  above is exact for 0/1 gates): bit for bit where a step runs the whole batch or nobody;
+  where it runs some rows only, the matrix products on fewer rows may round differently
+  (a few ulps). The update gate gets no gradient here.
+  `u~` and `du` are kept on the host as NumPy arrays of the input's precision (whose
+  float32 / float64 arithmetic rounds like the tensor ops of `masked`), so the rows of
+  every step are known before it runs: a skipped step costs no tensor op, an update step
+  a gather, the fused cell op (`torch.lstm_cell` / `torch.gru_cell`), the gate's one
+  matrix product, an in-place write-back and one host read of the new `du`.
 
 Per-sample FLOPs (counted like `FlopCounterMode`: the cell's two matrix products and the
 update gate's dot product; activations free) are `steps run x step_flops()`.
@@ -29,6 +36,7 @@ update gate's dot product; activations free) are `steps run x step_flops()`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -61,7 +69,7 @@ class SkipRNN(nn.Module):
     """The Skip-RNN logic over a recurrent cell; `SkipLSTM` and `SkipGRU` give the cell.
 
     A subclass passes its cell (an `nn.LSTMCell` / `nn.GRUCell`-like module with
-    `input_size` and `hidden_size`) and defines `_state_size`, `_cell_step` and
+    `input_size` and `hidden_size`) and defines `_state_size`, `_cell_fn` and
     `_cell_flops`. The state is a tuple of `(B, hidden_size)` tensors: the first is the
     hidden state `h`, the last feeds the update gate.
 
@@ -88,8 +96,10 @@ class SkipRNN(nn.Module):
         if input_size < 1 or hidden_size < 1:
             raise ConfigError(f"{name}: input_size and hidden_size must be >= 1, got {input_size}, {hidden_size}")
 
-    def _cell_step(self, x: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-        """`x (n, input_size)`, `state` of `(n, hidden_size)` -> the next state."""
+    def _cell_fn(self) -> Callable[[Tensor, tuple[Tensor, ...]], tuple[Tensor, ...]]:
+        """The cell step `(x (n, input_size), state of (n, hidden_size)) -> next state`: the
+        fused op the cell module calls, its weights bound once per forward (no module call
+        and no attribute lookups per step)."""
         raise NotImplementedError
 
     def _cell_flops(self) -> int:
@@ -116,9 +126,17 @@ class SkipRNN(nn.Module):
             raise ConfigError(f"{name}: updates must have shape (B, T) = {tuple(x.shape[:2])}, "
                               f"got {tuple(updates.shape)}")
 
-    def _delta(self, c: Tensor) -> Tensor:
-        """`(n, H) -> (n,)` `du = sigmoid(w . c + b)`."""
-        return self.update_gate(c).view(-1).sigmoid()
+    def _delta_fn(self) -> Callable[[Tensor], Tensor]:
+        """`c (n, H) -> du (n,)`, `du = sigmoid(w . c + b)`: one `addmm` (what `nn.Linear`
+        runs), the weights bound once per forward, the sigmoid in place without autograd."""
+        bias, weight_t = self.update_gate.bias, self.update_gate.weight.t()
+        if torch.is_grad_enabled():
+            return lambda c: torch.addmm(bias, c, weight_t).view(-1).sigmoid()
+        return lambda c: torch.addmm(bias, c, weight_t).view(-1).sigmoid_()
+
+    def _initial_delta(self) -> float:
+        """`du` of the zero state, `sigmoid(b)`: what a sample that skips the first step carries."""
+        return float(torch.sigmoid(self.update_gate.bias.detach()).item())
 
     def forward(self, x: Tensor, *, execution: Execution | str = Execution.MASKED, updates: Tensor | None = None,
                 threshold: float = 0.5) -> SkipRNNResult:
@@ -150,14 +168,15 @@ class SkipRNN(nn.Module):
     def _masked(self, x: Tensor, forced: Tensor | None, threshold: float) -> SkipRNNResult:
         state, u_tilde, delta = self._initial(x)
         seq = x.transpose(0, 1).contiguous()  # (T, B, I)
+        cell, gate = self._cell_fn(), self._delta_fn()
         taken = []
         for t in range(x.shape[1]):
             u = ste_threshold(u_tilde, threshold) if forced is None else forced[:, t].to(x.dtype)
-            new = self._cell_step(seq[t], state)
+            new = cell(seq[t], state)
             w = u.unsqueeze(1)
             # exact for u in {0, 1}: 1*a + 0*b == a
             state = tuple(w * s_new + (1 - w) * s for s_new, s in zip(new, state))
-            delta = u * self._delta(state[-1]) + (1 - u) * delta  # a skip keeps the last update's du
+            delta = u * gate(state[-1]) + (1 - u) * delta  # a skip keeps the last update's du
             u_tilde = u * delta + (1 - u) * (u_tilde + torch.minimum(delta, 1 - u_tilde))
             taken.append(u)
         updates = torch.stack(taken, dim=1)
@@ -166,54 +185,124 @@ class SkipRNN(nn.Module):
         return SkipRNNResult(hidden=state[0], updates=updates, flops=flops)
 
     def _compact(self, x: Tensor, forced: Tensor | None, threshold: float) -> SkipRNNResult:
+        scalar = _SCALAR_TYPES.get(x.dtype)
+        if scalar is None:  # no NumPy twin of this dtype (bfloat16, ...): decide with tensor ops
+            return self._compact_tensors(x, forced, threshold)
+        if x.shape[0] == 1:
+            return self._compact_single(x, forced, threshold, scalar)
+        return self._compact_scheduled(x, forced, threshold, scalar)
+
+    def _compact_scheduled(self, x: Tensor, forced: Tensor | None, threshold: float, scalar) -> SkipRNNResult:
+        """The batch, decided on the host (`_UpdateSchedule`): each step's rows are known
+        before it runs, a skipped step costs no tensor op, an update step gathers its rows,
+        runs the fused cell on them, writes them back into the state (in place without
+        autograd) and reads their new `du` (its one host sync)."""
         batch, steps = x.shape[:2]
-        if batch == 1 and x.dtype in _SCALAR_TYPES:
-            return self._compact_single(x, forced, threshold)
-        state, u_tilde, delta = self._initial(x)
         seq = x.transpose(0, 1).contiguous()  # (T, B, I): each step's rows contiguous for the gather
+        state = tuple(x.new_zeros(batch, self.hidden_size) for _ in range(self._state_size))
+        given = None if forced is None else (forced > 0.5).T.cpu().numpy()  # (T, B)
+        schedule = None if given is not None else _UpdateSchedule(batch, scalar, threshold, self._initial_delta())
+        taken = given if given is not None else np.zeros((steps, batch), dtype=bool)
+        inplace = not torch.is_grad_enabled()
+        cell, gate = self._cell_fn(), self._delta_fn()
+        for t in range(steps):
+            on = given[t] if schedule is None else schedule.decide()
+            rows = np.flatnonzero(on)
+            delta = None
+            if rows.size == batch:
+                state = cell(seq[t], state)
+                delta = gate(state[-1])
+            elif rows.size:
+                index = torch.from_numpy(rows).to(x.device)
+                run = cell(seq[t].index_select(0, index), tuple(s.index_select(0, index) for s in state))
+                state = tuple(scatter_rows(s, index, s_run, inplace=inplace) for s, s_run in zip(state, run))
+                delta = gate(run[-1])
+            if schedule is not None:
+                taken[t] = on
+                schedule.advance(on, rows, delta)
+        return self._compact_result(state[0], np.ascontiguousarray(taken.T), x)
+
+    def _compact_tensors(self, x: Tensor, forced: Tensor | None, threshold: float) -> SkipRNNResult:
+        """The batch, decided with tensor ops (dtypes NumPy has no twin of)."""
+        batch, steps = x.shape[:2]
+        state, u_tilde, delta = self._initial(x)
+        seq = x.transpose(0, 1).contiguous()
+        cell, gate = self._cell_fn(), self._delta_fn()
         taken = []
         for t in range(steps):
             on = (u_tilde > threshold) if forced is None else (forced[:, t] > 0.5)
             rows = rows_where(on)
             if rows.numel() == batch:
-                state = self._cell_step(seq[t], state)
-                delta = self._delta(state[-1])
+                state = cell(seq[t], state)
+                delta = gate(state[-1])
             elif rows.numel() > 0:
-                run = self._cell_step(seq[t][rows], tuple(s[rows] for s in state))
+                run = cell(seq[t][rows], tuple(s[rows] for s in state))
                 state = tuple(scatter_rows(s, rows, s_run) for s, s_run in zip(state, run))
-                delta = scatter_rows(delta, rows, self._delta(run[-1]))
+                delta = scatter_rows(delta, rows, gate(run[-1]))
             u_tilde = torch.where(on, delta, u_tilde + torch.minimum(delta, 1 - u_tilde))
             taken.append(on)
         updates = torch.stack(taken, dim=1).to(x.dtype)
-        return self._compact_result(state[0], updates)
-
-    def _compact_result(self, hidden: Tensor, updates: Tensor) -> SkipRNNResult:
-        """Compact execution costs one step per update."""
-        return SkipRNNResult(hidden=hidden, updates=updates,
+        return SkipRNNResult(hidden=state[0], updates=updates,
                              flops=updates.double().sum(dim=1) * float(self.step_flops()))
 
-    def _compact_single(self, x: Tensor, forced: Tensor | None, threshold: float) -> SkipRNNResult:
+    def _compact_result(self, hidden: Tensor, taken: np.ndarray, x: Tensor) -> SkipRNNResult:
+        """`taken (B, T)` bool decisions -> the result; compact execution costs one step per update."""
+        flops = taken.sum(axis=1, dtype=np.float64) * float(self.step_flops())
+        return SkipRNNResult(hidden=hidden, updates=torch.from_numpy(taken).to(device=x.device, dtype=x.dtype),
+                             flops=torch.from_numpy(flops).to(x.device))
+
+    def _compact_single(self, x: Tensor, forced: Tensor | None, threshold: float, scalar) -> SkipRNNResult:
         """One sample: `u~` and `du` kept as NumPy scalars of `x`'s precision, so a skipped
         step costs no tensor op at all and an update one sync (`du`). NumPy's float32 /
         float64 scalar arithmetic rounds like the tensor ops of `_masked`, so the decisions
         are the same, bit for bit."""
-        scalar = _SCALAR_TYPES[x.dtype]
         one, cut = scalar(1.0), scalar(threshold)
-        state = (x.new_zeros(1, self.cell.hidden_size),) * self._state_size
-        u_tilde, delta = one, scalar(torch.sigmoid(self.update_gate.bias).item())
-        forced_on = None if forced is None else (forced[0] > 0.5).tolist()
+        state = tuple(x.new_zeros(1, self.hidden_size) for _ in range(self._state_size))
+        u_tilde, delta = one, scalar(self._initial_delta())
+        given = None if forced is None else (forced[0] > 0.5).tolist()
+        cell, gate = self._cell_fn(), self._delta_fn()
         taken = []
-        for t in range(x.shape[1]):
-            on = bool(u_tilde > cut) if forced_on is None else forced_on[t]
+        for x_t in x.unbind(1):  # (1, I) views
+            on = bool(u_tilde > cut) if given is None else given[len(taken)]
             if on:
-                state = self._cell_step(x[:, t], state)
-                delta = scalar(self._delta(state[-1]).item())
-                u_tilde = delta
-            else:
+                state = cell(x_t, state)
+                new_delta = gate(state[-1])  # computed (and counted) with given decisions too
+                if given is None:
+                    delta = u_tilde = scalar(new_delta.item())
+            elif given is None:
                 u_tilde = u_tilde + min(delta, one - u_tilde)
             taken.append(on)
-        updates = torch.tensor([taken], dtype=x.dtype, device=x.device)
-        return self._compact_result(state[0], updates)
+        return self._compact_result(state[0], np.array([taken], dtype=bool), x)
+
+
+class _UpdateSchedule:
+    """`u~` and `du` of every sample of a batch as NumPy arrays of the input's precision.
+
+    NumPy's float32 / float64 elementwise ops round like the tensor ops of the masked
+    path, so `decide` gives the masked decisions bit for bit, without a tensor op.
+
+    Args:
+        batch: samples `B`.
+        scalar: `np.float32` or `np.float64`.
+        threshold: update where `u~ > threshold`.
+        delta: `du` of the zero state, carried by samples that skip the first step.
+    """
+
+    def __init__(self, batch: int, scalar, threshold: float, delta: float) -> None:
+        self.u_tilde = np.ones(batch, dtype=scalar)
+        self.delta = np.full(batch, delta, dtype=scalar)
+        self.cut, self.one = scalar(threshold), scalar(1.0)
+
+    def decide(self) -> np.ndarray:
+        """`(B,)` bool: the samples that update at this step."""
+        return self.u_tilde > self.cut
+
+    def advance(self, on: np.ndarray, rows: np.ndarray, delta: Tensor | None) -> None:
+        """After a step: `on (B,)` who updated, `rows (n,)` their indices, `delta (n,)` their new `du`."""
+        if delta is not None:
+            self.delta[rows] = delta.detach().cpu().numpy()
+        grown = self.u_tilde + np.minimum(self.delta, self.one - self.u_tilde)
+        self.u_tilde = np.where(on, self.delta, grown)
 
 
 class SkipLSTM(SkipRNN):
@@ -239,8 +328,9 @@ class SkipLSTM(SkipRNN):
         cell = nn.LSTMCell(input_size, hidden_size, device=device, dtype=dtype)
         super().__init__(cell, update_bias_init, device=device, dtype=dtype)
 
-    def _cell_step(self, x: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-        return self.cell(x, state)
+    def _cell_fn(self) -> Callable[[Tensor, tuple[Tensor, ...]], tuple[Tensor, ...]]:
+        weights = (self.cell.weight_ih, self.cell.weight_hh, self.cell.bias_ih, self.cell.bias_hh)
+        return lambda x, state: torch.lstm_cell(x, state, *weights)  # what `nn.LSTMCell` runs
 
     def _cell_flops(self) -> int:
         return lstm_cell_flops(self.cell)
@@ -268,8 +358,9 @@ class SkipGRU(SkipRNN):
         cell = nn.GRUCell(input_size, hidden_size, device=device, dtype=dtype)
         super().__init__(cell, update_bias_init, device=device, dtype=dtype)
 
-    def _cell_step(self, x: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-        return (self.cell(x, state[0]),)
+    def _cell_fn(self) -> Callable[[Tensor, tuple[Tensor, ...]], tuple[Tensor, ...]]:
+        weights = (self.cell.weight_ih, self.cell.weight_hh, self.cell.bias_ih, self.cell.bias_hh)
+        return lambda x, state: (torch.gru_cell(x, state[0], *weights),)  # what `nn.GRUCell` runs
 
     def _cell_flops(self) -> int:
         return gru_cell_flops(self.cell)

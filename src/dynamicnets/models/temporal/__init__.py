@@ -7,6 +7,7 @@
   learned halting unit), the early-exit idea over steps.
 - `gru_classifier`: the static GRU baseline of `skip_gru_classifier`.
 - `skim_lstm_classifier`: Skim-RNN (Seo et al. 2018), a big LSTM cell reads, a small one skims.
+- `lstm_jump_classifier`: LSTM-Jump (Yu et al. 2017), reads a few tokens, then jumps ahead.
 """
 from .lstm_classifier import LSTMClassifier, lstm_classifier
 from .skip_lstm import SkipLSTMClassifier, skip_lstm_classifier
@@ -21,3 +22,6 @@ __all__ += ["EarlyStopLSTMClassifier", "early_stop_lstm_classifier"]
 from .skim_rnn import SkimLSTMClassifier, skim_lstm_classifier
 
 __all__ += ["SkimLSTMClassifier", "skim_lstm_classifier"]
+from .lstm_jump import LSTMJumpClassifier, lstm_jump_classifier
+
+__all__ += ["LSTMJumpClassifier", "lstm_jump_classifier"]
