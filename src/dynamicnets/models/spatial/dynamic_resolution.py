@@ -110,6 +110,7 @@ class DynamicResolutionNet(ClassifierApi, nn.Module):
         self.cost_weight = float(cost_weight)
         self.antialias = bool(antialias)
         self.gumbel = GumbelSoftmaxGate(tau, hard=True)
+        self._cost_cache: dict[tuple[int, ...], dict] = {}
 
     # -- costs -------------------------------------------------------------------------------
 
@@ -123,15 +124,26 @@ class DynamicResolutionNet(ClassifierApi, nn.Module):
     def cost_breakdown(self, input_shape: tuple[int, ...]) -> dict:
         """Per-sample FLOPs on a `(C, H, W)` input by part: `predictor`, `backbone` (a list,
         one per resolution, without the classifier), `head` (the classifier), and `resize`
-        (a list: the arithmetic of resizing to each resolution, not counted anywhere)."""
-        shape = self._shape(input_shape)
-        backbone = []
-        for r in self.resolutions:
-            parts = self.backbone.cost_breakdown((shape[0], r, r))
-            backbone.append(parts["stem"] + sum(sum(s) for s in parts["stages"]))
-        return {"predictor": int(self.predictor.flops(shape)), "backbone": backbone,
-                "head": linear_flops(self.backbone.head.fc),
-                "resize": [resize_flops(shape, r, self.antialias) for r in self.resolutions]}
+        (a list: the arithmetic of resizing to each resolution, not counted anywhere).
+
+        Computed once per input shape and cached (a fresh copy is returned)."""
+        shape = tuple(int(s) for s in input_shape)
+        parts = self._cost_cache.get(shape)
+        if parts is None:
+            shape = self._shape(shape)
+            backbone = []
+            for r in self.resolutions:
+                trunk = self.backbone.cost_breakdown((shape[0], r, r))
+                backbone.append(trunk["stem"] + sum(sum(s) for s in trunk["stages"]))
+            parts = {"predictor": int(self.predictor.flops(shape)), "backbone": backbone,
+                     "head": linear_flops(self.backbone.head.fc),
+                     "resize": [resize_flops(shape, r, self.antialias) for r in self.resolutions]}
+            self._cost_cache[shape] = parts
+        return {k: list(v) if isinstance(v, list) else v for k, v in parts.items()}
+
+    def classifier_changed(self) -> None:
+        """Forget the cached costs: the classifier changed."""
+        self._cost_cache.clear()
 
     def resolution_costs(self, input_shape: tuple[int, ...]) -> list[int]:
         """Per-sample FLOPs of running each resolution at inference: predictor + backbone +
