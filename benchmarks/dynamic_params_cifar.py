@@ -1,4 +1,4 @@
-"""Dynamic parameters and features on CIFAR-10: MobileNetV2 x0.35 (issue 6, benchmark 2).
+"""Dynamic parameters and features on CIFAR-10: MobileNetV2 x0.35.
 
 Four networks, one schedule: static convs with ReLU (the baseline), DY-ReLU-B, CondConv
 (K=4) and DY-Conv (K=4, softmax temperature annealed 30 -> 1 over the first epoch, as the

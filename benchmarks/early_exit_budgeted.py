@@ -1,4 +1,4 @@
-"""Budgeted batch classification and anytime prediction on real data (issue: dynamic depth I).
+"""Budgeted batch classification and anytime prediction on real data.
 
 Trains an MSDNet and the static CIFAR ResNets with one CPU-feasible schedule, then, on a
 seeded validation split (45k/5k for CIFAR-10, 55k/5k for MNIST) cut into a calibration

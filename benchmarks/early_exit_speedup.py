@@ -1,4 +1,4 @@
-"""Real speedup of the compact early-exit executor (issue: dynamic depth I, benchmark 1).
+"""Real speedup of the compact early-exit executor.
 
 For thresholds that cut mean FLOPs by 2x and by 3x, times the compact executor (samples
 that exit leave the batch) against the full network on the same inputs, in the same run

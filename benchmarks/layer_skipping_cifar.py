@@ -1,4 +1,4 @@
-"""Layer skipping on CIFAR-10: accuracy against executed blocks and FLOPs (issue 5, benchmark 2).
+"""Layer skipping on CIFAR-10: accuracy against executed blocks and FLOPs.
 
 CPU-feasible schedule (stated in every record's `schedule`):
 

@@ -1,4 +1,4 @@
-"""Real speedup of compact layer skipping (issue 5, benchmark 1).
+"""Real speedup of compact layer skipping.
 
 A gated ResNet-110 (CIFAR layout, 3x32x32 inputs, 51 of its 54 blocks gated) executes
 about half of its gated blocks per sample; its compact execution (each block runs only on

@@ -1,4 +1,4 @@
-"""Slimmable ladder vs widths trained alone vs DS-Net on CIFAR-10 (issue 4, benchmark 3).
+"""Slimmable ladder vs widths trained alone vs DS-Net on CIFAR-10.
 
 CPU-feasible schedule (SGD nesterov, cosine, wd 5e-4, batch 128, crop + flip, seed 0,
 seeded 45k/5k split; the shared CIFAR-10 has no test batch, so the 5k split scores):
