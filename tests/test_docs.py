@@ -69,3 +69,13 @@ def test_no_reference_to_files_outside_the_repository():
         offenders += [f"{doc}:{i}" for i, line in enumerate((ROOT / doc).read_text().splitlines(), 1)
                       if re.search(r"DESIGN\.md|SURVEY\.md", line)]
     assert not offenders, offenders
+
+
+def test_code_and_docs_name_no_tracker_issues():
+    pattern = re.compile(r"\bissues? ?#?\d+\b|\(issue:", re.IGNORECASE)
+    files = (list(_python_files()) + sorted((ROOT / "benchmarks").glob("*.py")) + sorted((ROOT / "configs").glob("*.yaml"))
+             + [ROOT / "README.md", ROOT / "BENCHMARKS.md"])
+    offenders = [f"{p.relative_to(ROOT)}:{i}" for p in files
+                 for i, line in enumerate(p.read_text().splitlines(), 1)
+                 if pattern.search(line) and "github.com" not in line]
+    assert not offenders, offenders
