@@ -21,15 +21,15 @@ def test_shapes_dtype_labels_and_scaling(tmp_path, writers):
     arrays = writers.mnist(tmp_path, n_train=12, n_test=5)
     bundle = _load(tmp_path, "frames=6&size=32x40&visible=2&occluders=1&seed=1")
     assert bundle.name == "moving_mnist" and bundle.num_classes == 10
-    assert bundle.input_shape == (6, 1, 32, 40)
+    assert bundle.input_shape == (1, 6, 32, 40)
     assert (len(bundle.train), len(bundle.test)) == (12, 5)
     x, y = bundle.train[3]
-    assert x.shape == (6, 1, 32, 40) and x.dtype == torch.float32
+    assert x.shape == (1, 6, 32, 40) and x.dtype == torch.float32
     assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
     assert int(y) == arrays["train"][1][3]
     assert torch.equal(bundle.test.labels, torch.from_numpy(arrays["t10k"][1]).long())
     raw = _raw(tmp_path)
-    assert raw["train_videos"].dtype == torch.uint8 and raw["train_videos"].shape == (12, 6, 1, 32, 40)
+    assert raw["train_videos"].dtype == torch.uint8 and raw["train_videos"].shape == (12, 1, 6, 32, 40)
     assert raw["train_hidden"].shape == (12, 6) and raw["test_hidden"].shape == (5, 6)
     torch.testing.assert_close(x, raw["train_videos"][3].float() / 255)
 
@@ -58,12 +58,12 @@ def test_digit_visible_exactly_in_the_visible_frames():
     digits[:, 4:24, 10:18] = 200  # a bar: the noise cannot reproduce it
     options = moving_digits.MovingOptions(frames=8, height=40, width=44, visible=3, occluders=0)
     videos, hidden = moving_digits.generate(digits, options, generator)
-    assert videos.shape == (9, 8, 1, 40, 44)
+    assert videos.shape == (9, 1, 8, 40, 44)
     assert bool((hidden.sum(dim=1) == 5).all())
     assert len({tuple(h.tolist()) for h in hidden}) > 1  # the subsets differ per video
     for n in range(9):
         for t in range(8):
-            frame = videos[n, t, 0]
+            frame = videos[n, 0, t]
             bar = (frame == 200).sum()
             if hidden[n, t]:
                 assert int(bar) < 20  # only noise can hit 200, here and there
@@ -91,6 +91,21 @@ def test_occluders_add_noise_outside_the_digit(tmp_path, writers):
     quiet = _load(tmp_path, "frames=4&size=48&visible=4&occluders=0").train.samples
     noisy = _load(tmp_path, "frames=4&size=48&visible=4&occluders=3").train.samples
     assert int(noisy.count_nonzero()) > int(quiet.count_nonzero())
+
+
+def test_gray_fill_hides_the_digit_under_flat_gray():
+    generator = torch.Generator().manual_seed(2)
+    digits = torch.full((4, DIGIT, DIGIT), 255, dtype=torch.uint8)
+    options = moving_digits.MovingOptions(frames=5, height=30, width=30, visible=1, occluders=1, fill="gray")
+    videos, hidden = moving_digits.generate(digits, options, generator)
+    assert set(videos.unique().tolist()) <= {0, 128, 255}
+    for n in range(4):
+        for t in range(5):
+            white, gray = int((videos[n, 0, t] == 255).sum()), int((videos[n, 0, t] == 128).sum())
+            if hidden[n, t]:
+                assert white == 0 and gray >= DIGIT * DIGIT
+            else:  # a 14x14 square may cover part of the digit, never all of it
+                assert white >= DIGIT * DIGIT - 14 * 14
 
 
 def test_cache_reused(tmp_path, writers, monkeypatch):
@@ -129,6 +144,7 @@ def test_corrupt_cache_names_file(tmp_path, writers):
         ("occluders=-1", "occluders"),
         ("videos=0", "videos"),
         ("seed=x", "seed"),
+        ("fill=red", "fill"),
         ("speed=3", "speed"),
     ],
 )

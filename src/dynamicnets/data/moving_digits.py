@@ -11,7 +11,10 @@ Per video (all draws from one seeded ``torch.Generator``):
 - ``occluders`` noise squares of side 14 (uniform random pixels) bounce the same way,
   pasted over the digit where they cross it;
 - in ``frames - visible`` frames drawn uniformly without replacement, a 28x28 noise block
-  covers the digit's box (the digit is then not visible at all in that frame).
+  covers the digit's box (the digit is then not visible at all in that frame);
+- with ``fill=gray`` the squares and blocks are flat gray (128) instead of noise.
+
+A sample is ``(1, T, H, W)``: channels, then frames (``nn.Conv3d``'s layout).
 
 The videos are generated once and cached as uint8 tensors in a ``.pt`` file, so every run
 sees the same data set.
@@ -33,7 +36,9 @@ OCCLUDER = 14
 """Side of a distractor noise square."""
 SPEED = (2.0, 5.0)
 """Range of the digit's and the squares' speed, pixels per frame."""
-_KEYS = ("frames", "size", "visible", "occluders", "videos", "seed", "cache")
+_KEYS = ("frames", "size", "visible", "occluders", "fill", "videos", "seed", "cache")
+FILLS = ("noise", "gray")
+"""What occluders are made of: uniform random pixels, or a flat gray (128)."""
 _NAME = "moving_mnist"
 _CHUNK = 2048  # videos pasted at once
 
@@ -46,13 +51,16 @@ class MovingOptions(NamedTuple):
     width: int = 48
     visible: int = 4
     occluders: int = 2
+    fill: str = "noise"
     videos: int = 6000
     seed: int = 0
     cache: Path | None = None
 
     def cache_name(self) -> str:
-        """File name of the cache, e.g. ``moving_mnist_48x48_t16_v4_o2_n6000_0.pt``."""
-        return (f"{_NAME}_{self.height}x{self.width}_t{self.frames}_v{self.visible}_o{self.occluders}"
+        """File name of the cache, e.g. ``moving_mnist_48x48_t16_v4_o2_n6000_0.pt`` (``..._o2gray_...``
+        for gray occluders)."""
+        fill = "" if self.fill == "noise" else self.fill
+        return (f"{_NAME}_{self.height}x{self.width}_t{self.frames}_v{self.visible}_o{self.occluders}{fill}"
                 f"_n{self.videos}_{self.seed}.pt")
 
 
@@ -68,16 +76,17 @@ def _int(key: str, text: str, minimum: int, maximum: int | None = None, why: str
 
 
 def parse_options(query: str) -> MovingOptions:
-    """Parse ``frames=16&size=48&visible=4&occluders=2&videos=6000&seed=0&cache=DIR`` (all
-    optional; these are the defaults).
+    """Parse ``frames=16&size=48&visible=4&occluders=2&fill=noise&videos=6000&seed=0&cache=DIR``
+    (all optional; these are the defaults).
 
     ``size`` is ``N`` (square) or ``HxW``, each side at least 28 (a digit must fit);
     ``visible`` is in ``[1, frames]``; ``videos`` caps how many training digits (and test
-    digits) become videos, the first ones of the files.
+    digits) become videos, the first ones of the files; ``fill`` is ``noise`` or ``gray``
+    (what the occluders and the blocks hiding the digit are made of).
 
     Raises:
         DataError: naming the option at fault (an unknown key, a canvas smaller than a
-            digit, more visible frames than frames, a count out of range).
+            digit, more visible frames than frames, a count out of range, an unknown fill).
     """
     values: dict[str, str] = {}
     for item in filter(None, query.split("&")):
@@ -96,10 +105,13 @@ def parse_options(query: str) -> MovingOptions:
     visible = _int("visible", values.get("visible", str(min(4, frames))), 1, frames,
                    f" (frames in which the digit shows, at most frames={frames})")
     occluders = _int("occluders", values.get("occluders", "2"), 0)
+    fill = values.get("fill", "noise").lower()
+    if fill not in FILLS:
+        raise DataError(f"{_NAME} option 'fill={fill}': expected one of {', '.join(FILLS)}")
     videos = _int("videos", values.get("videos", "6000"), 1)
     seed = _int("seed", values.get("seed", "0"), 0)
     cache = Path(values["cache"]).expanduser() if values.get("cache") else None
-    return MovingOptions(frames, height, width, visible, occluders, videos, seed, cache)
+    return MovingOptions(frames, height, width, visible, occluders, fill, videos, seed, cache)
 
 
 def bounce(count: int, frames: int, span_y: int, span_x: int, generator: torch.Generator) -> torch.Tensor:
@@ -142,6 +154,13 @@ def _cover(canvas: torch.Tensor, n: torch.Tensor, top: torch.Tensor, left: torch
     canvas[n[:, None, None], rows, cols] = patch
 
 
+def _patch(count: int, side: int, fill: str, generator: torch.Generator) -> torch.Tensor:
+    """``(count, side, side)`` uint8 occluder pixels: uniform noise, or flat gray."""
+    if fill == "gray":
+        return torch.full((count, side, side), 128, dtype=torch.uint8)
+    return torch.randint(0, 256, (count, side, side), generator=generator, dtype=torch.uint8)
+
+
 def hidden_frames(count: int, frames: int, visible: int, generator: torch.Generator) -> torch.Tensor:
     """``(count, frames)`` bool: True in the ``frames - visible`` frames (uniform, without
     replacement, per video) where the digit is hidden."""
@@ -158,7 +177,7 @@ def generate(images: torch.Tensor, options: MovingOptions, generator: torch.Gene
         generator: the source of every random draw.
 
     Returns:
-        videos ``(N, T, 1, H, W)`` uint8 and ``hidden`` ``(N, T)`` bool (True where a noise
+        videos ``(N, 1, T, H, W)`` uint8 (channels first, then frames) and ``hidden`` ``(N, T)`` bool (True where a noise
         block covers the digit).
     """
     count, frames, height, width = len(images), options.frames, options.height, options.width
@@ -169,9 +188,8 @@ def generate(images: torch.Tensor, options: MovingOptions, generator: torch.Gene
     hidden = hidden_frames(count, frames, options.visible, generator)
     for t in range(frames):
         canvas = videos[:, t]  # a view: pasting writes into the videos
-        noise = [torch.randint(0, 256, (count, side, side), generator=generator, dtype=torch.uint8)
-                 for _ in squares]
-        block = torch.randint(0, 256, (count, DIGIT, DIGIT), generator=generator, dtype=torch.uint8)
+        noise = [_patch(count, side, options.fill, generator) for _ in squares]
+        block = _patch(count, DIGIT, options.fill, generator)
         for start in range(0, count, _CHUNK):  # chunks bound the index tensors' memory
             part = torch.arange(start, min(start + _CHUNK, count))
             top, left = digit_at[part, t, 0], digit_at[part, t, 1]
@@ -180,7 +198,7 @@ def generate(images: torch.Tensor, options: MovingOptions, generator: torch.Gene
                 _cover(canvas, part, square[part, t, 0], square[part, t, 1], pixels[part])
             covered = rows_where(hidden[part, t])
             _cover(canvas, part[covered], top[covered], left[covered], block[part[covered]])
-    return videos.unsqueeze(2), hidden
+    return videos.unsqueeze(1), hidden
 
 
 def _check_cache(data, path: Path) -> dict:
@@ -206,7 +224,7 @@ def load_or_generate(
             or ``None`` when that split is absent; called only when no cache exists.
 
     Returns:
-        ``{"train_videos": (N, T, 1, H, W) uint8, "train_labels": (N,) int64,
+        ``{"train_videos": (N, 1, T, H, W) uint8, "train_labels": (N,) int64,
         "train_hidden": (N, T) bool, "test_*": the same or None}``, ``N`` at most
         ``options.videos``.
 

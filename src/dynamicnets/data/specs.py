@@ -275,14 +275,15 @@ def load_data(
       in ``DIR`` (or ``cache``). Input ``(1, H, W)`` scaled to [0, 1], not mean/std
       normalised (the canvas is mostly blank, MNIST's statistics do not hold). Digit boxes:
       :func:`cluttered_boxes`.
-    - ``moving_mnist:DIR?frames=16&size=48&visible=4&occluders=2&videos=6000&seed=0&cache=FOLDER``
+    - ``moving_mnist:DIR?frames=16&size=48&visible=4&occluders=2&fill=noise&videos=6000&seed=0&cache=FOLDER``
       (options optional, these are the defaults; ``size`` is ``N`` or ``HxW``, at least 28):
       the first ``videos`` MNIST digits of ``DIR`` (and of its test split), each bouncing over
-      a blank canvas for ``frames`` frames with ``occluders`` moving 14x14 noise squares, and
-      hidden under a 28x28 noise block in all but ``visible`` random frames
+      a blank canvas for ``frames`` frames with ``occluders`` moving 14x14 squares, and
+      hidden under a 28x28 block in all but ``visible`` random frames (squares and blocks of
+      uniform noise, or flat gray with ``fill=gray``)
       (:mod:`dynamicnets.data.moving_digits`). Generated once from ``seed`` and cached as a
-      uint8 ``.pt`` in ``DIR`` (or ``cache``). Input ``(T, 1, H, W)`` (frames first) scaled
-      to [0, 1], not mean/std normalised.
+      uint8 ``.pt`` in ``DIR`` (or ``cache``). Input ``(1, T, H, W)`` (channels, frames, as
+      ``nn.Conv3d`` reads videos) scaled to [0, 1], not mean/std normalised.
     - ``jump_task?length=64&vocab=16&seed=0&size=10000`` (options optional, these are the
       defaults): LSTM-Jump's number prediction, generated from ``seed``: ``size`` sequences
       of ``length`` tokens in ``0..vocab-1``; the first token is an index, the label (one of
