@@ -1,4 +1,6 @@
 """Skim-RNN: a big LSTM cell reads, a small one skims; compact execution splits the batch."""
+import math
+
 import pytest
 import torch
 
@@ -63,6 +65,22 @@ def test_compact_takes_the_masked_decisions_in_eval(batch, bias):
     assert torch.equal(masked.decisions["gates"], compact.decisions["gates"])
     torch.testing.assert_close(compact.logits, masked.logits, rtol=1e-5, atol=1e-6)
     assert (masked.flops > compact.flops).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("threshold", [0.2, 0.5, 0.8])
+def test_one_sample_at_a_time_takes_the_masked_decisions(dtype, threshold):
+    """Alone, a sample's decisions are Python bools (no tensor op): the same as the batch's.
+    The choice bias is shifted so that the read probabilities straddle the threshold."""
+    model = skim_model(bias=math.log(threshold / (1 - threshold))).to(dtype).eval()
+    x = signals(6).to(dtype)
+    policy = GatePolicy((threshold,))
+    with torch.no_grad():
+        masked = model(x, execution="masked", policy=policy)
+        singles = [model(x[i : i + 1], execution="compact", policy=policy) for i in range(6)]
+    gates = torch.cat([s.decisions["gates"] for s in singles])
+    assert torch.equal(gates, masked.decisions["gates"]) and 0 < gates.mean() < 1 and gates.dtype == dtype
+    torch.testing.assert_close(torch.cat([s.logits for s in singles]), masked.logits)
 
 
 def test_skimming_updates_only_the_first_small_dimensions():

@@ -43,6 +43,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -181,8 +182,16 @@ class SkimLSTM(nn.Module):
     def _reads(logits: Tensor, threshold: float) -> Tensor:
         """`(n, 2) -> (n,)` bool: `p_read = sigmoid(l_read - l_skim) > threshold`, compared
         as logits (`threshold <= 0` always reads, `>= 1` never)."""
-        cut = math.inf if threshold >= 1 else -math.inf if threshold <= 0 else math.log(threshold / (1 - threshold))
-        return (logits[:, READ] - logits[:, SKIM]) > cut
+        return (logits[:, READ] - logits[:, SKIM]) > _logit_cut(threshold)
+
+    @staticmethod
+    def _reads_one(logits: Tensor, threshold: float) -> bool:
+        """`_reads` of a `(1, 2)` float32/float64 row with one host sync and no tensor op:
+        NumPy scalars of the logits' precision round like the tensor ops, so the decision
+        is the same bit for bit."""
+        scalar = _SCALAR_TYPES[logits.dtype]
+        l_read, l_skim = logits[0].tolist()
+        return bool(scalar(l_read) - scalar(l_skim) > scalar(_logit_cut(threshold)))
 
     def _skim(self, x_t: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
         """The skim candidate state: the small cell on the first `d'` dimensions, the rest copied."""
@@ -225,20 +234,28 @@ class SkimLSTM(nn.Module):
         seq = x.transpose(0, 1).contiguous()  # (T, B, I): each step's rows contiguous for the gathers
         x_logits = self._input_logits(seq)
         forced_reads = None if forced is None else (forced > 0.5).t()  # (T, B)
+        forced_counts = None if forced is None else forced_reads.sum(dim=1).tolist()  # reads per step
+        single = batch == 1 and forced is None and x.dtype in _SCALAR_TYPES
         taken, all_logits = [], []
         for t in range(steps):
             logits = self._logits(x_logits[t], h)
-            read = self._reads(logits, threshold) if forced_reads is None else forced_reads[t]
-            reads = int(read.sum())
+            if single:  # one sample: the decision as a Python bool, no tensor op
+                read, reads = None, int(self._reads_one(logits, threshold))
+            else:
+                read = self._reads(logits, threshold) if forced is None else forced_reads[t]
+                reads = int(read.sum()) if forced is None else forced_counts[t]
             if reads == batch:
                 h, c = self.big(seq[t], (h, c))
             elif reads == 0:
                 h, c = self._skim(seq[t], h, c)
             else:
                 h, c = self._split_step(seq[t], h, c, read)
-            taken.append(read)
+            taken.append(reads if single else read)
             all_logits.append(logits)
-        choices = torch.stack(taken, dim=1).to(x.dtype)
+        if single:
+            choices = torch.tensor([taken], dtype=x.dtype, device=x.device)
+        else:
+            choices = torch.stack(taken, dim=1).to(x.dtype)
         return SkimRNNResult(hidden=h, choices=choices, flops=self.flops_of(choices),
                              log_probs=torch.log_softmax(torch.stack(all_logits, dim=1), dim=2))
 
@@ -257,6 +274,18 @@ class SkimLSTM(nn.Module):
 
     def extra_repr(self) -> str:
         return f"tau={self.tau}, hard={self.hard}"
+
+
+def _logit_cut(threshold: float) -> float:
+    """`p > threshold` as `logit(p) > _logit_cut(threshold)`."""
+    if threshold <= 0:
+        return -math.inf
+    if threshold >= 1:
+        return math.inf
+    return math.log(threshold / (1 - threshold))
+
+
+_SCALAR_TYPES = {torch.float32: np.float32, torch.float64: np.float64}
 
 
 def _check_tau(tau: float) -> None:
