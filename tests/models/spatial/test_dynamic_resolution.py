@@ -203,3 +203,18 @@ def test_learns_digits_at_a_budget():
     assert (out.logits.argmax(1) == y[800:]).float().mean() > 0.8
     assert 0.45 < out.mean_flops() / full < 0.75
     assert 0 < out.decisions["resolution_index"].float().mean() < 1
+
+
+def test_plain_resnet_weights_load_into_every_resolution():
+    """A plain ResNet's state_dict loads (each BatchNorm into every resolution's): at full size the
+    model is the plain network, at 16 it is the plain network on the resized image."""
+    torch.manual_seed(0)
+    plain = randomise(create_model("resnet20", width=8)).to(DT).eval()
+    model = make(depth=20)
+    model.backbone.load_state_dict(plain.state_dict())
+    x = inputs(3)
+    with torch.no_grad():
+        full = model(x, resolution_index=torch.tensor([2, 2, 2])).logits
+        small = model(x, resolution_index=torch.tensor([0, 0, 0])).logits
+        torch.testing.assert_close(full, plain(x).logits)
+        torch.testing.assert_close(small, plain(resize(x, 16)).logits)

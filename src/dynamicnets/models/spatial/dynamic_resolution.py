@@ -21,6 +21,8 @@ ResNet-20 at 16x16 costs a quarter of the 32x32 network), hard ones at full size
   the batch is grouped by resolution, each group resized once and run once at its size.
 - `resolution_index=` forces the choice (a `(B,)` tensor of indices), so compact and masked
   execution can be compared for the same decisions.
+- A trained plain ResNet starts it: `model.backbone.load_state_dict(resnet20.state_dict())`
+  puts each of its BatchNorms into every resolution's (only the predictor is new).
 
 Costs per sample (2 FLOPs per multiply-add, as `FlopCounterMode` counts): the predictor +
 the backbone at the chosen resolution + the classifier. The resize (bilinear, antialiased)

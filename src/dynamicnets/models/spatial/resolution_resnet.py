@@ -8,7 +8,9 @@ al., "Resolution Switchable Networks", ECCV 2020) and as slimmable networks keep
 `resolution_resnet(...)` builds an ordinary `CifarResNet` whose BatchNorms are replaced by
 `ResolutionBatchNorm2d` (one `BatchNorm2d` per resolution); `run_trunk(net, x, index)` runs
 its stem and stages with the norms of resolution `index`. Costs are the `CifarResNet`'s
-(`net.cost_breakdown` is unchanged: norms are free).
+(`net.cost_breakdown` is unchanged: norms are free). A plain `CifarResNet`'s state_dict loads
+into it (`net.load_state_dict(plain.state_dict())`): each plain BatchNorm's tensors go to
+every resolution's norm, so every resolution starts as the plain network.
 """
 from __future__ import annotations
 
@@ -25,6 +27,9 @@ class ResolutionBatchNorm2d(nn.Module):
         num_features: channels.
         count: number of resolutions.
 
+    A plain `BatchNorm2d`'s state (`weight`, `bias`, `running_mean`, ... at this module's
+    prefix) loads into every one of its norms.
+
     Shapes:
         `(B, num_features, H, W)` -> same.
     """
@@ -32,6 +37,14 @@ class ResolutionBatchNorm2d(nn.Module):
     def __init__(self, num_features: int, count: int, *, device=None, dtype=None) -> None:
         super().__init__()
         self.bns = nn.ModuleList(nn.BatchNorm2d(num_features, device=device, dtype=dtype) for _ in range(count))
+        self._register_load_state_dict_pre_hook(self._spread_plain_norm)
+
+    def _spread_plain_norm(self, state_dict, prefix, *args) -> None:
+        for name in list(self.bns[0].state_dict()):
+            plain = state_dict.pop(prefix + name, None)
+            if plain is not None:
+                for i in range(len(self.bns)):
+                    state_dict.setdefault(f"{prefix}bns.{i}.{name}", plain)
 
     def forward(self, x: Tensor, index: int) -> Tensor:
         return self.bns[index](x)
