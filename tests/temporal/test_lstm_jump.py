@@ -3,7 +3,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import dynamicnets.models.temporal.lstm_jump  # noqa: F401  (registers lstm_jump_classifier)
 from dynamicnets import create_model
 from dynamicnets.errors import ConfigError
 from dynamicnets.flops import counted_flops
@@ -120,7 +119,8 @@ def test_everybody_stops_at_once(batch):
 
 def test_nobody_reads_the_skipped_steps_and_the_cell_sees_only_readers():
     """Every sample jumps K = 5 after each token: steps 1-4, 6-9, ... have no reader and
-    cost no cell call; then mixed jumps: one row per read, one call per step read."""
+    cost no cell call; then mixed jumps: one row per read, and samples reading different
+    steps share a call (one call per read round: as many as the most tokens read)."""
     model = jump_model().eval()
     x = signals(4)
     calls = []
@@ -137,7 +137,7 @@ def test_nobody_reads_the_skipped_steps_and_the_cell_sees_only_readers():
     calls = calls[LENGTH:]  # after the masked run's full-batch steps
     gates = compact.decisions["gates"]
     assert sum(calls) == int(gates.sum())
-    assert len(calls) == int((gates.sum(0) > 0).sum())
+    assert len(calls) == int(gates.sum(1).max()) < int((gates.sum(0) > 0).sum())
 
 
 @pytest.mark.parametrize("execution", ["masked", "compact"])

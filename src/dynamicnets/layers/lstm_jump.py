@@ -29,12 +29,14 @@ Execution:
   the whole batch at every step that can hold a decision; only the deciding samples use
   it. The decisions get no gradient through the state; the head learns by REINFORCE from
   `log_prob` (see `models.temporal.lstm_jump`).
-- `compact` (inference): event driven. The loop goes straight to the next step some live
-  sample reads (a step nobody reads costs nothing, not even a Python iteration); the cell
-  runs only on the samples that read it (gathered, computed, written back; no gather when
-  every live sample reads), the jump head only on the samples that decide, and samples
-  that stop leave the batch (their final `h` is written out, the live state shrinks).
-  Same decisions and states as `masked` for the same choices.
+- `compact` (inference): read by read, not step by step. Samples are independent, so
+  in round `k` every live sample reads its own `k`-th token wherever it stands
+  (`x[b, nxt_b]`, one gather): the cell runs once per round on the live rows only (no
+  step of the sequence that nobody reads costs anything, and samples reading different
+  steps share one call), the jump head only on the rows that decide, and samples that
+  stop leave the batch (their final `h` is written out, the live state shrinks). Cell
+  calls = the most tokens any sample reads. Same decisions and states as `masked` for
+  the same choices.
 
 Per-sample FLOPs (counted like `FlopCounterMode`: the cell's two matrix products and the
 jump head's; activations free): compact `reads x cell + decisions x jump head`;
@@ -244,9 +246,13 @@ class LSTMJump(nn.Module):
 
     def _compact(self, x: Tensor, forced: Tensor | None, policy: JumpPolicy, sample: bool,
                  generator: torch.Generator | None) -> LSTMJumpResult:
+        """Read by read: in round `k` every live sample reads its `k`-th token, wherever it
+        stands (`x[b, nxt_b]`, one gather), so the cell runs once per round on the live
+        rows and the state needs no gather or write-back; the jump head runs on the rows
+        that decide; the rows that stop leave the state. The bookkeeping is NumPy on the
+        host (one sync per round that holds decisions)."""
         batch, steps = x.shape[:2]
         decisions, device = self.max_decisions(steps), x.device
-        seq = x.transpose(0, 1).contiguous()  # (T, B, I): each step's rows contiguous for the gather
         forced_np = None if forced is None else forced.detach().cpu().numpy()
         nxt, run, jumped, reads = (np.zeros(batch, dtype=np.int64) for _ in range(4))
         read_map = np.zeros((batch, steps), dtype=bool)
@@ -260,31 +266,23 @@ class LSTMJump(nn.Module):
             return torch.from_numpy(index).to(device)
 
         while live.size:
-            n = live.size
             at = nxt[live]
-            t = int(at.min())  # straight to the next step some live sample reads
-            pos = np.flatnonzero(at == t)  # rows of the live state that read x_t
-            ids = live[pos]  # ... and their samples
-            if pos.size == n:
-                h, c = self.cell(seq[t] if n == batch else seq[t][tensor(live)], (h, c))
-            else:
-                rows = tensor(pos)
-                h_run, c_run = self.cell(seq[t][tensor(ids)], (h[rows], c[rows]))
-                h, c = scatter_rows(h, rows, h_run, inplace=True), scatter_rows(c, rows, c_run, inplace=True)
-            run[ids] += 1
-            reads[ids] += 1
-            nxt[ids] = t + 1
-            read_map[ids, t] = True
-            stop = np.full(pos.size, t == steps - 1)
+            x_k = x[live[0], at[0]].unsqueeze(0) if live.size == 1 else x[tensor(live), tensor(at)]  # (n, I)
+            h, c = self.cell(x_k, (h, c))
+            read_map[live, at] = True
+            run[live] += 1
+            reads[live] += 1
+            nxt[live] = at + 1
+            stop = at == steps - 1  # the last token ends a sample's reading
             if policy.max_reads is not None:
-                stop |= reads[ids] >= policy.max_reads
-            chunk = ~stop & (run[ids] == self.read_steps)
+                stop |= reads[live] >= policy.max_reads
+            chunk = ~stop & (run[live] == self.read_steps)
             if self.max_jumps is not None:
-                stop |= chunk & (jumped[ids] >= self.max_jumps)
-            decide = np.flatnonzero(chunk & ~stop)  # indices into pos
+                stop |= chunk & (jumped[live] >= self.max_jumps)
+            decide = np.flatnonzero(chunk & ~stop)  # rows of the live state
             if decide.size:
-                rows, deciders = pos[decide], ids[decide]
-                logits = self.jump(h if rows.size == n else h[tensor(rows)])
+                deciders = live[decide]
+                logits = self.jump(h if decide.size == live.size else h[tensor(decide)])
                 index = jumped[deciders]
                 if forced_np is not None:
                     kappa = np.maximum(forced_np[deciders, index], 0)
@@ -292,23 +290,25 @@ class LSTMJump(nn.Module):
                     choice = CategoricalPolicy().sample(logits, generator)[0] if sample else policy.choose(logits)
                     if sample:
                         log_p = torch.log_softmax(logits, dim=-1)
-                        log_prob = log_prob.index_add(0, tensor(deciders), log_p.gather(1, choice.unsqueeze(1)).squeeze(1))
-                        entropy = entropy.index_add(0, tensor(deciders), -(log_p.exp() * log_p).sum(dim=1))
+                        rows = tensor(deciders)
+                        log_prob = log_prob.index_add(0, rows, log_p.gather(1, choice.unsqueeze(1)).squeeze(1))
+                        entropy = entropy.index_add(0, rows, -(log_p.exp() * log_p).sum(dim=1))
                     kappa = choice.cpu().numpy()
                 taken[deciders, index] = kappa
                 go = kappa > 0
                 movers = deciders[go]
-                nxt[movers] = t + kappa[go]
+                nxt[movers] = at[decide][go] + kappa[go]
                 jumped[movers] += 1
                 run[movers] = 0
                 stop[decide] |= ~go | (nxt[deciders] >= steps)
             if stop.any():  # finished samples leave the batch
-                gone = pos[stop]
-                hidden = scatter_rows(hidden, tensor(ids[stop]), h[tensor(gone)], inplace=True)
-                keep = np.ones(n, dtype=bool)
-                keep[gone] = False
-                rest = tensor(np.flatnonzero(keep))
-                live, h, c = live[keep], h[rest], c[rest]
+                gone = np.flatnonzero(stop)
+                hidden = scatter_rows(hidden, tensor(live[gone]), h if gone.size == live.size else h[tensor(gone)],
+                                      inplace=True)
+                rest = np.flatnonzero(~stop)
+                live = live[rest]
+                if live.size:
+                    h, c = h[tensor(rest)], c[tensor(rest)]
         head_calls = (taken >= 0).sum(axis=1)
         flops = torch.from_numpy(read_map.sum(axis=1) * float(self.read_flops())
                                  + head_calls * float(self.jump_flops())).to(device)
