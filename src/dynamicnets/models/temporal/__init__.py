@@ -5,6 +5,8 @@
 - `skip_gru_classifier`: the same Skip-RNN over a GRU cell.
 - `early_stop_lstm_classifier`: stops reading once confident (confidence criteria or a
   learned halting unit), the early-exit idea over steps.
+- `video_gru_classifier` / `frame_exit_classifier`: videos read frame by frame (a CNN per
+  frame, a GRU over frames); FrameExit stops once confident.
 - `gru_classifier`: the static GRU baseline of `skip_gru_classifier`.
 - `skim_lstm_classifier`: Skim-RNN (Seo et al. 2018), a big LSTM cell reads, a small one skims.
 - `lstm_jump_classifier`: LSTM-Jump (Yu et al. 2017), reads a few tokens, then jumps ahead.
@@ -25,3 +27,6 @@ __all__ += ["SkimLSTMClassifier", "skim_lstm_classifier"]
 from .lstm_jump import LSTMJumpClassifier, lstm_jump_classifier
 
 __all__ += ["LSTMJumpClassifier", "lstm_jump_classifier"]
+from .video_frames import FrameExitClassifier, VideoGRUClassifier, frame_exit_classifier, video_gru_classifier
+
+__all__ += ["FrameExitClassifier", "VideoGRUClassifier", "frame_exit_classifier", "video_gru_classifier"]
