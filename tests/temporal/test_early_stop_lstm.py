@@ -195,6 +195,21 @@ def test_calibration_meets_the_budget_on_the_calibration_data():
         assert float(spent.mean()) == pytest.approx(fit.mean_flops)
 
 
+def test_calibration_does_not_send_every_tied_sample_out():
+    """Identical first steps (MNIST's blank top rows) give every sample the same score at
+    the first check: a budget that wants some of them out there must not take them all."""
+    model, x = model_with(halting=False), signals(120, seed=8)
+    x[:, :, :3] = 0.0  # the first check sees the same three steps for every sample
+    loader = [(x[i:i + 40], torch.zeros(40, dtype=torch.int64)) for i in range(0, 120, 40)]
+    costs = model.exit_costs((1, LENGTH))
+    budget = (costs[1] + costs[2]) / 2
+    fit = calibrate(model, loader, budget)
+    with torch.no_grad():
+        out = model(x, policy=fit.policy)
+    assert (out.decisions["stop_index"] > 0).all()
+    assert costs[1] <= float(out.flops.mean()) <= budget
+
+
 def test_training_is_masked_with_a_halting_loss_that_reaches_the_halting_unit():
     model = model_with(bias=0.0).train()
     x, y = signals(5), torch.tensor([0, 1, 2, 3, 4])
@@ -241,9 +256,7 @@ def digits_tensors(split):
     return x, y
 
 
-def test_learns_digits_and_stops_reading_early():
-    """Digits read as 8 rows (a few seconds): every check learns to classify, the halting
-    unit stops most samples before the last row and keeps most of the accuracy."""
+def train_on_digits(cost_weight: float, steps: int = 300):
     from dynamicnets.data import load_data
     from dynamicnets.training import multi_exit_loss
 
@@ -252,10 +265,10 @@ def test_learns_digits_and_stops_reading_early():
     x_val, y_val = digits_tensors(bundle.val)
     torch.manual_seed(0)
     model = create_model("early_stop_lstm_classifier", row_width=8, length=8, hidden=32, halting=True,
-                         cost_weight=0.5)
+                         cost_weight=cost_weight)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     g = torch.Generator().manual_seed(0)
-    for _ in range(300):
+    for _ in range(steps):
         idx = torch.randint(0, len(x), (64,), generator=g)
         out = model.train()(x[idx])
         loss = multi_exit_loss(out, y[idx]) + out.aux_loss()
@@ -266,9 +279,19 @@ def test_learns_digits_and_stops_reading_early():
     with torch.no_grad():
         full = model(x_val)
         halted = model(x_val, policy=model.halting_policy())
-    full_accuracy = float((full.logits.argmax(1) == y_val).float().mean())
-    first_accuracy = float((full.exit_logits[0].argmax(1) == y_val).float().mean())
-    halted_accuracy = float((halted.logits.argmax(1) == y_val).float().mean())
-    fraction = float(halted.decisions["executed_fraction"].mean())
-    assert full_accuracy > 0.85 and first_accuracy < 0.5
-    assert fraction < 0.9 and halted_accuracy > full_accuracy - 0.05
+
+    def accuracy(logits):
+        return float((logits.argmax(1) == y_val).float().mean())
+
+    return (accuracy(full.logits), accuracy(full.exit_logits[0]), accuracy(halted.logits),
+            float(halted.decisions["executed_fraction"].mean()))
+
+
+def test_learns_digits_and_the_price_of_reading_trades_rows_for_accuracy():
+    """Digits read as 8 rows (about a second per run): every check learns to classify; the
+    halting unit stops early, the more so the higher the price of reading."""
+    full, first, halted, fraction = train_on_digits(0.5)
+    assert full > 0.85 and first < 0.5
+    assert fraction < 0.95 and halted > full - 0.03
+    _, _, cheap_halted, cheap_fraction = train_on_digits(1.0)
+    assert cheap_fraction < fraction - 0.2 and cheap_halted > 0.5

@@ -1,31 +1,37 @@
-"""The halting distribution over checks and the inference rule of learned stopping."""
+"""Learned stopping: continuation costs, the optimal-stopping loss, the inference rule."""
 import math
 
 import torch
 
-from dynamicnets.gates.stop_distribution import first_stop, stop_distribution
+from dynamicnets.gates.learned_stopping import continuation_costs, first_stop, stopping_loss
 
 
-def test_stop_distribution_is_the_probability_of_stopping_first_at_each_check():
+def test_continuation_cost_is_the_expected_cost_of_reading_on():
     probs = torch.tensor([[0.5, 0.5, 0.5], [0.0, 1.0, 0.3], [0.2, 0.1, 0.9]], dtype=torch.float64)
-    q = stop_distribution(probs)
-    assert q.shape == (3, 4)
-    torch.testing.assert_close(q.sum(dim=1), torch.ones(3, dtype=torch.float64))
-    torch.testing.assert_close(q[0], torch.tensor([0.5, 0.25, 0.125, 0.125], dtype=torch.float64))
-    torch.testing.assert_close(q[1], torch.tensor([0.0, 1.0, 0.0, 0.0], dtype=torch.float64))
-    expected = [0.2, 0.8 * 0.1, 0.8 * 0.9 * 0.9, 0.8 * 0.9 * 0.1]
-    assert all(math.isclose(a, b) for a, b in zip(q[2].tolist(), expected))
+    costs = torch.tensor([[4.0, 3.0, 2.0, 1.0]], dtype=torch.float64).expand(3, 4)
+    values = continuation_costs(probs, costs)
+    assert values.shape == (3, 4)
+    assert torch.equal(values[:, -1], costs[:, -1])
+    # V_0 is the cost averaged over where the sample stops: q = (0.5, 0.25, 0.125, 0.125) for row 0
+    assert math.isclose(float(values[0, 0]), 0.5 * 4 + 0.25 * 3 + 0.125 * 2 + 0.125 * 1)
+    assert math.isclose(float(values[1, 0]), 3.0)  # never at check 0, always at check 1
+    q = [0.2, 0.8 * 0.1, 0.8 * 0.9 * 0.9, 0.8 * 0.9 * 0.1]
+    assert math.isclose(float(values[2, 0]), sum(p * c for p, c in zip(q, [4.0, 3.0, 2.0, 1.0])))
 
 
-def test_a_single_check_takes_everything():
-    q = stop_distribution(torch.zeros(4, 0))
-    assert torch.equal(q, torch.ones(4, 1))
+def test_a_single_check_costs_its_own_cost():
+    costs = torch.tensor([[2.5], [1.0]])
+    assert torch.equal(continuation_costs(torch.zeros(2, 0), costs), costs)
 
 
-def test_stop_distribution_passes_gradients_to_every_halting_probability():
-    probs = torch.tensor([[0.3, 0.6]], requires_grad=True)
-    (stop_distribution(probs) * torch.tensor([[0.0, 1.0, 2.0]])).sum().backward()
-    assert (probs.grad != 0).all()
+def test_each_halting_probability_compares_stopping_with_reading_on():
+    probs = torch.tensor([[0.99, 0.5, 0.5]], requires_grad=True)
+    costs = torch.tensor([[5.0, 1.0, 3.0, 0.0]])
+    stopping_loss(probs, costs).backward()
+    values = continuation_costs(probs.detach(), costs)
+    # d/d lambda_k = c_k - V_{k+1}, not scaled by the 1% chance of still reading at check 1
+    torch.testing.assert_close(probs.grad[0], costs[0, :3] - values[0, 1:])
+    assert probs.grad[0, 0] > 0 and probs.grad[0, 1] < 0 and probs.grad[0, 2] > 0
 
 
 def test_first_stop_takes_the_first_check_over_its_threshold_or_the_last():

@@ -1,16 +1,24 @@
-"""Learned stopping over a sequence of checks: per-check halting probabilities, the
-distribution of the check a sample stops at, and the deterministic rule used at inference.
+"""Learned stopping over a sequence of checks: training the halting probabilities as an
+optimal-stopping problem, and the deterministic rule used at inference.
 
 At checks `k = 0..K-2` a halting unit gives `lambda_k` in `(0, 1)`, the probability of
-stopping there given that the sample has not stopped before; the last check stops every
-sample (`lambda_{K-1} = 1`). The stopping distribution is PonderNet's (Banino, Balaguer,
-Blundell, "PonderNet: Learning to Ponder", 2021):
+stopping there if the sample is still reading; the last check stops every sample. Stopping
+at check `k` costs `c_k` (per sample; e.g. "the answer differs from the full read's" plus a
+price on the steps read). Reading on from check `k` costs, under the current decisions,
 
-    q_k = lambda_k * prod_{j < k} (1 - lambda_j),      q_{K-1} = prod_{j < K-1} (1 - lambda_j)
+    V_{K-1} = c_{K-1},      V_k = lambda_k c_k + (1 - lambda_k) V_{k+1}
 
-so that `sum_k q_k = 1` and an expected loss `sum_k q_k * loss_k` is differentiable in
-every `lambda`. At inference a sample stops at the first check where `lambda_k` exceeds
-that check's threshold (`first_stop`).
+(`V_0` is the expected cost of the whole policy). Each `lambda_k` is trained to compare
+stopping with reading on, as in Deep Optimal Stopping (Becker, Cheridito, Jentzen, JMLR
+2019): `stopping_loss = mean_b sum_{k < K-1} lambda_k c_k + (1 - lambda_k) sg(V_{k+1})`,
+whose gradient in `lambda_k` is `c_k - V_{k+1}`: push towards stopping where it is cheaper
+than going on. Unlike the gradient of `V_0` itself, it is not scaled by the probability of
+still reading at `k`, so a decision that stops everyone early (as happens while the heads
+are still untrained) does not starve the later checks of signal, and is undone once reading
+on becomes cheaper.
+
+At inference a sample stops at the first check where `lambda_k` exceeds that check's
+threshold (`first_stop`).
 """
 from __future__ import annotations
 
@@ -20,21 +28,37 @@ import torch
 from torch import Tensor
 
 
-def stop_distribution(halt_probs: Tensor) -> Tensor:
-    """Probability of stopping at each check.
+def continuation_costs(halt_probs: Tensor, stop_costs: Tensor) -> Tensor:
+    """Expected cost of reading on from each check under the current decisions.
 
     Args:
-        halt_probs: `(B, K - 1)` halting probabilities `lambda_k` of the checks before the
-            last (`K - 1 = 0` columns: a single check).
+        halt_probs: `(B, K - 1)` halting probabilities `lambda_k`.
+        stop_costs: `(B, K)` cost `c_k` of stopping at each check.
 
     Returns:
-        `(B, K)` in the dtype of `halt_probs`, rows summing to 1.
+        `(B, K)` `V_k` (see the module docstring); `V_0` is the expected cost.
     """
-    batch = halt_probs.shape[0]
-    ones = halt_probs.new_ones(batch, 1)
-    # survival before check k: prod_{j<k} (1 - lambda_j), with the empty product 1 at k = 0
-    survival = torch.cumprod(torch.cat([ones, 1 - halt_probs], dim=1), dim=1)  # (B, K)
-    return survival * torch.cat([halt_probs, ones], dim=1)
+    values = [stop_costs[:, -1]]
+    for k in range(halt_probs.shape[1] - 1, -1, -1):
+        lam = halt_probs[:, k]
+        values.append(lam * stop_costs[:, k] + (1 - lam) * values[-1])
+    return torch.stack(values[::-1], dim=1)
+
+
+def stopping_loss(halt_probs: Tensor, stop_costs: Tensor) -> Tensor:
+    """`mean_b sum_{k < K-1} lambda_k c_k + (1 - lambda_k) sg(V_{k+1})` (module docstring).
+
+    Args:
+        halt_probs: `(B, K - 1)` halting probabilities (with gradient).
+        stop_costs: `(B, K)` costs of stopping at each check (treated as constants).
+
+    Returns:
+        `()` scalar in the dtype of `halt_probs`.
+    """
+    costs = stop_costs.detach().to(halt_probs.dtype)
+    with torch.no_grad():
+        later = continuation_costs(halt_probs, costs)[:, 1:]  # V_{k+1}, (B, K - 1)
+    return (halt_probs * costs[:, :-1] + (1 - halt_probs) * later).sum(dim=1).mean()
 
 
 def first_stop(halt_probs: Tensor, thresholds: Sequence[float], last: int | None = None) -> Tensor:

@@ -162,6 +162,13 @@ def thresholds_for_fractions(scores: Sequence[Tensor], fractions: Sequence[float
             thresholds.append(math.inf)
             continue
         ranked = torch.sort(scores[k][running], descending=True).values
+        if count < ranked.shape[0] and ranked[count - 1] == ranked[count]:
+            # A tie across the cut (e.g. identical inputs so far): only the scores above the
+            # tied value leave, never every tied sample (which could be all of them).
+            count = int((ranked > ranked[count]).sum())
+            if count == 0:
+                thresholds.append(math.inf)
+                continue
         # Halfway to the next score: the same samples leave here, and a sample whose score
         # is recomputed on a smaller batch (last-bit differences) is not flipped.
         t = float(ranked[count - 1]) if count == ranked.shape[0] else float(ranked[count - 1] + ranked[count]) / 2

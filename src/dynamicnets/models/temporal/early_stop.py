@@ -9,17 +9,18 @@ margin or patience, one threshold per check), `calibrate` for a mean-FLOPs budge
 `dynamicnets eval --budget`. A sample that stops leaves the batch; the others read on.
 
 With `halting=True` a learned halting unit `lambda_k = sigmoid(w . h_k + b)` at every check
-but the last gives the probability of stopping there. It is trained as PonderNet's halting
-distribution (`dynamicnets.gates.stop_distribution`): with `q_k` the probability of
-stopping at check `k`, the halting loss is
+but the last gives the probability of stopping there. Stopping at check `k` costs
 
-    sum_k q_k * ([argmax logits_k != argmax logits_{K-1}] + cost_weight * t_k / T)
+    c_k = [argmax logits_k != argmax logits_{K-1}] + cost_weight * t_k / T
 
-averaged over the batch (`t_k` the steps read by check `k`): the expected chance that
-stopping changes the full-read answer, plus `cost_weight` times the expected fraction of
-the sequence read. It needs no label (the trainer's `forward(x)` sees none), and since
-`error(stop) <= error(full read) + P(answers differ)`, it bounds the accuracy lost.
-At inference `model(x, policy=GatePolicy(...))` stops a sample at the first check where
+(`t_k` the steps read by check `k`): the chance that stopping changes the full read's
+answer, plus `cost_weight` times the fraction of the sequence read. The halting unit is
+trained as an optimal-stopping problem (`dynamicnets.gates.learned_stopping`, after Deep
+Optimal Stopping, Becker et al. 2019): at every check, stopping's cost against the
+expected cost of reading on under the current later decisions, `aux_losses["halting"]`.
+It needs no label (the trainer's `forward(x)` sees none), and since `error(stop) <=
+error(full read) + P(answers differ)`, it bounds the accuracy lost. At inference
+`model(x, policy=GatePolicy(...))` stops a sample at the first check where
 `lambda_k > thresholds[k]` (`halting_policy()`: 0.5 at every check); the head then runs
 only where the sample stops, which the halting unit, reading the state, makes possible.
 
@@ -52,7 +53,7 @@ from torch import Tensor, nn
 from ...errors import ConfigError
 from ...execution import Execution, ExecutionLike, resolve_execution
 from ...flops import linear_flops, lstm_cell_flops
-from ...gates.stop_distribution import first_stop, stop_distribution
+from ...gates.learned_stopping import first_stop, stopping_loss
 from ...gates.thresholds import GatePolicy
 from ...inference.decided_exits import run_decided_exits
 from ...inference.executor import run_all_then_select, run_early_exit
@@ -331,13 +332,12 @@ class EarlyStopLSTMClassifier(ClassifierApi, nn.Module):
         return decisions
 
     def _halting_loss(self, logits: list[Tensor], halts: Tensor) -> Tensor:
-        """`mean_b sum_k q_k (disagree_k + cost_weight t_k / T)` (see the module docstring)."""
-        q = stop_distribution(halts)  # (B, K)
+        """`stopping_loss` with `c_k = disagree_k + cost_weight t_k / T` (module docstring)."""
         with torch.no_grad():
             final = logits[-1].argmax(dim=1)
-            disagree = torch.stack([lg.argmax(dim=1) != final for lg in logits], dim=1).to(q.dtype)
-            read = torch.tensor(self.check_steps, dtype=q.dtype, device=q.device) / self.length
-        return (q * (disagree + self.cost_weight * read)).sum(dim=1).mean()
+            disagree = torch.stack([lg.argmax(dim=1) != final for lg in logits], dim=1).to(halts.dtype)
+            read = torch.tensor(self.check_steps, dtype=halts.dtype, device=halts.device) / self.length
+        return stopping_loss(halts, disagree + self.cost_weight * read)
 
     def _check_gate_policy(self, policy) -> GatePolicy:
         if not isinstance(policy, GatePolicy):
