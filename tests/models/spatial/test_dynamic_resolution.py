@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import dynamicnets as dn
 from dynamicnets import ConfigError, create_model
 from dynamicnets.flops import counted_flops
 from dynamicnets.inference.resolution_policy import ResolutionPolicy, calibrate_resolution_policy
@@ -127,6 +128,8 @@ def test_policy_bias_and_cap_steer_the_choice():
     assert (capped.flops <= costs[1]).all() and model.worst_case_flops((3, 32, 32), ResolutionPolicy(
         max_flops=costs[1])) == costs[1]
     torch.testing.assert_close(capped.logits, masked.logits)
+    assert dn.inference.worst_case_flops(model, (3, 32, 32), ResolutionPolicy(max_flops=costs[1])) == costs[1]
+    assert dn.inference.worst_case_flops(model, (3, 32, 32)) == costs[2]
 
 
 def test_calibrated_policy_meets_the_budget_and_round_trips():
