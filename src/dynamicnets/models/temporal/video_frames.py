@@ -35,7 +35,8 @@ Execution (`frame_exit_classifier`):
 Per-sample FLOPs (counted like `FlopCounterMode`: convolutions, the GRU's two products,
 the head's product; activations, pooling and the softmax of the criterion free):
 `frames read x (CNN + GRU) + heads run x head`, where a policy runs the head after every
-frame at which a sample may stop, and a forced `stop` or no policy runs it once.
+frame at which a sample may stop, a forced `stop` runs it once, and the full read (no policy,
+no `stop`: every frame, every head, in either execution) runs it after every frame.
 """
 from __future__ import annotations
 
