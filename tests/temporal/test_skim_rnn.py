@@ -56,6 +56,19 @@ def test_given_choices_compact_equals_masked(pattern, batch):
     torch.testing.assert_close(compact.flops, masked.decisions["compact_flops"], rtol=0, atol=0)
 
 
+def test_compact_under_autograd_equals_masked_and_trains_both_cells():
+    """With autograd on, compact execution writes into copies of the state (without, in
+    place): the same result, and the chosen cells get gradients."""
+    model, x = skim_model().eval(), signals(6)
+    choices = forced("steps_alike", 6)
+    compact = model(x, execution="compact", choices=choices)
+    with torch.no_grad():
+        masked = model(x, execution="masked", choices=choices)
+    torch.testing.assert_close(compact.logits, masked.logits, rtol=1e-5, atol=1e-6)
+    compact.logits.sum().backward()
+    assert model.rnn.big.weight_hh.grad.abs().sum() > 0 and model.rnn.small.weight_hh.grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("batch", [1, 2, 7])
 @pytest.mark.parametrize("bias", [-2.0, 0.0, 2.0])
 def test_compact_takes_the_masked_decisions_in_eval(batch, bias):

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..compact import assemble_rows, group_rows
+from ..compact import rows_where
 from ..errors import ConfigError
 from ..execution import Execution, parse_execution
 from ..flops import linear_flops, lstm_cell_flops
@@ -230,7 +230,7 @@ class SkimLSTM(nn.Module):
 
     def _compact(self, x: Tensor, forced: Tensor | None, threshold: float) -> SkimRNNResult:
         batch, steps = x.shape[:2]
-        h = c = x.new_zeros(batch, self.hidden_size)
+        h, c = x.new_zeros(batch, self.hidden_size), x.new_zeros(batch, self.hidden_size)  # written in place
         seq = x.transpose(0, 1).contiguous()  # (T, B, I): each step's rows contiguous for the gathers
         x_logits = self._input_logits(seq)
         forced_reads = None if forced is None else (forced > 0.5).t()  # (T, B)
@@ -260,17 +260,18 @@ class SkimLSTM(nn.Module):
                              log_probs=torch.log_softmax(torch.stack(all_logits, dim=1), dim=2))
 
     def _split_step(self, x_t: Tensor, h: Tensor, c: Tensor, read: Tensor) -> tuple[Tensor, Tensor]:
-        """One step of a batch that both reads and skims: each group's cell runs once on its rows."""
-        pieces_h, pieces_c = [], []
-        for group, rows in group_rows((~read).long(), 2):  # group READ (0) / SKIM (1)
-            cell_step = self.big if group == READ else self._skim_pair
-            h_new, c_new = cell_step(x_t[rows], (h[rows], c[rows]))
-            pieces_h.append((rows, h_new))
-            pieces_c.append((rows, c_new))
-        return assemble_rows(pieces_h, h.shape[0]), assemble_rows(pieces_c, c.shape[0])
-
-    def _skim_pair(self, x_t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-        return self._skim(x_t, *state)
+        """One step of a batch that both reads and skims: each cell runs once, on its own
+        rows (gathered); the results are written back into the state (a copy of it under
+        autograd), the skim rows' into their first `d'` columns only."""
+        k = self.small.hidden_size
+        rows_read, rows_skim = rows_where(read), rows_where(~read)
+        h_read, c_read = self.big(x_t[rows_read], (h[rows_read], c[rows_read]))
+        h_small, c_small = self.small(x_t[rows_skim], (h[rows_skim, :k], c[rows_skim, :k]))
+        # without autograd the old state is dead after this step: write into it
+        h_new, c_new = (h, c) if not torch.is_grad_enabled() else (h.clone(), c.clone())
+        h_new[rows_read], c_new[rows_read] = h_read, c_read
+        h_new[rows_skim, :k], c_new[rows_skim, :k] = h_small, c_small
+        return h_new, c_new
 
     def extra_repr(self) -> str:
         return f"tau={self.tau}, hard={self.hard}"
