@@ -23,6 +23,7 @@ MSDNET_SMALL = {"channels": 8, "growth_rate": 4, "head_channels": 16}  # 5 exits
 CASES = {  # case -> (registered model, kwargs, image size)
     "resnet_exits": ("resnet_exits", {"depth": 8, "width": 4}, 16),
     "msdnet_cifar": ("msdnet_cifar", MSDNET_SMALL, 32),
+    "ranet_cifar": ("ranet_cifar", {"channels": 8, "growth_rate": 4, "head_channels": 16}, 32),
     "convnet_aig": ("convnet_aig_resnet", {"depth": 14, "width": 4}, 16),
     "slimmable": ("slimmable_resnet_cifar", {"base_width": 4}, 16),
     "dsnet": ("dsnet_resnet_cifar", {"base_width": 4}, 16),
@@ -59,7 +60,7 @@ def case(request):
     model = create_model(registered, **kwargs).eval()
     x = images(32, 5, size)
     policy = None
-    if name in ("resnet_exits", "msdnet_cifar"):
+    if name in ("resnet_exits", "msdnet_cifar", "ranet_cifar"):
         policy = exit_policy_with_margin(model, x)
     elif name == "convnet_aig":
         policy = gate_policy_with_margin(deployment_plan(model, (3, size, size)), x)

@@ -51,7 +51,8 @@ def images():
 
 
 @pytest.mark.parametrize("name,kwargs", [("resnet_exits", {"depth": 8, "width": 4}),
-                                         ("msdnet_cifar", {})])
+                                         ("msdnet_cifar", {}),
+                                         ("ranet_cifar", {"channels": 8, "growth_rate": 4, "head_channels": 16})])
 def test_early_exit_runtime_equals_executor(name, kwargs, images):
     torch.manual_seed(0)
     model = create_model(name, **kwargs).eval()
