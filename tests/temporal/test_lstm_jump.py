@@ -187,6 +187,9 @@ def test_policy_stop_threshold_and_read_cap():
     assert stop_early.decisions["gates"].sum(1).tolist() == [1.0] * 5
     assert capped.decisions["gates"].sum(1).tolist() == [3.0] * 5
     assert torch.equal(capped_masked.decisions["gates"], capped.decisions["gates"])
+    with torch.no_grad():  # one sample at a time (the single-sample path) takes the same decisions
+        single = torch.cat([model(x[i : i + 1], policy=JumpPolicy(max_reads=3)).decisions["gates"] for i in range(5)])
+    assert torch.equal(single, capped.decisions["gates"])
     policy = JumpPolicy(stop_threshold=0.3, max_reads=7, meta={"on": "val"})
     assert JumpPolicy.from_dict(policy.to_dict()) == policy
     with pytest.raises(ConfigError, match="stop_threshold"):
@@ -260,13 +263,27 @@ def test_bad_inputs_name_the_argument():
         model(signals(2), execution="sparse")
 
 
-def test_one_token_sequences_read_one_token():
+@pytest.mark.parametrize("batch", [1, 3])
+def test_one_token_sequences_read_one_token(batch):
     model = jump_model().eval()
-    x = signals(3, length=1)
+    x = signals(batch, length=1)
     masked, compact = both(model, x)
-    assert model.rnn.max_decisions(1) == 0 and compact.decisions["jumps"].shape == (3, 0)
-    assert torch.equal(compact.decisions["gates"], torch.ones(3, 1))
+    assert model.rnn.max_decisions(1) == 0 and compact.decisions["jumps"].shape == (batch, 0)
+    assert torch.equal(compact.decisions["gates"], torch.ones(batch, 1))
     torch.testing.assert_close(compact.logits, masked.logits)
+
+
+def test_sampled_jumps_in_compact_execution_carry_their_log_probability():
+    """Compact sampling (batch and single-sample paths): replaying its jumps masked gives
+    the same log-probability and entropy."""
+    model = jump_model().eval()
+    x = signals(4)
+    for rows in (x, x[:1]):
+        out = model.rnn(rows.transpose(1, 2), execution="compact", sample=True, generator=torch.Generator().manual_seed(0))
+        replay = model.rnn(rows.transpose(1, 2), execution="masked", jumps=out.jumps)
+        assert out.log_prob is not None and out.log_prob.shape == (rows.shape[0],)
+        torch.testing.assert_close(out.log_prob, replay.log_prob, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(out.entropy, replay.entropy, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow

@@ -252,6 +252,8 @@ class LSTMJump(nn.Module):
         that decide; the rows that stop leave the state. The bookkeeping is NumPy on the
         host (one sync per round that holds decisions)."""
         batch, steps = x.shape[:2]
+        if batch == 1:
+            return self._compact_single(x, forced, policy, sample, generator)
         decisions, device = self.max_decisions(steps), x.device
         forced_np = None if forced is None else forced.detach().cpu().numpy()
         nxt, run, jumped, reads = (np.zeros(batch, dtype=np.int64) for _ in range(4))
@@ -315,6 +317,51 @@ class LSTMJump(nn.Module):
         return LSTMJumpResult(hidden=hidden, reads=torch.from_numpy(read_map).to(device=device, dtype=x.dtype),
                               jumps=torch.from_numpy(taken).to(device), log_prob=log_prob, entropy=entropy,
                               flops=flops)
+
+    def _compact_single(self, x: Tensor, forced: Tensor | None, policy: JumpPolicy, sample: bool,
+                        generator: torch.Generator | None) -> LSTMJumpResult:
+        """One sample: the same rules with plain Python integers (no index tensors, no
+        write-back; one sync per decision)."""
+        steps, device = x.shape[1], x.device
+        decisions = self.max_decisions(steps)
+        forced_list = None if forced is None else forced[0].tolist()
+        h = c = x.new_zeros(1, self.hidden_size)
+        pos = run = jumped = 0
+        read_at, taken, log_prob, entropy = [], [], x.new_zeros(1), x.new_zeros(1)
+        while True:
+            h, c = self.cell(x[:, pos], (h, c))
+            read_at.append(pos)
+            run += 1
+            if pos == steps - 1 or (policy.max_reads is not None and len(read_at) >= policy.max_reads):
+                break
+            if run < self.read_steps:
+                pos += 1
+                continue
+            if self.max_jumps is not None and jumped >= self.max_jumps:
+                break
+            logits = self.jump(h)
+            if forced_list is not None:
+                kappa = max(int(forced_list[jumped]), 0)
+            elif sample:
+                choice = CategoricalPolicy().sample(logits, generator)[0]
+                log_p = torch.log_softmax(logits, dim=-1)
+                log_prob = log_prob + log_p[:, choice[0]]
+                entropy = entropy - (log_p.exp() * log_p).sum(dim=1)
+                kappa = int(choice[0])
+            else:
+                kappa = int(policy.choose(logits)[0])
+            taken.append(kappa)
+            if kappa == 0 or pos + kappa >= steps:
+                break
+            pos, run, jumped = pos + kappa, 0, jumped + 1
+        reads = torch.zeros(1, steps, dtype=x.dtype, device=device)
+        reads[0, read_at] = 1
+        jumps = torch.full((1, decisions), -1, dtype=torch.int64, device=device)
+        jumps[0, : len(taken)] = torch.tensor(taken, dtype=torch.int64)
+        flops = torch.tensor([len(read_at) * float(self.read_flops()) + len(taken) * float(self.jump_flops())],
+                             dtype=torch.float64, device=device)
+        return LSTMJumpResult(hidden=h, reads=reads, jumps=jumps, log_prob=log_prob if sample else None,
+                              entropy=entropy if sample else None, flops=flops)
 
 
 def _require_int(key: str, value) -> None:
