@@ -169,14 +169,13 @@ class SkimLSTM(nn.Module):
         if math.isnan(threshold):
             raise ConfigError(f"SkimLSTM: threshold must be a number (read where p_read > threshold), got {threshold!r}")
 
-    def _input_logits(self, seq: Tensor) -> Tensor:
-        """`(T, B, I) -> (T, B, 2)` the input's part of the choice logits (with the bias),
-        for every step in one product; `_logits` adds the state's part step by step."""
-        return nn.functional.linear(seq, self.choice.weight[:, : self.big.input_size], self.choice.bias)
-
-    def _logits(self, x_part: Tensor, h: Tensor) -> Tensor:
-        """`(n, 2)` input part, `(n, d)` state -> `(n, 2)` choice logits (read, skim)."""
-        return torch.addmm(x_part, h, self.choice.weight[:, self.big.input_size :].t())
+    def _choice_parts(self, seq: Tensor) -> tuple[Tensor, Tensor]:
+        """`(T, B, I)` -> the input's part of the choice logits `(T, B, 2)` (with the bias),
+        every step in one product, and the state's weight `(d, 2)`, which `torch.addmm(
+        x_part[t], h, w_state)` turns into the step's logits `(B, 2)` (read, skim)."""
+        inputs = self.big.input_size
+        return (nn.functional.linear(seq, self.choice.weight[:, :inputs], self.choice.bias),
+                self.choice.weight[:, inputs:].t())
 
     @staticmethod
     def _reads(logits: Tensor, threshold: float) -> Tensor:
@@ -199,15 +198,26 @@ class SkimLSTM(nn.Module):
         h_small, c_small = self.small(x_t, (h[:, :k], c[:, :k]))
         return torch.cat([h_small, h[:, k:]], dim=1), torch.cat([c_small, c[:, k:]], dim=1)
 
+    def _skim_all(self, x_t: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        """`_skim` for a whole batch; without autograd it writes into the state in place."""
+        if torch.is_grad_enabled():
+            return self._skim(x_t, h, c)
+        k = self.small.hidden_size
+        h_head, c_head = h[:, :k], c[:, :k]
+        h_small, c_small = self.small(x_t, (h_head, c_head))
+        h_head.copy_(h_small)
+        c_head.copy_(c_small)
+        return h, c
+
     def _masked(self, x: Tensor, forced: Tensor | None, threshold: float, tau: float,
                 generator: torch.Generator | None) -> SkimRNNResult:
         batch, steps = x.shape[:2]
         h = c = x.new_zeros(batch, self.hidden_size)
         seq = x.transpose(0, 1)  # (T, B, I)
-        x_logits = self._input_logits(seq)
+        x_logits, w_state = self._choice_parts(seq)
         taken, all_logits = [], []
         for t in range(steps):
-            logits = self._logits(x_logits[t], h)
+            logits = torch.addmm(x_logits[t], h, w_state)
             if forced is not None:
                 read = forced[:, t].to(x.dtype)
                 weights = torch.stack([read, 1 - read], dim=1)
@@ -232,13 +242,13 @@ class SkimLSTM(nn.Module):
         batch, steps = x.shape[:2]
         h, c = x.new_zeros(batch, self.hidden_size), x.new_zeros(batch, self.hidden_size)  # written in place
         seq = x.transpose(0, 1).contiguous()  # (T, B, I): each step's rows contiguous for the gathers
-        x_logits = self._input_logits(seq)
+        x_logits, w_state = self._choice_parts(seq)
         forced_reads = None if forced is None else (forced > 0.5).t()  # (T, B)
         forced_counts = None if forced is None else forced_reads.sum(dim=1).tolist()  # reads per step
         single = batch == 1 and forced is None and x.dtype in _SCALAR_TYPES
         taken, all_logits = [], []
         for t in range(steps):
-            logits = self._logits(x_logits[t], h)
+            logits = torch.addmm(x_logits[t], h, w_state)
             if single:  # one sample: the decision as a Python bool, no tensor op
                 read, reads = None, int(self._reads_one(logits, threshold))
             else:
@@ -247,7 +257,7 @@ class SkimLSTM(nn.Module):
             if reads == batch:
                 h, c = self.big(seq[t], (h, c))
             elif reads == 0:
-                h, c = self._skim(seq[t], h, c)
+                h, c = self._skim_all(seq[t], h, c)
             else:
                 h, c = self._split_step(seq[t], h, c, read)
             taken.append(reads if single else read)
