@@ -198,24 +198,30 @@ class SkipRNN(nn.Module):
         runs the fused cell on them, writes them back into the state (in place without
         autograd) and reads their new `du` (its one host sync)."""
         batch, steps = x.shape[:2]
-        seq = x.transpose(0, 1).contiguous()  # (T, B, I): each step's rows contiguous for the gather
+        seq = x.transpose(0, 1).contiguous().unbind(0)  # T views (B, I): each step's rows contiguous
         state = tuple(x.new_zeros(batch, self.hidden_size) for _ in range(self._state_size))
         given = None if forced is None else (forced > 0.5).T.cpu().numpy()  # (T, B)
         schedule = None if given is not None else _UpdateSchedule(batch, scalar, threshold, self._initial_delta())
+        given_rows = None if given is None else _rows_per_step(given, x.device)
         taken = given if given is not None else np.zeros((steps, batch), dtype=bool)
         inplace = not torch.is_grad_enabled()
         cell, gate = self._cell_fn(), self._delta_fn()
-        for t in range(steps):
-            on = given[t] if schedule is None else schedule.decide()
-            rows = np.flatnonzero(on)
+        for t, x_t in enumerate(seq):
+            if schedule is None:
+                count, index = given_rows[t]
+            else:
+                on = schedule.decide()
+                rows = on.nonzero()[0]
+                count, index = rows.size, None
             delta = None
-            if rows.size == batch:
-                state = cell(seq[t], state)
+            if count == batch:
+                state = cell(x_t, state)
                 delta = gate(state[-1])
-            elif rows.size:
-                index = torch.from_numpy(rows).to(x.device)
-                run = cell(seq[t].index_select(0, index), tuple(s.index_select(0, index) for s in state))
-                state = tuple(scatter_rows(s, index, s_run, inplace=inplace) for s, s_run in zip(state, run))
+            elif count:
+                if index is None:
+                    index = torch.from_numpy(rows).to(x.device)
+                run = cell(x_t.index_select(0, index), tuple([s.index_select(0, index) for s in state]))
+                state = tuple([scatter_rows(s, index, s_run, inplace=inplace) for s, s_run in zip(state, run)])
                 delta = gate(run[-1])
             if schedule is not None:
                 taken[t] = on
@@ -273,6 +279,14 @@ class SkipRNN(nn.Module):
                 u_tilde = u_tilde + min(delta, one - u_tilde)
             taken.append(on)
         return self._compact_result(state[0], np.array([taken], dtype=bool), x)
+
+
+def _rows_per_step(given: np.ndarray, device: torch.device) -> list[tuple[int, Tensor]]:
+    """`given (T, B)` bool -> for each step, `(n, rows (n,) int64 on device)` of the
+    samples that update: one `nonzero` and one transfer for the whole sequence."""
+    step_of, rows = np.nonzero(given)  # row-major: sorted by step, then by sample
+    counts = np.bincount(step_of, minlength=given.shape[0]).tolist()
+    return list(zip(counts, torch.split(torch.from_numpy(rows).to(device), counts)))
 
 
 class _UpdateSchedule:
