@@ -23,8 +23,8 @@ setting: read the index, jump once, read, answer; entropy bonus 0.01), then MNIS
 pixels on a short schedule (`--mnist-epochs`; `--mnist ''` skips it; R = 2, K = 4, no jump
 limit, entropy bonus 0.01).
 
-    OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/lstm_jump.py               # ~20 min here
-    OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/lstm_jump.py --time-only   # re-time finished runs
+    OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/lstm_jump.py               # ~25 min here
+    OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/lstm_jump.py --time-only   # re-time finished runs (~6 min)
 
 Writes benchmarks/results/lstm_jump.{json,md}; checkpoints in runs/bench/.
 """
@@ -160,7 +160,7 @@ def main() -> int:
     parser.add_argument("--mnist-epochs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--min-run-time", type=float, default=0.5)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--unit-ms", type=float, default=150.0, help="each timed unit repeats its call to last this long")
     parser.add_argument("--singles", type=int, default=32, help="validation samples timed one by one for batch 1")
     parser.add_argument("--time-only", action="store_true", help="use finished runs, train nothing")
