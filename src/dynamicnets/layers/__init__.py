@@ -27,3 +27,4 @@ from .weightnet import WeightNetConv2d
 # region and resolution level: spatial transformer glimpses, resizing to a set of resolutions
 from .spatial_transformer import LocalisationNet, SpatialTransformer
 from .resize import check_resolutions, resize, resize_flops
+from .patch_crop import PatchCrop, crop_patches, grid_corners
