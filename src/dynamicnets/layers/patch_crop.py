@@ -76,8 +76,11 @@ def crop_patches(x: Tensor, corners: Tensor, size: int) -> Tensor:
     rows = (corners[:, 0:1] + offsets).unsqueeze(2)  # (n, size, 1)
     cols = (corners[:, 1:2] + offsets).unsqueeze(1)  # (n, 1, size)
     batch = torch.arange(x.shape[0], device=x.device).view(-1, 1, 1)
-    # advanced indices split by the channel slice: the indexed dims come first, (n, size, size, C)
-    return x[batch, :, rows, cols].permute(0, 3, 1, 2).contiguous()
+    # advanced indices split by the channel slice: the indexed dims come first, (n, size, size, C);
+    # permuted back, that is a channels_last layout: kept for channels_last inputs
+    patches = x[batch, :, rows, cols].permute(0, 3, 1, 2)
+    keep_last = x.dim() == 4 and x.shape[1] > 1 and x.is_contiguous(memory_format=torch.channels_last)
+    return patches.contiguous(memory_format=torch.channels_last if keep_last else torch.contiguous_format)
 
 
 class PatchCrop(nn.Module):
