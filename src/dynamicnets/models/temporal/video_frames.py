@@ -3,8 +3,9 @@
 Both run a small CNN (`FrameEncoder`) on a frame, feed its features to a GRU cell, and
 classify the GRU's hidden state with a linear head.
 
-- `video_gru_classifier`: the static baseline. It reads every frame (the CNN runs on all
-  `B * T` frames in one call, then the GRU steps through them) and classifies once.
+- `video_gru_classifier`: the static baseline. It reads every frame (the CNN runs on the
+  `B * T` frames in calls of about 256 frames, then the GRU steps through them) and
+  classifies once.
 - `frame_exit_classifier`: frame-level early exit in the manner of FrameExit (Ghodrati,
   Bejnordi, Habibian, "FrameExit: Conditional Early Exiting for Efficient Video
   Recognition", CVPR 2021). Frames are read in a fixed order (`order="sequential"`, or
@@ -60,6 +61,8 @@ from ..static._checks import require_positive
 from .frame_encoder import FrameEncoder
 
 ORDERS = ("sequential", "spread")
+FRAMES_PER_CALL = 256
+"""About how many frames one call of the frame CNN takes when every frame is read."""
 
 
 def frame_order(frames: int, order: str) -> list[int]:
@@ -142,9 +145,15 @@ class VideoGRUClassifier(ClassifierApi, nn.Module):
                               f"frames={self.frames} (model argument 'frames'); give videos of {self.frames} frames")
 
     def _encode(self, video: Tensor) -> Tensor:
-        """`(B, S, C, H, W) -> (B, S, features)`: the CNN on every frame, one call."""
+        """`(B, S, C, H, W) -> (B, S, features)`: the CNN on every frame, in calls of about
+        `FRAMES_PER_CALL` frames (all `S` frames of a small batch at once; one step of a
+        large batch at a time: on a CPU one call over thousands of frames is memory-bound
+        and slower than several calls whose activations stay in cache)."""
         batch, steps = video.shape[:2]
-        return self.encoder(video.reshape(batch * steps, *video.shape[2:])).view(batch, steps, -1)
+        per_call = max(1, FRAMES_PER_CALL // batch)
+        parts = [video[:, s : s + per_call] for s in range(0, steps, per_call)]
+        feats = [self.encoder(p.reshape(batch * p.shape[1], *p.shape[2:])).view(batch, p.shape[1], -1) for p in parts]
+        return feats[0] if len(feats) == 1 else torch.cat(feats, dim=1)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """The last hidden state `(B, hidden)` after every frame."""
@@ -375,6 +384,8 @@ class FrameExitClassifier(VideoGRUClassifier):
     def _compact(self, x: Tensor, frames: Tensor, plan: _Plan):
         batch, steps = frames.shape
         device = x.device
+        if batch == 1:
+            return self._compact_single(x, frames, plan)
         active = torch.arange(batch, device=device)
         stop = plan.stop
         h = x.new_zeros(batch, self.cell.hidden_size)
@@ -417,6 +428,33 @@ class FrameExitClassifier(VideoGRUClassifier):
         hidden = assemble_rows(done_hidden, batch)
         index = assemble_rows(done_index, batch)
         return logits, hidden, index, heads, [logits], None
+
+
+    def _compact_single(self, x: Tensor, frames: Tensor, plan: _Plan):
+        """One video: frame indices and decisions as Python numbers, no row bookkeeping (the
+        same decisions and logits as the batched path)."""
+        order = frames[0].tolist()
+        stop = None if plan.stop is None else int(plan.stop[0])
+        h = x.new_zeros(1, self.cell.hidden_size)
+        heads, logits = 0, None
+        for s in range(plan.last + 1):
+            h = self.cell(self.encoder(x[:, :, order[s]]), h)
+            if stop is not None:
+                if s + 1 < stop:
+                    continue
+            elif plan.criterion is not None and plan.head_runs_at(s):
+                logits = self.head(h)
+                heads += 1
+                if s < plan.last and not bool(plan.criterion.should_exit(logits, plan.thresholds[s])):
+                    continue
+            elif s < plan.last:
+                continue
+            if logits is None or stop is not None or plan.criterion is None:
+                logits = self.head(h)
+                heads += 1
+            break
+        index = torch.tensor([s], dtype=torch.int64, device=x.device)
+        return logits, h, index, torch.tensor([heads], device=x.device), [logits], None
 
 
 @register_model
