@@ -14,6 +14,7 @@ import torch
 
 from ..errors import DataError
 from ..writing import atomic_write_with
+from .spec_options import int_option, split_options
 
 DIGIT = 28
 """Side of an MNIST digit."""
@@ -41,15 +42,7 @@ class ClutterOptions(NamedTuple):
 
 
 def _int(key: str, text: str, minimum: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = None
-    if value is None or value < minimum:
-        raise DataError(
-            f"cluttered_mnist option '{key}={text}': expected an integer >= {minimum}"
-        )
-    return value
+    return int_option("cluttered_mnist", key, text, minimum)
 
 
 def parse_options(query: str) -> ClutterOptions:
@@ -62,15 +55,7 @@ def parse_options(query: str) -> ClutterOptions:
         DataError: naming the option at fault (an unknown key, a canvas under 28, an
             unknown variant, a negative count).
     """
-    values: dict[str, str] = {}
-    for item in filter(None, query.split("&")):
-        key, eq, value = item.partition("=")
-        key = key.strip().lower()
-        if key not in _KEYS or not eq:
-            raise DataError(
-                f"cluttered_mnist option '{item}': expected KEY=VALUE with KEY in {', '.join(_KEYS)}"
-            )
-        values[key] = value.strip()
+    values = split_options("cluttered_mnist", query, _KEYS)
     canvas = values.get("canvas", "60").lower()
     sides = canvas.split("x") if "x" in canvas else [canvas, canvas]
     if len(sides) != 2:

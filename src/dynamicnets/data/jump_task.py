@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..errors import DataError
+from .spec_options import int_option, split_options
 
 _KEYS = ("length", "vocab", "seed", "size")
 
@@ -37,16 +37,6 @@ class JumpTaskOptions(NamedTuple):
     size: int = 10000
 
 
-def _int(key: str, text: str, minimum: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = None
-    if value is None or value < minimum:
-        raise DataError(f"jump_task option '{key}={text}': expected an integer >= {minimum}")
-    return value
-
-
 def parse_options(query: str) -> JumpTaskOptions:
     """Parse ``length=64&vocab=16&seed=0&size=10000`` (every key optional).
 
@@ -54,19 +44,13 @@ def parse_options(query: str) -> JumpTaskOptions:
         DataError: naming the option at fault (an unknown key, a missing value, a number
             out of range).
     """
-    values: dict[str, str] = {}
-    for item in filter(None, query.split("&")):
-        key, eq, value = item.partition("=")
-        key = key.strip().lower()
-        if key not in _KEYS or not eq:
-            raise DataError(f"jump_task option '{item}': expected KEY=VALUE with KEY in {', '.join(_KEYS)}")
-        values[key] = value.strip()
+    values = split_options("jump_task", query, _KEYS)
     defaults = JumpTaskOptions()
     return JumpTaskOptions(
-        length=_int("length", values.get("length", str(defaults.length)), 2),
-        vocab=_int("vocab", values.get("vocab", str(defaults.vocab)), 2),
-        seed=_int("seed", values.get("seed", str(defaults.seed)), 0),
-        size=_int("size", values.get("size", str(defaults.size)), 2),
+        length=int_option("jump_task", "length", values.get("length", str(defaults.length)), 2),
+        vocab=int_option("jump_task", "vocab", values.get("vocab", str(defaults.vocab)), 2),
+        seed=int_option("jump_task", "seed", values.get("seed", str(defaults.seed)), 0),
+        size=int_option("jump_task", "size", values.get("size", str(defaults.size)), 2),
     )
 
 
