@@ -140,6 +140,7 @@ class GlanceFocusCNN(ClassifierApi, nn.Module):
         self.baselines = nn.ModuleList(MovingAverageBaseline(baseline_momentum, device=device)
                                        for _ in range(steps - 1))
         self.default_input_shape = (in_chans, image_size, image_size)
+        self._flops_cache: dict[tuple, tuple[int, int, int]] = {}
 
     # ------------------------------------------------------------ multi-exit protocol
     @property
@@ -183,7 +184,14 @@ class GlanceFocusCNN(ClassifierApi, nn.Module):
         return [glance + k * focus + (k + 1 if heads == "every" else 1) * head for k in range(self.steps)]
 
     def _step_flops(self, input_shape: tuple[int, ...], policy: bool = True) -> tuple[int, int, int]:
-        """Per-sample `(glance, focus, head)` FLOPs on a `(C, H, W)` input."""
+        """Per-sample `(glance, focus, head)` FLOPs on a `(C, H, W)` input (cached per
+        shape and head size: the walk over the encoders costs about a millisecond)."""
+        key = (tuple(int(s) for s in input_shape), bool(policy), self.head.in_features, self.head.out_features)
+        if key not in self._flops_cache:
+            self._flops_cache[key] = self._count_step_flops(input_shape, policy)
+        return self._flops_cache[key]
+
+    def _count_step_flops(self, input_shape: tuple[int, ...], policy: bool) -> tuple[int, int, int]:
         shape = check_input_shape(_NAME, input_shape, self.in_chans, spatial_dims=2)
         self._check_size(shape[1:])
         gru = gru_cell_flops(self.cell)
