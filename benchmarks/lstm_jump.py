@@ -40,7 +40,9 @@ import torch
 
 import dynamicnets.models.temporal.lstm_jump  # noqa: F401  (registers lstm_jump_classifier)
 from dynamicnets.data import load_data, make_eval_loader
+from dynamicnets.data.jump_task import parse_options
 from dynamicnets.pipelines.checkpoints import load_trained_model
+from dynamicnets.profiling.fused_rnn import fused_rnn
 from dynamicnets.profiling.latency import compare
 from dynamicnets.profiling.report import markdown_table, write_json
 from dynamicnets.training import TrainConfig, Trainer
@@ -58,15 +60,6 @@ def train(name: str, model: str, model_args: dict, data: str, epochs: int, args)
     if not args.time_only:
         Trainer(config).fit()
     return Path(args.out_dir) / name / "last.pt"
-
-
-def fused_lstm(static) -> torch.nn.LSTM:
-    """`nn.LSTM` holding the static classifier's cell weights."""
-    lstm = torch.nn.LSTM(static.cell.input_size, static.cell.hidden_size, batch_first=True)
-    with torch.no_grad():
-        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-            getattr(lstm, name + "_l0").copy_(getattr(static.cell, name))
-    return lstm.eval()
 
 
 def as_steps(x: torch.Tensor) -> torch.Tensor:
@@ -103,7 +96,7 @@ def timing(model, static, xs: list[torch.Tensor], reads: float, args) -> dict:
     Every timed unit is repeated to last about `--unit-ms`: on a core shared by several
     processes a call of 1 ms often runs inside one time slice at full speed while a call of
     100 ms gets the core's average share, which would bias the ratio towards the short call."""
-    lstm = fused_lstm(static)
+    lstm = fused_rnn(static.cell)
     k = max(1, round(reads))
     fns = {"model": lambda: [model(x) for x in xs], "static": lambda: [static(x) for x in xs],
            "fused": lambda: [static.head(lstm(as_steps(x))[0][:, -1]) for x in xs],
@@ -167,8 +160,8 @@ def main() -> int:
     parser.add_argument("--out-dir", default=str(ROOT / "runs" / "bench"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    options = dict(item.split("=") for item in args.task.partition("?")[2].split("&") if item)
-    length, vocab = int(options.get("length", 64)), int(options.get("vocab", 16))
+    options = parse_options(args.task.partition("?")[2])
+    length, vocab = options.length, options.vocab
     rows = run_task("jump_task", args.task, args.epochs, {"hidden": args.hidden, "length": length},
                     {"read_steps": 1, "max_jump": args.max_jump, "max_jumps": 1, "entropy_weight": 0.01}, args)
     schedules = {"jump_task": f"{args.epochs} epochs"}

@@ -34,6 +34,7 @@ import torch
 
 from dynamicnets.data import load_data, make_eval_loader
 from dynamicnets.pipelines.checkpoints import load_trained_model
+from dynamicnets.profiling.fused_rnn import fused_rnn
 from dynamicnets.profiling.latency import compare, ratio
 from dynamicnets.profiling.report import markdown_table, write_json
 from dynamicnets.training import TrainConfig, Trainer
@@ -50,15 +51,6 @@ def config(name: str, model: str, model_args: dict, args) -> TrainConfig:
                        threads=args.threads, progress=sys.stderr.isatty())
 
 
-def fused_lstm(static) -> torch.nn.LSTM:
-    """`nn.LSTM` holding the static classifier's cell weights."""
-    lstm = torch.nn.LSTM(static.cell.input_size, static.cell.hidden_size, batch_first=True)
-    with torch.no_grad():
-        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-            getattr(lstm, name + "_l0").copy_(getattr(static.cell, name))
-    return lstm.eval()
-
-
 def fused_forward(lstm, head, x: torch.Tensor) -> torch.Tensor:
     out, _ = lstm(x.transpose(1, 2))
     return head(out[:, -1])
@@ -71,7 +63,7 @@ def time_pair(skip, static, xs: list[torch.Tensor], args) -> dict:
     steps = xs[0].shape[-1]
     executed = float(torch.cat([skip(x).decisions["gates"] for x in xs]).sum(dim=1).mean())
     k = max(1, round(executed))
-    lstm = fused_lstm(static)
+    lstm = fused_rnn(static.cell)
     fns = {
         "skip": lambda: [skip(x) for x in xs],
         "static": lambda: [static(x) for x in xs],
@@ -150,7 +142,7 @@ def main() -> int:
 @torch.no_grad()
 def time_pair_static(static, x: torch.Tensor, args) -> dict:
     """The static row: its own time against the fused LSTM (no skipping: speedups 1)."""
-    lstm = fused_lstm(static)
+    lstm = fused_rnn(static.cell)
     timed = compare({"static": lambda: static(x), "fused": lambda: fused_forward(lstm, static.head, x)},
                     threads=args.threads, min_run_time=args.min_run_time, rounds=args.rounds)
     steps = x.shape[-1]
