@@ -237,41 +237,17 @@ def test_images_are_read_row_by_row():
         linear_flops(model.head)
 
 
-def digits_tensors():
-    from dynamicnets.data import load_data
-
-    bundle = load_data("digits", val_size=0.2, seed=0)
-    def stack(split):
-        return (torch.stack([split[i][0] for i in range(len(split))]),
-                torch.tensor([int(split[i][1]) for i in range(len(split))]))
-    return stack(bundle.train), stack(bundle.val)
-
-
-def train_on_digits(skim_weight: float, steps: int = 300):
-    (x, y), (x_val, y_val) = digits_tensors()
-    torch.manual_seed(0)
-    model = create_model("skim_lstm_classifier", row_width=8, length=8, hidden=32, small_hidden=4,
-                         skim_weight=skim_weight)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(steps):
-        idx = torch.randint(0, len(x), (64,), generator=g)
-        out = model.train()(x[idx])
-        loss = torch.nn.functional.cross_entropy(out.logits, y[idx]) + out.aux_loss()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    with torch.no_grad():
-        out = model.eval()(x_val)
-    return float((out.logits.argmax(1) == y_val).float().mean()), float(out.decisions["executed_fraction"].mean())
-
-
 @pytest.mark.slow
-def test_learns_digits_row_by_row_while_skimming():
+def test_learns_digits_row_by_row_while_skimming(fit_digits):
     """Digits read as 8 rows of 8 pixels (a run takes about 5-15 s on one core): without the
     skim loss the big cell reads nearly every row; with it (soft Gumbel-softmax training,
     as in the paper) the small cell skims most rows and the model keeps most of the
     accuracy (with skim_weight 1 it reads about 7% of the rows and drops to about 0.65)."""
+    def train_on_digits(skim_weight: float):
+        torch.manual_seed(0)
+        return fit_digits(create_model("skim_lstm_classifier", row_width=8, length=8, hidden=32, small_hidden=4,
+                                       skim_weight=skim_weight))
+
     free_accuracy, free_reads = train_on_digits(0.0)
     skim_accuracy, skim_reads = train_on_digits(0.3)
     assert free_accuracy > 0.85 and free_reads > 0.9

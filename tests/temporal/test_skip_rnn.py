@@ -151,33 +151,14 @@ def test_one_sample_in_float64_takes_the_masked_decisions():
     torch.testing.assert_close(torch.cat([s.logits for s in singles]), masked.logits)
 
 
-def train_on_digits(budget_weight: float, steps: int = 300):
-    from dynamicnets.data import load_data
-
-    bundle = load_data("digits", val_size=0.2, seed=0)
-    x = torch.stack([bundle.train[i][0] for i in range(len(bundle.train))])
-    y = torch.tensor([int(bundle.train[i][1]) for i in range(len(bundle.train))])
-    x_val = torch.stack([bundle.val[i][0] for i in range(len(bundle.val))])
-    y_val = torch.tensor([int(bundle.val[i][1]) for i in range(len(bundle.val))])
-    torch.manual_seed(0)
-    model = create_model("skip_lstm_classifier", row_width=8, length=8, hidden=32, budget_weight=budget_weight)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(steps):
-        idx = torch.randint(0, len(x), (64,), generator=g)
-        out = model.train()(x[idx])
-        loss = torch.nn.functional.cross_entropy(out.logits, y[idx]) + out.aux_loss()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    with torch.no_grad():
-        out = model.eval()(x_val)
-    return float((out.logits.argmax(1) == y_val).float().mean()), float(out.decisions["executed_fraction"].mean())
-
-
-def test_learns_digits_row_by_row_and_the_budget_trades_updates_for_accuracy():
+def test_learns_digits_row_by_row_and_the_budget_trades_updates_for_accuracy(fit_digits):
     """Digits read as 8 rows of 8 pixels (about a second per run): without a budget nearly
     every row updates the state; the budget makes it skip rows and keep most accuracy."""
+    def train_on_digits(budget_weight: float):
+        torch.manual_seed(0)
+        return fit_digits(create_model("skip_lstm_classifier", row_width=8, length=8, hidden=32,
+                                       budget_weight=budget_weight))
+
     free_accuracy, free_updates = train_on_digits(0.0)
     thrifty_accuracy, thrifty_updates = train_on_digits(0.05)
     assert free_accuracy > 0.85 and thrifty_accuracy > 0.8
