@@ -48,6 +48,10 @@ def test_resize_helpers():
     assert resize(x, 32) is x and resize(x, 16).shape == (2, 3, 16, 16)
     # 2x shrink without antialias: bilinear at align_corners=False averages each 2x2 block
     torch.testing.assert_close(resize(x, 16, antialias=False), torch.nn.functional.avg_pool2d(x, 2))
+    # a (H', W') pair: a rectangle (RANet's fusion layers resize to a feature map's shape)
+    assert resize(x, (32, 32)) is x and resize(x, torch.Size([16, 8])).shape == (2, 3, 16, 8)
+    torch.testing.assert_close(resize(x, (16, 32), antialias=False),
+                               torch.nn.functional.avg_pool2d(x, (2, 1)))
     assert resize_flops((3, 32, 32), 32) == 0
     assert resize_flops((3, 32, 32), 16, antialias=False) == 2 * 3 * 16 * (32 * 2 + 16 * 2)
     assert check_resolutions([8, 16], 16, "m") == (8, 16)

@@ -2,8 +2,8 @@
 
 - `check_resolutions(resolutions, input_size, owner)`: the one validation of a resolution
   list (non-empty, ints >= 1, strictly increasing, none larger than the input).
-- `resize(x, size, antialias)`: bilinear resize of `(B, C, H, W)` to `(B, C, size, size)`;
-  a no-op when the input already has that size.
+- `resize(x, size, antialias)`: bilinear resize of `(B, C, H, W)` to `(B, C, size, size)`
+  (or `(B, C, H', W')` for a `size` pair); a no-op when the input already has that size.
 - `resize_flops(in_shape, size, antialias)`: the arithmetic of that resize. Like pooling, a
   resize is *free* in the library's FLOPs (and in `torch.utils.flop_counter.FlopCounterMode`,
   which has no formula for interpolation); this figure states what it would cost, to be
@@ -43,15 +43,24 @@ def check_resolutions(resolutions: Sequence[int], input_size: int, owner: str) -
     return values
 
 
-def resize(x: Tensor, size: int, antialias: bool = True) -> Tensor:
-    """Bilinear resize `(B, C, H, W) -> (B, C, size, size)` (`x` itself when already that size).
+def resize(x: Tensor, size: int | Sequence[int], antialias: bool = True) -> Tensor:
+    """Bilinear resize (`align_corners=False`); `x` itself when it already has that size.
 
     `antialias=True` low-pass filters when shrinking (what an image library's resize does);
-    `False` reads the 4 nearest pixels only.
+    `False` reads the 4 nearest pixels only (halving a side is then exactly a 2x2 mean).
+
+    Args:
+        x: `(B, C, H, W)`.
+        size: the side `s` of a square output, or its `(H', W')`.
+        antialias: filter when shrinking.
+
+    Returns:
+        `(B, C, s, s)` or `(B, C, H', W')`.
     """
-    if x.shape[-2] == size and x.shape[-1] == size:
+    target = (size, size) if isinstance(size, int) else tuple(int(s) for s in size)
+    if tuple(x.shape[-2:]) == target:
         return x
-    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=antialias)
+    return F.interpolate(x, size=target, mode="bilinear", align_corners=False, antialias=antialias)
 
 
 def _taps(in_size: int, out_size: int, antialias: bool) -> int:

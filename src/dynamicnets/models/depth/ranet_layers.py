@@ -15,8 +15,9 @@ What a later sub-network reads of a block is the list of its layer outputs
 `[out_{n-1}, out_n]` when the last layer changed the resolution, and the earlier outputs
 are channel prefixes (views) of the first tap.
 
-Up- and down-sampling is bilinear (`align_corners=False`; exactly a 2x2 mean when a side
-halves). Like pooling it costs no FLOPs in the library's convention.
+Up- and down-sampling is bilinear (`layers.resize.resize`, `align_corners=False`, no
+antialiasing: exactly a 2x2 mean when a side halves). Like pooling it costs no FLOPs in the
+library's convention.
 """
 from __future__ import annotations
 
@@ -24,20 +25,13 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...layers.resize import resize
 from ..static.conv_norm_act import ConvNormAct
 from .msdnet_layers import BottleneckConv, MSDFirstLayer
 
 Shape = tuple[int, ...]
-
-
-def resize(x: Tensor, size: Sequence[int]) -> Tensor:
-    """`x` `(B, C, H, W)` bilinearly resized to `size` `(H', W')`; `x` itself when the size is the same."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
 
 
 def _inner(bottleneck_factor: int, in_chans: int, out_chans: int) -> int:
@@ -140,7 +134,7 @@ class FusionLayer(nn.Module):
     def forward(self, x: Tensor, low: Tensor) -> Tensor:
         new = self.same(x)
         size = new.shape[-2:]
-        return torch.cat([resize(x, size), resize(self.up(low), size), new], dim=1)
+        return torch.cat([resize(x, size, antialias=False), resize(self.up(low), size, antialias=False), new], dim=1)
 
     def flops_and_shape(self, in_shape: Shape, low_shape: Shape) -> tuple[int, Shape]:
         flops_same, same = self.same.flops_and_shape(in_shape)
@@ -230,7 +224,7 @@ class RABlock(nn.Module):
         taps = outputs[-self.num_taps:]
         x = outputs[-1]
         if self.fuses:
-            x = torch.cat([x, resize(self.last(low[-1]), x.shape[-2:])], dim=1)
+            x = torch.cat([x, resize(self.last(low[-1]), x.shape[-2:], antialias=False)], dim=1)
         if self.transition is not None:
             x = self.transition(x)
         return x, taps
