@@ -31,6 +31,7 @@ from ..compact import rows_where
 from ..errors import DataError
 from ..writing import atomic_write_with
 from .cluttered import DIGIT, _paste
+from .spec_options import int_option, split_options
 
 OCCLUDER = 14
 """Side of a distractor noise square."""
@@ -65,14 +66,13 @@ class MovingOptions(NamedTuple):
 
 
 def _int(key: str, text: str, minimum: int, maximum: int | None = None, why: str = "") -> int:
+    """`int_option`, with `why` (the reason for the bounds) appended to its error."""
     try:
-        value = int(text)
-    except ValueError:
-        value = None
-    if value is None or value < minimum or (maximum is not None and value > maximum):
-        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
-        raise DataError(f"{_NAME} option '{key}={text}': expected an integer {bound}{why}")
-    return value
+        return int_option(_NAME, key, text, minimum, maximum)
+    except DataError as err:
+        if not why:
+            raise
+        raise DataError(f"{err}{why}") from None
 
 
 def parse_options(query: str) -> MovingOptions:
@@ -88,13 +88,7 @@ def parse_options(query: str) -> MovingOptions:
         DataError: naming the option at fault (an unknown key, a canvas smaller than a
             digit, more visible frames than frames, a count out of range, an unknown fill).
     """
-    values: dict[str, str] = {}
-    for item in filter(None, query.split("&")):
-        key, eq, value = item.partition("=")
-        key = key.strip().lower()
-        if key not in _KEYS or not eq:
-            raise DataError(f"{_NAME} option '{item}': expected KEY=VALUE with KEY in {', '.join(_KEYS)}")
-        values[key] = value.strip()
+    values = split_options(_NAME, query, _KEYS)
     size = values.get("size", "48").lower()
     sides = size.split("x") if "x" in size else [size, size]
     if len(sides) != 2:
