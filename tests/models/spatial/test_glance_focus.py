@@ -193,3 +193,21 @@ def test_focusing_on_the_pattern_beats_random_patches():
             out = model(x_test, locations=where, exits=torch.ones(256, dtype=torch.long))
         accuracy[how] = (out.logits.argmax(1) == y_test).float().mean().item()
     assert accuracy["true"] > 0.85 and accuracy["true"] > accuracy["random"] + 0.3, accuracy
+
+
+def test_budget_calibration_and_flops_cap_drive_the_model():
+    from dynamicnets.inference import calibrate
+
+    model, x = small_model(), inputs(32)
+    y = torch.randint(0, 5, (32,), generator=torch.Generator().manual_seed(7))
+    full = model.read_flops()
+    calibration = calibrate(model, [(x, y)], 0.6 * full)
+    with torch.no_grad():
+        out = model(x, policy=calibration.policy)
+    assert out.flops.mean().item() <= 0.6 * full
+    assert out.flops.mean().item() == pytest.approx(calibration.mean_flops)
+    costs = model.exit_costs((1, 20, 20))
+    capped = ExitPolicy("maxprob", [1.1, 1.1, 1.1], max_flops=costs[1])  # nobody confident: all run to the cap
+    with torch.no_grad():
+        out = model(x, policy=capped)
+    assert out.decisions["exit_index"].tolist() == [1] * 32 and out.flops.max().item() <= costs[1]
