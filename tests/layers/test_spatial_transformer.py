@@ -1,5 +1,7 @@
 """SpatialTransformer: identity start, exact glimpses for a known transform, gradients to the
 localisation network, FLOPs against FlopCounterMode, clear errors."""
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -95,6 +97,12 @@ def test_bad_arguments_name_the_argument(kwargs, key):
 def test_an_input_smaller_than_the_glimpse_is_refused():
     with pytest.raises(ConfigError, match="output_size"):
         make().eval()(torch.randn(1, 2, 12, 12, dtype=DT))
+
+
+@pytest.mark.parametrize("shape", [(2, 6), (3, 2, 3), (2, 3, 3)])
+def test_a_given_theta_of_the_wrong_shape_is_refused(shape):
+    with pytest.raises(ConfigError, match=re.escape(f"(B, 2, 3) = (2, 2, 3), got {shape}")):
+        make().eval()(torch.randn(2, 2, 32, 32, dtype=DT), torch.zeros(shape, dtype=DT))
 
 
 def test_learns_to_crop_the_object():

@@ -184,9 +184,12 @@ class SpatialTransformer(nn.Module):
         """Bilinear glimpses: `x (B, C, H, W)`, `theta (B, 2, 3)` -> `(B, C, *output_size)`.
 
         Raises:
-            ConfigError: `output_size` larger than this input.
+            ConfigError: `output_size` larger than this input, or `theta` not `(B, 2, 3)`.
         """
         self._check_output_size(tuple(x.shape[-2:]))
+        if tuple(theta.shape) != (x.shape[0], 2, 3):
+            raise ConfigError(f"SpatialTransformer: theta must be one affine transform per sample, shape "
+                              f"(B, 2, 3) = ({x.shape[0]}, 2, 3), got {tuple(theta.shape)}")
         grid = F.affine_grid(theta.to(x.dtype), [x.shape[0], x.shape[1], *self.output_size], align_corners=False)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
