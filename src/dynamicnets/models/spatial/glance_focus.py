@@ -259,8 +259,10 @@ class GlanceFocusCNN(ClassifierApi, nn.Module):
             exits = self._check_exits(exits, x.shape[0])
             costs = self._costs(tuple(x.shape[1:]), policy=locations is None, heads="once")
             if mode is Execution.COMPACT:
-                result = run_decided_exits(runner, x, lambda k, state, rows: (exits if rows is None else exits[rows]) == k,
-                                           costs)
+                def leave(k: int, state: State, rows: Tensor | None) -> Tensor:
+                    return (exits if rows is None else exits[rows]) == k
+
+                result = run_decided_exits(runner, x, leave, costs)
             else:
                 every = self._read_all(x, locations, sample=False)[1]
                 batch = torch.arange(x.shape[0], device=x.device)
@@ -347,10 +349,12 @@ class GlanceFocusCNN(ClassifierApi, nn.Module):
             return logits, aux - aux.detach()
         out, aux = [logits[0]], (stacked * baselines).sum(dim=1).mean()
         cumulative = torch.cumsum(stacked, dim=1)  # s_k = sum_{t <= k} log pi(a_t), k = 1..steps-1
+        no_extra = torch.zeros_like(cumulative[:, 0])
         for k in range(1, self.steps):
-            lg, entropy_term = loss_reward_surrogate(logits[k], cumulative[:, k - 1], torch.zeros_like(cumulative[:, 0]))
+            # the trainer weighs exit k's cross-entropy by w_k: so must its label-free rest
+            lg, rest = loss_reward_surrogate(logits[k], cumulative[:, k - 1], no_extra)
             out.append(lg)
-            aux = aux + self.exit_weights[k] * entropy_term
+            aux = aux + self.exit_weights[k] * rest
         return out, aux - aux.detach()
 
     def returns(self, logits: list[Tensor], target: Tensor) -> Tensor:
