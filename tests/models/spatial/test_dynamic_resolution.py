@@ -165,6 +165,15 @@ def test_bad_resolutions_are_refused(resolutions):
         create_model("dynamic_resolution_resnet", resolutions=resolutions, input_size=32)
 
 
+@pytest.mark.parametrize("kwargs, key", [({"target_flops_ratio": 0.0}, "target_flops_ratio"),
+                                         ({"target_flops_ratio": 1.5}, "target_flops_ratio"),
+                                         ({"cost_weight": -1.0}, "cost_weight"),
+                                         ({"cost_weight": float("nan")}, "cost_weight")])
+def test_bad_cost_settings_name_the_argument(kwargs, key):
+    with pytest.raises(ConfigError, match=f"{key} must be"):
+        create_model("dynamic_resolution_resnet", depth=8, width=4, **kwargs)
+
+
 def test_bad_inputs_are_refused():
     model = make()
     with pytest.raises(ConfigError, match="resolutions"):

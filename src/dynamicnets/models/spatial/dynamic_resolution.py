@@ -99,9 +99,11 @@ class DynamicResolutionNet(ClassifierApi, nn.Module):
         antialias: bool = True,
     ) -> None:
         super().__init__()
-        if not 0 < target_flops_ratio <= 1 or cost_weight < 0:
-            raise ConfigError(f"dynamic_resolution_resnet: target_flops_ratio must be in (0, 1] and cost_weight "
-                              f">= 0, got {target_flops_ratio!r}, {cost_weight!r}")
+        if not 0 < target_flops_ratio <= 1:
+            raise ConfigError(f"dynamic_resolution_resnet: target_flops_ratio must be in (0, 1] (a fraction of the "
+                              f"largest resolution's FLOPs), got {target_flops_ratio!r}")
+        if not cost_weight >= 0:
+            raise ConfigError(f"dynamic_resolution_resnet: cost_weight must be >= 0, got {cost_weight!r}")
         self.resolutions = check_resolutions(resolutions, input_size, "dynamic_resolution_resnet")
         self.backbone = backbone
         self.predictor = predictor
