@@ -41,6 +41,7 @@ import torch
 import dynamicnets.models.temporal.lstm_jump  # noqa: F401  (registers lstm_jump_classifier)
 from dynamicnets.data import load_data, make_eval_loader
 from dynamicnets.data.jump_task import parse_options
+from dynamicnets.models.temporal.sequence import as_sequence
 from dynamicnets.pipelines.checkpoints import load_trained_model
 from dynamicnets.profiling.fused_rnn import fused_rnn
 from dynamicnets.profiling.latency import compare
@@ -60,11 +61,6 @@ def train(name: str, model: str, model_args: dict, data: str, epochs: int, args)
     if not args.time_only:
         Trainer(config).fit()
     return Path(args.out_dir) / name / "last.pt"
-
-
-def as_steps(x: torch.Tensor) -> torch.Tensor:
-    """`(B, C, L)` -> `(B, L, C)`; `(B, 1, H, W)` -> `(B, H, W)` (a step per row)."""
-    return x.transpose(1, 2) if x.dim() == 3 else x.flatten(1, 2) if x.shape[1] == 1 else x.permute(0, 2, 1, 3).flatten(2)
 
 
 @torch.no_grad()
@@ -97,9 +93,13 @@ def timing(model, static, xs: list[torch.Tensor], reads: float, args) -> dict:
     processes a call of 1 ms often runs inside one time slice at full speed while a call of
     100 ms gets the core's average share, which would bias the ratio towards the short call."""
     lstm = fused_rnn(static.cell)
+
+    def steps_of(x: torch.Tensor) -> torch.Tensor:  # (B, T, features): the steps the static classifier reads
+        return as_sequence("lstm_classifier", x, static.in_chans, static.row_width, static.reading)
+
     k = max(1, round(reads))
     fns = {"model": lambda: [model(x) for x in xs], "static": lambda: [static(x) for x in xs],
-           "fused": lambda: [static.head(lstm(as_steps(x))[0][:, -1]) for x in xs],
+           "fused": lambda: [static.head(lstm(steps_of(x))[0][:, -1]) for x in xs],
            "ideal": lambda: [static(x[:, :, :k]) for x in xs]}
     units = {name: repeated(fn, args.unit_ms) for name, fn in fns.items()}
     timed = compare({name: unit for name, (unit, _) in units.items()}, threads=args.threads,
