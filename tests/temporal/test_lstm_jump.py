@@ -311,3 +311,25 @@ def test_learns_the_number_prediction_task_reading_a_fraction_of_the_tokens():
     accuracy = float((out.logits.argmax(1) == y_val).float().mean())
     assert accuracy > 0.9  # chance is 1/6
     assert float(out.decisions["executed_fraction"].mean()) < 0.5
+
+
+@pytest.mark.parametrize("read_steps, max_jumps, max_reads", [(1, None, None), (2, None, 5), (2, 3, None),
+                                                              (3, 1, 4), (3, None, 1)])
+def test_worst_case_flops_bounds_every_reading_and_is_attained(read_steps, max_jumps, max_reads):
+    """Random jumps never cost more than `worst_case_flops`; always jumping 1 (read on) with
+    the cap meets it exactly."""
+    from dynamicnets.inference import worst_case_flops
+
+    model = jump_model(read_steps=read_steps, max_jumps=max_jumps).eval()
+    policy = None if max_reads is None else JumpPolicy(max_reads=max_reads)
+    bound = worst_case_flops(model, (VOCAB, LENGTH), policy)
+    assert bound == model.worst_case_flops((VOCAB, LENGTH), policy)
+    x = signals(16)
+    jumps = torch.cat([random_jumps(model, 15, seed=5).clamp(min=1), torch.ones(1, model.rnn.max_decisions(LENGTH),
+                                                                                 dtype=torch.int64)])
+    with torch.no_grad():
+        out = model(x, jumps=jumps, policy=policy)
+    assert (out.flops <= bound).all() and out.flops[-1] == bound
+    assert bound <= model.full_flops((VOCAB, LENGTH)) + model.rnn.max_decisions(LENGTH) * model.rnn.jump_flops()
+    with pytest.raises(ConfigError, match="JumpPolicy"):
+        model.worst_case_flops((VOCAB, LENGTH), object())

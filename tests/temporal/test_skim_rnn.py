@@ -252,3 +252,14 @@ def test_learns_digits_row_by_row_while_skimming(fit_digits):
     skim_accuracy, skim_reads = train_on_digits(0.3)
     assert free_accuracy > 0.85 and free_reads > 0.9
     assert skim_accuracy > 0.8 and skim_reads < 0.5
+
+
+def test_worst_case_flops_is_reading_every_step():
+    from dynamicnets.inference import worst_case_flops
+
+    model = skim_model().eval()
+    bound = worst_case_flops(model, (1, STEPS), GatePolicy((0.9,)))
+    assert bound == model.full_flops((1, STEPS))
+    with torch.no_grad():
+        out = model(signals(4), policy=GatePolicy((0.0,)))  # threshold 0: every step read
+    assert torch.equal(out.flops, torch.full((4,), bound, dtype=torch.float64))

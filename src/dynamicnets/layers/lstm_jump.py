@@ -132,6 +132,24 @@ class LSTMJump(nn.Module):
         head_steps = steps - 1 if self.max_decisions(steps) > 0 else 0
         return float(steps * self.read_flops() + head_steps * self.jump_flops())
 
+    def worst_case_flops(self, steps: int, max_reads: int | None = None) -> float:
+        """The most per-sample FLOPs `compact` execution can cost on `steps` tokens, whatever
+        the input and the choices: at most `n = min(T, max_reads, (N + 1) R)` tokens read
+        (`N` jumps, each after `R` reads, then `R` more) and `min(floor((n - 1) / R), N)`
+        jump-head evaluations (one after every `R` reads but the last read, none once `N`
+        jumps are made).
+
+        Args:
+            steps: `T`, tokens per sequence (>= 1).
+            max_reads: the policy's cap on tokens read (`JumpPolicy.max_reads`), or None.
+        """
+        reads = steps if max_reads is None else min(steps, max_reads)
+        decisions = (reads - 1) // self.read_steps
+        if self.max_jumps is not None:
+            reads = min(reads, (self.max_jumps + 1) * self.read_steps)
+            decisions = min((reads - 1) // self.read_steps, self.max_jumps)
+        return float(reads * self.read_flops() + decisions * self.jump_flops())
+
     def _check(self, x: Tensor, jumps: Tensor | None) -> None:
         if x.dim() != 3 or x.shape[2] != self.cell.input_size:
             raise ConfigError(f"LSTMJump: expected input x (B, T, {self.cell.input_size}), got {tuple(x.shape)}")

@@ -98,6 +98,19 @@ class LSTMJumpClassifier(ClassifierApi, nn.Module):
         read, no jump head) on a `(C, L)` or `(C, H, row_width)` input."""
         return float(input_shape[1] * self.rnn.read_flops() + linear_flops(self.head))
 
+    def worst_case_flops(self, input_shape: tuple[int, ...], policy: JumpPolicy | None = None) -> float:
+        """The most per-sample FLOPs compact inference on a `(C, L)` or `(C, H, row_width)`
+        input can cost under `policy`'s `max_reads` cap (None: no cap), whatever the jumps:
+        `LSTMJump.worst_case_flops` plus the classifier.
+
+        Raises:
+            ConfigError: `policy` is not a `JumpPolicy`.
+        """
+        if policy is not None and not isinstance(policy, JumpPolicy):
+            raise ConfigError(f"model {_NAME!r}: policy must be a JumpPolicy, got {type(policy).__name__}")
+        max_reads = None if policy is None else policy.max_reads
+        return self.rnn.worst_case_flops(int(input_shape[1]), max_reads) + float(linear_flops(self.head))
+
     def forward(self, x: Tensor, *, execution: ExecutionLike = None, jumps: Tensor | None = None,
                 policy: JumpPolicy | None = None, target: Tensor | None = None,
                 generator: torch.Generator | None = None) -> DynamicOutput:

@@ -77,6 +77,11 @@ class SkimLSTMClassifier(ClassifierApi, nn.Module):
         a `(C, L)` or `(C, H, row_width)` input (`L` or `H` steps)."""
         return float(input_shape[1] * self.rnn.read_flops() + linear_flops(self.head))
 
+    def worst_case_flops(self, input_shape: tuple[int, ...], policy: GatePolicy | None = None) -> float:
+        """The most per-sample FLOPs compact inference can cost: the big cell reads every
+        step (`full_flops`), whatever the threshold of `policy` (it has no cap to lower it)."""
+        return self.full_flops(input_shape)
+
     def forward(self, x: Tensor, *, execution: ExecutionLike = None, choices: Tensor | None = None,
                 policy: GatePolicy | None = None, temperature: float | None = None) -> DynamicOutput:
         """Classify a sequence, reading each step with the big or the small cell.
