@@ -30,6 +30,11 @@ class TrainConfig:
         lr: peak learning rate.
         momentum: SGD momentum (0 disables it, and Nesterov with it).
         nesterov: Nesterov momentum for SGD.
+        optimizer_impl: how the optimizer updates the parameters: `default` (PyTorch's
+            choice: a loop over the tensors on CPU), `foreach` (multi-tensor kernels, the
+            same result) or `fused` (one kernel for all parameters; the result differs from
+            the loop's by float rounding only). On one CPU thread `fused` takes ResNet-20's
+            SGD step from about 6 ms to 0.2 ms -- a small share of a training step.
         weight_decay: decoupled (AdamW) or L2 (SGD) decay on weights of rank >= 2
             (biases and normalisation parameters are not decayed).
         schedule: `cosine` (per step, down to 0 at the last step) or `constant`.
@@ -97,6 +102,7 @@ class TrainConfig:
     lr: float = 0.05
     momentum: float = 0.9
     nesterov: bool = True
+    optimizer_impl: Literal["default", "foreach", "fused"] = "default"
     weight_decay: float = 5e-4
     schedule: Literal["cosine", "constant"] = "cosine"
     warmup_epochs: int = 0

@@ -41,7 +41,8 @@ from .schedules import build_scheduler, lr_factor
 _RUN_FILES = ("last.pt", "best.pt", "config.yaml", "metrics.jsonl")
 
 # Config keys that may change between a run and its resumption without a note.
-_RESUME_FREE_KEYS = {"resume", "progress", "epochs", "num_workers", "threads", "device", "out_dir"}
+_RESUME_FREE_KEYS = {"resume", "progress", "epochs", "num_workers", "threads", "device", "out_dir",
+                     "optimizer_impl"}
 
 
 def _stderr_is_terminal() -> bool:
@@ -85,7 +86,8 @@ def resolve_device(device: str, local_rank: int = 0, what: str = "key 'device'")
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """SGD or AdamW over the trainable parameters; weight decay only on tensors of rank >= 2."""
+    """SGD or AdamW over the trainable parameters; weight decay only on tensors of rank >= 2;
+    `config.optimizer_impl` picks the loop, multi-tensor (`foreach`) or `fused` kernels."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ConfigError(f"model {config.model!r} has no trainable parameters")
@@ -93,10 +95,11 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     no_decay = [p for p in params if p.dim() < 2]
     groups = [g for g in ({"params": decay, "weight_decay": config.weight_decay},
                           {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+    impl = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}[config.optimizer_impl]
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
-                               nesterov=config.nesterov and config.momentum > 0)
-    return torch.optim.AdamW(groups, lr=config.lr)
+                               nesterov=config.nesterov and config.momentum > 0, **impl)
+    return torch.optim.AdamW(groups, lr=config.lr, **impl)
 
 
 class Trainer:
