@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 
 class InMemoryDataset(Dataset):
@@ -126,13 +126,39 @@ class InMemoryDataset(Dataset):
         x, y = self.fetch(torch.tensor([index % len(self)]))
         return x[0], y[0]
 
-    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Batched fetch used by ``DataLoader``; returns one ``(x, y)`` pair per index."""
+    def __getitems__(self, indices: list[int]) -> "FetchedBatch":
+        """Batched fetch used by ``DataLoader``; returns one ``(x, y)`` pair per index
+        (a :class:`FetchedBatch`, which :func:`collate_batch` turns back into the batch
+        without copying)."""
         x, y = self.fetch(torch.as_tensor(indices, dtype=torch.int64))
-        return list(zip(x.unbind(0), y.unbind(0)))
+        return FetchedBatch(x, y)
 
     def __repr__(self) -> str:
         return (
             f"InMemoryDataset(len={len(self)}, input_shape={self.input_shape}, "
             f"dtype={self.samples.dtype}, augment={self.augment})"
         )
+
+
+class FetchedBatch(list):
+    """The ``(x, y)`` pairs of a batch -- views into the batched tensors -- that also keep
+    those tensors, so :func:`collate_batch` hands them on instead of stacking the pairs
+    again (a copy of the whole batch that used to take about half of the loading time).
+
+    Args:
+        x: ``(B, *input_shape)``.
+        y: ``(B,)``.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        super().__init__(zip(x.unbind(0), y.unbind(0)))
+        self.x = x
+        self.y = y
+
+
+def collate_batch(data):
+    """``DataLoader`` collate: a :class:`FetchedBatch` gives ``[x, y]`` as fetched (the
+    values ``default_collate`` would stack), anything else goes to ``default_collate``."""
+    if isinstance(data, FetchedBatch) and len(data) == len(data.x):
+        return [data.x, data.y]
+    return default_collate(data)

@@ -6,6 +6,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..errors import ConfigError
 from .bundle import DataBundle
+from .in_memory import collate_batch
 
 
 def _check(batch_size: int, num_workers: int, rank: int, world_size: int) -> None:
@@ -52,6 +53,7 @@ def make_eval_loader(
         sampler=sampler,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
+        collate_fn=collate_batch,
     )
 
 
@@ -114,6 +116,7 @@ def make_loaders(
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
         drop_last=drop_last,
+        collate_fn=collate_batch,
     )
     val_loader = make_eval_loader(
         bundle.val, batch_size, num_workers=num_workers, rank=rank, world_size=world_size
