@@ -3,17 +3,19 @@
 Trains, with the same schedule and seed (the Trainer; MNIST's training set with a seeded
 55k/5k validation split), the static `lstm_classifier` and `early_stop_lstm_classifier`
 (a check after every row, `halting=True`: the head at every row trained by the multi-exit
-loss, plus the learned halting unit). The validation split is cut into two seeded halves:
+loss, plus the learned halting unit), once per halting price of `--cost-weights`. The validation split is cut into two seeded halves:
 thresholds are fitted on one (`calibration`) and everything is scored on the other.
 
 Rows (all from the same trained early-stop model):
 
 - `static`: the static LSTM (the FLOPs and time baseline);
-- `no_stop`: the early-stop model told to read every row (`stops` = the last check): its
-  last head's accuracy and the compact executor's overhead when nobody stops;
-- `maxprob@B`: max-probability criterion, thresholds calibrated (`calibrate`) for a mean
-  budget of `B` x the static LSTM's FLOPs, run by `run_early_exit`;
-- `halting@t`: the learned halting unit, stop where its probability exceeds `t`.
+- `no_stop`: the first early-stop model told to read every row (`stops` = the last check):
+  its last head's accuracy and the compact executor's overhead when nobody stops;
+- `maxprob@B`: max-probability criterion on the first early-stop model, thresholds
+  calibrated (`calibrate`) for a mean budget of `B` x the static LSTM's FLOPs, run by
+  `run_early_exit`;
+- `halting(c=W)@t`: the learned halting unit of the model trained with cost weight `W`,
+  stop where its probability exceeds `t`.
 
 Each is timed on this CPU (threads fixed, interleaved rounds) at batch 256 (one batch of
 the scored half) and batch 1 (`--singles` samples one after the other, each with its own
@@ -21,9 +23,10 @@ decisions) against the static LSTM's step loop on the same inputs (`static_loop_
 `ideal` static loop over exactly the mean rows read, in the same run. `speedup_flops` =
 static FLOPs / mean FLOPs (heads and halting unit included) on the timed samples;
 `speedup_measured` = static loop time / time; `update_fraction` = mean fraction of the
-rows read over the scored half.
+rows read over the scored half. `ms` and `static_loop_ms` are per call: a batch of 256, or
+one sample.
 
-    python benchmarks/early_stop_rnn.py              # ~10 min training on one core, ~2 min timing
+    python benchmarks/early_stop_rnn.py              # 3 trainings of 4-8 min each on one core, ~6 min timing
     python benchmarks/early_stop_rnn.py --time-only  # re-score and re-time the finished runs
 
 Writes benchmarks/results/early_stop_rnn.{json,md}; checkpoints in runs/bench/.
