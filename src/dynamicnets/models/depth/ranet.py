@@ -114,9 +114,25 @@ class RANetStage(nn.Module):
         return [x, *pending, *(t for block_taps in taps for t in block_taps)]
 
     def forward(self, inputs):
+        """Run the stage's blocks.
+
+        Args:
+            inputs: the image `(B, C, H, W)` (stage 0) or the previous stage's state list.
+
+        Returns:
+            the state list `[x, *pending, *taps]` (see the class docstring).
+        """
         return self._walk(inputs, lambda module, *args: module(*args))
 
     def flops_and_shape(self, in_shape) -> tuple[int, list]:
+        """Per-sample FLOPs of the stage and the per-sample shapes of the state it returns.
+
+        Args:
+            in_shape: the image's `(C, H, W)` (stage 0) or the input state's shapes.
+
+        Returns:
+            `(flops, [shape of x, *shapes of pending, *shapes of taps])`.
+        """
         total = 0
 
         def run(module, *args):
