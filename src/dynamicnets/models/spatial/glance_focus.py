@@ -4,7 +4,8 @@ After GFNet (Wang, Lv, Huang, Song, Huang, Ding, "Glance and Focus: a Dynamic Ap
 Reducing Spatial Redundancy in Image Classification", NeurIPS 2020). Step 0, the
 *glance*: a global CNN encoder reads the image down-sampled to `glance_size` (60x60 ->
 30x30 by default), a GRU cell turns its pooled features into a state `h_0`, a linear
-head gives logits. Step `t >= 1`, a *focus*: a patch policy reads `h_{t-1}` and picks one
+head gives logits. Step `t >= 1`, a *focus*: a patch policy reads `h_{t-1}` and the glance's
+feature map (through a 1x1 conv, `where`: pooled features lose the positions) and picks one
 of `grid x grid` candidate locations of a `patch_size` patch (`layers.PatchCrop`); a local
 CNN encoder reads that patch at full resolution, the GRU folds its features into `h_t`,
 the shared head gives logits again. There are `steps` steps in all (the glance and
@@ -27,8 +28,8 @@ trainer). A per-step moving-average baseline (`update_baseline`, which the train
 reduces the variance. With `forward(x, target=y)` the loss is exact (`reinforce_loss`);
 under the trainer (`forward(x)`) the label-dependent part is routed through the
 cross-entropy of each exit (`models.skipping.reinforce.loss_reward_surrogate`, exact when
-the trainer's `exit_weights` equal the model's). The policy reads a detached `h`: its
-gradient trains the policy only.
+the trainer's `exit_weights` equal the model's). The policy reads a detached `h` and
+glance map: its gradient trains the policy and `where` only.
 
 Given decisions (for tests and oracles): `locations (B, steps - 1)` forces the patch of
 every focus step (the policy does not run), `exits (B,)` forces the step each sample
@@ -36,7 +37,7 @@ stops at; the compact path (`run_decided_exits` / `run_early_exit`) and the mask
 (every sample every step, then selection) then agree.
 
 Per-sample FLOPs (as `FlopCounterMode` counts: convolutions, linear layers, GRU products;
-resizing and cropping are free), with `glance = global encoder + GRU`, `focus = policy +
+resizing and cropping are free), with `glance = global encoder + where + GRU`, `focus = policy +
 local encoder + GRU` (no policy when `locations` are given) and `head`:
 
 - confidence criteria (`run_early_exit`, `exit_costs`): exit `k` costs
@@ -45,7 +46,7 @@ local encoder + GRU` (no policy when `locations` are given) and `head`:
 - full read (`forward(x)`): `glance + (steps - 1) focus + steps head`.
 
 Defaults (1x60x60, glance 30x30, 28x28 patches on a 7x7 grid, width 16, 4 steps):
-the glance costs 8,986,752 FLOPs, each focus 7,621,248, the head 2,560: 31,860,736 for a
+the glance costs 9,019,520 FLOPs, each focus 7,654,016, the head 2,560: 31,991,808 for a
 full read against 134,786,560 for `small_cnn` (width 32) on the whole canvas.
 """
 from __future__ import annotations
@@ -69,19 +70,22 @@ from .._registry import register_model
 from ..static._checks import check_input_shape, require_positive
 from ..static.conv_norm_act import ConvNormAct
 
-State = tuple[Tensor, Tensor]  # h (n, hidden), forced locations (n, steps - 1) or (n, 0) when the policy decides
+# h (n, hidden), the glance's `where` features (n, where_features) the policy reads, forced locations
+# (n, steps - 1) or (n, 0) when the policy decides
+State = tuple[Tensor, Tensor, Tensor]
 _NAME = "glance_focus_cnn"
 
 
-def encoder(in_chans: int, width: int, *, device=None, dtype=None) -> nn.Sequential:
-    """`small_cnn`'s four conv-BN-ReLU layers (`w, 2w, 2w, 4w`, strides `1, 2, 1, 2`),
-    global average pooling and flatten: `(n, in_chans, H, W) -> (n, 4 width)`."""
+def encoder(in_chans: int, width: int, *, pool: bool = True, device=None, dtype=None) -> nn.Sequential:
+    """`small_cnn`'s four conv-BN-ReLU layers (`w, 2w, 2w, 4w`, strides `1, 2, 1, 2`), then
+    (`pool`) global average pooling and flatten: `(n, in_chans, H, W) -> (n, 4 width)`;
+    without `pool` the feature map `(n, 4 width, ceil(H / 4), ceil(W / 4))`."""
     factory = {"device": device, "dtype": dtype}
     layers, chans = [], in_chans
     for out_chans, stride in [(width, 1), (2 * width, 2), (2 * width, 1), (4 * width, 2)]:
         layers.append(ConvNormAct(chans, out_chans, 3, stride, **factory))
         chans = out_chans
-    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    return nn.Sequential(*layers, *((nn.AdaptiveAvgPool2d(1), nn.Flatten()) if pool else ()))
 
 
 class GlanceFocusCNN(ClassifierApi, nn.Module):
@@ -100,6 +104,8 @@ class GlanceFocusCNN(ClassifierApi, nn.Module):
         exit_weights: weights of the exits in the reward (normalised; default equal, the
             trainer's default); match the trainer's `exit_weights`.
         baseline_momentum: of the per-step moving-average reward baselines.
+        where_chans: channels of the glance's feature map the policy reads (after a 1x1 conv
+            `where`; with the state `h` that is the policy's input).
 
     Shapes:
         `forward(x)` with `x (B, in_chans, image_size, image_size)` -> `DynamicOutput` with
@@ -119,22 +125,27 @@ class GlanceFocusCNN(ClassifierApi, nn.Module):
     def __init__(self, num_classes: int = 10, in_chans: int = 1, image_size: int = 60, glance_size: int = 30,
                  patch_size: int = 28, grid: int = 7, steps: int = 4, width: int = 16, hidden: int = 128,
                  policy_hidden: int = 64, exit_weights: list[float] | None = None, baseline_momentum: float = 0.9,
-                 *, device=None, dtype=None) -> None:
+                 where_chans: int = 4, *, device=None, dtype=None) -> None:
         super().__init__()
         require_positive(_NAME, num_classes=num_classes, in_chans=in_chans, image_size=image_size,
                          glance_size=glance_size, patch_size=patch_size, grid=grid, steps=steps, width=width,
-                         hidden=hidden, policy_hidden=policy_hidden)
+                         hidden=hidden, policy_hidden=policy_hidden, where_chans=where_chans)
         if glance_size > image_size:
             raise ConfigError(f"model {_NAME!r}: glance_size={glance_size} is larger than the image "
                               f"({image_size}x{image_size}); it must be <= {image_size}")
         factory = {"device": device, "dtype": dtype}
         self.in_chans, self.image_size, self.glance_size, self.steps = in_chans, image_size, glance_size, steps
         self.crop = PatchCrop(image_size, patch_size, grid, device=device)
-        self.global_encoder = encoder(in_chans, width, **factory)
+        self.global_encoder = encoder(in_chans, width, pool=False, **factory)
+        # where to look: the policy reads the glance's feature map (pooled features lose the
+        # positions), reduced to `where_chans` channels by a 1x1 conv
+        _, glance_map = flops_and_shape(self.global_encoder, (in_chans, glance_size, glance_size))
+        self.where = nn.Conv2d(4 * width, where_chans, 1, **factory)
+        where_features = where_chans * glance_map[1] * glance_map[2]
         self.local_encoder = encoder(in_chans, width, **factory)
         self.cell = nn.GRUCell(4 * width, hidden, **factory)
         self.head = nn.Linear(hidden, num_classes, **factory)
-        self.policy = nn.Sequential(nn.Linear(hidden, policy_hidden, **factory), nn.ReLU(),
+        self.policy = nn.Sequential(nn.Linear(hidden + where_features, policy_hidden, **factory), nn.ReLU(),
                                     nn.Linear(policy_hidden, self.crop.num_locations, **factory))
         self.exit_weights = _exit_weights(exit_weights, steps)
         self.baselines = nn.ModuleList(MovingAverageBaseline(baseline_momentum, device=device)
@@ -161,14 +172,16 @@ class GlanceFocusCNN(ClassifierApi, nn.Module):
             x: `(n, C, H, W)` images of the samples still running.
 
         Returns:
-            `(h, locations)`: the `(n, hidden)` state after step `k` and the forced
-            `(n, steps - 1)` locations (`(n, 0)` when the policy decides).
+            `(h, where, locations)`: the `(n, hidden)` state after step `k`, the glance's
+            `(n, where_features)` features the policy reads and the forced `(n, steps - 1)`
+            locations (`(n, 0)` when the policy decides).
         """
         if state is None:
-            return self._glance(x), x.new_zeros((x.shape[0], 0), dtype=torch.int64)
-        h, forced = state
-        location = forced[:, k - 1] if forced.shape[1] else self.policy(h).argmax(dim=1)
-        return self._focus(x, location, h), forced
+            h, where = self._glance(x)
+            return h, where, x.new_zeros((x.shape[0], 0), dtype=torch.int64)
+        h, where, forced = state
+        location = forced[:, k - 1] if forced.shape[1] else self._scores(h, where).argmax(dim=1)
+        return self._focus(x, location, h), where, forced
 
     def exit_logits(self, k: int, state: State) -> Tensor:
         """`(n, num_classes)` logits of step `k` (the shared head on `h`)."""
@@ -195,11 +208,12 @@ class GlanceFocusCNN(ClassifierApi, nn.Module):
         shape = check_input_shape(_NAME, input_shape, self.in_chans, spatial_dims=2)
         self._check_size(shape[1:])
         gru = gru_cell_flops(self.cell)
-        glance = flops_and_shape(self.global_encoder, (shape[0], self.glance_size, self.glance_size))[0] + gru
+        glance, glance_map = flops_and_shape(self.global_encoder, (shape[0], self.glance_size, self.glance_size))
+        glance += flops_and_shape(self.where, glance_map)[0] + gru
         patch = self.crop.patch_size
         focus = flops_and_shape(self.local_encoder, (shape[0], patch, patch))[0] + gru
         if policy:
-            focus += flops_and_shape(self.policy, (self.cell.hidden_size,))[0]
+            focus += flops_and_shape(self.policy, (self.policy[0].in_features,))[0]
         return glance, focus, linear_flops(self.head)
 
     def read_flops(self, input_shape: tuple[int, ...] | None = None, policy: bool = True) -> float:
@@ -212,8 +226,14 @@ class GlanceFocusCNN(ClassifierApi, nn.Module):
         return int(self.read_flops(tuple(in_shape))), (self.head.out_features,)
 
     # ------------------------------------------------------------ steps
-    def _glance(self, x: Tensor) -> Tensor:
-        return self.cell(self.global_encoder(resize(x, self.glance_size)))
+    def _glance(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """`(n, hidden)` state and `(n, where_features)` policy features of the glance."""
+        features = self.global_encoder(resize(x, self.glance_size))
+        return self.cell(features.mean(dim=(2, 3))), self.where(features.detach()).flatten(1)
+
+    def _scores(self, h: Tensor, where: Tensor) -> Tensor:
+        """`(n, grid**2)` location logits of the policy (reading a detached state)."""
+        return self.policy(torch.cat([h.detach(), where], dim=1))
 
     def _focus(self, x: Tensor, location: Tensor, h: Tensor) -> Tensor:
         return self.cell(self.local_encoder(self.crop(x, location)), h)
@@ -305,13 +325,13 @@ class GlanceFocusCNN(ClassifierApi, nn.Module):
             `(B, num_classes)` logits, the `(B, steps - 1)` locations read and, when the
             policy sampled, each focus step's `(B,)` log-probability of its location.
         """
-        h = self._glance(x)
+        h, where = self._glance(x)
         hiddens, logits, chosen, log_probs = [h], [self.head(h)], [], []
         for k in range(1, self.steps):
             if locations is not None:
                 location = locations[:, k - 1]
             else:
-                scores = self.policy(h.detach())
+                scores = self._scores(h, where)
                 if sample:
                     location, log_prob = CategoricalPolicy().sample(scores)
                     log_probs.append(log_prob)
@@ -429,7 +449,8 @@ class _Forced:
 
     def run_segment(self, k: int, state: State | None, x: Tensor) -> State:
         if state is None:
-            return self.model.run_segment(0, None, x)[0], self.locations
+            h, where, _ = self.model.run_segment(0, None, x)
+            return h, where, self.locations
         return self.model.run_segment(k, state, x)
 
     def exit_logits(self, k: int, state: State) -> Tensor:
@@ -460,7 +481,8 @@ def _exit_weights(weights, steps: int) -> list[float]:
 def glance_focus_cnn(*, num_classes: int = 10, in_chans: int = 1, image_size: int = 60, glance_size: int = 30,
                      patch_size: int = 28, grid: int = 7, steps: int = 4, width: int = 16, hidden: int = 128,
                      policy_hidden: int = 64, exit_weights: list[float] | None = None,
-                     baseline_momentum: float = 0.9, device=None, dtype=None) -> GlanceFocusCNN:
+                     baseline_momentum: float = 0.9, where_chans: int = 4, device=None,
+                     dtype=None) -> GlanceFocusCNN:
     """Glance-and-focus CNN (GFNet) for cluttered MNIST; see `GlanceFocusCNN`."""
     return GlanceFocusCNN(num_classes, in_chans, image_size, glance_size, patch_size, grid, steps, width, hidden,
-                          policy_hidden, exit_weights, baseline_momentum, device=device, dtype=dtype)
+                          policy_hidden, exit_weights, baseline_momentum, where_chans, device=device, dtype=dtype)
