@@ -10,19 +10,6 @@ from dynamicnets.models.depth.msdnet import _first_scales
 from dynamicnets.flops import counted_flops
 
 
-def _costs_by_counter(model, x):
-    """FlopCounterMode per sample when running up to each exit."""
-    costs = []
-    for k in range(model.num_exits):
-        def run_to(k=k):
-            s = None
-            for j in range(k + 1):
-                s = model.run_segment(j, s, x)
-                model.exit_logits(j, s)
-        costs.append(counted_flops(run_to) // x.shape[0])
-    return costs
-
-
 @pytest.mark.parametrize(
     "shape, in_chans, documented",
     [
@@ -30,12 +17,12 @@ def _costs_by_counter(model, x):
         ((1, 28, 28), 1, [12_003_776, 21_602_176, 30_059_040, 37_083_520, 42_978_248]),
     ],
 )
-def test_documented_msdnet_cifar_costs(shape, in_chans, documented):
+def test_documented_msdnet_cifar_costs(shape, in_chans, documented, costs_by_counter):
     # meta tensors: FlopCounterMode counts from shapes alone, nothing is computed
     model = create_model("msdnet_cifar", in_chans=in_chans, device="meta").eval()
     assert sum(p.numel() for p in model.parameters()) == 680_830 - (3 - in_chans) * 16 * 9
     assert model.exit_costs(shape) == documented
-    assert _costs_by_counter(model, torch.empty(1, *shape, device="meta")) == documented
+    assert costs_by_counter(model, torch.empty(1, *shape, device="meta")) == documented
 
 
 def test_scales_are_dropped_late_and_heads_read_the_coarsest():

@@ -17,19 +17,6 @@ from dynamicnets.protocols import MultiExit
 SMALL = {"channels": 4, "growth_rate": 4, "num_blocks": 2, "block_step": 1, "step": 2, "head_channels": 8}
 
 
-def _costs_by_counter(model, x):
-    """FlopCounterMode per sample when running every segment and exit up to each exit."""
-    costs = []
-    for k in range(model.num_exits):
-        def run_to(k=k):
-            state = None
-            for j in range(k + 1):
-                state = model.run_segment(j, state, x)
-                model.exit_logits(j, state)
-        costs.append(counted_flops(run_to) / x.shape[0])
-    return costs
-
-
 def test_exits_read_the_coarsest_scale_and_sub_networks_run_coarse_to_fine():
     model = create_model("ranet_cifar", device="meta").eval()
     assert isinstance(model, MultiExit) and model.num_exits == 6
@@ -55,12 +42,12 @@ def test_exits_read_the_coarsest_scale_and_sub_networks_run_coarse_to_fine():
         ((1, 28, 28), [10_576_896, 20_219_648, 28_079_352, 31_251_320, 36_986_822, 38_571_238]),
     ],
 )
-def test_documented_ranet_cifar_costs_and_parameters(shape, documented):
+def test_documented_ranet_cifar_costs_and_parameters(shape, documented, costs_by_counter):
     # meta tensors: FlopCounterMode counts from shapes alone, nothing is computed
     model = create_model("ranet_cifar", in_chans=shape[0], device="meta").eval()
     assert sum(p.numel() for p in model.parameters()) == 754_288 - (3 - shape[0]) * 16 * 9
     assert model.exit_costs(shape) == documented
-    assert _costs_by_counter(model, torch.empty(2, *shape, device="meta")) == documented
+    assert costs_by_counter(model, torch.empty(2, *shape, device="meta")) == documented
 
 
 @pytest.mark.parametrize(
@@ -73,7 +60,7 @@ def test_documented_ranet_cifar_costs_and_parameters(shape, documented):
         ({"scales": (1,), "growth_factors": (1,), "bottleneck_factors": (1,)}, (1, 8, 8)),
     ],
 )
-def test_configurations_learn_everywhere_and_count_exactly_at_batch_3(kwargs, shape):
+def test_configurations_learn_everywhere_and_count_exactly_at_batch_3(kwargs, shape, costs_by_counter):
     torch.manual_seed(0)
     model = RANet(num_classes=5, in_chans=shape[0], **{**SMALL, **kwargs}).train()
     x = torch.randn(3, *shape)
@@ -83,7 +70,7 @@ def test_configurations_learn_everywhere_and_count_exactly_at_batch_3(kwargs, sh
     assert all(p.grad is not None for p in model.parameters())
     model.eval()
     costs = model.exit_costs(shape)
-    assert _costs_by_counter(model, x) == costs
+    assert costs_by_counter(model, x) == costs
     assert counted_flops(model, x) == 3 * costs[-1]
     assert torch.equal(model(x).flops, torch.full((3,), float(costs[-1]), dtype=torch.float64))
 
