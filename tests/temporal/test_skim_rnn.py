@@ -263,3 +263,7 @@ def test_worst_case_flops_is_reading_every_step():
     with torch.no_grad():
         out = model(signals(4), policy=GatePolicy((0.0,)))  # threshold 0: every step read
     assert torch.equal(out.flops, torch.full((4,), bound, dtype=torch.float64))
+    with pytest.raises(ConfigError, match="max_flops"):  # a cap it cannot honour is refused, not ignored
+        worst_case_flops(model, (1, STEPS), GatePolicy((0.5,), max_flops=bound / 2))
+    with pytest.raises(ConfigError, match="max_flops"):
+        model(signals(2), policy=GatePolicy((0.5,), max_flops=bound / 2))

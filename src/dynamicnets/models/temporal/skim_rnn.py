@@ -79,7 +79,14 @@ class SkimLSTMClassifier(ClassifierApi, nn.Module):
 
     def worst_case_flops(self, input_shape: tuple[int, ...], policy: GatePolicy | None = None) -> float:
         """The most per-sample FLOPs compact inference can cost: the big cell reads every
-        step (`full_flops`), whatever the threshold of `policy` (it has no cap to lower it)."""
+        step (`full_flops`), whatever the threshold of `policy`.
+
+        Raises:
+            ConfigError: `policy` sets a compute cap (this model honours none) or has other
+                than one threshold.
+        """
+        if policy is not None:
+            policy.check(1, f"model {_NAME!r}")
         return self.full_flops(input_shape)
 
     def forward(self, x: Tensor, *, execution: ExecutionLike = None, choices: Tensor | None = None,
