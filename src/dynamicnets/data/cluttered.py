@@ -13,7 +13,7 @@ from typing import Callable, NamedTuple
 import torch
 
 from ..errors import DataError
-from ..writing import atomic_write_with
+from .generated_cache import load_or_build_splits
 from .spec_options import int_option, split_options
 
 DIGIT = 28
@@ -129,15 +129,6 @@ def generate(images: torch.Tensor, options: ClutterOptions, generator: torch.Gen
     return canvas, boxes
 
 
-def _check_cache(data, path: Path) -> dict:
-    keys = [f"{split}_{k}" for split in ("train", "test") for k in ("images", "labels", "boxes")]
-    ok = isinstance(data, dict) and isinstance(data.get("train_images"), torch.Tensor)
-    ok = ok and all(data.get(k) is None or isinstance(data[k], torch.Tensor) for k in keys)
-    if not ok:
-        raise DataError(f"'{path}' is not a cluttered MNIST cache; delete it to regenerate")
-    return data
-
-
 def load_or_generate(
     root: Path,
     options: ClutterOptions,
@@ -158,26 +149,11 @@ def load_or_generate(
     Raises:
         DataError: a cache file that is not one; OutputError: the cache cannot be written.
     """
-    path = (options.cache or root) / options.cache_name()
-    if path.is_file():
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # a foreign or damaged file: say which, do not guess
-            raise DataError(
-                f"'{path}' cannot be read as a cache ({err}); delete it to regenerate"
-            ) from err
-        return _check_cache(data, path)
     generator = torch.Generator().manual_seed(options.seed)
-    data: dict = {}
-    for split, prefix in (("train", "train"), ("test", "t10k")):
-        pair = read_split(prefix)
-        data[f"{split}_images"] = data[f"{split}_labels"] = data[f"{split}_boxes"] = None
-        if pair is None:
-            continue
-        images, labels = pair
+
+    def build(images: torch.Tensor, labels: torch.Tensor) -> dict:
         canvas, boxes = generate(images[:, 0], options, generator)
-        data[f"{split}_images"] = canvas.unsqueeze(1)
-        data[f"{split}_labels"] = labels
-        data[f"{split}_boxes"] = boxes
-    atomic_write_with(path, lambda handle: torch.save(data, handle))
-    return data
+        return {"images": canvas.unsqueeze(1), "labels": labels, "boxes": boxes}
+
+    path = (options.cache or root) / options.cache_name()
+    return load_or_build_splits(path, "cluttered MNIST", ("images", "labels", "boxes"), read_split, build)

@@ -29,8 +29,8 @@ import torch
 
 from ..compact import rows_where
 from ..errors import DataError
-from ..writing import atomic_write_with
 from .cluttered import DIGIT, _paste
+from .generated_cache import load_or_build_splits
 from .spec_options import int_option, split_options
 
 OCCLUDER = 14
@@ -195,15 +195,6 @@ def generate(images: torch.Tensor, options: MovingOptions, generator: torch.Gene
     return videos.unsqueeze(1), hidden
 
 
-def _check_cache(data, path: Path) -> dict:
-    keys = [f"{split}_{k}" for split in ("train", "test") for k in ("videos", "labels", "hidden")]
-    ok = isinstance(data, dict) and isinstance(data.get("train_videos"), torch.Tensor)
-    ok = ok and all(data.get(k) is None or isinstance(data[k], torch.Tensor) for k in keys)
-    if not ok:
-        raise DataError(f"'{path}' is not a {_NAME} cache; delete it to regenerate")
-    return data
-
-
 def load_or_generate(
     root: Path,
     options: MovingOptions,
@@ -225,22 +216,12 @@ def load_or_generate(
     Raises:
         DataError: a cache file that is not one; OutputError: the cache cannot be written.
     """
-    path = (options.cache or root) / options.cache_name()
-    if path.is_file():
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # a foreign or damaged file: say which, do not guess
-            raise DataError(f"'{path}' cannot be read as a cache ({err}); delete it to regenerate") from err
-        return _check_cache(data, path)
     generator = torch.Generator().manual_seed(options.seed)
-    data: dict = {}
-    for split, prefix in (("train", "train"), ("test", "t10k")):
-        pair = read_split(prefix)
-        data[f"{split}_videos"] = data[f"{split}_labels"] = data[f"{split}_hidden"] = None
-        if pair is None:
-            continue
-        images, labels = pair[0][: options.videos], pair[1][: options.videos]
+
+    def build(images: torch.Tensor, labels: torch.Tensor) -> dict:
+        images, labels = images[: options.videos], labels[: options.videos]
         videos, hidden = generate(images[:, 0], options, generator)
-        data[f"{split}_videos"], data[f"{split}_labels"], data[f"{split}_hidden"] = videos, labels, hidden
-    atomic_write_with(path, lambda handle: torch.save(data, handle))
-    return data
+        return {"videos": videos, "labels": labels, "hidden": hidden}
+
+    path = (options.cache or root) / options.cache_name()
+    return load_or_build_splits(path, _NAME, ("videos", "labels", "hidden"), read_split, build)
