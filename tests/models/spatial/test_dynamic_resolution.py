@@ -11,21 +11,14 @@ from dynamicnets import ConfigError, create_model
 from dynamicnets.flops import counted_flops
 from dynamicnets.inference.resolution_policy import ResolutionPolicy, calibrate_resolution_policy
 from dynamicnets.layers.resize import resize, resize_flops
+from spatial_test_helpers import randomise_norms
 
 DT = torch.float64
 
 
 def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
     """Different BatchNorm statistics in every norm (so the per-resolution norms differ)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                shape = m.running_mean.shape
-                m.running_mean.copy_(0.2 * torch.randn(shape, generator=generator))
-                m.running_var.copy_(0.5 + torch.rand(shape, generator=generator))
-                m.weight.copy_(1 + 0.2 * torch.randn(shape, generator=generator))
-                m.bias.copy_(0.2 * torch.randn(shape, generator=generator))
+    randomise_norms(model, torch.Generator().manual_seed(seed))
     return model
 
 

@@ -11,6 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import dynamicnets as dn
 from dynamicnets import ConfigError, create_model
 from dynamicnets.gates.thresholds import GatePolicy
+from spatial_test_helpers import randomise_norms
 
 DT = torch.float64
 GATE_FLOPS_20 = 147_456  # 7 gated blocks: 1x1 gates on 16x32x32 (3), 32x16x16 (2), 64x8x8 (2)
@@ -19,14 +20,8 @@ GATE_FLOPS_20 = 147_456  # 7 gated blocks: 1x1 gates on 16x32x32 (3), 32x16x16 (
 def randomise(model: nn.Module, seed: int = 0, gate_std: float = 1.0) -> nn.Module:
     """Non-trivial BN statistics, and gates whose logits spread around 0 (density ~1/2)."""
     generator = torch.Generator().manual_seed(seed)
+    randomise_norms(model, generator)
     with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                shape = m.running_mean.shape
-                m.running_mean.copy_(0.2 * torch.randn(shape, generator=generator))
-                m.running_var.copy_(0.5 + torch.rand(shape, generator=generator))
-                m.weight.copy_(1 + 0.2 * torch.randn(shape, generator=generator))
-                m.bias.copy_(0.2 * torch.randn(shape, generator=generator))
         for gate in getattr(model, "gates", []):
             gate.conv.weight.copy_(gate_std * torch.randn(gate.conv.weight.shape, generator=generator))
             gate.conv.bias.zero_()
