@@ -118,6 +118,7 @@ class GlanceFocusCNN(ClassifierApi, nn.Module):
     the last step of a full read; the classifier is `head` (shared by every step).
     """
 
+    name = _NAME
     execution_modes = (Execution.MASKED, Execution.COMPACT)
     head_path = "head"
     classifier_paths = ("head",)
