@@ -140,6 +140,20 @@ class WidthScores(nn.Module):
         return self.dsnet.gate_logits(x)
 
 
+class WholeModel(nn.Module):
+    """A model with no decision between graphs, as one graph: `(n, *S)` -> `(logits (n, C),
+    *decisions)`, the tensors of `out.decisions` named by `keys`, in that order (a spatial
+    transformer's `theta (n, 2, 3)`: the glimpse is sampled inside the graph)."""
+
+    def __init__(self, model: nn.Module, keys: tuple[str, ...]) -> None:
+        super().__init__()
+        self.model, self.keys = model, tuple(keys)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        out = self.model(x)
+        return (out.logits, *(out.decisions[k] for k in self.keys))
+
+
 def as_tuple(out) -> tuple[Tensor, ...]:
     """A graph's result as a tuple of tensors."""
     if isinstance(out, Tensor):

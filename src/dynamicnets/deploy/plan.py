@@ -10,7 +10,15 @@
   logit) and one for each gated block (`block{i}`); a block runs where the logit is above
   the `GatePolicy` threshold (0 without one);
 - **width** (a slimmable ResNet, DS-Net): one graph per width (`width{i}`, the sliced
-  network) and, for DS-Net, the gate (`gate`: input -> width scores, argmax decides).
+  network) and, for DS-Net, the gate (`gate`: input -> width scores, argmax decides);
+- **static** (a spatial transformer classifier, `stn_cnn`): its one decision, the affine
+  transform, is continuous and sampled inside the graph (`F.affine_grid` +
+  `F.grid_sample`), so the whole model is one graph (`model`: input -> logits and
+  `theta`).
+
+Glance and focus (`glance_focus_cnn`) is a multi-exit model: each step (the greedy patch
+policy, the crop, the encoder, the GRU) is one segment graph. Dynamic resolution is not
+deployable yet (see `deployment_plan`).
 
 The plan holds the modules, an example input of each (batch 2) and each graph's
 per-sample FLOPs; `structure` and `policy` are plain data, the manifest an exported
@@ -30,12 +38,15 @@ from ..gates.thresholds import GatePolicy
 from ..inference.policy import ExitPolicy
 from ..models.skipping.blockdrop import BlockDrop
 from ..models.skipping.gated_resnet import GatedResNet
+from ..models.spatial.dynamic_resolution import DynamicResolutionNet
+from ..models.spatial.stn import STNClassifier
 from ..models.width.dsnet import DSNet
 from ..models.width.slimmable_resnet import SlimmableResNet
 from ..protocols import MultiExit
-from .graphs import AtWidth, Chain, ExitHead, ExitSegment, GateScore, StateLayout, WidthScores, as_tuple, per_sample_flops
+from .graphs import (AtWidth, Chain, ExitHead, ExitSegment, GateScore, StateLayout, WholeModel, WidthScores, as_tuple,
+                     per_sample_flops)
 
-KINDS = ("early_exit", "gated", "width")
+KINDS = ("early_exit", "gated", "width", "static")
 EXAMPLE_BATCH = 2  # exporters specialise a batch of 1; any other size keeps the batch dynamic
 
 
@@ -167,21 +178,34 @@ def _width_plan(model: nn.Module, x: Tensor, name: str) -> DeploymentPlan:
     return plan
 
 
+def _static_plan(model: nn.Module, x: Tensor, name: str) -> DeploymentPlan:
+    plan = DeploymentPlan("static", name, tuple(x.shape[1:]))
+    with torch.no_grad():
+        decisions = model(x).decisions
+    keys = tuple(sorted(k for k, v in decisions.items() if isinstance(v, Tensor) and v.shape[:1] == x.shape[:1]))
+    _add(plan, "model", WholeModel(model, keys), x)
+    plan.structure = {"graph": "model", "decisions": list(keys)}
+    return plan
+
+
 def deployment_plan(model: nn.Module, input_shape: tuple[int, ...] | None = None, policy=None) -> DeploymentPlan:
     """Split `model` into static graphs and the decisions between them.
 
     Args:
-        model: a multi-exit model, a gated ResNet (ConvNet-AIG, SkipNet with feed-forward
-            gates), a slimmable ResNet or DS-Net. Put in eval mode here.
+        model: a multi-exit model (glance and focus included), a gated ResNet (ConvNet-AIG,
+            SkipNet with feed-forward gates), a slimmable ResNet, DS-Net or a spatial
+            transformer classifier (`stn_cnn`). Put in eval mode here.
         input_shape: per-sample input shape; default the model's `default_input_shape`.
         policy: `ExitPolicy` for early exits (default: every sample to the last exit),
-            `GatePolicy` for gated models (default: logit > 0), unused for width models.
+            `GatePolicy` for gated models (default: logit > 0), unused for width and
+            static models.
 
     Returns:
         the `DeploymentPlan`.
 
     Raises:
-        ConfigError: a model of another kind, a policy of the wrong type or size.
+        ConfigError: a model of another kind (dynamic resolution among them: the message
+            names the model and says why), a policy of the wrong type or size.
     """
     name = getattr(model, "name", None) or type(model).__name__
     shape = tuple(input_shape or getattr(model, "default_input_shape", ()) or ())
@@ -202,6 +226,18 @@ def deployment_plan(model: nn.Module, input_shape: tuple[int, ...] | None = None
         return _gated_plan(model, x, policy, name)
     if isinstance(model, (DSNet, SlimmableResNet)):
         return _width_plan(model, x, name)
+    if isinstance(model, STNClassifier):
+        if policy is not None:
+            raise ConfigError(f"model {name!r} takes no decision policy (its transform is regressed), got "
+                              f"{type(policy).__name__}")
+        return _static_plan(model, x, name)
+    if isinstance(model, DynamicResolutionNet):
+        raise ConfigError(
+            f"model {name!r} cannot be deployed yet: its predictor picks an input resolution per sample "
+            f"and the batch is regrouped by resolution between graphs (resized, then a backbone run per "
+            f"group), a dispatch the deployment runtime does not have; run it with the library "
+            f"(compact execution groups the batch by resolution)"
+        )
     raise ConfigError(
         f"model {name!r} ({type(model).__name__}) cannot be deployed yet: supported are multi-exit "
         f"models (the MultiExit protocol), ConvNet-AIG / SkipNet (feed-forward gates), slimmable "

@@ -11,7 +11,9 @@ them with the library's compact execution:
   whose logit is above the policy's threshold only (gathered, then written back);
 - widths: DS-Net's gate picks a width per sample (argmax), the samples are grouped by
   width and each group runs that width's graph once; a slimmable network runs the
-  requested width.
+  requested width;
+- static (a spatial transformer classifier): the one graph runs on the whole batch and
+  returns the logits and the model's per-sample decisions (`theta`).
 
 Per-sample FLOPs are the sum of the exported graphs' per-sample costs over the graphs
 each sample went through (for exits, the manifest's exit costs, as in eager execution).
@@ -133,7 +135,8 @@ class DeployedModel:
     Shapes:
         `model(x (B, *input_shape)) -> DynamicOutput` with `logits (B, C)`, `flops (B,)` and
         the decisions: `exit_index (B,)` (early exits), `gates (B, G)` (gated blocks),
-        `width_index (B,)` and `width (B,)` (widths).
+        `width_index (B,)` and `width (B,)` (widths), the exported decisions (static, e.g.
+        `theta (B, 2, 3)`).
     """
 
     def __init__(self, manifest: dict[str, Any], runners: dict[str, Runner], backend: str) -> None:
@@ -204,6 +207,8 @@ class DeployedModel:
                 return self._exits(x, policy)
             if self.kind == "gated":
                 return self._gated(x, policy)
+            if self.kind == "static":
+                return self._static(x)
             return self._width(x, width)
 
     def _exits(self, x: Tensor, policy: ExitPolicy | None) -> DynamicOutput:
@@ -252,6 +257,12 @@ class DeployedModel:
             decisions["forced_off"] = budget.forced_off(batch, logits)
         return DynamicOutput(logits=logits, flops=flops, decisions=decisions)
 
+    def _static(self, x: Tensor) -> DynamicOutput:
+        structure = self.manifest["structure"]
+        logits, *decided = self.runners[structure["graph"]](x)
+        flops = torch.full((x.shape[0],), self.flops[structure["graph"]], dtype=torch.float64, device=x.device)
+        return DynamicOutput(logits=logits, flops=flops, decisions=dict(zip(structure["decisions"], decided)))
+
     def _width(self, x: Tensor, width: float | None) -> DynamicOutput:
         structure = self.manifest["structure"]
         widths = [float(w) for w in structure["widths"]]
@@ -284,4 +295,6 @@ def _graph_names(manifest: dict[str, Any]) -> set[str]:
         return {n for stage in s["stages"] for n in (stage["segment"], stage["head"])}
     if kind == "gated":
         return {n for step in s["steps"] for key, n in step.items() if key != "index"} | {s["head"]}
+    if kind == "static":
+        return {s["graph"]}
     return set(s["variants"]) | ({s["gate"]} if s.get("gate") else set())

@@ -81,6 +81,7 @@ class DynamicResolutionNet(ClassifierApi, nn.Module):
         `decisions["resolution_logits"] (B, R)`.
     """
 
+    name = "dynamic_resolution_resnet"
     execution_modes = (Execution.MASKED, Execution.COMPACT)
     head_path = "backbone.head"
     classifier_paths = ("backbone.head.fc",)
@@ -154,6 +155,11 @@ class DynamicResolutionNet(ClassifierApi, nn.Module):
         classifier (what `flops` reports for a sample that chose it)."""
         parts = self.cost_breakdown(input_shape)
         return [parts["predictor"] + b + parts["head"] for b in parts["backbone"]]
+
+    def full_flops(self, input_shape: tuple[int, ...]) -> float:
+        """Per-sample FLOPs with nothing saved: every sample at the largest resolution
+        (predictor included). A zero input would count whichever resolution it picked."""
+        return float(self.resolution_costs(input_shape)[-1])
 
     def worst_case_flops(self, input_shape: tuple[int, ...], policy: ResolutionPolicy | None = None) -> float:
         """The most per-sample FLOPs compact inference can cost under `policy`'s cap."""

@@ -40,6 +40,7 @@ class STNClassifier(ClassifierApi, nn.Module):
         (B, 2, 3)`, the affine transform each sample's glimpse was sampled with.
     """
 
+    name = "stn_cnn"
     head_path = "classifier.head"
     classifier_paths = ("classifier.head.fc",)
 
