@@ -95,27 +95,40 @@ def generate(images: torch.Tensor, options: ClutterOptions, generator: torch.Gen
     """Place every digit on its own canvas.
 
     Args:
-        images: ``(N, 28, 28)`` uint8 digits.
-        options: canvas size, variant and fragment count.
+        images: ``(N, D, D)`` uint8 square digits (MNIST's are 28x28; smaller ones, such as
+            scikit-learn's 8x8 digits, make small canvases for tests).
+        options: canvas size (each side ``>= D``), variant and fragment count.
         generator: the source of every random draw.
 
     Returns:
         canvases ``(N, H, W)`` uint8 and boxes ``(N, 4)`` int64 ``(top, left, bottom, right)``
-        of each digit (bottom/right exclusive).
+        of each digit (bottom/right exclusive). Clutter fragments are ``FRAGMENT`` pixels
+        square (``D // 2`` for digits under ``2 * FRAGMENT``).
+
+    Raises:
+        DataError: ``images`` not ``(N, D, D)``, or a canvas side under ``D`` (naming
+            ``canvas``).
     """
+    if images.dim() != 3 or images.shape[1] != images.shape[2] or images.shape[1] < 2:
+        raise DataError(f"cluttered_mnist: digits must be (N, D, D) square images, got {tuple(images.shape)}")
     n_images, height, width = len(images), options.height, options.width
+    digit = int(images.shape[1])
+    if height < digit or width < digit:
+        raise DataError(f"cluttered_mnist option 'canvas={height}x{width}': smaller than a {digit}x{digit} "
+                        f"digit; each side must be >= {digit}")
+    fragment = min(FRAGMENT, digit // 2)
     canvas = torch.zeros(n_images, height, width, dtype=torch.uint8)
-    top = _uniform(height - DIGIT, n_images, generator)
-    left = _uniform(width - DIGIT, n_images, generator)
+    top = _uniform(height - digit, n_images, generator)
+    left = _uniform(width - digit, n_images, generator)
     fragments = options.fragments if options.variant == "cluttered" else 0
-    offsets = torch.arange(FRAGMENT)
+    offsets = torch.arange(fragment)
     for _ in range(fragments):
         shift = torch.randint(0, max(n_images - 1, 1), (n_images,), generator=generator)
         other = (torch.arange(n_images) + 1 + shift) % n_images  # another digit where possible
-        crop_y = _uniform(DIGIT - FRAGMENT, n_images, generator)
-        crop_x = _uniform(DIGIT - FRAGMENT, n_images, generator)
-        at_y = _uniform(height - FRAGMENT, n_images, generator)
-        at_x = _uniform(width - FRAGMENT, n_images, generator)
+        crop_y = _uniform(digit - fragment, n_images, generator)
+        crop_x = _uniform(digit - fragment, n_images, generator)
+        at_y = _uniform(height - fragment, n_images, generator)
+        at_x = _uniform(width - fragment, n_images, generator)
         for s in range(0, n_images, _CHUNK):
             part = slice(s, s + _CHUNK)
             rows = (crop_y[part, None] + offsets)[:, :, None]
@@ -125,7 +138,7 @@ def generate(images: torch.Tensor, options: ClutterOptions, generator: torch.Gen
     for s in range(0, n_images, _CHUNK):
         part = slice(s, s + _CHUNK)
         _paste(canvas, torch.arange(n_images)[part], top[part], left[part], images[part])
-    boxes = torch.stack([top, left, top + DIGIT, left + DIGIT], dim=1)
+    boxes = torch.stack([top, left, top + digit, left + digit], dim=1)
     return canvas, boxes
 
 
