@@ -61,8 +61,9 @@ def _policy(model: torch.nn.Module, request: ExportRequest):
         caps = {} if request.max_flops is None else {"max_flops": request.max_flops}
         return GatePolicy(tuple(thresholds), **caps).check(model.num_gated_blocks, "--thresholds", caps=tuple(caps))
     if request.thresholds is not None or request.max_flops is not None:
-        raise ConfigError("--thresholds / --max-flops: this model's decisions take neither (widths are "
-                          "chosen by its gate, or at run time)")
+        raise ConfigError(f"--thresholds / --max-flops: model {getattr(model, 'name', type(model).__name__)!r} "
+                          "has no exits or gates to take them (widths are chosen by its gate or at run time, "
+                          "a spatial transformer's glimpse by its regressor)")
     return None
 
 
