@@ -35,3 +35,18 @@ def test_nearest_location_of_a_corner_is_itself():
 def test_bad_sizes_name_the_argument(args, name):
     with pytest.raises(ConfigError, match=name):
         PatchCrop(*args)
+
+
+@pytest.mark.parametrize("chans,channels_last", [(1, False), (1, True), (3, False), (3, True)])
+def test_gathered_crops_equal_the_indexed_ones_in_either_layout(chans, channels_last):
+    from dynamicnets.layers.patch_crop import crop_patches
+
+    crop = PatchCrop(12, 5, 4)
+    x = torch.randn(5, chans, 12, 12)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    location = torch.tensor([0, 15, 3, 7, 7])
+    patches = crop(x, location)
+    assert torch.equal(patches, crop_patches(x, crop.corners[location], 5))
+    assert patches.is_contiguous(memory_format=torch.channels_last if channels_last and chans > 1
+                                 else torch.contiguous_format)

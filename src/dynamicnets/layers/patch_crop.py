@@ -4,7 +4,9 @@ A glance-and-focus model (GFNet) looks at a few full-resolution patches of an im
 policy picks, for each sample, one of `grid x grid` candidate locations. `PatchCrop`
 holds those candidates (top-left corners, evenly spaced so that the first patch touches
 the top-left corner of the image and the last the bottom-right one) and crops every
-sample's patch with one batched gather (advanced indexing, no loop over samples).
+sample's patch with one batched gather (no loop over samples): the flat pixel indices of
+every candidate patch are computed once (`pixels`), so a crop is one row lookup and one
+`gather` (fewer small ops than building the indices per call, which matters at batch 1).
 Cropping is indexing: free in FLOPs, like pooling.
 
 Example:
@@ -83,6 +85,43 @@ def crop_patches(x: Tensor, corners: Tensor, size: int) -> Tensor:
     return patches.contiguous(memory_format=torch.channels_last if keep_last else torch.contiguous_format)
 
 
+def patch_pixels(corners: Tensor, size: int, width: int) -> Tensor:
+    """Flat (row-major) pixel indices of `size x size` patches on an image `width` wide.
+
+    Args:
+        corners: `(L, 2)` int64 `(top, left)` of each patch.
+        size: side of the patches.
+        width: width `W` of the image (index `row * W + col`).
+
+    Returns:
+        `(L, size * size)` int64, each row a patch's pixels in row-major order.
+    """
+    offsets = torch.arange(size, device=corners.device)
+    rows = (corners[:, 0:1] + offsets).unsqueeze(2)  # (L, size, 1)
+    cols = (corners[:, 1:2] + offsets).unsqueeze(1)  # (L, 1, size)
+    return (rows * width + cols).flatten(1)
+
+
+def gather_patches(x: Tensor, pixels: Tensor, size: int) -> Tensor:
+    """One patch per sample by one `gather` of precomputed pixel indices.
+
+    Args:
+        x: `(n, C, H, W)` images (contiguous or channels-last).
+        pixels: `(n, size * size)` int64 flat pixel indices (`patch_pixels` rows).
+        size: side of the patches.
+
+    Returns:
+        `(n, C, size, size)` patches, channels-last when `x` is (and `C > 1`).
+    """
+    n, c = x.shape[:2]
+    if c > 1 and x.is_contiguous(memory_format=torch.channels_last):
+        flat = x.permute(0, 2, 3, 1).reshape(n, -1, c)  # (n, H * W, C), a view
+        patches = flat.gather(1, pixels.unsqueeze(2).expand(n, pixels.shape[1], c))
+        return patches.view(n, size, size, c).permute(0, 3, 1, 2)
+    flat = x.reshape(n, c, -1)  # (n, C, H * W)
+    return flat.gather(2, pixels.unsqueeze(1).expand(n, c, pixels.shape[1])).view(n, c, size, size)
+
+
 class PatchCrop(nn.Module):
     """Crop each sample's patch at one of `grid x grid` candidate locations.
 
@@ -93,6 +132,8 @@ class PatchCrop(nn.Module):
 
     Attributes:
         corners: `(num_locations, 2)` int64 buffer of `(top, left)` corners.
+        pixels: `(num_locations, patch_size ** 2)` int64 buffer of each patch's flat pixel
+            indices (`patch_pixels`).
         num_locations: `grid * grid`.
 
     Shapes:
@@ -100,11 +141,14 @@ class PatchCrop(nn.Module):
     """
 
     corners: Tensor
+    pixels: Tensor
 
     def __init__(self, image_size: int, patch_size: int, grid: int, *, device=None) -> None:
         super().__init__()
         self.image_size, self.patch_size, self.grid = image_size, patch_size, grid
-        self.register_buffer("corners", grid_corners(image_size, patch_size, grid).to(device), persistent=False)
+        corners = grid_corners(image_size, patch_size, grid).to(device)
+        self.register_buffer("corners", corners, persistent=False)
+        self.register_buffer("pixels", patch_pixels(corners, patch_size, image_size), persistent=False)
 
     @property
     def num_locations(self) -> int:
@@ -114,7 +158,7 @@ class PatchCrop(nn.Module):
         if x.shape[-2:] != (self.image_size, self.image_size):
             raise ConfigError(f"PatchCrop: built for {self.image_size}x{self.image_size} images, got input "
                               f"of shape {tuple(x.shape)}")
-        return crop_patches(x, self.corners[location], self.patch_size)
+        return gather_patches(x, self.pixels[location], self.patch_size)
 
     def nearest(self, top_left: Tensor) -> Tensor:
         """The candidate location nearest to given corners (e.g. a digit's bounding box).

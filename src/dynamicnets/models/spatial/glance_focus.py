@@ -154,6 +154,21 @@ class GlanceFocusCNN(ClassifierApi, nn.Module):
         self.default_input_shape = (in_chans, image_size, image_size)
         self._flops_cache: dict[tuple, tuple[int, int, int]] = {}
 
+    # ------------------------------------------------------------ staged training
+    #: GFNet's training stages (`dynamicnets.training.stages.train_only` takes these names):
+    #: `read` (random locations: the encoders, GRU and head learn to read patches), `policy`
+    #: (the readers frozen: the policy and the `where` conv it reads learn where to look) and
+    #: `fine_tune` (the learned policy fixed: the local encoder, GRU and head adapt to it)
+    training_stages = {"read": ("global_encoder", "local_encoder", "cell", "head"),
+                       "policy": ("where", "policy"),
+                       "fine_tune": ("local_encoder", "cell", "head")}
+
+    def random_locations(self, batch: int, *, generator: torch.Generator | None = None) -> Tensor:
+        """`(batch, steps - 1)` int64 locations drawn uniformly from the grid (GFNet's first
+        stage reads random patches), on the model's device; pass as `locations=`."""
+        drawn = torch.randint(0, self.crop.num_locations, (batch, self.steps - 1), generator=generator)
+        return drawn.to(self.crop.corners.device)
+
     # ------------------------------------------------------------ multi-exit protocol
     @property
     def num_exits(self) -> int:
@@ -242,7 +257,7 @@ class GlanceFocusCNN(ClassifierApi, nn.Module):
     # ------------------------------------------------------------ forward
     def forward(self, x: Tensor, *, execution: ExecutionLike = None, locations: Tensor | None = None,
                 exits: Tensor | None = None, policy: ExitPolicy | None = None,
-                target: Tensor | None = None) -> DynamicOutput:
+                target: Tensor | None = None, sample: bool | None = None) -> DynamicOutput:
         """Glance and focus, stopping each sample where `exits` or `policy` say.
 
         Args:
@@ -255,6 +270,9 @@ class GlanceFocusCNN(ClassifierApi, nn.Module):
             policy: an `ExitPolicy` (confidence criterion, one threshold per step but the
                 last; eval mode).
             target: `(B,)` labels: in training, the REINFORCE loss is then exact.
+            sample: full read only: whether the policy samples its locations (default: in
+                training); `False` in training reads the greedy locations and adds no policy
+                loss (GFNet's third stage fine-tunes the readers so, the policy fixed).
 
         Returns:
             `DynamicOutput` (see the class docstring).
@@ -265,7 +283,7 @@ class GlanceFocusCNN(ClassifierApi, nn.Module):
         if exits is not None and policy is not None:
             raise ConfigError(f"model {_NAME!r}: give exits or policy, not both")
         if exits is None and policy is None:
-            return self._full_read(x, locations, target)
+            return self._full_read(x, locations, target, self.training if sample is None else bool(sample))
         mode = resolve_execution(execution, self.training)
         runner = _Forced(self, locations) if locations is not None else self
         if policy is not None:
@@ -345,8 +363,9 @@ class GlanceFocusCNN(ClassifierApi, nn.Module):
         chosen_t = torch.stack(chosen, dim=1) if chosen else x.new_zeros((x.shape[0], 0), dtype=torch.int64)
         return hiddens, logits, chosen_t, log_probs
 
-    def _full_read(self, x: Tensor, locations: Tensor | None, target: Tensor | None) -> DynamicOutput:
-        sample = self.training and locations is None
+    def _full_read(self, x: Tensor, locations: Tensor | None, target: Tensor | None, sample: bool
+                   ) -> DynamicOutput:
+        sample = sample and locations is None
         _, logits, chosen, log_probs = self._read_all(x, locations, sample)
         batch = x.shape[0]
         aux = {}
