@@ -38,6 +38,7 @@ from dynamicnets.data import load_data, make_eval_loader
 from dynamicnets.inference import ResolutionPolicy, calibrate_resolution_policy
 from dynamicnets.pipelines.checkpoints import load_trained_model
 from dynamicnets.pipelines.early_exit import timed_batches
+from dynamicnets.pipelines.resolution import run_case, score_case
 from dynamicnets.profiling.latency import compare, ratio
 from dynamicnets.profiling.report import markdown_table, write_json
 from dynamicnets.models import create_model
@@ -64,31 +65,6 @@ def finetune(name: str, model, args: dict, opts) -> Path:
 
 def channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last)
-
-
-@torch.no_grad()
-def score(model, loader, **kwargs) -> dict:
-    """Accuracy, mean FLOPs and the resolution histogram (dynamic rows)."""
-    correct = count = flops = 0.0
-    chosen = torch.zeros(len(RESOLUTIONS), dtype=torch.long)
-    for x, y in loader:
-        forced = kwargs.get("resolution_index")
-        extra = {} if forced is None else {"resolution_index": torch.full((x.shape[0],), forced)}
-        out = model(channels_last(x), **{**kwargs, **extra})
-        correct += float((out.logits.argmax(1) == y).sum())
-        count += y.shape[0]
-        flops += float(out.flops.sum())
-        if "resolution_index" in out.decisions:
-            chosen += torch.bincount(out.decisions["resolution_index"], minlength=len(RESOLUTIONS))
-    return {"accuracy": correct / count, "mean_flops": flops / count,
-            "resolution_histogram": chosen.tolist() if chosen.sum() else None}
-
-
-def run_all(model, batches, kwargs: dict) -> None:
-    for x in batches:
-        forced = kwargs.get("resolution_index")
-        extra = {} if forced is None else {"resolution_index": torch.full((x.shape[0],), forced)}
-        model(x, **{**kwargs, **extra})
 
 
 def main() -> int:
@@ -134,10 +110,11 @@ def main() -> int:
         cases[f"budget {fraction}"] = (dyn, {"policy": policies[fraction]})
 
     rows = []
-    scores = {name: score(model, loader, **kw) for name, (model, kw) in cases.items()}
+    scores = {name: score_case(model, loader, memory_format=torch.channels_last, **kw)
+              for name, (model, kw) in cases.items()}
     for batch_size, samples in ((256, 256), (1, opts.batch1_samples)):
         batches = [channels_last(b) for b in timed_batches(scored, samples, batch_size)]
-        fns = {name: (lambda m=model, k=kw: run_all(m, batches, k)) for name, (model, kw) in cases.items()}
+        fns = {name: (lambda m=model, k=kw: run_case(m, batches, **k)) for name, (model, kw) in cases.items()}
         timing = compare(fns, threads=opts.threads, min_run_time=opts.min_run_time, rounds=opts.rounds)
         for name in cases:
             rows.append({"model": name, "batch_size": batch_size, **scores[name],

@@ -29,7 +29,8 @@ BATCH1_SAMPLES = 64
 
 
 def measure_trade_off(model: nn.Module, validation: Dataset, input_shape: tuple[int, ...], *, budgets: int = 8,
-                      seed: int = 0, threads: int | None = 1, min_run_time: float = 0.3) -> dict[str, Any] | None:
+                      seed: int = 0, threads: int | None = 1, min_run_time: float = 0.3,
+                      memory_format: torch.memory_format = torch.contiguous_format) -> dict[str, Any] | None:
     """The calibrated accuracy-FLOPs curve of `model` and its measured speedups.
 
     Args:
@@ -41,6 +42,8 @@ def measure_trade_off(model: nn.Module, validation: Dataset, input_shape: tuple[
         seed: seeds the calibration / evaluation halves.
         threads: CPU threads for timing.
         min_run_time: seconds of timed calls per callable and round.
+        memory_format: layout of the timed inputs (e.g. `torch.channels_last` for a model
+            converted to it).
 
     Returns:
         `None` for a model without exits; else a dict with `protocol` (in words),
@@ -66,6 +69,7 @@ def measure_trade_off(model: nn.Module, validation: Dataset, input_shape: tuple[
         ev_logits, ev_targets = collect_exit_logits(model, make_eval_loader(evaluation, 256))
     timed = {1: [b[i:i + 1] for b in timed_batches(evaluation, BATCH1_SAMPLES, 256) for i in range(b.shape[0])],
              256: timed_batches(evaluation, 256, 256)}
+    timed = {size: [b.contiguous(memory_format=memory_format) for b in batches] for size, batches in timed.items()}
     curve = []
     for i in range(budgets):
         budget = costs[0] + (costs[-1] - costs[0]) * i / (budgets - 1)

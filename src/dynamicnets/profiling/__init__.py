@@ -3,7 +3,7 @@
 FLOP formulas and counters live in `dynamicnets.flops`.
 """
 from .latency import Measurement, compare, measure, per_sample_ms, ratio, samples_per_second
-from .plots import plot_accuracy_vs_flops, plot_training_curves
+from .plots import plot_accuracy_vs_flops, plot_grouped_bars, plot_training_curves
 from .report import (
     atomic_write,
     format_flops,
@@ -22,6 +22,7 @@ __all__ = [
     "ratio",
     "samples_per_second",
     "plot_accuracy_vs_flops",
+    "plot_grouped_bars",
     "plot_training_curves",
     "atomic_write",
     "format_flops",

@@ -94,6 +94,62 @@ def plot_accuracy_vs_flops(
     return _save_png(figure, path, dpi)
 
 
+def plot_grouped_bars(
+    groups: Mapping[str, Sequence[float]],
+    categories: Sequence[str],
+    path: str | os.PathLike,
+    title: str = "",
+    *,
+    xlabel: str = "",
+    ylabel: str = "",
+    normalize: bool = False,
+    dpi: int = 120,
+) -> Path:
+    """A grouped bar chart: one group of bars per entry of `groups`, one bar per category.
+
+    Args:
+        groups: name -> one value per category (e.g. samples per chosen resolution at one
+            budget), drawn left to right in the order given.
+        categories: the bar names, one colour each (e.g. `["16 px", "24 px", "32 px"]`).
+        path: the PNG file to write (parent folders are created).
+        title, xlabel, ylabel: figure texts.
+        normalize: divide each group by its sum (counts become fractions).
+        dpi: resolution of the PNG.
+
+    Returns:
+        `path` as a `Path`.
+
+    Raises:
+        ConfigError: no group or category, a group whose length is not the number of
+            categories, or a value that is not a finite number >= 0 (naming the group).
+    """
+    if not groups or not categories:
+        raise ConfigError(f"plot_grouped_bars: expected at least one group and one category, got {len(groups)} "
+                          f"group(s) and {len(categories)} category(ies)")
+    values = {}
+    for name, row in groups.items():
+        row = list(row)
+        if len(row) != len(categories) or not all(_is_real(v) and math.isfinite(v) and v >= 0 for v in row):
+            raise ConfigError(f"plot_grouped_bars: groups[{name!r}] must hold {len(categories)} finite numbers >= 0 "
+                              f"(one per category), got {row!r}")
+        total = sum(row)
+        values[str(name)] = [v / total if normalize and total > 0 else float(v) for v in row]
+    figure = _new_figure(max(5.0, 1.0 + 0.35 * len(values) * (len(categories) + 1)), 4.2)
+    axes = figure.add_subplot()
+    width = 0.8 / len(categories)
+    for c, category in enumerate(categories):
+        xs = [g + (c - (len(categories) - 1) / 2) * width for g in range(len(values))]
+        axes.bar(xs, [row[c] for row in values.values()], width=width, label=str(category))
+    axes.set_xticks(range(len(values)), list(values), fontsize=8)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.grid(True, axis="y", alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    return _save_png(figure, path, dpi)
+
+
 def plot_training_curves(
     metrics_jsonl_path: str | os.PathLike,
     png_path: str | os.PathLike,
