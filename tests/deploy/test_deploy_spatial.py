@@ -1,8 +1,8 @@
 """Deploying the spatial models: a spatial transformer classifier is one static graph
 (affine grid + bilinear sampling inside it) and runs under onnxruntime like PyTorch; glance
 and focus deploys as a multi-exit model (the greedy patch policy and the crop inside each
-step's graph); dynamic resolution is refused with a message that names the model and
-says why."""
+step's graph); dynamic resolution as a predictor graph and one graph per resolution (the
+resize inside), the runtime grouping the batch by the policy's choice."""
 from __future__ import annotations
 
 import pytest
@@ -10,7 +10,8 @@ import torch
 
 from dynamicnets import ConfigError
 from dynamicnets.deploy import DeployedModel, deployment_plan, export_model
-from dynamicnets.inference import run_early_exit
+from dynamicnets.inference import ExitPolicy, run_early_exit
+from dynamicnets.inference.resolution_policy import ResolutionPolicy
 from dynamicnets.models import create_model
 
 from deploy_helpers import exit_policy_with_margin
@@ -76,11 +77,68 @@ def test_stn_exported_to_onnx_runs_in_onnxruntime_like_pytorch(tmp_path):
         assert_stn_runs_like_eager(deployed, model, batch)
 
 
-def test_dynamic_resolution_is_refused_naming_the_model_and_why():
-    model = create_model("dynamic_resolution_resnet", depth=8, width=4)
-    with pytest.raises(ConfigError, match=r"model 'dynamic_resolution_resnet' cannot be deployed.*resolution per "
-                                          r"sample"):
-        deployment_plan(model)
+def resolution_model_and_inputs():
+    """A small dynamic-resolution network (8/12/16 on 16x16 inputs) whose predictor spreads the
+    inputs over the three resolutions, and those inputs whose top two scores are 0.5 apart
+    (no rounding of any engine can change their choice)."""
+    torch.manual_seed(0)
+    model = create_model("dynamic_resolution_resnet", depth=8, width=4, resolutions=(8, 12, 16)).eval()
+    x = torch.randn(64, 3, 16, 16, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        model.predictor.fc.weight.mul_(20.0)
+        model.predictor.fc.bias -= model.resolution_logits(x).mean(dim=0)
+        top2 = model.resolution_logits(x).topk(2, dim=-1).values
+    return model, x[(top2[:, 0] - top2[:, 1]) > 0.5]
+
+
+def assert_resolution_runs_like_eager(deployed, model, x, policy=None):
+    out = deployed(x) if policy is None else deployed(x, policy=policy)
+    with torch.no_grad():
+        ref = model(x, policy=policy)
+    for key in ("resolution_index", "resolution"):
+        assert torch.equal(out.decisions[key], ref.decisions[key])
+    torch.testing.assert_close(out.logits, ref.logits, rtol=1e-4, atol=1e-4)
+    assert out.flops.tolist() == ref.flops.double().tolist()
+
+
+def test_dynamic_resolution_plan_groups_the_batch_like_compact_execution():
+    model, x = resolution_model_and_inputs()
+    assert len(x) >= 12 and len(model(x).decisions["resolution_index"].unique()) == 3  # every resolution taken
+    costs = model.resolution_costs((3, 16, 16))
+    plan = deployment_plan(model, policy=ResolutionPolicy(max_flops=costs[1]))
+    assert plan.kind == "resolution" and plan.model_name == "dynamic_resolution_resnet"
+    assert list(plan.graphs) == ["predictor", "resolution0", "resolution1", "resolution2"]
+    assert [plan.graphs["predictor"].flops + plan.graphs[f"resolution{i}"].flops for i in range(3)] == costs
+    deployed = DeployedModel.from_plan(plan)
+    capped = ResolutionPolicy(max_flops=costs[1])
+    for batch in (x, x[:1]):
+        assert_resolution_runs_like_eager(deployed, model, batch, capped)  # the exported policy
+        assert_resolution_runs_like_eager(deployed, model, batch, ResolutionPolicy())  # another one
+    assert deployed(x).decisions["resolution_capped"].any()
+    every_small = ResolutionPolicy(bias=(100.0, 0.0, 0.0))  # the whole batch in one group
+    assert deployed(x, policy=every_small).decisions["resolution_index"].tolist() == [0] * len(x)
+    assert_resolution_runs_like_eager(deployed, model, x, every_small)
+
+
+def test_dynamic_resolution_policy_errors_name_the_model():
+    model, x = resolution_model_and_inputs()
+    with pytest.raises(ConfigError, match="'dynamic_resolution_resnet'.*ResolutionPolicy"):
+        deployment_plan(model, policy=ExitPolicy("maxprob", [0.5]))
+    with pytest.raises(ConfigError, match="max_flops"):
+        deployment_plan(model, policy=ResolutionPolicy(max_flops=1000))
+    deployed = DeployedModel.from_plan(deployment_plan(model))
+    with pytest.raises(ConfigError, match="'dynamic_resolution_resnet' picks resolutions"):
+        deployed(x, policy=ExitPolicy("maxprob", [0.5]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["torch.export", "onnx"])
+def test_dynamic_resolution_exported_runs_like_compact_execution(fmt, tmp_path):
+    model, x = resolution_model_and_inputs()
+    export_model(model, tmp_path, format=fmt)
+    deployed = DeployedModel.load(tmp_path)
+    for batch in (x, x[:1]):
+        assert_resolution_runs_like_eager(deployed, model, batch)
 
 
 def test_glance_focus_plan_decides_like_the_compact_executor():

@@ -140,6 +140,30 @@ class WidthScores(nn.Module):
         return self.dsnet.gate_logits(x)
 
 
+class AtResolution(nn.Module):
+    """A dynamic-resolution network at one resolution: `(n, C, H, W)` -> logits `(n, num_classes)`
+    (resized to resolution `index` inside the graph, then its trunk with that resolution's
+    norms, pooling and the classifier)."""
+
+    def __init__(self, model: nn.Module, index: int) -> None:
+        super().__init__()
+        self.model, self.index = model, int(index)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model.backbone.head(self.model.pooled_at(x, self.index)[..., None, None])
+
+
+class ResolutionScores(nn.Module):
+    """A dynamic-resolution network's predictor: `(n, C, H, W) -> (n, R)` resolution logits."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model.resolution_logits(x)
+
+
 class WholeModel(nn.Module):
     """A model with no decision between graphs, as one graph: `(n, *S)` -> `(logits (n, C),
     *decisions)`, the tensors of `out.decisions` named by `keys`, in that order (a spatial

@@ -11,14 +11,18 @@
   the `GatePolicy` threshold (0 without one);
 - **width** (a slimmable ResNet, DS-Net): one graph per width (`width{i}`, the sliced
   network) and, for DS-Net, the gate (`gate`: input -> width scores, argmax decides);
+- **resolution** (`dynamic_resolution_resnet`): the predictor (`predictor`: input ->
+  resolution logits) and one graph per resolution (`resolution{i}`: the input resized
+  inside the graph, the trunk with that resolution's norms, the classifier); the
+  `ResolutionPolicy` (bias per resolution, argmax, cap) decides, and the runtime groups the
+  batch by resolution;
 - **static** (a spatial transformer classifier, `stn_cnn`): its one decision, the affine
   transform, is continuous and sampled inside the graph (`F.affine_grid` +
   `F.grid_sample`), so the whole model is one graph (`model`: input -> logits and
   `theta`).
 
 Glance and focus (`glance_focus_cnn`) is a multi-exit model: each step (the greedy patch
-policy, the crop, the encoder, the GRU) is one segment graph. Dynamic resolution is not
-deployable yet (see `deployment_plan`).
+policy, the crop, the encoder, the GRU) is one segment graph.
 
 The plan holds the modules, an example input of each (batch 2) and each graph's
 per-sample FLOPs; `structure` and `policy` are plain data, the manifest an exported
@@ -36,6 +40,7 @@ from ..errors import ConfigError
 from ..gates.block_budget import CAPS as BLOCK_CAPS
 from ..gates.thresholds import GatePolicy
 from ..inference.policy import ExitPolicy
+from ..inference.resolution_policy import ResolutionPolicy
 from ..models.skipping.blockdrop import BlockDrop
 from ..models.skipping.gated_resnet import GatedResNet
 from ..models.spatial.dynamic_resolution import DynamicResolutionNet
@@ -43,10 +48,10 @@ from ..models.spatial.stn import STNClassifier
 from ..models.width.dsnet import DSNet
 from ..models.width.slimmable_resnet import SlimmableResNet
 from ..protocols import MultiExit
-from .graphs import (AtWidth, Chain, ExitHead, ExitSegment, GateScore, StateLayout, WholeModel, WidthScores, as_tuple,
-                     per_sample_flops)
+from .graphs import (AtResolution, AtWidth, Chain, ExitHead, ExitSegment, GateScore, ResolutionScores, StateLayout,
+                     WholeModel, WidthScores, as_tuple, per_sample_flops)
 
-KINDS = ("early_exit", "gated", "width", "static")
+KINDS = ("early_exit", "gated", "width", "resolution", "static")
 EXAMPLE_BATCH = 2  # exporters specialise a batch of 1; any other size keeps the batch dynamic
 
 
@@ -178,6 +183,21 @@ def _width_plan(model: nn.Module, x: Tensor, name: str) -> DeploymentPlan:
     return plan
 
 
+def _resolution_plan(model: DynamicResolutionNet, x: Tensor, policy: ResolutionPolicy | None,
+                     name: str) -> DeploymentPlan:
+    plan = DeploymentPlan("resolution", name, tuple(x.shape[1:]))
+    policy = policy or ResolutionPolicy()
+    with torch.no_grad():  # a bias or cap that does not fit the model fails here, not in deployment
+        policy.choose(model.resolution_logits(x), model.resolution_costs(tuple(x.shape[1:])), f"model {name!r}")
+    _add(plan, "predictor", ResolutionScores(model), x)
+    variants = [f"resolution{i}" for i in range(len(model.resolutions))]
+    for i, variant in enumerate(variants):
+        _add(plan, variant, AtResolution(model, i), x)
+    plan.structure = {"resolutions": list(model.resolutions), "predictor": "predictor", "variants": variants}
+    plan.policy = policy.to_dict()
+    return plan
+
+
 def _static_plan(model: nn.Module, x: Tensor, name: str) -> DeploymentPlan:
     plan = DeploymentPlan("static", name, tuple(x.shape[1:]))
     with torch.no_grad():
@@ -193,19 +213,19 @@ def deployment_plan(model: nn.Module, input_shape: tuple[int, ...] | None = None
 
     Args:
         model: a multi-exit model (glance and focus included), a gated ResNet (ConvNet-AIG,
-            SkipNet with feed-forward gates), a slimmable ResNet, DS-Net or a spatial
-            transformer classifier (`stn_cnn`). Put in eval mode here.
+            SkipNet with feed-forward gates), a slimmable ResNet, DS-Net, a dynamic-resolution
+            network or a spatial transformer classifier (`stn_cnn`). Put in eval mode here.
         input_shape: per-sample input shape; default the model's `default_input_shape`.
         policy: `ExitPolicy` for early exits (default: every sample to the last exit),
-            `GatePolicy` for gated models (default: logit > 0), unused for width and
+            `GatePolicy` for gated models (default: logit > 0), `ResolutionPolicy` for
+            dynamic resolution (default: the predictor's argmax), unused for width and
             static models.
 
     Returns:
         the `DeploymentPlan`.
 
     Raises:
-        ConfigError: a model of another kind (dynamic resolution among them: the message
-            names the model and says why), a policy of the wrong type or size.
+        ConfigError: a model of another kind, a policy of the wrong type or size.
     """
     name = getattr(model, "name", None) or type(model).__name__
     shape = tuple(input_shape or getattr(model, "default_input_shape", ()) or ())
@@ -232,14 +252,12 @@ def deployment_plan(model: nn.Module, input_shape: tuple[int, ...] | None = None
                               f"{type(policy).__name__}")
         return _static_plan(model, x, name)
     if isinstance(model, DynamicResolutionNet):
-        raise ConfigError(
-            f"model {name!r} cannot be deployed yet: its predictor picks an input resolution per sample "
-            f"and the batch is regrouped by resolution between graphs (resized, then a backbone run per "
-            f"group), a dispatch the deployment runtime does not have; run it with the library "
-            f"(compact execution groups the batch by resolution)"
-        )
+        if policy is not None and not isinstance(policy, ResolutionPolicy):
+            raise ConfigError(f"model {name!r} picks a resolution per sample: policy must be a ResolutionPolicy, "
+                              f"got {type(policy).__name__}")
+        return _resolution_plan(model, x, policy, name)
     raise ConfigError(
         f"model {name!r} ({type(model).__name__}) cannot be deployed yet: supported are multi-exit "
         f"models (the MultiExit protocol), ConvNet-AIG / SkipNet (feed-forward gates), slimmable "
-        f"ResNets and DS-Net"
+        f"ResNets, DS-Net, dynamic resolution and spatial transformer classifiers"
     )

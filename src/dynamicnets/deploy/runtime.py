@@ -12,6 +12,9 @@ them with the library's compact execution:
 - widths: DS-Net's gate picks a width per sample (argmax), the samples are grouped by
   width and each group runs that width's graph once; a slimmable network runs the
   requested width;
+- resolution: the predictor graph scores each sample's resolutions, the `ResolutionPolicy`
+  (bias, argmax, cap) picks one, the samples are grouped by resolution and each group runs
+  that resolution's graph once (the resize is inside it);
 - static (a spatial transformer classifier): the one graph runs on the whole batch and
   returns the logits and the model's per-sample decisions (`theta`).
 
@@ -31,12 +34,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..compact import assemble_rows, group_rows, rows_where
+from ..compact import assemble_rows, gather_rows, group_rows, rows_where
 from ..errors import ConfigError
 from ..gates.block_budget import CAPS as BLOCK_CAPS, BlockBudget
 from ..gates.thresholds import GatePolicy
 from ..inference.executor import run_early_exit
 from ..inference.policy import ExitPolicy
+from ..inference.resolution_policy import ResolutionPolicy
 from ..outputs import DynamicOutput
 from .backends import Runner, compile_room, compiled_runner, file_runner, module_runner
 from .export import FORMATS, MANIFEST, MANIFEST_VERSION
@@ -135,8 +139,9 @@ class DeployedModel:
     Shapes:
         `model(x (B, *input_shape)) -> DynamicOutput` with `logits (B, C)`, `flops (B,)` and
         the decisions: `exit_index (B,)` (early exits), `gates (B, G)` (gated blocks),
-        `width_index (B,)` and `width (B,)` (widths), the exported decisions (static, e.g.
-        `theta (B, 2, 3)`).
+        `width_index (B,)` and `width (B,)` (widths), `resolution_index (B,)`,
+        `resolution (B,)` and `resolution_capped (B,)` (resolutions), the exported decisions
+        (static, e.g. `theta (B, 2, 3)`).
     """
 
     def __init__(self, manifest: dict[str, Any], runners: dict[str, Runner], backend: str) -> None:
@@ -187,14 +192,15 @@ class DeployedModel:
         """The policy exported with the model: an `ExitPolicy`, gate thresholds or a width."""
         return self.manifest.get("policy")
 
-    def __call__(self, x: Tensor, *, policy: ExitPolicy | GatePolicy | None = None,
+    def __call__(self, x: Tensor, *, policy: ExitPolicy | GatePolicy | ResolutionPolicy | None = None,
                  width: float | None = None) -> DynamicOutput:
         """Run a batch.
 
         Args:
             x: `(B, *input_shape)`.
-            policy: instead of the exported policy: an `ExitPolicy` (early exits) or a
-                `GatePolicy` (gated blocks; its `max_flops` / `max_blocks` caps apply).
+            policy: instead of the exported policy: an `ExitPolicy` (early exits), a
+                `GatePolicy` (gated blocks; its `max_flops` / `max_blocks` caps apply) or a
+                `ResolutionPolicy` (resolutions).
             width: a slimmable network: the width to run (default the exported one).
         """
         if x.shape[0] == 0:
@@ -209,6 +215,8 @@ class DeployedModel:
                 return self._gated(x, policy)
             if self.kind == "static":
                 return self._static(x)
+            if self.kind == "resolution":
+                return self._resolution(x, policy)
             return self._width(x, width)
 
     def _exits(self, x: Tensor, policy: ExitPolicy | None) -> DynamicOutput:
@@ -257,6 +265,24 @@ class DeployedModel:
             decisions["forced_off"] = budget.forced_off(batch, logits)
         return DynamicOutput(logits=logits, flops=flops, decisions=decisions)
 
+    def _resolution(self, x: Tensor, policy: ResolutionPolicy | None) -> DynamicOutput:
+        structure = self.manifest["structure"]
+        if policy is None:
+            policy = ResolutionPolicy.from_dict(self.manifest["policy"], "manifest policy")
+        if not isinstance(policy, ResolutionPolicy):
+            raise ConfigError(f"policy: model {self.manifest.get('model')!r} picks resolutions, expected a "
+                              f"ResolutionPolicy, got {type(policy).__name__}")
+        variants, predictor = structure["variants"], structure["predictor"]
+        (scores,) = self.runners[predictor](x)
+        costs = [self.flops[predictor] + self.flops[v] for v in variants]
+        choice, capped = policy.choose(scores, costs, f"model {self.manifest.get('model')!r}")
+        pieces = [(rows, self.runners[variants[i]](gather_rows(x, rows))[0])
+                  for i, rows in group_rows(choice, len(variants))]
+        flops = torch.tensor(costs, dtype=torch.float64, device=x.device)[choice]
+        resolution = torch.tensor(structure["resolutions"], device=x.device)[choice]
+        return DynamicOutput(logits=assemble_rows(pieces, x.shape[0]), flops=flops, decisions={
+            "resolution_index": choice, "resolution": resolution, "resolution_capped": capped})
+
     def _static(self, x: Tensor) -> DynamicOutput:
         structure = self.manifest["structure"]
         logits, *decided = self.runners[structure["graph"]](x)
@@ -297,4 +323,6 @@ def _graph_names(manifest: dict[str, Any]) -> set[str]:
         return {n for step in s["steps"] for key, n in step.items() if key != "index"} | {s["head"]}
     if kind == "static":
         return {s["graph"]}
+    if kind == "resolution":
+        return set(s["variants"]) | {s["predictor"]}
     return set(s["variants"]) | ({s["gate"]} if s.get("gate") else set())

@@ -18,6 +18,8 @@ from ..deploy import DeployedModel, export_model, read_manifest
 from ..errors import ConfigError
 from ..gates.thresholds import GatePolicy
 from ..inference import ExitPolicy, run_early_exit
+from ..inference.resolution_policy import ResolutionPolicy
+from ..models.spatial.dynamic_resolution import DynamicResolutionNet
 from ..models.skipping.gated_resnet import GatedResNet
 from ..protocols import MultiExit
 from .checkpoint_data import trained_preprocessing
@@ -60,6 +62,11 @@ def _policy(model: torch.nn.Module, request: ExportRequest):
             thresholds = thresholds * model.num_gated_blocks
         caps = {} if request.max_flops is None else {"max_flops": request.max_flops}
         return GatePolicy(tuple(thresholds), **caps).check(model.num_gated_blocks, "--thresholds", caps=tuple(caps))
+    if isinstance(model, DynamicResolutionNet):
+        if request.thresholds is not None:
+            raise ConfigError(f"--thresholds: model {model.name!r} picks a resolution per sample and has no "
+                              f"thresholds; --max-flops caps each sample's resolution")
+        return ResolutionPolicy(max_flops=request.max_flops)
     if request.thresholds is not None or request.max_flops is not None:
         raise ConfigError(f"--thresholds / --max-flops: model {getattr(model, 'name', type(model).__name__)!r} "
                           "has no exits or gates to take them (widths are chosen by its gate or at run time, "
@@ -71,7 +78,7 @@ def _eager(model: torch.nn.Module, x: torch.Tensor, policy):
     with torch.no_grad():
         if isinstance(model, MultiExit):
             return run_early_exit(model, x, policy).as_output()
-        if isinstance(model, GatedResNet):
+        if isinstance(model, (GatedResNet, DynamicResolutionNet)):
             return model(x, policy=policy)
         return model(x)
 
