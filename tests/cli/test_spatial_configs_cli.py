@@ -1,7 +1,7 @@
 """The shipped spatial recipes through the command line: each `configs/cluttered_mnist_*.yaml`
 trains one step with `dynamicnets train --config` on a small MNIST folder written here (its
-canvases generated and cached as in a real run), then `dynamicnets eval` scores the run and
-`dynamicnets export` deploys it or says why it cannot. The CIFAR-10 recipes are checked as
+canvases generated and cached as in a real run), then `dynamicnets eval` scores the run
+(dynamic resolution also under a FLOPs budget) and `dynamicnets export` deploys it. The CIFAR-10 recipes are checked as
 configs (their data is real CIFAR-10)."""
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def _train(name: str, mnist: Path, out: Path) -> Path:
 
 
 @pytest.mark.parametrize("name", CLUTTERED)
-def test_cluttered_recipe_trains_evaluates_and_exports_or_says_why(name, mnist, tmp_path, capsys):
+def test_cluttered_recipe_trains_and_evaluates(name, mnist, tmp_path, capsys):
     checkpoint = _train(name, mnist, tmp_path)
     record = tmp_path / "eval.json"
     extra = ["--budget", "80%"] if name == "cluttered_mnist_glance_focus" else []
@@ -66,21 +66,45 @@ def test_cluttered_recipe_trains_evaluates_and_exports_or_says_why(name, mnist, 
     if name == "cluttered_mnist_dynamic_resolution":
         # the full cost is every sample at 60x60, whatever resolution a zero input would pick
         model = create_model("dynamic_resolution_resnet", in_chans=1, depth=8, width=4, resolutions=[28, 42, 60])
-        assert result["full_flops"] == model.resolution_costs((1, 60, 60))[-1]
+        costs = model.resolution_costs((1, 60, 60))
+        assert result["full_flops"] == costs[-1]
         assert result["speedup_flops"] == pytest.approx(result["full_flops"] / result["mean_flops"])
+        histogram = result["resolution_histogram"]
+        assert sum(histogram) == 8 and result["mean_flops"] == pytest.approx(
+            sum(n * c for n, c in zip(histogram, costs)) / 8)
+        _budgeted_resolution(checkpoint, costs, tmp_path, capsys)
     if budgeted:  # the exit executor ran: samples spread over the glance and focus steps
         assert sum(result["exit_histogram"]) == 4 and len(result["exit_histogram"]) == 4
     capsys.readouterr()
-    code = main(["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "deployed"),
-                 "--check-samples", "0"]) if name == "cluttered_mnist_dynamic_resolution" else None
-    if code is not None:  # refused before anything is traced: the model named, the reason given
-        assert code == 2
-        err = capsys.readouterr().err
-        assert "'dynamic_resolution_resnet' cannot be deployed" in err and "resolution per sample" in err
+    if name == "cluttered_mnist_dynamic_resolution":  # refused before anything is traced, the model named
+        assert main(["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "deployed"),
+                     "--thresholds", "0.5"]) == 2
+        assert "'dynamic_resolution_resnet' picks a resolution per sample" in capsys.readouterr().err
+
+
+def _budgeted_resolution(checkpoint: Path, costs: list[int], tmp_path: Path, capsys) -> None:
+    """`eval --budget` on a dynamic-resolution run: a resolution policy fitted on half the
+    validation split (the budget between the two cheapest resolutions forces a bias), scored
+    on the other half; `--max-flops` caps every sample."""
+    record = tmp_path / "budget.json"
+    budget = (costs[0] + costs[1]) / 2
+    assert main(["eval", "--checkpoint", str(checkpoint), "--budget", str(budget), "--json", str(record),
+                 "--min-run-time", "0.01", "--timed-samples", "4"]) == 0
+    result = json.loads(record.read_text())["records"]
+    assert result["samples"] == 4 and result["calibration_samples"] == 4 and "resolution policy" in result["policy"]
+    assert result["budget_flops"] == budget and len(result["resolution_policy"]["bias"]) == 3
+    assert sum(result["resolution_histogram"]) == 4
+    assert main(["eval", "--checkpoint", str(checkpoint), "--budget", "100%", "--max-flops", str(costs[0]),
+                 "--json", str(record), "--min-run-time", "0.01", "--timed-samples", "4"]) == 0
+    capped = json.loads(record.read_text())["records"]
+    assert capped["resolution_histogram"] == [4, 0, 0] and capped["mean_flops"] == costs[0]
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(checkpoint), "--budget-ms", "3"]) == 2
+    assert "'dynamic_resolution_resnet' picks a resolution per sample" in capsys.readouterr().err
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["cluttered_mnist_stn_cnn", "cluttered_mnist_glance_focus"])
+@pytest.mark.parametrize("name", CLUTTERED)
 def test_cluttered_recipe_exports_and_the_folder_checks_out(name, mnist, tmp_path, capsys):
     checkpoint = _train(name, mnist, tmp_path)
     capsys.readouterr()
@@ -88,7 +112,9 @@ def test_cluttered_recipe_exports_and_the_folder_checks_out(name, mnist, tmp_pat
                  "--format", "onnx"]) == 0
     printed = capsys.readouterr().out
     assert "check_decisions_equal: True" in printed
-    assert ("kind: static" if name == "cluttered_mnist_stn_cnn" else "kind: early_exit") in printed
+    kind = {"cluttered_mnist_stn_cnn": "static", "cluttered_mnist_glance_focus": "early_exit",
+            "cluttered_mnist_dynamic_resolution": "resolution"}[name]
+    assert f"kind: {kind}" in printed
 
 
 @pytest.mark.parametrize("name", ["cifar10_dynamic_resolution_resnet20", "cifar10_ranet"])

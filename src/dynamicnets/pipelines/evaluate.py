@@ -19,6 +19,7 @@ from ..inference.cost_spread import check_confidence, check_eval_size
 from ..inference.gate_rate import fit_gate_rate
 from ..models import create_model
 from ..models.pretrained import pretrained_weights
+from ..models.spatial.dynamic_resolution import DynamicResolutionNet
 from ..flops import counted_flops
 from ..profiling.latency import measure, per_sample_ms
 from ..training.evaluate import evaluate
@@ -34,6 +35,7 @@ from .early_exit import (
     spread_report,
     timed_batches,
 )
+from .resolution_budget import fit_resolution_budget, resolution_histogram
 
 @dataclass
 class EvalRequest:
@@ -144,7 +146,7 @@ def evaluate_checkpoint(request: EvalRequest) -> dict[str, Any]:
     """
     device = resolve_device(request.device, what="--device")
     model, ckpt, source, origin = _load_model(request, device)
-    if request.early_exit is not None and not isinstance(model, MultiExit):
+    if request.early_exit is not None and not isinstance(model, (MultiExit, DynamicResolutionNet)):
         raise ConfigError(
             f"--budget/--budget-ms/--thresholds: {source} holds {ckpt['model_name']!r}, a model "
             f"without early exits, so there is no exit rule to set; drop the option"
@@ -164,11 +166,19 @@ def evaluate_checkpoint(request: EvalRequest) -> dict[str, Any]:
     if request.gate_rate is None and (request.confidence is not None or request.eval_size is not None):
         raise ConfigError("--confidence/--eval-size: nothing is fitted to a budget; use them with --budget, "
                           "--budget-ms (multi-exit models) or --gate-rate (gated ResNets)")
-    extra = {}
+    extra, runner = {}, model
     if request.gate_rate is not None:
         dataset, extra = _calibrate_gates(model, bundle, dataset, request, seed, device)
+    if request.early_exit is not None:  # a dynamic-resolution network: fit its resolution policy
+        calibration, dataset, protocol = _calibration_split(bundle, dataset, request.split, seed,
+                                                            "resolution policy")
+        runner, extra = fit_resolution_budget(model, calibration, request.early_exit, bundle.input_shape,
+                                              request.batch_size, device)
+        extra["protocol"] = protocol
+    if isinstance(model, DynamicResolutionNet):
+        extra["resolution_histogram"] = resolution_histogram(runner, dataset, request.batch_size, device)
     loader = make_eval_loader(dataset, request.batch_size)
-    metrics = evaluate(model, loader, device)
+    metrics = evaluate(runner, loader, device)
     full = full_flops_per_sample(model, bundle.input_shape, device)
 
     batches = [b.to(device) for b in timed_batches(dataset, request.timed_samples, request.batch_size)]
@@ -176,10 +186,10 @@ def evaluate_checkpoint(request: EvalRequest) -> dict[str, Any]:
 
     def run_timed() -> None:
         for b in batches:
-            model(b)
+            runner(b)
 
     at_batch = measure(run_timed, threads=request.threads, min_run_time=request.min_run_time)
-    at_one = measure(model, batches[0][:1], threads=request.threads, min_run_time=request.min_run_time)
+    at_one = measure(runner, batches[0][:1], threads=request.threads, min_run_time=request.min_run_time)
     mean_flops = metrics["mean_flops"] if metrics["mean_flops"] is not None else full
     return {
         **described,
