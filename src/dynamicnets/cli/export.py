@@ -17,7 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--thresholds", help="early exits: K-1 comma-separated exit thresholds (default: every "
                                         "sample to the last exit); gated models: one per gate, or one for all")
     p.add_argument("--criterion", default="maxprob", help="early exits: maxprob, entropy, margin or patience")
-    p.add_argument("--max-flops", help="a per-sample compute cap shipped with the policy, e.g. 40M")
+    p.add_argument("--max-flops", help="a per-sample compute cap shipped with the policy, e.g. 40M (early exits, "
+                                       "gated models, dynamic resolution)")
     p.add_argument("--check-samples", type=int, default=8,
                    help="random inputs the exported folder is checked on against eager inference (0: none)")
 
