@@ -30,6 +30,7 @@ batch size, and each dynamic model's accuracy against the static frontier at its
 
     python benchmarks/resolution_cifar.py --epochs 5 --train-only   # train (resumable)
     python benchmarks/resolution_cifar.py --epochs 5                # train what is missing, evaluate
+    python benchmarks/resolution_cifar.py --epochs 5 --eval-only    # evaluate finished trainings only
     # script check (never commit its results)
     python benchmarks/resolution_cifar.py --epochs 1 --max-steps-per-epoch 2 --out-dir /tmp/rc_smoke \\
         --results /tmp/rc_smoke/results --budgets 3 --min-run-time 0.05 --rounds 1
@@ -179,12 +180,12 @@ def dynamic_resolution(models: dict, calibration, evaluation, opts) -> dict:
 
 
 def evaluate_all(checkpoints: dict[str, Path], opts) -> dict:
-    bundle = load_data(DATA, val_size=5000, seed=0, augment=False)
-    calibration, evaluation = split_for_calibration(bundle.val, seed=0)
-    shape = tuple(bundle.input_shape)
     models, epochs_done = {}, {}
     for name, path in checkpoints.items():
         models[name], epochs_done[name] = load(path, opts.epochs, opts.max_steps_per_epoch)
+    bundle = load_data(DATA, val_size=5000, seed=0, augment=False)
+    calibration, evaluation = split_for_calibration(bundle.val, seed=0)
+    shape = tuple(bundle.input_shape)
     statics = []
     for name in STATICS:
         scored = score_case(models[name], make_eval_loader(evaluation, 256), memory_format=CL)
@@ -294,6 +295,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out-dir", default=str(DEFAULT_OUT))
     parser.add_argument("--train-only", action="store_true", help="train (or resume) every model, then stop")
+    parser.add_argument("--eval-only", action="store_true",
+                        help="train nothing: evaluate the finished checkpoints (an error if one is missing or unfinished)")
     parser.add_argument("--max-steps-per-epoch", type=int, default=None,
                         help="smoke runs only: cap the training steps (needs a scratch --out-dir)")
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results"), help="folder for the outputs")
@@ -306,7 +309,10 @@ def main() -> int:
         return 2
     torch.set_num_threads(opts.threads)
     try:
-        checkpoints = train_all(opts.epochs, Path(opts.out_dir), opts.threads, opts.max_steps_per_epoch)
+        if opts.eval_only:
+            checkpoints = {m: Path(opts.out_dir) / run_name(m, opts.epochs) / "last.pt" for m in MODELS}
+        else:
+            checkpoints = train_all(opts.epochs, Path(opts.out_dir), opts.threads, opts.max_steps_per_epoch)
         if opts.train_only:
             return 0
         load_before = os.getloadavg()
