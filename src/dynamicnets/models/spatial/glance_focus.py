@@ -31,6 +31,12 @@ cross-entropy of each exit (`models.skipping.reinforce.loss_reward_surrogate`, e
 the trainer's `exit_weights` equal the model's). The policy reads a detached `h` and
 glance map: its gradient trains the policy and `where` only.
 
+Staged training (GFNet's, optional): `training_stages` names the sub-modules of each stage
+for `dynamicnets.training.stages.train_only`: `read` with `locations=random_locations(B)`
+(the policy untouched), `policy` with `forward(x, target=y, sample=True)` (the readers
+frozen), `fine_tune` with `forward(x, sample=False)` (the greedy policy fixed).
+`benchmarks/cluttered_glance.py` trains so.
+
 Given decisions (for tests and oracles): `locations (B, steps - 1)` forces the patch of
 every focus step (the policy does not run), `exits (B,)` forces the step each sample
 stops at; the compact path (`run_decided_exits` / `run_early_exit`) and the masked one
