@@ -88,3 +88,18 @@ def test_temperature_schedule_needs_a_temperature_argument_and_a_valid_mapping(t
                 {**schedule, "end": 0.0}, [30, 1]):
         with pytest.raises(ConfigError, match="key 'temperature_schedule'"):
             config(tmp_path, temperature_schedule=bad)
+
+
+def test_shipped_weights_initialise_a_run_by_name():
+    gated = create_model("skipnet_resnet", depth=20)
+    copied, _ = load_initial_weights(gated, "pretrained:resnet20:cifar10", prefix="backbone.")
+    shipped = create_model("resnet20", pretrained="cifar10").state_dict()
+    assert copied == len(shipped)
+    for key, tensor in shipped.items():
+        assert torch.equal(gated.state_dict()["backbone." + key], tensor), key
+
+
+@pytest.mark.parametrize("spec", ["pretrained:resnet20", "pretrained::cifar10", "pretrained:a:b:c"])
+def test_malformed_pretrained_init_from_names_the_form(spec):
+    with pytest.raises(ConfigError, match=r"init_from: expected 'pretrained:MODEL:TAG'"):
+        load_initial_weights(create_model("resnet20"), spec)

@@ -12,14 +12,18 @@ from ..execution import Execution, supported_executions
 from ..gates.schedules import CosineDecay, ExponentialDecay, LinearDecay
 from .checkpoint import load_checkpoint
 
+PRETRAINED_PREFIX = "pretrained:"
 _SCHEDULES = {"exponential": ExponentialDecay, "linear": LinearDecay, "cosine": CosineDecay}
 
 
 def load_initial_weights(model: nn.Module, path: str | Path, prefix: str = "") -> tuple[int, int]:
     """Copy the model weights of the training checkpoint `path` into `model`.
 
-    Checkpoint key `k` goes to model key `prefix + k`. Model tensors that the checkpoint
-    lacks keep their values (new gates, routers, heads).
+    `path` is a training checkpoint file, or `pretrained:MODEL:TAG` for the weights shipped
+    with the package (`create_model(MODEL, pretrained=TAG)`'s, sha256 checked), so that a
+    fine-tuning recipe runs on any machine. Checkpoint key `k` goes to model key
+    `prefix + k`. Model tensors that the checkpoint lacks keep their values (new gates,
+    routers, heads).
 
     Returns:
         `(copied, total)`: tensors copied, tensors in the model's state_dict.
@@ -28,8 +32,10 @@ def load_initial_weights(model: nn.Module, path: str | Path, prefix: str = "") -
         CheckpointError: naming the file and the key, when the checkpoint holds no model
             weights, a key has no counterpart in the model, or the shapes differ.
     """
-    ckpt = load_checkpoint(path)
-    weights = ckpt.get("model")
+    if str(path).startswith(PRETRAINED_PREFIX):
+        weights = _shipped_weights(str(path))
+    else:
+        weights = load_checkpoint(path).get("model")
     if not isinstance(weights, dict) or not weights:
         raise CheckpointError(f"{path}: key 'model': expected the state_dict of a training checkpoint")
     own = model.state_dict()
@@ -50,6 +56,16 @@ def load_initial_weights(model: nn.Module, path: str | Path, prefix: str = "") -
         for key, tensor in weights.items():
             own[prefix + key].copy_(tensor)
     return len(weights), len(own)
+
+
+def _shipped_weights(spec: str) -> dict[str, torch.Tensor]:
+    from ..models.pretrained import load_pretrained_state, pretrained_weights
+
+    parts = spec[len(PRETRAINED_PREFIX):].split(":")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"init_from: expected 'pretrained:MODEL:TAG' (e.g. 'pretrained:resnet56:cifar10'), "
+                          f"got {spec!r}")
+    return load_pretrained_state(pretrained_weights(parts[0], parts[1]))
 
 
 def execution_kwargs(execution: str, model: nn.Module) -> dict:
