@@ -6,8 +6,9 @@ Three models get the same schedule: `--max-steps` AdamW steps at batch `--batch-
 split of the MNIST training set made into cluttered canvases; the same stream of batches).
 `small_cnn` (width 32) reads the whole canvas (the static baseline); `stn_cnn` is a
 spatial transformer + the same CNN on a 28x28 glimpse; `glance_focus_cnn` glances at the
-canvas resized to 30x30, then reads up to three 40x40 patches out of a 5x5 grid (width 16),
-picked by a REINFORCE policy; every step is an exit. The static CNN and the STN train in
+canvas resized to 30x30, then reads one 28x28 patch out of a 7x7 grid, picked by a
+REINFORCE policy (width 32, as the static CNN: 48% of its FLOPs); both steps are exits
+(`--glance` overrides these settings, e.g. `width=16,steps=4,patch_size=40,grid=5`). The static CNN and the STN train in
 one stage (all parameters, one cosine schedule over all the steps). Glance and focus
 trains in GFNet's three stages (Wang et al., "Glance and Focus", NeurIPS 2020; shares
 `--stages` of the same step count, each with its own cosine schedule from `--lr`, through
@@ -19,13 +20,14 @@ the local encoder, GRU and head adapt to its patches). The loss is the library's
 objective (`dynamic_loss`: the cross-entropy of every exit, equally weighted, + the model's
 aux losses; the policy's baselines are updated after each step, as the `Trainer` does).
 
-Rows (`model`): `small_cnn`, `stn_cnn`; `glance_focus full` (all four steps, greedy
+Rows (`model`): `small_cnn`, `stn_cnn`; `glance_focus full` (every step, greedy
 policy); `glance_focus budget F` (early exits with a max-probability `ExitPolicy`
 calibrated by `dynamicnets.inference.calibrate` to `F` times the full read's mean FLOPs on
-the first `--calib` validation images); `glance_focus oracle` (every focus step forced to
+the first `--calib` validation images; left out when `F` is below the glance alone's cost);
+`glance_focus oracle` (every focus step forced to
 the patch nearest the digit's true box, from `cluttered_boxes`; scored, not timed);
 `glance_focus encoders only (ideal)` (the physical limit of a full read, timed only: the
-global encoder on the resized images and the local encoder on three pre-cropped patches,
+global encoder on the resized images and the local encoder on each step's pre-cropped patch,
 no policy, GRU, head, cropping or bookkeeping; its FLOPs are those convolutions'). The
 next `--score` validation images score every row: `accuracy`, `mean_flops`,
 `mean_glimpses` (patches read), `speedup_flops` (small_cnn's FLOPs over the row's) and,
@@ -34,9 +36,11 @@ row's on the same images, timed interleaved by `dynamicnets.profiling.latency.co
 compact execution, eval mode, one thread).
 
     python benchmarks/cluttered_glance.py                      # 1500 steps per model (~45 min, one core)
+    # again: the weights saved in runs/cluttered_glance are reloaded, only scoring and timing run
+    #   (~5 min; use it to re-time on a quiet core)
     # smoke check (a few steps; results elsewhere)
     python benchmarks/cluttered_glance.py --max-steps 3 --calib 128 --score 128 --batch1-samples 4 \
-        --min-run-time 0.05 --rounds 1 --results /tmp/glance_smoke
+        --min-run-time 0.05 --rounds 1 --results /tmp/glance_smoke --checkpoints ''
 
 Writes `cluttered_glance.{json,md,png}` to `--results` (default benchmarks/results); the
 picture shows the greedy policy's patches on a few validation canvases.
@@ -70,8 +74,8 @@ MNIST = ROOT.parent / "shared" / "data" / "mnist"
 MODELS = {
     "small_cnn": {"width": 32},
     "stn_cnn": {"canvas": 60, "glimpse": 28},
-    "glance_focus_cnn": {"image_size": 60, "glance_size": 30, "patch_size": 40, "grid": 5, "steps": 4,
-                         "width": 16, "hidden": 128},
+    "glance_focus_cnn": {"image_size": 60, "glance_size": 30, "patch_size": 28, "grid": 7, "steps": 2,
+                         "width": 32, "hidden": 128},
 }
 BUDGETS = (0.5, 0.75)
 STAGES = ("read", "policy", "fine_tune")
@@ -222,7 +226,12 @@ def main() -> int:
                         help="folder where trained weights are saved, and loaded instead of training when "
                              "there, named by model and schedule ('' to neither save nor load; delete the files "
                              "after changing MODELS)")
+    parser.add_argument("--glance", default="", help="override glance_focus_cnn's settings, e.g. "
+                        "'width=32,steps=2,patch_size=28,grid=7' (integers)")
     opts = parser.parse_args()
+    for item in filter(None, opts.glance.split(",")):
+        key, value = item.split("=")
+        MODELS["glance_focus_cnn"][key.strip()] = int(value)
     torch.set_num_threads(opts.threads)
     spec = f"cluttered_mnist:{opts.mnist}?canvas=60&variant=cluttered&cache={opts.cache}"
     bundle = load_data(spec, val_size=5000, seed=0, augment=False)
@@ -234,6 +243,8 @@ def main() -> int:
                             generator=torch.Generator().manual_seed(0), drop_last=True)
         began = time.perf_counter()
         tag = f"{opts.max_steps}x{opts.batch_size}_lr{opts.lr}_stages{'-'.join(map(str, opts.stages))}"
+        if name == "glance_focus_cnn":
+            tag += "_" + "_".join(f"{k}{v}" for k, v in sorted(MODELS[name].items()))
         saved = Path(opts.checkpoints) / f"{name}_{tag}.pt" if opts.checkpoints else None
         if saved is not None and saved.exists():  # a rerun of the evaluation only
             models[name] = create_model(name, **MODELS[name]).to(memory_format=torch.channels_last)
@@ -264,6 +275,9 @@ def main() -> int:
              "glance_focus full": (glance, {})}
     policies = {}
     for fraction in BUDGETS:
+        if fraction * full_flops < glance.exit_costs(glance.default_input_shape)[0]:
+            print(f"budget {fraction}: below the glance alone's cost, not attainable; row left out", flush=True)
+            continue
         calibration = calibrate(glance, make_eval_loader(calib, 256), fraction * full_flops)
         policies[fraction] = calibration.policy
         cases[f"glance_focus budget {fraction}"] = (glance, {"policy": calibration.policy})
