@@ -10,6 +10,8 @@ from dynamicnets.flops import counted_flops
 from dynamicnets.inference.executor import run_early_exit
 from dynamicnets.inference.policy import ExitPolicy
 
+from spatial_test_helpers import fit_on_locations
+
 SMALL = dict(num_classes=5, image_size=20, glance_size=10, patch_size=8, grid=4, steps=4, width=4, hidden=16,
              policy_hidden=8)
 
@@ -187,16 +189,8 @@ def test_focusing_on_the_pattern_beats_random_patches():
         model = create_model("glance_focus_cnn", **config)
         true_train = model.crop.nearest(box_train[:, :2]).view(-1, 1)
         true_test = model.crop.nearest(box_test[:, :2]).view(-1, 1)
-        optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-        for step in range(120):
-            rows = torch.randint(0, 512, (32,), generator=g)
-            where = true_train[rows] if how == "true" else torch.randint(0, 25, (32, 1), generator=g)
-            out = model(x_train[rows], locations=where)
-            loss = sum(F.cross_entropy(lg, y_train[rows]) for lg in out.exit_logits)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        model.eval()
+        fit_on_locations(model, x_train, y_train, lambda rows: true_train[rows] if how == "true" else torch.randint(
+            0, 25, (32, 1), generator=g), train_size=512, steps=120, generator=g)
         where = true_test if how == "true" else torch.randint(0, 25, (256, 1), generator=g)
         with torch.no_grad():
             out = model(x_test, locations=where, exits=torch.ones(256, dtype=torch.long))

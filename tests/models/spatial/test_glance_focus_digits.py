@@ -6,10 +6,11 @@ first must classify far better, so the focus step reads what the glance (6x6: a 
 `test_glance_focus.py`."""
 import pytest
 import torch
-import torch.nn.functional as F
 
 from dynamicnets import create_model
 from dynamicnets.data import cluttered
+
+from spatial_test_helpers import fit_on_locations
 
 CANVAS, DIGIT, PATCH, GRID = 24, 8, 10, 8  # 8 patch corners per side, 2 pixels apart: one holds the digit
 CONFIG = dict(num_classes=10, image_size=CANVAS, glance_size=6, patch_size=PATCH, grid=GRID, steps=2, width=8,
@@ -42,16 +43,8 @@ def test_focusing_on_the_digit_beats_focusing_at_random():
         true = model.crop.nearest(boxes[:, :2] - (PATCH - DIGIT) // 2).view(-1, 1)
         corners = model.crop.corners[true[:, 0]]
         assert bool((corners <= boxes[:, :2]).all() and (corners + PATCH >= boxes[:, 2:]).all())
-        optimiser = torch.optim.Adam(model.parameters(), lr=0.01)
-        for _ in range(300):
-            rows = torch.randint(0, 1400, (32,), generator=generator)
-            where = true[rows] if how == "digit" else torch.randint(0, GRID ** 2, (32, 1), generator=generator)
-            out = model(x[rows], locations=where)
-            loss = sum(F.cross_entropy(logits, y[rows]) for logits in out.exit_logits)
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-        model.eval()
+        fit_on_locations(model, x, y, lambda rows: true[rows] if how == "digit" else torch.randint(
+            0, GRID ** 2, (32, 1), generator=generator), train_size=1400, steps=300, generator=generator)
         count = x[test].shape[0]
         where = true[test] if how == "digit" else torch.randint(0, GRID ** 2, (count, 1), generator=generator)
         with torch.no_grad():
