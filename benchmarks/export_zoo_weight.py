@@ -9,7 +9,7 @@ validation accuracy and CPU hours from metrics.jsonl, and regenerates the model 
 (docs/model_cards/<model>_<tag>.md + PNG) and benchmarks/results/model_zoo.{json,md}.
 With --data the shipped file is loaded back and re-scored on the validation split it was
 trained with, and a dynamic model's accuracy-FLOPs trade-off (speedups at batch 1 and 256)
-is measured for its card. `--cards-only` regenerates every card and the zoo table from
+is measured for its card (a layer-skipping model's against `--anchor`, its static anchor's run). `--cards-only` regenerates every card and the zoo table from
 registry.json without a run.
 """
 from __future__ import annotations
@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="data spec of the run's data: re-score the shipped file, measure dynamic trade-offs")
     parser.add_argument("--default", action="store_true", help="make this tag the model's default")
     parser.add_argument("--budgets", type=int, default=8, help="points on a dynamic model's accuracy-FLOPs curve")
+    parser.add_argument("--anchor", default=None,
+                        help="finished run of the static anchor (same schedule): a layer-skipping model is timed "
+                             "and scored against it")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for evaluation and timing")
     parser.add_argument("--cards-only", action="store_true", help="regenerate cards and zoo table from registry.json")
     args = parser.parse_args(argv)
@@ -51,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.run or not args.tag:
             parser.error("--run and --tag are required (or --cards-only)")
         row = export_run(ZooExport(run=args.run, tag=args.tag, paths=PATHS, data=args.data, default=args.default,
-                                   budgets=args.budgets, threads=args.threads))
+                                   budgets=args.budgets, threads=args.threads, anchor=args.anchor))
     except DynamicNetsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

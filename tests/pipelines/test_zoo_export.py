@@ -131,3 +131,53 @@ def test_the_card_shows_a_dynamic_models_trade_off_when_measured_and_says_so_whe
     unmeasured = replace(row, details={**row.details, "family": "skipping", "multi_exit": False})
     assert "Not measured yet" in render_model_card(unmeasured, {"curve": "c.png"})
     assert "trade-off" not in render_model_card(row, {"curve": "c.png"})  # static: no section at all
+
+
+def test_a_layer_skipping_model_is_measured_against_its_static_anchor(tmp_path):
+    """End to end: a gated ResNet-20 and its static ResNet-20 anchor, both trained briefly on
+    digits; the export fits per-block thresholds, scores, times and writes the card."""
+    run = _train(tmp_path / "runs", "digits_aig", "convnet_aig_resnet", depth=20, width=4)
+    anchor = _train(tmp_path / "runs", "digits_r20", "resnet20", width=4)
+    paths = _paths(tmp_path)
+    row = export_run(ZooExport(run=run, tag="digits", paths=paths, data="digits", budgets=3, min_run_time=0.01,
+                               anchor=anchor))
+    trade_off = row.details["trade_off"]
+    assert trade_off["kind"] == "gates" and trade_off["gated_blocks"] == 6
+    trained, *calibrated = trade_off["curve"]
+    assert trained["rate"] is None and [p["rate"] for p in calibrated] == pytest.approx([1.0, 0.65, 0.3])
+    # the fitted rates hold on the calibration half (ties aside), so mean FLOPs fall with the rate
+    assert calibrated[0]["budget_flops"] > calibrated[1]["budget_flops"] > calibrated[2]["budget_flops"]
+    assert calibrated[2]["executed_fraction"] < calibrated[0]["executed_fraction"]
+    for point in trade_off["curve"]:
+        assert point["speedup_flops"] == pytest.approx(trade_off["static_flops"] / point["mean_flops"])
+        assert point["speedup_measured_b1"] > 0 and point["speedup_measured_b256"] > 0
+    assert trade_off["anchor"]["name"].endswith("digits_r20/best.pt") and 0 < trade_off["anchor"]["accuracy"] <= 1
+    card = (paths.cards_dir / "convnet_aig_resnet_digits.md").read_text()
+    section = card.split("## Accuracy-FLOPs trade-off")[1].split("## Limitations")[0]
+    assert "static anchor" in section and "trained rule" in section and "vs static (pt)" in section
+    assert "6.0 / 6" in section
+    assert (paths.cards_dir / "convnet_aig_resnet_digits_accuracy_flops.png").is_file()
+
+
+def test_the_gate_card_names_the_cheapest_point_that_meets_the_target(static_run, tmp_path):
+    row = export_run(ZooExport(run=static_run, tag="digits", paths=_paths(tmp_path)))
+
+    def point(rate, accuracy, flops):
+        return {"rate": rate, "thresholds": None, "accuracy": accuracy, "mean_flops": flops,
+                "speedup_flops": 10e6 / flops, "executed_fraction": flops / 10e6, "budget_flops": flops,
+                "speedup_measured_b1": 1.0, "speedup_flops_b1": 10e6 / flops,
+                "speedup_measured_b256": 0.9 * 10e6 / flops, "speedup_flops_b256": 10e6 / flops}
+
+    trade_off = {"kind": "gates", "protocol": "Fitted", "calibration_samples": 10, "evaluation_samples": 10,
+                 "gated_blocks": 8, "static_flops": 10e6, "static": {"accuracy": 0.90},
+                 "anchor": {"name": "runs/r/best.pt", "accuracy": 0.92},
+                 "curve": [point(None, 0.921, 9.9e6), point(0.7, 0.918, 6.9e6), point(0.5, 0.916, 5e6),
+                           point(0.3, 0.90, 3e6)]}
+    gated = replace(row, details={**row.details, "family": "skipping", "trade_off": trade_off})
+    card = render_model_card(gated, {"curve": "c.png", "trade_off": "t.png"})
+    # against the anchor (92.0%): 0.5 at 91.6% is within 0.5 point and the cheapest such; 0.3 is not
+    assert "rate 0.50, 91.60% at 5M (2.00x fewer FLOPs; measured 1.80x at batch 256, 0.90" in card
+    worse = {**trade_off, "curve": trade_off["curve"][:1] + trade_off["curve"][3:]}
+    card = render_model_card(replace(row, details={**row.details, "family": "skipping", "trade_off": worse}),
+                             {"curve": "c.png"})
+    assert "No point is within 0.5 point" in card

@@ -16,6 +16,7 @@ from typing import Any
 from ..data.preprocessing import Preprocessing
 from ..models.pretrained import PretrainedWeights
 from ..profiling.report import format_flops, markdown_table
+from .zoo_gate_trade_off import best_point
 from .zoo_trade_off import TIMED_BATCH_SIZES
 
 
@@ -53,7 +54,8 @@ def render_model_card(row: PretrainedWeights, figures: dict[str, str]) -> str:
         "## Validation accuracy\n\n" + _accuracy(row, provenance, figures.get("curve")),
     ]
     if details.get("family", "static") != "static":
-        trade_off = _trade_off(details.get("trade_off"), figures.get("trade_off"), bool(details.get("multi_exit")))
+        trade_off = _trade_off(details.get("trade_off"), figures.get("trade_off"), bool(details.get("multi_exit")),
+                               details.get("family", "static"))
         sections.append("## Accuracy-FLOPs trade-off\n\n" + trade_off)
     sections.append("## Limitations\n\n" + _limitations(row))
     return "\n\n".join(sections) + "\n"
@@ -149,10 +151,13 @@ def _accuracy(row: PretrainedWeights, provenance: dict[str, Any], curve: str | N
     return text + (f"\n\n![validation accuracy per epoch]({curve})" if curve else "")
 
 
-def _trade_off(trade_off: dict[str, Any] | None, figure: str | None, multi_exit: bool) -> str:
+def _trade_off(trade_off: dict[str, Any] | None, figure: str | None, multi_exit: bool, family: str) -> str:
+    if trade_off and trade_off.get("kind") == "gates":
+        return _gate_trade_off(trade_off, figure)
     if not trade_off:
-        how = ("export with a data spec (`--data`) to fit and time the exit policy" if multi_exit else
-               "the export measures multi-exit models only so far")
+        how = ("export with a data spec (`--data`) to fit and time the exit policy or the gate thresholds"
+               if multi_exit or family == "skipping" else
+               "the export measures multi-exit and layer-skipping models only so far")
         return f"Not measured yet ({how}). Until then the figures above are the full network's."
     rows = []
     for point in trade_off["curve"]:
@@ -171,6 +176,44 @@ def _trade_off(trade_off: dict[str, Any] | None, figure: str | None, multi_exit:
             + "\n\n`measured bN`: full network's time over the executor's at batch N; `FLOPs bN`: the speedup "
               "FLOPs promise for exactly the timed samples.")
     return text + (f"\n\n![accuracy vs. FLOPs]({figure})" if figure else "")
+
+
+def _gate_trade_off(trade_off: dict[str, Any], figure: str | None) -> str:
+    anchor = trade_off.get("anchor")
+    reference = anchor["accuracy"] if anchor else trade_off["static"]["accuracy"]
+    rows = []
+    for point in trade_off["curve"]:
+        row = {"rate": _rate(point),
+               "blocks run": f"{point['executed_fraction'] * trade_off['gated_blocks']:.1f} / {trade_off['gated_blocks']}",
+               "mean FLOPs": format_flops(point["mean_flops"]), "accuracy %": 100 * point["accuracy"],
+               "vs static (pt)": 100 * (point["accuracy"] - reference), "FLOPs speedup": point["speedup_flops"]}
+        for size in TIMED_BATCH_SIZES:
+            row[f"measured b{size}"] = point.get(f"speedup_measured_b{size}")
+            row[f"FLOPs b{size}"] = point.get(f"speedup_flops_b{size}")
+        rows.append(row)
+    statics = f"the backbone with every block run: {100 * trade_off['static']['accuracy']:.2f}%"
+    if anchor:
+        statics = (f"the static anchor `{anchor['name']}` (same architecture, same schedule): "
+                   f"{100 * anchor['accuracy']:.2f}%; " + statics)
+    best = best_point(trade_off, reference)
+    verdict = ("No point is within 0.5 point of the static network at 30% fewer mean FLOPs or more." if best is None
+               else f"Cheapest point within 0.5 point of the static network at >= 30% fewer mean FLOPs: rate "
+                    f"{_rate(best)}, {100 * best['accuracy']:.2f}% at {format_flops(best['mean_flops'])} "
+                    f"({best['speedup_flops']:.2f}x fewer FLOPs; measured {best['speedup_measured_b256']:.2f}x at "
+                    f"batch 256, {best['speedup_measured_b256'] / best['speedup_flops_b256']:.2f} of its FLOPs "
+                    "speedup).")
+    text = (f"{trade_off['protocol']}. Calibration {trade_off['calibration_samples']} samples, evaluation "
+            f"{trade_off['evaluation_samples']}. On the evaluation half, {statics} "
+            f"({format_flops(trade_off['static_flops'])}). {verdict}\n\n"
+            + markdown_table(rows, floatfmt=".2f")
+            + "\n\n`vs static`: accuracy minus the static network's on the same samples; `measured bN`: the static "
+              "network's time over the gated network's at batch N; `FLOPs bN`: the speedup FLOPs promise for "
+              "exactly the timed samples.")
+    return text + (f"\n\n![accuracy vs. FLOPs]({figure})" if figure else "")
+
+
+def _rate(point: dict[str, Any]) -> str:
+    return "trained rule" if point["rate"] is None else f"{point['rate']:.2f}"
 
 
 def _limitations(row: PretrainedWeights) -> str:

@@ -43,6 +43,7 @@ from .checkpoint_data import load_checkpoint_data, trained_preprocessing
 from .checkpoints import load_trained_model, run_checkpoint
 from .evaluate import full_flops_per_sample
 from .model_card import card_figures, render_model_card
+from .zoo_gate_trade_off import measure_gate_trade_off
 from .zoo_trade_off import measure_trade_off
 
 RECIPE_KEYS = ("epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov", "weight_decay", "schedule",
@@ -93,6 +94,9 @@ class ZooExport:
         budgets: points on a dynamic model's accuracy-FLOPs curve.
         threads: CPU threads for timing a dynamic model.
         min_run_time: seconds of timed calls per callable and round when timing it.
+        anchor: a finished run (folder or checkpoint) of the static anchor trained with the
+            same schedule: a layer-skipping model's speedups are timed against it and its
+            accuracy is scored on the same samples. `None`: the model's own backbone.
     """
 
     run: str | Path
@@ -104,6 +108,7 @@ class ZooExport:
     budgets: int = 8
     threads: int = 1
     min_run_time: float = 0.3
+    anchor: str | Path | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.tag, str) or not self.tag.isidentifier():
@@ -272,20 +277,31 @@ def _row(request: ZooExport, checkpoint: Path, ckpt: dict[str, Any], model: torc
 def write_cards(rows: list[PretrainedWeights], paths: ZooPaths) -> list[Path]:
     """Write the model card of each row (and a dynamic model's trade-off plot) into
     `paths.cards_dir`; returns the cards written."""
-    from ..profiling.plots import plot_accuracy_vs_flops
-
     written = []
     for row in rows:
         figures = card_figures(row, paths.cards_dir)
         trade_off = row.details.get("trade_off")
         if trade_off:
-            plot_accuracy_vs_flops({f"{row.model} (calibrated exits)": [(p["mean_flops"], p["accuracy"])
-                                                                      for p in trade_off["curve"]]},
-                                   figures["trade_off"], title=f"{row.model} / {row.tag}: accuracy vs. FLOPs",
-                                   dpi=100)
+            _plot_trade_off(row, trade_off, figures["trade_off"])
         card = render_model_card(row, {k: v.name for k, v in figures.items()})
         written.append(atomic_write(paths.cards_dir / f"{row.model}_{row.tag}.md", card))
     return written
+
+
+def _plot_trade_off(row: PretrainedWeights, trade_off: dict[str, Any], png: Path) -> Path:
+    """The calibrated curve of `trade_off`; for gates, the static networks as stars."""
+    from ..profiling.plots import plot_accuracy_vs_flops
+
+    gates = trade_off.get("kind") == "gates"
+    static = {}
+    if gates:
+        static["backbone, every block"] = (trade_off["static_flops"], trade_off["static"]["accuracy"])
+        if trade_off.get("anchor"):
+            static["static anchor"] = (trade_off["static_flops"], trade_off["anchor"]["accuracy"])
+    points = [(p["mean_flops"], p["accuracy"]) for p in trade_off["curve"]]
+    return plot_accuracy_vs_flops({f"{row.model} (calibrated {'gates' if gates else 'exits'})": points}, png,
+                                  title=f"{row.model} / {row.tag}: accuracy vs. FLOPs", static_points=static or None,
+                                  dpi=100)
 
 
 def _plot_curve(history: list[dict[str, Any]], png: Path, title: str) -> Path:
@@ -337,6 +353,13 @@ def _measure(row: PretrainedWeights, request: ZooExport) -> dict[str, Any]:
     trade_off = measure_trade_off(model, prepared.dataset, row.input_shape, budgets=request.budgets,
                                   seed=row.data["seed"], threads=request.threads,
                                   min_run_time=request.min_run_time)
+    if trade_off is None:
+        anchor = None if request.anchor is None else load_trained_model(run_checkpoint(request.anchor))[0].eval()
+        trade_off = measure_gate_trade_off(model, prepared.dataset, row.input_shape, budgets=request.budgets,
+                                           seed=row.data["seed"], threads=request.threads,
+                                           min_run_time=request.min_run_time, anchor=anchor,
+                                           anchor_name=None if anchor is None else
+                                           _relative(run_checkpoint(request.anchor), request.paths.repo_root))
     if trade_off is not None:
         found["trade_off"] = trade_off
     return found
