@@ -4,12 +4,14 @@ A card says what the weights are (model, parameters, FLOPs, file and sha256), ho
 and evaluate them, the data and split, the preprocessing, the recipe and the exact training
 command, the CPU hours (and how paused epochs were counted), the validation accuracy with
 its per-epoch curve, and, for dynamic models, the measured accuracy-FLOPs trade-off with
-speedups at batch 1 and 256, or a line saying it has not been measured. Nothing on the card
+speedups at batch 1 and 256 (exits, gates, widths; a dynamic-parameter model beside its
+static anchor), or a line saying it has not been measured and why. Nothing on the card
 is typed by hand: rerunning the export regenerates it.
 """
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +24,10 @@ from .zoo_trade_off import TIMED_BATCH_SIZES
 
 def card_figures(row: PretrainedWeights, cards_dir: Path) -> dict[str, Path]:
     """The PNG files of a card: `curve` (validation accuracy per epoch) and, when the row
-    holds a measured trade-off, `trade_off` (accuracy vs. FLOPs)."""
+    holds a measured trade-off curve, `trade_off` (accuracy vs. FLOPs)."""
     stem = Path(cards_dir) / f"{row.model}_{row.tag}"
     figures = {"curve": stem.with_name(stem.name + "_val_accuracy.png")}
-    if row.details.get("trade_off"):
+    if (row.details.get("trade_off") or {}).get("curve"):
         figures["trade_off"] = stem.with_name(stem.name + "_accuracy_flops.png")
     return figures
 
@@ -54,8 +56,7 @@ def render_model_card(row: PretrainedWeights, figures: dict[str, str]) -> str:
         "## Validation accuracy\n\n" + _accuracy(row, provenance, figures.get("curve")),
     ]
     if details.get("family", "static") != "static":
-        trade_off = _trade_off(details.get("trade_off"), figures.get("trade_off"), bool(details.get("multi_exit")),
-                               details.get("family", "static"))
+        trade_off = _trade_off(details, figures.get("trade_off"))
         sections.append("## Accuracy-FLOPs trade-off\n\n" + trade_off)
     sections.append("## Limitations\n\n" + _limitations(row))
     return "\n\n".join(sections) + "\n"
@@ -151,14 +152,41 @@ def _accuracy(row: PretrainedWeights, provenance: dict[str, Any], curve: str | N
     return text + (f"\n\n![validation accuracy per epoch]({curve})" if curve else "")
 
 
-def _trade_off(trade_off: dict[str, Any] | None, figure: str | None, multi_exit: bool, family: str) -> str:
-    if trade_off and trade_off.get("kind") == "gates":
-        return _gate_trade_off(trade_off, figure)
+MEASURED = ("multi-exit models (fitted exit thresholds), gated layer-skipping ResNets (fitted gate thresholds), "
+            "slimmable networks and DS-Net (every width or width cap) and, given the static anchor's run "
+            "(`--anchor`), dynamic-parameter models")
+"""What the export measures, in words."""
+
+REALISED_TARGET = 0.85
+"""The share of a point's FLOPs speedup that the clock should show at batch 256."""
+
+
+def _trade_off(details: dict[str, Any], figure: str | None) -> str:
+    trade_off = details.get("trade_off")
     if not trade_off:
-        how = ("export with a data spec (`--data`) to fit and time the exit policy or the gate thresholds"
-               if multi_exit or family == "skipping" else
-               "the export measures multi-exit and layer-skipping models only so far")
-        return f"Not measured yet ({how}). Until then the figures above are the full network's."
+        return _not_measured(details)
+    kind = trade_off.get("kind")
+    if kind == "gates":
+        return _gate_trade_off(trade_off, figure)
+    if kind == "widths":
+        return _width_trade_off(trade_off, figure)
+    if kind == "anchor":
+        return _anchor_comparison(trade_off)
+    return _exit_trade_off(trade_off, figure)
+
+
+def _not_measured(details: dict[str, Any]) -> str:
+    if "rescored" not in details:
+        why = f"the export measures {MEASURED}, given a data spec (`--data`); these weights were exported without one"
+    elif details.get("family") == "parameters":
+        why = ("a dynamic-parameter model is compared with its static anchor: export with the anchor's run "
+               "(`--anchor RUN`)")
+    else:
+        why = f"the export measures {MEASURED}; not this kind of model so far"
+    return f"Not measured yet ({why}). Until then the figures above are the full network's."
+
+
+def _exit_trade_off(trade_off: dict[str, Any], figure: str | None) -> str:
     rows = []
     for point in trade_off["curve"]:
         row = {"budget": format_flops(point["budget_flops"]), "mean FLOPs": format_flops(point["mean_flops"]),
@@ -183,25 +211,13 @@ def _gate_trade_off(trade_off: dict[str, Any], figure: str | None) -> str:
     reference = anchor["accuracy"] if anchor else trade_off["static"]["accuracy"]
     rows = []
     for point in trade_off["curve"]:
-        row = {"rate": _rate(point),
-               "blocks run": f"{point['executed_fraction'] * trade_off['gated_blocks']:.1f} / {trade_off['gated_blocks']}",
-               "mean FLOPs": format_flops(point["mean_flops"]), "accuracy %": 100 * point["accuracy"],
-               "vs static (pt)": 100 * (point["accuracy"] - reference), "FLOPs speedup": point["speedup_flops"]}
-        for size in TIMED_BATCH_SIZES:
-            row[f"measured b{size}"] = point.get(f"speedup_measured_b{size}")
-            row[f"FLOPs b{size}"] = point.get(f"speedup_flops_b{size}")
-        rows.append(row)
+        blocks = f"{point['executed_fraction'] * trade_off['gated_blocks']:.1f} / {trade_off['gated_blocks']}"
+        rows.append({"rate": _rate(point), "blocks run": blocks, **_against_static(point, reference)})
     statics = f"the backbone with every block run: {100 * trade_off['static']['accuracy']:.2f}%"
     if anchor:
         statics = (f"the static anchor `{anchor['name']}` (same architecture, same schedule): "
                    f"{100 * anchor['accuracy']:.2f}%; " + statics)
-    best = best_point(trade_off, reference)
-    verdict = ("No point is within 0.5 point of the static network at 30% fewer mean FLOPs or more." if best is None
-               else f"Cheapest point within 0.5 point of the static network at >= 30% fewer mean FLOPs: rate "
-                    f"{_rate(best)}, {100 * best['accuracy']:.2f}% at {format_flops(best['mean_flops'])} "
-                    f"({best['speedup_flops']:.2f}x fewer FLOPs; measured {best['speedup_measured_b256']:.2f}x at "
-                    f"batch 256, {best['speedup_measured_b256'] / best['speedup_flops_b256']:.2f} of its FLOPs "
-                    "speedup).")
+    verdict = _verdict(trade_off, reference, lambda p: f"rate {_rate(p)}")
     text = (f"{trade_off['protocol']}. Calibration {trade_off['calibration_samples']} samples, evaluation "
             f"{trade_off['evaluation_samples']}. On the evaluation half, {statics} "
             f"({format_flops(trade_off['static_flops'])}). {verdict}\n\n"
@@ -212,8 +228,80 @@ def _gate_trade_off(trade_off: dict[str, Any], figure: str | None) -> str:
     return text + (f"\n\n![accuracy vs. FLOPs]({figure})" if figure else "")
 
 
+def _against_static(point: dict[str, Any], reference: float) -> dict[str, Any]:
+    """A curve point's table columns beside the static network (`reference`: its accuracy)."""
+    row = {"mean FLOPs": format_flops(point["mean_flops"]), "accuracy %": 100 * point["accuracy"],
+           "vs static (pt)": 100 * (point["accuracy"] - reference), "FLOPs speedup": point["speedup_flops"]}
+    for size in TIMED_BATCH_SIZES:
+        row[f"measured b{size}"] = point.get(f"speedup_measured_b{size}")
+        row[f"FLOPs b{size}"] = point.get(f"speedup_flops_b{size}")
+    return row
+
+
 def _rate(point: dict[str, Any]) -> str:
     return "trained rule" if point["rate"] is None else f"{point['rate']:.2f}"
+
+
+def _verdict(trade_off: dict[str, Any], reference: float, name: Callable[[dict[str, Any]], str]) -> str:
+    """The target in one sentence: the cheapest point within 0.5 point of `reference` at
+    >= 30% fewer mean FLOPs (`best_point`), and whether batch 256 realises
+    `REALISED_TARGET` of its FLOPs speedup; `name(point)` names the point."""
+    best = best_point(trade_off, reference)
+    if best is None:
+        return "No point is within 0.5 point of the static network at 30% fewer mean FLOPs or more."
+    realised = best["speedup_measured_b256"] / best["speedup_flops_b256"]
+    return (f"Cheapest point within 0.5 point of the static network at >= 30% fewer mean FLOPs: {name(best)}, "
+            f"{100 * best['accuracy']:.2f}% at {format_flops(best['mean_flops'])} ({best['speedup_flops']:.2f}x fewer "
+            f"FLOPs; measured {best['speedup_measured_b256']:.2f}x at batch 256, {realised:.2f} of its FLOPs speedup: "
+            f"{'meets' if realised >= REALISED_TARGET else 'misses'} the {REALISED_TARGET:.2f} target).")
+
+
+def _width_trade_off(trade_off: dict[str, Any], figure: str | None) -> str:
+    anchor = trade_off.get("anchor")
+    reference = anchor["accuracy"] if anchor else trade_off["static"]["accuracy"]
+    dsnet = trade_off.get("method") == "dsnet"
+    rows = []
+    for point in trade_off["curve"]:
+        label = ({"cap": _cap(point), "widths run": " / ".join(str(n) for n in point["width_histogram"])} if dsnet
+                 else {"width": f"{point['width']:g}"})
+        rows.append({**label, **_against_static(point, reference)})
+    statics = f"the widest width: {100 * trade_off['static']['accuracy']:.2f}%"
+    if anchor:
+        statics = (f"the static anchor `{anchor['name']}` (the widest width's architecture, same schedule): "
+                   f"{100 * anchor['accuracy']:.2f}%; " + statics)
+    widths = " / ".join(f"{w:g}" for w in trade_off["widths"])
+    gate = (f" The gate costs {format_flops(trade_off['gate_flops'])} per sample, counted in every mean; `widths "
+            f"run`: samples per width ({widths}, narrowest first)." if dsnet else "")
+    name = (lambda p: f"cap {_cap(p)}") if dsnet else (lambda p: f"width {p['width']:g}")
+    text = (f"{trade_off['protocol']}. Evaluation {trade_off['evaluation_samples']} samples.{gate} On the evaluation "
+            f"half, {statics} ({format_flops(trade_off['static_flops'])}). "
+            f"{_verdict(trade_off, reference, name)}\n\n"
+            + markdown_table(rows, floatfmt=".2f")
+            + "\n\n`vs static`: accuracy minus the static network's on the same samples; `FLOPs speedup`: the "
+              "widest width's FLOPs over the mean; `measured bN`: the static network's time over the point's at "
+              "batch N; `FLOPs bN`: the speedup FLOPs promise for exactly the timed samples.")
+    return text + (f"\n\n![accuracy vs. FLOPs]({figure})" if figure else "")
+
+
+def _cap(point: dict[str, Any]) -> str:
+    return "trained rule" if point["max_width"] is None else f"<= {point['max_width']:g}"
+
+
+def _anchor_comparison(trade_off: dict[str, Any]) -> str:
+    model, anchor = trade_off["model"], trade_off["anchor"]
+    rows = [{"network": "this model", "accuracy %": 100 * model["accuracy"], "FLOPs": format_flops(model["flops"]),
+             **{f"speed b{b}": trade_off[f"speedup_measured_b{b}"] for b in TIMED_BATCH_SIZES}},
+            {"network": f"static anchor `{anchor['name']}`", "accuracy %": 100 * anchor["accuracy"],
+             "FLOPs": format_flops(anchor["flops"]), **{f"speed b{b}": 1.0 for b in TIMED_BATCH_SIZES}}]
+    gain = 100 * (model["accuracy"] - anchor["accuracy"])
+    return (f"{trade_off['protocol']}. Evaluation {trade_off['evaluation_samples']} samples. Against the anchor: "
+            f"{gain:+.2f} points of accuracy at {1 / trade_off['speedup_flops']:.3f}x its FLOPs; it runs at "
+            + ", ".join(f"{trade_off[f'speedup_measured_b{b}']:.2f}x the anchor's speed at batch {b}"
+                        for b in TIMED_BATCH_SIZES)
+            + " (FLOPs alone promise " + " / ".join(f"{trade_off[f'speedup_flops_b{b}']:.3f}x" for b in TIMED_BATCH_SIZES)
+            + ").\n\n" + markdown_table(rows, floatfmt=".2f")
+            + "\n\n`speed bN`: the anchor's time over the network's at batch N, timed in the same run (below 1: "
+              "slower than the anchor).")
 
 
 def _limitations(row: PretrainedWeights) -> str:

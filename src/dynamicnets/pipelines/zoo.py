@@ -10,9 +10,12 @@
    (`robust_epoch_seconds`: an epoch that took over `outlier_factor` times the median,
    a paused process, counts as the median), parameters and FLOPs from the model;
 4. with a data spec, loads the shipped file back through `create_model(pretrained=...)`,
-   re-scores it on the validation split it was trained with, and for a multi-exit model
-   measures its accuracy-FLOPs trade-off (`zoo_trade_off`; other dynamic families have no
-   measurement yet, and their card says so);
+   re-scores it on the validation split it was trained with, and for a dynamic model
+   measures its accuracy-FLOPs trade-off: multi-exit models (`zoo_trade_off`), gated
+   layer-skipping ResNets (`zoo_gate_trade_off`), slimmable networks and DS-Net
+   (`zoo_width_trade_off`), and, given a static anchor run, dynamic-parameter models
+   against it (`zoo_anchor_comparison`); other dynamic models' cards say they are not
+   measured yet;
 5. replaces the model's row for that tag in `registry.json`, regenerates the model card
    (with a plot of validation accuracy per epoch) and the zoo table
    (`model_zoo.json` + `.md`).
@@ -29,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import Dataset
 
 from ..data import make_eval_loader
 from ..errors import ConfigError, DataError
@@ -43,8 +47,10 @@ from .checkpoint_data import load_checkpoint_data, trained_preprocessing
 from .checkpoints import load_trained_model, run_checkpoint
 from .evaluate import full_flops_per_sample
 from .model_card import card_figures, render_model_card
+from .zoo_anchor_comparison import measure_anchor_comparison
 from .zoo_gate_trade_off import measure_gate_trade_off
 from .zoo_trade_off import measure_trade_off
+from .zoo_width_trade_off import measure_width_trade_off
 
 RECIPE_KEYS = ("epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov", "weight_decay", "schedule",
                "warmup_epochs", "label_smoothing", "exit_weights", "distill_weight", "grad_clip", "augment",
@@ -95,8 +101,10 @@ class ZooExport:
         threads: CPU threads for timing a dynamic model.
         min_run_time: seconds of timed calls per callable and round when timing it.
         anchor: a finished run (folder or checkpoint) of the static anchor trained with the
-            same schedule: a layer-skipping model's speedups are timed against it and its
-            accuracy is scored on the same samples. `None`: the model's own backbone.
+            same schedule: a layer-skipping or width model's speedups are timed against it,
+            and a dynamic-parameter model is compared with it; its accuracy is scored on
+            the same samples. `None`: the model's own backbone or widest width (a
+            dynamic-parameter model is then not measured).
     """
 
     run: str | Path
@@ -280,26 +288,29 @@ def write_cards(rows: list[PretrainedWeights], paths: ZooPaths) -> list[Path]:
     written = []
     for row in rows:
         figures = card_figures(row, paths.cards_dir)
-        trade_off = row.details.get("trade_off")
-        if trade_off:
-            _plot_trade_off(row, trade_off, figures["trade_off"])
+        if "trade_off" in figures:
+            _plot_trade_off(row, row.details["trade_off"], figures["trade_off"])
         card = render_model_card(row, {k: v.name for k, v in figures.items()})
         written.append(atomic_write(paths.cards_dir / f"{row.model}_{row.tag}.md", card))
     return written
 
 
 def _plot_trade_off(row: PretrainedWeights, trade_off: dict[str, Any], png: Path) -> Path:
-    """The calibrated curve of `trade_off`; for gates, the static networks as stars."""
+    """The curve of `trade_off`; for gates and widths, the static networks as stars."""
     from ..profiling.plots import plot_accuracy_vs_flops
 
-    gates = trade_off.get("kind") == "gates"
+    kind = trade_off.get("kind", "exits")
     static = {}
-    if gates:
-        static["backbone, every block"] = (trade_off["static_flops"], trade_off["static"]["accuracy"])
-        if trade_off.get("anchor"):
-            static["static anchor"] = (trade_off["static_flops"], trade_off["anchor"]["accuracy"])
+    if kind in ("gates", "widths"):
+        full = "backbone, every block" if kind == "gates" else "widest width"
+        static[full] = (trade_off["static_flops"], trade_off["static"]["accuracy"])
+        anchor = trade_off.get("anchor")
+        if anchor:
+            static["static anchor"] = (anchor.get("flops", trade_off["static_flops"]), anchor["accuracy"])
+    label = {"gates": "calibrated gates", "exits": "calibrated exits"}.get(
+        kind, "gate, width caps" if trade_off.get("method") == "dsnet" else "one width each")
     points = [(p["mean_flops"], p["accuracy"]) for p in trade_off["curve"]]
-    return plot_accuracy_vs_flops({f"{row.model} (calibrated {'gates' if gates else 'exits'})": points}, png,
+    return plot_accuracy_vs_flops({f"{row.model} ({label})": points}, png,
                                   title=f"{row.model} / {row.tag}: accuracy vs. FLOPs", static_points=static or None,
                                   dpi=100)
 
@@ -350,16 +361,42 @@ def _measure(row: PretrainedWeights, request: ZooExport) -> dict[str, Any]:
     prepared = load_checkpoint_data(fields, f"{row.model}/{row.tag}", request.data, "val")
     metrics = evaluate(model, make_eval_loader(prepared.dataset, 256), "cpu")
     found = {"rescored": {"val_accuracy": metrics["accuracy"], "samples": metrics["samples"]}}
-    trade_off = measure_trade_off(model, prepared.dataset, row.input_shape, budgets=request.budgets,
-                                  seed=row.data["seed"], threads=request.threads,
-                                  min_run_time=request.min_run_time)
-    if trade_off is None:
-        anchor = None if request.anchor is None else load_trained_model(run_checkpoint(request.anchor))[0].eval()
-        trade_off = measure_gate_trade_off(model, prepared.dataset, row.input_shape, budgets=request.budgets,
-                                           seed=row.data["seed"], threads=request.threads,
-                                           min_run_time=request.min_run_time, anchor=anchor,
-                                           anchor_name=None if anchor is None else
-                                           _relative(run_checkpoint(request.anchor), request.paths.repo_root))
+    trade_off = _trade_off(model, prepared.dataset, row, request)
     if trade_off is not None:
         found["trade_off"] = trade_off
     return found
+
+
+def _trade_off(model: torch.nn.Module, validation: Dataset, row: PretrainedWeights,
+               request: ZooExport) -> dict[str, Any] | None:
+    """The first measurement that applies to `model`: exits, gates, widths, then (family
+    `parameters`, with an anchor) the comparison with the anchor; `None` when none does."""
+    timing = {"seed": row.data["seed"], "threads": request.threads, "min_run_time": request.min_run_time}
+    trade_off = measure_trade_off(model, validation, row.input_shape, budgets=request.budgets, **timing)
+    if trade_off is not None:
+        return trade_off
+    anchor, anchor_name = _anchor(row, request)
+    timing.update(anchor=anchor, anchor_name=anchor_name)
+    trade_off = measure_gate_trade_off(model, validation, row.input_shape, budgets=request.budgets, **timing)
+    if trade_off is None:
+        trade_off = measure_width_trade_off(model, validation, row.input_shape, **timing)
+    if trade_off is None and row.details.get("family") == "parameters":
+        trade_off = measure_anchor_comparison(model, validation, **timing)
+    return trade_off
+
+
+def _anchor(row: PretrainedWeights, request: ZooExport) -> tuple[torch.nn.Module | None, str | None]:
+    """`(model in eval mode, name)` of `request.anchor`, or `(None, None)`.
+
+    Raises:
+        ConfigError: the anchor was trained for other inputs or classes than `row`.
+    """
+    if request.anchor is None:
+        return None, None
+    checkpoint = run_checkpoint(request.anchor)
+    anchor, ckpt = load_trained_model(checkpoint)
+    if (tuple(ckpt["input_shape"]), ckpt["num_classes"]) != (tuple(row.input_shape), row.num_classes):
+        raise ConfigError(f"--anchor {checkpoint}: trained for inputs {tuple(ckpt['input_shape'])} and "
+                          f"{ckpt['num_classes']} classes; {row.model}/{row.tag} expects {tuple(row.input_shape)} "
+                          f"and {row.num_classes}")
+    return anchor.eval(), _relative(checkpoint, request.paths.repo_root)
