@@ -90,6 +90,8 @@ class DSNet(ClassifierApi, nn.Module):
         gate_in = backbone.stem.conv.out_channels_at(self.gate_width)
         self.gate = nn.Linear(gate_in, len(self.widths), device=device, dtype=dtype)
         self.gumbel = GumbelSoftmaxGate(tau, hard=True)
+        # FLOPs depend on the input shape only: counted once per shape, not at every forward
+        self._width_costs: dict[tuple[int, ...], Tensor] = {}
 
     classifier_paths = ("backbone.head",)
 
@@ -109,6 +111,7 @@ class DSNet(ClassifierApi, nn.Module):
     def reset_classifier(self, num_classes: int) -> None:
         """The backbone's `reset_classifier`: one fresh classifier shared by every width."""
         self.backbone.reset_classifier(num_classes)
+        self._width_costs.clear()
 
     def gate_logits(self, x: Tensor) -> Tensor:
         """`(B, C, H, W) -> (B, num widths)` width scores."""
@@ -122,8 +125,11 @@ class DSNet(ClassifierApi, nn.Module):
 
     def width_costs(self, input_shape: tuple[int, ...]) -> Tensor:
         """`(num widths,)` float64 per-sample FLOPs of each width's network (no gate)."""
-        costs = [self.backbone.flops(tuple(input_shape), w, Execution.COMPACT) for w in self.widths]
-        return torch.tensor(costs, dtype=torch.float64)
+        shape = tuple(input_shape)
+        if shape not in self._width_costs:
+            costs = [self.backbone.flops(shape, w, Execution.COMPACT) for w in self.widths]
+            self._width_costs[shape] = torch.tensor(costs, dtype=torch.float64)
+        return self._width_costs[shape].clone()
 
     def run_grouped(self, x: Tensor, choice: Tensor) -> Tensor:
         """Compact execution: samples grouped by `choice` `(B,)` (width indices), each group
