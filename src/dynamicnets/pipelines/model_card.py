@@ -4,9 +4,9 @@ A card says what the weights are (model, parameters, FLOPs, file and sha256), ho
 and evaluate them, the data and split, the preprocessing, the recipe and the exact training
 command, the CPU hours (and how paused epochs were counted), the validation accuracy with
 its per-epoch curve, and, for dynamic models, the measured accuracy-FLOPs trade-off with
-speedups at batch 1 and 256 (exits, gates, widths; a dynamic-parameter model beside its
-static anchor), or a line saying it has not been measured and why. Nothing on the card
-is typed by hand: rerunning the export regenerates it.
+speedups at batch 1 and 256 (exits, gates, spatial gates, widths; a dynamic-parameter
+model beside its static anchor), or a line saying it has not been measured and why.
+Nothing on the card is typed by hand: rerunning the export regenerates it.
 """
 from __future__ import annotations
 
@@ -153,7 +153,8 @@ def _accuracy(row: PretrainedWeights, provenance: dict[str, Any], curve: str | N
 
 
 MEASURED = ("multi-exit models (fitted exit thresholds), gated layer-skipping ResNets (fitted gate thresholds), "
-            "slimmable networks and DS-Net (every width or width cap) and, given the static anchor's run "
+            "spatially gated ResNets such as DynConv (the trained rule and density caps), slimmable networks "
+            "and DS-Net (every width or width cap) and, given the static anchor's run "
             "(`--anchor`), dynamic-parameter models")
 """What the export measures, in words."""
 
@@ -168,6 +169,8 @@ def _trade_off(details: dict[str, Any], figure: str | None) -> str:
     kind = trade_off.get("kind")
     if kind == "gates":
         return _gate_trade_off(trade_off, figure)
+    if kind == "spatial":
+        return _spatial_trade_off(trade_off, figure)
     if kind == "widths":
         return _width_trade_off(trade_off, figure)
     if kind == "anchor":
@@ -281,6 +284,44 @@ def _width_trade_off(trade_off: dict[str, Any], figure: str | None) -> str:
               "widest width's FLOPs over the mean; `measured bN`: the static network's time over the point's at "
               "batch N; `FLOPs bN`: the speedup FLOPs promise for exactly the timed samples.")
     return text + (f"\n\n![accuracy vs. FLOPs]({figure})" if figure else "")
+
+
+def _spatial_trade_off(trade_off: dict[str, Any], figure: str | None) -> str:
+    anchor = trade_off.get("anchor")
+    reference = anchor["accuracy"] if anchor else trade_off["static"]["accuracy"]
+    rows = []
+    for point in trade_off["curve"]:
+        strategies = {f"strategies b{b}": _strategies(point.get(f"strategies_b{b}") or [])
+                      for b in TIMED_BATCH_SIZES}
+        rows.append({"cap": _density_cap(point), "density": point["density"], **_against_static(point, reference),
+                     **strategies})
+    static = trade_off["static"]
+    statics = (f"the model with every position run densely: {100 * static['accuracy']:.2f}% at "
+               f"{format_flops(static['flops'])} (gates included)")
+    if anchor:
+        statics = (f"the static anchor `{anchor['name']}` (the architecture without gates, same schedule): "
+                   f"{100 * anchor['accuracy']:.2f}% at {format_flops(anchor['flops'])}; " + statics)
+    verdict = _verdict(trade_off, reference, _density_cap)
+    text = (f"{trade_off['protocol']}. Strategies chosen on {trade_off['calibration_samples']} samples, evaluation "
+            f"{trade_off['evaluation_samples']}; {trade_off['gated_blocks']} gated blocks. On the evaluation half, "
+            f"{statics}; without gates the architecture costs {format_flops(trade_off['static_flops'])}. {verdict}"
+            "\n\n" + markdown_table(rows, floatfmt=".2f")
+            + "\n\n`density`: mean executed fraction of the gated blocks' positions; `FLOPs speedup`: the "
+              "architecture's dense FLOPs over the mean (the model's own strategy); `vs static`: accuracy minus the "
+              "static network's on the same samples; `measured bN`: the time of "
+              f"{trade_off.get('reference', 'the static network')} over the point's at batch N, with the "
+              "`strategies bN` chosen per gated block (d: dense, p: gathered positions, t: gathered tiles); "
+              "`FLOPs bN`: the speedup FLOPs promise for exactly the timed samples with those strategies.")
+    return text + (f"\n\n![accuracy vs. FLOPs]({figure})" if figure else "")
+
+
+def _density_cap(point: dict[str, Any]) -> str:
+    return "trained rule" if point["max_density"] is None else f"max_density {point['max_density']:g}"
+
+
+def _strategies(names: list[str]) -> str:
+    """Per-block strategy names as one letter each (`d`, `p`, `t`), e.g. `ddppttp`."""
+    return "".join(name[:1] for name in names) or "-"
 
 
 def _cap(point: dict[str, Any]) -> str:

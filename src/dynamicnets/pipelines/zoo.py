@@ -12,10 +12,10 @@
 4. with a data spec, loads the shipped file back through `create_model(pretrained=...)`,
    re-scores it on the validation split it was trained with, and for a dynamic model
    measures its accuracy-FLOPs trade-off: multi-exit models (`zoo_trade_off`), gated
-   layer-skipping ResNets (`zoo_gate_trade_off`), slimmable networks and DS-Net
-   (`zoo_width_trade_off`), and, given a static anchor run, dynamic-parameter models
-   against it (`zoo_anchor_comparison`); other dynamic models' cards say they are not
-   measured yet;
+   layer-skipping ResNets (`zoo_gate_trade_off`), spatially gated ResNets such as DynConv
+   (`zoo_spatial_trade_off`), slimmable networks and DS-Net (`zoo_width_trade_off`), and,
+   given a static anchor run, dynamic-parameter models against it
+   (`zoo_anchor_comparison`); other dynamic models' cards say they are not measured yet;
 5. replaces the model's row for that tag in `registry.json`, regenerates the model card
    (with a plot of validation accuracy per epoch) and the zoo table
    (`model_zoo.json` + `.md`).
@@ -49,6 +49,7 @@ from .evaluate import full_flops_per_sample
 from .model_card import card_figures, render_model_card
 from .zoo_anchor_comparison import measure_anchor_comparison
 from .zoo_gate_trade_off import measure_gate_trade_off
+from .zoo_spatial_trade_off import DENSITY_CAPS, measure_spatial_trade_off
 from .zoo_trade_off import measure_trade_off
 from .zoo_width_trade_off import measure_width_trade_off
 
@@ -105,6 +106,8 @@ class ZooExport:
             and a dynamic-parameter model is compared with it; its accuracy is scored on
             the same samples. `None`: the model's own backbone or widest width (a
             dynamic-parameter model is then not measured).
+        density_caps: the `max_density` caps a spatially gated model's curve adds to its
+            trained rule (decreasing, in `(0, 1)`).
     """
 
     run: str | Path
@@ -117,6 +120,7 @@ class ZooExport:
     threads: int = 1
     min_run_time: float = 0.3
     anchor: str | Path | None = None
+    density_caps: tuple[float, ...] = DENSITY_CAPS
 
     def __post_init__(self) -> None:
         if not isinstance(self.tag, str) or not self.tag.isidentifier():
@@ -296,18 +300,20 @@ def write_cards(rows: list[PretrainedWeights], paths: ZooPaths) -> list[Path]:
 
 
 def _plot_trade_off(row: PretrainedWeights, trade_off: dict[str, Any], png: Path) -> Path:
-    """The curve of `trade_off`; for gates and widths, the static networks as stars."""
+    """The curve of `trade_off`; for gates, spatial gates and widths, the static networks
+    as stars."""
     from ..profiling.plots import plot_accuracy_vs_flops
 
     kind = trade_off.get("kind", "exits")
     static = {}
-    if kind in ("gates", "widths"):
-        full = "backbone, every block" if kind == "gates" else "widest width"
-        static[full] = (trade_off["static_flops"], trade_off["static"]["accuracy"])
+    if kind in ("gates", "spatial", "widths"):
+        full = {"gates": "backbone, every block", "spatial": "every position, dense"}.get(kind, "widest width")
+        own = trade_off["static"]
+        static[full] = (own.get("flops", trade_off["static_flops"]), own["accuracy"])
         anchor = trade_off.get("anchor")
         if anchor:
             static["static anchor"] = (anchor.get("flops", trade_off["static_flops"]), anchor["accuracy"])
-    label = {"gates": "calibrated gates", "exits": "calibrated exits"}.get(
+    label = {"gates": "calibrated gates", "exits": "calibrated exits", "spatial": "trained rule, density caps"}.get(
         kind, "gate, width caps" if trade_off.get("method") == "dsnet" else "one width each")
     points = [(p["mean_flops"], p["accuracy"]) for p in trade_off["curve"]]
     return plot_accuracy_vs_flops({f"{row.model} ({label})": points}, png,
@@ -369,8 +375,9 @@ def _measure(row: PretrainedWeights, request: ZooExport) -> dict[str, Any]:
 
 def _trade_off(model: torch.nn.Module, validation: Dataset, row: PretrainedWeights,
                request: ZooExport) -> dict[str, Any] | None:
-    """The first measurement that applies to `model`: exits, gates, widths, then (family
-    `parameters`, with an anchor) the comparison with the anchor; `None` when none does."""
+    """The first measurement that applies to `model`: exits, gates, spatial gates, widths,
+    then (family `parameters`, with an anchor) the comparison with the anchor; `None` when
+    none does."""
     timing = {"seed": row.data["seed"], "threads": request.threads, "min_run_time": request.min_run_time}
     trade_off = measure_trade_off(model, validation, row.input_shape, budgets=request.budgets, **timing)
     if trade_off is not None:
@@ -378,6 +385,9 @@ def _trade_off(model: torch.nn.Module, validation: Dataset, row: PretrainedWeigh
     anchor, anchor_name = _anchor(row, request)
     timing.update(anchor=anchor, anchor_name=anchor_name)
     trade_off = measure_gate_trade_off(model, validation, row.input_shape, budgets=request.budgets, **timing)
+    if trade_off is None:
+        trade_off = measure_spatial_trade_off(model, validation, row.input_shape, caps=request.density_caps,
+                                              **timing)
     if trade_off is None:
         trade_off = measure_width_trade_off(model, validation, row.input_shape, **timing)
     if trade_off is None and row.details.get("family") == "parameters":
