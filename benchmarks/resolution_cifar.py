@@ -55,7 +55,8 @@ from dynamicnets.inference import calibrate_resolution_policy
 from dynamicnets.pipelines.checkpoints import load_trained_model
 from dynamicnets.pipelines.early_exit import split_for_calibration, timed_batches
 from dynamicnets.pipelines.resolution import score_case, time_cases
-from dynamicnets.pipelines.zoo_trade_off import BATCH1_SAMPLES, TIMED_BATCH_SIZES, measure_trade_off
+from dynamicnets.pipelines.zoo_timing import BATCH1_SAMPLES, TIMED_BATCH_SIZES
+from dynamicnets.pipelines.zoo_trade_off import measure_trade_off
 from dynamicnets.profiling.frontier import FrontierPoint, compare_to_frontier, verdict
 from dynamicnets.profiling.plots import plot_accuracy_vs_flops, plot_grouped_bars
 from dynamicnets.profiling.report import format_flops, markdown_table, write_json

@@ -19,7 +19,7 @@ from ..data.preprocessing import Preprocessing
 from ..models.pretrained import PretrainedWeights
 from ..profiling.report import format_flops, markdown_table
 from .zoo_gate_trade_off import best_point
-from .zoo_trade_off import TIMED_BATCH_SIZES
+from .zoo_timing import TIMED_BATCH_SIZES
 
 
 def card_figures(row: PretrainedWeights, cards_dir: Path) -> dict[str, Path]:

@@ -22,14 +22,8 @@ from ..errors import ConfigError
 from ..gates.thresholds import GatePolicy
 from ..inference import calibrate_gate_policy
 from ..models.skipping import GatedResNet
-from ..profiling.latency import compare
-from .early_exit import split_for_calibration, timed_batches
-
-TIMED_BATCH_SIZES = (1, 256)
-"""Batch sizes the compact execution is timed at."""
-
-BATCH1_SAMPLES = 64
-"""Samples timed one at a time at batch 1."""
+from .early_exit import split_for_calibration
+from .zoo_timing import TIMED_BATCH_SIZES, Call, mean_flops, score, speedups, threads_text, timed_inputs
 
 LOWEST_RATE = 0.3
 """The smallest per-block execution rate on the curve."""
@@ -46,62 +40,6 @@ def gate_rates(points: int, lowest: float = LOWEST_RATE) -> list[float]:
     if not 0 < lowest < 1:
         raise ConfigError(f"lowest: expected a rate in (0, 1), got {lowest!r}")
     return [1.0 - (1.0 - lowest) * i / (points - 1) for i in range(points)]
-
-
-def score_gated(model: GatedResNet, dataset: Dataset, policy: GatePolicy | None,
-                batch_size: int = 256) -> dict[str, Any]:
-    """Accuracy, mean executed FLOPs and mean executed fraction of gated blocks of
-    `model` under `policy` (compact execution), over `dataset`."""
-    correct = samples = 0
-    flops = executed = 0.0
-    with torch.inference_mode():
-        for x, y in make_eval_loader(dataset, batch_size):
-            out = model(x, policy=policy, execution="compact")
-            correct += int((out.logits.argmax(1) == y).sum())
-            samples += y.shape[0]
-            flops += float(out.flops.sum())
-            executed += float(out.decisions["executed_fraction"].sum())
-    return {"accuracy": correct / samples, "mean_flops": flops / samples, "executed_fraction": executed / samples}
-
-
-def static_accuracy(model: nn.Module, dataset: Dataset, batch_size: int = 256) -> float:
-    """Top-1 accuracy of a static classifier (plain tensor or `DynamicOutput` logits)."""
-    correct = samples = 0
-    with torch.inference_mode():
-        for x, y in make_eval_loader(dataset, batch_size):
-            out = model(x)
-            logits = out.logits if hasattr(out, "logits") else out
-            correct += int((logits.argmax(1) == y).sum())
-            samples += y.shape[0]
-    return correct / samples
-
-
-def time_against_static(model: GatedResNet, static: nn.Module, batches: list[torch.Tensor],
-                        policy: GatePolicy | None, static_flops: float, *, threads: int | None,
-                        min_run_time: float) -> dict[str, Any]:
-    """Static network vs compact gated execution on the same samples, in the same run.
-
-    Returns:
-        dict with `speedup_measured` (static time over gated time), `speedup_flops`
-        (static FLOPs over the mean executed FLOPs of exactly these samples) and
-        `mean_flops` of these samples.
-    """
-    count = sum(b.shape[0] for b in batches)
-    with torch.inference_mode():
-        timed_flops = sum(float(model(b, policy=policy, execution="compact").flops.sum()) for b in batches) / count
-
-    def run_static() -> None:
-        for b in batches:
-            static(b)
-
-    def run_gated() -> None:
-        for b in batches:
-            model(b, policy=policy, execution="compact")
-
-    with torch.inference_mode():
-        timed = compare({"static": run_static, "gated": run_gated}, threads=threads, min_run_time=min_run_time)
-    return {"speedup_measured": timed["static"].median_ms / timed["gated"].median_ms,
-            "speedup_flops": static_flops / timed_flops, "mean_flops": timed_flops}
 
 
 def measure_gate_trade_off(model: nn.Module, validation: Dataset, input_shape: tuple[int, ...], *,
@@ -145,24 +83,23 @@ def measure_gate_trade_off(model: nn.Module, validation: Dataset, input_shape: t
     static = (anchor if anchor is not None else model.backbone).eval()
     static_flops = float(model.backbone.flops(tuple(input_shape)))
     calibration, evaluation = split_for_calibration(validation, seed)
-    timed = {1: [b[i:i + 1] for b in timed_batches(evaluation, BATCH1_SAMPLES, 256) for i in range(b.shape[0])],
-             256: timed_batches(evaluation, 256, 256)}
-    timed = {size: [b.contiguous(memory_format=memory_format) for b in batches] for size, batches in timed.items()}
+    timed = timed_inputs(evaluation, memory_format)
     policies: list[tuple[float | None, GatePolicy | None]] = [(None, None)]
     policies += [(rate, calibrate_gate_policy(model, make_eval_loader(calibration, 256), rate)) for rate in rates]
+    runs = {f"point{i}": _gated_run(model, policy) for i, (_, policy) in enumerate(policies)}
+    measured = {size: speedups(static, runs, timed[size], threads=threads, min_run_time=min_run_time)
+                for size in TIMED_BATCH_SIZES}
     curve = []
-    for rate, policy in policies:
-        scored = score_gated(model, evaluation, policy)
-        on_calibration = score_gated(model, calibration, policy)
+    for (rate, policy), (name, run) in zip(policies, runs.items()):
+        scored = score(run, evaluation, "executed_fraction")
         row = {"rate": rate, "thresholds": None if policy is None else list(policy.thresholds),
                "accuracy": scored["accuracy"], "mean_flops": scored["mean_flops"],
                "speedup_flops": static_flops / scored["mean_flops"],
-               "executed_fraction": scored["executed_fraction"], "budget_flops": on_calibration["mean_flops"]}
+               "executed_fraction": float(scored["decisions"].double().mean()),
+               "budget_flops": score(run, calibration)["mean_flops"]}
         for size in TIMED_BATCH_SIZES:
-            timing = time_against_static(model, static, timed[size], policy, static_flops, threads=threads,
-                                         min_run_time=min_run_time)
-            row[f"speedup_measured_b{size}"] = timing["speedup_measured"]
-            row[f"speedup_flops_b{size}"] = timing["speedup_flops"]
+            row[f"speedup_measured_b{size}"] = measured[size][name]
+            row[f"speedup_flops_b{size}"] = static_flops / mean_flops(run, timed[size])
         curve.append(row)
     against = f"the static anchor `{anchor_name or 'given'}`" if anchor is not None else "the backbone run in full"
     return {
@@ -170,15 +107,15 @@ def measure_gate_trade_off(model: nn.Module, validation: Dataset, input_shape: t
         "protocol": ("Per-block gate thresholds fitted on one seeded half of the validation split so that each "
                      "gated block runs on a fraction `rate` of it (the first row: the trained rule, logit > 0), "
                      "scored on the other half by compact execution; speedups are the time of "
-                     f"{against} over the gated network's, timed in the same run with {_threads(threads)}, on "
+                     f"{against} over the gated network's, timed in the same run with {threads_text(threads)}, on "
                      f"{len(timed[1])} samples one at a time (batch 1) and on one batch of "
                      f"{timed[256][0].shape[0]}"),
         "calibration_samples": len(calibration),
         "evaluation_samples": len(evaluation),
         "gated_blocks": int(model.num_gated_blocks),
         "static_flops": static_flops,
-        "static": {"accuracy": static_accuracy(model.backbone, evaluation)},
-        "anchor": None if anchor is None else {"name": anchor_name, "accuracy": static_accuracy(anchor, evaluation)},
+        "static": {"accuracy": score(model.backbone, evaluation)["accuracy"]},
+        "anchor": None if anchor is None else {"name": anchor_name, "accuracy": score(anchor, evaluation)["accuracy"]},
         "curve": curve,
     }
 
@@ -192,5 +129,5 @@ def best_point(trade_off: dict[str, Any], reference: float, *, max_drop: float =
     return min(fits, key=lambda p: p["mean_flops"]) if fits else None
 
 
-def _threads(threads: int | None) -> str:
-    return "the default threads" if threads is None else "1 thread" if threads == 1 else f"{threads} threads"
+def _gated_run(model: GatedResNet, policy: GatePolicy | None) -> Call:
+    return lambda x: model(x, policy=policy, execution="compact")

@@ -1,4 +1,4 @@
-"""Scoring and same-run timing shared by the zoo's width and anchor measurements.
+"""Scoring and same-run timing shared by the zoo's measurements (exits, gates, widths, spatial gates, anchors).
 
 A measurement scores callables on the evaluation half of the validation split and times
 them against one reference (a static network) in one `profiling.latency.compare` run,

@@ -19,14 +19,8 @@ from ..data import make_eval_loader
 from ..errors import ConfigError
 from ..inference import ExitPolicy, anytime_table, calibrate_thresholds, collect_exit_logits
 from ..protocols import MultiExit
-from .early_exit import run_compact, split_for_calibration, time_against_full, timed_batches
-
-TIMED_BATCH_SIZES = (1, 256)
-"""Batch sizes the executor is timed at."""
-
-BATCH1_SAMPLES = 64
-"""Samples timed one at a time at batch 1."""
-
+from .early_exit import run_compact, split_for_calibration, time_against_full
+from .zoo_timing import TIMED_BATCH_SIZES, threads_text, timed_inputs
 
 def measure_trade_off(model: nn.Module, validation: Dataset, input_shape: tuple[int, ...], *, budgets: int = 8,
                       seed: int = 0, threads: int | None = 1, min_run_time: float = 0.3,
@@ -67,9 +61,7 @@ def measure_trade_off(model: nn.Module, validation: Dataset, input_shape: tuple[
     with torch.inference_mode():
         cal_logits, cal_targets = collect_exit_logits(model, make_eval_loader(calibration, 256))
         ev_logits, ev_targets = collect_exit_logits(model, make_eval_loader(evaluation, 256))
-    timed = {1: [b[i:i + 1] for b in timed_batches(evaluation, BATCH1_SAMPLES, 256) for i in range(b.shape[0])],
-             256: timed_batches(evaluation, 256, 256)}
-    timed = {size: [b.contiguous(memory_format=memory_format) for b in batches] for size, batches in timed.items()}
+    timed = timed_inputs(evaluation, memory_format)
     curve = []
     for i in range(budgets):
         budget = costs[0] + (costs[-1] - costs[0]) * i / (budgets - 1)
@@ -89,7 +81,7 @@ def measure_trade_off(model: nn.Module, validation: Dataset, input_shape: tuple[
     return {
         "protocol": ("Max-probability thresholds fitted to each mean-FLOPs budget on one seeded half of the "
                      "validation split, scored on the other half by the compact executor; speedups are the full "
-                     f"network's time over the executor's, timed in the same run with {_threads(threads)}, "
+                     f"network's time over the executor's, timed in the same run with {threads_text(threads)}, "
                      f"on {len(timed[1])} samples one at a time (batch 1) and on one batch of "
                      f"{timed[256][0].shape[0]}"),
         "calibration_samples": len(calibration),
@@ -98,7 +90,3 @@ def measure_trade_off(model: nn.Module, validation: Dataset, input_shape: tuple[
         "anytime": anytime_table(ev_logits, ev_targets, costs),
         "curve": curve,
     }
-
-
-def _threads(threads: int | None) -> str:
-    return "the default threads" if threads is None else "1 thread" if threads == 1 else f"{threads} threads"
