@@ -170,3 +170,17 @@ def test_bad_temperature_raises_config_error(tau):
 def test_bad_threshold_raises_config_error():
     with pytest.raises(ConfigError, match="threshold"):
         gumbel_sigmoid(torch.randn(3), threshold=1.0)
+
+
+def test_gumbel_sigmoid_noise_scale_shrinks_the_noise_to_the_inference_rule():
+    logits = torch.linspace(-3, 3, 600)  # no logit at 0, where sigmoid rounds to exactly 0.5
+    rule = (logits > 0).float()
+    gen = torch.Generator().manual_seed(0)
+    full = gumbel_sigmoid(logits, hard=True, generator=gen)
+    small = gumbel_sigmoid(logits, hard=True, generator=torch.Generator().manual_seed(0), noise_scale=0.1)
+    none = GumbelSigmoidGate(hard=True).train()(logits, noise_scale=0.0)
+    assert torch.equal(none, rule)
+    # the same draws, scaled: a tenth of the noise flips far fewer decisions than all of it
+    assert (small != rule).sum() < (full != rule).sum() / 3
+    with pytest.raises(ConfigError, match="noise_scale"):
+        gumbel_sigmoid(logits, noise_scale=-0.5)

@@ -145,3 +145,25 @@ def test_gated_block_counts():
     fixed, costs = model.block_costs((3, 32, 32))
     assert fixed + costs.sum().item() == create_model("resnet110", num_classes=NUM_CLASSES).flops(
         (3, 32, 32))
+
+
+def test_convnet_aig_noise_schedule_ends_training_on_the_inference_rule():
+    """`gate_noise_end=0`: at the end of training (`progress=1`) the training decisions
+    are the eval rule's (logit > 0); at the start they are Gumbel samples that differ."""
+    torch.manual_seed(0)
+    model = create_model("convnet_aig_resnet", depth=14, width=4, gate_bias_init=0.0, gate_noise_end=0.0)
+    assert model.uses_training_progress
+    assert not create_model("convnet_aig_resnet", depth=14, width=4).uses_training_progress
+    x = inputs(32)
+    with torch.no_grad():
+        rule = model.eval()(x, execution="masked").decisions["gates"]
+        model.train()
+        for module in model.modules():  # the same features as in eval: only the gates train
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.eval()
+        end = model(x, progress=1.0, generator=torch.Generator().manual_seed(0)).decisions["gates"]
+        start = model(x, progress=0.0, generator=torch.Generator().manual_seed(0)).decisions["gates"]
+    assert torch.equal(end, rule)
+    assert not torch.equal(start, rule)
+    with pytest.raises(ConfigError, match="gate_noise_end"):
+        create_model("convnet_aig_resnet", depth=14, gate_noise_end=1.5)

@@ -112,6 +112,7 @@ def gumbel_sigmoid(
     threshold: float = 0.5,
     generator: torch.Generator | None = None,
     noise: bool = True,
+    noise_scale: float = 1.0,
 ) -> Tensor:
     """Relaxed (or straight-through hard) sample of independent binary decisions.
 
@@ -126,6 +127,9 @@ def gumbel_sigmoid(
         threshold: in `(0, 1)`; the cut applied to the relaxed sample when `hard`.
         generator: optional `torch.Generator` for reproducible draws.
         noise: if `False` no noise is added (`sigmoid(logits / tau)`, or its threshold).
+        noise_scale: `>= 0`, multiplies the logistic noise (1: the Gumbel-sigmoid sample;
+            annealing it toward 0 makes the hard training decisions converge to the
+            inference rule `logit > 0`).
 
     Returns:
         Tensor of `logits`' shape and dtype, in `[0, 1]` (soft) or in `{0, 1}` (hard).
@@ -133,7 +137,10 @@ def gumbel_sigmoid(
     _check_tau(tau)
     if not 0.0 < threshold < 1.0:
         raise ConfigError(f"gumbel_sigmoid threshold must be in (0, 1), got {threshold!r}")
-    scores = logits + sample_logistic(logits, generator) if noise else logits
+    if not noise_scale >= 0:
+        raise ConfigError(f"gumbel_sigmoid noise_scale must be >= 0, got {noise_scale!r}")
+    use_noise = noise and noise_scale > 0
+    scores = logits + noise_scale * sample_logistic(logits, generator) if use_noise else logits
     soft = torch.sigmoid(scores / tau).to(logits.dtype)
     if not hard:
         return soft
@@ -211,7 +218,8 @@ class GumbelSigmoidGate(nn.Module):
         self.hard_eval = hard_eval
 
     def forward(
-        self, logits: Tensor, tau: float | None = None, generator: torch.Generator | None = None
+        self, logits: Tensor, tau: float | None = None, generator: torch.Generator | None = None,
+        noise_scale: float = 1.0,
     ) -> Tensor:
         """Sample (training) or take (eval) the binary decisions.
 
@@ -219,13 +227,15 @@ class GumbelSigmoidGate(nn.Module):
             logits: `(...)` gate log-odds.
             tau: temperature for this call; `None` uses `self.tau`.
             generator: optional `torch.Generator` for reproducible training draws.
+            noise_scale: scale of the training noise for this call (see `gumbel_sigmoid`).
 
         Returns:
             `(...)` decisions (see `gumbel_sigmoid`).
         """
         tau = self.tau if tau is None else tau
         if self.training:
-            return gumbel_sigmoid(logits, tau, self.hard, self.threshold, generator, noise=True)
+            return gumbel_sigmoid(logits, tau, self.hard, self.threshold, generator, noise=True,
+                                  noise_scale=noise_scale)
         return gumbel_sigmoid(logits, tau, self.hard_eval, self.threshold, None, noise=False)
 
     def extra_repr(self) -> str:

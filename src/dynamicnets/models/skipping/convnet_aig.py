@@ -60,6 +60,12 @@ class ConvNetAIG(GatedResNet):
         rate_loss: `"per_block"` or `"global"`.
         rate_weight: weight of the target-rate aux loss.
         gate_bias_init: initial bias of the gate logits (2.0: ~88% executed at first).
+        gate_noise_end: scale of the Gumbel noise at the end of training, reached linearly
+            from 1 over training (the Trainer passes `progress`). 1 (default) keeps
+            ConvNet-AIG's constant noise; 0 ends training on the inference rule
+            `logit > 0`, which closes the gap between gates trained on noisy decisions
+            and evaluated on thresholded ones (noisy gates with probabilities above 0.5
+            all run at eval).
 
     Attributes:
         gates: `nn.ModuleList` of `PooledMLPGate`, one per gated block; gumbel
@@ -86,6 +92,7 @@ class ConvNetAIG(GatedResNet):
         rate_loss: str = "per_block",
         rate_weight: float = 1.0,
         gate_bias_init: float = 2.0,
+        gate_noise_end: float = 1.0,
         device=None,
         dtype=None,
     ) -> None:
@@ -107,6 +114,10 @@ class ConvNetAIG(GatedResNet):
             )
         if rate_weight < 0:
             raise ConfigError(f"{name}: rate_weight must be >= 0, got {rate_weight!r}")
+        if not 0.0 <= gate_noise_end <= 1.0:
+            raise ConfigError(f"{name}: gate_noise_end must be in [0, 1], got {gate_noise_end!r}")
+        self.gate_noise_end = float(gate_noise_end)
+        self.uses_training_progress = self.gate_noise_end != 1.0
         factory = {"device": device, "dtype": dtype}
         self.gates = nn.ModuleList(
             PooledMLPGate(c, gate_hidden, bias_init=gate_bias_init, **factory)
@@ -136,6 +147,7 @@ class ConvNetAIG(GatedResNet):
         execution: str | None = None,
         policy: GatePolicy | None = None,
         generator: torch.Generator | None = None,
+        progress: float | None = None,
     ) -> DynamicOutput:
         """Run the network, each gated block executed or skipped per sample.
 
@@ -149,6 +161,8 @@ class ConvNetAIG(GatedResNet):
                 `max_blocks`: see `GatedResNet`); default: logit > 0, no cap. Not used in
                 training.
             generator: optional `torch.Generator` for the Gumbel noise while training.
+            progress: fraction of training done, in `[0, 1]`, for the noise schedule
+                (`gate_noise_end`); `None`: full noise.
 
         Returns:
             `DynamicOutput` (see the class docstring).
@@ -160,6 +174,8 @@ class ConvNetAIG(GatedResNet):
             return self.decided_output(x, gates, execution, policy)
 
         budget = self.block_budget(policy, x, self.gate_flops())
+        step = 0.0 if progress is None else min(max(float(progress), 0.0), 1.0)
+        noise = 1.0 + (self.gate_noise_end - 1.0) * step
         if not self.training and execution == "compact":
             # the eval gate, sigmoid(logit / tau) > 0.5, is logit > 0
             scorers = [gate.scorer() for gate in self.gates]
@@ -169,7 +185,7 @@ class ConvNetAIG(GatedResNet):
             logit = self.gates[index](h)
             if not self.training:
                 return logit > cuts[index]
-            return self.gumbel(logit, generator=generator)
+            return self.gumbel(logit, generator=generator, noise_scale=noise)
 
         features, decided = self.run_blocks(x, decide, execution, validate=self.training, budget=budget)
         out = self.make_output(x, self.backbone.head(features), decided, execution, self.gate_flops(), budget)
@@ -192,6 +208,7 @@ def convnet_aig_resnet(
     rate_loss: str = "per_block",
     rate_weight: float = 1.0,
     gate_bias_init: float = 2.0,
+    gate_noise_end: float = 1.0,
     device=None,
     dtype=None,
 ) -> ConvNetAIG:
@@ -199,5 +216,5 @@ def convnet_aig_resnet(
     return ConvNetAIG(
         depth, num_classes, in_chans, width, gate_hidden=gate_hidden, tau=tau,
         target_rate=target_rate, rate_loss=rate_loss, rate_weight=rate_weight,
-        gate_bias_init=gate_bias_init, device=device, dtype=dtype,
+        gate_bias_init=gate_bias_init, gate_noise_end=gate_noise_end, device=device, dtype=dtype,
     )
