@@ -102,9 +102,14 @@ def test_arguments_the_weights_do_not_fit_are_named():
         create_model("resnet20", pretrained="cifar10", num_classes=100)
 
 
+def _row(table: dict, model: str) -> dict:
+    """The registry row of `model` (rows are sorted by model name, so not always the first)."""
+    return next(row for row in table["weights"] if row["model"] == model)
+
+
 def test_true_is_ambiguous_with_two_tags_unless_one_is_default(copied):
     table = json.loads((copied / "registry.json").read_text())
-    second = dict(table["weights"][0], tag="cifar10b")
+    second = dict(_row(table, "resnet20"), tag="cifar10b")
     table["weights"].append(second)
     (copied / "registry.json").write_text(json.dumps(table))
     with pytest.raises(ConfigError, match="ambiguous.*cifar10, cifar10b"):
@@ -117,7 +122,7 @@ def test_true_is_ambiguous_with_two_tags_unless_one_is_default(copied):
 
 def test_a_malformed_registry_row_names_the_field(copied):
     table = json.loads((copied / "registry.json").read_text())
-    del table["weights"][0]["sha256"]
+    del _row(table, "resnet20")["sha256"]
     (copied / "registry.json").write_text(json.dumps(table))
     with pytest.raises(CheckpointError, match="registry.json: row resnet20/cifar10: missing field 'sha256'"):
         read_registry(copied)

@@ -126,6 +126,10 @@ def _compute(row: PretrainedWeights, provenance: dict[str, Any]) -> str:
     text = (f"{row.cpu_hours:.2f} {unit}: {provenance.get('epoch')} epochs on {on}, median "
             f"{provenance.get('median_epoch_seconds', 0):.0f} s per epoch (training and validation), median "
             f"{provenance.get('median_images_per_second', 0):.0f} training images/s.")
+    start = row.details.get("recipe", {}).get("init_from")
+    if isinstance(start, str) and start.startswith("pretrained:"):
+        text += (f" The run started from the shipped weights `{start}`: add their own training hours (their card) "
+                 "for the cost from scratch.")
     replaced = provenance.get("replaced_epochs") or []
     if replaced:
         plural = len(replaced) > 1
@@ -210,16 +214,13 @@ def _exit_trade_off(trade_off: dict[str, Any], figure: str | None) -> str:
 
 
 def _gate_trade_off(trade_off: dict[str, Any], figure: str | None) -> str:
-    anchor = trade_off.get("anchor")
-    reference = anchor["accuracy"] if anchor else trade_off["static"]["accuracy"]
+    reference = _reference_accuracy(trade_off)
     rows = []
     for point in trade_off["curve"]:
         blocks = f"{point['executed_fraction'] * trade_off['gated_blocks']:.1f} / {trade_off['gated_blocks']}"
         rows.append({"rate": _rate(point), "blocks run": blocks, **_against_static(point, reference)})
-    statics = f"the backbone with every block run: {100 * trade_off['static']['accuracy']:.2f}%"
-    if anchor:
-        statics = (f"the static anchor `{anchor['name']}` (same architecture, same schedule): "
-                   f"{100 * anchor['accuracy']:.2f}%; " + statics)
+    statics = _with_anchor(trade_off, "same architecture",
+                           f"the backbone with every block run: {100 * trade_off['static']['accuracy']:.2f}%")
     verdict = _verdict(trade_off, reference, lambda p: f"rate {_rate(p)}")
     text = (f"{trade_off['protocol']}. Calibration {trade_off['calibration_samples']} samples, evaluation "
             f"{trade_off['evaluation_samples']}. On the evaluation half, {statics} "
@@ -229,6 +230,22 @@ def _gate_trade_off(trade_off: dict[str, Any], figure: str | None) -> str:
               "network's time over the gated network's at batch N; `FLOPs bN`: the speedup FLOPs promise for "
               "exactly the timed samples.")
     return text + (f"\n\n![accuracy vs. FLOPs]({figure})" if figure else "")
+
+
+def _reference_accuracy(trade_off: dict[str, Any]) -> float:
+    """The accuracy a curve is judged against: the static anchor's when the export had one,
+    else the model's own static configuration's."""
+    anchor = trade_off.get("anchor")
+    return anchor["accuracy"] if anchor else trade_off["static"]["accuracy"]
+
+
+def _with_anchor(trade_off: dict[str, Any], architecture: str, statics: str) -> str:
+    """`statics` prefixed with the static anchor's accuracy when the export had one."""
+    anchor = trade_off.get("anchor")
+    if not anchor:
+        return statics
+    return (f"the static anchor `{anchor['name']}` ({architecture}, same schedule): "
+            f"{100 * anchor['accuracy']:.2f}%; " + statics)
 
 
 def _against_static(point: dict[str, Any], reference: float) -> dict[str, Any]:
@@ -260,18 +277,15 @@ def _verdict(trade_off: dict[str, Any], reference: float, name: Callable[[dict[s
 
 
 def _width_trade_off(trade_off: dict[str, Any], figure: str | None) -> str:
-    anchor = trade_off.get("anchor")
-    reference = anchor["accuracy"] if anchor else trade_off["static"]["accuracy"]
+    reference = _reference_accuracy(trade_off)
     dsnet = trade_off.get("method") == "dsnet"
     rows = []
     for point in trade_off["curve"]:
         label = ({"cap": _cap(point), "widths run": " / ".join(str(n) for n in point["width_histogram"])} if dsnet
                  else {"width": f"{point['width']:g}"})
         rows.append({**label, **_against_static(point, reference)})
-    statics = f"the widest width: {100 * trade_off['static']['accuracy']:.2f}%"
-    if anchor:
-        statics = (f"the static anchor `{anchor['name']}` (the widest width's architecture, same schedule): "
-                   f"{100 * anchor['accuracy']:.2f}%; " + statics)
+    statics = _with_anchor(trade_off, "the widest width's architecture",
+                           f"the widest width: {100 * trade_off['static']['accuracy']:.2f}%")
     widths = " / ".join(f"{w:g}" for w in trade_off["widths"])
     gate = (f" The gate costs {format_flops(trade_off['gate_flops'])} per sample, counted in every mean; `widths "
             f"run`: samples per width ({widths}, narrowest first)." if dsnet else "")
@@ -288,7 +302,7 @@ def _width_trade_off(trade_off: dict[str, Any], figure: str | None) -> str:
 
 def _spatial_trade_off(trade_off: dict[str, Any], figure: str | None) -> str:
     anchor = trade_off.get("anchor")
-    reference = anchor["accuracy"] if anchor else trade_off["static"]["accuracy"]
+    reference = _reference_accuracy(trade_off)
     rows = []
     for point in trade_off["curve"]:
         strategies = {f"strategies b{b}": _strategies(point.get(f"strategies_b{b}") or [])

@@ -53,7 +53,7 @@ from .zoo_spatial_trade_off import DENSITY_CAPS, measure_spatial_trade_off
 from .zoo_trade_off import measure_trade_off
 from .zoo_width_trade_off import measure_width_trade_off
 
-RECIPE_KEYS = ("epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov", "weight_decay", "schedule",
+RECIPE_KEYS = ("init_from", "init_prefix", "model_args", "epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov", "weight_decay", "schedule",
                "warmup_epochs", "label_smoothing", "exit_weights", "distill_weight", "grad_clip", "augment",
                "channels_last", "bf16", "threads", "seed", "val_size")
 """Training config keys the model card shows as the recipe."""
@@ -271,7 +271,7 @@ def _row(request: ZooExport, checkpoint: Path, ckpt: dict[str, Any], model: torc
             "multi_exit": isinstance(model, MultiExit),
             "bytes": size,
             "training_command": _training_command(config, data_name, paths.repo_root),
-            "recipe": {k: config[k] for k in RECIPE_KEYS if k in config},
+            "recipe": {k: config[k] for k in RECIPE_KEYS if k in config and config[k] not in (None, "", {})},
             "provenance": {
                 "run": _relative(checkpoint.parent, paths.repo_root), "checkpoint": checkpoint.name,
                 "epoch": ckpt["epoch"], "best_epoch": ckpt.get("best_epoch"),
