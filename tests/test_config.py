@@ -80,13 +80,14 @@ def test_yaml_exponent_strings_are_numbers():
 
 
 SHIPPED = sorted((Path(__file__).parents[1] / "src" / "dynamicnets" / "configs").glob("*.yaml"))
+RECIPES = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))  # the repository's (zoo) recipes
 
 
 def test_configs_are_shipped():
     assert len(SHIPPED) >= 5
 
 
-@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", SHIPPED + RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_shipped_configs_are_valid_train_configs_of_registered_models(path):
     from dynamicnets import create_model
     from dynamicnets.training import TrainConfig

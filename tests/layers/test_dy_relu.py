@@ -59,8 +59,7 @@ def test_module_forward_takes_pinned_coefficients(x):
 @pytest.mark.parametrize("variant", ["A", "B", "C"])
 def test_zero_residuals_start_at_relu(x, variant):
     layer = DyReLU(4, variant, spatial_gamma_ratio=1.0 / 30)  # keep variant C's pi below 1
-    nn.init.zeros_(layer.hyper.fc2.weight)
-    nn.init.zeros_(layer.hyper.fc2.bias)
+    layer.hyper.start_at_initial_pieces()
     pieces = layer.hyper(x)
     if variant != "C":
         assert torch.equal(layer(x), F.relu(x))

@@ -154,3 +154,30 @@ def test_bad_switches_raise_config_error():
         create_model("mobilenetv2_cifar", stem_stride=3)
     with pytest.raises(ConfigError, match="expects per-sample inputs"):
         create_model("resnet20_dyconv").flops((1, 32, 32))
+
+
+@pytest.mark.parametrize("variant", ["a", "b"])
+def test_dyrelu_started_as_relu_computes_the_static_resnet(variant):
+    torch.manual_seed(0)
+    static = create_model("resnet20").eval()
+    for module in static.modules():  # non-trivial statistics, so the comparison means something
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 1.5)
+    dynamic = create_model("resnet20_dyrelu", variant=variant, start_as_relu=True).eval()
+    missing, unexpected = dynamic.load_state_dict(static.state_dict(), strict=False)
+    assert not unexpected and all(".hyper." in key for key in missing)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(dynamic(x).logits, static(x).logits, rtol=1e-5, atol=1e-5)
+    # fc2 is zero but still learns: one backward step moves it.
+    dynamic.train()
+    dynamic(x).logits.sum().backward()
+    assert any(m.fc2.weight.grad.abs().sum() > 0 for m in dynamic.modules() if hasattr(m, "fc2"))
+
+
+def test_dyrelu_start_as_relu_is_checked():
+    with pytest.raises(ConfigError, match="start_as_relu must be true or false"):
+        create_model("resnet20_dyrelu", start_as_relu="yes")
+    with pytest.raises(ConfigError, match="variant 'a' or 'b'"):
+        create_model("resnet20_dyrelu", variant="c", start_as_relu=True)

@@ -140,6 +140,14 @@ class DyReLUHyperFunction(nn.Module):
             persistent=False,
         )
 
+    def start_at_initial_pieces(self) -> None:
+        """Zero the last layer, so every input gets exactly `init_slopes`/`init_intercepts`
+        (ReLU by default) until training moves it: the way to swap DY-ReLU into a trained
+        static network without changing its function. `fc2` still receives gradients."""
+        with torch.no_grad():
+            self.fc2.weight.zero_()
+            self.fc2.bias.zero_()
+
     def forward(self, x: Tensor) -> PiecewiseLinearCoefficients:
         """`(B, C, H, W) -> PiecewiseLinearCoefficients` (shapes in the class docstring)."""
         if x.ndim != 4 or x.shape[1] != self.channels:

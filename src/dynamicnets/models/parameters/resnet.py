@@ -23,6 +23,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ...errors import ConfigError
+from ...layers.dy_relu import DyReLUHyperFunction
 from ...outputs import DynamicOutput
 from .._api import ClassifierApi
 from .._registry import register_model
@@ -240,10 +241,25 @@ def resnet20_dyconv(
 @register_model
 def resnet20_dyrelu(
     *, num_classes: int = 10, in_chans: int = 3, width: int = 16, variant: str = "b",
-    conv: str = "static", device=None, dtype=None,
+    conv: str = "static", start_as_relu: bool = False, device=None, dtype=None,
 ) -> DynamicCifarResNet:
-    """ResNet-20 with DY-ReLU (variant B by default) for every activation."""
-    return DynamicCifarResNet(
+    """ResNet-20 with DY-ReLU (variant B by default) for every activation.
+
+    `start_as_relu=True` (variants A and B) zeroes every hyper function's last layer, so the
+    fresh model computes exactly a ReLU ResNet-20: fine-tune it from trained ResNet-20 weights (`init_from`) without
+    first losing their accuracy.
+    """
+    if not isinstance(start_as_relu, bool):
+        raise ConfigError(f"model 'resnet20_dyrelu': start_as_relu must be true or false, got {start_as_relu!r}")
+    if start_as_relu and str(variant).lower() == "c":
+        raise ConfigError("model 'resnet20_dyrelu': start_as_relu needs variant 'a' or 'b' (variant c scales "
+                          "by a spatial attention, so it never starts as a plain ReLU)")
+    model = DynamicCifarResNet(
         20, num_classes, in_chans, width, conv=conv, activation=f"dyrelu_{str(variant).lower()}",
         name="resnet20_dyrelu", device=device, dtype=dtype,
     )
+    if start_as_relu:
+        for module in model.modules():
+            if isinstance(module, DyReLUHyperFunction):
+                module.start_at_initial_pieces()
+    return model
