@@ -135,3 +135,25 @@ def test_a_bad_teacher_is_one_config_error_naming_the_key(tmp_path, case, match)
 def test_bad_teacher_keys_are_refused_by_the_config(tmp_path, overrides, key):
     with pytest.raises(ConfigError, match=f"key '{key}'"):
         config(tmp_path, **overrides)
+
+
+def test_a_shipped_model_is_a_teacher():
+    teacher = load_teacher("pretrained:resnet20:cifar10", num_classes=10, input_shape=(3, 32, 32))
+    shipped = create_model("resnet20", pretrained="cifar10")
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(teacher.state_dict().values(), shipped.state_dict().values()))
+
+
+@pytest.mark.parametrize("spec,match", [
+    ("pretrained:resnet20", "expected 'pretrained:MODEL:TAG'"),
+    ("pretrained:resnet20:imagenet", "imagenet"),
+    ("pretrained:convnet_aig_resnet:cifar10", "dynamic model"),
+])
+def test_a_bad_shipped_teacher_names_the_key(spec, match):
+    with pytest.raises(ConfigError, match=r"key 'teacher_checkpoint'.*" + match):
+        load_teacher(spec, num_classes=10, input_shape=(3, 32, 32))
+
+
+def test_a_shipped_teacher_must_fit_the_student():
+    with pytest.raises(ConfigError, match=r"trained on inputs \(3, 32, 32\), but the student's are \(1, 8, 8\)"):
+        load_teacher("pretrained:resnet20:cifar10", num_classes=10, input_shape=(1, 8, 8))

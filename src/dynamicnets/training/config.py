@@ -46,7 +46,8 @@ class TrainConfig:
         distill_temperature: softening temperature of that distillation.
         teacher_checkpoint: a training checkpoint of a static model (DynamicViT's frozen
             teacher, e.g. the static ViT a dynamic model is fine-tuned from); its model is
-            rebuilt from the recorded name and arguments, frozen, in eval mode.
+            rebuilt from the recorded name and arguments, frozen, in eval mode. Or
+            `pretrained:MODEL:TAG`: the weights shipped with the package.
         teacher_weight: weight of `T^2 KL(softmax(teacher / T) || softmax(student / T))` on
             the final logits (`dynamicnets.training.teacher`, logged within `aux_loss`);
             0 = off (the teacher is not loaded). Needs `teacher_checkpoint`.

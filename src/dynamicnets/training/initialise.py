@@ -58,14 +58,23 @@ def load_initial_weights(model: nn.Module, path: str | Path, prefix: str = "") -
     return len(weights), len(own)
 
 
+def parse_pretrained_spec(spec: str, key: str) -> tuple[str, str]:
+    """`(MODEL, TAG)` of `'pretrained:MODEL:TAG'`, the config `key`'s value.
+
+    Raises:
+        ConfigError: naming `key`, for any other form.
+    """
+    parts = spec[len(PRETRAINED_PREFIX):].split(":") if spec.startswith(PRETRAINED_PREFIX) else []
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"{key}: expected 'pretrained:MODEL:TAG' (e.g. 'pretrained:resnet56:cifar10'), "
+                          f"got {spec!r}")
+    return parts[0], parts[1]
+
+
 def _shipped_weights(spec: str) -> dict[str, torch.Tensor]:
     from ..models.pretrained import load_pretrained_state, pretrained_weights
 
-    parts = spec[len(PRETRAINED_PREFIX):].split(":")
-    if len(parts) != 2 or not all(parts):
-        raise ConfigError(f"init_from: expected 'pretrained:MODEL:TAG' (e.g. 'pretrained:resnet56:cifar10'), "
-                          f"got {spec!r}")
-    return load_pretrained_state(pretrained_weights(parts[0], parts[1]))
+    return load_pretrained_state(pretrained_weights(*parse_pretrained_spec(spec, "init_from")))
 
 
 def execution_kwargs(execution: str, model: nn.Module) -> dict:

@@ -6,8 +6,9 @@ The loss on the final logits is `weight * T^2 * KL(softmax(t / T) || softmax(s /
 the KL is summed over classes and averaged over the batch.
 
 The teacher comes from a training checkpoint (`best.pt` / `last.pt`), rebuilt from the
-model name and arguments it records, loaded with `weights_only=True`, frozen and kept in
-eval mode on the student's device.
+model name and arguments it records, or from the weights shipped with the package
+(`pretrained:MODEL:TAG`, sha256 checked); loaded with `weights_only=True`, frozen and kept
+in eval mode on the student's device.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from ..errors import CheckpointError, ConfigError
 from ..execution import supported_executions
 from ..models import create_model
 from .checkpoint import MODEL_FIELDS, check_compatible, check_fields, check_finite, load_checkpoint
+from .initialise import PRETRAINED_PREFIX, parse_pretrained_spec
 
 _KEY = "key 'teacher_checkpoint'"
 
@@ -59,7 +61,8 @@ def load_teacher(path: str | Path, device: str | torch.device = "cpu", *, num_cl
     """The static model saved in the training checkpoint `path`, frozen, in eval mode.
 
     Args:
-        path: a checkpoint written by the Trainer.
+        path: a checkpoint written by the Trainer, or `pretrained:MODEL:TAG` for shipped
+            weights (`create_model(MODEL, pretrained=TAG)`).
         device: where the teacher runs (the student's device).
         num_classes: the student's classes; the teacher must have as many.
         input_shape: the student's per-sample input shape; the teacher must take it.
@@ -73,27 +76,39 @@ def load_teacher(path: str | Path, device: str | torch.device = "cpu", *, num_cl
             modes), or has other classes or another input shape than the student.
     """
     try:
-        ckpt = load_checkpoint(path)
-        check_fields(ckpt, MODEL_FIELDS, source=str(path))
-        model = create_model(ckpt["model_name"], num_classes=ckpt["num_classes"],
-                             in_chans=ckpt["input_shape"][0], **ckpt["model_args"])
-        check_compatible(ckpt, ckpt["model_name"], model, source=str(path))
-        check_finite(ckpt["model"], source=str(path))
+        if str(path).startswith(PRETRAINED_PREFIX):
+            model, name, classes, shape = _shipped_teacher(str(path))
+        else:
+            ckpt = load_checkpoint(path)
+            check_fields(ckpt, MODEL_FIELDS, source=str(path))
+            model = create_model(ckpt["model_name"], num_classes=ckpt["num_classes"],
+                                 in_chans=ckpt["input_shape"][0], **ckpt["model_args"])
+            check_compatible(ckpt, ckpt["model_name"], model, source=str(path))
+            check_finite(ckpt["model"], source=str(path))
+            model.load_state_dict(ckpt["model"])
+            name, classes, shape = ckpt["model_name"], ckpt["num_classes"], ckpt["input_shape"]
     except (CheckpointError, ConfigError, TypeError, ValueError) as err:
         raise ConfigError(f"{_KEY}: {path}: cannot load the teacher: {err}") from err
-    name = ckpt["model_name"]
     if supported_executions(model):
         raise ConfigError(f"{_KEY}: {path} holds {name!r}, a dynamic model (it executes per-input decisions); "
                           f"the teacher must be a static model such as vit_cifar")
-    if num_classes is not None and ckpt["num_classes"] != num_classes:
-        raise ConfigError(f"{_KEY}: {path} holds a {ckpt['num_classes']}-class {name!r}, but the student "
+    if num_classes is not None and classes != num_classes:
+        raise ConfigError(f"{_KEY}: {path} holds a {classes}-class {name!r}, but the student "
                           f"classifies {num_classes} classes")
-    if input_shape is not None and list(ckpt["input_shape"]) != [int(s) for s in input_shape]:
-        raise ConfigError(f"{_KEY}: {path} was trained on inputs {tuple(ckpt['input_shape'])}, but the student's "
+    if input_shape is not None and list(shape) != [int(s) for s in input_shape]:
+        raise ConfigError(f"{_KEY}: {path} was trained on inputs {tuple(shape)}, but the student's "
                           f"are {tuple(int(s) for s in input_shape)}")
-    model.load_state_dict(ckpt["model"])
     model.requires_grad_(False)
     return model.to(device).eval()
+
+
+def _shipped_teacher(spec: str) -> tuple[nn.Module, str, int, tuple[int, ...]]:
+    """The shipped model of `pretrained:MODEL:TAG`, its name, classes and input shape."""
+    from ..models.pretrained import pretrained_weights
+
+    name, tag = parse_pretrained_spec(spec, "teacher_checkpoint")
+    row = pretrained_weights(name, tag)
+    return create_model(name, pretrained=tag), name, row.num_classes, tuple(row.input_shape)
 
 
 class TeacherDistillation:
