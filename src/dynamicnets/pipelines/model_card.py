@@ -81,6 +81,10 @@ def _summary(row: PretrainedWeights) -> str:
 def _eval_command(row: PretrainedWeights) -> str:
     folder = row.details.get("training_command", "").rpartition(" data=")[2] or f"{row.data['name']}:DIR"
     command = f"dynamicnets eval --model {row.model} --pretrained {row.tag} --data {folder}"
+    if (row.details.get("trade_off") or {}).get("kind") == "gates":
+        # the trained rule may run nearly every block; a calibrated rate is how a gated model saves
+        return (command + "\n" + command + " --gate-rate 0.8   # per-block thresholds fitted so each "
+                "gated block runs on 80% of the images")
     return command + (" --anytime" if row.details.get("multi_exit") else "")
 
 
