@@ -68,8 +68,9 @@ def _summary(row: PretrainedWeights) -> str:
             ("tag", f"`{row.tag}`" + (" (default)" if row.default else "")),
             ("validation accuracy", f"{100 * row.val_accuracy:.2f}%"),
             ("parameters", f"{row.params:,} ({row.params / 1e6:.3f}M)"),
-            ("FLOPs per sample", f"{format_flops(row.flops)} ({row.flops:.0f}; 2 per multiply-add, "
-                                 f"input {'x'.join(str(s) for s in row.input_shape)})"),
+            ("FLOPs per sample" + ("" if details.get("family") == "static" else ", nothing skipped"),
+             f"{format_flops(row.flops)} ({row.flops:.0f}; 2 per multiply-add, "
+             f"input {'x'.join(str(s) for s in row.input_shape)})"),
             ("CPU hours", "unknown" if row.cpu_hours is None else f"{row.cpu_hours:.2f}"),
             ("training config", f"`{row.config}`"),
             ("file", f"`dynamicnets/weights/{row.file}` ({details.get('bytes', 0) / 1e6:.2f} MB, state_dict "

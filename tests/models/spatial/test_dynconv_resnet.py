@@ -315,3 +315,21 @@ def test_count_flops_is_the_masked_forward():
 def test_gate_noise_end_outside_unit_interval_is_refused(bad):
     with pytest.raises(ConfigError, match="gate_noise_end"):
         create_model("dynconv_resnet20", gate_noise_end=bad)
+
+
+def test_full_flops_is_every_position_with_its_gates_whatever_the_gates_decide():
+    from dynamicnets.pipelines.evaluate import full_flops_per_sample
+
+    model = create_model("dynconv_resnet20").train()
+    for gate in model.gates:  # gates that switch everything off: a zero input would count almost nothing
+        nn.init.constant_(gate.conv.bias, -100.0)
+    full = model.full_flops((3, 32, 32))
+    assert full == 81_626_368 + GATE_FLOPS_20
+    assert model.training  # restored
+    x = torch.zeros(1, 3, 32, 32)
+    everything = GatePolicy.constant(float("-inf"), model.num_gated_blocks)
+    with torch.no_grad():
+        model.eval()
+        assert counted(lambda: model(x, policy=everything, strategy="dense")) == full
+        assert model(x).flops.item() < full / 2
+    assert full_flops_per_sample(model, (3, 32, 32)) == full

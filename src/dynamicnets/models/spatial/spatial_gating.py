@@ -117,6 +117,21 @@ class SpatialGating:
         gated = set(self.gated_index)
         return parts["stem"] + parts["head"] + sum(f for i, f in enumerate(blocks) if i not in gated)
 
+    def full_flops(self, input_shape: tuple[int, ...]) -> float:
+        """Per-sample FLOPs with every position of every gated block executed, gates
+        included (the cost when nothing is skipped; a zero input would count only what its
+        gates kept)."""
+        param = next(self.parameters())
+        x = torch.zeros((1, *input_shape), device=param.device, dtype=param.dtype)
+        everything = GatePolicy.constant(float("-inf"), self.num_gated_blocks)
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                return float(self(x, policy=everything, strategy="dense").flops[0])
+        finally:
+            self.train(was_training)
+
     def check_input(self, x: Tensor) -> None:
         """Raise `ConfigError` unless `x` is a `(B, in_chans, H, W)` batch."""
         if not isinstance(x, Tensor) or x.dim() != 4:
