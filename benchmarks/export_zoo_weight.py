@@ -9,8 +9,8 @@ validation accuracy and CPU hours from metrics.jsonl, and regenerates the model 
 (docs/model_cards/<model>_<tag>.md + PNG) and benchmarks/results/model_zoo.{json,md}.
 With --data the shipped file is loaded back and re-scored on the validation split it was
 trained with, and a dynamic model's accuracy-FLOPs trade-off (speedups at batch 1 and 256)
-is measured for its card (a layer-skipping or width model's against `--anchor`, its static anchor's run;
-a dynamic-parameter model is compared with the anchor only when one is given). `--cards-only` regenerates every card and the zoo table from
+is measured for its card (a layer-skipping, spatially gated, token-pruning or width model's against
+`--anchor`, its static anchor's run; a dynamic-parameter model is compared with the anchor only when one is given). `--cards-only` regenerates every card and the zoo table from
 registry.json without a run.
 """
 from __future__ import annotations
@@ -39,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--default", action="store_true", help="make this tag the model's default")
     parser.add_argument("--budgets", type=int, default=8, help="points on a dynamic model's accuracy-FLOPs curve")
     parser.add_argument("--anchor", default=None,
-                        help="finished run of the static anchor (same schedule): a layer-skipping, width or "
-                             "dynamic-parameter model is timed and scored against it")
+                        help="finished run of the static anchor (same schedule): a layer-skipping, spatially "
+                             "gated, token-pruning, width or dynamic-parameter model is timed and scored against it")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for evaluation and timing")
     parser.add_argument("--cards-only", action="store_true", help="regenerate cards and zoo table from registry.json")
     args = parser.parse_args(argv)

@@ -4,7 +4,7 @@ A card says what the weights are (model, parameters, FLOPs, file and sha256), ho
 and evaluate them, the data and split, the preprocessing, the recipe and the exact training
 command, the CPU hours (and how paused epochs were counted), the validation accuracy with
 its per-epoch curve, and, for dynamic models, the measured accuracy-FLOPs trade-off with
-speedups at batch 1 and 256 (exits, gates, spatial gates, widths; a dynamic-parameter
+speedups at batch 1 and 256 (exits, gates, spatial gates, token pruning, widths; a dynamic-parameter
 model beside its static anchor), or a line saying it has not been measured and why.
 Nothing on the card is typed by hand: rerunning the export regenerates it.
 """
@@ -162,7 +162,8 @@ def _accuracy(row: PretrainedWeights, provenance: dict[str, Any], curve: str | N
 
 
 MEASURED = ("multi-exit models (fitted exit thresholds), gated layer-skipping ResNets (fitted gate thresholds), "
-            "spatially gated ResNets such as DynConv (the trained rule and density caps), slimmable networks "
+            "spatially gated ResNets such as DynConv (the trained rule and density caps), token-pruning "
+            "transformers such as DynamicViT and EViT (the trained keep ratio and others), slimmable networks "
             "and DS-Net (every width or width cap) and, given the static anchor's run "
             "(`--anchor`), dynamic-parameter models")
 """What the export measures, in words."""
@@ -180,6 +181,8 @@ def _trade_off(details: dict[str, Any], figure: str | None) -> str:
         return _gate_trade_off(trade_off, figure)
     if kind == "spatial":
         return _spatial_trade_off(trade_off, figure)
+    if kind == "tokens":
+        return _token_trade_off(trade_off, figure)
     if kind == "widths":
         return _width_trade_off(trade_off, figure)
     if kind == "anchor":
@@ -332,6 +335,37 @@ def _spatial_trade_off(trade_off: dict[str, Any], figure: str | None) -> str:
               "`strategies bN` chosen per gated block (d: dense, p: gathered positions, t: gathered tiles); "
               "`FLOPs bN`: the speedup FLOPs promise for exactly the timed samples with those strategies.")
     return text + (f"\n\n![accuracy vs. FLOPs]({figure})" if figure else "")
+
+
+def _token_trade_off(trade_off: dict[str, Any], figure: str | None) -> str:
+    reference = _reference_accuracy(trade_off)
+    trained = trade_off["trained_policy"]["keep_ratio"]
+    rows = [{"policy": _keep_ratio(p, trained), "tokens kept %": 100 * p["tokens_kept"],
+             **_against_static(p, reference)} for p in trade_off["curve"]]
+    static = trade_off["static"]
+    statics = _with_anchor(trade_off, "the ViT without pruning",
+                           f"the model keeping every token: {100 * static['accuracy']:.2f}% at "
+                           f"{format_flops(static['flops'])} (scorers included)")
+    verdict = _verdict(trade_off, reference, lambda p: _keep_ratio(p, trained))
+    text = (f"{trade_off['protocol']}. Evaluation {trade_off['evaluation_samples']} samples; "
+            f"{trade_off['stages']} pruning stages. On the evaluation half, {statics}; without pruning the "
+            f"architecture costs {format_flops(trade_off['static_flops'])}. {verdict}\n\n"
+            + markdown_table(rows, floatfmt=".2f")
+            + "\n\n`tokens kept`: mean share of the patch tokens still run after the last pruning stage; `FLOPs "
+              "speedup`: the ViT's FLOPs without pruning over the mean; `vs static`: accuracy minus the static "
+              "network's on the same samples; `measured bN`: the time of "
+              f"{trade_off.get('reference', 'the static network')} over the point's at batch N; `FLOPs bN`: the "
+              "speedup FLOPs promise for exactly the timed samples.")
+    return text + (f"\n\n![accuracy vs. FLOPs]({figure})" if figure else "")
+
+
+def _keep_ratio(point: dict[str, Any], trained: float | list[float] | None) -> str:
+    if point["keep_ratio"] is not None:
+        return f"keep_ratio {point['keep_ratio']:g}"
+    if trained is None:
+        return "trained policy"
+    shown = " / ".join(f"{r:g}" for r in trained) if isinstance(trained, list) else f"{trained:g}"
+    return f"trained ratio ({shown})"
 
 
 def _density_cap(point: dict[str, Any]) -> str:

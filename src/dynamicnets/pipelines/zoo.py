@@ -13,7 +13,8 @@
    re-scores it on the validation split it was trained with, and for a dynamic model
    measures its accuracy-FLOPs trade-off: multi-exit models (`zoo_trade_off`), gated
    layer-skipping ResNets (`zoo_gate_trade_off`), spatially gated ResNets such as DynConv
-   (`zoo_spatial_trade_off`), slimmable networks and DS-Net (`zoo_width_trade_off`), and,
+   (`zoo_spatial_trade_off`), token-pruning transformers such as DynamicViT and EViT
+   (`zoo_token_trade_off`), slimmable networks and DS-Net (`zoo_width_trade_off`), and,
    given a static anchor run, dynamic-parameter models against it
    (`zoo_anchor_comparison`); other dynamic models' cards say they are not measured yet;
 5. replaces the model's row for that tag in `registry.json`, regenerates the model card
@@ -50,6 +51,7 @@ from .model_card import card_figures, render_model_card
 from .zoo_anchor_comparison import measure_anchor_comparison
 from .zoo_gate_trade_off import measure_gate_trade_off
 from .zoo_spatial_trade_off import DENSITY_CAPS, measure_spatial_trade_off
+from .zoo_token_trade_off import KEEP_RATIOS, measure_token_trade_off
 from .zoo_trade_off import measure_trade_off
 from .zoo_width_trade_off import measure_width_trade_off
 
@@ -108,6 +110,8 @@ class ZooExport:
             dynamic-parameter model is then not measured).
         density_caps: the `max_density` caps a spatially gated model's curve adds to its
             trained rule (decreasing, in `(0, 1)`).
+        keep_ratios: the keep ratios a token-pruning transformer's curve adds to its
+            trained one (decreasing, in `(0, 1)`).
     """
 
     run: str | Path
@@ -121,6 +125,7 @@ class ZooExport:
     min_run_time: float = 0.3
     anchor: str | Path | None = None
     density_caps: tuple[float, ...] = DENSITY_CAPS
+    keep_ratios: tuple[float, ...] = KEEP_RATIOS
 
     def __post_init__(self) -> None:
         if not isinstance(self.tag, str) or not self.tag.isidentifier():
@@ -300,20 +305,22 @@ def write_cards(rows: list[PretrainedWeights], paths: ZooPaths) -> list[Path]:
 
 
 def _plot_trade_off(row: PretrainedWeights, trade_off: dict[str, Any], png: Path) -> Path:
-    """The curve of `trade_off`; for gates, spatial gates and widths, the static networks
-    as stars."""
+    """The curve of `trade_off`; for gates, spatial gates, token pruning and widths, the
+    static networks as stars."""
     from ..profiling.plots import plot_accuracy_vs_flops
 
     kind = trade_off.get("kind", "exits")
     static = {}
-    if kind in ("gates", "spatial", "widths"):
-        full = {"gates": "backbone, every block", "spatial": "every position, dense"}.get(kind, "widest width")
+    if kind in ("gates", "spatial", "tokens", "widths"):
+        full = {"gates": "backbone, every block", "spatial": "every position, dense",
+                "tokens": "every token kept"}.get(kind, "widest width")
         own = trade_off["static"]
         static[full] = (own.get("flops", trade_off["static_flops"]), own["accuracy"])
         anchor = trade_off.get("anchor")
         if anchor:
             static["static anchor"] = (anchor.get("flops", trade_off["static_flops"]), anchor["accuracy"])
-    label = {"gates": "calibrated gates", "exits": "calibrated exits", "spatial": "trained rule, density caps"}.get(
+    label = {"gates": "calibrated gates", "exits": "calibrated exits", "spatial": "trained rule, density caps",
+             "tokens": "trained ratio, keep ratios"}.get(
         kind, "gate, width caps" if trade_off.get("method") == "dsnet" else "one width each")
     points = [(p["mean_flops"], p["accuracy"]) for p in trade_off["curve"]]
     return plot_accuracy_vs_flops({f"{row.model} ({label})": points}, png,
@@ -375,9 +382,9 @@ def _measure(row: PretrainedWeights, request: ZooExport) -> dict[str, Any]:
 
 def _trade_off(model: torch.nn.Module, validation: Dataset, row: PretrainedWeights,
                request: ZooExport) -> dict[str, Any] | None:
-    """The first measurement that applies to `model`: exits, gates, spatial gates, widths,
-    then (family `parameters`, with an anchor) the comparison with the anchor; `None` when
-    none does."""
+    """The first measurement that applies to `model`: exits, gates, spatial gates, token
+    pruning, widths, then (family `parameters`, with an anchor) the comparison with the
+    anchor; `None` when none does."""
     timing = {"seed": row.data["seed"], "threads": request.threads, "min_run_time": request.min_run_time}
     trade_off = measure_trade_off(model, validation, row.input_shape, budgets=request.budgets, **timing)
     if trade_off is not None:
@@ -388,6 +395,9 @@ def _trade_off(model: torch.nn.Module, validation: Dataset, row: PretrainedWeigh
     if trade_off is None:
         trade_off = measure_spatial_trade_off(model, validation, row.input_shape, caps=request.density_caps,
                                               **timing)
+    if trade_off is None:
+        trade_off = measure_token_trade_off(model, validation, row.input_shape, keep_ratios=request.keep_ratios,
+                                            **timing)
     if trade_off is None:
         trade_off = measure_width_trade_off(model, validation, row.input_shape, **timing)
     if trade_off is None and row.details.get("family") == "parameters":

@@ -35,7 +35,10 @@ from ..gates.thresholds import GatePolicy
 from ..inference import fastest_block_strategies
 from ..training.evaluate import to_channels_last
 from .early_exit import split_for_calibration, timed_batches
-from .zoo_timing import TIMED_BATCH_SIZES, Call, mean_flops, score, speedups, threads_text, timed_inputs
+from .zoo_timing import (
+    TIMED_BATCH_SIZES, Call, decreasing_fractions, mean_flops, score, scored_anchor, speedups, threads_text,
+    timed_inputs,
+)
 
 DENSITY_CAPS = (0.75, 0.5, 0.3)
 """The `max_density` caps on the curve, after the trained rule."""
@@ -64,11 +67,7 @@ def density_caps(caps: Sequence[float]) -> list[float]:
     Raises:
         ConfigError: naming `caps` and what was expected.
     """
-    values = list(caps)
-    if not all(isinstance(c, (int, float)) and not isinstance(c, bool) and 0 < c < 1 for c in values) or any(
-            a <= b for a, b in zip(values, values[1:])):
-        raise ConfigError(f"caps: expected max_density caps in (0, 1), strictly decreasing, got {values!r}")
-    return [float(c) for c in values]
+    return decreasing_fractions(caps, "caps", "max_density caps")
 
 
 def dense_flops(model: SpatiallyGated, input_shape: tuple[int, ...]) -> float:
@@ -164,10 +163,7 @@ def measure_spatial_trade_off(model: nn.Module, validation: Dataset, input_shape
             row[f"speedup_measured_b{size}"] = measured[str(i)]
             row[f"speedup_flops_b{size}"] = reference_flops / mean_flops(runs[str(i)], batches)
     static = score(dense, evaluation)
-    anchored = None
-    if anchor is not None:
-        scored = score(anchor, evaluation)
-        anchored = {"name": anchor_name, "accuracy": scored["accuracy"], "flops": scored["mean_flops"]}
+    anchored = scored_anchor(anchor, anchor_name, evaluation)
     against = (f"the static anchor `{anchor_name or 'given'}`" if anchor is not None
                else "the model with every position run densely")
     return {

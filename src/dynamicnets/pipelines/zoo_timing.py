@@ -1,4 +1,5 @@
-"""Scoring and same-run timing shared by the zoo's measurements (exits, gates, widths, spatial gates, anchors).
+"""Scoring and same-run timing shared by the zoo's measurements (exits, gates, widths, spatial gates, token
+pruning, anchors).
 
 A measurement scores callables on the evaluation half of the validation split and times
 them against one reference (a static network) in one `profiling.latency.compare` run,
@@ -8,7 +9,7 @@ compared across runs.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -106,3 +107,57 @@ def speedups(reference: Call, calls: Mapping[str, Call], batches: list[Tensor], 
 def threads_text(threads: int | None) -> str:
     """`threads` in words, for a protocol sentence."""
     return "the default threads" if threads is None else "1 thread" if threads == 1 else f"{threads} threads"
+
+
+def timed_speedups(reference: Call, runs: list[Call], timed: Mapping[int, list[Tensor]], *, threads: int | None,
+                   min_run_time: float) -> list[dict[str, float]]:
+    """Every run timed against `reference` in one run per batch size of `TIMED_BATCH_SIZES`.
+
+    Args:
+        reference: the static network's run.
+        runs: the curve's points, in order.
+        timed: batch size -> inputs (`timed_inputs`).
+        threads, min_run_time: as `speedups`.
+
+    Returns:
+        one dict per run with, for each batch size `b`, `speedup_measured_b{b}` (the
+        reference's time over the run's) and `speedup_flops_b{b}` (the reference's mean
+        reported FLOPs over the run's, on exactly the timed samples).
+    """
+    rows: list[dict[str, float]] = [{} for _ in runs]
+    for size in TIMED_BATCH_SIZES:
+        batches = timed[size]
+        reference_flops = mean_flops(reference, batches)
+        measured = speedups(reference, {str(i): run for i, run in enumerate(runs)}, batches, threads=threads,
+                            min_run_time=min_run_time)
+        for i, (row, run) in enumerate(zip(rows, runs)):
+            row[f"speedup_measured_b{size}"] = measured[str(i)]
+            row[f"speedup_flops_b{size}"] = reference_flops / mean_flops(run, batches)
+    return rows
+
+
+def scored_anchor(anchor: Call | None, name: str | None, evaluation: Dataset) -> dict[str, Any] | None:
+    """`{"name", "accuracy", "flops"}` of the static anchor on `evaluation` (`flops`: its mean
+    reported per-sample FLOPs), or `None` without one."""
+    if anchor is None:
+        return None
+    scored = score(anchor, evaluation)
+    return {"name": name, "accuracy": scored["accuracy"], "flops": scored["mean_flops"]}
+
+
+def decreasing_fractions(values: Sequence[float], name: str, what: str) -> list[float]:
+    """`values` checked: numbers in `(0, 1)`, strictly decreasing.
+
+    Args:
+        values: the fractions.
+        name: the argument's name, for the error.
+        what: what the fractions are, in words (e.g. "max_density caps").
+
+    Raises:
+        ConfigError: naming `name` and what was expected.
+    """
+    found = list(values) if isinstance(values, Sequence) and not isinstance(values, str) else [values]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1 for v in found) or any(
+            a <= b for a, b in zip(found, found[1:])):
+        raise ConfigError(f"{name}: expected {what} in (0, 1), strictly decreasing, got {values!r}")
+    return [float(v) for v in found]

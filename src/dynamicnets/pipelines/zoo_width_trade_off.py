@@ -23,7 +23,7 @@ from ..inference.width_policy import WidthPolicy
 from ..layers.slimmable import WidthLadder
 from ..models.width.dsnet import DSNet
 from .early_exit import split_for_calibration
-from .zoo_timing import TIMED_BATCH_SIZES, Call, mean_flops, score, speedups, threads_text, timed_inputs
+from .zoo_timing import Call, score, scored_anchor, threads_text, timed_inputs, timed_speedups
 
 
 def width_points(model: nn.Module) -> list[tuple[dict[str, Any], Call]] | None:
@@ -99,18 +99,11 @@ def measure_width_trade_off(model: nn.Module, validation: Dataset, input_shape: 
                       "speedup_flops": static_flops / scored["mean_flops"],
                       "width_histogram": [int(torch.isclose(chosen, torch.tensor(w, dtype=torch.float64)).sum())
                                           for w in widths]})
-    for size in TIMED_BATCH_SIZES:
-        batches = timed[size]
-        reference_flops = mean_flops(reference, batches)
-        measured = speedups(reference, {str(i): run for i, (_, run) in enumerate(points)}, batches,
-                            threads=threads, min_run_time=min_run_time)
-        for i, (row, (_, run)) in enumerate(zip(curve, points)):
-            row[f"speedup_measured_b{size}"] = measured[str(i)]
-            row[f"speedup_flops_b{size}"] = reference_flops / mean_flops(run, batches)
-    anchored = None
-    if anchor is not None:
-        scored = score(anchor, evaluation)
-        anchored = {"name": anchor_name, "accuracy": scored["accuracy"], "flops": scored["mean_flops"]}
+    timings = timed_speedups(reference, [run for _, run in points], timed, threads=threads,
+                             min_run_time=min_run_time)
+    for row, timing in zip(curve, timings):
+        row.update(timing)
+    anchored = scored_anchor(anchor, anchor_name, evaluation)
     return {
         "kind": "widths",
         "method": "dsnet" if dsnet else "slimmable",
