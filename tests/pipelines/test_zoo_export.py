@@ -121,14 +121,15 @@ def test_the_card_shows_a_dynamic_models_trade_off_when_measured_and_says_so_whe
     trade_off = {"protocol": "Fitted on one half, scored on the other", "calibration_samples": 180,
                  "evaluation_samples": 180, "exit_costs": [1e6, 2e6, 2.4e6],
                  "anytime": [{"exit": 0, "flops": 1e6, "accuracy": 0.7}], "curve": [point]}
-    dynamic = replace(row, details={**row.details, "family": "depth", "multi_exit": True, "trade_off": trade_off})
+    dynamic = replace(row, details={**row.details, "family": "depth", "dynamic": True, "multi_exit": True,
+                                    "trade_off": trade_off})
     card = render_model_card(dynamic, {"curve": "c.png", "trade_off": "t.png"})
     section = card.split("## Accuracy-FLOPs trade-off")[1].split("## Limitations")[0]
     assert "Fitted on one half" in section and "exit 0: 70.00% at 1M" in section
     assert "![accuracy vs. FLOPs](t.png)" in section
     table = [line for line in section.splitlines() if line.startswith("| 1M")]
     assert table and "1.50" in table[0] and "1.70" in table[0] and "60 / 30 / 10" in table[0]
-    unmeasured = replace(row, details={**row.details, "family": "skipping", "multi_exit": False})
+    unmeasured = replace(row, details={**row.details, "family": "skipping", "dynamic": True, "multi_exit": False})
     assert "Not measured yet" in render_model_card(unmeasured, {"curve": "c.png"})
     assert "trade-off" not in render_model_card(row, {"curve": "c.png"})  # static: no section at all
 

@@ -148,3 +148,12 @@ def test_the_token_verdict_names_the_cheapest_ratio_within_half_a_point(runs, tm
     assert "| trained ratio (0.7) |         34.00 |" in card  # tokens kept, in %
     unmeasured = render_model_card(row, {"curve": "c.png"})
     assert "Not measured yet" in unmeasured and "token-pruning transformers" in unmeasured
+
+
+def test_a_static_vit_registered_among_the_transformers_gets_no_trade_off_section(runs, tmp_path):
+    paths = ZooPaths(weights_dir=tmp_path / "weights", cards_dir=tmp_path / "cards",
+                     zoo_table=tmp_path / "results" / "model_zoo.json", repo_root=tmp_path)
+    row = export_run(ZooExport(run=runs[1], tag="digits", paths=paths))
+    assert row.details["family"] == "transformers" and row.details["dynamic"] is False
+    card = (paths.cards_dir / "vit_cifar_digits.md").read_text()
+    assert "trade-off" not in card and "nothing skipped" not in card

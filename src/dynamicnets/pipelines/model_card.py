@@ -55,7 +55,7 @@ def render_model_card(row: PretrainedWeights, figures: dict[str, str]) -> str:
         "## Compute\n\n" + _compute(row, provenance),
         "## Validation accuracy\n\n" + _accuracy(row, provenance, figures.get("curve")),
     ]
-    if details.get("family", "static") != "static":
+    if _dynamic(details):
         trade_off = _trade_off(details, figures.get("trade_off"))
         sections.append("## Accuracy-FLOPs trade-off\n\n" + trade_off)
     sections.append("## Limitations\n\n" + _limitations(row))
@@ -68,7 +68,7 @@ def _summary(row: PretrainedWeights) -> str:
             ("tag", f"`{row.tag}`" + (" (default)" if row.default else "")),
             ("validation accuracy", f"{100 * row.val_accuracy:.2f}%"),
             ("parameters", f"{row.params:,} ({row.params / 1e6:.3f}M)"),
-            ("FLOPs per sample" + ("" if details.get("family") == "static" else ", nothing skipped"),
+            ("FLOPs per sample" + (", nothing skipped" if _dynamic(details) else ""),
              f"{format_flops(row.flops)} ({row.flops:.0f}; 2 per multiply-add, "
              f"input {'x'.join(str(s) for s in row.input_shape)})"),
             ("CPU hours", "unknown" if row.cpu_hours is None else f"{row.cpu_hours:.2f}"),
@@ -77,6 +77,12 @@ def _summary(row: PretrainedWeights) -> str:
                      "only, float32)"),
             ("sha256", f"`{row.sha256}`")]
     return "| | |\n| --- | --- |\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+
+
+def _dynamic(details: dict[str, Any]) -> bool:
+    """Whether the row is a dynamic model: it has a measured trade-off, or the export said so
+    (rows exported before the `dynamic` field: by family)."""
+    return bool(details.get("trade_off")) or bool(details.get("dynamic", details.get("family", "static") != "static"))
 
 
 def _eval_command(row: PretrainedWeights) -> str:

@@ -37,6 +37,7 @@ from torch.utils.data import Dataset
 
 from ..data import make_eval_loader
 from ..errors import ConfigError, DataError
+from ..execution import supported_executions
 from ..models import create_model, registered_model
 from ..models.pretrained import FORMAT, REGISTRY_FILE, PretrainedWeights, read_registry
 from ..profiling.plots import plot_training_curves, read_metrics_jsonl
@@ -273,6 +274,7 @@ def _row(request: ZooExport, checkpoint: Path, ckpt: dict[str, Any], model: torc
         default=default,
         details={
             "family": registered_model(name).family,
+            "dynamic": _is_dynamic(model, registered_model(name).family, tuple(ckpt["input_shape"])),
             "multi_exit": isinstance(model, MultiExit),
             "bytes": size,
             "training_command": _training_command(config, data_name, paths.repo_root),
@@ -403,6 +405,24 @@ def _trade_off(model: torch.nn.Module, validation: Dataset, row: PretrainedWeigh
     if trade_off is None and row.details.get("family") == "parameters":
         trade_off = measure_anchor_comparison(model, validation, **timing)
     return trade_off
+
+
+def _is_dynamic(model: torch.nn.Module, family: str, input_shape: tuple[int, ...]) -> bool:
+    """Whether the card needs a trade-off section: the model lists execution modes, or its
+    output for one sample carries decisions or several exits, or it computes its weights per
+    input (the dynamic-parameter family, which may record no decision). A static backbone
+    registered with its family (`vit_cifar` among the transformers) is not dynamic."""
+    if supported_executions(model) or family == "parameters":
+        return True
+    was_training = model.training
+    model.eval()
+    try:
+        param = next(model.parameters())
+        with torch.no_grad():
+            out = model(torch.zeros((1, *input_shape), device=param.device, dtype=param.dtype))
+    finally:
+        model.train(was_training)
+    return bool(out.decisions) or len(out.exit_logits or ()) > 1
 
 
 def _anchor(row: PretrainedWeights, request: ZooExport) -> tuple[torch.nn.Module | None, str | None]:
