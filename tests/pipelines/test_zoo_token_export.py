@@ -65,6 +65,7 @@ def test_a_dynamic_vit_gets_its_trained_ratio_and_lower_ratios_timed_against_the
     assert trade_off["anchor"]["flops"] == trade_off["static_flops"]
     assert trade_off["anchor"]["name"].endswith("digits_vit/best.pt") and 0 < trade_off["anchor"]["accuracy"] <= 1
     assert trade_off["static"]["flops"] > trade_off["static_flops"]  # keeping every token, the scorers still run
+    assert row.flops == trade_off["static"]["flops"]  # the registry's FLOPs: nothing skipped, not the trained ratio
 
     model = create_model("dynamic_vit_cifar", pretrained="digits", pretrained_dir=paths.weights_dir).eval()
     validation = load_checkpoint_data(row.checkpoint_fields(), "dvit", "digits", "val").dataset

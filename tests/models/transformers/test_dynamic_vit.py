@@ -311,3 +311,17 @@ def test_bad_policies_and_inputs_are_one_clear_error():
         model(torch.randn(2, 1, 32, 32))
     with pytest.raises(ConfigError, match="not divisible"):
         model(torch.randn(2, 3, 30, 30))
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_full_flops_keep_every_token_whatever_the_mode(mode):
+    from dynamicnets.pipelines.evaluate import full_flops_per_sample
+
+    model = getattr(create_model("dynamic_vit_cifar", depth=4, embed_dim=32, num_heads=2), mode)()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        every = model.eval()(x, policy=TokenPolicy(keep_ratio=1.0), execution="compact").flops
+        default = model(x, execution="compact").flops
+    getattr(model, mode)()
+    assert full_flops_per_sample(model, (3, 32, 32)) == model.full_flops((3, 32, 32)) == float(every[0])
+    assert float(default[0]) < float(every[0])  # what a zero input in eval used to be counted as

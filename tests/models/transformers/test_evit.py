@@ -286,3 +286,18 @@ def test_uniform_keep_ratio_path_equals_the_ragged_path(ratio):
     assert dense[2].keys() == ragged[2].keys()
     for key in dense[2]:
         assert torch.equal(dense[2][key], ragged[2][key].to(dense[2][key].dtype)), key
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_full_flops_keep_every_token_whatever_the_mode(mode):
+    from dynamicnets.pipelines.evaluate import full_flops_per_sample
+
+    model = getattr(create_model("evit_cifar", depth=4, reorganize_in=(1, 2), embed_dim=32, num_heads=2), mode)()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        every = model(x, policy=TokenPolicy(keep_ratio=1.0), execution="compact").flops
+        default = model.eval()(x, execution="compact").flops
+    getattr(model, mode)()
+    assert full_flops_per_sample(model, (3, 32, 32)) == model.full_flops((3, 32, 32)) == float(every[0])
+    assert float(default[0]) < float(every[0])  # what a zero input in eval used to be counted as
+    assert model.training == (mode == "train")

@@ -344,6 +344,12 @@ class DynamicViT(VisionTransformer):
         patches = self.tokens_for(shape) - 1 if len(shape) == 3 else 0
         return super().flops(shape) + sum(p.flops(patches) for p in self.predictors)
 
+    def full_flops(self, input_shape: tuple[int, ...]) -> float:
+        """Per-sample FLOPs with every token kept (`flops`: every block on all tokens, the
+        prediction modules included), whatever the mode; a zero input in eval would count
+        only what the default policy keeps."""
+        return float(self.flops(input_shape))
+
 
 def _check_stages(prune_before, depth: int) -> tuple[int, ...]:
     if prune_before is None:

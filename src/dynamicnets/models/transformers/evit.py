@@ -155,6 +155,16 @@ class EViT(VisionTransformer):
                 total += block.flops(tokens)
         return total
 
+    def full_flops(self, input_shape: tuple[int, ...]) -> float:
+        """Per-sample FLOPs of the compact forward keeping every token
+        (`TokenPolicy(keep_ratio=1.0)`: every block on all tokens, the class-attention rows
+        included), whatever the mode; a zero input in eval would count only what the
+        default policy keeps."""
+        param = next(self.parameters())
+        x = torch.zeros((1, *input_shape), device=param.device, dtype=param.dtype)
+        with torch.no_grad():
+            return float(self(x, policy=TokenPolicy(keep_ratio=1.0), execution="compact").flops[0])
+
     def forward_features(self, x: Tensor, *, execution: ExecutionLike = None,
                          policy: TokenPolicy | None = None) -> Tensor:
         """`(B, in_chans, H, W) -> (B, L, D)` normalised tokens (class docstring), with
