@@ -142,8 +142,9 @@ class DyReLUHyperFunction(nn.Module):
 
     def start_at_initial_pieces(self) -> None:
         """Zero the last layer, so every input gets exactly `init_slopes`/`init_intercepts`
-        (ReLU by default) until training moves it: the way to swap DY-ReLU into a trained
-        static network without changing its function. `fc2` still receives gradients."""
+        (ReLU by default; variant C then still scales them by its spatial attention) until
+        training moves it: the way to swap DY-ReLU (A or B) into a trained static network
+        without changing its function. `fc2` still receives gradients."""
         with torch.no_grad():
             self.fc2.weight.zero_()
             self.fc2.bias.zero_()

@@ -273,3 +273,15 @@ def test_bad_policies_are_config_errors():
         HaltingPolicy(eps=1.5)
     with pytest.raises(ConfigError, match="token batching must be one of"):
         HaltingPolicy(token_batching="dense")
+
+
+def test_full_flops_is_every_token_through_every_block_whatever_halts():
+    from dynamicnets.pipelines.evaluate import full_flops_per_sample
+
+    model = small_model(dtype=torch.float32, halting_shift=20.0)  # eval; every patch token halts at once
+    x = torch.zeros(1, 3, 32, 32)
+    with torch.no_grad():
+        halted = model(x).flops.item()
+        every = counted_flops(lambda: model(x, execution="masked"))
+    assert model.full_flops((3, 32, 32)) == every == model.flops((3, 32, 32)) > 2 * halted
+    assert full_flops_per_sample(model, (3, 32, 32)) == every

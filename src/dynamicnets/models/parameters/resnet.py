@@ -246,7 +246,8 @@ def resnet20_dyrelu(
     """ResNet-20 with DY-ReLU (variant B by default) for every activation.
 
     `start_as_relu=True` (variants A and B) zeroes every hyper function's last layer, so the
-    fresh model computes exactly a ReLU ResNet-20: fine-tune it from trained ResNet-20 weights (`init_from`) without
+    fresh model computes exactly a ReLU ResNet-20 with the same convs (`conv="static"`: the
+    plain ResNet-20): fine-tune it from trained ResNet-20 weights (`init_from`) without
     first losing their accuracy.
     """
     if not isinstance(start_as_relu, bool):

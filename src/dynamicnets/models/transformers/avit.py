@@ -139,6 +139,12 @@ class AViT(VisionTransformer):
             raise ConfigError(f"AViT: policy must be a HaltingPolicy, got {type(policy).__name__}")
         return policy
 
+    def full_flops(self, input_shape: tuple[int, ...]) -> float:
+        """Per-sample FLOPs with no token halting: every block on every token (the halting
+        score reads a channel and costs nothing), whatever the mode; a zero input in eval
+        would count only what its tokens ran before they halted."""
+        return float(self.flops(input_shape))
+
     def halting_scores(self, tokens: Tensor) -> Tensor:
         """`(..., D)` block outputs -> `(...)` halting scores in `(0, 1)`."""
         return token_halting_scores(tokens, self.halting_scale, self.halting_shift)
