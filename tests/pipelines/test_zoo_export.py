@@ -182,3 +182,16 @@ def test_the_gate_card_names_the_cheapest_point_that_meets_the_target(static_run
     card = render_model_card(replace(row, details={**row.details, "family": "skipping", "trade_off": worse}),
                              {"curve": "c.png"})
     assert "No point is within 0.5 point" in card
+
+
+def test_the_recipe_keeps_what_the_run_set_and_a_teachers_settings_only_with_a_teacher():
+    from dynamicnets.pipelines.zoo import _recipe
+
+    plain = {"epochs": 3, "lr": 0.1, "init_from": None, "model_args": {}, "teacher_checkpoint": None,
+             "teacher_weight": 0.0, "teacher_temperature": 1.0, "name": "x"}
+    assert _recipe(plain) == {"epochs": 3, "lr": 0.1}
+    taught = {**plain, "teacher_checkpoint": "pretrained:vit_cifar:cifar10", "teacher_weight": 0.5,
+              "model_args": {"keep_ratio": 0.7}}
+    assert _recipe(taught) == {"model_args": {"keep_ratio": 0.7}, "epochs": 3, "lr": 0.1,
+                               "teacher_checkpoint": "pretrained:vit_cifar:cifar10", "teacher_weight": 0.5,
+                               "teacher_temperature": 1.0}

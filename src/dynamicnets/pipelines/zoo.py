@@ -56,9 +56,10 @@ from .zoo_token_trade_off import KEEP_RATIOS, measure_token_trade_off
 from .zoo_trade_off import measure_trade_off
 from .zoo_width_trade_off import measure_width_trade_off
 
-RECIPE_KEYS = ("init_from", "init_prefix", "model_args", "epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov", "weight_decay", "schedule",
-               "warmup_epochs", "label_smoothing", "exit_weights", "distill_weight", "grad_clip", "augment",
-               "channels_last", "bf16", "threads", "seed", "val_size")
+RECIPE_KEYS = ("init_from", "init_prefix", "model_args", "epochs", "batch_size", "optimizer", "lr", "momentum",
+               "nesterov", "weight_decay", "schedule", "warmup_epochs", "label_smoothing", "exit_weights",
+               "distill_weight", "teacher_checkpoint", "teacher_weight", "teacher_temperature", "grad_clip",
+               "augment", "channels_last", "bf16", "threads", "seed", "val_size")
 """Training config keys the model card shows as the recipe."""
 
 DATA_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python", "mnist": "mnist",
@@ -278,7 +279,7 @@ def _row(request: ZooExport, checkpoint: Path, ckpt: dict[str, Any], model: torc
             "multi_exit": isinstance(model, MultiExit),
             "bytes": size,
             "training_command": _training_command(config, data_name, paths.repo_root),
-            "recipe": {k: config[k] for k in RECIPE_KEYS if k in config and config[k] not in (None, "", {})},
+            "recipe": _recipe(config),
             "provenance": {
                 "run": _relative(checkpoint.parent, paths.repo_root), "checkpoint": checkpoint.name,
                 "epoch": ckpt["epoch"], "best_epoch": ckpt.get("best_epoch"),
@@ -405,6 +406,14 @@ def _trade_off(model: torch.nn.Module, validation: Dataset, row: PretrainedWeigh
     if trade_off is None and row.details.get("family") == "parameters":
         trade_off = measure_anchor_comparison(model, validation, **timing)
     return trade_off
+
+
+def _recipe(config: dict[str, Any]) -> dict[str, Any]:
+    """The `RECIPE_KEYS` a run's config sets (unset keys and a teacher's settings without a
+    teacher left out)."""
+    teacher = config.get("teacher_checkpoint") not in (None, "")
+    return {k: config[k] for k in RECIPE_KEYS if k in config and config[k] not in (None, "", {})
+            and (teacher or not k.startswith("teacher_"))}
 
 
 def _is_dynamic(model: torch.nn.Module, family: str, input_shape: tuple[int, ...]) -> bool:
