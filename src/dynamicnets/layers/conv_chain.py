@@ -17,6 +17,7 @@ norm's batch counter).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import Tensor, nn
@@ -54,7 +55,12 @@ class ConvStep:
 
     def gemm_weight(self) -> Tensor:
         """The weight as a `(k * k * C_in, C_out)` matrix whose rows follow a gathered
-        neighbourhood: kernel row, kernel column, then input channel."""
+        neighbourhood: kernel row, kernel column, then input channel (made once per step:
+        a step holds one fold of the weights)."""
+        return self._gemm_weight
+
+    @cached_property
+    def _gemm_weight(self) -> Tensor:
         c_out = self.weight.shape[0]
         return self.weight.permute(2, 3, 1, 0).reshape(-1, c_out)
 

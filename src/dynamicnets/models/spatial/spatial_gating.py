@@ -95,6 +95,7 @@ class SpatialGating:
             for c in chans
         )
         self.strategies = self.parse_strategies(strategy)
+        self._fixed_flops: dict[tuple[int, ...], int] = {}
 
     def parse_strategies(self, strategy: str | Sequence[str]) -> list[SparseStrategy]:
         """One compact strategy per gated block, from one name or a list of them.
@@ -111,11 +112,21 @@ class SpatialGating:
         return [parse_strategy(name, self.sparse_tile) for name in names]
 
     def spatial_fixed_flops(self, input_shape: tuple[int, ...]) -> int:
-        """Per-sample FLOPs of the stem, the ungated blocks and the head."""
-        parts = self.cost_breakdown(input_shape)
-        blocks = [f for stage in parts["stages"] for f in stage]
-        gated = set(self.gated_index)
-        return parts["stem"] + parts["head"] + sum(f for i, f in enumerate(blocks) if i not in gated)
+        """Per-sample FLOPs of the stem, the ungated blocks and the head (cached per input
+        shape: every forward needs it)."""
+        shape = tuple(input_shape)
+        if shape not in self._fixed_flops:
+            parts = self.cost_breakdown(shape)
+            blocks = [f for stage in parts["stages"] for f in stage]
+            gated = set(self.gated_index)
+            self._fixed_flops[shape] = parts["stem"] + parts["head"] + sum(
+                f for i, f in enumerate(blocks) if i not in gated)
+        return self._fixed_flops[shape]
+
+    def classifier_changed(self) -> None:
+        """A new head changes the fixed cost: forget the cached one."""
+        self._fixed_flops.clear()
+        super().classifier_changed()
 
     def full_flops(self, input_shape: tuple[int, ...]) -> float:
         """Per-sample FLOPs with every position of every gated block executed, gates
