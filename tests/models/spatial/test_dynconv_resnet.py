@@ -333,3 +333,13 @@ def test_full_flops_is_every_position_with_its_gates_whatever_the_gates_decide()
         assert counted(lambda: model(x, policy=everything, strategy="dense")) == full
         assert model(x).flops.item() < full / 2
     assert full_flops_per_sample(model, (3, 32, 32)) == full
+
+
+def test_the_cached_fixed_cost_follows_a_new_head():
+    model = create_model("dynconv_resnet20").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        model(x)  # fills the cache for (3, 32, 32)
+        model.reset_classifier(100)
+        out = model(x)
+        assert out.flops.sum().item() == counted(lambda: model(x))
