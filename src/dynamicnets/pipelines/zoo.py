@@ -39,6 +39,7 @@ from ..data import make_eval_loader
 from ..errors import ConfigError, DataError
 from ..execution import supported_executions
 from ..models import create_model, registered_model
+from ..models._zero_sample import zero_sample_output
 from ..models.pretrained import FORMAT, REGISTRY_FILE, PretrainedWeights, read_registry
 from ..profiling.plots import plot_training_curves, read_metrics_jsonl
 from ..profiling.report import atomic_write, markdown_table, write_json
@@ -423,14 +424,7 @@ def _is_dynamic(model: torch.nn.Module, family: str, input_shape: tuple[int, ...
     registered with its family (`vit_cifar` among the transformers) is not dynamic."""
     if supported_executions(model) or family == "parameters":
         return True
-    was_training = model.training
-    model.eval()
-    try:
-        param = next(model.parameters())
-        with torch.no_grad():
-            out = model(torch.zeros((1, *input_shape), device=param.device, dtype=param.dtype))
-    finally:
-        model.train(was_training)
+    out = zero_sample_output(model, input_shape)
     return bool(out.decisions) or len(out.exit_logits or ()) > 1
 
 

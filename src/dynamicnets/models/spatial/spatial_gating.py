@@ -33,6 +33,7 @@ from ...gates.spatial import SpatialMaskGate, cap_density, expand_tiles, spatial
 from ...gates.thresholds import GatePolicy
 from ...layers.spatial_block import SparseBranch, SparseStrategy, check_spatial_mask, parse_strategy
 from ...outputs import DynamicOutput
+from .._zero_sample import zero_sample_output
 from ..static._checks import check_input_shape
 
 
@@ -132,16 +133,8 @@ class SpatialGating:
         """Per-sample FLOPs with every position of every gated block executed, gates
         included (the cost when nothing is skipped; a zero input would count only what its
         gates kept)."""
-        param = next(self.parameters())
-        x = torch.zeros((1, *input_shape), device=param.device, dtype=param.dtype)
         everything = GatePolicy.constant(float("-inf"), self.num_gated_blocks)
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.no_grad():
-                return float(self(x, policy=everything, strategy="dense").flops[0])
-        finally:
-            self.train(was_training)
+        return float(zero_sample_output(self, input_shape, policy=everything, strategy="dense").flops[0])
 
     def check_input(self, x: Tensor) -> None:
         """Raise `ConfigError` unless `x` is a `(B, in_chans, H, W)` batch."""

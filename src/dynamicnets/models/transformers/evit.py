@@ -53,6 +53,7 @@ from ...layers.token_reorganisation import (
 )
 from ...outputs import DynamicOutput, constant_flops
 from .._registry import register_model
+from .._zero_sample import zero_sample_output
 from ._token_costs import QuadraticCost
 from .token_maps import kept_token_masks
 from .vit import VisionTransformer
@@ -160,10 +161,8 @@ class EViT(VisionTransformer):
         (`TokenPolicy(keep_ratio=1.0)`: every block on all tokens, the class-attention rows
         included), whatever the mode; a zero input in eval would count only what the
         default policy keeps."""
-        param = next(self.parameters())
-        x = torch.zeros((1, *input_shape), device=param.device, dtype=param.dtype)
-        with torch.no_grad():
-            return float(self(x, policy=TokenPolicy(keep_ratio=1.0), execution="compact").flops[0])
+        every = TokenPolicy(keep_ratio=1.0)
+        return float(zero_sample_output(self, input_shape, policy=every, execution="compact").flops[0])
 
     def forward_features(self, x: Tensor, *, execution: ExecutionLike = None,
                          policy: TokenPolicy | None = None) -> Tensor:
