@@ -1,6 +1,7 @@
 """Distillation from a frozen teacher (`teacher_checkpoint`, `teacher_weight`,
 `teacher_temperature`): the loss by hand, the teacher rebuilt from a training checkpoint
 and frozen, the Trainer adding the term to `aux_loss`, and one clear error per bad key."""
+import dataclasses
 import json
 
 import pytest
@@ -8,9 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from dynamicnets import create_model
+from dynamicnets.data.preprocessing import Preprocessing
 from dynamicnets.errors import ConfigError
 from dynamicnets.training import TrainConfig, Trainer
 from dynamicnets.training.checkpoint import save_checkpoint
+from dynamicnets.models.pretrained import pretrained_weights
 from dynamicnets.training.teacher import TeacherDistillation, load_teacher, teacher_kl_loss
 
 # ViTs for 1x8x8 digits: 2x2 patches (16 tokens), 2 blocks of width 16
@@ -157,3 +160,22 @@ def test_a_bad_shipped_teacher_names_the_key(spec, match):
 def test_a_shipped_teacher_must_fit_the_student():
     with pytest.raises(ConfigError, match=r"trained on inputs \(3, 32, 32\), but the student's are \(1, 8, 8\)"):
         load_teacher("pretrained:resnet20:cifar10", num_classes=10, input_shape=(1, 8, 8))
+
+
+def test_a_teacher_trained_on_other_preprocessing_is_refused():
+    prep = pretrained_weights("resnet20", "cifar10").preprocessing
+    same = load_teacher("pretrained:resnet20:cifar10", num_classes=10, input_shape=(3, 32, 32), preprocessing=prep)
+    assert not same.training
+    unnormalised = dataclasses.replace(prep, mean=None, std=None)
+    with pytest.raises(ConfigError, match=r"key 'teacher_checkpoint'.*prepared as uint8 pixels / 255, mean .*"
+                                          r"student's are prepared as uint8 pixels / 255, input \(3, 32, 32\)"):
+        load_teacher("pretrained:resnet20:cifar10", num_classes=10, input_shape=(3, 32, 32),
+                     preprocessing=unnormalised)
+
+
+def test_a_checkpoint_teacher_is_checked_against_the_students_preprocessing(teacher_path):
+    recorded = Preprocessing.from_dict(torch.load(teacher_path, weights_only=True)["preprocessing"])
+    load_teacher(teacher_path, num_classes=10, input_shape=(1, 8, 8), preprocessing=recorded)
+    other = dataclasses.replace(recorded, scale=recorded.scale * 2)
+    with pytest.raises(ConfigError, match=r"key 'teacher_checkpoint'.*the student's are prepared as"):
+        load_teacher(teacher_path, num_classes=10, input_shape=(1, 8, 8), preprocessing=other)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..data.preprocessing import Preprocessing
 from ..errors import CheckpointError, ConfigError
 from ..execution import supported_executions
 from ..models import create_model
@@ -57,7 +58,8 @@ def teacher_kl_loss(student_logits: Tensor, teacher_logits: Tensor, temperature:
 
 
 def load_teacher(path: str | Path, device: str | torch.device = "cpu", *, num_classes: int | None = None,
-                 input_shape: Sequence[int] | None = None) -> nn.Module:
+                 input_shape: Sequence[int] | None = None,
+                 preprocessing: Preprocessing | None = None) -> nn.Module:
     """The static model saved in the training checkpoint `path`, frozen, in eval mode.
 
     Args:
@@ -66,6 +68,10 @@ def load_teacher(path: str | Path, device: str | torch.device = "cpu", *, num_cl
         device: where the teacher runs (the student's device).
         num_classes: the student's classes; the teacher must have as many.
         input_shape: the student's per-sample input shape; the teacher must take it.
+        preprocessing: how the student's inputs are prepared; a teacher trained on the
+            same kind of stored samples must have been trained on inputs prepared the
+            same way (its logits on the student's inputs mean nothing otherwise). Not
+            checked when either side does not record it or the storages differ.
 
     Returns:
         the teacher; every parameter has `requires_grad=False`.
@@ -73,11 +79,12 @@ def load_teacher(path: str | Path, device: str | torch.device = "cpu", *, num_cl
     Raises:
         ConfigError: naming `teacher_checkpoint`, when the file is missing or unreadable,
             holds no model (or NaN weights), holds a dynamic model (one with execution
-            modes), or has other classes or another input shape than the student.
+            modes), or has other classes, another input shape or another preprocessing
+            than the student.
     """
     try:
         if str(path).startswith(PRETRAINED_PREFIX):
-            model, name, classes, shape = _shipped_teacher(str(path))
+            model, name, classes, shape, prep = _shipped_teacher(str(path))
         else:
             ckpt = load_checkpoint(path)
             check_fields(ckpt, MODEL_FIELDS, source=str(path))
@@ -87,6 +94,8 @@ def load_teacher(path: str | Path, device: str | torch.device = "cpu", *, num_cl
             check_finite(ckpt["model"], source=str(path))
             model.load_state_dict(ckpt["model"])
             name, classes, shape = ckpt["model_name"], ckpt["num_classes"], ckpt["input_shape"]
+            recorded = ckpt.get("preprocessing")
+            prep = None if recorded is None else Preprocessing.from_dict(recorded, str(path))
     except (CheckpointError, ConfigError, TypeError, ValueError) as err:
         raise ConfigError(f"{_KEY}: {path}: cannot load the teacher: {err}") from err
     if supported_executions(model):
@@ -98,17 +107,23 @@ def load_teacher(path: str | Path, device: str | torch.device = "cpu", *, num_cl
     if input_shape is not None and list(shape) != [int(s) for s in input_shape]:
         raise ConfigError(f"{_KEY}: {path} was trained on inputs {tuple(shape)}, but the student's "
                           f"are {tuple(int(s) for s in input_shape)}")
+    if (preprocessing is not None and prep is not None and prep.storage == preprocessing.storage
+            and not prep.same_transform(preprocessing)):
+        raise ConfigError(f"{_KEY}: {path} was trained on inputs prepared as {prep.describe()}, but the "
+                          f"student's are prepared as {preprocessing.describe()}; train both on the same "
+                          f"data preprocessing")
     model.requires_grad_(False)
     return model.to(device).eval()
 
 
-def _shipped_teacher(spec: str) -> tuple[nn.Module, str, int, tuple[int, ...]]:
-    """The shipped model of `pretrained:MODEL:TAG`, its name, classes and input shape."""
+def _shipped_teacher(spec: str) -> tuple[nn.Module, str, int, tuple[int, ...], Preprocessing]:
+    """The shipped model of `pretrained:MODEL:TAG`, its name, classes, input shape and
+    preprocessing."""
     from ..models.pretrained import pretrained_weights
 
     name, tag = parse_pretrained_spec(spec, "teacher_checkpoint")
     row = pretrained_weights(name, tag)
-    return create_model(name, pretrained=tag), name, row.num_classes, tuple(row.input_shape)
+    return create_model(name, pretrained=tag), name, row.num_classes, tuple(row.input_shape), row.preprocessing
 
 
 class TeacherDistillation:
@@ -129,13 +144,15 @@ class TeacherDistillation:
         self.temperature = float(temperature)
 
     @classmethod
-    def from_config(cls, config, device: torch.device, num_classes: int,
-                    input_shape: Sequence[int]) -> "TeacherDistillation | None":
+    def from_config(cls, config, device: torch.device, num_classes: int, input_shape: Sequence[int],
+                    preprocessing: Preprocessing | None = None) -> "TeacherDistillation | None":
         """The teacher of a `TrainConfig` (`teacher_checkpoint`, `teacher_weight`,
-        `teacher_temperature`); None when `teacher_weight` is 0 (nothing is loaded)."""
+        `teacher_temperature`), checked against the student's classes, input shape and
+        preprocessing; None when `teacher_weight` is 0 (nothing is loaded)."""
         if config.teacher_weight == 0 or config.teacher_checkpoint is None:
             return None
-        teacher = load_teacher(config.teacher_checkpoint, device, num_classes=num_classes, input_shape=input_shape)
+        teacher = load_teacher(config.teacher_checkpoint, device, num_classes=num_classes, input_shape=input_shape,
+                               preprocessing=preprocessing)
         return cls(teacher, config.teacher_weight, config.teacher_temperature)
 
     def loss(self, x: Tensor, student_logits: Tensor) -> Tensor:

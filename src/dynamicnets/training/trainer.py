@@ -197,7 +197,8 @@ class Trainer:
                             else temperature_schedule(config.temperature_schedule, self.steps_per_epoch, model))
         self.forward_kwargs = execution_kwargs(config.train_execution, model)
         self.teacher = TeacherDistillation.from_config(config, self.device, self.bundle.num_classes,
-                                                       self.bundle.input_shape)
+                                                       self.bundle.input_shape,
+                                                       getattr(self.bundle, "preprocessing", None))
         self.optimizer = build_optimizer(model, config)
         self.scheduler = build_scheduler(
             self.optimizer, total_steps=config.epochs * self.steps_per_epoch,
