@@ -157,6 +157,13 @@ def test_folded_weights_follow_a_batchnorm_update():
         block.conv1.conv.weight.mul_(2)  # an in-place weight change
         torch.testing.assert_close(branch(x, mask, Execution.COMPACT), branch(x, mask, Execution.MASKED),
                                    rtol=0, atol=1e-10)
+        block.conv1.conv.weight = nn.Parameter(-block.conv1.conv.weight)  # a replaced parameter
+        torch.testing.assert_close(branch(x, mask, Execution.COMPACT), branch(x, mask, Execution.MASKED),
+                                   rtol=0, atol=1e-10)
+        block.float()  # every tensor converted in place (same objects, new data)
+        got = branch(x.float(), mask, Execution.COMPACT)
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, branch(x.float(), mask, Execution.MASKED), rtol=0, atol=1e-5)
 
 
 # ------------------------------------------------------------------ FLOPs
