@@ -18,6 +18,7 @@ import torch.utils.benchmark as benchmark
 
 from dynamicnets import create_model
 from dynamicnets.gates.thresholds import GatePolicy
+from dynamicnets.profiling.allocator import keep_freed_memory
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-run-time", type=float, default=2.0)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    print(f"allocator: {keep_freed_memory()}")
     gated = create_model("convnet_aig_resnet", pretrained="cifar10").eval()
     static = create_model("resnet56", pretrained="cifar10").eval()
     x = torch.randn(args.batch, 3, 32, 32, generator=torch.Generator().manual_seed(0))

@@ -45,6 +45,7 @@ from torch import nn
 
 from dynamicnets.flops import gru_cell_flops, lstm_cell_flops
 from dynamicnets.layers.skip_rnn import SkipGRU, SkipLSTM
+from dynamicnets.profiling.allocator import keep_freed_memory
 from dynamicnets.profiling.report import markdown_table, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,6 +145,7 @@ def main() -> int:
     parser.add_argument("--out", default="skip_rnn_mechanism", help="results name under benchmarks/results")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    print(f"allocator: {keep_freed_memory()}")
     rows = []
     for kind in args.kinds:
         for hidden in args.hidden:

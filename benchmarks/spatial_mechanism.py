@@ -101,6 +101,7 @@ from dynamicnets.gates.spatial import expand_tiles
 from dynamicnets.layers.sparse_tiles import tile_any, tile_grid
 from dynamicnets.layers.spatial_block import SparseBranch, SparseStrategy
 from dynamicnets.models.static.resnet_cifar import BasicBlock
+from dynamicnets.profiling.allocator import keep_freed_memory
 from dynamicnets.profiling.report import atomic_write, run_metadata, write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -474,6 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     blocks = tuple(b for b in catalogue if b.name in args.blocks)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
+    print(f"allocator: {keep_freed_memory()}")
     try:
         machine_all = run_metadata()
         machine = {k: machine_all[k] for k in ("torch_version", "threads", "cpu_model")}

@@ -79,6 +79,7 @@ from dynamicnets.layers.ragged_tokens import RaggedTokens
 from dynamicnets.layers.token_batching import executed_flops, length_groups, run_blocks
 from dynamicnets.models import create_model
 from dynamicnets.models.transformers.vit import VisionTransformer
+from dynamicnets.profiling.allocator import keep_freed_memory
 from dynamicnets.profiling.report import atomic_write, run_metadata, write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -508,6 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="The PyTorch API of nested tensors is in prototype stage")
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
+    print(f"allocator: {keep_freed_memory()}")
     try:
         torch.manual_seed(args.seed)
         model_name = "quick_vit_12x32" if args.quick else "deit_tiny_patch16_224"

@@ -21,6 +21,7 @@ from torch.utils import benchmark
 from ..errors import ConfigError
 from ..execution import Execution
 from ..layers.spatial_block import SparseStrategy
+from ..profiling.allocator import keep_freed_memory
 
 
 def fastest_block_strategies(
@@ -58,6 +59,7 @@ def fastest_block_strategies(
     if not names or None in names:
         raise ConfigError(f"candidates must be names among {[s.value for s in SparseStrategy]}, got {list(candidates)!r}")
     inputs = model.gated_block_inputs(x, policy=policy)
+    keep_freed_memory()
     chosen, table = [], []
     with torch.no_grad():
         for index, (h, mask) in zip(model.gated_index, inputs):

@@ -6,6 +6,10 @@ afterwards), under `torch.inference_mode()`, after warm-up calls, and is measure
 block, so callables working on CUDA tensors are timed correctly; nothing here moves
 tensors to a device.
 
+Timing first calls `allocator.keep_freed_memory()` (once per process): with glibc's
+defaults a batch's buffers page-fault back in or not depending on the sizes freed before
+it, a noise of up to 2x per call at batch 256.
+
 Absolute milliseconds drift on shared machines (other jobs, frequency scaling, thermal
 state). The figure to quote is a **ratio measured in the same run** (`compare` +
 `ratio`): e.g. sliced width ÷ static network of the same size, or realized speedup ÷
@@ -22,6 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from .allocator import keep_freed_memory
 
 if TYPE_CHECKING:
     from torch.utils.benchmark import Measurement as _TorchMeasurement
@@ -84,6 +89,7 @@ def measure(
     """
     _check_protocol(fn=fn, min_run_time=min_run_time, warmup=warmup)
     num_threads = _resolve_threads(threads)
+    keep_freed_memory()
     with _fixed_threads(num_threads), torch.inference_mode():
         _warm_up(fn, args, warmup)
         raw = _time_once(fn, args, num_threads, min_run_time, label)
@@ -124,6 +130,7 @@ def compare(
     if not isinstance(rounds, int) or rounds < 1:
         raise ConfigError(f"compare: rounds must be an integer >= 1, got {rounds!r}")
     num_threads = _resolve_threads(threads)
+    keep_freed_memory()
     per_round: dict[str, list["_TorchMeasurement"]] = {name: [] for name in named_fns}
     with _fixed_threads(num_threads), torch.inference_mode():
         for fn in named_fns.values():

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from .allocator import allocator_setting
 from ..writing import atomic_write_with
 
 _FLOPS_UNITS = ("", "K", "M", "G", "T", "P")
@@ -62,8 +63,9 @@ def run_metadata() -> dict[str, Any]:
 
     Returns:
         `{"date", "torch_version", "python_version", "platform", "cpu_model",
-        "cpu_count", "threads", "cuda_device"}`; `threads` is `torch.get_num_threads()`
-        now, `cuda_device` is `None` without CUDA.
+        "cpu_count", "threads", "allocator", "cuda_device"}`; `threads` is
+        `torch.get_num_threads()` now, `allocator` whether freed memory stays in the
+        process (`dynamicnets.profiling.allocator`), `cuda_device` is `None` without CUDA.
     """
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -73,6 +75,7 @@ def run_metadata() -> dict[str, Any]:
         "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
+        "allocator": allocator_setting(),
         "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
 
