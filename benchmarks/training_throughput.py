@@ -61,6 +61,7 @@ MODELS = {
     "msdnet_cifar": {},
     "convnet_aig_resnet": {"depth": 56},
     "slimmable_resnet_cifar": {},
+    "vit_cifar": {},
 }
 SETTINGS = {
     "default": {},
@@ -69,6 +70,8 @@ SETTINGS = {
     "channels_last+fused_sgd": {"channels_last": True, "optimizer_impl": "fused"},
     "channels_last+compile": {"channels_last": True},
     "mkldnn_off": {},
+    "channels_last+bf16": {"channels_last": True, "bf16": True},
+    "bf16": {"bf16": True},
 }
 DEFAULT_SETTINGS = ("default", "channels_last", "fused_sgd", "channels_last+fused_sgd")
 
