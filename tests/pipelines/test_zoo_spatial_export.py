@@ -73,6 +73,13 @@ def test_a_dynconv_model_gets_its_trained_rule_and_a_density_cap_timed_against_i
                      "every position run densely"):
         assert expected in section, expected
     assert (paths.cards_dir / "dynconv_resnet20_digits_accuracy_flops.png").is_file()
+    # the shipped model runs the trained rule's fastest strategies at batch 256 by default; the card says so
+    fastest = trained["strategies_b256"]
+    assert row.model_args["strategy"] == fastest and trade_off["default_strategy"] == fastest
+    assert [s.value for s in model.strategies] == fastest
+    assert "re-tune with `dynamicnets.inference.fastest_block_strategies" in section
+    assert [s.value for s in create_model("dynconv_resnet20", pretrained="digits", pretrained_dir=paths.weights_dir,
+                                          strategy="tiles").strategies] == ["tiles"] * 7  # the caller's choice wins
 
 
 def test_other_models_are_left_to_other_measurements_and_bad_caps_are_refused(runs):

@@ -340,6 +340,13 @@ def _spatial_trade_off(trade_off: dict[str, Any], figure: str | None) -> str:
               f"{trade_off.get('reference', 'the static network')} over the point's at batch N, with the "
               "`strategies bN` chosen per gated block (d: dense, p: gathered positions, t: gathered tiles); "
               "`FLOPs bN`: the speedup FLOPs promise for exactly the timed samples with those strategies.")
+    default = trade_off.get("default_strategy")
+    if default:
+        text += ("\n\n`create_model(..., pretrained=...)` builds the model with `strategy=["
+                 + ", ".join(f'"{name}"' for name in default) + "]`, the trained rule's fastest execution per gated "
+                 "block at batch 256 above; on another machine or batch size, re-tune with "
+                 "`dynamicnets.inference.fastest_block_strategies(model, x)` (`x`: a batch of the size you will run) "
+                 "and set `model.strategies = model.parse_strategies(chosen)`.")
     return text + (f"\n\n![accuracy vs. FLOPs]({figure})" if figure else "")
 
 

@@ -225,13 +225,28 @@ def export_run(request: ZooExport) -> PretrainedWeights:
     atomic_write(paths.weights_dir / row.file, payload)
     write_registry(paths.weights_dir, [*others, row])
     if request.data is not None:
-        row = replace(row, details={**row.details, **_measure(row, request)})
+        row = _with_measured_strategies(replace(row, details={**row.details, **_measure(row, request)}))
         write_registry(paths.weights_dir, [*others, row])
     _plot_curve(history, card_figures(row, paths.cards_dir)["curve"],
                 f"{name} / {request.tag}: validation accuracy per epoch")
     write_cards([row], paths)
     write_zoo_table(read_registry(paths.weights_dir), paths.zoo_table)
     return row
+
+
+def _with_measured_strategies(row: PretrainedWeights) -> PretrainedWeights:
+    """A spatially gated model's row whose constructor default `strategy` is, per gated
+    block, the execution its trained rule ran fastest with at batch 256 in the export's
+    timing (so `create_model(..., pretrained=TAG)` runs it rather than the architecture's
+    default); other rows unchanged. The card names it, and that another machine re-tunes
+    with `fastest_block_strategies`."""
+    trade_off = row.details.get("trade_off") or {}
+    chosen = trade_off.get("curve", [{}])[0].get("strategies_b256") if trade_off.get("kind") == "spatial" else None
+    if not chosen:
+        return row
+    trade_off = {**trade_off, "default_strategy": list(chosen)}
+    return replace(row, model_args={**row.model_args, "strategy": list(chosen)},
+                   details={**row.details, "trade_off": trade_off})
 
 
 def _finished_run(run: str | Path) -> tuple[Path, dict[str, Any], torch.nn.Module, list[dict[str, Any]]]:
