@@ -63,7 +63,6 @@ import argparse
 import math
 import statistics
 import sys
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +79,7 @@ from dynamicnets.layers.token_batching import executed_flops, length_groups, run
 from dynamicnets.models import create_model
 from dynamicnets.models.transformers.vit import VisionTransformer
 from dynamicnets.profiling.allocator import keep_freed_memory
+from dynamicnets.profiling.latency import compare
 from dynamicnets.profiling.report import atomic_write, run_metadata, write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -349,23 +349,12 @@ def build_attention_cases(model: VisionTransformer, batch: int, decisions: Decis
 # --- timing and reporting ----------------------------------------------------------------------
 
 
-def time_round_robin(fns: dict[str, Callable[[], Any]], threads: int, min_run_time: float, warmup: int,
-                     rounds: int) -> dict[str, list[float]]:
-    """Median seconds per call of each callable, per round (round-robin, same order)."""
-    from torch.utils.benchmark import Timer
-
-    per_round: dict[str, list[float]] = {name: [] for name in fns}
-    with torch.inference_mode():
-        for fn in fns.values():
-            for _ in range(warmup):
-                fn()
-        for r in range(rounds):
-            start = time.perf_counter()
-            for name, fn in fns.items():
-                timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads, label=name)
-                per_round[name].append(timer.blocked_autorange(min_run_time=min_run_time).median)
-            print(f"  round {r + 1}/{rounds}: {time.perf_counter() - start:.1f} s", flush=True)
-    return per_round
+def time_round_robin(fns: dict[str, Callable[[], Any]], threads: int, min_run_time: float,
+                     warmup: int, rounds: int) -> dict[str, list[float]]:
+    """Median seconds per call of each callable, per round (`profiling.latency.compare`:
+    warm-up, then round-robin in the same order)."""
+    measured = compare(fns, threads=threads, min_run_time=min_run_time, warmup=warmup, rounds=rounds)
+    return {name: [ms / 1e3 for ms in m.round_ms] for name, m in measured.items()}
 
 
 def model_records(model_name: str, batch: int, cases: list[Case], timed: dict[str, list[float]],

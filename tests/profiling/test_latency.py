@@ -1,4 +1,5 @@
 import itertools
+import statistics
 
 import pytest
 import torch
@@ -116,3 +117,12 @@ def test_as_dict_leaves_out_times_unless_asked():
 def test_bad_arguments_raise_config_error(call, match):
     with pytest.raises(ConfigError, match=match):
         call()
+
+
+def test_compare_keeps_each_rounds_median_for_per_round_ratios():
+    result = compare({"a": lambda: sum(range(200)), "b": lambda: sum(range(400))}, min_run_time=0.01, warmup=1,
+                     rounds=3)
+    for m in result.values():
+        assert len(m.round_ms) == 3 and all(t > 0 for t in m.round_ms)
+        assert m.median_ms == statistics.median(m.round_ms)
+        assert "round_ms" not in m.as_dict() and m.as_dict(include_times=True)["round_ms"] == list(m.round_ms)

@@ -45,6 +45,8 @@ class Measurement:
         threads: `torch.get_num_threads()` in force while timing.
         label: free-form name of what was timed.
         times_ms: per-call time of each timed block, in the order they ran.
+        round_ms: for `compare`, the median per-call time of each round, in order (per-round
+            ratios between callables show the noise); for `measure`, one value.
     """
 
     median_ms: float
@@ -54,14 +56,16 @@ class Measurement:
     threads: int
     label: str = ""
     times_ms: tuple[float, ...] = ()
+    round_ms: tuple[float, ...] = ()
 
     def as_dict(self, include_times: bool = False) -> dict[str, Any]:
-        """A JSON-ready record; `times_ms` is left out unless `include_times`."""
+        """A JSON-ready record; `times_ms` and `round_ms` are left out unless `include_times`."""
         record = asdict(self)
-        if include_times:
-            record["times_ms"] = list(self.times_ms)
-        else:
-            del record["times_ms"]
+        for key in ("times_ms", "round_ms"):
+            if include_times:
+                record[key] = list(record[key])
+            else:
+                del record[key]
         return record
 
 
@@ -236,4 +240,5 @@ def _summarize(raws: "list[_TorchMeasurement]", num_threads: int, label: str) ->
         threads=num_threads,
         label=label,
         times_ms=times_ms,
+        round_ms=tuple(raw.median * 1e3 for raw in raws),
     )
