@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 
 import torch
-import torch.utils.benchmark as benchmark
 
 from dynamicnets import create_model
 from dynamicnets.gates.thresholds import GatePolicy
 from dynamicnets.profiling.allocator import keep_freed_memory
+from dynamicnets.profiling.latency import compare
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,18 +39,10 @@ def main(argv: list[str] | None = None) -> int:
         "gated, scored path, every gate on": lambda: gated(x, policy=every),
         "gated, decisions given (all on)": lambda: gated(x, gates=ones, execution="compact"),
     }
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    with torch.inference_mode():
-        for call in calls.values():
-            call()
-        for _ in range(args.rounds):
-            for name, call in calls.items():
-                timer = benchmark.Timer("call()", globals={"call": call})
-                times[name].append(timer.blocked_autorange(min_run_time=args.min_run_time).median)
-    base = sorted(times["resnet56"])[len(times["resnet56"]) // 2]
-    for name, values in times.items():
-        median = sorted(values)[len(values) // 2]
-        print(f"{name:36s} {median * 1e3:8.1f} ms   resnet56 time / this = {base / median:.3f}")
+    measured = compare(calls, threads=1, min_run_time=args.min_run_time, warmup=1, rounds=args.rounds)
+    base = measured["resnet56"].median_ms
+    for name, m in measured.items():
+        print(f"{name:36s} {m.median_ms:8.1f} ms   resnet56 time / this = {base / m.median_ms:.3f}")
     return 0
 
 
