@@ -308,3 +308,35 @@ def test_norms_that_cannot_be_folded_are_refused():
     batch_stats.bn1 = nn.BatchNorm2d(2, track_running_stats=False)
     with pytest.raises(ConfigError, match="TinyBottleneck bn1: .*without running statistics"):
         SparseBranch(batch_stats)
+
+
+def test_folded_weights_follow_a_parametrized_weight():
+    """A parametrized weight (weight norm, pruning) is no entry of `_parameters`: its
+    change is seen through the attribute, not missed."""
+    block = make_block("basic")
+    nn.utils.parametrizations.weight_norm(block.conv1.conv)
+    branch = SparseBranch(block)
+    x, mask = make_input(2), make_mask(0.5, 2)
+    with torch.no_grad():
+        branch(x, mask, Execution.COMPACT)  # folds and caches
+        block.conv1.conv.parametrizations.weight.original0.mul_(3)  # the norm: the weight changes
+        torch.testing.assert_close(branch(x, mask, Execution.COMPACT), branch(x, mask, Execution.MASKED),
+                                   rtol=0, atol=1e-10)
+
+
+def test_folded_weights_follow_a_parameter_replaced_twice():
+    """The second replacement can get the memory, hence the `id`, of the folded one (with
+    the same version, 0): still refolded."""
+    block = make_block("basic")
+    branch = SparseBranch(block)
+    x, mask = make_input(2), make_mask(0.5, 2)
+    conv = block.conv1.conv
+    weights = [s * conv.weight.detach() for s in (1.0, 2.0, 3.0)]
+    with torch.no_grad():
+        for _ in range(3):
+            conv.weight = nn.Parameter(weights[0].clone())
+            branch(x, mask, Execution.COMPACT)  # folds and caches
+            conv.weight = nn.Parameter(weights[1].clone())
+            conv.weight = nn.Parameter(weights[2].clone())
+            torch.testing.assert_close(branch(x, mask, Execution.COMPACT), branch(x, mask, Execution.MASKED),
+                                       rtol=0, atol=1e-10)

@@ -152,6 +152,10 @@ def branch_layers(block: nn.Module) -> BranchLayers:
     return layers
 
 
+_NORM_PARAMETERS = ("weight", "bias")
+_NORM_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
 class FoldedSteps:
     """The folded `ConvStep`s of a residual branch, refolded only when its tensors change.
 
@@ -163,32 +167,41 @@ class FoldedSteps:
         self.layers = layers
         self._key: tuple | None = None
         self._steps: list[ConvStep] = []
+        self._held: list[Tensor] | None = None
 
-    def _tensors(self) -> list[Tensor]:
-        # read from the registries directly: `Module.__getattr__` made this 12x slower, a
-        # cost paid by every compact call of every block
+    def _tensors(self) -> list[Tensor] | None:
+        """The branch's tensors, read from the registries directly (`Module.__getattr__`
+        made this 12x slower, a cost paid by every compact call of every block); `None`
+        when one is computed on access instead (a parametrization such as weight norm or
+        pruning): a fresh tensor per access has no version to compare, so never cache."""
         out = []
         for conv, bn, _ in self.layers:
             params = conv._parameters
-            out += [params.get("weight"), params.get("bias")]
+            if "weight" not in params or "bias" not in params:
+                return None
+            out += [params["weight"], params["bias"]]
             if bn is not None:
                 params, buffers = bn._parameters, bn._buffers
+                if any(k not in params for k in _NORM_PARAMETERS) or any(k not in buffers for k in _NORM_BUFFERS):
+                    return None
                 # a training-mode forward updates the running statistics inside the kernel,
                 # without bumping their version counters; the batch counter it bumps does
-                out += [params.get("weight"), params.get("bias"), buffers.get("running_mean"),
-                        buffers.get("running_var"), buffers.get("num_batches_tracked")]
+                out += [params[k] for k in _NORM_PARAMETERS] + [buffers[k] for k in _NORM_BUFFERS]
         return [t for t in out if t is not None]
 
     def steps(self) -> list[ConvStep]:
         """The current folded steps (recomputed when a weight or statistic changed)."""
         tensors = self._tensors()
-        key = tuple((id(t), t._version, t.device, t.dtype) for t in tensors)
-        if key != self._key or torch.is_grad_enabled():
+        key = None if tensors is None else tuple((id(t), t._version, t.device, t.dtype) for t in tensors)
+        if key is None or key != self._key or torch.is_grad_enabled():
             with torch.set_grad_enabled(torch.is_grad_enabled()):
                 self._steps = [ConvStep(*fold_batchnorm(conv, bn), relu)
                                for conv, bn, relu in self.layers]
             # steps built with autograd on hold graph references: never reuse them
             self._key = None if torch.is_grad_enabled() else key
+            # the key names tensors by `id`: holding them keeps a freed tensor's id from
+            # being reused by a new one that would then match
+            self._held = None if self._key is None else tensors
         return self._steps
 
     def chain_flops_per_position(self) -> list[int]:
