@@ -78,6 +78,9 @@ def test_a_dynconv_model_gets_its_trained_rule_and_a_density_cap_timed_against_i
     assert row.model_args["strategy"] == fastest and trade_off["default_strategy"] == fastest
     assert [s.value for s in model.strategies] == fastest
     assert "re-tune with `dynamicnets.inference.fastest_block_strategies" in section
+    # the FLOPs columns were counted before that choice: the card says whose strategy they count
+    assert "dense FLOPs over the mean (the run's own strategy, not the default below)" in section
+    assert "the shipped model's `out.flops` are higher wherever one does" in section
     assert [s.value for s in create_model("dynconv_resnet20", pretrained="digits", pretrained_dir=paths.weights_dir,
                                           strategy="tiles").strategies] == ["tiles"] * 7  # the caller's choice wins
 

@@ -330,23 +330,27 @@ def _spatial_trade_off(trade_off: dict[str, Any], figure: str | None) -> str:
         statics = (f"the static anchor `{anchor['name']}` (the architecture without gates, same schedule): "
                    f"{100 * anchor['accuracy']:.2f}% at {format_flops(anchor['flops'])}; " + statics)
     verdict = _verdict(trade_off, reference, _density_cap)
+    default = trade_off.get("default_strategy")
+    # measured before the export made the batch-256 choice the shipped default
+    own = "the run's own strategy, not the default below" if default else "the model's own strategy"
     text = (f"{trade_off['protocol']}. Strategies chosen on {trade_off['calibration_samples']} samples, evaluation "
             f"{trade_off['evaluation_samples']}; {trade_off['gated_blocks']} gated blocks. On the evaluation half, "
             f"{statics}; without gates the architecture costs {format_flops(trade_off['static_flops'])}. {verdict}"
             "\n\n" + markdown_table(rows, floatfmt=".2f")
             + "\n\n`density`: mean executed fraction of the gated blocks' positions; `FLOPs speedup`: the "
-              "architecture's dense FLOPs over the mean (the model's own strategy); `vs static`: accuracy minus the "
+              f"architecture's dense FLOPs over the mean ({own}); `vs static`: accuracy minus the "
               "static network's on the same samples; `measured bN`: the time of "
               f"{trade_off.get('reference', 'the static network')} over the point's at batch N, with the "
               "`strategies bN` chosen per gated block (d: dense, p: gathered positions, t: gathered tiles); "
               "`FLOPs bN`: the speedup FLOPs promise for exactly the timed samples with those strategies.")
-    default = trade_off.get("default_strategy")
     if default:
         text += ("\n\n`create_model(..., pretrained=...)` builds the model with `strategy=["
                  + ", ".join(f'"{name}"' for name in default) + "]`, the trained rule's fastest execution per gated "
                  "block at batch 256 above; on another machine or batch size, re-tune with "
                  "`dynamicnets.inference.fastest_block_strategies(model, x)` (`x`: a batch of the size you will run) "
-                 "and set `model.strategies = model.parse_strategies(chosen)`.")
+                 "and set `model.strategies = model.parse_strategies(chosen)`. The forward counts the FLOPs of the "
+                 "execution it runs: a block run `dense` counts its whole map, where the `mean FLOPs` above count "
+                 "the run's own strategy, so the shipped model's `out.flops` are higher wherever one does.")
     return text + (f"\n\n![accuracy vs. FLOPs]({figure})" if figure else "")
 
 
