@@ -9,9 +9,11 @@ faults per call), switching with `N` and from one run to the next. Timings of a 
 model, whose blocks see varying sub-batches, against a static one then differ by that
 noise, in either direction.
 
-`keep_freed_memory()` sets glibc's mmap threshold to its maximum (32 MiB on 64-bit) and
-its trim threshold to 2 GiB (its largest), the documented tuning knobs of `mallopt(3)`; allocations keep
-being freed and reused inside the process. It is what the `MALLOC_MMAP_THRESHOLD_` /
+`keep_freed_memory()` turns glibc's use of `mmap` for large blocks off (`M_MMAP_MAX` 0, so
+blocks of every size, also those above the largest mmap threshold of 32 MiB, come from the
+heap), fixes the mmap threshold (no dynamic adjustment) and sets the trim threshold to
+2 GiB (its largest), the documented tuning knobs of `mallopt(3)`: freed blocks are reused
+inside the process. It is what the `MALLOC_MMAP_MAX_` / `MALLOC_MMAP_THRESHOLD_` /
 `MALLOC_TRIM_THRESHOLD_` environment variables do, applied at run time. It changes the
 whole process and cannot be undone, which is why it is a function to call, once, by a
 program that times (the timing functions of `dynamicnets.profiling.latency` call it).
@@ -27,6 +29,7 @@ import platform
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
+_M_MMAP_MAX = -4
 MMAP_THRESHOLD_MAX = 32 * 1024 * 1024
 """glibc's largest accepted mmap threshold on 64-bit (`4 * 1024 * 1024 * sizeof(long)`)."""
 _TRIM_THRESHOLD = 2 ** 31 - 1
@@ -40,8 +43,8 @@ def keep_freed_memory() -> str:
     Idempotent: later calls return the first call's answer without touching the allocator.
 
     Returns:
-        what was done, in words (for a benchmark record), e.g. `"glibc 2.36: mmap
-        threshold 32 MiB, trim threshold 2 GiB"`, or why nothing was (`"not glibc: ..."`).
+        what was done, in words (for a benchmark record), e.g. `"glibc 2.36: no mmap
+        blocks, mmap threshold 32 MiB, trim threshold 2 GiB"`, or why nothing was (`"not glibc: ..."`).
     """
     name, version = platform.libc_ver()
     if name != "glibc":
@@ -52,6 +55,8 @@ def keep_freed_memory() -> str:
         return f"glibc {version} without mallopt: allocator left as it is"
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     done = []
+    if mallopt(_M_MMAP_MAX, 0) == 1:
+        done.append("no mmap blocks")
     if mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX) == 1:
         done.append(f"mmap threshold {MMAP_THRESHOLD_MAX // 2 ** 20} MiB")
     if mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD) == 1:
