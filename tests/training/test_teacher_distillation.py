@@ -179,3 +179,19 @@ def test_a_checkpoint_teacher_is_checked_against_the_students_preprocessing(teac
     other = dataclasses.replace(recorded, scale=recorded.scale * 2)
     with pytest.raises(ConfigError, match=r"key 'teacher_checkpoint'.*the student's are prepared as"):
         load_teacher(teacher_path, num_classes=10, input_shape=(1, 8, 8), preprocessing=other)
+
+
+def test_an_older_teacher_checkpoint_is_checked_by_its_data_spec(tmp_path, teacher_path):
+    """A checkpoint written before checkpoints recorded their preprocessing: its data spec
+    (digits) tells it; a data set load_data does not read leaves it unchecked."""
+    ckpt = torch.load(teacher_path, weights_only=True)
+    recorded = Preprocessing.from_dict(ckpt.pop("preprocessing"))
+    older = tmp_path / "older.pt"
+    save_checkpoint(older, ckpt)
+    other = dataclasses.replace(recorded, scale=recorded.scale * 2)
+    with pytest.raises(ConfigError, match=r"key 'teacher_checkpoint'.*the student's are prepared as"):
+        load_teacher(older, num_classes=10, input_shape=(1, 8, 8), preprocessing=other)
+    load_teacher(older, num_classes=10, input_shape=(1, 8, 8), preprocessing=recorded)
+    unknown = tmp_path / "unknown.pt"
+    save_checkpoint(unknown, {**ckpt, "data": "my_own_set"})
+    load_teacher(unknown, num_classes=10, input_shape=(1, 8, 8), preprocessing=other)

@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 from ..errors import CheckpointError, DataError
 from .in_memory import InMemoryDataset
 
-__all__ = ["Preprocessing", "conform", "preprocessing_for_spec", "preprocessing_of"]
+__all__ = ["Preprocessing", "conform", "preprocessing_for_spec", "preprocessing_of", "trained_preprocessing"]
 
 STORAGES = ("uint8", "float32")
 """What a data source stores: `uint8` pixels in 0..255, or `float32` values."""
@@ -150,6 +150,23 @@ def preprocessing_for_spec(spec_or_name: str, input_shape: Sequence[int]) -> Pre
                         f"expected one of {', '.join(SPEC_PREPROCESSING)}")
     storage, scale, mean, std = SPEC_PREPROCESSING[name]
     return Preprocessing(storage, scale, mean, std, tuple(input_shape))
+
+
+def trained_preprocessing(ckpt: dict[str, Any], source: str = "checkpoint") -> tuple[Preprocessing, str]:
+    """The preprocessing the checkpoint's model was trained with, and where it came from.
+
+    Checkpoints record it (`preprocessing`); for older ones it is derived from the data
+    spec they were trained on.
+
+    Raises:
+        CheckpointError: the recorded field is malformed.
+        DataError: an older checkpoint's data spec names no known data set.
+    """
+    recorded = ckpt.get("preprocessing")
+    if recorded is not None:
+        return Preprocessing.from_dict(recorded, source), "recorded in the checkpoint"
+    spec = ckpt.get("data")
+    return preprocessing_for_spec(spec, ckpt["input_shape"]), f"derived from its training data {spec!r}"
 
 
 def preprocessing_of(dataset: Dataset) -> Preprocessing | None:

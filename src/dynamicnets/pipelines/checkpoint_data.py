@@ -13,7 +13,7 @@ from typing import Any
 from torch.utils.data import ConcatDataset, Dataset
 
 from ..data import DataBundle, load_data
-from ..data.preprocessing import Preprocessing, conform, preprocessing_for_spec
+from ..data.preprocessing import Preprocessing, conform, trained_preprocessing
 from ..errors import ConfigError, DataError
 
 SPLITS = ("val", "test", "all")
@@ -61,21 +61,6 @@ def check_split(split: str) -> str:
     return split
 
 
-def trained_preprocessing(ckpt: dict[str, Any], source: str = "checkpoint") -> tuple[Preprocessing, str]:
-    """The preprocessing the checkpoint's model was trained with, and where it came from.
-
-    Checkpoints record it (`preprocessing`); for older ones it is derived from the data
-    spec they were trained on.
-
-    Raises:
-        CheckpointError: the recorded field is malformed.
-        DataError: an older checkpoint's data spec names no known data set.
-    """
-    recorded = ckpt.get("preprocessing")
-    if recorded is not None:
-        return Preprocessing.from_dict(recorded, source), "recorded in the checkpoint"
-    spec = ckpt.get("data")
-    return preprocessing_for_spec(spec, ckpt["input_shape"]), f"derived from its training data {spec!r}"
 
 
 def load_checkpoint_data(ckpt: dict[str, Any], checkpoint: str, data: str | None, split: str) -> CheckpointData:

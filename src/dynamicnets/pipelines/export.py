@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ..data.preprocessing import trained_preprocessing
 from ..deploy import DeployedModel, export_model, read_manifest
 from ..errors import ConfigError
 from ..gates.thresholds import GatePolicy
@@ -22,7 +23,6 @@ from ..inference.resolution_policy import ResolutionPolicy
 from ..models.spatial.dynamic_resolution import DynamicResolutionNet
 from ..models.skipping.gated_resnet import GatedResNet
 from ..protocols import MultiExit
-from .checkpoint_data import trained_preprocessing
 from .checkpoints import load_trained_model, run_checkpoint
 
 

@@ -36,6 +36,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..data import make_eval_loader
+from ..data.preprocessing import trained_preprocessing
 from ..errors import ConfigError, DataError
 from ..execution import supported_executions
 from ..models import create_model, registered_model
@@ -46,7 +47,7 @@ from ..profiling.report import atomic_write, markdown_table, write_json
 from ..protocols import MultiExit
 from ..training.checkpoint import load_checkpoint
 from ..training.evaluate import evaluate
-from .checkpoint_data import load_checkpoint_data, trained_preprocessing
+from .checkpoint_data import load_checkpoint_data
 from .checkpoints import load_trained_model, run_checkpoint
 from .evaluate import full_flops_per_sample
 from .model_card import card_figures, render_model_card

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data.preprocessing import Preprocessing
-from ..errors import CheckpointError, ConfigError
+from ..data.preprocessing import Preprocessing, trained_preprocessing
+from ..errors import CheckpointError, ConfigError, DataError
 from ..execution import supported_executions
 from ..models import create_model
 from .checkpoint import MODEL_FIELDS, check_compatible, check_fields, check_finite, load_checkpoint
@@ -71,7 +71,8 @@ def load_teacher(path: str | Path, device: str | torch.device = "cpu", *, num_cl
         preprocessing: how the student's inputs are prepared; a teacher trained on the
             same kind of stored samples must have been trained on inputs prepared the
             same way (its logits on the student's inputs mean nothing otherwise). Not
-            checked when either side does not record it or the storages differ.
+            checked when either side's is unknown (a checkpoint that neither records it
+            nor names a data set `load_data` reads) or the storages differ.
 
     Returns:
         the teacher; every parameter has `requires_grad=False`.
@@ -94,8 +95,7 @@ def load_teacher(path: str | Path, device: str | torch.device = "cpu", *, num_cl
             check_finite(ckpt["model"], source=str(path))
             model.load_state_dict(ckpt["model"])
             name, classes, shape = ckpt["model_name"], ckpt["num_classes"], ckpt["input_shape"]
-            recorded = ckpt.get("preprocessing")
-            prep = None if recorded is None else Preprocessing.from_dict(recorded, str(path))
+            prep = _trained_preprocessing(ckpt, str(path))
     except (CheckpointError, ConfigError, TypeError, ValueError) as err:
         raise ConfigError(f"{_KEY}: {path}: cannot load the teacher: {err}") from err
     if supported_executions(model):
@@ -114,6 +114,15 @@ def load_teacher(path: str | Path, device: str | torch.device = "cpu", *, num_cl
                           f"data preprocessing")
     model.requires_grad_(False)
     return model.to(device).eval()
+
+
+def _trained_preprocessing(ckpt: dict, source: str) -> Preprocessing | None:
+    """The checkpoint's recorded preprocessing (an older one's derived from its data spec);
+    `None` when neither tells (a data set `load_data` does not read)."""
+    try:
+        return trained_preprocessing(ckpt, source)[0]
+    except DataError:
+        return None
 
 
 def _shipped_teacher(spec: str) -> tuple[nn.Module, str, int, tuple[int, ...], Preprocessing]:

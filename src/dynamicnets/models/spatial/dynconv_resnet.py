@@ -11,6 +11,8 @@ multiply-adds (after full training; the plain ResNet-32 has 69.1 M).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import Tensor
 
 from .._registry import register_model
@@ -29,8 +31,9 @@ class DynConvResNet(SpatialGating, CifarResNet):
         tau: Gumbel temperature while training.
         budget_weight: weight of the FLOPs-budget aux loss.
         gate_bias_init: initial gate logit bias (3: ~95% of positions run at first).
-        strategy: compact execution, `"positions"` or `"tiles"` (default: tiles for tile
-            gates, positions otherwise).
+        strategy: compact execution, `"positions"`, `"tiles"` or `"dense"`, one for all
+            gated blocks or a list with one per block (default: tiles for tile gates,
+            positions otherwise).
         sparse_tile: tile side of the tiles strategy (default: `gate_tile` when > 1, else 8).
         gate_noise_end: scale of the Gumbel noise at the end of training, reached linearly
             from 1 (1: constant noise, as DynConv; 0: training decisions end at the
@@ -67,7 +70,8 @@ def _dynconv(depth: int, **kwargs) -> DynConvResNet:
 @register_model
 def dynconv_resnet20(*, num_classes: int = 10, in_chans: int = 3, width: int = 16, budget: float = 0.5,
                      gate_tile: int = 1, gate_kernel: int = 1, tau: float = 1.0, budget_weight: float = 10.0,
-                     gate_bias_init: float = 3.0, strategy: str | None = None, sparse_tile: int | None = None,
+                     gate_bias_init: float = 3.0, strategy: str | Sequence[str] | None = None,
+                     sparse_tile: int | None = None,
                      gate_noise_end: float = 1.0, device=None, dtype=None) -> DynConvResNet:
     """DynConv spatially sparse ResNet-20 for CIFAR; see `DynConvResNet`."""
     return _dynconv(20, **{k: v for k, v in locals().items()})
@@ -76,7 +80,8 @@ def dynconv_resnet20(*, num_classes: int = 10, in_chans: int = 3, width: int = 1
 @register_model
 def dynconv_resnet32(*, num_classes: int = 10, in_chans: int = 3, width: int = 16, budget: float = 0.5,
                      gate_tile: int = 1, gate_kernel: int = 1, tau: float = 1.0, budget_weight: float = 10.0,
-                     gate_bias_init: float = 3.0, strategy: str | None = None, sparse_tile: int | None = None,
+                     gate_bias_init: float = 3.0, strategy: str | Sequence[str] | None = None,
+                     sparse_tile: int | None = None,
                      gate_noise_end: float = 1.0, device=None, dtype=None) -> DynConvResNet:
     """DynConv spatially sparse ResNet-32 for CIFAR; see `DynConvResNet`."""
     return _dynconv(32, **{k: v for k, v in locals().items()})

@@ -10,6 +10,8 @@ shortcut) runs densely. See `SpatialGating` for the forward.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import Tensor
 
 from .._registry import register_model
@@ -49,7 +51,8 @@ class DynConvImageNetResNet(SpatialGating, ImageNetResNet):
 @register_model
 def dynconv_resnet50(*, num_classes: int = 1000, in_chans: int = 3, budget: float = 0.5, gate_tile: int = 1,
                      gate_kernel: int = 1, tau: float = 1.0, budget_weight: float = 10.0,
-                     gate_bias_init: float = 3.0, strategy: str | None = None, sparse_tile: int | None = None,
+                     gate_bias_init: float = 3.0, strategy: str | Sequence[str] | None = None,
+                     sparse_tile: int | None = None,
                      gate_noise_end: float = 1.0, device=None, dtype=None) -> DynConvImageNetResNet:
     """DynConv spatially sparse ResNet-50 (ImageNet layout, 224x224); see `DynConvImageNetResNet`."""
     return DynConvImageNetResNet((3, 4, 6, 3), **{k: v for k, v in locals().items()})

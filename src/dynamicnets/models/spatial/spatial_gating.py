@@ -64,7 +64,7 @@ class SpatialGating:
         tau: float = 1.0,
         budget_weight: float = 10.0,
         gate_bias_init: float = 3.0,
-        strategy: str | None = None,
+        strategy: str | Sequence[str] | None = None,
         sparse_tile: int | None = None,
         gate_noise_end: float = 1.0,
         device=None,
