@@ -159,6 +159,11 @@ _NORM_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 class FoldedSteps:
     """The folded `ConvStep`s of a residual branch, refolded only when its tensors change.
 
+    A change is seen through each tensor's identity and version counter: in-place ops,
+    optimizer steps, replaced parameters, `module.to(...)` and training-mode statistics
+    updates all refold. Writes through `tensor.data` (`w.data.mul_(2)`, `w.data = ...`)
+    bypass the version counter and are not seen; use `with torch.no_grad(): w.mul_(2)`.
+
     Args:
         layers: `branch_layers(block)`.
     """
