@@ -237,3 +237,13 @@ def test_distillation_keys_are_validated(tmp_path):
         make_config(tmp_path, distill_temperature=0.0)
     with pytest.raises(ConfigError, match="distill_weight"):
         make_config(tmp_path, distill_weight=-1.0)
+
+
+def test_the_epoch_line_says_the_time_left_at_the_recent_speed():
+    from dynamicnets.training.trainer import time_left
+
+    history = [{"epoch_seconds": 600.0}] * 3 + [{"epoch_seconds": s} for s in (100.0, 110.0, 90.0, 100.0, 120.0)]
+    assert time_left(history, 30) == "  eta 50m"  # 30 x the median of the last five (100 s)
+    assert time_left(history, 45) == "  eta 1h15m"
+    assert time_left(history, 0) == "" and time_left([], 10) == "" and time_left([{"epoch": 1}], 10) == ""
+    assert time_left([{"epoch_seconds": 1.0}], 1) == "  eta 1m"

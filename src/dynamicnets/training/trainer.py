@@ -45,6 +45,19 @@ _RESUME_FREE_KEYS = {"resume", "progress", "epochs", "num_workers", "threads", "
                      "optimizer_impl"}
 
 
+def time_left(history: list[dict[str, Any]], epochs_left: int, recent: int = 5) -> str:
+    """`"  eta 1h52m"`: `epochs_left` times the median `epoch_seconds` of the last `recent`
+    epochs of `history` (the speed now, whatever earlier sessions ran at); `""` when none is
+    left or no epoch recorded its time."""
+    seconds = sorted(r["epoch_seconds"] for r in history[-recent:]
+                     if isinstance(r.get("epoch_seconds"), (int, float)))
+    if epochs_left <= 0 or not seconds:
+        return ""
+    total = round(epochs_left * seconds[len(seconds) // 2])
+    hours, minutes = total // 3600, (total % 3600 + 59) // 60
+    return f"  eta {hours}h{minutes:02d}m" if hours else f"  eta {max(1, minutes)}m"
+
+
 def _stderr_is_terminal() -> bool:
     """Progress bars only on a terminal: in a log file their carriage-return updates are noise."""
     try:
@@ -438,7 +451,8 @@ class Trainer:
                       f"acc {record['train_accuracy']:.4f}  val loss {record['val_loss']:.4f} "
                       f"acc {record['val_accuracy']:.4f}"
                       + (f"  {flops / 1e6:.3g} MFLOPs" if flops is not None else "")
-                      + f"  {record['images_per_second']:.0f} img/s  {record['epoch_seconds']:.1f}s")
+                      + f"  {record['images_per_second']:.0f} img/s  {record['epoch_seconds']:.1f}s"
+                      + time_left(self.history, self.config.epochs - self.epoch))
 
     def _save_epoch(self, record: dict[str, Any], is_best: bool) -> None:
         """Append the epoch to `metrics.jsonl`, then write `last.pt`, then `best.pt`.
