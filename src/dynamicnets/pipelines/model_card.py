@@ -145,7 +145,8 @@ def _compute(row: PretrainedWeights, provenance: dict[str, Any]) -> str:
     if replaced:
         plural = len(replaced) > 1
         text += (f" Epoch{'s' if plural else ''} {', '.join(str(e) for e in replaced)} took over "
-                 f"{provenance.get('outlier_factor', 2):g}x the median wall time (the process stalled, e.g. was paused) and "
+                 f"{provenance.get('outlier_factor', 2):g}x the median wall time (the process stalled, e.g. was "
+                 "paused) and "
                  f"count{'' if plural else 's'} at the median; the wall clock recorded "
                  f"{provenance.get('recorded_hours', 0):.2f} h.")
     return text
@@ -153,7 +154,8 @@ def _compute(row: PretrainedWeights, provenance: dict[str, Any]) -> str:
 
 def _accuracy(row: PretrainedWeights, provenance: dict[str, Any], curve: str | None) -> str:
     text = (f"{100 * row.val_accuracy:.2f}% top-1 on the validation split, at epoch {provenance.get('epoch')} "
-            f"(`{provenance.get('checkpoint', '?')}` of the run `{provenance.get('run', '?')}`; the best epoch was {provenance.get('best_epoch')} "
+            f"(`{provenance.get('checkpoint', '?')}` of the run `{provenance.get('run', '?')}`; the best epoch was "
+            f"{provenance.get('best_epoch')} "
             f"at {100 * (provenance.get('best_val_accuracy') or 0):.2f}%).")
     rescored = row.details.get("rescored")
     if rescored:
@@ -409,7 +411,8 @@ def _anchor_comparison(trade_off: dict[str, Any]) -> str:
             f"{gain:+.2f} points of accuracy at {1 / trade_off['speedup_flops']:.3f}x its FLOPs; it runs at "
             + ", ".join(f"{trade_off[f'speedup_measured_b{b}']:.2f}x the anchor's speed at batch {b}"
                         for b in TIMED_BATCH_SIZES)
-            + " (FLOPs alone promise " + " / ".join(f"{trade_off[f'speedup_flops_b{b}']:.3f}x" for b in TIMED_BATCH_SIZES)
+            + " (FLOPs alone promise "
+            + " / ".join(f"{trade_off[f'speedup_flops_b{b}']:.3f}x" for b in TIMED_BATCH_SIZES)
             + ").\n\n" + markdown_table(rows, floatfmt=".2f")
             + "\n\n`speed bN`: the anchor's time over the network's at batch N, timed in the same run (below 1: "
               "slower than the anchor).")
