@@ -12,6 +12,7 @@ from dynamicnets.pipelines.early_exit import split_for_calibration
 from dynamicnets.pipelines.model_card import render_model_card
 from dynamicnets.pipelines.zoo import ZooExport, ZooPaths, export_run
 from dynamicnets.pipelines.zoo_spatial_trade_off import measure_spatial_trade_off
+from dynamicnets.profiling.allocator import keep_freed_memory
 from dynamicnets.training import TrainConfig, Trainer
 
 STRATEGIES = {"dense", "positions", "tiles"}
@@ -44,6 +45,7 @@ def test_a_dynconv_model_gets_its_trained_rule_and_a_density_cap_timed_against_i
                                density_caps=(0.5,)))
     trade_off = row.details["trade_off"]
     assert trade_off["kind"] == "spatial" and trade_off["gated_blocks"] == 7  # 9 blocks, 2 change shape
+    assert trade_off["allocator"] == keep_freed_memory()  # the timing ran with the steady allocator
     trained, capped = trade_off["curve"]
     assert trained["max_density"] is None and capped["max_density"] == 0.5
     # the gates start open and 8 steps leave them so: the cap is what brings the cost down

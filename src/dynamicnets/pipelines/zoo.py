@@ -42,6 +42,7 @@ from ..execution import supported_executions
 from ..models import create_model, registered_model
 from ..models._zero_sample import zero_sample_output
 from ..models.pretrained import FORMAT, REGISTRY_FILE, PretrainedWeights, read_registry
+from ..profiling.allocator import allocator_setting
 from ..profiling.plots import plot_training_curves, read_metrics_jsonl
 from ..profiling.report import atomic_write, markdown_table, write_json
 from ..protocols import MultiExit
@@ -396,7 +397,7 @@ def _measure(row: PretrainedWeights, request: ZooExport) -> dict[str, Any]:
     found = {"rescored": {"val_accuracy": metrics["accuracy"], "samples": metrics["samples"]}}
     trade_off = _trade_off(model, prepared.dataset, row, request)
     if trade_off is not None:
-        found["trade_off"] = trade_off
+        found["trade_off"] = {**trade_off, "allocator": allocator_setting()}
     return found
 
 
