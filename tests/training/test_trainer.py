@@ -247,3 +247,4 @@ def test_the_epoch_line_says_the_time_left_at_the_recent_speed():
     assert time_left(history, 45) == "  eta 1h15m"
     assert time_left(history, 0) == "" and time_left([], 10) == "" and time_left([{"epoch": 1}], 10) == ""
     assert time_left([{"epoch_seconds": 1.0}], 1) == "  eta 1m"
+    assert time_left([{"epoch_seconds": 3590.0}], 2) == "  eta 2h00m"  # 119.7 minutes round up to 2 h

@@ -53,9 +53,8 @@ def time_left(history: list[dict[str, Any]], epochs_left: int, recent: int = 5) 
                      if isinstance(r.get("epoch_seconds"), (int, float)))
     if epochs_left <= 0 or not seconds:
         return ""
-    total = round(epochs_left * seconds[len(seconds) // 2])
-    hours, minutes = total // 3600, (total % 3600 + 59) // 60
-    return f"  eta {hours}h{minutes:02d}m" if hours else f"  eta {max(1, minutes)}m"
+    hours, minutes = divmod(max(1, math.ceil(epochs_left * seconds[len(seconds) // 2] / 60)), 60)
+    return f"  eta {hours}h{minutes:02d}m" if hours else f"  eta {minutes}m"
 
 
 def _stderr_is_terminal() -> bool:
