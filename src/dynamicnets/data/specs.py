@@ -3,13 +3,14 @@ into a :class:`DataBundle` of train/validation(/test) datasets.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 
 from ..errors import DataError
-from .augment import RandomCropFlip
+from .augment import Augmentations, Cutout, RandomCropFlip, cutout_fill
 from .bundle import DataBundle
 from .cifar import read_cifar_batch, read_label_names
 from .cluttered import load_or_generate, parse_options
@@ -43,7 +44,7 @@ class _Source(NamedTuple):
     full_train: InMemoryDataset
     test: InMemoryDataset | None
     num_classes: int
-    train_augment: RandomCropFlip | None
+    train_augment: Callable[[torch.Tensor], torch.Tensor] | None
 
 
 def parse_spec(spec: str) -> tuple[str, Path | None]:
@@ -244,13 +245,27 @@ def _cifar(path: Path, *, hundred: bool) -> _Source:
     return _Source(full, test, num_classes, RandomCropFlip(padding=4, flip=True))
 
 
+def _with_cutout(source: _Source, size: int, spec: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise DataError(f"cutout for '{spec}' must be an integer >= 0 (0 = off), got {size!r}")
+    if size == 0:
+        return source.train_augment
+    data = source.full_train
+    if len(data.input_shape) != 3:
+        raise DataError(f"cutout needs images (channels, height, width); '{spec}' has samples of shape "
+                        f"{data.input_shape}")
+    fill = cutout_fill(data.scale, data.mean, data.input_shape[0], data.samples.dtype)
+    cut = Cutout(size, fill)
+    return cut if source.train_augment is None else Augmentations(source.train_augment, cut)
+
+
 def _imagefolder(path: Path) -> _Source:
     images, labels, classes = read_image_folder(path)
     return _Source(InMemoryDataset(images, labels, scale=1 / 255), None, len(classes), None)
 
 
 def load_data(
-    spec: str, *, val_size: float | int | None = 0.1, seed: int = 0, augment: bool = True
+    spec: str, *, val_size: float | int | None = 0.1, seed: int = 0, augment: bool = True, cutout: int = 0
 ) -> DataBundle:
     """Load a data set and split a validation set off its training set.
 
@@ -296,6 +311,9 @@ def load_data(
             ``None`` = no validation split (``val`` is empty, ``train`` holds every training sample).
         seed: seed of the split; the same seed gives the same split.
         augment: augment the training split (validation and test never are).
+        cutout: when > 0 (and `augment`), also cut a `cutout` x `cutout` square filled
+            with the dataset mean out of every training image, after the data set's own
+            augmentation (:class:`~dynamicnets.data.augment.Cutout`); image data only.
 
     Returns:
         a :class:`DataBundle`; every dataset yields ``(x, y)``, ``x`` float32 of
@@ -322,7 +340,7 @@ def load_data(
         val_idx = torch.zeros(0, dtype=torch.int64)
     else:
         train_idx, val_idx = split_indices(len(source.full_train), val_size, seed)
-    train_augment = source.train_augment if augment else None
+    train_augment = _with_cutout(source, cutout, spec) if augment else None
     return DataBundle(
         name=name,
         train=source.full_train.with_indices(train_idx, augment=train_augment),

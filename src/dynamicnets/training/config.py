@@ -59,6 +59,9 @@ class TrainConfig:
         channels_last: channels-last memory format for 4-D (image) inputs.
         num_workers: DataLoader worker processes.
         augment: training-set augmentation (when the data set defines one).
+        cutout: side in pixels of the square Cutout (DeVries & Taylor 2017) removes from
+            every training image after that augmentation, filled with the data set's mean
+            (16 on CIFAR-10 in the paper); 0 = off. Image data only.
         threads: `torch.set_num_threads` for this process; None = leave it.
         out_dir: parent folder of run folders.
         resume: continue from `<out_dir>/<name>/last.pt` when it exists.
@@ -121,6 +124,7 @@ class TrainConfig:
     channels_last: bool = False
     num_workers: int = 0
     augment: bool = True
+    cutout: int = 0
     threads: int | None = None
     out_dir: str = "runs"
     resume: bool = False
@@ -180,6 +184,9 @@ class TrainConfig:
         if self.grad_clip is not None:
             _require(_finite(self.grad_clip) and self.grad_clip > 0, "grad_clip", "a number > 0 or null",
                      self.grad_clip)
+        _require(isinstance(self.cutout, int) and not isinstance(self.cutout, bool) and self.cutout >= 0,
+                 "cutout", "an integer >= 0 (pixels; 0 = off)", self.cutout)
+        _require(self.cutout == 0 or self.augment, "cutout", "0 when augment is false", self.cutout)
         _require(self.num_workers >= 0, "num_workers", "an integer >= 0", self.num_workers)
         if self.threads is not None:
             _require(self.threads >= 1, "threads", "an integer >= 1 or null", self.threads)

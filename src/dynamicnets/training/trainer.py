@@ -153,7 +153,7 @@ class Trainer:
         model: a model returning `DynamicOutput`; built with `create_model(config.model,
             num_classes=, in_chans=, **config.model_args)` when None (seeded by `seed`).
         bundle: a `DataBundle`; loaded with `load_data(config.data, val_size=, seed=,
-            augment=)` when None.
+            augment=, cutout=)` when None.
     """
 
     def __init__(self, config: TrainConfig, model: nn.Module | None = None, bundle=None) -> None:
@@ -175,7 +175,7 @@ class Trainer:
 
         seed_everything(config.seed)
         self.bundle = bundle if bundle is not None else load_data(
-            config.data, val_size=config.val_size, seed=config.seed, augment=config.augment
+            config.data, val_size=config.val_size, seed=config.seed, augment=config.augment, cutout=config.cutout
         )
         if model is None:
             seed_everything(config.seed)
