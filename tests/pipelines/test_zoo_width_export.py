@@ -60,13 +60,14 @@ def test_a_slimmable_network_gets_one_point_per_width_timed_against_its_anchor(s
     assert (cards / "slimmable_resnet_cifar_digits_accuracy_flops.png").is_file()
 
 
-def test_dsnet_caps_bound_every_samples_width_and_its_flops_include_the_gate(runs, tmp_path):
+def test_dsnet_budgets_and_caps_bound_every_samples_width_and_its_flops_include_the_gate(runs, tmp_path):
     run = tiny_run(runs, "digits_dsnet", "dsnet_resnet_cifar", base_width=4, widths=(0.25, 0.5, 1.0))
     row, section, _ = export(run, tmp_path)
     trade_off = row.details["trade_off"]
     assert trade_off["kind"] == "widths" and trade_off["method"] == "dsnet" and trade_off["anchor"] is None
     widths, curve = trade_off["widths"], trade_off["curve"]
-    assert [p["max_width"] for p in curve] == [None, 0.5, 0.25]
+    assert [p["max_width"] for p in curve] == [None] * 5 + [0.5, 0.25]
+    assert [p["budget_ratio"] for p in curve] == [None, 0.85, 0.7, 0.5, 0.35, None, None]
     model = create_model("dsnet_resnet_cifar", num_classes=10, in_chans=1, base_width=4, widths=widths)
     costs = model.width_costs(row.input_shape).tolist()
     assert trade_off["gate_flops"] == model.gate_flops(row.input_shape) > 0
@@ -80,10 +81,15 @@ def test_dsnet_caps_bound_every_samples_width_and_its_flops_include_the_gate(run
         assert point["mean_flops"] == pytest.approx(executed)
         assert point["speedup_flops"] == pytest.approx(trade_off["static_flops"] / point["mean_flops"])
         assert point["speedup_measured_b1"] > 0 and point["speedup_measured_b256"] > 0
-    # a lower cap never makes a sample wider
-    assert [p["mean_flops"] for p in curve[1:]] == sorted((p["mean_flops"] for p in curve[1:]), reverse=True)
+    # a lower cap, or a smaller budget, never makes a sample wider
+    for rows in ([curve[0], *curve[5:]], curve[1:5]):
+        assert [p["mean_flops"] for p in rows] == sorted((p["mean_flops"] for p in rows), reverse=True)
     assert curve[-1]["width_histogram"][0] == trade_off["evaluation_samples"]
+    # each budget was fitted on the other half: the evaluation half spends about as much
+    for point in curve[1:5]:
+        assert point["mean_flops"] <= 1.25 * point["budget_ratio"] * trade_off["static_flops"] + trade_off["gate_flops"]
     assert "trained rule" in section and "<= 0.25" in section and "widths run" in section
+    assert "budget 0.7x" in section and "calibrate_width_policy" in section
     assert "the widest width" in section
 
 

@@ -19,7 +19,8 @@
 - `ResolutionPolicy`: how a dynamic-resolution network picks each sample's resolution (bias
   per resolution on its predictor's logits, a FLOPs cap); `calibrate_resolution_policy`
   fits the bias to a mean-FLOPs budget.
-- `WidthPolicy`: a compute cap on the width of slimmable and DS-Net models;
+- `WidthPolicy`: a compute cap on the width of slimmable and DS-Net models, and a bias on
+  DS-Net's gate scores; `calibrate_width_policy` fits the bias to a mean-FLOPs budget;
   `worst_case_flops`: the per-sample cost no input can exceed under a policy's cap.
 """
 from .calibrate import (
@@ -40,6 +41,7 @@ from .resolution_policy import ResolutionPolicy, calibrate_resolution_policy
 from .sparse_strategy import fastest_block_strategies
 from .token_calibration import TokenCalibration, calibrate_token_policy
 from .token_policy import TokenPolicy
+from .width_calibration import calibrate_width_policy
 from .width_policy import WidthPolicy
 from .worst_case import worst_case_flops
 
@@ -53,6 +55,7 @@ __all__ = [
     "ExitResult",
     "ResolutionPolicy",
     "calibrate_resolution_policy",
+    "calibrate_width_policy",
     "anytime_table",
     "calibrate",
     "calibrate_gate_rate",

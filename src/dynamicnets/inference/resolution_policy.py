@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
+from .cost_bias import collect_scores, cost_bias, fit_cost_multiplier, mean_chosen_cost
 
 
 @dataclass(frozen=True)
@@ -111,11 +112,6 @@ class ResolutionPolicy:
         return cls(None if bias is None else tuple(bias), data.get("max_flops"), dict(data.get("meta") or {}))
 
 
-def _mean_cost(logits: Tensor, costs: Tensor, lam: float, cap: int) -> float:
-    choice = (logits - lam * costs / costs[-1]).argmax(dim=-1).clamp(max=cap)
-    return float(costs[choice].mean())
-
-
 def calibrate_resolution_policy(model, data: Tensor | Iterable, budget_flops: float, *,
                                 max_flops: float | None = None, steps: int = 60) -> ResolutionPolicy:
     """The policy whose mean per-sample FLOPs on `data` is at most `budget_flops`, giving up as
@@ -135,33 +131,14 @@ def calibrate_resolution_policy(model, data: Tensor | Iterable, budget_flops: fl
     Raises:
         ConfigError: an empty `data`, or a budget below the cheapest resolution's cost.
     """
-    was_training = model.training
-    model.eval()
-    logits, shape = [], None
-    with torch.no_grad():
-        for x in ([data] if isinstance(data, Tensor) else data):
-            x = x[0] if isinstance(x, (tuple, list)) else x
-            shape = tuple(x.shape[1:])
-            logits.append(model.resolution_logits(x).double().cpu())
-    model.train(was_training)
-    if not logits:
-        raise ConfigError("calibrate_resolution_policy: the calibration data is empty")
-    logits = torch.cat(logits)
+    logits, shape = collect_scores(model, data, model.resolution_logits, "calibrate_resolution_policy")
     costs = torch.tensor(model.resolution_costs(shape), dtype=torch.float64)
     cap = ResolutionPolicy(max_flops=max_flops).largest_allowed(costs.tolist(), type(model).__name__)
     if budget_flops < costs[0]:
         raise ConfigError(f"calibrate_resolution_policy: budget_flops {budget_flops:,.0f} is below the cheapest "
                           f"resolution's cost ({float(costs[0]):,.0f} FLOPs per sample)")
-    low, high = 0.0, 1.0
-    lam = 0.0
-    if _mean_cost(logits, costs, lam, cap) > budget_flops:
-        while _mean_cost(logits, costs, high, cap) > budget_flops:
-            high *= 2
-        for _ in range(steps):
-            mid = (low + high) / 2
-            low, high = (low, mid) if _mean_cost(logits, costs, mid, cap) <= budget_flops else (mid, high)
-        lam = high
-    bias = tuple(-lam * float(c) / float(costs[-1]) for c in costs)
-    meta = {"budget_flops": float(budget_flops), "lam": lam, "mean_flops": _mean_cost(logits, costs, lam, cap),
-            "samples": int(logits.shape[0])}
+    lam = fit_cost_multiplier(logits, costs, budget_flops, cap, steps=steps)
+    bias = tuple(cost_bias(costs, lam).tolist())
+    meta = {"budget_flops": float(budget_flops), "lam": lam,
+            "mean_flops": mean_chosen_cost(logits, costs, lam, cap), "samples": int(logits.shape[0])}
     return ResolutionPolicy(bias, max_flops, meta)

@@ -1,12 +1,17 @@
-"""`WidthPolicy`: a per-sample compute cap for width-adaptive models (a bounded worst case).
+"""`WidthPolicy`: how a width-adaptive model picks each sample's width at inference.
 
 A slimmable network runs the width it is asked for, and DS-Net's gate picks one per
 sample; neither looks at what that costs. A `WidthPolicy` passed at inference
-(`model(x, policy=WidthPolicy(max_flops=...))`) clamps every sample's width to the
-widest one whose per-sample cost (for DS-Net the gate included) is `<= max_flops` and
-that is `<= max_width`: a sample whose choice fits keeps it, one whose choice does not
-runs the widest width that fits. An input crafted to make the gate choose the widest
-width then costs at most the cap.
+(`model(x, policy=WidthPolicy(...))`) does two things:
+
+- `bias` (DS-Net): one number per configured width added to the gate's scores before
+  the argmax; `calibrate_width_policy` fits a cost-proportional bias to a mean-FLOPs
+  budget (`dynamicnets.inference.cost_bias`).
+- a compute cap: every sample's width is clamped to the widest one whose per-sample cost
+  (for DS-Net the gate included) is `<= max_flops` and that is `<= max_width`: a sample
+  whose choice fits keeps it, one whose choice does not runs the widest width that
+  fits. An input crafted to make the gate choose the widest width then costs at most
+  the cap.
 """
 from __future__ import annotations
 
@@ -15,27 +20,39 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+from torch import Tensor
+
 from ..errors import ConfigError
 
 
 @dataclass(frozen=True)
 class WidthPolicy:
-    """A compute cap on the width a sample runs at inference.
+    """A bias on a width gate's scores and a compute cap on the width a sample runs.
 
     Attributes:
         max_flops: per-sample FLOPs a width may cost (everything the sample runs), or None.
         max_width: the widest width fraction allowed, in `(0, 1]`, or None.
-        meta: free-form provenance, kept when saved.
+        bias: one number per configured width (narrowest first), added to a gate's
+            scores before the argmax; None = zeros. Models without a gate ignore it.
+        meta: free-form provenance (how it was calibrated), kept when saved.
 
     Raises:
-        ConfigError: `max_flops <= 0` or `max_width` outside `(0, 1]`, naming the key.
+        ConfigError: `max_flops <= 0`, `max_width` outside `(0, 1]`, or an empty or NaN
+            `bias`, naming the key.
     """
 
     max_flops: float | None = None
     max_width: float | None = None
+    bias: tuple[float, ...] | None = None
     meta: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
+        if self.bias is not None:
+            values = tuple(float(b) for b in self.bias)
+            if not values or any(math.isnan(b) for b in values):
+                raise ConfigError(f"WidthPolicy: key 'bias' must be a non-empty list of numbers, got {self.bias!r}")
+            object.__setattr__(self, "bias", values)
         for key, low, high in (("max_flops", 0.0, math.inf), ("max_width", 0.0, 1.0)):
             value = getattr(self, key)
             if value is None:
@@ -69,10 +86,24 @@ class WidthPolicy:
         raise ConfigError(f"{owner}: key 'max_flops': {self.max_flops:,.0f} FLOPs per sample is below the "
                           f"cheapest width ({cheapest:,.0f} FLOPs); attainable caps are >= {cheapest:,.0f}")
 
+    def biased(self, scores: Tensor, owner: str = "model") -> Tensor:
+        """`scores (B, W)` plus `bias`, in float64 (the precision `calibrate_width_policy`
+        fits in, so a fitted policy decides exactly as calibrated); unchanged without a bias.
+
+        Raises:
+            ConfigError: a bias whose length is not the number of widths `W`.
+        """
+        if self.bias is None:
+            return scores
+        if len(self.bias) != scores.shape[-1]:
+            raise ConfigError(f"{owner}: key 'bias' has {len(self.bias)} entries, the model has "
+                              f"{scores.shape[-1]} widths")
+        return scores.double() + torch.tensor(self.bias, dtype=torch.float64, device=scores.device)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain data for a checkpoint or JSON (loads with `weights_only=True`)."""
         return {"kind": "width_cap", "max_flops": self.max_flops, "max_width": self.max_width,
-                "meta": dict(self.meta)}
+                "bias": None if self.bias is None else list(self.bias), "meta": dict(self.meta)}
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "width policy") -> WidthPolicy:
@@ -84,4 +115,6 @@ class WidthPolicy:
         if not isinstance(data, dict) or data.get("kind") != "width_cap":
             raise ConfigError(f"{source}: expected a saved width policy {{kind: width_cap, max_flops: ..., "
                               f"max_width: ...}}, got {data!r}")
-        return cls(data.get("max_flops"), data.get("max_width"), dict(data.get("meta") or {}))
+        bias = data.get("bias")
+        return cls(data.get("max_flops"), data.get("max_width"), None if bias is None else tuple(bias),
+                   dict(data.get("meta") or {}))

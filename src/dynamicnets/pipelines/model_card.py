@@ -297,7 +297,7 @@ def _width_trade_off(trade_off: dict[str, Any], figure: str | None) -> str:
     dsnet = trade_off.get("method") == "dsnet"
     rows = []
     for point in trade_off["curve"]:
-        label = ({"cap": _cap(point), "widths run": " / ".join(str(n) for n in point["width_histogram"])} if dsnet
+        label = ({"rule": _cap(point), "widths run": " / ".join(str(n) for n in point["width_histogram"])} if dsnet
                  else {"width": f"{point['width']:g}"})
         rows.append({**label, **_against_static(point, reference)})
     statics = _with_anchor(trade_off, "the widest width's architecture",
@@ -305,7 +305,7 @@ def _width_trade_off(trade_off: dict[str, Any], figure: str | None) -> str:
     widths = " / ".join(f"{w:g}" for w in trade_off["widths"])
     gate = (f" The gate costs {format_flops(trade_off['gate_flops'])} per sample, counted in every mean; `widths "
             f"run`: samples per width ({widths}, narrowest first)." if dsnet else "")
-    name = (lambda p: f"cap {_cap(p)}") if dsnet else (lambda p: f"width {p['width']:g}")
+    name = (lambda p: f"rule {_cap(p)}") if dsnet else (lambda p: f"width {p['width']:g}")
     text = (f"{trade_off['protocol']}. Evaluation {trade_off['evaluation_samples']} samples.{gate} On the evaluation "
             f"half, {statics} ({format_flops(trade_off['static_flops'])}). "
             f"{_verdict(trade_off, reference, name)}\n\n"
@@ -397,6 +397,8 @@ def _strategies(names: list[str]) -> str:
 
 
 def _cap(point: dict[str, Any]) -> str:
+    if point.get("budget_ratio") is not None:
+        return f"budget {point['budget_ratio']:g}x"
     return "trained rule" if point["max_width"] is None else f"<= {point['max_width']:g}"
 
 

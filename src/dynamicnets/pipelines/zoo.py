@@ -342,7 +342,7 @@ def _plot_trade_off(row: PretrainedWeights, trade_off: dict[str, Any], png: Path
             static["static anchor"] = (anchor.get("flops", trade_off["static_flops"]), anchor["accuracy"])
     label = {"gates": "calibrated gates", "exits": "calibrated exits", "spatial": "trained rule, density caps",
              "tokens": "trained ratio, keep ratios"}.get(
-        kind, "gate, width caps" if trade_off.get("method") == "dsnet" else "one width each")
+        kind, "gate: trained rule, budgets, width caps" if trade_off.get("method") == "dsnet" else "one width each")
     points = [(p["mean_flops"], p["accuracy"]) for p in trade_off["curve"]]
     return plot_accuracy_vs_flops({f"{row.model} ({label})": points}, png,
                                   title=f"{row.model} / {row.tag}: accuracy vs. FLOPs", static_points=static or None,

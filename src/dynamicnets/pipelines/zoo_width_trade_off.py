@@ -3,13 +3,15 @@
 Slimmable networks (any `WidthLadder` model, e.g. `SlimmableResNet`): one point per
 configured width, widest first, each run alone as weight slices of the widest network.
 DS-Net (`DSNet`): the gate's trained rule (its argmax width per sample) is the first
-point; then the same gate under a `WidthPolicy(max_width=w)` cap for each configured
-width below the widest (the gate chooses, the cap narrows the wider choices), run
-compactly (samples grouped by width). Every point is scored on the evaluation half of
-the validation split (`split_for_calibration`, the half the other zoo measurements
-score on; nothing is fitted here) and timed, in one run per batch size, against a
-static network at batch 1 and at batch 256: the separately trained static anchor when
-one is given, else the network at its widest width.
+point; then the gate with a bias fitted to a mean-FLOPs budget on the calibration half
+(`calibrate_width_policy`) for each of `BUDGET_RATIOS` of the widest width's FLOPs;
+then the gate under a `WidthPolicy(max_width=w)` cap for each configured width below
+the widest (the gate chooses, the cap narrows the wider choices); all run compactly
+(samples grouped by width). Every point is scored on the evaluation half of the
+validation split (`split_for_calibration`, the half the other zoo measurements score
+on) and timed, in one run per batch size, against a static network at batch 1 and at
+batch 256: the separately trained static anchor when one is given, else the network at
+its widest width.
 """
 from __future__ import annotations
 
@@ -17,8 +19,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
+from ..inference.width_calibration import calibrate_width_policy
 from ..inference.width_policy import WidthPolicy
 from ..layers.slimmable import WidthLadder
 from ..models.width.dsnet import DSNet
@@ -26,17 +29,33 @@ from .early_exit import split_for_calibration
 from .zoo_timing import Call, score, scored_anchor, threads_text, timed_inputs, timed_speedups
 
 
-def width_points(model: nn.Module) -> list[tuple[dict[str, Any], Call]] | None:
+BUDGET_RATIOS = (0.85, 0.7, 0.5, 0.35)
+
+
+def width_points(model: nn.Module, calibration: Dataset | None = None,
+                 input_shape: tuple[int, ...] | None = None) -> list[tuple[dict[str, Any], Call]] | None:
     """The curve points of a width-adaptive model: `(label, run)` pairs, widest first.
 
-    A slimmable model's label is `{"width": w}`; a DS-Net's `{"max_width": None}` (the
-    trained rule) then `{"max_width": w}` per cap. `None` for any other model.
+    A slimmable model's label is `{"width": w}`; a DS-Net's `{"max_width": None,
+    "budget_ratio": None}` (the trained rule), then with `calibration` data and
+    `input_shape` one `{"budget_ratio": r}` point per `BUDGET_RATIOS` (the gate's bias
+    fitted to `r` times the widest width's FLOPs), then `{"max_width": w}` per cap.
+    `None` for any other model.
     """
     if isinstance(model, DSNet):
-        points: list[tuple[dict[str, Any], Call]] = [({"max_width": None}, lambda x: model(x, "compact"))]
+        points: list[tuple[dict[str, Any], Call]] = [
+            ({"max_width": None, "budget_ratio": None}, lambda x: model(x, "compact"))]
+        if calibration is not None and input_shape is not None:
+            widest = float(model.backbone.flops(tuple(input_shape), 1.0))
+            batches = [x for x, _ in DataLoader(calibration, batch_size=256)]
+            for ratio in BUDGET_RATIOS:
+                fitted = calibrate_width_policy(model, batches, ratio * widest)
+                points.append(({"max_width": None, "budget_ratio": ratio},
+                               lambda x, p=fitted: model(x, "compact", policy=p)))
         for w in reversed(model.widths[:-1]):
             cap = WidthPolicy(max_width=w)
-            points.append(({"max_width": w}, lambda x, cap=cap: model(x, "compact", policy=cap)))
+            points.append(({"max_width": w, "budget_ratio": None},
+                           lambda x, cap=cap: model(x, "compact", policy=cap)))
         return points
     if isinstance(model, WidthLadder):
         return [({"width": w}, lambda x, w=w: model(x, w)) for w in reversed(model.widths)]
@@ -53,7 +72,8 @@ def measure_width_trade_off(model: nn.Module, validation: Dataset, input_shape: 
         model: a trained slimmable network or DS-Net.
         validation: the validation split, prepared as the model was trained.
         input_shape: one input's shape, e.g. `(3, 32, 32)`.
-        seed: seeds the two halves of `validation` (the second is scored).
+        seed: seeds the two halves of `validation` (the first fits DS-Net's budget
+            biases, the second is scored).
         threads: CPU threads for timing.
         min_run_time: seconds of timed calls per callable and round.
         anchor: the static anchor (the architecture of the widest width, trained with
@@ -68,23 +88,23 @@ def measure_width_trade_off(model: nn.Module, validation: Dataset, input_shape: 
         (configured, ascending), `static_flops` (the widest width's per-sample FLOPs),
         `gate_flops` (DS-Net's gate, else 0), `static` (the widest width's accuracy on
         the evaluation half), `anchor` (`name`, `accuracy`, `flops`, or `None`) and
-        `curve`: one row per point with `width` (slimmable) or `max_width` (DS-Net,
-        `None`: the trained rule), `accuracy`, `mean_flops` (per sample, gate
+        `curve`: one row per point with `width` (slimmable) or `max_width` and
+        `budget_ratio` (DS-Net; both `None`: the trained rule), `accuracy`, `mean_flops` (per sample, gate
         included), `speedup_flops` (`static_flops / mean_flops`), `width_histogram`
         (samples per configured width, ascending) and, for each batch size `b` of
         `TIMED_BATCH_SIZES`, `speedup_measured_b{b}` (the reference's time over the
         point's) and `speedup_flops_b{b}` (the reference's FLOPs over the point's mean
         FLOPs on exactly the timed samples).
     """
-    points = width_points(model)
+    calibration, evaluation = split_for_calibration(validation, seed)
+    model.eval()
+    points = width_points(model, calibration, input_shape)
     if points is None:
         return None
     dsnet = isinstance(model, DSNet)
     ladder = model.backbone if dsnet else model
-    model.eval()
     widths = list(ladder.widths)
     static_flops = float(ladder.flops(tuple(input_shape), 1.0))
-    _, evaluation = split_for_calibration(validation, seed)
     timed = timed_inputs(evaluation, memory_format)
 
     def widest(x: torch.Tensor) -> Any:
@@ -121,14 +141,16 @@ def measure_width_trade_off(model: nn.Module, validation: Dataset, input_shape: 
 
 def _protocol(dsnet: bool, anchor_name: str | None, threads: int | None, singles: int, batch: int) -> str:
     if dsnet:
-        what = ("The gate's trained rule (its argmax width per sample; first row), then the same gate under a "
-                "`WidthPolicy(max_width=w)` cap for each configured width below the widest (the gate chooses, the "
-                "cap narrows wider choices), run compactly (samples grouped by width, each group as weight slices; "
-                "mean FLOPs include the gate)")
+        what = ("The gate's trained rule (its argmax width per sample; first row), then the gate with a "
+                "cost-proportional bias on its scores fitted on the other half of the validation split to "
+                f"{', '.join(f'{r:g}' for r in BUDGET_RATIOS)} of the widest width's FLOPs "
+                "(`calibrate_width_policy`), then the gate under a `WidthPolicy(max_width=w)` cap for each "
+                "configured width below the widest (the gate chooses, the cap narrows wider choices), all run "
+                "compactly (samples grouped by width, each group as weight slices; mean FLOPs include the gate)")
     else:
         what = "Every configured width run alone, as weight slices of the widest network"
     against = "the widest width" if anchor_name is None else f"the static anchor `{anchor_name}`"
     return (f"{what}, scored on one seeded half of the validation split (the half the exit and gate measurements "
-            f"score on; nothing is fitted); speedups are the time of {against} over the point's, timed in the same "
+            f"score on); speedups are the time of {against} over the point's, timed in the same "
             f"run with {threads_text(threads)}, on {singles} samples one at a time (batch 1) and on one batch of "
             f"{batch}")

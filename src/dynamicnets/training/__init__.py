@@ -12,12 +12,13 @@ from .distillation import exit_distillation_loss
 from .evaluate import evaluate
 from .losses import multi_exit_loss, normalized_exit_weights
 from .objective import dynamic_loss, loss_terms
-from .protocols import SupportsBaselineUpdate, SupportsTrainingProgress
+from .protocols import SupportsBaselineUpdate, SupportsLabelLosses, SupportsTrainingProgress
 from .schedules import build_scheduler, lr_factor
 from .trainer import Trainer, build_optimizer, resolve_device
 
 __all__ = [
     "SupportsBaselineUpdate",
+    "SupportsLabelLosses",
     "SupportsTrainingProgress",
     "TrainConfig",
     "Trainer",

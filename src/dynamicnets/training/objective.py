@@ -8,9 +8,10 @@ loss.backward()
 
 `loss_terms` gives the parts apart (for logging): `task` (the exits' cross-entropy,
 `multi_exit_loss`), `aux` (the model's `aux_losses` plus any passed in, e.g. those of
-drop-in MoE blocks from `dynamicnets.adapt.collect_aux_losses`), `distill` (every
-earlier exit, or narrower width, learning from the last one, `exit_distillation_loss`)
-and `total`, their sum. It is what the `Trainer` optimises.
+drop-in MoE blocks from `dynamicnets.adapt.collect_aux_losses` or a model's
+`label_losses(out, y)`), `distill` (every earlier exit, or narrower width, learning
+from the last one, `exit_distillation_loss`) and `total`, their sum. It is what the
+`Trainer` optimises.
 """
 from __future__ import annotations
 

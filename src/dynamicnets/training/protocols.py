@@ -26,6 +26,25 @@ class SupportsBaselineUpdate(Protocol):
 
 
 @runtime_checkable
+class SupportsLabelLosses(Protocol):
+    """A model with training losses that need the labels (a model's `forward` never sees
+    them), e.g. DS-Net's sandwich gate sparsification, whose gate targets depend on which
+    widths classify each sample right.
+
+    The training loop adds every value of `model.label_losses(out, target)` (scalars, by
+    name; an empty dict when there is nothing to add) to the loss of each step, with the
+    step's output and `(B,)` targets. From your own loop:
+
+    ```python
+    extra = model.label_losses(out, y) if isinstance(model, SupportsLabelLosses) else {}
+    loss = dynamic_loss(out, y, aux_losses=extra)
+    ```
+    """
+
+    def label_losses(self, out: DynamicOutput, target: Tensor) -> dict[str, Tensor]: ...
+
+
+@runtime_checkable
 class SupportsTrainingProgress(Protocol):
     """A model whose training losses change with how far training has come (annealed
     loss terms such as DynConv's per-block FLOPs bounds).

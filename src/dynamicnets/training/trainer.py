@@ -33,7 +33,7 @@ from .adversarial import AdversarialTraining
 from .distillation import exit_distillation_loss
 from .teacher import TeacherDistillation
 from .losses import multi_exit_loss
-from .protocols import SupportsBaselineUpdate, SupportsTrainingProgress
+from .protocols import SupportsBaselineUpdate, SupportsLabelLosses, SupportsTrainingProgress
 from .rng import capture_rng_state, derived_seed, restore_rng_state, seed_everything
 from .schedules import build_scheduler, lr_factor
 
@@ -129,7 +129,8 @@ class Trainer:
     Files get the mode the user's umask gives.
 
     The loss is `multi_exit_loss(out, y, exit_weights, label_smoothing) + out.aux_loss()`
-    (plus the self-distillation and frozen-teacher terms when configured). With
+    (plus the model's `label_losses(out, y)` when it has them, `SupportsLabelLosses`, and
+    the self-distillation and frozen-teacher terms when configured). With
     `adversarial` set, part of every batch is first replaced by attacked inputs
     (`dynamicnets.training.adversarial`).
     Every epoch re-seeds the global random streams from `(seed, epoch, rank)`, so runs
@@ -360,6 +361,9 @@ class Trainer:
             out = self._train_model(x, **kwargs)
         task = multi_exit_loss(out, y, cfg.exit_weights, cfg.label_smoothing)
         aux = out.aux_loss().float()
+        if isinstance(self.model, SupportsLabelLosses):
+            for value in self.model.label_losses(out, y).values():
+                aux = aux + value.float()
         if cfg.distill_weight > 0:
             aux = aux + exit_distillation_loss(out, cfg.distill_temperature, cfg.distill_weight)
         if self.teacher is not None:

@@ -1,8 +1,8 @@
 """DS-Net-style dynamic width: a gate picks one width per sample of a slimmable network.
 
-Li et al., "Dynamic Slimmable Network" (CVPR 2021). The gate reads the stem's features at
-the narrowest width (cheap: one conv), global-average-pooled, and scores each configured
-width with a linear layer.
+Li et al., "Dynamic Slimmable Network" (CVPR 2021). The gate reads the stem's features
+(by default at the narrowest width: one cheap conv), average-pooled to a `gate_grid` x
+`gate_grid` grid (1: global pooling), and scores each configured width with a linear layer.
 
 - Training: a straight-through Gumbel-softmax picks a hard one-hot width per sample;
   every width runs on the whole batch (static shapes) and each sample's logits are the
@@ -11,14 +11,23 @@ width with a linear layer.
   every exit also trains the slimmable supernet. A target-cost aux loss
   `cost_weight * (mean FLOPs of the chosen widths / full FLOPs - target)^2` steers the
   gate toward a budget. `flops` reports what ran: the gate plus every width.
+- Sandwich gate sparsification (SGS, DS-Net's gate training; `sgs_weight > 0`): the two
+  ends of the width range label each training sample online. A sample the narrowest
+  width classifies right is easy: the gate's target is the narrowest width. A sample the
+  widest width gets wrong is hard: its target is the widest. Other samples get no target.
+  `label_losses(out, target)` returns `sgs_weight * CE(gate scores, target)` summed over
+  the labelled samples and divided by the batch size (the training loop adds it; the
+  model's forward never sees labels).
 - Inference: the gate's argmax picks a width per sample; the batch is grouped by width
   and each group runs its compact slice (`SlimmableResNet.forward_logits`). `flops` is
   per sample: the gate plus the chosen width's network.
-- Compute cap (a bounded worst case): `forward(x, policy=WidthPolicy(max_flops=...))`
-  clamps each sample's choice at inference to the widest width whose per-sample cost,
-  gate included, is `<= max_flops` (and `<= max_width`), so a gate pushed to the widest
-  width by a crafted input costs at most the cap; `decisions["width_capped"]` marks the
-  samples it narrowed. `worst_case_flops(input_shape, policy)` is the bound.
+- Budget and compute cap: at inference `forward(x, policy=WidthPolicy(...))` adds the
+  policy's `bias` to the gate's scores before the argmax (`calibrate_width_policy` fits
+  one to a mean-FLOPs budget), then clamps each sample's choice to the widest width whose
+  per-sample cost, gate included, is `<= max_flops` (and `<= max_width`), so a gate
+  pushed to the widest width by a crafted input costs at most the cap;
+  `decisions["width_capped"]` marks the samples the cap narrowed.
+  `worst_case_flops(input_shape, policy)` is the bound.
 """
 from __future__ import annotations
 
@@ -47,10 +56,15 @@ class DSNet(ClassifierApi, nn.Module):
         target_flops_ratio: the mean FLOPs the cost loss aims for, as a fraction of the
             widest network's.
         cost_weight: weight of the target-cost aux loss (0 = off).
+        sgs_weight: weight of the sandwich gate sparsification loss (0 = off); see
+            `label_losses`.
+        gate_width: the width at which the gate runs the stem (None: the narrowest).
+        gate_grid: the gate pools the stem's features to `gate_grid x gate_grid` cells
+            (1: one global average per channel).
 
     Attributes:
-        backbone, gate (`nn.Linear(stem channels at the narrowest width, num widths)`),
-        gumbel (`GumbelSoftmaxGate`), widths, default_input_shape.
+        backbone, gate (`nn.Linear(stem channels at gate_width * gate_grid**2, num
+        widths)`), gumbel (`GumbelSoftmaxGate`), widths, default_input_shape.
 
     Classifier API (`dynamicnets.models.ClassifierApi`): the widest network's.
     `forward_features(x)` runs the backbone at full width, whatever the gate would
@@ -60,7 +74,8 @@ class DSNet(ClassifierApi, nn.Module):
 
     Shapes:
         `(B, C, H, W)` -> `DynamicOutput` with `logits (B, num_classes)`, `flops (B,)`,
-        `decisions["width"] (B,)` (chosen width) and `decisions["width_index"] (B,)`.
+        `decisions["width"] (B,)` (chosen width) and `decisions["width_index"] (B,)`;
+        in training also `decisions["width_scores"] (B, num widths)`, the gate's scores.
     """
 
     execution_modes = (Execution.MASKED, Execution.COMPACT)
@@ -72,22 +87,32 @@ class DSNet(ClassifierApi, nn.Module):
         tau: float = 1.0,
         target_flops_ratio: float = 0.5,
         cost_weight: float = 1.0,
+        sgs_weight: float = 0.0,
+        gate_width: float | None = None,
+        gate_grid: int = 1,
         device=None,
         dtype=None,
     ) -> None:
         super().__init__()
-        if not 0 < target_flops_ratio <= 1 or cost_weight < 0:
+        if not 0 < target_flops_ratio <= 1 or cost_weight < 0 or sgs_weight < 0:
             raise ConfigError(
-                "DSNet: target_flops_ratio must be in (0, 1] and cost_weight >= 0, got "
-                f"{target_flops_ratio!r}, {cost_weight!r}"
+                "DSNet: target_flops_ratio must be in (0, 1], cost_weight and sgs_weight >= 0, got "
+                f"{target_flops_ratio!r}, {cost_weight!r}, {sgs_weight!r}"
             )
+        if gate_width is not None and gate_width not in backbone.widths:
+            raise ConfigError(f"DSNet: gate_width must be one of the widths {list(backbone.widths)}, "
+                              f"got {gate_width!r}")
+        if isinstance(gate_grid, bool) or not isinstance(gate_grid, int) or gate_grid < 1:
+            raise ConfigError(f"DSNet: gate_grid must be an int >= 1, got {gate_grid!r}")
         self.backbone = backbone
         self.widths = backbone.widths
         self.default_input_shape = backbone.default_input_shape
         self.target_flops_ratio = float(target_flops_ratio)
         self.cost_weight = float(cost_weight)
-        self.gate_width = self.widths[0]
-        gate_in = backbone.stem.conv.out_channels_at(self.gate_width)
+        self.sgs_weight = float(sgs_weight)
+        self.gate_width = self.widths[0] if gate_width is None else gate_width
+        self.gate_grid = gate_grid
+        gate_in = backbone.stem.conv.out_channels_at(self.gate_width) * gate_grid**2
         self.gate = nn.Linear(gate_in, len(self.widths), device=device, dtype=dtype)
         self.gumbel = GumbelSoftmaxGate(tau, hard=True)
         # FLOPs depend on the input shape only: counted once per shape, not at every forward
@@ -116,10 +141,37 @@ class DSNet(ClassifierApi, nn.Module):
     def gate_logits(self, x: Tensor) -> Tensor:
         """`(B, C, H, W) -> (B, num widths)` width scores."""
         features = self.backbone.stem(x, self.gate_width)
-        return self.gate(features.mean(dim=(2, 3)))
+        if self.gate_grid == 1:
+            pooled = features.mean(dim=(2, 3))
+        else:
+            pooled = F.adaptive_avg_pool2d(features, self.gate_grid).flatten(1)
+        return self.gate(pooled)
+
+    def label_losses(self, out: DynamicOutput, target: Tensor) -> dict[str, Tensor]:
+        """Sandwich gate sparsification: `{"sandwich_gate": ()}` (empty when `sgs_weight`
+        is 0 or `out` is not a training output).
+
+        `out` is this model's training output (`exit_logits` per width, narrowest first,
+        then the mix; `decisions["width_scores"]`), `target` `(B,)` class indices. Easy
+        samples (the narrowest width right) target the narrowest width, hard ones (the
+        widest wrong, and the narrowest wrong too) the widest; the cross-entropy of the
+        gate's scores is summed over them and divided by `B`. The targets are constants: the
+        loss trains the gate and the stem it reads, not the widths' predictions.
+        """
+        scores = out.decisions.get("width_scores")
+        if self.sgs_weight == 0 or scores is None:
+            return {}
+        with torch.no_grad():
+            easy = out.exit_logits[0].argmax(dim=-1) == target
+            hard = ~easy & (out.exit_logits[len(self.widths) - 1].argmax(dim=-1) != target)
+            labelled = easy | hard
+            wanted = torch.where(easy, 0, len(self.widths) - 1)
+        ce = F.cross_entropy(scores.float(), wanted, reduction="none")
+        loss = (ce * labelled).sum() / target.shape[0]
+        return {"sandwich_gate": self.sgs_weight * loss}
 
     def gate_flops(self, input_shape: tuple[int, ...]) -> int:
-        """Per-sample FLOPs of the gate (stem at the narrowest width + the linear layer)."""
+        """Per-sample FLOPs of the gate (stem at `gate_width` + the linear layer)."""
         stem, _ = self.backbone.stem.flops_and_shape(tuple(input_shape), self.gate_width, Execution.COMPACT)
         return stem + linear_flops(self.gate)
 
@@ -171,8 +223,9 @@ class DSNet(ClassifierApi, nn.Module):
                 mixed by the one-hot choice (Gumbel-softmax in training, argmax in eval);
                 compact (default in eval): the samples are grouped by width and each group
                 runs once at its width, as weight slices. Same choice, same logits.
-            policy: a `WidthPolicy` compute cap: in eval, a choice wider than the widest
-                width it allows becomes that width (both executions). Not used in training.
+            policy: a `WidthPolicy`: in eval its `bias` shifts the gate's scores, and a
+                choice wider than the widest width its cap allows becomes that width
+                (both executions). Not used in training.
 
         Returns:
             `DynamicOutput`: `logits (B, C)`, `flops (B,)` of what ran (masked: every
@@ -188,7 +241,7 @@ class DSNet(ClassifierApi, nn.Module):
         widths = torch.tensor(self.widths, device=x.device)
         capped = None
         if not self.training:
-            wanted = logits_g.argmax(dim=-1)
+            wanted = (logits_g if policy is None else policy.biased(logits_g, "DSNet")).argmax(dim=-1)
             limit = self.widest_allowed(shape, policy)
             chosen = wanted.clamp(max=limit)
             capped = None if policy is None else chosen != wanted
@@ -204,6 +257,8 @@ class DSNet(ClassifierApi, nn.Module):
                 exit_logits=[*per_width, mixed],
                 flops=torch.full((x.shape[0],), float(gate), dtype=torch.float64, device=x.device) + costs.sum(),
             )
+            if self.training:
+                out.decisions["width_scores"] = logits_g
             if self.training and self.cost_weight > 0:
                 full = costs[-1]
                 expected = (one_hot.to(torch.float64) @ costs).mean() / full
@@ -230,6 +285,9 @@ def dsnet_resnet_cifar(
     tau: float = 1.0,
     target_flops_ratio: float = 0.5,
     cost_weight: float = 1.0,
+    sgs_weight: float = 0.0,
+    gate_width: float | None = None,
+    gate_grid: int = 1,
     device=None,
     dtype=None,
 ) -> DSNet:
@@ -248,5 +306,5 @@ def dsnet_resnet_cifar(
     )
     return DSNet(
         backbone, tau=tau, target_flops_ratio=target_flops_ratio, cost_weight=cost_weight,
-        device=device, dtype=dtype,
+        sgs_weight=sgs_weight, gate_width=gate_width, gate_grid=gate_grid, device=device, dtype=dtype,
     )

@@ -1,0 +1,102 @@
+"""A cost-proportional bias on a predictor's scores, fitted to a mean-FLOPs budget.
+
+Predictors that pick one of a few options per sample (a resolution, a width) score each
+option, `(N, K)`. Adding `-lam * cost[k] / cost[-1]` to option `k`'s score before the
+argmax is one Lagrange multiplier `lam` trading the predictor's preference for compute:
+a sample's chosen cost never grows as `lam` grows (the bias of a costlier option falls
+faster), so the mean cost is monotone in `lam` and a bisection finds the `lam` that fits
+a budget. `lam > 0` pushes samples to cheaper options; `lam < 0` to costlier ones.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+
+
+def collect_scores(model: nn.Module, data: Tensor | Iterable, predictor: Callable[[Tensor], Tensor],
+                   owner: str) -> tuple[Tensor, tuple[int, ...]]:
+    """A predictor's scores over calibration data, in eval mode, without gradients.
+
+    Args:
+        model: the model `predictor` belongs to (put in eval mode meanwhile).
+        data: a `(N, C, H, W)` tensor, or an iterable of batches (tensors or `(x, y)` pairs).
+        predictor: `(B, C, H, W) -> (B, K)` scores, e.g. `model.gate_logits`.
+        owner: names the caller in errors.
+
+    Returns:
+        `(scores (N, K) float64 on the CPU, one input's shape (C, H, W))`.
+
+    Raises:
+        ConfigError: `data` is empty.
+    """
+    was_training = model.training
+    model.eval()
+    scores, shape = [], None
+    with torch.no_grad():
+        for x in ([data] if isinstance(data, Tensor) else data):
+            x = x[0] if isinstance(x, (tuple, list)) else x
+            shape = tuple(x.shape[1:])
+            scores.append(predictor(x).double().cpu())
+    model.train(was_training)
+    if not scores:
+        raise ConfigError(f"{owner}: the calibration data is empty")
+    return torch.cat(scores), shape
+
+
+def cost_bias(costs: Tensor, lam: float) -> Tensor:
+    """`(K,)` float64 bias `-lam * costs / costs[-1]` for options of ascending `costs (K,)`."""
+    return -lam * costs.double() / float(costs[-1])
+
+
+def biased_choice(scores: Tensor, costs: Tensor, lam: float, cap: int) -> Tensor:
+    """`(N,)` option indices: `argmax(scores + cost_bias(costs, lam))`, clamped to `<= cap`."""
+    return (scores.double() + cost_bias(costs, lam)).argmax(dim=-1).clamp(max=cap)
+
+
+def mean_chosen_cost(scores: Tensor, costs: Tensor, lam: float, cap: int) -> float:
+    """Mean over the `N` samples of the chosen options' costs (`costs (K,)`)."""
+    return float(costs.double()[biased_choice(scores, costs, lam, cap)].mean())
+
+
+def fit_cost_multiplier(scores: Tensor, costs: Tensor, budget: float, cap: int, *,
+                        spend_budget: bool = False, steps: int = 60) -> float:
+    """The multiplier `lam` whose mean chosen cost fits `budget`.
+
+    Args:
+        scores: `(N, K)` predictor scores of the calibration samples.
+        costs: `(K,)` ascending per-sample cost of each option.
+        budget: the mean per-sample cost to stay within (at least `costs[0]`).
+        cap: the costliest option index allowed.
+        spend_budget: False: the smallest `lam >= 0` within budget (0 when the predictor
+            already is: its own choices, moved only as far as the budget needs). True:
+            the `lam` (of either sign) with the largest mean cost within budget (a frugal
+            predictor is pushed to spend what it may).
+        steps: bisection steps.
+
+    Returns:
+        `lam`; the mean cost at it is `<= budget`.
+    """
+    def cost(lam: float) -> float:
+        return mean_chosen_cost(scores, costs, lam, cap)
+
+    if cost(0.0) <= budget:
+        if not spend_budget:
+            return 0.0
+        low = -1.0  # find a lam over budget below 0, then bisect [low, 0]
+        while cost(low) <= budget and low > -1e12:
+            low *= 2
+        if cost(low) <= budget:
+            return low
+        high = 0.0
+    else:
+        low, high = 0.0, 1.0
+        while cost(high) > budget:
+            high *= 2
+    for _ in range(steps):
+        mid = (low + high) / 2
+        low, high = (low, mid) if cost(mid) <= budget else (mid, high)
+    return high

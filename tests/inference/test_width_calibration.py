@@ -1,0 +1,88 @@
+"""`calibrate_width_policy`: a DS-Net gate's bias fitted to a mean-FLOPs budget."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dynamicnets import ConfigError, create_model
+from dynamicnets.inference import WidthPolicy, calibrate_width_policy
+
+SHAPE = (3, 16, 16)
+
+
+def gated(narrow_bias: float = 0.0):
+    torch.manual_seed(0)
+    model = create_model("dsnet_resnet_cifar", num_classes=3, gate_grid=2).eval()
+    with torch.no_grad():
+        model.gate.weight.normal_(0, 1.0)
+        model.gate.bias.zero_()
+        model.gate.bias[0] = narrow_bias
+    return model
+
+
+def data(n: int = 48) -> torch.Tensor:
+    return torch.randn(n, *SHAPE, generator=torch.Generator().manual_seed(1)) * 2
+
+
+def costs(model) -> torch.Tensor:
+    return model.width_costs(SHAPE) + model.gate_flops(SHAPE)
+
+
+@pytest.mark.parametrize("narrow_bias", [0.0, 30.0])
+@pytest.mark.parametrize("fraction", [0.3, 0.6])
+def test_the_fitted_policy_spends_at_most_the_budget_and_its_forward_agrees(narrow_bias, fraction):
+    model = gated(narrow_bias)
+    x = data()
+    budget = fraction * float(costs(model)[-1])
+    policy = calibrate_width_policy(model, x, budget)
+    with torch.no_grad():
+        out = model(x, policy=policy)
+    assert float(out.flops.mean()) <= budget
+    assert float(out.flops.mean()) == pytest.approx(policy.meta["mean_flops"])
+    assert policy.meta["samples"] == 48 and len(policy.bias) == 4
+    # the largest within budget: a slightly smaller multiplier spends more than the budget
+    lam = policy.meta["lam"]
+    looser = WidthPolicy(bias=tuple((-(lam - 1e-3 - abs(lam) * 1e-3) * costs(model) / costs(model)[-1]).tolist()))
+    with torch.no_grad():
+        assert float(model(x, policy=looser).flops.mean()) > budget or out.decisions["width_index"].min() == 3
+
+
+def test_a_frugal_gate_is_pushed_to_spend_the_budget():
+    model = gated(narrow_bias=30.0)  # every sample to the narrowest width
+    x = data()
+    with torch.no_grad():
+        assert model(x).decisions["width_index"].max() == 0
+    policy = calibrate_width_policy(model, x, 0.5 * float(costs(model)[-1]))
+    assert policy.meta["lam"] < 0
+    with torch.no_grad():
+        assert model(x, policy=policy).decisions["width_index"].max() > 0
+
+
+def test_a_cap_stays_in_the_fitted_policy():
+    model = gated()
+    x = data()
+    policy = calibrate_width_policy(model, x, float(costs(model)[-1]), max_width=0.5)
+    assert policy.max_width == 0.5
+    with torch.no_grad():
+        assert float(model(x, policy=policy).decisions["width"].max()) <= 0.5
+
+
+def test_the_bias_survives_a_round_trip_and_is_checked():
+    policy = WidthPolicy(max_flops=1e6, bias=(0.0, -0.5, -1.0, -2.0), meta={"lam": 2.0})
+    again = WidthPolicy.from_dict(policy.to_dict())
+    assert again == policy and again.meta == {"lam": 2.0}
+    assert WidthPolicy.from_dict({"kind": "width_cap", "max_flops": None, "max_width": 0.5}).bias is None
+    with pytest.raises(ConfigError, match="bias"):
+        WidthPolicy(bias=(float("nan"),))
+    with pytest.raises(ConfigError, match="'bias' has 2 entries"):
+        gated()(data(4), policy=WidthPolicy(bias=(0.0, 1.0)))
+
+
+def test_bad_calibration_inputs_raise_config_errors():
+    model = gated()
+    with pytest.raises(ConfigError, match="below the narrowest"):
+        calibrate_width_policy(model, data(8), 1.0)
+    with pytest.raises(ConfigError, match="empty"):
+        calibrate_width_policy(model, [], 1e9)
+    with pytest.raises(ConfigError, match="no width gate"):
+        calibrate_width_policy(create_model("slimmable_resnet_cifar", num_classes=3), data(8), 1e9)
