@@ -11,6 +11,7 @@ from dynamicnets.models.pretrained import read_registry, sha256_file
 from dynamicnets.pipelines.evaluate import EvalRequest, evaluate_checkpoint
 from dynamicnets.pipelines.model_card import render_model_card
 from dynamicnets.pipelines.zoo import ZooExport, ZooPaths, export_run, robust_epoch_seconds
+from dynamicnets.pipelines.zoo_trade_off import curve_budgets
 from dynamicnets.training import TrainConfig, Trainer, load_checkpoint, save_checkpoint
 
 
@@ -96,6 +97,12 @@ def test_cpu_hours_count_stalled_epochs_at_the_median():
     assert times["seconds"] == 100 + 110 + 90 + 105 + 105 and times["recorded_seconds"] == 4105
 
 
+def test_the_exit_curve_always_holds_the_target_budget():
+    assert curve_budgets([10.0, 20.0, 100.0], 3) == [10.0, 55.0, 70.0, 100.0]
+    assert curve_budgets([10.0, 100.0], 4) == [10.0, 40.0, 70.0, 100.0]  # already a point: not repeated
+    assert curve_budgets([80.0, 100.0], 2) == [80.0, 100.0]  # the first exit already costs more
+
+
 @pytest.mark.slow
 def test_a_multi_exit_model_gets_its_measured_trade_off_on_the_card(tmp_path):
     """End to end (about 6 s of CPU, mostly timing): train, export, fit, time, card."""
@@ -103,8 +110,10 @@ def test_a_multi_exit_model_gets_its_measured_trade_off_on_the_card(tmp_path):
     paths = _paths(tmp_path)
     row = export_run(ZooExport(run=run, tag="digits", paths=paths, data="digits", budgets=2, min_run_time=0.01))
     trade_off = row.details["trade_off"]
-    assert len(trade_off["curve"]) == 2 and trade_off["curve"][-1]["exit_histogram"][:-1] == [0, 0]
-    first, last = trade_off["curve"]
+    curve = trade_off["curve"]
+    assert [p["budget_flops"] for p in curve] == curve_budgets(trade_off["exit_costs"], 2)
+    assert curve[-1]["exit_histogram"][:-1] == [0, 0]
+    first, last = curve[0], curve[-1]
     assert first["mean_flops"] < last["mean_flops"] == pytest.approx(trade_off["exit_costs"][-1])
     for point in trade_off["curve"]:
         assert point["speedup_measured_b1"] > 0 and point["speedup_measured_b256"] > 0
