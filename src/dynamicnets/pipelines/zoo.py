@@ -62,7 +62,7 @@ from .zoo_width_trade_off import measure_width_trade_off
 RECIPE_KEYS = ("init_from", "init_prefix", "model_args", "epochs", "batch_size", "optimizer", "lr", "momentum",
                "nesterov", "weight_decay", "schedule", "warmup_epochs", "label_smoothing", "exit_weights",
                "distill_weight", "teacher_checkpoint", "teacher_weight", "teacher_temperature", "grad_clip",
-               "augment", "cutout", "channels_last", "bf16", "threads", "seed", "val_size")
+               "augment", "cutout", "mixup", "cutmix", "channels_last", "bf16", "threads", "seed", "val_size")
 """Training config keys the model card shows as the recipe."""
 
 DATA_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python", "mnist": "mnist",

@@ -62,6 +62,11 @@ class TrainConfig:
         cutout: side in pixels of the square Cutout (DeVries & Taylor 2017) removes from
             every training image after that augmentation, filled with the data set's mean
             (16 on CIFAR-10 in the paper); 0 = off. Image data only.
+        mixup: Beta alpha of Mixup (Zhang et al. 2018), mixing each training batch with a
+            permutation of itself; 0 = off (0.8 in DeiT). See `training.mixing`.
+        cutmix: Beta alpha of CutMix (Yun et al. 2019), pasting a box from the permuted
+            batch; 0 = off (1.0 in DeiT). With both on, each batch uses one, CutMix with
+            probability one half. Image data only.
         threads: `torch.set_num_threads` for this process; None = leave it.
         out_dir: parent folder of run folders.
         resume: continue from `<out_dir>/<name>/last.pt` when it exists.
@@ -125,6 +130,8 @@ class TrainConfig:
     num_workers: int = 0
     augment: bool = True
     cutout: int = 0
+    mixup: float = 0.0
+    cutmix: float = 0.0
     threads: int | None = None
     out_dir: str = "runs"
     resume: bool = False
@@ -187,6 +194,9 @@ class TrainConfig:
         _require(isinstance(self.cutout, int) and not isinstance(self.cutout, bool) and self.cutout >= 0,
                  "cutout", "an integer >= 0 (pixels; 0 = off)", self.cutout)
         _require(self.cutout == 0 or self.augment, "cutout", "0 when augment is false", self.cutout)
+        for key in ("mixup", "cutmix"):
+            value = getattr(self, key)
+            _require(_finite(value) and value >= 0, key, "a number >= 0 (the Beta alpha; 0 = off)", value)
         _require(self.num_workers >= 0, "num_workers", "an integer >= 0", self.num_workers)
         if self.threads is not None:
             _require(self.threads >= 1, "threads", "an integer >= 1 or null", self.threads)

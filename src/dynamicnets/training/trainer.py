@@ -33,6 +33,7 @@ from .adversarial import AdversarialTraining
 from .distillation import exit_distillation_loss
 from .teacher import TeacherDistillation
 from .losses import multi_exit_loss
+from .mixing import BatchMixing
 from .protocols import SupportsBaselineUpdate, SupportsLabelLosses, SupportsTrainingProgress
 from .rng import capture_rng_state, derived_seed, restore_rng_state, seed_everything
 from .schedules import build_scheduler, lr_factor
@@ -130,7 +131,9 @@ class Trainer:
 
     The loss is `multi_exit_loss(out, y, exit_weights, label_smoothing) + out.aux_loss()`
     (plus the model's `label_losses(out, y)` when it has them, `SupportsLabelLosses`, and
-    the self-distillation and frozen-teacher terms when configured). With
+    the self-distillation and frozen-teacher terms when configured); with `mixup` or
+    `cutmix` the batch is mixed first and the task loss is the share-weighted mix of the
+    losses against both label sets (`training.mixing`). With
     `adversarial` set, part of every batch is first replaced by attacked inputs
     (`dynamicnets.training.adversarial`).
     Every epoch re-seeds the global random streams from `(seed, epoch, rank)`, so runs
@@ -187,6 +190,10 @@ class Trainer:
         if self.channels_last:
             model = to_channels_last(model)
         self.model = model
+        if config.cutmix > 0 and len(self.bundle.input_shape) != 3:
+            raise ConfigError(f"key 'cutmix': needs image data (C, H, W), {config.data!r} gives inputs of shape "
+                              f"{tuple(self.bundle.input_shape)}")
+        self.mixing = BatchMixing(config.mixup, config.cutmix)
         self.adversary = AdversarialTraining.from_config(config.adversarial)
         if self.adversary is not None:  # inputs attacked in the pixel space of the data
             self.adversary.check_model(model)
@@ -352,14 +359,19 @@ class Trainer:
         y = y.to(self.device, non_blocking=True)
         if self.adversary is not None:
             x = self.adversary.perturb(self.model, x, y, self.input_space)
+        mixed = self.mixing(x, y)
+        y = mixed.dominant
         kwargs = dict(self.forward_kwargs)
         if self.temperature is not None:
             kwargs["temperature"] = self.temperature(self.step)
         if isinstance(self.model, SupportsTrainingProgress) and self.model.uses_training_progress:
             kwargs["progress"] = min(1.0, self.step / max(1, self.config.epochs * self.steps_per_epoch))
         with autocast_context(self.device, cfg.bf16):
-            out = self._train_model(x, **kwargs)
-        task = multi_exit_loss(out, y, cfg.exit_weights, cfg.label_smoothing)
+            out = self._train_model(mixed.x, **kwargs)
+        task = multi_exit_loss(out, mixed.target_a, cfg.exit_weights, cfg.label_smoothing)
+        if mixed.lam < 1.0:
+            task = mixed.lam * task + (1.0 - mixed.lam) * multi_exit_loss(out, mixed.target_b, cfg.exit_weights,
+                                                                             cfg.label_smoothing)
         aux = out.aux_loss().float()
         if isinstance(self.model, SupportsLabelLosses):
             for value in self.model.label_losses(out, y).values():
@@ -367,7 +379,7 @@ class Trainer:
         if cfg.distill_weight > 0:
             aux = aux + exit_distillation_loss(out, cfg.distill_temperature, cfg.distill_weight)
         if self.teacher is not None:
-            aux = aux + self.teacher.loss(x, out.logits)
+            aux = aux + self.teacher.loss(mixed.x, out.logits)
         loss = task + aux
         loss_value = self._checked_loss(loss, epoch, index)
         self.optimizer.zero_grad(set_to_none=True)
