@@ -57,6 +57,7 @@ def test_a_slimmable_network_gets_one_point_per_width_timed_against_its_anchor(s
     assert trade_off["anchor"]["name"].endswith("/digits_r20/best.pt") and 0 < trade_off["anchor"]["accuracy"] <= 1
     assert curve[0]["accuracy"] == trade_off["static"]["accuracy"]
     assert "static anchor" in section and "| 0.25" in section and "measured b256" in section
+    assert "build_slice_cache" in trade_off["protocol"]
     assert (cards / "slimmable_resnet_cifar_digits_accuracy_flops.png").is_file()
 
 

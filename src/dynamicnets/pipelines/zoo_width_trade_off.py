@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..inference.width_calibration import calibrate_width_policy
 from ..inference.width_policy import WidthPolicy
-from ..layers.slimmable import WidthLadder
+from ..layers.slimmable import WidthLadder, build_slice_cache
 from ..models.width.dsnet import DSNet
 from .early_exit import split_for_calibration
 from .zoo_timing import Call, score, scored_anchor, threads_text, timed_inputs, timed_speedups
@@ -104,6 +104,7 @@ def measure_width_trade_off(model: nn.Module, validation: Dataset, input_shape: 
     dsnet = isinstance(model, DSNet)
     ladder = model.backbone if dsnet else model
     widths = list(ladder.widths)
+    build_slice_cache(ladder, widths)  # the inference deployment: contiguous slices, no per-call copy
     static_flops = float(ladder.flops(tuple(input_shape), 1.0))
     timed = timed_inputs(evaluation, memory_format)
 
@@ -146,9 +147,11 @@ def _protocol(dsnet: bool, anchor_name: str | None, threads: int | None, singles
                 f"{', '.join(f'{r:g}' for r in BUDGET_RATIOS)} of the widest width's FLOPs "
                 "(`calibrate_width_policy`), then the gate under a `WidthPolicy(max_width=w)` cap for each "
                 "configured width below the widest (the gate chooses, the cap narrows wider choices), all run "
-                "compactly (samples grouped by width, each group as weight slices; mean FLOPs include the gate)")
+                "compactly (samples grouped by width, each group as weight slices cached as contiguous copies by "
+                "`build_slice_cache`; mean FLOPs include the gate)")
     else:
-        what = "Every configured width run alone, as weight slices of the widest network"
+        what = ("Every configured width run alone, as weight slices of the widest network cached as contiguous "
+                "copies by `build_slice_cache`")
     against = "the widest width" if anchor_name is None else f"the static anchor `{anchor_name}`"
     return (f"{what}, scored on one seeded half of the validation split (the half the exit and gate measurements "
             f"score on); speedups are the time of {against} over the point's, timed in the same "
