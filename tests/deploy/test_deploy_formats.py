@@ -113,3 +113,12 @@ def test_msdnet_plan_runs_to_its_last_exit():
     out = deployed(x)
     assert torch.equal(out.decisions["exit_index"], ref.exit_index)
     torch.testing.assert_close(out.logits, ref.logits)
+
+
+def test_a_width_policy_is_refused_rather_than_dropped_from_a_dsnet_export():
+    from dynamicnets import ConfigError
+    from dynamicnets.inference import WidthPolicy
+
+    model = create_model("dsnet_resnet_cifar", base_width=4).eval()
+    with pytest.raises(ConfigError, match="width policy"):
+        deployment_plan(model, (3, 16, 16), WidthPolicy(bias=(0.0, 0.0, 0.0, -1.0)))

@@ -4,6 +4,7 @@ from dataclasses import replace
 import pytest
 
 from dynamicnets import ConfigError, create_model
+from dynamicnets.inference import WidthPolicy
 from dynamicnets.pipelines.model_card import render_model_card
 from dynamicnets.pipelines.zoo import ZooExport, ZooPaths, export_run
 from dynamicnets.training import TrainConfig, Trainer, load_checkpoint, save_checkpoint
@@ -86,9 +87,14 @@ def test_dsnet_budgets_and_caps_bound_every_samples_width_and_its_flops_include_
     for rows in ([curve[0], *curve[5:]], curve[1:5]):
         assert [p["mean_flops"] for p in rows] == sorted((p["mean_flops"] for p in rows), reverse=True)
     assert curve[-1]["width_histogram"][0] == trade_off["evaluation_samples"]
-    # each budget was fitted on the other half: the evaluation half spends about as much
+    # each budget was fitted on the calibration half (within budget there, exactly) and the fit is
+    # stored; the evaluation half spends about as much
     for point in curve[1:5]:
-        assert point["mean_flops"] <= 1.25 * point["budget_ratio"] * trade_off["static_flops"] + trade_off["gate_flops"]
+        budget = point["budget_ratio"] * trade_off["static_flops"]
+        policy = WidthPolicy.from_dict(point["policy"])
+        assert policy.meta["budget_flops"] == budget and policy.meta["mean_flops"] <= budget
+        assert len(policy.bias) == len(widths)
+        assert point["mean_flops"] <= 1.25 * budget
     assert "trained rule" in section and "<= 0.25" in section and "widths run" in section
     assert "budget 0.7x" in section and "calibrate_width_policy" in section
     assert "the widest width" in section

@@ -8,10 +8,10 @@ from torch.utils.data import TensorDataset
 from dynamicnets.data import DataBundle
 from dynamicnets.errors import ConfigError
 from dynamicnets.training import TrainConfig, Trainer
-from dynamicnets.training.mixing import BatchMixing, cutmix_box
+from dynamicnets.training.mixing import BatchMixing, MixedBatch, cutmix_box
 
 from .test_trainer import SimulatedKill, assert_same_weights, kill_at, make_config, make_trainer, read_metrics
-from .tiny import tiny_model
+from .tiny import tiny_bundle, tiny_model
 
 B, H, W = 8, 6, 6
 
@@ -30,7 +30,12 @@ def test_mixup_is_a_convex_mix_with_a_permutation_of_the_batch():
     partner = (mixed.x[:, 0, 0, 0] - mixed.lam * (y + 1)) / (1 - mixed.lam) - 1
     assert torch.allclose(partner, mixed.target_b.float(), atol=1e-4)
     assert sorted(mixed.target_b.tolist()) == y.tolist()  # a permutation
-    assert torch.equal(mixed.dominant, y if mixed.lam >= 0.5 else mixed.target_b)
+
+
+def test_the_dominant_labels_are_those_of_the_larger_share():
+    a, b = torch.tensor([0, 1]), torch.tensor([1, 0])
+    assert torch.equal(MixedBatch(torch.zeros(2, 1), a, b, 0.7).dominant, a)
+    assert torch.equal(MixedBatch(torch.zeros(2, 1), a, b, 0.3).dominant, b)
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -88,6 +93,13 @@ def test_bad_settings_raise_config_errors(tmp_path):
                       input_shape=(16,))
     with pytest.raises(ConfigError, match="'cutmix': needs image data"):
         Trainer(make_config(tmp_path, cutmix=1.0), model=tiny_model(), bundle=flat)
+
+    class Reinforced(type(tiny_model())):
+        def update_baseline(self, out, target):
+            pass
+
+    with pytest.raises(ConfigError, match="REINFORCE"):
+        Trainer(make_config(tmp_path, mixup=0.8), model=Reinforced(), bundle=tiny_bundle())
 
 
 def test_a_mixed_run_learns_is_reproducible_and_resumes_exactly(tmp_path):

@@ -91,3 +91,12 @@ def test_bad_gate_options_raise_config_errors():
         create_model("dsnet_resnet_cifar", gate_grid=0)
     with pytest.raises(ConfigError, match="sgs_weight"):
         create_model("dsnet_resnet_cifar", sgs_weight=-1.0)
+
+
+def test_sgs_refuses_compact_training_outputs():
+    model = sgs_model().train()
+    x, y = torch.randn(4, *SHAPE), torch.arange(4) % 3
+    out = model(x, "compact")
+    assert out.decisions["width_scores"].shape == (4, 4)
+    with pytest.raises(ConfigError, match="masked training execution"):
+        model.label_losses(out, y)

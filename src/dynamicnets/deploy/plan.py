@@ -245,6 +245,10 @@ def deployment_plan(model: nn.Module, input_shape: tuple[int, ...] | None = None
                               f"{type(policy).__name__}")
         return _gated_plan(model, x, policy, name)
     if isinstance(model, (DSNet, SlimmableResNet)):
+        if policy is not None:
+            raise ConfigError(f"model {name!r}: a width policy (bias, caps) is not exported yet; the exported gate "
+                              f"runs its own argmax width. Deploy without a policy, or run the model in PyTorch "
+                              f"with policy=")
         return _width_plan(model, x, name)
     if isinstance(model, STNClassifier):
         if policy is not None:

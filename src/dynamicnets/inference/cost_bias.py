@@ -6,6 +6,11 @@ argmax is one Lagrange multiplier `lam` trading the predictor's preference for c
 a sample's chosen cost never grows as `lam` grows (the bias of a costlier option falls
 faster), so the mean cost is monotone in `lam` and a bisection finds the `lam` that fits
 a budget. `lam > 0` pushes samples to cheaper options; `lam < 0` to costlier ones.
+
+The mean cost is a step function of `lam`, changing only where two of a sample's biased
+scores tie. The fitted `lam` is moved from the edge a bisection ends on to the middle of
+its step, so no sample sits on a tie: the same data batched differently (scores off by
+float rounding) decides the same.
 """
 from __future__ import annotations
 
@@ -44,7 +49,11 @@ def collect_scores(model: nn.Module, data: Tensor | Iterable, predictor: Callabl
     model.train(was_training)
     if not scores:
         raise ConfigError(f"{owner}: the calibration data is empty")
-    return torch.cat(scores), shape
+    scores = torch.cat(scores)
+    if not bool(torch.isfinite(scores).all()):
+        raise ConfigError(f"{owner}: the predictor's scores on the calibration data are not all finite (NaN/inf); "
+                          f"check the model's weights")
+    return scores, shape
 
 
 def cost_bias(costs: Tensor, lam: float) -> Tensor:
@@ -78,7 +87,8 @@ def fit_cost_multiplier(scores: Tensor, costs: Tensor, budget: float, cap: int, 
         steps: bisection steps.
 
     Returns:
-        `lam`; the mean cost at it is `<= budget`.
+        `lam`, in the middle of its step of the mean cost (see the module docstring); the
+        mean cost at it is `<= budget`.
     """
     def cost(lam: float) -> float:
         return mean_chosen_cost(scores, costs, lam, cap)
@@ -94,9 +104,25 @@ def fit_cost_multiplier(scores: Tensor, costs: Tensor, budget: float, cap: int, 
         high = 0.0
     else:
         low, high = 0.0, 1.0
-        while cost(high) > budget:
+        while cost(high) > budget and high < 1e12:
             high *= 2
     for _ in range(steps):
         mid = (low + high) / 2
         low, high = (low, mid) if cost(mid) <= budget else (mid, high)
-    return high
+    # the tie the bisection closed in on may compute a hair above `high`: skip it
+    following = [b for b in tie_points(scores, costs) if b > high + 1e-9 * (1.0 + abs(high))]
+    if not following:
+        return high + 1.0
+    step_end = min(following)
+    return (high + step_end) / 2 if cost((high + step_end) / 2) <= budget else high
+
+
+def tie_points(scores: Tensor, costs: Tensor) -> list[float]:
+    """Every `lam` at which two options' biased scores of one sample tie, ascending:
+    `(s_j - s_k) * costs[-1] / (c_j - c_k)` over samples and option pairs of unequal cost."""
+    s, c = scores.double(), costs.double()
+    j, k = torch.triu_indices(c.numel(), c.numel(), offset=1)
+    gap = c[j] - c[k]
+    keep = gap != 0
+    points = (s[:, j[keep]] - s[:, k[keep]]) * float(c[-1]) / gap[keep]
+    return sorted(points.flatten().tolist())

@@ -45,7 +45,10 @@ class ResolutionPolicy:
 
     def __post_init__(self) -> None:
         if self.bias is not None:
-            values = tuple(float(b) for b in self.bias)
+            try:
+                values = tuple(float(b) for b in self.bias)
+            except (TypeError, ValueError):
+                values = ()
             if not values or any(math.isnan(b) for b in values):
                 raise ConfigError(f"ResolutionPolicy: key 'bias' must be a non-empty list of numbers, got {self.bias!r}")
             object.__setattr__(self, "bias", values)
@@ -109,7 +112,9 @@ class ResolutionPolicy:
             raise ConfigError(f"{source}: expected a saved resolution policy {{kind: resolution, bias: [...], "
                               f"max_flops: ...}}, got {data!r}")
         bias = data.get("bias")
-        return cls(None if bias is None else tuple(bias), data.get("max_flops"), dict(data.get("meta") or {}))
+        if isinstance(bias, list):
+            bias = tuple(bias)
+        return cls(bias, data.get("max_flops"), dict(data.get("meta") or {}))
 
 
 def calibrate_resolution_policy(model, data: Tensor | Iterable, budget_flops: float, *,

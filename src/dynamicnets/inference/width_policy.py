@@ -49,7 +49,10 @@ class WidthPolicy:
 
     def __post_init__(self) -> None:
         if self.bias is not None:
-            values = tuple(float(b) for b in self.bias)
+            try:
+                values = tuple(float(b) for b in self.bias)
+            except (TypeError, ValueError):
+                values = ()
             if not values or any(math.isnan(b) for b in values):
                 raise ConfigError(f"WidthPolicy: key 'bias' must be a non-empty list of numbers, got {self.bias!r}")
             object.__setattr__(self, "bias", values)
@@ -116,5 +119,7 @@ class WidthPolicy:
             raise ConfigError(f"{source}: expected a saved width policy {{kind: width_cap, max_flops: ..., "
                               f"max_width: ...}}, got {data!r}")
         bias = data.get("bias")
-        return cls(data.get("max_flops"), data.get("max_width"), None if bias is None else tuple(bias),
+        if isinstance(bias, list):
+            bias = tuple(bias)
+        return cls(data.get("max_flops"), data.get("max_width"), bias,
                    dict(data.get("meta") or {}))

@@ -38,19 +38,23 @@ def width_points(model: nn.Module, calibration: Dataset | None = None,
 
     A slimmable model's label is `{"width": w}`; a DS-Net's `{"max_width": None,
     "budget_ratio": None}` (the trained rule), then with `calibration` data and
-    `input_shape` one `{"budget_ratio": r}` point per `BUDGET_RATIOS` (the gate's bias
-    fitted to `r` times the widest width's FLOPs), then `{"max_width": w}` per cap.
+    `input_shape` one `{"budget_ratio": r, "policy": ...}` point per reachable ratio of
+    `BUDGET_RATIOS` (the gate's bias fitted to `r` times the widest width's FLOPs; `policy`
+    the fitted `WidthPolicy.to_dict()`, its `meta` the calibration's), then
+    `{"max_width": w}` per cap.
     `None` for any other model.
     """
     if isinstance(model, DSNet):
         points: list[tuple[dict[str, Any], Call]] = [
             ({"max_width": None, "budget_ratio": None}, lambda x: model(x, "compact"))]
         if calibration is not None and input_shape is not None:
-            widest = float(model.backbone.flops(tuple(input_shape), 1.0))
+            shape = tuple(input_shape)
+            widest = float(model.backbone.flops(shape, 1.0))
+            narrowest = float(model.width_costs(shape)[0]) + model.gate_flops(shape)
             batches = [x for x, _ in DataLoader(calibration, batch_size=256)]
-            for ratio in BUDGET_RATIOS:
+            for ratio in (r for r in BUDGET_RATIOS if r * widest >= narrowest):
                 fitted = calibrate_width_policy(model, batches, ratio * widest)
-                points.append(({"max_width": None, "budget_ratio": ratio},
+                points.append(({"max_width": None, "budget_ratio": ratio, "policy": fitted.to_dict()},
                                lambda x, p=fitted: model(x, "compact", policy=p)))
         for w in reversed(model.widths[:-1]):
             cap = WidthPolicy(max_width=w)

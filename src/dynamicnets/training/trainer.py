@@ -194,6 +194,9 @@ class Trainer:
             raise ConfigError(f"key 'cutmix': needs image data (C, H, W), {config.data!r} gives inputs of shape "
                               f"{tuple(self.bundle.input_shape)}")
         self.mixing = BatchMixing(config.mixup, config.cutmix)
+        if self.mixing.enabled and isinstance(model, SupportsBaselineUpdate):
+            raise ConfigError(f"keys 'mixup'/'cutmix': {config.model!r} trains with REINFORCE, whose reward needs one "
+                              f"label per image; a mixed image has two. Set mixup and cutmix to 0")
         self.adversary = AdversarialTraining.from_config(config.adversarial)
         if self.adversary is not None:  # inputs attacked in the pixel space of the data
             self.adversary.check_model(model)

@@ -157,10 +157,17 @@ class DSNet(ClassifierApi, nn.Module):
         widest wrong, and the narrowest wrong too) the widest; the cross-entropy of the
         gate's scores is summed over them and divided by `B`. The targets are constants: the
         loss trains the gate and the stem it reads, not the widths' predictions.
+
+        Raises:
+            ConfigError: `sgs_weight > 0` on an output of compact training (which runs one
+                width per sample, so the two ends cannot label it).
         """
         scores = out.decisions.get("width_scores")
         if self.sgs_weight == 0 or scores is None:
             return {}
+        if len(out.exit_logits) != len(self.widths) + 1:
+            raise ConfigError("DSNet: sgs_weight > 0 needs the masked training execution (every width's logits "
+                              "label the samples); compact training runs one width per sample")
         with torch.no_grad():
             easy = out.exit_logits[0].argmax(dim=-1) == target
             hard = ~easy & (out.exit_logits[len(self.widths) - 1].argmax(dim=-1) != target)
@@ -257,8 +264,6 @@ class DSNet(ClassifierApi, nn.Module):
                 exit_logits=[*per_width, mixed],
                 flops=torch.full((x.shape[0],), float(gate), dtype=torch.float64, device=x.device) + costs.sum(),
             )
-            if self.training:
-                out.decisions["width_scores"] = logits_g
             if self.training and self.cost_weight > 0:
                 full = costs[-1]
                 expected = (one_hot.to(torch.float64) @ costs).mean() / full
@@ -269,6 +274,8 @@ class DSNet(ClassifierApi, nn.Module):
             out = DynamicOutput(logits=self.run_grouped(x, choice), flops=gate + costs[choice])
         out.decisions["width_index"] = choice
         out.decisions["width"] = widths[choice]
+        if self.training:
+            out.decisions["width_scores"] = logits_g
         if capped is not None:
             out.decisions["width_capped"] = capped
         return out
