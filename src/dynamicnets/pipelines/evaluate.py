@@ -20,6 +20,7 @@ from ..inference.gate_rate import fit_gate_rate
 from ..models import create_model
 from ..models.pretrained import pretrained_weights
 from ..models.spatial.dynamic_resolution import DynamicResolutionNet
+from ..models.width.dsnet import DSNet
 from ..flops import counted_flops
 from ..profiling.latency import measure, per_sample_ms
 from ..training.evaluate import evaluate
@@ -36,6 +37,7 @@ from .early_exit import (
     timed_batches,
 )
 from .resolution_budget import fit_resolution_budget, resolution_histogram
+from .width_budget import fit_width_budget, width_histogram
 
 @dataclass
 class EvalRequest:
@@ -146,10 +148,11 @@ def evaluate_checkpoint(request: EvalRequest) -> dict[str, Any]:
     """
     device = resolve_device(request.device, what="--device")
     model, ckpt, source, origin = _load_model(request, device)
-    if request.early_exit is not None and not isinstance(model, (MultiExit, DynamicResolutionNet)):
+    if request.early_exit is not None and not isinstance(model, (MultiExit, DynamicResolutionNet, DSNet)):
         raise ConfigError(
             f"--budget/--budget-ms/--thresholds: {source} holds {ckpt['model_name']!r}, a model "
-            f"without early exits, so there is no exit rule to set; drop the option"
+            f"without early exits, a resolution predictor or a width gate, so there is no rule to fit; drop the "
+            f"option"
         )
     prepared = load_checkpoint_data(ckpt, source, request.data, request.split)
     bundle, dataset, seed = prepared.bundle, prepared.dataset, prepared.seed
@@ -169,14 +172,17 @@ def evaluate_checkpoint(request: EvalRequest) -> dict[str, Any]:
     extra, runner = {}, model
     if request.gate_rate is not None:
         dataset, extra = _calibrate_gates(model, bundle, dataset, request, seed, device)
-    if request.early_exit is not None:  # a dynamic-resolution network: fit its resolution policy
+    if request.early_exit is not None:  # a resolution or width predictor: fit its policy to the budget
+        dsnet = isinstance(model, DSNet)
         calibration, dataset, protocol = _calibration_split(bundle, dataset, request.split, seed,
-                                                            "resolution policy")
-        runner, extra = fit_resolution_budget(model, calibration, request.early_exit, bundle.input_shape,
-                                              request.batch_size, device)
+                                                            "width policy" if dsnet else "resolution policy")
+        fit = fit_width_budget if dsnet else fit_resolution_budget
+        runner, extra = fit(model, calibration, request.early_exit, bundle.input_shape, request.batch_size, device)
         extra["protocol"] = protocol
     if isinstance(model, DynamicResolutionNet):
         extra["resolution_histogram"] = resolution_histogram(runner, dataset, request.batch_size, device)
+    if isinstance(model, DSNet):
+        extra["width_histogram"] = width_histogram(runner, dataset, request.batch_size, device)
     loader = make_eval_loader(dataset, request.batch_size)
     metrics = evaluate(runner, loader, device)
     full = full_flops_per_sample(model, bundle.input_shape, device)

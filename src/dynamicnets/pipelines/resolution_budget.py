@@ -14,19 +14,20 @@ from torch import Tensor, nn
 
 from ..data import make_eval_loader
 from ..errors import ConfigError
-from ..inference.resolution_policy import ResolutionPolicy, calibrate_resolution_policy
+from ..inference.resolution_policy import calibrate_resolution_policy
 from ..outputs import DynamicOutput
 from .early_exit import EarlyExitRequest
 
 
 class PolicyBound(nn.Module):
-    """`model(x, policy=policy)` called as `model(x)` (what the evaluation and timing loops do).
+    """`model(x, policy=policy)` called as `model(x)` (what the evaluation and timing loops do);
+    any policy object the model's forward takes (`ResolutionPolicy`, `WidthPolicy`).
 
     Shapes:
         `(B, C, H, W) -> DynamicOutput` of the model under the policy.
     """
 
-    def __init__(self, model: nn.Module, policy: ResolutionPolicy) -> None:
+    def __init__(self, model: nn.Module, policy: Any) -> None:
         super().__init__()
         self.model, self.policy = model, policy
 
@@ -74,10 +75,14 @@ def fit_resolution_budget(model: nn.Module, calibration, request: EarlyExitReque
 def resolution_histogram(model: nn.Module, dataset, batch_size: int, device) -> list[int]:
     """Samples of `dataset` per resolution (smallest first) that `model` (bound to its
     policy or not) picks."""
-    counts = None
+    count = len(getattr(model, "model", model).resolutions)
+    return choice_histogram(model, dataset, batch_size, device, "resolution_index", count)
+
+
+def choice_histogram(model: nn.Module, dataset, batch_size: int, device, key: str, count: int) -> list[int]:
+    """Samples of `dataset` per option `0..count-1` of `model`'s `decisions[key]` `(B,)`."""
+    counts = torch.zeros(count, dtype=torch.int64)
     with torch.no_grad():
         for x, _ in make_eval_loader(dataset, batch_size):
-            chosen = model(x.to(device)).decisions["resolution_index"].cpu()
-            found = torch.bincount(chosen, minlength=len(getattr(model, "model", model).resolutions))
-            counts = found if counts is None else counts + found
-    return [] if counts is None else counts.tolist()
+            counts += torch.bincount(model(x.to(device)).decisions[key].cpu(), minlength=count)
+    return counts.tolist()

@@ -1,0 +1,54 @@
+"""`dynamicnets eval --budget` on a DS-Net: a gate bias fitted on one half, scored on the other."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dynamicnets import create_model
+from dynamicnets.cli.main import main
+
+CONFIG = """name: dsnet
+model: dsnet_resnet_cifar
+model_args: {base_width: 4, widths: [0.25, 0.5, 1.0]}
+data: digits
+val_size: 0.2
+epochs: 1
+max_steps_per_epoch: 3
+batch_size: 64
+lr: 0.05
+threads: 1
+progress: false
+"""
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    (out / "dsnet.yaml").write_text(CONFIG)
+    assert main(["train", "--config", str(out / "dsnet.yaml"), f"out_dir={out}"]) == 0
+    return out / "dsnet" / "last.pt"
+
+
+def run_eval(checkpoint, record, *options) -> dict:
+    assert main(["eval", "--checkpoint", str(checkpoint), "--json", str(record), "--min-run-time", "0.01",
+                 "--timed-samples", "4", *options]) == 0
+    return json.loads(record.read_text())["records"]
+
+
+def test_a_budget_fits_a_width_policy_on_half_the_split_and_scores_the_other(checkpoint, tmp_path):
+    model = create_model("dsnet_resnet_cifar", num_classes=10, in_chans=1, base_width=4, widths=(0.25, 0.5, 1.0))
+    shape = (1, 8, 8)
+    costs = (model.width_costs(shape) + model.gate_flops(shape)).tolist()
+    budget = (costs[0] + costs[-1]) / 2
+    result = run_eval(checkpoint, tmp_path / "b.json", "--budget", str(budget))
+    assert "width policy" in result["policy"] and len(result["width_policy"]["bias"]) == 3
+    assert result["width_policy"]["meta"]["mean_flops"] <= budget == result["budget_flops"]
+    assert result["calibration_samples"] + result["samples"] == 359 and sum(result["width_histogram"]) == 180
+    capped = run_eval(checkpoint, tmp_path / "c.json", "--budget", "100%", "--max-flops", str(costs[0]))
+    assert capped["width_histogram"] == [180, 0, 0] and capped["mean_flops"] == pytest.approx(costs[0])
+
+
+def test_exit_rules_are_refused_for_a_width_gate(checkpoint, capsys):
+    assert main(["eval", "--checkpoint", str(checkpoint), "--budget-ms", "3"]) == 2
+    assert "picks a width per sample" in capsys.readouterr().err
