@@ -115,10 +115,28 @@ def test_msdnet_plan_runs_to_its_last_exit():
     torch.testing.assert_close(out.logits, ref.logits)
 
 
-def test_a_width_policy_is_refused_rather_than_dropped_from_a_dsnet_export():
+def test_a_dsnet_exports_its_fitted_width_policy_and_runs_it_like_eager(tmp_path):
     from dynamicnets import ConfigError
-    from dynamicnets.inference import WidthPolicy
+    from dynamicnets.inference import WidthPolicy, calibrate_width_policy
 
+    torch.manual_seed(0)
     model = create_model("dsnet_resnet_cifar", base_width=4).eval()
-    with pytest.raises(ConfigError, match="width policy"):
-        deployment_plan(model, (3, 16, 16), WidthPolicy(bias=(0.0, 0.0, 0.0, -1.0)))
+    x = torch.randn(24, 3, 16, 16) * 2
+    with torch.no_grad():
+        model.gate.weight.normal_(0, 3.0)
+    costs = model.width_costs((3, 16, 16)) + model.gate_flops((3, 16, 16))
+    fitted = calibrate_width_policy(model, x, float(costs.mean()), max_flops=float(costs[2]))
+    export_model(model, tmp_path, format="torch.export", input_shape=(3, 16, 16), policy=fitted)
+    deployed = DeployedModel.load(tmp_path)
+    assert WidthPolicy.from_dict(deployed.default_policy()) == fitted
+    with torch.no_grad():
+        ref = model(x, policy=fitted)
+    ours = deployed(x)
+    assert torch.equal(ours.decisions["width_index"], ref.decisions["width_index"])
+    assert torch.equal(ours.decisions["width_capped"], ref.decisions["width_capped"])
+    assert ours.decisions["width_index"].max() <= 2 and torch.equal(ours.flops, ref.flops)
+    torch.testing.assert_close(ours.logits, ref.logits, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ConfigError, match="must be a WidthPolicy"):
+        deployment_plan(model, (3, 16, 16), GatePolicy((0.0,)))
+    with pytest.raises(ConfigError, match="'bias' has 2 entries"):
+        deployment_plan(model, (3, 16, 16), WidthPolicy(bias=(0.0, 1.0)))

@@ -41,6 +41,7 @@ from ..gates.block_budget import CAPS as BLOCK_CAPS
 from ..gates.thresholds import GatePolicy
 from ..inference.policy import ExitPolicy
 from ..inference.resolution_policy import ResolutionPolicy
+from ..inference.width_policy import WidthPolicy
 from ..models.skipping.blockdrop import BlockDrop
 from ..models.skipping.gated_resnet import GatedResNet
 from ..models.spatial.dynamic_resolution import DynamicResolutionNet
@@ -166,8 +167,11 @@ def _gated_plan(model: GatedResNet, x: Tensor, policy: GatePolicy | None, name: 
     return plan
 
 
-def _width_plan(model: nn.Module, x: Tensor, name: str) -> DeploymentPlan:
+def _width_plan(model: nn.Module, x: Tensor, name: str, policy: WidthPolicy | None) -> DeploymentPlan:
     plan = DeploymentPlan("width", name, tuple(x.shape[1:]))
+    if policy is not None:  # a bias or cap that does not fit the model fails here, not in deployment
+        with torch.no_grad():
+            model(x, policy=policy)
     backbone = model.backbone if isinstance(model, DSNet) else model
     widths = [float(w) for w in backbone.widths]
     gate = None
@@ -179,7 +183,10 @@ def _width_plan(model: nn.Module, x: Tensor, name: str) -> DeploymentPlan:
     default = float(backbone.default_width)
     plan.structure = {"widths": widths, "variants": [f"width{i}" for i in range(len(widths))], "gate": gate,
                       "default_width": default}
-    plan.policy = {"kind": "argmax_gate" if gate else "fixed_width", "width": None if gate else default}
+    if policy is not None:
+        plan.policy = policy.to_dict()
+    else:
+        plan.policy = {"kind": "argmax_gate" if gate else "fixed_width", "width": None if gate else default}
     return plan
 
 
@@ -245,11 +252,11 @@ def deployment_plan(model: nn.Module, input_shape: tuple[int, ...] | None = None
                               f"{type(policy).__name__}")
         return _gated_plan(model, x, policy, name)
     if isinstance(model, (DSNet, SlimmableResNet)):
-        if policy is not None:
-            raise ConfigError(f"model {name!r}: a width policy (bias, caps) is not exported yet; the exported gate "
-                              f"runs its own argmax width. Deploy without a policy, or run the model in PyTorch "
-                              f"with policy=")
-        return _width_plan(model, x, name)
+        if policy is not None and not (isinstance(model, DSNet) and isinstance(policy, WidthPolicy)):
+            what = "a DS-Net's policy must be a WidthPolicy" if isinstance(model, DSNet) else (
+                "a slimmable network has no gate; its width is chosen at run time (width=)")
+            raise ConfigError(f"model {name!r}: {what}, got {type(policy).__name__}")
+        return _width_plan(model, x, name, policy)
     if isinstance(model, STNClassifier):
         if policy is not None:
             raise ConfigError(f"model {name!r} takes no decision policy (its transform is regressed), got "

@@ -41,6 +41,7 @@ from ..gates.thresholds import GatePolicy
 from ..inference.executor import run_early_exit
 from ..inference.policy import ExitPolicy
 from ..inference.resolution_policy import ResolutionPolicy
+from ..inference.width_policy import WidthPolicy
 from ..outputs import DynamicOutput
 from .backends import Runner, compile_room, compiled_runner, file_runner, module_runner
 from .export import FORMATS, MANIFEST, MANIFEST_VERSION
@@ -192,15 +193,16 @@ class DeployedModel:
         """The policy exported with the model: an `ExitPolicy`, gate thresholds or a width."""
         return self.manifest.get("policy")
 
-    def __call__(self, x: Tensor, *, policy: ExitPolicy | GatePolicy | ResolutionPolicy | None = None,
+    def __call__(self, x: Tensor, *,
+                 policy: ExitPolicy | GatePolicy | ResolutionPolicy | WidthPolicy | None = None,
                  width: float | None = None) -> DynamicOutput:
         """Run a batch.
 
         Args:
             x: `(B, *input_shape)`.
             policy: instead of the exported policy: an `ExitPolicy` (early exits), a
-                `GatePolicy` (gated blocks; its `max_flops` / `max_blocks` caps apply) or a
-                `ResolutionPolicy` (resolutions).
+                `GatePolicy` (gated blocks; its `max_flops` / `max_blocks` caps apply), a
+                `ResolutionPolicy` (resolutions) or a `WidthPolicy` (DS-Net: gate bias, caps).
             width: a slimmable network: the width to run (default the exported one).
         """
         if x.shape[0] == 0:
@@ -217,7 +219,7 @@ class DeployedModel:
                 return self._static(x)
             if self.kind == "resolution":
                 return self._resolution(x, policy)
-            return self._width(x, width)
+            return self._width(x, width, policy)
 
     def _exits(self, x: Tensor, policy: ExitPolicy | None) -> DynamicOutput:
         if policy is None:
@@ -289,18 +291,31 @@ class DeployedModel:
         flops = torch.full((x.shape[0],), self.flops[structure["graph"]], dtype=torch.float64, device=x.device)
         return DynamicOutput(logits=logits, flops=flops, decisions=dict(zip(structure["decisions"], decided)))
 
-    def _width(self, x: Tensor, width: float | None) -> DynamicOutput:
+    def _width(self, x: Tensor, width: float | None, policy: WidthPolicy | None) -> DynamicOutput:
         structure = self.manifest["structure"]
         widths = [float(w) for w in structure["widths"]]
         variants = structure["variants"]
         batch = x.shape[0]
+        decisions = {}
         if structure["gate"] is not None and width is None:
+            if policy is None and self.manifest["policy"].get("kind") == "width_cap":
+                policy = WidthPolicy.from_dict(self.manifest["policy"], "manifest policy")
+            if policy is not None and not isinstance(policy, WidthPolicy):
+                raise ConfigError(f"policy: model {self.manifest.get('model')!r} picks widths, expected a "
+                                  f"WidthPolicy, got {type(policy).__name__}")
             (scores,) = self.runners[structure["gate"]](x)
-            choice = scores.argmax(dim=-1)
+            costs = self.flops[structure["gate"]] + torch.tensor([self.flops[v] for v in variants],
+                                                                 dtype=torch.float64, device=x.device)
+            if policy is None:
+                choice = scores.argmax(dim=-1)
+            else:
+                owner = f"model {self.manifest.get('model')!r}"
+                wanted = policy.biased(scores, owner).argmax(dim=-1)
+                choice = wanted.clamp(max=policy.widest_allowed(widths, costs.tolist(), owner))
+                decisions["width_capped"] = choice != wanted
             pieces = [(rows, self.runners[variants[i]](x[rows])[0]) for i, rows in group_rows(choice, len(widths))]
             logits = assemble_rows(pieces, batch)
-            costs = torch.tensor([self.flops[v] for v in variants], dtype=torch.float64, device=x.device)
-            flops = self.flops[structure["gate"]] + costs[choice]
+            flops = costs[choice]
         else:
             wanted = float(structure["default_width"] if width is None else width)
             matches = [i for i, w in enumerate(widths) if math.isclose(w, wanted)]
@@ -311,7 +326,8 @@ class DeployedModel:
             choice = torch.full((batch,), i, dtype=torch.int64, device=x.device)
             flops = torch.full((batch,), self.flops[variants[i]], dtype=torch.float64, device=x.device)
         width_values = torch.tensor(widths, device=x.device)[choice]
-        return DynamicOutput(logits=logits, flops=flops, decisions={"width_index": choice, "width": width_values})
+        return DynamicOutput(logits=logits, flops=flops,
+                             decisions={"width_index": choice, "width": width_values, **decisions})
 
 
 def _graph_names(manifest: dict[str, Any]) -> set[str]:

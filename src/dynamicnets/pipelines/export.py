@@ -20,8 +20,10 @@ from ..errors import ConfigError
 from ..gates.thresholds import GatePolicy
 from ..inference import ExitPolicy, run_early_exit
 from ..inference.resolution_policy import ResolutionPolicy
+from ..inference.width_policy import WidthPolicy
 from ..models.spatial.dynamic_resolution import DynamicResolutionNet
 from ..models.skipping.gated_resnet import GatedResNet
+from ..models.width.dsnet import DSNet
 from ..protocols import MultiExit
 from .checkpoints import load_trained_model, run_checkpoint
 
@@ -67,10 +69,15 @@ def _policy(model: torch.nn.Module, request: ExportRequest):
             raise ConfigError(f"--thresholds: model {model.name!r} picks a resolution per sample and has no "
                               f"thresholds; --max-flops caps each sample's resolution")
         return ResolutionPolicy(max_flops=request.max_flops)
+    if isinstance(model, DSNet):
+        if request.thresholds is not None:
+            raise ConfigError(f"--thresholds: model {getattr(model, 'name', 'DSNet')!r} picks a width per sample "
+                              f"and has no thresholds; --max-flops caps each sample's width")
+        return None if request.max_flops is None else WidthPolicy(max_flops=request.max_flops)
     if request.thresholds is not None or request.max_flops is not None:
         raise ConfigError(f"--thresholds / --max-flops: model {getattr(model, 'name', type(model).__name__)!r} "
-                          "has no exits or gates to take them (widths are chosen by its gate or at run time, "
-                          "a spatial transformer's glimpse by its regressor)")
+                          "has no exits or gates to take them (a slimmable network's width is chosen at run "
+                          "time, a spatial transformer's glimpse by its regressor)")
     return None
 
 
@@ -78,7 +85,7 @@ def _eager(model: torch.nn.Module, x: torch.Tensor, policy):
     with torch.no_grad():
         if isinstance(model, MultiExit):
             return run_early_exit(model, x, policy).as_output()
-        if isinstance(model, (GatedResNet, DynamicResolutionNet)):
+        if isinstance(model, (GatedResNet, DynamicResolutionNet, DSNet)):
             return model(x, policy=policy)
         return model(x)
 
