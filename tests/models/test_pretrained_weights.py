@@ -49,12 +49,15 @@ def test_shipped_resnet20_matches_its_registry_row_and_loads_the_file():
     assert row.data["val_size"] == 5000 and row.data["seed"] == 0
 
 
-def test_pretrained_true_picks_the_only_tag():
-    fresh = create_model("resnet20")
-    loaded = create_model("resnet20", pretrained=True)
-    named = create_model("resnet20", pretrained="cifar10")
+def test_pretrained_true_picks_the_only_tag_or_the_default_one():
+    fresh = create_model("resnet56")
+    loaded = create_model("resnet56", pretrained=True)
+    named = create_model("resnet56", pretrained="cifar10")
     assert torch.equal(loaded.head.fc.weight, named.head.fc.weight)
     assert not torch.equal(loaded.head.fc.weight, fresh.head.fc.weight)
+    # resnet20 ships two CIFAR-10 weights; the Cutout run is the default
+    assert [w.tag for w in list_pretrained("resnet20")] == ["cifar10", "cifar10_cutout"]
+    assert pretrained_weights("resnet20", True).tag == "cifar10_cutout"
 
 
 def test_a_tampered_copy_is_refused_with_the_file_and_the_expected_hash(copied):
@@ -109,7 +112,8 @@ def _row(table: dict, model: str) -> dict:
 
 def test_true_is_ambiguous_with_two_tags_unless_one_is_default(copied):
     table = json.loads((copied / "registry.json").read_text())
-    second = dict(_row(table, "resnet20"), tag="cifar10b")
+    table["weights"] = [w for w in table["weights"] if w["model"] != "resnet20" or w["tag"] == "cifar10"]
+    second = dict(_row(table, "resnet20"), tag="cifar10b", default=False)
     table["weights"].append(second)
     (copied / "registry.json").write_text(json.dumps(table))
     with pytest.raises(ConfigError, match="ambiguous.*cifar10, cifar10b"):
