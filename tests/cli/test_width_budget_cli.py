@@ -30,6 +30,13 @@ def checkpoint(tmp_path_factory):
     return out / "dsnet" / "last.pt"
 
 
+def middle_budget() -> tuple[float, list[float]]:
+    """Halfway between the narrowest and the widest width's cost (gate included), and the costs."""
+    model = create_model("dsnet_resnet_cifar", num_classes=10, in_chans=1, base_width=4, widths=(0.25, 0.5, 1.0))
+    costs = (model.width_costs((1, 8, 8)) + model.gate_flops((1, 8, 8))).tolist()
+    return (costs[0] + costs[-1]) / 2, costs
+
+
 def run_eval(checkpoint, record, *options) -> dict:
     assert main(["eval", "--checkpoint", str(checkpoint), "--json", str(record), "--min-run-time", "0.01",
                  "--timed-samples", "4", *options]) == 0
@@ -37,10 +44,7 @@ def run_eval(checkpoint, record, *options) -> dict:
 
 
 def test_a_budget_fits_a_width_policy_on_half_the_split_and_scores_the_other(checkpoint, tmp_path):
-    model = create_model("dsnet_resnet_cifar", num_classes=10, in_chans=1, base_width=4, widths=(0.25, 0.5, 1.0))
-    shape = (1, 8, 8)
-    costs = (model.width_costs(shape) + model.gate_flops(shape)).tolist()
-    budget = (costs[0] + costs[-1]) / 2
+    budget, costs = middle_budget()
     result = run_eval(checkpoint, tmp_path / "b.json", "--budget", str(budget))
     assert "width policy" in result["policy"] and len(result["width_policy"]["bias"]) == 3
     assert result["width_policy"]["meta"]["mean_flops"] <= budget == result["budget_flops"]
@@ -52,3 +56,12 @@ def test_a_budget_fits_a_width_policy_on_half_the_split_and_scores_the_other(che
 def test_exit_rules_are_refused_for_a_width_gate(checkpoint, capsys):
     assert main(["eval", "--checkpoint", str(checkpoint), "--budget-ms", "3"]) == 2
     assert "picks a width per sample" in capsys.readouterr().err
+
+
+def test_a_confident_budget_keeps_a_margin_and_says_what_it_expects(checkpoint, tmp_path):
+    budget, _ = middle_budget()
+    plain = run_eval(checkpoint, tmp_path / "p.json", "--budget", str(budget))
+    sure = run_eval(checkpoint, tmp_path / "s.json", "--budget", str(budget), "--confidence", "0.95")
+    assert sure["budget_confidence"] == 0.95 and "expected_cost" in sure
+    assert sure["cost_spread"]["upper"] <= budget and sure["cost_spread"]["eval_size"] == 180
+    assert sure["width_policy"]["meta"]["mean_flops"] <= plain["width_policy"]["meta"]["mean_flops"]

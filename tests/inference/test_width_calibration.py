@@ -91,3 +91,16 @@ def test_bad_calibration_inputs_raise_config_errors():
 def test_a_malformed_saved_bias_is_a_config_error(bias):
     with pytest.raises(ConfigError, match="bias"):
         WidthPolicy.from_dict({"kind": "width_cap", "max_flops": None, "max_width": None, "bias": bias})
+
+
+def test_a_confidence_bounds_a_fresh_batch_instead_of_the_calibration_mean():
+    model = gated()
+    x = data(96)
+    budget = 0.4 * float(costs(model)[-1])
+    plain = calibrate_width_policy(model, x, budget)
+    sure = calibrate_width_policy(model, x, budget, confidence=0.9, eval_size=64)
+    assert sure.meta["spread"]["upper"] <= budget and sure.meta["spread"]["eval_size"] == 64
+    assert plain.meta["spread"]["upper"] is None and plain.meta["spread"]["mean_std"] > 0
+    assert sure.meta["mean_flops"] <= plain.meta["mean_flops"] <= budget
+    with pytest.raises(ConfigError, match="confidence"):
+        calibrate_width_policy(model, x, budget, confidence=1.5)

@@ -20,6 +20,24 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from .cost_spread import check_confidence, check_eval_size, within_budget
+
+
+def budget_check(budget: float, confidence: float | None, eval_size: int | None,
+                 owner: str) -> Callable[[Tensor], bool]:
+    """`fits(per_sample_costs)` for a calibration: the mean within `budget`, or with a
+    `confidence` its upper bound over `eval_size` fresh samples (`cost_spread`).
+
+    Raises:
+        ConfigError: a confidence outside `(0, 1)` or a bad `eval_size`, naming `owner`.
+    """
+    confidence = check_confidence(confidence, owner)
+    eval_size = check_eval_size(eval_size, owner)
+
+    def fits(spent: Tensor) -> bool:
+        return within_budget(spent, budget, eval_size=eval_size, confidence=confidence)
+
+    return fits
 
 
 def collect_scores(model: nn.Module, data: Tensor | Iterable, predictor: Callable[[Tensor], Tensor],
@@ -66,14 +84,20 @@ def biased_choice(scores: Tensor, costs: Tensor, lam: float, cap: int) -> Tensor
     return (scores.double() + cost_bias(costs, lam)).argmax(dim=-1).clamp(max=cap)
 
 
+def chosen_costs(scores: Tensor, costs: Tensor, lam: float, cap: int) -> Tensor:
+    """`(N,)` float64 cost of each sample's chosen option (`costs (K,)`)."""
+    return costs.double()[biased_choice(scores, costs, lam, cap)]
+
+
 def mean_chosen_cost(scores: Tensor, costs: Tensor, lam: float, cap: int) -> float:
     """Mean over the `N` samples of the chosen options' costs (`costs (K,)`)."""
-    return float(costs.double()[biased_choice(scores, costs, lam, cap)].mean())
+    return float(chosen_costs(scores, costs, lam, cap).mean())
 
 
 def fit_cost_multiplier(scores: Tensor, costs: Tensor, budget: float, cap: int, *,
-                        spend_budget: bool = False, steps: int = 60) -> float:
-    """The multiplier `lam` whose mean chosen cost fits `budget`.
+                        spend_budget: bool = False, steps: int = 60,
+                        fits: Callable[[Tensor], bool] | None = None) -> float:
+    """The multiplier `lam` whose chosen costs fit `budget`.
 
     Args:
         scores: `(N, K)` predictor scores of the calibration samples.
@@ -85,36 +109,42 @@ def fit_cost_multiplier(scores: Tensor, costs: Tensor, budget: float, cap: int, 
             the `lam` (of either sign) with the largest mean cost within budget (a frugal
             predictor is pushed to spend what it may).
         steps: bisection steps.
+        fits: `fits(per_sample_costs (N,))` says whether a choice meets the budget; `None`:
+            the mean is `<= budget` (`within_budget` with a confidence bounds a fresh batch).
 
     Returns:
         `lam`, in the middle of its step of the mean cost (see the module docstring); the
-        mean cost at it is `<= budget`.
+        chosen costs at it fit.
     """
-    def cost(lam: float) -> float:
-        return mean_chosen_cost(scores, costs, lam, cap)
+    if fits is None:
+        def fits(spent: Tensor) -> bool:
+            return float(spent.mean()) <= budget
 
-    if cost(0.0) <= budget:
+    def ok(lam: float) -> bool:
+        return fits(chosen_costs(scores, costs, lam, cap))
+
+    if ok(0.0):
         if not spend_budget:
             return 0.0
         low = -1.0  # find a lam over budget below 0, then bisect [low, 0]
-        while cost(low) <= budget and low > -1e12:
+        while ok(low) and low > -1e12:
             low *= 2
-        if cost(low) <= budget:
+        if ok(low):
             return low
         high = 0.0
     else:
         low, high = 0.0, 1.0
-        while cost(high) > budget and high < 1e12:
+        while not ok(high) and high < 1e12:
             high *= 2
     for _ in range(steps):
         mid = (low + high) / 2
-        low, high = (low, mid) if cost(mid) <= budget else (mid, high)
+        low, high = (low, mid) if ok(mid) else (mid, high)
     # the tie the bisection closed in on may compute a hair above `high`: skip it
     following = [b for b in tie_points(scores, costs) if b > high + 1e-9 * (1.0 + abs(high))]
     if not following:
         return high + 1.0
     step_end = min(following)
-    return (high + step_end) / 2 if cost((high + step_end) / 2) <= budget else high
+    return (high + step_end) / 2 if ok((high + step_end) / 2) else high
 
 
 def tie_points(scores: Tensor, costs: Tensor) -> list[float]:

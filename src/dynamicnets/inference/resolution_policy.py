@@ -23,7 +23,8 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-from .cost_bias import collect_scores, cost_bias, fit_cost_multiplier, mean_chosen_cost
+from .cost_bias import budget_check, chosen_costs, collect_scores, cost_bias, fit_cost_multiplier
+from .cost_spread import cost_spread
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,8 @@ class ResolutionPolicy:
 
 
 def calibrate_resolution_policy(model, data: Tensor | Iterable, budget_flops: float, *,
-                                max_flops: float | None = None, steps: int = 60) -> ResolutionPolicy:
+                                max_flops: float | None = None, steps: int = 60, confidence: float | None = None,
+                                eval_size: int | None = None) -> ResolutionPolicy:
     """The policy whose mean per-sample FLOPs on `data` is at most `budget_flops`, giving up as
     little of the predictor's choice as it can (the smallest `lam`, see the module docstring).
 
@@ -128,10 +130,13 @@ def calibrate_resolution_policy(model, data: Tensor | Iterable, budget_flops: fl
         budget_flops: the mean per-sample FLOPs to stay within (predictor included).
         max_flops: a per-sample cap to put in the policy too (applied before the fit).
         steps: bisection steps.
+        confidence: `None`: the mean cost on `data` meets the budget; a probability in
+            `(0, 1)`: its upper confidence bound over `eval_size` fresh samples does.
+        eval_size: that batch's size; `None`: the expected cost per sample.
 
     Returns:
         a `ResolutionPolicy`; `meta` holds `budget_flops`, `lam`, the calibration data's
-        `mean_flops` and `samples`.
+        `mean_flops`, `samples` and `spread` (`CostSpread.to_dict()`).
 
     Raises:
         ConfigError: an empty `data`, or a budget below the cheapest resolution's cost.
@@ -142,8 +147,11 @@ def calibrate_resolution_policy(model, data: Tensor | Iterable, budget_flops: fl
     if budget_flops < costs[0]:
         raise ConfigError(f"calibrate_resolution_policy: budget_flops {budget_flops:,.0f} is below the cheapest "
                           f"resolution's cost ({float(costs[0]):,.0f} FLOPs per sample)")
-    lam = fit_cost_multiplier(logits, costs, budget_flops, cap, steps=steps)
+    fits = budget_check(budget_flops, confidence, eval_size, "calibrate_resolution_policy")
+    lam = fit_cost_multiplier(logits, costs, budget_flops, cap, steps=steps, fits=fits)
     bias = tuple(cost_bias(costs, lam).tolist())
-    meta = {"budget_flops": float(budget_flops), "lam": lam,
-            "mean_flops": mean_chosen_cost(logits, costs, lam, cap), "samples": int(logits.shape[0])}
+    spent = chosen_costs(logits, costs, lam, cap)
+    meta = {"budget_flops": float(budget_flops), "lam": lam, "mean_flops": float(spent.mean()),
+            "samples": int(logits.shape[0]),
+            "spread": cost_spread(spent, eval_size=eval_size, confidence=confidence).to_dict()}
     return ResolutionPolicy(bias, max_flops, meta)

@@ -166,9 +166,11 @@ def evaluate_checkpoint(request: EvalRequest) -> dict[str, Any]:
     if request.anytime:
         raise ConfigError(f"--anytime: {type(model).__name__} has a single exit; anytime evaluation scores "
                           "every exit of a multi-exit model")
-    if request.gate_rate is None and (request.confidence is not None or request.eval_size is not None):
+    fitted = request.gate_rate is not None or request.early_exit is not None
+    if not fitted and (request.confidence is not None or request.eval_size is not None):
         raise ConfigError("--confidence/--eval-size: nothing is fitted to a budget; use them with --budget, "
-                          "--budget-ms (multi-exit models) or --gate-rate (gated ResNets)")
+                          "--budget-ms (multi-exit models, resolution predictors, DS-Net) or --gate-rate "
+                          "(gated ResNets)")
     extra, runner = {}, model
     if request.gate_rate is not None:
         dataset, extra = _calibrate_gates(model, bundle, dataset, request, seed, device)
@@ -177,7 +179,9 @@ def evaluate_checkpoint(request: EvalRequest) -> dict[str, Any]:
         calibration, dataset, protocol = _calibration_split(bundle, dataset, request.split, seed,
                                                             "width policy" if dsnet else "resolution policy")
         fit = fit_width_budget if dsnet else fit_resolution_budget
-        runner, extra = fit(model, calibration, request.early_exit, bundle.input_shape, request.batch_size, device)
+        early = replace(request.early_exit, confidence=request.confidence or request.early_exit.confidence,
+                        eval_size=request.eval_size or request.early_exit.eval_size or len(dataset))
+        runner, extra = fit(model, calibration, early, bundle.input_shape, request.batch_size, device)
         extra["protocol"] = protocol
     if isinstance(model, DynamicResolutionNet):
         extra["resolution_histogram"] = resolution_histogram(runner, dataset, request.batch_size, device)

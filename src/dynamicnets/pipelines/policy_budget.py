@@ -17,7 +17,8 @@ from torch import Tensor, nn
 from ..data import make_eval_loader
 from ..errors import ConfigError
 from ..outputs import DynamicOutput
-from .early_exit import EarlyExitRequest
+from ..inference.cost_spread import CostSpread
+from .early_exit import EarlyExitRequest, spread_report
 
 
 class PolicyBound(nn.Module):
@@ -44,18 +45,22 @@ def fit_policy_budget(model: nn.Module, calibration, request: EarlyExitRequest, 
     Args:
         model: the model in eval mode.
         calibration: a dataset of `(x, y)` the policy is fitted on.
-        request: `budget_flops` or `budget_fraction` (of `full_flops`), and an optional
-            `max_flops` cap.
+        request: `budget_flops` or `budget_fraction` (of `full_flops`), an optional
+            `max_flops` cap, and `confidence` / `eval_size` (the budget then holds on a
+            fresh batch of that size with about that probability).
         full_flops: the per-sample cost a `budget_fraction` is a fraction of.
-        calibrate: `calibrate(model, batches, budget_flops, max_flops=...)` -> a policy
-            with `bias`, `max_flops` and `to_dict()`.
+        calibrate: `calibrate(model, batches, budget_flops, max_flops=..., confidence=...,
+            eval_size=...)` -> a policy with `bias`, `max_flops`, `meta["spread"]` and
+            `to_dict()`.
         option: what the predictor picks, in words (`"resolution"`, `"width"`).
         batch_size: batch for the calibration passes.
         device: where the model runs.
 
     Returns:
         `(model bound to the policy, what to report)`: `budget_flops`, `budget_fraction`,
-        `policy` (in words), `<option>_policy` (its plain data) and `calibration_samples`.
+        `policy` (in words), `<option>_policy` (its plain data), `calibration_samples`,
+        `budget_confidence` and the spread it expects on fresh data (`expected_cost`,
+        `cost_spread`).
 
     Raises:
         ConfigError: `--budget-ms` / `--thresholds` (exit rules, not FLOPs budgets), or a
@@ -67,12 +72,14 @@ def fit_policy_budget(model: nn.Module, calibration, request: EarlyExitRequest, 
                           f"exits; give a FLOPs budget (--budget 40M or --budget 50%) and optionally --max-flops")
     budget = request.budget_flops if request.budget_flops is not None else request.budget_fraction * full_flops
     batches = [x.to(device) for x, _ in make_eval_loader(calibration, batch_size)]
-    policy = calibrate(model, batches, budget, max_flops=request.max_flops)
+    policy = calibrate(model, batches, budget, max_flops=request.max_flops, confidence=request.confidence,
+                       eval_size=request.eval_size)
     words = "bias " + ", ".join(f"{b:.4g}" for b in policy.bias or ()) + (
         "" if policy.max_flops is None else f"; cap {policy.max_flops:.4g} FLOPs")
     report = {"budget_flops": float(budget), "budget_fraction": request.budget_fraction,
               "policy": f"{option} policy: {words}", f"{option}_policy": policy.to_dict(),
-              "calibration_samples": len(calibration)}
+              "calibration_samples": len(calibration), "budget_confidence": request.confidence,
+              **spread_report(CostSpread(**policy.meta["spread"]), float(budget))}
     return PolicyBound(model, policy), report
 
 
