@@ -100,3 +100,26 @@ def test_sgs_refuses_compact_training_outputs():
     assert out.decisions["width_scores"].shape == (4, 4)
     with pytest.raises(ConfigError, match="masked training execution"):
         model.label_losses(out, y)
+
+
+@pytest.mark.parametrize("gate_stages, gate_width", [(1, None), (2, 0.5)])
+def test_a_gate_after_stages_counts_what_it_runs_and_compact_equals_masked(gate_stages, gate_width):
+    torch.manual_seed(0)
+    model = create_model("dsnet_resnet_cifar", num_classes=3, gate_stages=gate_stages, gate_width=gate_width,
+                         gate_grid=2).eval()
+    channels = {1: 16, 2: 32}[gate_stages] * (gate_width or 0.25)
+    assert model.gate.in_features == int(channels) * 4
+    with torch.no_grad():
+        model.gate.weight.normal_(0, 3.0)
+        x = torch.randn(8, *SHAPE) + torch.linspace(-4, 4, 8).view(8, 1, 1, 1)
+        compact, masked = model(x, "compact"), model(x, "masked")
+    assert torch.equal(compact.decisions["width_index"], masked.decisions["width_index"])
+    torch.testing.assert_close(compact.logits, masked.logits, atol=1e-5, rtol=1e-5)
+    assert int(compact.flops.sum()) == counted_flops(model, x)
+    stem_only = create_model("dsnet_resnet_cifar", num_classes=3, gate_width=gate_width, gate_grid=2)
+    assert model.gate_flops(SHAPE) > stem_only.gate_flops(SHAPE)
+
+
+def test_gate_stages_must_leave_a_stage_for_the_widths():
+    with pytest.raises(ConfigError, match="gate_stages"):
+        create_model("dsnet_resnet_cifar", gate_stages=3)

@@ -1,8 +1,10 @@
 """DS-Net-style dynamic width: a gate picks one width per sample of a slimmable network.
 
-Li et al., "Dynamic Slimmable Network" (CVPR 2021). The gate reads the stem's features
-(by default at the narrowest width: one cheap conv), average-pooled to a `gate_grid` x
-`gate_grid` grid (1: global pooling), and scores each configured width with a linear layer.
+Li et al., "Dynamic Slimmable Network" (CVPR 2021). The gate reads the stem's features,
+or those after the first `gate_stages` stages, run at `gate_width` (by default the
+narrowest: cheap), average-pooled to a `gate_grid` x `gate_grid` grid (1: global pooling),
+and scores each configured width with a linear layer. What the gate runs is counted in
+every sample's FLOPs (the chosen width then runs from the input).
 
 - Training: a straight-through Gumbel-softmax picks a hard one-hot width per sample;
   every width runs on the whole batch (static shapes) and each sample's logits are the
@@ -38,7 +40,7 @@ from torch import Tensor, nn
 from ...compact import assemble_rows, gather_rows, group_rows
 from ...errors import ConfigError
 from ...execution import Execution, ExecutionLike, resolve_execution
-from ...flops import linear_flops
+from ...flops import conv_out_size, linear_flops
 from ...gates import GumbelSoftmaxGate
 from ...inference.width_policy import WidthPolicy
 from ...outputs import DynamicOutput
@@ -59,11 +61,13 @@ class DSNet(ClassifierApi, nn.Module):
         sgs_weight: weight of the sandwich gate sparsification loss (0 = off); see
             `label_losses`.
         gate_width: the width at which the gate runs the stem (None: the narrowest).
+        gate_stages: how many backbone stages the gate runs after the stem (0: the stem
+            only; DS-Net's own gates sit after stages).
         gate_grid: the gate pools the stem's features to `gate_grid x gate_grid` cells
             (1: one global average per channel).
 
     Attributes:
-        backbone, gate (`nn.Linear(stem channels at gate_width * gate_grid**2, num
+        backbone, gate (`nn.Linear(channels of the gate's features * gate_grid**2, num
         widths)`), gumbel (`GumbelSoftmaxGate`), widths, default_input_shape.
 
     Classifier API (`dynamicnets.models.ClassifierApi`): the widest network's.
@@ -90,6 +94,7 @@ class DSNet(ClassifierApi, nn.Module):
         sgs_weight: float = 0.0,
         gate_width: float | None = None,
         gate_grid: int = 1,
+        gate_stages: int = 0,
         device=None,
         dtype=None,
     ) -> None:
@@ -104,6 +109,9 @@ class DSNet(ClassifierApi, nn.Module):
                               f"got {gate_width!r}")
         if isinstance(gate_grid, bool) or not isinstance(gate_grid, int) or gate_grid < 1:
             raise ConfigError(f"DSNet: gate_grid must be an int >= 1, got {gate_grid!r}")
+        stages = len(backbone.stages)
+        if isinstance(gate_stages, bool) or not isinstance(gate_stages, int) or not 0 <= gate_stages < stages:
+            raise ConfigError(f"DSNet: gate_stages must be an int in [0, {stages - 1}], got {gate_stages!r}")
         self.backbone = backbone
         self.widths = backbone.widths
         self.default_input_shape = backbone.default_input_shape
@@ -112,7 +120,9 @@ class DSNet(ClassifierApi, nn.Module):
         self.sgs_weight = float(sgs_weight)
         self.gate_width = self.widths[0] if gate_width is None else gate_width
         self.gate_grid = gate_grid
-        gate_in = backbone.stem.conv.out_channels_at(self.gate_width) * gate_grid**2
+        self.gate_stages = gate_stages
+        _, gate_shape = self._gate_features_cost(backbone.default_input_shape)
+        gate_in = gate_shape[0] * gate_grid**2
         self.gate = nn.Linear(gate_in, len(self.widths), device=device, dtype=dtype)
         self.gumbel = GumbelSoftmaxGate(tau, hard=True)
         # FLOPs depend on the input shape only: counted once per shape, not at every forward
@@ -141,6 +151,11 @@ class DSNet(ClassifierApi, nn.Module):
     def gate_logits(self, x: Tensor) -> Tensor:
         """`(B, C, H, W) -> (B, num widths)` width scores."""
         features = self.backbone.stem(x, self.gate_width)
+        if self.gate_stages and self.backbone.stem_kind == "imagenet":
+            features = F.max_pool2d(features, 3, 2, 1)
+        for blocks in self.backbone.stages[:self.gate_stages]:
+            for block in blocks:
+                features = block(features, self.gate_width)
         if self.gate_grid == 1:
             pooled = features.mean(dim=(2, 3))
         else:
@@ -177,10 +192,23 @@ class DSNet(ClassifierApi, nn.Module):
         loss = (ce * labelled).sum() / target.shape[0]
         return {"sandwich_gate": self.sgs_weight * loss}
 
+    def _gate_features_cost(self, input_shape: tuple[int, ...]) -> tuple[int, tuple[int, ...]]:
+        """FLOPs and `(C, H, W)` shape of the features the gate pools (stem, then
+        `gate_stages` stages, at `gate_width`)."""
+        backbone = self.backbone
+        total, shape = backbone.stem.flops_and_shape(tuple(input_shape), self.gate_width, Execution.COMPACT)
+        if self.gate_stages and backbone.stem_kind == "imagenet":
+            shape = (shape[0], conv_out_size(shape[1], 3, 2, 1), conv_out_size(shape[2], 3, 2, 1))
+        for blocks in backbone.stages[:self.gate_stages]:
+            for block in blocks:
+                flops, shape = block.flops_and_shape(shape, self.gate_width, Execution.COMPACT)
+                total += flops
+        return total, shape
+
     def gate_flops(self, input_shape: tuple[int, ...]) -> int:
-        """Per-sample FLOPs of the gate (stem at `gate_width` + the linear layer)."""
-        stem, _ = self.backbone.stem.flops_and_shape(tuple(input_shape), self.gate_width, Execution.COMPACT)
-        return stem + linear_flops(self.gate)
+        """Per-sample FLOPs of the gate (its features at `gate_width` + the linear layer)."""
+        features, _ = self._gate_features_cost(tuple(input_shape))
+        return features + linear_flops(self.gate)
 
     def width_costs(self, input_shape: tuple[int, ...]) -> Tensor:
         """`(num widths,)` float64 per-sample FLOPs of each width's network (no gate)."""
@@ -295,6 +323,7 @@ def dsnet_resnet_cifar(
     sgs_weight: float = 0.0,
     gate_width: float | None = None,
     gate_grid: int = 1,
+    gate_stages: int = 0,
     device=None,
     dtype=None,
 ) -> DSNet:
@@ -313,5 +342,6 @@ def dsnet_resnet_cifar(
     )
     return DSNet(
         backbone, tau=tau, target_flops_ratio=target_flops_ratio, cost_weight=cost_weight,
-        sgs_weight=sgs_weight, gate_width=gate_width, gate_grid=gate_grid, device=device, dtype=dtype,
+        sgs_weight=sgs_weight, gate_width=gate_width, gate_grid=gate_grid, gate_stages=gate_stages,
+        device=device, dtype=dtype,
     )
