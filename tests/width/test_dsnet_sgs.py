@@ -74,14 +74,19 @@ def test_a_pooled_grid_gate_on_the_full_stem_counts_its_flops():
     assert model.gate_flops(SHAPE) > narrow_gate.gate_flops(SHAPE)
 
 
-def test_grid_gate_compact_equals_masked_execution():
-    model = create_model("dsnet_resnet_cifar", num_classes=3, gate_grid=2).eval()
+def compact_equals_masked(model) -> tuple[torch.Tensor, object]:
+    """Spread the gate, run a batch both ways, check they agree; returns `(x, compact output)`."""
     with torch.no_grad():
         model.gate.weight.normal_(0, 3.0)
         x = torch.randn(8, *SHAPE) + torch.linspace(-4, 4, 8).view(8, 1, 1, 1)
         compact, masked = model(x, "compact"), model(x, "masked")
     assert torch.equal(compact.decisions["width_index"], masked.decisions["width_index"])
     torch.testing.assert_close(compact.logits, masked.logits, atol=1e-5, rtol=1e-5)
+    return x, compact
+
+
+def test_grid_gate_compact_equals_masked_execution():
+    compact_equals_masked(create_model("dsnet_resnet_cifar", num_classes=3, gate_grid=2).eval())
 
 
 def test_bad_gate_options_raise_config_errors():
@@ -109,12 +114,7 @@ def test_a_gate_after_stages_counts_what_it_runs_and_compact_equals_masked(gate_
                          gate_grid=2).eval()
     channels = {1: 16, 2: 32}[gate_stages] * (gate_width or 0.25)
     assert model.gate.in_features == int(channels) * 4
-    with torch.no_grad():
-        model.gate.weight.normal_(0, 3.0)
-        x = torch.randn(8, *SHAPE) + torch.linspace(-4, 4, 8).view(8, 1, 1, 1)
-        compact, masked = model(x, "compact"), model(x, "masked")
-    assert torch.equal(compact.decisions["width_index"], masked.decisions["width_index"])
-    torch.testing.assert_close(compact.logits, masked.logits, atol=1e-5, rtol=1e-5)
+    x, compact = compact_equals_masked(model)
     assert int(compact.flops.sum()) == counted_flops(model, x)
     stem_only = create_model("dsnet_resnet_cifar", num_classes=3, gate_width=gate_width, gate_grid=2)
     assert model.gate_flops(SHAPE) > stem_only.gate_flops(SHAPE)
