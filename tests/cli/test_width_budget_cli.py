@@ -65,3 +65,15 @@ def test_a_confident_budget_keeps_a_margin_and_says_what_it_expects(checkpoint, 
     assert sure["budget_confidence"] == 0.95 and "expected_cost" in sure
     assert sure["cost_spread"]["upper"] <= budget and sure["cost_spread"]["eval_size"] == 180
     assert sure["width_policy"]["meta"]["mean_flops"] <= plain["width_policy"]["meta"]["mean_flops"]
+
+
+def test_export_ships_a_width_cap_and_the_folder_checks_out(checkpoint, tmp_path, capsys):
+    _, costs = middle_budget()
+    out = tmp_path / "deployed"
+    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(out), "--max-flops", str(costs[1])]) == 0
+    printed = capsys.readouterr().out
+    assert "check_decisions_equal: True" in printed
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["policy"]["kind"] == "width_cap" and manifest["policy"]["max_flops"] == costs[1]
+    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "x"), "--thresholds", "0.5"]) == 2
+    assert "picks a width per sample" in capsys.readouterr().err

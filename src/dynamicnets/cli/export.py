@@ -18,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                         "sample to the last exit); gated models: one per gate, or one for all")
     p.add_argument("--criterion", default="maxprob", help="early exits: maxprob, entropy, margin or patience")
     p.add_argument("--max-flops", help="a per-sample compute cap shipped with the policy, e.g. 40M (early exits, "
-                                       "gated models, dynamic resolution)")
+                                       "gated models, dynamic resolution, DS-Net)")
     p.add_argument("--check-samples", type=int, default=8,
                    help="random inputs the exported folder is checked on against eager inference (0: none)")
 
