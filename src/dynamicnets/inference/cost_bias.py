@@ -14,6 +14,7 @@ float rounding) decides the same.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 
 import torch
@@ -72,6 +73,23 @@ def collect_scores(model: nn.Module, data: Tensor | Iterable, predictor: Callabl
         raise ConfigError(f"{owner}: the predictor's scores on the calibration data are not all finite (NaN/inf); "
                           f"check the model's weights")
     return scores, shape
+
+
+def checked_bias(bias, owner: str) -> tuple[float, ...] | None:
+    """A policy's `bias` as a tuple of floats (`None` stays `None`).
+
+    Raises:
+        ConfigError: naming `owner` and the key, for anything but a non-empty list of numbers.
+    """
+    if bias is None:
+        return None
+    try:
+        values = tuple(float(b) for b in bias)
+    except (TypeError, ValueError):
+        values = ()
+    if not values or any(math.isnan(b) for b in values):
+        raise ConfigError(f"{owner}: key 'bias' must be a non-empty list of numbers, got {bias!r}")
+    return values
 
 
 def cost_bias(costs: Tensor, lam: float) -> Tensor:

@@ -14,7 +14,6 @@ to make the predictor pick the largest resolution costs at most `max_flops`.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +22,9 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-from .cost_bias import budget_check, chosen_costs, collect_scores, cost_bias, fit_cost_multiplier
+from .cost_bias import (
+    budget_check, checked_bias, chosen_costs, collect_scores, cost_bias, fit_cost_multiplier,
+)
 from .cost_spread import cost_spread
 
 
@@ -45,14 +46,7 @@ class ResolutionPolicy:
     meta: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
-        if self.bias is not None:
-            try:
-                values = tuple(float(b) for b in self.bias)
-            except (TypeError, ValueError):
-                values = ()
-            if not values or any(math.isnan(b) for b in values):
-                raise ConfigError(f"ResolutionPolicy: key 'bias' must be a non-empty list of numbers, got {self.bias!r}")
-            object.__setattr__(self, "bias", values)
+        object.__setattr__(self, "bias", checked_bias(self.bias, "ResolutionPolicy"))
         if self.max_flops is not None:
             if isinstance(self.max_flops, bool) or not isinstance(self.max_flops, (int, float)) or not self.max_flops > 0:
                 raise ConfigError(f"ResolutionPolicy: key 'max_flops' must be a number > 0 (FLOPs per sample), "

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
+from .cost_bias import checked_bias
 
 
 @dataclass(frozen=True)
@@ -48,14 +49,7 @@ class WidthPolicy:
     meta: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
-        if self.bias is not None:
-            try:
-                values = tuple(float(b) for b in self.bias)
-            except (TypeError, ValueError):
-                values = ()
-            if not values or any(math.isnan(b) for b in values):
-                raise ConfigError(f"WidthPolicy: key 'bias' must be a non-empty list of numbers, got {self.bias!r}")
-            object.__setattr__(self, "bias", values)
+        object.__setattr__(self, "bias", checked_bias(self.bias, "WidthPolicy"))
         for key, low, high in (("max_flops", 0.0, math.inf), ("max_width", 0.0, 1.0)):
             value = getattr(self, key)
             if value is None:
