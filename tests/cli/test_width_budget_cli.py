@@ -53,9 +53,18 @@ def test_a_budget_fits_a_width_policy_on_half_the_split_and_scores_the_other(che
     assert capped["width_histogram"] == [180, 0, 0] and capped["mean_flops"] == pytest.approx(costs[0])
 
 
-def test_exit_rules_are_refused_for_a_width_gate(checkpoint, capsys):
-    assert main(["eval", "--checkpoint", str(checkpoint), "--budget-ms", "3"]) == 2
+@pytest.mark.parametrize("rule", [["--budget-ms", "3"], ["--thresholds", "0.5"]])
+def test_exit_rules_are_refused_for_a_width_gate(checkpoint, capsys, rule):
+    assert main(["eval", "--checkpoint", str(checkpoint), *rule]) == 2
     assert "picks a width per sample" in capsys.readouterr().err
+
+
+def test_a_budget_fraction_is_of_the_gate_plus_the_widest_width(checkpoint, tmp_path):
+    _, costs = middle_budget()
+    result = run_eval(checkpoint, tmp_path / "f.json", "--budget", "100%")
+    assert result["budget_flops"] == pytest.approx(costs[-1]) and result["full_flops"] == pytest.approx(costs[-1])
+    # the whole budget is spendable: every sample runs the widest width
+    assert result["width_histogram"] == [0, 0, 180] and result["mean_flops"] == pytest.approx(costs[-1])
 
 
 def test_a_confident_budget_keeps_a_margin_and_says_what_it_expects(checkpoint, tmp_path):

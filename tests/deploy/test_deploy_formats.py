@@ -136,6 +136,8 @@ def test_a_dsnet_exports_its_fitted_width_policy_and_runs_it_like_eager(tmp_path
     assert torch.equal(ours.decisions["width_capped"], ref.decisions["width_capped"])
     assert ours.decisions["width_index"].max() <= 2 and torch.equal(ours.flops, ref.flops)
     torch.testing.assert_close(ours.logits, ref.logits, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ConfigError, match="without width="):
+        deployed(x, width=0.5, policy=fitted)
     with pytest.raises(ConfigError, match="must be a WidthPolicy"):
         deployment_plan(model, (3, 16, 16), GatePolicy((0.0,)))
     with pytest.raises(ConfigError, match="'bias' has 2 entries"):

@@ -297,6 +297,9 @@ class DeployedModel:
         variants = structure["variants"]
         batch = x.shape[0]
         decisions = {}
+        if policy is not None and (structure["gate"] is None or width is not None):
+            raise ConfigError(f"policy: model {self.manifest.get('model')!r} runs the width asked for here; a "
+                              f"WidthPolicy applies to a DS-Net's gate, without width=")
         if structure["gate"] is not None and width is None:
             if policy is None and self.manifest["policy"].get("kind") == "width_cap":
                 policy = WidthPolicy.from_dict(self.manifest["policy"], "manifest policy")

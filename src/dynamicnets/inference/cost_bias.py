@@ -129,6 +129,9 @@ def fit_cost_multiplier(scores: Tensor, costs: Tensor, budget: float, cap: int, 
         steps: bisection steps.
         fits: `fits(per_sample_costs (N,))` says whether a choice meets the budget; `None`:
             the mean is `<= budget` (`within_budget` with a confidence bounds a fresh batch).
+            The mean is monotone in `lam`; an upper confidence bound need not be (the
+            spread changes as samples move), so with one the result fits but may not be
+            the extreme `lam` that does.
 
     Returns:
         `lam`, in the middle of its step of the mean cost (see the module docstring); the

@@ -179,8 +179,10 @@ def evaluate_checkpoint(request: EvalRequest) -> dict[str, Any]:
         calibration, dataset, protocol = _calibration_split(bundle, dataset, request.split, seed,
                                                             "width policy" if dsnet else "resolution policy")
         fit = fit_width_budget if dsnet else fit_resolution_budget
-        early = replace(request.early_exit, confidence=request.confidence or request.early_exit.confidence,
-                        eval_size=request.eval_size or request.early_exit.eval_size or len(dataset))
+        early = request.early_exit
+        if early.thresholds is None and early.budget_ms is None:  # a FLOPs budget: fit it for this many samples
+            early = replace(early, confidence=request.confidence or early.confidence,
+                            eval_size=request.eval_size or early.eval_size or len(dataset))
         runner, extra = fit(model, calibration, early, bundle.input_shape, request.batch_size, device)
         extra["protocol"] = protocol
     if isinstance(model, DynamicResolutionNet):

@@ -71,7 +71,7 @@ def fit_policy_budget(model: nn.Module, calibration, request: EarlyExitRequest, 
         raise ConfigError(f"--budget-ms/--thresholds: model {name!r} picks a {option} per sample, it has no "
                           f"exits; give a FLOPs budget (--budget 40M or --budget 50%) and optionally --max-flops")
     budget = request.budget_flops if request.budget_flops is not None else request.budget_fraction * full_flops
-    batches = [x.to(device) for x, _ in make_eval_loader(calibration, batch_size)]
+    batches = (x.to(device) for x, _ in make_eval_loader(calibration, batch_size))  # read once, streamed
     policy = calibrate(model, batches, budget, max_flops=request.max_flops, confidence=request.confidence,
                        eval_size=request.eval_size)
     words = "bias " + ", ".join(f"{b:.4g}" for b in policy.bias or ()) + (

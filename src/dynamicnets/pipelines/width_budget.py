@@ -14,9 +14,10 @@ from .policy_budget import PolicyBound, choice_histogram, fit_policy_budget
 
 def fit_width_budget(model: nn.Module, calibration, request: EarlyExitRequest, input_shape: tuple[int, ...],
                      batch_size: int, device) -> tuple[PolicyBound, dict[str, Any]]:
-    """`fit_policy_budget` for a DS-Net in eval mode; a `budget_fraction` is of the widest
-    width's cost. The report's policy data is under `width_policy`."""
-    return fit_policy_budget(model, calibration, request, float(model.backbone.flops(tuple(input_shape), 1.0)),
+    """`fit_policy_budget` for a DS-Net in eval mode; a `budget_fraction` is of its full cost
+    (the gate plus the widest width, `DSNet.full_flops`). The report's policy data is under
+    `width_policy`."""
+    return fit_policy_budget(model, calibration, request, model.full_flops(tuple(input_shape)),
                              calibrate=calibrate_width_policy, option="width", batch_size=batch_size,
                              device=device)
 

@@ -210,6 +210,12 @@ class DSNet(ClassifierApi, nn.Module):
         features, _ = self._gate_features_cost(tuple(input_shape))
         return features + linear_flops(self.gate)
 
+    def full_flops(self, input_shape: tuple[int, ...]) -> float:
+        """Per-sample FLOPs with nothing narrowed: the gate plus the widest width (what a
+        budget fraction of "the full cost" is a fraction of)."""
+        shape = tuple(input_shape)
+        return float(self.gate_flops(shape) + self.width_costs(shape)[-1])
+
     def width_costs(self, input_shape: tuple[int, ...]) -> Tensor:
         """`(num widths,)` float64 per-sample FLOPs of each width's network (no gate)."""
         shape = tuple(input_shape)
