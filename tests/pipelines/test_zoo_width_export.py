@@ -40,24 +40,41 @@ def slimmable(runs):
     return tiny_run(runs, "digits_slim", "slimmable_resnet_cifar", base_width=4, widths=(0.25, 0.5, 1.0))
 
 
-def test_a_slimmable_network_gets_one_point_per_width_timed_against_its_anchor(slimmable, anchor, tmp_path):
+def test_a_slimmable_network_gets_one_point_per_width_and_fitted_cascades_timed_against_its_anchor(
+        slimmable, anchor, tmp_path):
     row, section, cards = export(slimmable, tmp_path, anchor)
     trade_off = row.details["trade_off"]
     assert trade_off["kind"] == "widths" and trade_off["method"] == "slimmable"
-    curve = trade_off["curve"]
-    assert [p["width"] for p in curve] == [1.0, 0.5, 0.25]
-    flops = [p["mean_flops"] for p in curve]
+    singles = [p for p in trade_off["curve"] if "width" in p]
+    cascades = [p for p in trade_off["curve"] if "cascade" in p]
+    assert [p["width"] for p in singles] == [1.0, 0.5, 0.25]
+    flops = [p["mean_flops"] for p in singles]
     assert flops[0] == trade_off["static_flops"] and flops[0] > flops[1] > flops[2]
     samples = trade_off["evaluation_samples"]
-    for i, point in enumerate(curve):
-        assert point["speedup_flops"] == pytest.approx(trade_off["static_flops"] / point["mean_flops"])
+    for i, point in enumerate(singles):
         assert point["width_histogram"] == [samples if j == 2 - i else 0 for j in range(3)]
+    for point in trade_off["curve"]:
+        assert point["speedup_flops"] == pytest.approx(trade_off["static_flops"] / point["mean_flops"])
         assert point["speedup_measured_b1"] > 0 and point["speedup_measured_b256"] > 0
+    # one cascade per budget ratio, its chain and thresholds fitted on the other half; a sample that
+    # went on paid for every width it ran
+    model = create_model("slimmable_resnet_cifar", num_classes=10, in_chans=1, base_width=4, widths=(0.25, 0.5, 1.0))
+    width_flops = {w: model.flops(row.input_shape, w) for w in (0.25, 0.5, 1.0)}
+    assert [p["budget_ratio"] for p in cascades] == [0.85, 0.7, 0.5, 0.35]
+    for point in cascades:
+        chain = point["cascade"]
+        assert chain == sorted(chain) and chain[-1] == 1.0 and len(point["thresholds"]) == len(chain) - 1
+        ended = dict(zip((0.25, 0.5, 1.0), point["width_histogram"]))
+        assert sum(ended.values()) == samples and all(ended[w] == 0 for w in ended if w not in chain)
+        paid = [sum(width_flops[v] for v in chain[: i + 1]) for i in range(len(chain))]
+        assert point["mean_flops"] == pytest.approx(sum(ended[w] * c for w, c in zip(chain, paid)) / samples)
+        assert point["mean_flops"] <= 1.3 * point["budget_ratio"] * trade_off["static_flops"]
     # the anchor is the widest width's architecture: same FLOPs, scored on the same samples
     assert trade_off["anchor"]["flops"] == trade_off["static_flops"]
     assert trade_off["anchor"]["name"].endswith("/digits_r20/best.pt") and 0 < trade_off["anchor"]["accuracy"] <= 1
-    assert curve[0]["accuracy"] == trade_off["static"]["accuracy"]
-    assert "static anchor" in section and "| 0.25" in section and "measured b256" in section
+    assert singles[0]["accuracy"] == trade_off["static"]["accuracy"]
+    assert "static anchor" in section and "| width 0.25" in section and "measured b256" in section
+    assert "(budget 0.7x)" in section and "ended at" in section and "fit_width_cascade" in section
     assert "build_slice_cache" in trade_off["protocol"]
     assert (cards / "slimmable_resnet_cifar_digits_accuracy_flops.png").is_file()
 

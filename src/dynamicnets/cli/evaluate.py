@@ -16,7 +16,8 @@ from ..writing import check_writable
 # measured one.
 SUMMARY = ["model", "pretrained", "sha256", "data", "split", "scored_on", "preprocessing", "preprocessing_converted",
            "protocol", "samples", "policy", "budget_flops", "thresholds", "gate_rate", "accuracy", "mean_flops",
-           "full_flops", "speedup_flops", "exit_histogram", "resolution_histogram", "block_execution_rate",
+           "full_flops", "speedup_flops", "exit_histogram", "resolution_histogram", "width_histogram",
+           "block_execution_rate",
            "timed_samples", "latency_ms_per_sample", "full_latency_ms_per_sample", "latency_ms_batch1",
            "speedup_flops_timed", "speedup_measured", "realized_fraction"]
 

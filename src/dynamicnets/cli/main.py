@@ -60,7 +60,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", default=None,
                    help="mean FLOPs per sample, e.g. 30M, or a fraction of the full cost, e.g. 50%% "
                         "(multi-exit models: exit thresholds; dynamic resolution: a bias per resolution; "
-                        "DS-Net: a bias per width on its gate)")
+                        "DS-Net: a bias per width on its gate; slimmable networks: a cascade of widths and its "
+                        "thresholds)")
     p.add_argument("--budget-ms", type=float, default=None, help="mean measured ms per sample")
     p.add_argument("--thresholds", default=None, help="comma-separated, one per exit but the last")
     p.add_argument("--max-flops", default=None, help="per-sample compute cap, e.g. 20M")

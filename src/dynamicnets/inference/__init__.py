@@ -22,6 +22,9 @@
 - `WidthPolicy`: a compute cap on the width of slimmable and DS-Net models, and a bias on
   DS-Net's gate scores; `calibrate_width_policy` fits the bias to a mean-FLOPs budget;
   `worst_case_flops`: the per-sample cost no input can exceed under a policy's cap.
+- `fit_width_cascade`: the chain of a slimmable network's widths (run as a `WidthCascade`)
+  and its confidence thresholds with the best calibration accuracy within a mean-FLOPs
+  budget; `collect_width_logits` gathers its calibration logits.
 """
 from .calibrate import (
     BudgetCalibration,
@@ -42,6 +45,7 @@ from .sparse_strategy import fastest_block_strategies
 from .token_calibration import TokenCalibration, calibrate_token_policy
 from .token_policy import TokenPolicy
 from .width_calibration import calibrate_width_policy
+from .width_cascade_fit import WidthCascadeFit, collect_width_logits, fit_width_cascade
 from .width_policy import WidthPolicy
 from .worst_case import worst_case_flops
 
@@ -75,6 +79,9 @@ __all__ = [
     "TokenCalibration",
     "TokenPolicy",
     "calibrate_token_policy",
+    "WidthCascadeFit",
     "WidthPolicy",
+    "collect_width_logits",
+    "fit_width_cascade",
     "worst_case_flops",
 ]

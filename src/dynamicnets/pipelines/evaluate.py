@@ -17,6 +17,7 @@ from ..protocols import CalibratableGates, MultiExit, SkipsComputation
 from ..errors import ConfigError
 from ..inference.cost_spread import check_confidence, check_eval_size
 from ..inference.gate_rate import fit_gate_rate
+from ..layers.slimmable import WidthLadder
 from ..models import create_model
 from ..models.pretrained import pretrained_weights
 from ..models.spatial.dynamic_resolution import DynamicResolutionNet
@@ -36,6 +37,8 @@ from .early_exit import (
     spread_report,
     timed_batches,
 )
+from .cascade_budget import fit_cascade_budget
+from .policy_budget import choice_histogram
 from .resolution_budget import fit_resolution_budget, resolution_histogram
 from .width_budget import fit_width_budget, width_histogram
 
@@ -148,11 +151,12 @@ def evaluate_checkpoint(request: EvalRequest) -> dict[str, Any]:
     """
     device = resolve_device(request.device, what="--device")
     model, ckpt, source, origin = _load_model(request, device)
-    if request.early_exit is not None and not isinstance(model, (MultiExit, DynamicResolutionNet, DSNet)):
+    if request.early_exit is not None and not isinstance(model, (MultiExit, DynamicResolutionNet, DSNet,
+                                                                 WidthLadder)):
         raise ConfigError(
             f"--budget/--budget-ms/--thresholds: {source} holds {ckpt['model_name']!r}, a model "
-            f"without early exits, a resolution predictor or a width gate, so there is no rule to fit; drop the "
-            f"option"
+            f"without early exits, a resolution predictor, a width gate or slimmable widths, so there is no rule "
+            f"to fit; drop the option"
         )
     prepared = load_checkpoint_data(ckpt, source, request.data, request.split)
     bundle, dataset, seed = prepared.bundle, prepared.dataset, prepared.seed
@@ -169,16 +173,16 @@ def evaluate_checkpoint(request: EvalRequest) -> dict[str, Any]:
     fitted = request.gate_rate is not None or request.early_exit is not None
     if not fitted and (request.confidence is not None or request.eval_size is not None):
         raise ConfigError("--confidence/--eval-size: nothing is fitted to a budget; use them with --budget, "
-                          "--budget-ms (multi-exit models, resolution predictors, DS-Net) or --gate-rate "
-                          "(gated ResNets)")
+                          "--budget-ms (multi-exit models, resolution predictors, DS-Net, slimmable networks) or "
+                          "--gate-rate (gated ResNets)")
     extra, runner = {}, model
     if request.gate_rate is not None:
         dataset, extra = _calibrate_gates(model, bundle, dataset, request, seed, device)
-    if request.early_exit is not None:  # a resolution or width predictor: fit its policy to the budget
-        dsnet = isinstance(model, DSNet)
-        calibration, dataset, protocol = _calibration_split(bundle, dataset, request.split, seed,
-                                                            "width policy" if dsnet else "resolution policy")
-        fit = fit_width_budget if dsnet else fit_resolution_budget
+    if request.early_exit is not None:  # a resolution or width predictor, or a width cascade: fit to the budget
+        dsnet, slimmable = isinstance(model, DSNet), isinstance(model, WidthLadder)
+        what = "width policy" if dsnet else "width cascade" if slimmable else "resolution policy"
+        calibration, dataset, protocol = _calibration_split(bundle, dataset, request.split, seed, what)
+        fit = fit_width_budget if dsnet else fit_cascade_budget if slimmable else fit_resolution_budget
         early = request.early_exit
         if early.thresholds is None and early.budget_ms is None:  # a FLOPs budget: fit it for this many samples
             early = replace(early, confidence=request.confidence or early.confidence,
@@ -189,6 +193,9 @@ def evaluate_checkpoint(request: EvalRequest) -> dict[str, Any]:
         extra["resolution_histogram"] = resolution_histogram(runner, dataset, request.batch_size, device)
     if isinstance(model, DSNet):
         extra["width_histogram"] = width_histogram(runner, dataset, request.batch_size, device)
+    elif isinstance(model, WidthLadder) and request.early_exit is not None:  # samples per cascade width
+        extra["width_histogram"] = choice_histogram(runner, dataset, request.batch_size, device, "exit_index",
+                                                    len(runner.model.widths))
     loader = make_eval_loader(dataset, request.batch_size)
     metrics = evaluate(runner, loader, device)
     full = full_flops_per_sample(model, bundle.input_shape, device)

@@ -298,14 +298,16 @@ def _width_trade_off(trade_off: dict[str, Any], figure: str | None) -> str:
     rows = []
     for point in trade_off["curve"]:
         label = ({"rule": _cap(point), "widths run": " / ".join(str(n) for n in point["width_histogram"])} if dsnet
-                 else {"width": f"{point['width']:g}"})
+                 else {"width": _width_point(point),
+                       "ended at": " / ".join(str(n) for n in point["width_histogram"]) if "cascade" in point else ""})
         rows.append({**label, **_against_static(point, reference)})
     statics = _with_anchor(trade_off, "the widest width's architecture",
                            f"the widest width: {100 * trade_off['static']['accuracy']:.2f}%")
     widths = " / ".join(f"{w:g}" for w in trade_off["widths"])
     gate = (f" The gate costs {format_flops(trade_off['gate_flops'])} per sample, counted in every mean; `widths "
-            f"run`: samples per width ({widths}, narrowest first)." if dsnet else "")
-    name = (lambda p: f"rule {_cap(p)}") if dsnet else (lambda p: f"width {p['width']:g}")
+            f"run`: samples per width ({widths}, narrowest first)." if dsnet else
+            f" `ended at`: samples per width ({widths}, narrowest first) whose prediction a cascade took there.")
+    name = (lambda p: f"rule {_cap(p)}") if dsnet else _width_point
     text = (f"{trade_off['protocol']}. Evaluation {trade_off['evaluation_samples']} samples.{gate} On the evaluation "
             f"half, {statics} ({format_flops(trade_off['static_flops'])}). "
             f"{_verdict(trade_off, reference, name)}\n\n"
@@ -394,6 +396,14 @@ def _density_cap(point: dict[str, Any]) -> str:
 def _strategies(names: list[str]) -> str:
     """Per-block strategy names as one letter each (`d`, `p`, `t`), e.g. `ddppttp`."""
     return "".join(name[:1] for name in names) or "-"
+
+
+def _width_point(point: dict[str, Any]) -> str:
+    """A slimmable curve point's name: one width, or a width cascade fitted to a budget."""
+    if "cascade" in point:
+        chain = " -> ".join(f"{w:g}" for w in point["cascade"])
+        return f"cascade {chain} (budget {point['budget_ratio']:g}x)"
+    return f"width {point['width']:g}"
 
 
 def _cap(point: dict[str, Any]) -> str:

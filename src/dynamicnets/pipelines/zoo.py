@@ -343,8 +343,11 @@ def _plot_trade_off(row: PretrainedWeights, trade_off: dict[str, Any], png: Path
     label = {"gates": "calibrated gates", "exits": "calibrated exits", "spatial": "trained rule, density caps",
              "tokens": "trained ratio, keep ratios"}.get(
         kind, "gate: trained rule, budgets, width caps" if trade_off.get("method") == "dsnet" else "one width each")
-    points = [(p["mean_flops"], p["accuracy"]) for p in trade_off["curve"]]
-    return plot_accuracy_vs_flops({f"{row.model} ({label})": points}, png,
+    series: dict[str, list[tuple[float, float]]] = {}
+    for p in trade_off["curve"]:
+        name = f"{row.model} (width cascades, fitted budgets)" if "cascade" in p else f"{row.model} ({label})"
+        series.setdefault(name, []).append((p["mean_flops"], p["accuracy"]))
+    return plot_accuracy_vs_flops(series, png,
                                   title=f"{row.model} / {row.tag}: accuracy vs. FLOPs", static_points=static or None,
                                   dpi=100)
 

@@ -1,7 +1,11 @@
 """The measured accuracy-FLOPs trade-off of shipped width-adaptive weights, for their card.
 
 Slimmable networks (any `WidthLadder` model, e.g. `SlimmableResNet`): one point per
-configured width, widest first, each run alone as weight slices of the widest network.
+configured width, widest first, each run alone as weight slices of the widest network;
+then, for each of `BUDGET_RATIOS` of the widest width's FLOPs, the widths run as a
+confidence cascade (`WidthCascade`), its chain of widths and max-probability thresholds
+fitted to that budget on the calibration half (`fit_width_cascade`) and run by the compact
+early-exit executor (each width on just the samples that reached it).
 DS-Net (`DSNet`): the gate's trained rule (its argmax width per sample) is the first
 point; then the gate with a bias fitted to a mean-FLOPs budget on the calibration half
 (`calibrate_width_policy`) for each of `BUDGET_RATIOS` of the widest width's FLOPs;
@@ -21,10 +25,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..data import make_eval_loader
+from ..inference.policy import ExitPolicy
 from ..inference.width_calibration import calibrate_width_policy
+from ..inference.width_cascade_fit import collect_width_logits, fit_width_cascade
 from ..inference.width_policy import WidthPolicy
 from ..layers.slimmable import WidthLadder, build_slice_cache
 from ..models.width.dsnet import DSNet
+from ..models.width.width_cascade import WidthCascade
 from .early_exit import split_for_calibration
 from .zoo_timing import Call, score, scored_anchor, threads_text, timed_inputs, timed_speedups
 
@@ -36,7 +44,9 @@ def width_points(model: nn.Module, calibration: Dataset | None = None,
                  input_shape: tuple[int, ...] | None = None) -> list[tuple[dict[str, Any], Call]] | None:
     """The curve points of a width-adaptive model: `(label, run)` pairs, widest first.
 
-    A slimmable model's label is `{"width": w}`; a DS-Net's `{"max_width": None,
+    A slimmable model's label is `{"width": w}`, then with `calibration` data and
+    `input_shape` one `{"cascade": widths, "budget_ratio": r, "thresholds": [...]}` point
+    per reachable ratio of `BUDGET_RATIOS` (`cascade_points`); a DS-Net's `{"max_width": None,
     "budget_ratio": None}` (the trained rule), then with `calibration` data and
     `input_shape` one `{"budget_ratio": r, "policy": ...}` point per reachable ratio of
     `BUDGET_RATIOS` (the gate's bias fitted to `r` times the widest width's FLOPs; `policy`
@@ -62,8 +72,29 @@ def width_points(model: nn.Module, calibration: Dataset | None = None,
                            lambda x, cap=cap: model(x, "compact", policy=cap)))
         return points
     if isinstance(model, WidthLadder):
-        return [({"width": w}, lambda x, w=w: model(x, w)) for w in reversed(model.widths)]
+        points = [({"width": w}, lambda x, w=w: model(x, w)) for w in reversed(model.widths)]
+        if calibration is not None and input_shape is not None and len(model.widths) > 1:
+            points += cascade_points(model, calibration, tuple(input_shape))
+        return points
     return None
+
+
+def cascade_points(model: nn.Module, calibration: Dataset,
+                   input_shape: tuple[int, ...]) -> list[tuple[dict[str, Any], Call]]:
+    """A slimmable network's widths run as a confidence cascade, one point per reachable
+    ratio of `BUDGET_RATIOS` of the widest width's FLOPs: the chain and its thresholds
+    fitted on `calibration` (`fit_width_cascade`), run by the compact executor. Labels:
+    `{"cascade": [widths], "budget_ratio": r, "thresholds": [...]}`."""
+    logits, targets = collect_width_logits(model, make_eval_loader(calibration, 256))
+    costs = {w: float(model.flops(input_shape, w)) for w in model.widths}
+    points: list[tuple[dict[str, Any], Call]] = []
+    for ratio in (r for r in BUDGET_RATIOS if r * costs[1.0] >= min(costs.values())):
+        fitted = fit_width_cascade(logits, targets, costs, ratio * costs[1.0])
+        cascade = WidthCascade(model, fitted.widths).eval()
+        policy = ExitPolicy("maxprob", fitted.calibration.policy.thresholds)
+        label = {"cascade": list(fitted.widths), "budget_ratio": ratio, "thresholds": list(policy.thresholds)}
+        points.append((label, lambda x, c=cascade, p=policy: c(x, p)))
+    return points
 
 
 def measure_width_trade_off(model: nn.Module, validation: Dataset, input_shape: tuple[int, ...], *, seed: int = 0,
@@ -95,7 +126,8 @@ def measure_width_trade_off(model: nn.Module, validation: Dataset, input_shape: 
         `curve`: one row per point with `width` (slimmable) or `max_width` and
         `budget_ratio` (DS-Net; both `None`: the trained rule), `accuracy`, `mean_flops` (per sample, gate
         included), `speedup_flops` (`static_flops / mean_flops`), `width_histogram`
-        (samples per configured width, ascending) and, for each batch size `b` of
+        (samples per configured width, ascending; for a cascade, the width each sample
+        ended at) and, for each batch size `b` of
         `TIMED_BATCH_SIZES`, `speedup_measured_b{b}` (the reference's time over the
         point's) and `speedup_flops_b{b}` (the reference's FLOPs over the point's mean
         FLOPs on exactly the timed samples).
@@ -155,7 +187,12 @@ def _protocol(dsnet: bool, anchor_name: str | None, threads: int | None, singles
                 "`build_slice_cache`; mean FLOPs include the gate)")
     else:
         what = ("Every configured width run alone, as weight slices of the widest network cached as contiguous "
-                "copies by `build_slice_cache`")
+                "copies by `build_slice_cache`; then the widths as a confidence cascade (`WidthCascade`: a sample "
+                "goes on to the next width, from the input, while its max-probability is below that width's "
+                "threshold, paying for every width it ran), the chain of widths and its thresholds fitted on the "
+                "other half of the validation split to "
+                f"{', '.join(f'{r:g}' for r in BUDGET_RATIOS)} of the widest width's FLOPs (`fit_width_cascade`: "
+                "the chain with the best accuracy on that half) and run by the compact early-exit executor")
     against = "the widest width" if anchor_name is None else f"the static anchor `{anchor_name}`"
     return (f"{what}, scored on one seeded half of the validation split (the half the exit and gate measurements "
             f"score on); speedups are the time of {against} over the point's, timed in the same "

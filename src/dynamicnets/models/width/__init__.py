@@ -10,12 +10,14 @@
 - routing in trees: `soft_decision_tree` (`SoftDecisionTree`) and `neural_tree`
   (`NeuralTree`, hard-routed: one root-to-leaf path per sample at inference), on the
   shared `binary_tree` routing maths and the `routed_tree` forward (`RoutedTree`).
+- `width_cascade`: `WidthCascade`, the widths of one slimmable network run as a
+  confidence cascade (narrow first, wider only for the samples it is unsure of).
 
 Importing this package registers `slimmable_resnet_cifar`, `dsnet_resnet_cifar`,
 `fbs_resnet_cifar`, `gumbel_channel_resnet_cifar`, `moe_resnet_cifar`,
-`soft_decision_tree` and `neural_tree_cnn`.
+`soft_decision_tree`, `neural_tree_cnn` and `width_cascade`.
 """
-from . import binary_tree, dsnet, neural_tree, routed_tree, slimmable_resnet, soft_decision_tree
+from . import binary_tree, dsnet, neural_tree, routed_tree, slimmable_resnet, soft_decision_tree, width_cascade
 from .channel_gated_resnet import ChannelGatedResNet
 from .conv_norm_act import SlimmableConvNormAct, make_norm
 from .dsnet import DSNet
@@ -29,6 +31,7 @@ from .slimmable_resnet import (
     SlimmableResNet,
     slimmable_resnet50,
 )
+from .width_cascade import WidthCascade, WidthStage
 
 __all__ = [
     "ChannelGatedResNet",
@@ -51,4 +54,7 @@ __all__ = [
     "make_norm",
     "slimmable_resnet",
     "slimmable_resnet50",
+    "WidthCascade",
+    "WidthStage",
+    "width_cascade",
 ]
