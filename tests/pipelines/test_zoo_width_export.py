@@ -60,7 +60,7 @@ def test_a_slimmable_network_gets_one_point_per_width_and_fitted_cascades_timed_
     # went on paid for every width it ran
     model = create_model("slimmable_resnet_cifar", num_classes=10, in_chans=1, base_width=4, widths=(0.25, 0.5, 1.0))
     width_flops = {w: model.flops(row.input_shape, w) for w in (0.25, 0.5, 1.0)}
-    assert [p["budget_ratio"] for p in cascades] == [0.85, 0.7, 0.5, 0.35]
+    assert [p["budget_ratio"] for p in cascades] == [0.85, 0.7, 0.6, 0.5, 0.35]
     for point in cascades:
         chain = point["cascade"]
         assert chain == sorted(chain) and chain[-1] == 1.0 and len(point["thresholds"]) == len(chain) - 1
@@ -85,8 +85,8 @@ def test_dsnet_budgets_and_caps_bound_every_samples_width_and_its_flops_include_
     trade_off = row.details["trade_off"]
     assert trade_off["kind"] == "widths" and trade_off["method"] == "dsnet" and trade_off["anchor"] is None
     widths, curve = trade_off["widths"], trade_off["curve"]
-    assert [p["max_width"] for p in curve] == [None] * 5 + [0.5, 0.25]
-    assert [p["budget_ratio"] for p in curve] == [None, 0.85, 0.7, 0.5, 0.35, None, None]
+    assert [p["max_width"] for p in curve] == [None] * 6 + [0.5, 0.25]
+    assert [p["budget_ratio"] for p in curve] == [None, 0.85, 0.7, 0.6, 0.5, 0.35, None, None]
     model = create_model("dsnet_resnet_cifar", num_classes=10, in_chans=1, base_width=4, widths=widths)
     costs = model.width_costs(row.input_shape).tolist()
     assert trade_off["gate_flops"] == model.gate_flops(row.input_shape) > 0
@@ -101,12 +101,12 @@ def test_dsnet_budgets_and_caps_bound_every_samples_width_and_its_flops_include_
         assert point["speedup_flops"] == pytest.approx(trade_off["static_flops"] / point["mean_flops"])
         assert point["speedup_measured_b1"] > 0 and point["speedup_measured_b256"] > 0
     # a lower cap, or a smaller budget, never makes a sample wider
-    for rows in ([curve[0], *curve[5:]], curve[1:5]):
+    for rows in ([curve[0], *curve[6:]], curve[1:6]):
         assert [p["mean_flops"] for p in rows] == sorted((p["mean_flops"] for p in rows), reverse=True)
     assert curve[-1]["width_histogram"][0] == trade_off["evaluation_samples"]
     # each budget was fitted on the calibration half (within budget there, exactly) and the fit is
     # stored; the evaluation half spends about as much
-    for point in curve[1:5]:
+    for point in curve[1:6]:
         budget = point["budget_ratio"] * trade_off["static_flops"]
         policy = WidthPolicy.from_dict(point["policy"])
         assert policy.meta["budget_flops"] == budget and policy.meta["mean_flops"] <= budget

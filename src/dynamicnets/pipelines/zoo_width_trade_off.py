@@ -37,7 +37,7 @@ from .early_exit import split_for_calibration
 from .zoo_timing import Call, score, scored_anchor, threads_text, timed_inputs, timed_speedups
 
 
-BUDGET_RATIOS = (0.85, 0.7, 0.5, 0.35)
+BUDGET_RATIOS = (0.85, 0.7, 0.6, 0.5, 0.35)
 
 
 def width_points(model: nn.Module, calibration: Dataset | None = None,
