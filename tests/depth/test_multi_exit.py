@@ -90,6 +90,20 @@ def test_cascade_members_restart_from_the_input():
     assert torch.equal(out.exit_logits[1], second(x).logits)
 
 
+def test_a_cascade_stands_for_its_last_member_alone_a_backbone_for_its_full_pass():
+    torch.manual_seed(0)
+    model = create_model("cascade", members=["small_cnn", "small_cnn"], member_args=[{"width": 4}, {"width": 8}])
+    model.eval()
+    x = torch.randn(5, 1, 8, 8)
+    second = model.stages[1].model
+    assert model.reference_flops((1, 8, 8)) == second.flops((1, 8, 8)) < model.flops((1, 8, 8))
+    assert torch.equal(model.reference_forward(x), second(x).logits)
+    assert counted_flops(model.reference_forward, x[:1]) == model.reference_flops((1, 8, 8))
+    exits = create_model("multi_exit_cnn").eval()
+    assert exits.reference_flops((1, 8, 8)) == exits.flops((1, 8, 8))
+    assert torch.equal(exits.reference_forward(x), exits(x).logits)
+
+
 def _trunk_and_heads(model):
     trunk = {n: p for n, p in model.named_parameters() if n.startswith("stages.")}
     heads = {n: p for n, p in model.named_parameters() if n.startswith("exits.")}

@@ -40,7 +40,7 @@ def test_the_chain_with_the_best_calibration_accuracy_within_the_budget_is_chose
     assert fit.widths == (0.5, 1.0)
     assert fit.calibration.accuracy == 1.0 and fit.calibration.mean_flops <= 10.5
     assert {tuple(c["widths"]) for c in fit.candidates} == set(default_chains(COSTS))
-    assert all(c["accuracy"] <= 1.0 for c in fit.candidates)
+    assert [c["widths"] for c in fit.candidates if c["accuracy"] is None] == [[1.0]]  # 16 per sample: over budget
 
 
 def test_a_budget_only_the_narrow_first_width_reaches_keeps_it():
@@ -48,12 +48,28 @@ def test_a_budget_only_the_narrow_first_width_reaches_keeps_it():
     fit = fit_width_cascade(logits, targets, COSTS, 3.0)
     assert fit.widths[0] == 0.25
     skipped = [c for c in fit.candidates if c["accuracy"] is None]
-    assert [c["widths"] for c in skipped] == [[0.5, 1.0]]
+    assert [c["widths"] for c in skipped] == [[0.5], [1.0], [0.5, 1.0]]
 
 
-def test_default_chains_pair_every_width_with_the_widest_and_add_all_widths():
-    assert default_chains([1.0, 0.25, 0.5]) == [(0.25, 1.0), (0.5, 1.0), (0.25, 0.5, 1.0)]
-    assert default_chains([0.5, 1.0]) == [(0.5, 1.0)]
+def test_default_chains_are_every_width_alone_every_pair_with_the_widest_and_all_widths():
+    assert default_chains([1.0, 0.25, 0.5]) == [(0.25,), (0.5,), (1.0,), (0.25, 1.0), (0.5, 1.0), (0.25, 0.5, 1.0)]
+    assert default_chains([0.5, 1.0]) == [(0.5,), (1.0,), (0.5, 1.0)]
+    assert default_chains([1.0]) == [(1.0,)]
+
+
+def test_a_generous_budget_runs_the_widest_width_alone():
+    logits, targets = _data()
+    fit = fit_width_cascade(logits, targets, COSTS, 3 * COSTS[1.0])
+    assert fit.widths == (1.0,) and fit.calibration.accuracy == 1.0 and fit.calibration.mean_flops == COSTS[1.0]
+
+
+def test_a_per_sample_cap_cuts_every_chain_back_to_what_it_affords():
+    logits, targets = _data()
+    fit = fit_width_cascade(logits, targets, COSTS, 20.0, max_flops=COSTS[1.0])
+    assert fit.widths == (1.0,)  # every cascade ending at 1.0 costs more than 1.0 alone for some samples
+    assert {tuple(c["widths"]) for c in fit.candidates} == {(0.25,), (0.5,), (1.0,), (0.25, 0.5)}
+    with pytest.raises(ConfigError, match=r"cap 0\.5.*cheapest reachable is 1"):
+        fit_width_cascade(logits, targets, COSTS, 10.0, max_flops=0.5)
 
 
 def test_bad_budgets_and_chains_are_clear_errors():
@@ -62,5 +78,7 @@ def test_bad_budgets_and_chains_are_clear_errors():
         fit_width_cascade(logits, targets, COSTS, 0.5)
     with pytest.raises(ConfigError, match="increasing widths"):
         fit_width_cascade(logits, targets, COSTS, 10.0, chains=[(1.0, 0.5)])
-    with pytest.raises(ConfigError, match="increasing widths"):
+    with pytest.raises(ConfigError, match=r"\[0\.75\] missing"):
         fit_width_cascade(logits, targets, COSTS, 10.0, chains=[(0.75, 1.0)])
+    with pytest.raises(ConfigError, match="no chains"):
+        fit_width_cascade(logits, targets, COSTS, 10.0, chains=[])

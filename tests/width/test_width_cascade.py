@@ -57,6 +57,9 @@ def test_costs_add_up_every_width_run_and_match_the_flop_counter():
     for stage in cascade.stages:
         assert counted_flops(stage, x) == stage.flops_and_shape(shape)[0]
     assert counted_flops(cascade, x) == cascade.flops(shape)
+    # budgets and speedups are relative to the widest width alone, not to running every width
+    assert cascade.reference_flops(shape) == backbone.flops(shape, 1.0)
+    torch.testing.assert_close(cascade.reference_forward(x), backbone(x, 1.0).logits)
 
 
 def test_compact_run_equals_run_everything_reference_and_spends_what_it_reports():

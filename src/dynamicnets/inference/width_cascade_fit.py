@@ -4,7 +4,8 @@ A slimmable network's widths can run as a confidence cascade (`WidthCascade`: na
 first, a sample goes on to the next width only while its max-probability is below that
 exit's threshold). Which chain is best for a budget depends on the network: a narrow first
 width is cheap but sends many samples on (each paying for both widths), a wider one decides
-more samples itself. `fit_width_cascade` tries every candidate chain on calibration data
+more samples itself, and a generous budget may be best spent on one width alone.
+`fit_width_cascade` tries every candidate chain on calibration data
 (max-probability thresholds fitted to the budget by `calibrate_thresholds`) and keeps the
 one with the best calibration accuracy; `collect_width_logits` gathers what it needs, one
 pass per width.
@@ -51,7 +52,7 @@ def collect_width_logits(
     Returns:
         `({width: (N, C) float32 CPU logits}, (N,) int64 targets)`.
     """
-    widths = list(backbone.widths if widths is None else widths)
+    widths = [backbone.check_width(float(w)) for w in (backbone.widths if widths is None else widths)]
     param = next(backbone.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     was_training = backbone.training
@@ -64,7 +65,7 @@ def collect_width_logits(
                 x = x.to(device)
                 for w in per_width:
                     per_width[w].append(backbone.forward_logits(x, w).float().cpu())
-                targets.append(y.reshape(-1).cpu())
+                targets.append(y.reshape(-1).long().cpu())
     finally:
         backbone.train(was_training)
     if not targets:
@@ -73,9 +74,10 @@ def collect_width_logits(
 
 
 def default_chains(widths: Sequence[float]) -> list[tuple[float, ...]]:
-    """Every two-width chain ending at the widest width, then the chain of all widths."""
+    """Every width alone, every two-width chain ending at the widest width, then the chain
+    of all widths (when there are more than two)."""
     widths = sorted(float(w) for w in widths)
-    chains = [(w, widths[-1]) for w in widths[:-1]]
+    chains = [(w,) for w in widths] + [(w, widths[-1]) for w in widths[:-1]]
     if len(widths) > 2:
         chains.append(tuple(widths))
     return chains
@@ -88,6 +90,7 @@ def fit_width_cascade(
     budget_flops: float,
     *,
     chains: Sequence[Sequence[float]] | None = None,
+    max_flops: float | None = None,
     confidence: float | None = None,
     eval_size: int | None = None,
 ) -> WidthCascadeFit:
@@ -101,7 +104,10 @@ def fit_width_cascade(
             `flops(input_shape, width)`); a chain's exit costs are their running sums.
         budget_flops: mean FLOPs per sample allowed.
         chains: the chains to try, each ascending with widths of `width_logits`
-            (default: `default_chains`).
+            (default: `default_chains`; a one-width chain is that width run alone).
+        max_flops: a per-sample cap: each chain is cut back to the widths whose running
+            cost fits it (the chain then ends there, as the executor under
+            `ExitPolicy(max_flops=...)` ends it).
         confidence, eval_size: as `calibrate_thresholds` (a mean cost over a fresh batch
             within the budget with that probability).
 
@@ -109,32 +115,42 @@ def fit_width_cascade(
         `WidthCascadeFit`; ties in accuracy go to the cheaper chain.
 
     Raises:
-        ConfigError: a chain names a width without logits or cost, or the budget is below
-            every chain's first width (the message gives the cheapest reachable budget).
+        ConfigError: no chains, a chain that is not increasing or names a width without
+            logits or cost, or a budget (or cap) below every chain's first width (the
+            message gives the cheapest reachable).
     """
     chains = default_chains(list(width_logits)) if chains is None else [tuple(float(w) for w in c) for c in chains]
+    if not chains:
+        raise ConfigError("fit_width_cascade: no chains of widths to try")
     best: tuple[tuple[float, ...], BudgetCalibration] | None = None
-    tried = []
+    tried, seen = [], set()
     for chain in chains:
         missing = [w for w in chain if w not in width_logits or w not in width_costs]
         if missing or not chain or any(b <= a for a, b in zip(chain, chain[1:])):
             raise ConfigError(f"fit_width_cascade: chain {list(chain)} must be increasing widths with logits and "
-                              f"costs (given widths: {sorted(width_logits)})")
+                              f"costs; {missing or 'none'} missing (given widths: {sorted(width_logits)})")
         costs = torch.tensor([float(width_costs[w]) for w in chain], dtype=torch.float64).cumsum(0).tolist()
+        if max_flops is not None:
+            affordable = sum(c <= max_flops for c in costs)
+            chain, costs = chain[:affordable], costs[:affordable]
+        if not chain or chain in seen:
+            continue
+        seen.add(chain)
         if budget_flops < costs[0]:
             tried.append({"widths": list(chain), "accuracy": None, "mean_flops": None})
             continue
-        if len(chain) == 1 or budget_flops >= costs[-1]:
-            fitted = calibrate_thresholds([width_logits[w] for w in chain], targets, costs, costs[-1],
-                                          criterion="maxprob", confidence=confidence, eval_size=eval_size)
-        else:
-            fitted = calibrate_thresholds([width_logits[w] for w in chain], targets, costs, budget_flops,
-                                          criterion="maxprob", confidence=confidence, eval_size=eval_size)
+        fitted = calibrate_thresholds([width_logits[w] for w in chain], targets, costs, min(budget_flops, costs[-1]),
+                                      criterion="maxprob", confidence=confidence, eval_size=eval_size)
         tried.append({"widths": list(chain), "accuracy": fitted.accuracy, "mean_flops": fitted.mean_flops})
         if best is None or (fitted.accuracy, -fitted.mean_flops) > (best[1].accuracy, -best[1].mean_flops):
             best = (chain, fitted)
     if best is None:
         cheapest = min(float(width_costs[c[0]]) for c in chains)
-        raise ConfigError(f"fit_width_cascade: a budget of {budget_flops:,.0f} FLOPs is below every chain's first "
-                          f"width; the cheapest reachable is {cheapest:,.0f}")
+        capped = "" if max_flops is None else f" (per-sample cap {_number(max_flops)})"
+        raise ConfigError(f"fit_width_cascade: a budget of {_number(budget_flops)} FLOPs{capped} is below every "
+                          f"chain's first width; the cheapest reachable is {_number(cheapest)}")
     return WidthCascadeFit(widths=best[0], calibration=best[1], candidates=tuple(tried))
+
+
+def _number(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:g}"

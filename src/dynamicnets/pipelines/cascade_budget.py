@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..data import make_eval_loader
@@ -21,7 +22,8 @@ def fit_cascade_budget(model: nn.Module, calibration, request: EarlyExitRequest,
     """Fit a width cascade of `model` (a slimmable network in eval mode) on `calibration`.
 
     A `budget_fraction` is of the widest width's cost; `max_flops` caps every sample's
-    cost (the cascade stops at the last width it can afford).
+    cost (each candidate chain is cut back to the widths it can afford before it is fitted,
+    and the executor enforces the cap).
 
     Returns:
         `(the cascade bound to its ExitPolicy, what to report)`: `budget_flops`,
@@ -33,6 +35,9 @@ def fit_cascade_budget(model: nn.Module, calibration, request: EarlyExitRequest,
         ConfigError: `--budget-ms` or `--thresholds` (the chain is fitted to a FLOPs budget),
             or a budget below the narrowest width.
     """
+    if request.policy != "maxprob":
+        raise ConfigError(f"--policy {request.policy}: a width cascade is fitted with max-probability thresholds; "
+                          "drop --policy (or use maxprob)")
     if request.budget_flops is None and request.budget_fraction is None:
         raise ConfigError("--budget-ms/--thresholds: a slimmable network runs its widths as a cascade whose chain "
                           "and thresholds are fitted to a FLOPs budget; give --budget 40M or --budget 50% "
@@ -42,8 +47,8 @@ def fit_cascade_budget(model: nn.Module, calibration, request: EarlyExitRequest,
     budget = request.budget_flops if request.budget_flops is not None else request.budget_fraction * costs[1.0]
     loader = ((x.to(device), y) for x, y in make_eval_loader(calibration, batch_size))
     logits, targets = collect_width_logits(model, loader)
-    fit = fit_width_cascade(logits, targets, costs, budget, confidence=request.confidence,
-                            eval_size=request.eval_size)
+    fit = fit_width_cascade(logits, targets, costs, budget, max_flops=request.max_flops,
+                            confidence=request.confidence, eval_size=request.eval_size)
     cascade = WidthCascade(model, fit.widths).eval()
     policy = ExitPolicy("maxprob", list(fit.calibration.policy.thresholds), max_flops=request.max_flops)
     chain = " -> ".join(f"{w:g}" for w in fit.widths)
@@ -54,3 +59,11 @@ def fit_cascade_budget(model: nn.Module, calibration, request: EarlyExitRequest,
               "cascade_candidates": list(fit.candidates), "calibration_samples": len(calibration),
               "budget_confidence": request.confidence, **spread_report(fit.calibration.spread, float(budget))}
     return PolicyBound(cascade, policy).eval(), report
+
+
+def cascade_width_histogram(runner: nn.Module, dataset, batch_size: int, device, widths) -> list[int]:
+    """Samples of `dataset` per configured width of the backbone (`widths`, ascending) at
+    which the bound cascade `runner` took their prediction."""
+    ended = torch.cat([runner(x.to(device)).decisions["width"].cpu()
+                       for x, _ in make_eval_loader(dataset, batch_size)]).double()
+    return [int(torch.isclose(ended, torch.tensor(float(w), dtype=torch.float64)).sum()) for w in widths]

@@ -151,22 +151,36 @@ def spread_report(spread: CostSpread, budget: float, unit: str = "FLOPs") -> dic
             "cost_spread": {**spread.to_dict(), "unit": unit, "budget": budget, "probability_within_budget": chance}}
 
 
+def reference_cost(model, costs: Sequence[float], input_shape: Sequence[int]) -> float:
+    """Per-sample FLOPs of the static network `model` stands for (`reference_flops`: for a
+    cascade its last member alone), else the full pass, `costs[-1]`."""
+    reference = getattr(model, "reference_flops", None)
+    return float(reference(tuple(input_shape))) if callable(reference) else float(costs[-1])
+
+
+def _run_reference(model, x: Tensor):
+    reference = getattr(model, "reference_forward", None)
+    return reference(x) if callable(reference) else model(x)
+
+
 def choose_policy(model, request: EarlyExitRequest, calib_logits, calib_targets, costs, sample_batch,
                   eval_size: int | None = None):
     """The `ExitPolicy` the request asks for, plus what calibration reported (the spread
-    for a fresh batch of `request.eval_size`, else `eval_size`, samples)."""
+    for a fresh batch of `request.eval_size`, else `eval_size`, samples). A budget fraction
+    is of `reference_cost`."""
     if request.thresholds is not None:
         return ExitPolicy(request.policy, list(request.thresholds), request.max_flops), {}
-    budget_flops = request.resolved_budget(float(costs[-1]))
+    full = reference_cost(model, costs, sample_batch.shape[1:])
+    budget_flops = request.resolved_budget(full)
     fresh = {"confidence": request.confidence,
              "eval_size": request.eval_size if request.eval_size is not None else eval_size}
     if budget_flops is not None:
         if request.budget_fraction is not None and not costs[0] <= budget_flops:
             raise ConfigError(
                 f"--budget {100 * request.budget_fraction:.4g}%: {format_flops(budget_flops)} FLOPs per sample, "
-                f"below the first exit's {format_flops(costs[0])} ({100 * costs[0] / costs[-1]:.4g}% of the "
-                f"full {format_flops(costs[-1])}); the attainable range is "
-                f"[{100 * costs[0] / costs[-1]:.4g}%, 100%]"
+                f"below the first exit's {format_flops(costs[0])} ({100 * costs[0] / full:.4g}% of the "
+                f"full {format_flops(full)}); the attainable range is "
+                f"[{100 * costs[0] / full:.4g}%, {100 * costs[-1] / full:.4g}%]"
             )
         cal = calibrate_thresholds(calib_logits, calib_targets, costs, budget_flops, criterion=request.policy,
                                    **fresh)
@@ -200,7 +214,8 @@ def run_compact(model, dataset: Dataset, policy: ExitPolicy, costs, batch_size: 
 
 def time_against_full(model, x: Tensor | Sequence[Tensor], policy: ExitPolicy, costs, *, threads=None,
                       min_run_time=0.3) -> dict[str, Any]:
-    """Full network vs compact executor on the same samples, same run.
+    """Full network (for a cascade its last member alone: `reference_cost`) vs compact
+    executor on the same samples, same run.
 
     Args:
         model: a multi-exit model in eval mode.
@@ -222,7 +237,7 @@ def time_against_full(model, x: Tensor | Sequence[Tensor], policy: ExitPolicy, c
 
     def full() -> None:
         for b in batches:
-            model(b)
+            _run_reference(model, b)
 
     def early_exit() -> None:
         for b in batches:
@@ -230,7 +245,7 @@ def time_against_full(model, x: Tensor | Sequence[Tensor], policy: ExitPolicy, c
 
     timed = compare({"full": full, "early_exit": early_exit}, threads=threads, min_run_time=min_run_time)
     speedup_measured = timed["full"].median_ms / timed["early_exit"].median_ms
-    speedup_flops = float(costs[-1]) / timed_flops
+    speedup_flops = reference_cost(model, costs, batches[0].shape[1:]) / timed_flops
     return {"timed_samples": count, "batch_size": batches[0].shape[0], "mean_flops": timed_flops,
             "speedup_measured": speedup_measured, "speedup_flops": speedup_flops,
             "realized_fraction": speedup_measured / speedup_flops,
@@ -269,6 +284,7 @@ def evaluate_early_exit(model: nn.Module, calibration: Dataset | None, evaluatio
         calib_logits, calib_targets = None, None
     timed = timed_batches(evaluation, request.timed_samples, request.batch_size)
     policy, info = choose_policy(model, request, calib_logits, calib_targets, costs, timed[0], len(evaluation))
+    full = reference_cost(model, costs, input_shape)
     scored = run_compact(model, evaluation, policy, costs, request.batch_size)
     eval_logits, eval_targets = collect_exit_logits(model, make_eval_loader(evaluation, request.batch_size))
     timing = time_against_full(model, timed, policy, costs, threads=request.threads,
@@ -277,14 +293,14 @@ def evaluate_early_exit(model: nn.Module, calibration: Dataset | None, evaluatio
         "policy": request.policy,
         "thresholds": list(policy.thresholds),
         "max_flops": request.max_flops,
-        "budget_flops": request.resolved_budget(float(costs[-1])),
+        "budget_flops": request.resolved_budget(full),
         "budget_fraction": request.budget_fraction,
         "budget_ms": request.budget_ms,
         "budget_confidence": request.confidence,
         **scored,
-        "full_flops": float(costs[-1]),
+        "full_flops": full,
         "exit_costs": costs,
-        "speedup_flops": float(costs[-1]) / scored["mean_flops"],
+        "speedup_flops": full / scored["mean_flops"],
         "timed_samples": timing["timed_samples"],
         "speedup_flops_timed": timing["speedup_flops"],
         "speedup_measured": timing["speedup_measured"],

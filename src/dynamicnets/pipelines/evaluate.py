@@ -37,8 +37,7 @@ from .early_exit import (
     spread_report,
     timed_batches,
 )
-from .cascade_budget import fit_cascade_budget
-from .policy_budget import choice_histogram
+from .cascade_budget import cascade_width_histogram, fit_cascade_budget
 from .resolution_budget import fit_resolution_budget, resolution_histogram
 from .width_budget import fit_width_budget, width_histogram
 
@@ -193,9 +192,10 @@ def evaluate_checkpoint(request: EvalRequest) -> dict[str, Any]:
         extra["resolution_histogram"] = resolution_histogram(runner, dataset, request.batch_size, device)
     if isinstance(model, DSNet):
         extra["width_histogram"] = width_histogram(runner, dataset, request.batch_size, device)
-    elif isinstance(model, WidthLadder) and request.early_exit is not None:  # samples per cascade width
-        extra["width_histogram"] = choice_histogram(runner, dataset, request.batch_size, device, "exit_index",
-                                                    len(runner.model.widths))
+    elif isinstance(model, WidthLadder) and request.early_exit is not None:  # where the cascade ended
+        with torch.no_grad():
+            extra["width_histogram"] = cascade_width_histogram(runner, dataset, request.batch_size, device,
+                                                               model.widths)
     loader = make_eval_loader(dataset, request.batch_size)
     metrics = evaluate(runner, loader, device)
     full = full_flops_per_sample(model, bundle.input_shape, device)

@@ -20,7 +20,7 @@ from ..data import make_eval_loader
 from ..errors import ConfigError
 from ..inference import ExitPolicy, anytime_table, calibrate_thresholds, collect_exit_logits
 from ..protocols import MultiExit
-from .early_exit import run_compact, split_for_calibration, time_against_full
+from .early_exit import reference_cost, run_compact, split_for_calibration, time_against_full
 from .zoo_timing import TIMED_BATCH_SIZES, threads_text, timed_inputs
 
 TARGET_RATIO = 0.7
@@ -78,13 +78,14 @@ def measure_trade_off(model: nn.Module, validation: Dataset, input_shape: tuple[
         ev_logits, ev_targets = collect_exit_logits(model, make_eval_loader(evaluation, 256))
     timed = timed_inputs(evaluation, memory_format)
     curve = []
+    reference = reference_cost(model, costs, input_shape)  # a cascade's last member alone
     for budget in curve_budgets(costs, budgets):
         fitted = calibrate_thresholds(cal_logits, cal_targets, costs, budget, criterion="maxprob")
         policy = ExitPolicy("maxprob", fitted.policy.thresholds)
         scored = run_compact(model, evaluation, policy, costs, 256)
         thresholds = [t if math.isfinite(t) else None for t in policy.thresholds]  # None: never exits there
         row = {"budget_flops": budget, "thresholds": thresholds, "accuracy": scored["accuracy"],
-               "mean_flops": scored["mean_flops"], "speedup_flops": costs[-1] / scored["mean_flops"],
+               "mean_flops": scored["mean_flops"], "speedup_flops": reference / scored["mean_flops"],
                "exit_histogram": scored["exit_histogram"]}
         for size in TIMED_BATCH_SIZES:
             timing = time_against_full(model, timed[size], policy, costs, threads=threads,

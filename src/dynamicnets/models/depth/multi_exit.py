@@ -240,3 +240,22 @@ class MultiExitNetwork(ClassifierApi, nn.Module):
     def flops(self, input_shape: Sequence[int]) -> int:
         """Per-sample FLOPs of the full pass (`forward`): `exit_costs(input_shape)[-1]`."""
         return self.exit_costs(input_shape)[-1]
+
+    def reference_flops(self, input_shape: Sequence[int]) -> int:
+        """Per-sample FLOPs of the static network this model stands for, which budget
+        fractions and speedups are relative to: the full pass, or, for a cascade (stages
+        that restart from the input), its last member alone (the stages from the last
+        restart on and the final exit; a cascade's full pass runs every member)."""
+        if not self.restart_stages:
+            return self.flops(input_shape)
+        parts = self.cost_breakdown(input_shape)
+        return sum(parts["stages"][self.restart_stages[-1]:]) + parts["exits"][-1]
+
+    def reference_forward(self, x: Tensor) -> Tensor:
+        """Logits `(B, num_classes)` of that static network on `(B, *input_shape)` inputs."""
+        if not self.restart_stages:
+            return self(x).logits
+        state: State = x
+        for i in range(self.restart_stages[-1], len(self.stages)):
+            state = self.stages[i](state)
+        return self.exits[-1](state)

@@ -9,6 +9,12 @@ logits), so the early-exit tools all apply: `calibrate_thresholds` fits the conf
 thresholds to a mean-FLOPs budget, `run_early_exit` runs it compactly (each width on just
 the samples that reached it), `dynamicnets.deploy` exports it.
 
+With the universal norm (`norm="universal"`, one BatchNorm sliced for every width) the
+widths share running statistics, so recalibrated statistics can fit only one of the
+cascade's widths; the switchable norm (one BatchNorm per width) has no such coupling.
+An exported cascade (`dynamicnets.deploy`) holds one graph per width, each with its own
+copy of the slices it runs (about one copy of the weights per width).
+
 Nothing computed at a narrow width is reused by a wider one (a wider width's channels
 differ from the first ones of a narrower width wherever a layer reads more inputs), so a
 sample that goes on pays for every width it ran: `exit_costs` counts exactly that.
@@ -76,6 +82,9 @@ class WidthCascade(MultiExitNetwork):
         backbone: the network (the state dict's keys are `backbone.*`).
         widths: the cascade's widths, ascending.
 
+    Budgets and speedups are relative to the widest cascade width alone
+    (`reference_flops`, `reference_forward`), the static network the cascade stands for.
+
     Returns (forward):
         `forward(x)`: `DynamicOutput` with `exit_logits` (one `(B, C)` tensor per width,
         narrowest first), `logits` the widest's and `flops (B,)` the sum of every width's
@@ -89,9 +98,11 @@ class WidthCascade(MultiExitNetwork):
     """
 
     def __init__(self, backbone: nn.Module, widths: Sequence[float] | None = None) -> None:
-        if not isinstance(backbone, WidthLadder) or not callable(getattr(backbone, "forward_logits", None)):
+        needed = ("forward_logits", "flops", "get_classifier")
+        if not isinstance(backbone, WidthLadder) or not all(callable(getattr(backbone, a, None)) for a in needed):
             raise ConfigError(
-                f"a width cascade needs a slimmable network (a WidthLadder with forward_logits(x, width)); "
+                f"a width cascade needs a slimmable network (a WidthLadder with forward_logits(x, width), "
+                f"flops(input_shape, width) and get_classifier(), e.g. a SlimmableResNet); "
                 f"{type(backbone).__name__} is not one"
             )
         widths = backbone.widths if widths is None else widths
