@@ -98,7 +98,7 @@ def test_budget_as_a_fraction_of_the_full_cost(checkpoint, tmp_path, capsys):
     assert by_fraction["budget_fraction"] == 0.6 and by_fraction["budget_flops"] == pytest.approx(0.6 * full)
     _, by_flops = _eval(checkpoint, tmp_path, "--budget", str(0.6 * full))
     assert by_fraction["thresholds"] == by_flops["thresholds"]
-    assert "60% of the full cost" in capsys.readouterr().out
+    assert "60% of full_flops" in capsys.readouterr().out
     assert _eval(checkpoint, tmp_path, "--budget", "1%")[0] == 2
     assert "attainable range is [" in _one_error_line(capsys)
     assert _eval(checkpoint, tmp_path, "--budget", "half%")[0] == 2

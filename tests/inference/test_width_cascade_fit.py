@@ -68,8 +68,11 @@ def test_a_per_sample_cap_cuts_every_chain_back_to_what_it_affords():
     fit = fit_width_cascade(logits, targets, COSTS, 20.0, max_flops=COSTS[1.0])
     assert fit.widths == (1.0,)  # every cascade ending at 1.0 costs more than 1.0 alone for some samples
     assert {tuple(c["widths"]) for c in fit.candidates} == {(0.25,), (0.5,), (1.0,), (0.25, 0.5)}
-    with pytest.raises(ConfigError, match=r"cap 0\.5.*cheapest reachable is 1"):
+    with pytest.raises(ConfigError, match=r"per-sample cap of 0\.5 FLOPs is below every chain's first width"):
         fit_width_cascade(logits, targets, COSTS, 10.0, max_flops=0.5)
+    fit = fit_width_cascade(logits, targets, COSTS, 10.0, max_flops=3.0)  # only 0.25 (1) fits: 0.5 (4) is cut
+    assert fit.widths == (0.25,)
+    assert [c["widths"] for c in fit.candidates if c.get("cut_by_cap")] == [[0.5], [1.0], [0.5, 1.0]]
 
 
 def test_bad_budgets_and_chains_are_clear_errors():

@@ -80,7 +80,7 @@ def run_eval(args: argparse.Namespace) -> int:
         if key in ("mean_flops", "full_flops", "budget_flops"):
             value = f"{format_flops(value)} ({value:.0f})"
             if key == "budget_flops" and result.get("budget_fraction") is not None:
-                value += f", {100 * result['budget_fraction']:.4g}% of the full cost"
+                value += f", {100 * result['budget_fraction']:.4g}% of full_flops"
         elif isinstance(value, float):
             value = f"{value:.4f}"
         elif isinstance(value, list):

@@ -31,7 +31,8 @@ class WidthCascadeFit:
         calibration: the thresholds (`calibration.policy`, an `ExitPolicy`) and what they
             achieve on the calibration data (mean FLOPs, accuracy, exit fractions).
         candidates: every chain tried, `{"widths", "accuracy", "mean_flops"}` on the
-            calibration data (`accuracy` `None`: the budget is below that chain's first width).
+            calibration data (`accuracy` `None`: the budget is below that chain's first
+            width, or, with `"cut_by_cap": True`, the per-sample cap is).
     """
 
     widths: tuple[float, ...]
@@ -132,8 +133,11 @@ def fit_width_cascade(
         costs = torch.tensor([float(width_costs[w]) for w in chain], dtype=torch.float64).cumsum(0).tolist()
         if max_flops is not None:
             affordable = sum(c <= max_flops for c in costs)
+            if affordable == 0:
+                tried.append({"widths": list(chain), "accuracy": None, "mean_flops": None, "cut_by_cap": True})
+                continue
             chain, costs = chain[:affordable], costs[:affordable]
-        if not chain or chain in seen:
+        if chain in seen:
             continue
         seen.add(chain)
         if budget_flops < costs[0]:
@@ -146,6 +150,9 @@ def fit_width_cascade(
             best = (chain, fitted)
     if best is None:
         cheapest = min(float(width_costs[c[0]]) for c in chains)
+        if max_flops is not None and max_flops < cheapest <= budget_flops:
+            raise ConfigError(f"fit_width_cascade: the per-sample cap of {_number(max_flops)} FLOPs is below every "
+                              f"chain's first width; the cheapest is {_number(cheapest)}")
         capped = "" if max_flops is None else f" (per-sample cap {_number(max_flops)})"
         raise ConfigError(f"fit_width_cascade: a budget of {_number(budget_flops)} FLOPs{capped} is below every "
                           f"chain's first width; the cheapest reachable is {_number(cheapest)}")

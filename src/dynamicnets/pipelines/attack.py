@@ -27,7 +27,7 @@ from ..protocols import CalibratableGates, MultiExit
 from ..training.trainer import resolve_device
 from .checkpoint_data import check_split, load_checkpoint_data
 from .checkpoints import load_trained_model, run_checkpoint
-from .early_exit import EarlyExitRequest, choose_policy
+from .early_exit import EarlyExitRequest, choose_policy, reference_cost
 from .evaluate import _calibration_split
 
 
@@ -190,4 +190,5 @@ def _exit_rule(model, prepared, request: AttackRequest, device) -> tuple[Dataset
     uncapped = ExitPolicy(policy.criterion, list(policy.thresholds), None)
     policies = [uncapped] if early.max_flops is None else [uncapped, policy]
     return scored, policies, {"protocol": protocol, "policy": early.policy, "thresholds": list(policy.thresholds),
-                              "exit_costs": costs, "full_flops": float(costs[-1]), **info}
+                              "exit_costs": costs, "full_flops": reference_cost(model, costs, sample.shape[1:]),
+                              **info}

@@ -46,7 +46,8 @@ class EarlyExitRequest:
     Attributes:
         policy: exit criterion (`maxprob`, `entropy`, `margin`, `patience`).
         budget_flops: mean FLOPs per sample allowed (calibrated on the calibration set).
-        budget_fraction: the same, as a fraction in (0, 1] of the full network's cost.
+        budget_fraction: the same, as a fraction in (0, 1] of the full network's cost (for
+            a cascade, of its last member alone: `reference_cost`).
         budget_ms: mean measured milliseconds per sample allowed at `batch_size`.
         thresholds: one per exit but the last (patience: agreeing exits in a row).
         max_flops: per-sample compute cap no input can exceed.
@@ -158,6 +159,10 @@ def reference_cost(model, costs: Sequence[float], input_shape: Sequence[int]) ->
     return float(reference(tuple(input_shape))) if callable(reference) else float(costs[-1])
 
 
+def _reference_words(model, costs: Sequence[float], full: float) -> str:
+    return "full network" if full == float(costs[-1]) else "last cascade member alone"
+
+
 def _run_reference(model, x: Tensor):
     reference = getattr(model, "reference_forward", None)
     return reference(x) if callable(reference) else model(x)
@@ -179,8 +184,8 @@ def choose_policy(model, request: EarlyExitRequest, calib_logits, calib_targets,
             raise ConfigError(
                 f"--budget {100 * request.budget_fraction:.4g}%: {format_flops(budget_flops)} FLOPs per sample, "
                 f"below the first exit's {format_flops(costs[0])} ({100 * costs[0] / full:.4g}% of the "
-                f"full {format_flops(full)}); the attainable range is "
-                f"[{100 * costs[0] / full:.4g}%, {100 * costs[-1] / full:.4g}%]"
+                f"{_reference_words(model, costs, full)} {format_flops(full)}); the attainable range is "
+                f"[{100 * costs[0] / full:.4g}%, 100%]"
             )
         cal = calibrate_thresholds(calib_logits, calib_targets, costs, budget_flops, criterion=request.policy,
                                    **fresh)
@@ -317,14 +322,17 @@ def evaluate_anytime(model: nn.Module, evaluation: Dataset, input_shape, batch_s
     """Every exit on its own over `evaluation` (no exit rule, nothing calibrated).
 
     Returns:
-        dict with `accuracy` (of the last exit), `mean_flops` and `full_flops` (the
-        last exit's cost), `exit_costs`, `samples` and `anytime`: one row per exit with
-        its accuracy and cumulative FLOPs per sample.
+        dict with `accuracy` (of the last exit), `mean_flops` (the last exit's cost),
+        `full_flops` (`reference_cost`: the last exit's cost, or a cascade's last member
+        alone), `exit_costs`, `samples` and `anytime`: one row per exit with its accuracy
+        and cumulative FLOPs per sample.
     """
     model.eval()
     costs = list(model.exit_costs(tuple(input_shape)))
+    full = reference_cost(model, costs, input_shape)
     logits, targets = collect_exit_logits(model, make_eval_loader(evaluation, batch_size))
     table = anytime_table(logits, targets, costs)
-    return {"accuracy": table[-1]["accuracy"], "mean_flops": float(costs[-1]), "full_flops": float(costs[-1]),
-            "speedup_flops": 1.0, "exit_costs": costs, "samples": int(targets.shape[0]), "anytime": table}
+    return {"accuracy": table[-1]["accuracy"], "mean_flops": float(costs[-1]), "full_flops": full,
+            "speedup_flops": full / float(costs[-1]), "exit_costs": costs, "samples": int(targets.shape[0]),
+            "anytime": table}
 

@@ -27,11 +27,12 @@ TARGET_RATIO = 0.7
 """The zoo's target asks for accuracy at >= 30% fewer mean FLOPs: that budget is always a point."""
 
 
-def curve_budgets(costs: list[float], budgets: int) -> list[float]:
+def curve_budgets(costs: list[float], budgets: int, reference: float | None = None) -> list[float]:
     """`budgets` mean-FLOPs budgets evenly spaced from `costs[0]` to `costs[-1]`, plus
-    `TARGET_RATIO * costs[-1]` when it lies between and is not one of them, ascending."""
+    `TARGET_RATIO * reference` (default `costs[-1]`; a cascade's last member alone) when it
+    lies between and is not one of them, ascending."""
     spaced = [costs[0] + (costs[-1] - costs[0]) * i / (budgets - 1) for i in range(budgets)]
-    target = TARGET_RATIO * costs[-1]
+    target = TARGET_RATIO * (costs[-1] if reference is None else reference)
     if costs[0] < target < costs[-1] and not any(math.isclose(b, target) for b in spaced):
         spaced.append(target)
     return sorted(spaced)
@@ -79,7 +80,7 @@ def measure_trade_off(model: nn.Module, validation: Dataset, input_shape: tuple[
     timed = timed_inputs(evaluation, memory_format)
     curve = []
     reference = reference_cost(model, costs, input_shape)  # a cascade's last member alone
-    for budget in curve_budgets(costs, budgets):
+    for budget in curve_budgets(costs, budgets, reference):
         fitted = calibrate_thresholds(cal_logits, cal_targets, costs, budget, criterion="maxprob")
         policy = ExitPolicy("maxprob", fitted.policy.thresholds)
         scored = run_compact(model, evaluation, policy, costs, 256)
