@@ -131,3 +131,12 @@ def test_bad_arguments_are_clear_errors():
         WidthCascade(_backbone(), (0.6, 1.0))
     with pytest.raises(ConfigError, match="backbone_args"):
         create_model("width_cascade", backbone_args={"num_classes": 3})
+    with pytest.raises(ConfigError, match=r"backbone_args=\{'pretrained': 'cifar10'\}"):
+        create_model("width_cascade", pretrained="cifar10")  # the weights are the backbone's
+
+
+def test_the_shipped_slimmable_weights_load_into_a_cascade():
+    cascade = create_model("width_cascade", widths=(0.5, 1.0), backbone_args={"pretrained": "cifar10"}).eval()
+    shipped = create_model("slimmable_resnet_cifar", pretrained="cifar10").eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(cascade(x).exit_logits[0], shipped(x, 0.5).logits)

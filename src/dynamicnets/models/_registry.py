@@ -228,7 +228,13 @@ def create_model(
     entry = registered_model(name)
     weights = None
     if pretrained is not False and pretrained is not None:
-        weights = pretrained_weights(name, pretrained, pretrained_dir)
+        try:
+            weights = pretrained_weights(name, pretrained, pretrained_dir)
+        except ConfigError as err:
+            if "backbone_args" in inspect.signature(entry.constructor).parameters:  # e.g. width_cascade
+                raise ConfigError(f"{err}. {name!r} holds a registered backbone: load its shipped weights with "
+                                  f"backbone_args={{'pretrained': {pretrained!r}}}") from None
+            raise
         kwargs = {**weights.model_args, **kwargs}
     _check_arguments(entry, kwargs)
     model = entry.constructor(**kwargs)
