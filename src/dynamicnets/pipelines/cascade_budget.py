@@ -14,7 +14,7 @@ from ..inference.policy import ExitPolicy
 from ..inference.width_cascade_fit import collect_width_logits, fit_width_cascade
 from ..models.width.width_cascade import WidthCascade
 from .early_exit import EarlyExitRequest, spread_report
-from .policy_budget import PolicyBound
+from .policy_budget import PolicyBound, samples_per_width
 
 
 def fit_cascade_budget(model: nn.Module, calibration, request: EarlyExitRequest, input_shape: tuple[int, ...],
@@ -64,6 +64,5 @@ def fit_cascade_budget(model: nn.Module, calibration, request: EarlyExitRequest,
 def cascade_width_histogram(runner: nn.Module, dataset, batch_size: int, device, widths) -> list[int]:
     """Samples of `dataset` per configured width of the backbone (`widths`, ascending) at
     which the bound cascade `runner` took their prediction."""
-    ended = torch.cat([runner(x.to(device)).decisions["width"].cpu()
-                       for x, _ in make_eval_loader(dataset, batch_size)]).double()
-    return [int(torch.isclose(ended, torch.tensor(float(w), dtype=torch.float64)).sum()) for w in widths]
+    ended = torch.cat([runner(x.to(device)).decisions["width"].cpu() for x, _ in make_eval_loader(dataset, batch_size)])
+    return samples_per_width(ended, widths)

@@ -90,3 +90,9 @@ def choice_histogram(model: nn.Module, dataset, batch_size: int, device, key: st
         for x, _ in make_eval_loader(dataset, batch_size):
             counts += torch.bincount(model(x.to(device)).decisions[key].cpu(), minlength=count)
     return counts.tolist()
+
+
+def samples_per_width(chosen: Tensor, widths) -> list[int]:
+    """How many of the `(N,)` widths in `chosen` equal each of `widths` (ascending)."""
+    chosen = chosen.double()
+    return [int(torch.isclose(chosen, torch.tensor(float(w), dtype=torch.float64)).sum()) for w in widths]

@@ -34,6 +34,7 @@ from ..layers.slimmable import WidthLadder, build_slice_cache
 from ..models.width.dsnet import DSNet
 from ..models.width.width_cascade import WidthCascade
 from .early_exit import split_for_calibration
+from .policy_budget import samples_per_width
 from .zoo_timing import Call, score, scored_anchor, threads_text, timed_inputs, timed_speedups
 
 
@@ -151,11 +152,9 @@ def measure_width_trade_off(model: nn.Module, validation: Dataset, input_shape: 
     curve = []
     for label, run in points:
         scored = score(run, evaluation, "width")
-        chosen = scored["decisions"].double()
         curve.append({**label, "accuracy": scored["accuracy"], "mean_flops": scored["mean_flops"],
                       "speedup_flops": static_flops / scored["mean_flops"],
-                      "width_histogram": [int(torch.isclose(chosen, torch.tensor(w, dtype=torch.float64)).sum())
-                                          for w in widths]})
+                      "width_histogram": samples_per_width(scored["decisions"], widths)})
     timings = timed_speedups(reference, [run for _, run in points], timed, threads=threads,
                              min_run_time=min_run_time)
     for row, timing in zip(curve, timings):
