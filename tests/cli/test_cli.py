@@ -102,7 +102,7 @@ def test_corrupt_checkpoint_is_one_line(tmp_path, capsys):
 
 
 def test_debug_shows_the_traceback(tmp_path):
-    with pytest.raises(Exception, match="not found"):
+    with pytest.raises(Exception, match="no such checkpoint file"):
         main(["--debug", "eval", "--checkpoint", str(tmp_path / "missing.pt")])
 
 

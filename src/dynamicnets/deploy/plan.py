@@ -19,7 +19,11 @@
 - **static** (a spatial transformer classifier, `stn_cnn`): its one decision, the affine
   transform, is continuous and sampled inside the graph (`F.affine_grid` +
   `F.grid_sample`), so the whole model is one graph (`model`: input -> logits and
-  `theta`).
+  `theta`). So are the static networks (the anchors a dynamic model is held against:
+  ResNets, `small_cnn`, the MNIST-1D models, `vit_cifar`) and the dynamic-parameter
+  networks (CondConv, DY-ReLU, dynamic convolution: each sample's kernels or activation
+  coefficients are computed inside the graph; `decisions["routing"]` comes out with the
+  logits).
 
 Glance and focus (`glance_focus_cnn`) is a multi-exit model: each step (the greedy patch
 policy, the crop, the encoder, the GRU) is one segment graph.
@@ -45,7 +49,14 @@ from ..inference.width_policy import WidthPolicy
 from ..models.skipping.blockdrop import BlockDrop
 from ..models.skipping.gated_resnet import GatedResNet
 from ..models.spatial.dynamic_resolution import DynamicResolutionNet
+from ..models.parameters.mobilenetv2 import MobileNetV2Cifar
+from ..models.parameters.resnet import DynamicCifarResNet
 from ..models.spatial.stn import STNClassifier
+from ..models.static.mnist1d import Mnist1dCNN, Mnist1dMLP
+from ..models.static.resnet_cifar import CifarResNet
+from ..models.static.resnet_imagenet import ImageNetResNet
+from ..models.static.small_cnn import SmallCNN
+from ..models.transformers.vit import VisionTransformer
 from ..models.width.dsnet import DSNet
 from ..models.width.slimmable_resnet import SlimmableResNet
 from ..protocols import MultiExit
@@ -54,6 +65,10 @@ from .graphs import (AtResolution, AtWidth, Chain, ExitHead, ExitSegment, GateSc
 
 KINDS = ("early_exit", "gated", "width", "resolution", "static")
 EXAMPLE_BATCH = 2  # exporters specialise a batch of 1; any other size keeps the batch dynamic
+# Models with no decision between graphs: one graph. Exact types: a subclass (DynamicViT
+# is a VisionTransformer) may add decisions.
+ONE_GRAPH = (STNClassifier, CifarResNet, ImageNetResNet, SmallCNN, Mnist1dCNN, Mnist1dMLP, VisionTransformer,
+             DynamicCifarResNet, MobileNetV2Cifar)
 
 
 @dataclass
@@ -221,7 +236,8 @@ def deployment_plan(model: nn.Module, input_shape: tuple[int, ...] | None = None
     Args:
         model: a multi-exit model (glance and focus included), a gated ResNet (ConvNet-AIG,
             SkipNet with feed-forward gates), a slimmable ResNet, DS-Net, a dynamic-resolution
-            network or a spatial transformer classifier (`stn_cnn`). Put in eval mode here.
+            network, a spatial transformer classifier (`stn_cnn`), or one of `ONE_GRAPH`'s
+            static and dynamic-parameter networks. Put in eval mode here.
         input_shape: per-sample input shape; default the model's `default_input_shape`.
         policy: `ExitPolicy` for early exits (default: every sample to the last exit),
             `GatePolicy` for gated models (default: logit > 0), `ResolutionPolicy` for
@@ -257,10 +273,10 @@ def deployment_plan(model: nn.Module, input_shape: tuple[int, ...] | None = None
                 "a slimmable network has no gate; its width is chosen at run time (width=)")
             raise ConfigError(f"model {name!r}: {what}, got {type(policy).__name__}")
         return _width_plan(model, x, name, policy)
-    if isinstance(model, STNClassifier):
+    if type(model) in ONE_GRAPH:
         if policy is not None:
-            raise ConfigError(f"model {name!r} takes no decision policy (its transform is regressed), got "
-                              f"{type(policy).__name__}")
+            what = "its transform is regressed" if isinstance(model, STNClassifier) else "it is one graph"
+            raise ConfigError(f"model {name!r} takes no decision policy ({what}), got {type(policy).__name__}")
         return _static_plan(model, x, name)
     if isinstance(model, DynamicResolutionNet):
         if policy is not None and not isinstance(policy, ResolutionPolicy):
@@ -270,5 +286,6 @@ def deployment_plan(model: nn.Module, input_shape: tuple[int, ...] | None = None
     raise ConfigError(
         f"model {name!r} ({type(model).__name__}) cannot be deployed yet: supported are multi-exit "
         f"models (the MultiExit protocol), ConvNet-AIG / SkipNet (feed-forward gates), slimmable "
-        f"ResNets, DS-Net, dynamic resolution and spatial transformer classifiers"
+        f"ResNets, DS-Net, dynamic resolution, spatial transformer classifiers, the static networks and the "
+        f"dynamic-parameter networks (CondConv, DY-ReLU, dynamic convolution)"
     )

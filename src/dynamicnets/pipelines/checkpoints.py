@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from ..models import create_model
+from ..models.pretrained import pretrained_weights
 from ..training.checkpoint import MODEL_FIELDS, check_compatible, check_fields, check_finite, load_checkpoint
 
 
@@ -61,3 +63,46 @@ def load_trained_model(path: str | Path, device: str | torch.device = "cpu") -> 
     check_finite(ckpt["model"], source=str(path))
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), ckpt
+
+
+def check_model_source(checkpoint: str | None, model: str | None, pretrained: str | bool | None,
+                       command: str) -> None:
+    """A command reads a trained model from exactly one place: `--checkpoint`, or
+    `--model NAME --pretrained [TAG]` for shipped weights.
+
+    Raises:
+        ConfigError: naming the options, when both, neither or half of the second are given.
+    """
+    if checkpoint is not None and (model is not None or pretrained not in (None, False)):
+        raise ConfigError("--checkpoint and --model/--pretrained: give one, a checkpoint or shipped weights")
+    if checkpoint is None:
+        if model is None:
+            raise ConfigError(f"{command} needs --checkpoint CK, or --model NAME --pretrained [TAG] for shipped "
+                              "weights (`dynamicnets models --pretrained` lists them)")
+        if pretrained in (None, False):
+            raise ConfigError(f"--model {model}: add --pretrained [TAG] for its shipped weights "
+                              "(or give --checkpoint instead)")
+
+
+def load_model_source(checkpoint: str | None, model: str | None, pretrained: str | bool | None,
+                      pretrained_dir: str | None = None,
+                      device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any], str, dict[str, Any]]:
+    """A trained model from a checkpoint (a file or run folder) or from shipped weights
+    (sha256 checked), in eval mode on `device`.
+
+    Returns:
+        `(model, its checkpoint fields, its name in messages, what a result says it is:
+        {"checkpoint": path} or {"pretrained", "weights", "sha256"})`.
+
+    Raises:
+        CheckpointError: an unreadable checkpoint, or a shipped file missing or failing
+            its sha256 check.
+    """
+    if checkpoint is not None:
+        path = run_checkpoint(checkpoint)
+        net, ckpt = load_trained_model(path, device)
+        return net, ckpt, str(path), {"checkpoint": str(path)}
+    weights = pretrained_weights(model, pretrained, pretrained_dir)
+    net = create_model(weights.model, pretrained=weights.tag, pretrained_dir=pretrained_dir)
+    origin = {"pretrained": weights.tag, "weights": str(weights.path(pretrained_dir)), "sha256": weights.sha256}
+    return net.to(device).eval(), weights.checkpoint_fields(), f"pretrained weights {weights.model}/{weights.tag}", origin

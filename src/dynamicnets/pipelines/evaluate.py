@@ -7,7 +7,6 @@ and timings are taken on named samples (`timed_samples`).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,8 +17,6 @@ from ..errors import ConfigError
 from ..inference.cost_spread import check_confidence, check_eval_size
 from ..inference.gate_rate import fit_gate_rate
 from ..layers.slimmable import WidthLadder
-from ..models import create_model
-from ..models.pretrained import pretrained_weights
 from ..models.spatial.dynamic_resolution import DynamicResolutionNet
 from ..models.width.dsnet import DSNet
 from ..flops import counted_flops
@@ -27,7 +24,7 @@ from ..profiling.latency import measure, per_sample_ms
 from ..training.evaluate import evaluate
 from ..training.trainer import resolve_device
 from .checkpoint_data import SPLITS, check_split, load_checkpoint_data, trained_preprocessing  # noqa: F401
-from .checkpoints import load_trained_model
+from .checkpoints import check_model_source, load_model_source
 from .early_exit import (
     DEFAULT_TIMED_SAMPLES,
     EarlyExitRequest,
@@ -94,15 +91,8 @@ class EvalRequest:
         check_split(self.split)
         check_confidence(self.confidence, "--confidence")
         check_eval_size(self.eval_size, "--eval-size")
-        if self.checkpoint is not None and (self.model is not None or self.pretrained not in (None, False)):
-            raise ConfigError("--checkpoint and --model/--pretrained: give one, a checkpoint or shipped weights")
+        check_model_source(self.checkpoint, self.model, self.pretrained, "eval")
         if self.checkpoint is None:
-            if self.model is None:
-                raise ConfigError("eval needs --checkpoint CK, or --model NAME --pretrained [TAG] for shipped "
-                                  "weights (`dynamicnets models --pretrained` lists them)")
-            if self.pretrained in (None, False):
-                raise ConfigError(f"--model {self.model}: add --pretrained [TAG] to score its shipped weights "
-                                  "(or give --checkpoint instead)")
             if self.data is None:
                 raise ConfigError("--data: shipped weights carry no data path; give the data they were trained "
                                   "on, e.g. --data cifar10:path/to/cifar-10-batches-py (its validation split is "
@@ -149,7 +139,8 @@ def evaluate_checkpoint(request: EvalRequest) -> dict[str, Any]:
             exit rule for a multi-exit model, ...).
     """
     device = resolve_device(request.device, what="--device")
-    model, ckpt, source, origin = _load_model(request, device)
+    model, ckpt, source, origin = load_model_source(request.checkpoint, request.model, request.pretrained,
+                                                    request.pretrained_dir, device)
     if request.early_exit is not None and not isinstance(model, (MultiExit, DynamicResolutionNet, DSNet,
                                                                  WidthLadder)):
         raise ConfigError(
@@ -226,20 +217,6 @@ def evaluate_checkpoint(request: EvalRequest) -> dict[str, Any]:
         "threads": at_batch.threads,
         **extra,
     }
-
-
-def _load_model(request: EvalRequest, device) -> tuple[torch.nn.Module, dict[str, Any], str, dict[str, Any]]:
-    """`(model in eval mode, its checkpoint fields, its name in messages, what the result
-    says it is)` for a checkpoint or for shipped weights (sha256 checked)."""
-    if request.checkpoint is not None:
-        model, ckpt = load_trained_model(request.checkpoint, device)
-        return model, ckpt, request.checkpoint, {"checkpoint": str(Path(request.checkpoint))}
-    weights = pretrained_weights(request.model, request.pretrained, request.pretrained_dir)
-    model = create_model(weights.model, pretrained=weights.tag, pretrained_dir=request.pretrained_dir)
-    source = f"pretrained weights {weights.model}/{weights.tag}"
-    origin = {"pretrained": weights.tag, "weights": str(weights.path(request.pretrained_dir)),
-              "sha256": weights.sha256}
-    return model.to(device).eval(), weights.checkpoint_fields(), source, origin
 
 
 def _calibration_split(bundle, dataset, split: str, seed: int, what: str):

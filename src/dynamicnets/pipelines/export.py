@@ -1,7 +1,8 @@
 """`dynamicnets export`: a trained checkpoint's dynamic model as deployable graphs.
 
-Loads the checkpoint, builds the decision policy the user asks for (exit thresholds and a
-compute cap, or gate thresholds), exports every static piece (`dynamicnets.deploy`) with
+Loads the checkpoint (or shipped weights), builds the decision policy the user asks for
+(exit thresholds and a compute cap, gate thresholds, or a rule fitted to a mean-FLOPs
+budget on the validation split: `export_budget`), exports every static piece (`dynamicnets.deploy`) with
 the input preprocessing recorded in the manifest, then loads the folder back with its
 engine and checks it against eager compact inference on a few inputs, so a broken export
 is found at export time, not in deployment.
@@ -25,7 +26,9 @@ from ..models.spatial.dynamic_resolution import DynamicResolutionNet
 from ..models.skipping.gated_resnet import GatedResNet
 from ..models.width.dsnet import DSNet
 from ..protocols import MultiExit
-from .checkpoints import load_trained_model, run_checkpoint
+from .checkpoints import check_model_source, load_model_source
+from .early_exit import EarlyExitRequest
+from .export_budget import fit_rule_for_export
 
 
 @dataclass
@@ -33,7 +36,8 @@ class ExportRequest:
     """What `dynamicnets export` was asked.
 
     Attributes:
-        checkpoint: a `best.pt` / `last.pt`, or a run folder.
+        checkpoint: a `best.pt` / `last.pt`, or a run folder (or give `model` and
+            `pretrained`).
         out_dir: the export folder.
         format: `"torch.export"` or `"onnx"`.
         criterion: early exits: the exit criterion.
@@ -41,15 +45,52 @@ class ExportRequest:
             one for all. None: every sample to the last exit / the trained default.
         max_flops: a per-sample compute cap shipped with the policy.
         check_samples: random inputs the exported folder is checked on (0: no check).
+        model: with `pretrained`: the registered model whose shipped weights to export.
+        pretrained: the shipped weights' tag; `True`: the model's only or default tag.
+        pretrained_dir: the folder of shipped weights (default: the package's own).
+        budget_flops, budget_fraction: fit the rule to this mean FLOPs per sample (or
+            fraction of the full cost) on the validation split instead of `thresholds`.
+        data: the data spec the budget is fitted on (default: the checkpoint's own;
+            required for shipped weights).
+        confidence, eval_size: fit the budget so it holds on a fresh batch of
+            `eval_size` samples with about this probability.
+        batch_size: samples per calibration batch.
     """
 
-    checkpoint: str
+    checkpoint: str | None
     out_dir: str
     format: str = "torch.export"
     criterion: str = "maxprob"
     thresholds: list[float] | None = None
     max_flops: float | None = None
     check_samples: int = 8
+    model: str | None = None
+    pretrained: str | bool | None = None
+    pretrained_dir: str | None = None
+    budget_flops: float | None = None
+    budget_fraction: float | None = None
+    data: str | None = None
+    confidence: float | None = None
+    eval_size: int | None = None
+    batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        check_model_source(self.checkpoint, self.model, self.pretrained, "export")
+        budget = self.budget_flops is not None or self.budget_fraction is not None
+        if budget and self.thresholds is not None:
+            raise ConfigError("--budget and --thresholds: give one (a budget fits the thresholds)")
+        if budget and self.checkpoint is None and self.data is None:
+            raise ConfigError("--data: shipped weights carry no data path; --budget is fitted on the validation "
+                              "split of the data they were trained on, e.g. --data cifar10:path/to/cifar-10-batches-py")
+        if not budget and (self.data is not None or self.confidence is not None or self.eval_size is not None):
+            raise ConfigError("--data/--confidence/--eval-size: nothing is fitted without --budget; add --budget "
+                              "(e.g. 50%) or drop them")
+
+    def early_exit_request(self) -> EarlyExitRequest:
+        """The budget as `EarlyExitRequest` (the fits of `eval --budget` take it)."""
+        return EarlyExitRequest(policy=self.criterion, budget_flops=self.budget_flops,
+                                budget_fraction=self.budget_fraction, max_flops=self.max_flops,
+                                confidence=self.confidence, eval_size=self.eval_size, batch_size=self.batch_size)
 
 
 def _policy(model: torch.nn.Module, request: ExportRequest):
@@ -103,27 +144,35 @@ def export_checkpoint(request: ExportRequest) -> dict[str, Any]:
     """Export the checkpoint's model and check the result.
 
     Returns:
-        a summary: `manifest`, `format`, `kind`, `graphs` (count), `files`, and with a
+        a summary: `manifest`, `format`, `kind`, `graphs` (count), `files`; with a
+        budget, what was fitted (`budget_flops`, `policy`, `fitted_on`, `fitted_accuracy`,
+        `fitted_mean_flops`, ...; also in the manifest's metadata as `fitted`); with a
         check, `check_samples`, `check_max_logit_difference`, `check_decisions_equal`.
 
     Raises:
         CheckpointError: an unreadable checkpoint.
         ConfigError: a model that cannot be deployed, or a policy that does not fit it.
     """
-    path = run_checkpoint(request.checkpoint)
-    model, ckpt = load_trained_model(path)
-    preprocessing, _ = trained_preprocessing(ckpt, str(path))
-    policy = _policy(model, request)
+    model, ckpt, source, origin = load_model_source(request.checkpoint, request.model, request.pretrained,
+                                                    request.pretrained_dir)
+    preprocessing, _ = trained_preprocessing(ckpt, source)
+    fitted = {}
+    if request.budget_flops is not None or request.budget_fraction is not None:
+        rule = fit_rule_for_export(model, ckpt, source, request.data, request.early_exit_request())
+        model, policy, fitted = rule.model, rule.policy, rule.report
+    else:
+        policy = _policy(model, request)
     input_shape = tuple(ckpt["input_shape"])
-    metadata = {"checkpoint": str(path), "model_args": ckpt.get("model_args", {}),
-                "preprocessing": preprocessing.to_dict()}
+    metadata = {**origin, "model_args": ckpt.get("model_args", {}), "preprocessing": preprocessing.to_dict()}
+    if fitted:
+        metadata["fitted"] = fitted
     manifest_path = export_model(model, request.out_dir, format=request.format, input_shape=input_shape,
                                  policy=policy, metadata=metadata)
     manifest = read_manifest(request.out_dir)
     summary: dict[str, Any] = {
         "manifest": str(manifest_path), "format": manifest["format"], "kind": manifest["kind"],
-        "model": manifest["model"], "graphs": len(manifest["graphs"]),
-        "files": [entry["file"] for entry in manifest["graphs"].values()],
+        "model": ckpt.get("model_name", manifest["model"]), "graphs": len(manifest["graphs"]),
+        "files": [entry["file"] for entry in manifest["graphs"].values()], **fitted,
     }
     if request.check_samples > 0:
         deployed = DeployedModel.load(request.out_dir)

@@ -1,0 +1,124 @@
+"""`dynamicnets export --budget`: fit the model's decision rule to a mean-FLOPs budget on the
+validation split it was trained with, then export that rule with the graphs.
+
+The same fits as `dynamicnets eval --budget`: exit thresholds for a multi-exit model, a
+width cascade (its chain and thresholds) for a slimmable network, a bias per width for
+DS-Net's gate, a bias per resolution for a dynamic-resolution network. Eval fits on one
+half of the split and scores the other; an export fits on the whole split and reports
+what the rule does there (`fitted_accuracy`, `fitted_mean_flops`), with the spread to
+expect on fresh data.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data import make_eval_loader
+from ..errors import ConfigError
+from ..inference import collect_exit_logits
+from ..layers.slimmable import WidthLadder
+from ..models.spatial.dynamic_resolution import DynamicResolutionNet
+from ..models.width.dsnet import DSNet
+from ..protocols import MultiExit
+from ..training.evaluate import evaluate
+from .cascade_budget import fit_cascade_budget
+from .checkpoint_data import load_checkpoint_data
+from .early_exit import EarlyExitRequest, choose_policy, reference_cost, run_compact, timed_batches
+from .resolution_budget import fit_resolution_budget
+from .width_budget import fit_width_budget
+
+# what the export summary and manifest keep of a fit's report (plain JSON values)
+REPORTED = ("budget_flops", "budget_fraction", "policy", "cascade_widths", "thresholds", "budget_confidence",
+            "expected_cost", "width_policy", "resolution_policy")
+
+
+@dataclass
+class FittedRule:
+    """A decision rule fitted for export.
+
+    Attributes:
+        model: what to export (the model itself, or for a slimmable network the
+            `WidthCascade` over its widths).
+        policy: the rule `export_model` ships (`ExitPolicy`, `WidthPolicy`,
+            `ResolutionPolicy`).
+        report: plain values for the summary and the manifest: the budget, the rule in
+            words, `fitted_on` (data and split), `fitted_samples`, `fitted_accuracy` and
+            `fitted_mean_flops` on them, `expected_cost` on fresh data.
+    """
+
+    model: nn.Module
+    policy: Any
+    report: dict[str, Any]
+
+
+def fits_a_budget(model: nn.Module) -> bool:
+    """Whether `export --budget` can fit a rule for `model`."""
+    return isinstance(model, (MultiExit, DSNet, WidthLadder, DynamicResolutionNet))
+
+
+def fit_rule_for_export(model: nn.Module, ckpt: dict[str, Any], source: str, data: str | None,
+                        request: EarlyExitRequest, device="cpu") -> FittedRule:
+    """Fit `request`'s FLOPs budget on the validation split of `data` (default: the data the
+    checkpoint was trained on), prepared as the model was trained.
+
+    Args:
+        model: the trained model in eval mode.
+        ckpt: its checkpoint fields (`load_model_source`).
+        source: its name in messages.
+        data: a data spec, or None for the checkpoint's own (shipped weights need one).
+        request: `budget_flops` or `budget_fraction`, the criterion (multi-exit models),
+            `max_flops`, `confidence` and `eval_size` (default with `confidence`: the
+            number of validation samples), `batch_size`.
+        device: where the calibration passes run.
+
+    Raises:
+        ConfigError: a model without a rule to fit, or a budget the model cannot meet.
+        DataError: the data cannot be read or prepared as the model was trained.
+    """
+    name = ckpt.get("model_name", type(model).__name__)
+    if not fits_a_budget(model):
+        raise ConfigError(f"--budget: {source} holds {name!r}, which has no exit thresholds, width or resolution "
+                          "rule to fit (gated ResNets take --thresholds); drop --budget")
+    if request.budget_flops is None and request.budget_fraction is None:
+        raise ConfigError("--budget: an export fits a mean-FLOPs budget, e.g. --budget 40M or --budget 50%")
+    prepared = load_checkpoint_data(ckpt, source, data, "val")
+    calibration, shape = prepared.dataset, tuple(prepared.bundle.input_shape)
+    split = ckpt.get("config", {})
+    if request.confidence is not None and request.eval_size is None:
+        request = replace(request, eval_size=len(calibration))
+    if isinstance(model, MultiExit):
+        fitted = _fit_exits(model, calibration, request, shape)
+    else:
+        fit = (fit_width_budget if isinstance(model, DSNet) else fit_cascade_budget if isinstance(model, WidthLadder)
+               else fit_resolution_budget)
+        bound, report = fit(model, calibration, request, shape, request.batch_size, device)
+        with torch.no_grad():
+            metrics = evaluate(bound, make_eval_loader(calibration, request.batch_size), device)
+        report = {**report, "fitted_accuracy": metrics["accuracy"], "fitted_mean_flops": metrics["mean_flops"]}
+        fitted = FittedRule(bound.model, bound.policy, report)
+    fitted.report = {**{k: fitted.report[k] for k in (*REPORTED, "fitted_accuracy", "fitted_mean_flops")
+                        if fitted.report.get(k) is not None},
+                     "fitted_on": f"the validation split of {prepared.spec} (val_size={split.get('val_size', 0.1)}, "
+                                  f"seed={split.get('seed', 0)})", "fitted_samples": len(calibration)}
+    return fitted
+
+
+def _fit_exits(model: nn.Module, calibration, request: EarlyExitRequest, shape: tuple[int, ...]) -> FittedRule:
+    costs = list(model.exit_costs(shape))
+    logits, targets = collect_exit_logits(model, make_eval_loader(calibration, request.batch_size))
+    sample = timed_batches(calibration, 1, 1)[0]
+    policy, info = choose_policy(model, request, logits, targets, costs, sample, len(calibration))
+    with torch.no_grad():
+        scored = run_compact(model, calibration, policy, costs, request.batch_size)
+    full = reference_cost(model, costs, shape)
+    words = f"{request.policy} thresholds " + ", ".join(f"{t:.4g}" for t in policy.thresholds)
+    if policy.max_flops is not None:
+        words += f"; cap {policy.max_flops:.4g} FLOPs"
+    report = {"budget_flops": request.resolved_budget(full), "budget_fraction": request.budget_fraction,
+              "policy": words, "thresholds": list(policy.thresholds), "budget_confidence": request.confidence,
+              "expected_cost": info.get("expected_cost"), "fitted_accuracy": scored["accuracy"],
+              "fitted_mean_flops": scored["mean_flops"]}
+    return FittedRule(model, policy, report)
