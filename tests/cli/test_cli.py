@@ -53,6 +53,11 @@ def test_train_writes_run_files_and_eval_reads_them(trained, tmp_path, capsys):
     assert record["model"] == "small_cnn" and 0.0 <= record["accuracy"] <= 1.0
     assert record["samples"] == 359  # 20% of 1797 digits, rounded
     assert record["full_flops"] == pytest.approx(record["mean_flops"]) and record["speedup_flops"] == 1.0
+    # the run folder scores its best.pt
+    assert main(["eval", "--checkpoint", str(trained), "--json", str(out_json), "--batch-size", "32"]) == 0
+    from_folder = json.loads(out_json.read_text())["records"]
+    assert from_folder["checkpoint"] == str(trained / "best.pt")
+    assert from_folder["accuracy"] == record["accuracy"]
 
 
 def test_overrides_reach_the_config(config_file, tmp_path):

@@ -88,6 +88,9 @@ def test_a_budget_exports_a_slimmable_network_as_its_fitted_width_cascade(slimma
     assert fitted["cascade_widths"] == list(fit.widths)
     assert manifest["policy"]["thresholds"] == pytest.approx(list(fit.calibration.policy.thresholds))
     assert len(manifest["graphs"]) >= len(fit.widths)  # at least one graph per width in the chain
+    assert fitted["budget_flops"] == pytest.approx(0.5 * costs[1.0])
+    assert fitted["fitted_mean_flops"] <= fitted["budget_flops"] * (1 + 1e-9)
+    assert manifest["metadata"]["model_name"] == "slimmable_resnet_cifar"
 
     cascade = WidthCascade(model, fit.widths).eval()
     x = torch.stack([val[i][0] for i in range(32)])
@@ -97,16 +100,61 @@ def test_a_budget_exports_a_slimmable_network_as_its_fitted_width_cascade(slimma
     torch.testing.assert_close(ours.logits, ref.logits)
 
 
+def test_a_cap_with_a_budget_fits_the_thresholds_over_the_exits_it_affords(exits, tmp_path):
+    model, ckpt, val = _validation(exits)
+    costs = list(model.exit_costs(tuple(ckpt["input_shape"])))
+    out = tmp_path / "capped"
+    assert main(["export", "--checkpoint", str(exits), "--out", str(out), "--budget", "60%",
+                 "--max-flops", str(costs[1])]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    fitted = manifest["metadata"]["fitted"]
+    logits, targets = collect_exit_logits(model, make_eval_loader(val, 256))
+    budget = min(0.6 * costs[-1], costs[1])
+    expected = calibrate_thresholds(logits[:2], targets, costs[:2], budget)
+    assert manifest["policy"]["thresholds"] == pytest.approx([*expected.policy.thresholds, float("inf")])
+    assert manifest["policy"]["max_flops"] == costs[1]
+    assert fitted["fitted_mean_flops"] == pytest.approx(expected.mean_flops) and fitted["fitted_mean_flops"] <= budget
+
+
+def test_a_confident_budget_is_recorded_and_keeps_a_margin(exits, tmp_path):
+    out = tmp_path / "confident"
+    assert main(["export", "--checkpoint", str(exits), "--out", str(out), "--budget", "60%", "--confidence", "0.95",
+                 "--eval-size", "100"]) == 0
+    fitted = json.loads((out / "manifest.json").read_text())["metadata"]["fitted"]
+    assert fitted["budget_confidence"] == 0.95 and "100 fresh samples" in fitted["expected_cost"]
+    assert fitted["fitted_mean_flops"] < fitted["budget_flops"]
+
+
 @pytest.mark.parametrize("options, words", [
     (["--budget", "50%", "--thresholds", "0.5,0.5"], "--budget and --thresholds"),
     (["--data", "digits"], "nothing is fitted"),
     (["--budget", "1%"], "below the first exit"),
-    (["--budget", "half"], "--budget"),
+    (["--budget", "half"], "cannot read 'half'"),
+    (["--budget", "50%", "--criterion", "fastest"], "--criterion: expected one of"),
+    (["--max-flops", "1"], "below the cheapest exit"),
 ])
 def test_conflicting_or_impossible_budgets_are_one_clear_error(exits, tmp_path, capsys, options, words):
     assert main(["export", "--checkpoint", str(exits), "--out", str(tmp_path / "x"), *options]) == 2
     assert words in capsys.readouterr().err
-    assert not (tmp_path / "x" / "manifest.json").exists()
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("model, args, key", [
+    ("dsnet_resnet_cifar", {"base_width": 4, "widths": [0.25, 0.5, 1.0]}, "width_policy"),
+    ("dynamic_resolution_resnet", {"depth": 8, "width": 4, "resolutions": [4, 6, 8]}, "resolution_policy"),
+])
+def test_a_predictor_policy_is_fitted_and_shipped(model, args, key, tmp_path, capsys):
+    checkpoint = _train(tmp_path / "runs", "predictor", model, **args)
+    out = tmp_path / "deployed"
+    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(out), "--budget", "60%"]) == 0
+    assert "check_decisions_equal: True" in capsys.readouterr().out
+    manifest = json.loads((out / "manifest.json").read_text())
+    fitted = manifest["metadata"]["fitted"]
+    assert fitted[key]["bias"] == manifest["policy"]["bias"] and fitted["fitted_samples"] == 359
+    assert fitted["fitted_mean_flops"] <= fitted["budget_flops"] * (1 + 1e-9)
+    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "x"), "--budget", "60%",
+                 "--criterion", "entropy"]) == 2
+    assert "--criterion entropy" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
 def test_a_model_without_a_rule_to_fit_refuses_a_budget(tmp_path, capsys):

@@ -40,7 +40,7 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="override config keys, e.g. epochs=3 model_args.width=16")
 
     p = add_parser("eval", "evaluate a checkpoint or shipped pretrained weights: accuracy, FLOPs, latency")
-    p.add_argument("--checkpoint", default=None, help="a best.pt / last.pt written by train")
+    p.add_argument("--checkpoint", default=None, help="a best.pt / last.pt written by train, or its run folder (best.pt, else last.pt)")
     p.add_argument("--model", default=None, help="with --pretrained: the model whose shipped weights to score")
     p.add_argument("--pretrained", nargs="?", const=True, default=None, metavar="TAG",
                    help="score the shipped weights of --model tagged TAG (e.g. cifar10; without TAG: its only "

@@ -172,11 +172,14 @@ def choose_policy(model, request: EarlyExitRequest, calib_logits, calib_targets,
                   eval_size: int | None = None):
     """The `ExitPolicy` the request asks for, plus what calibration reported (the spread
     for a fresh batch of `request.eval_size`, else `eval_size`, samples). A budget fraction
-    is of `reference_cost`."""
+    is of `reference_cost`. With `max_flops`, the thresholds are fitted over the exits the
+    cap affords (every sample leaves at the last of them at the latest; the thresholds of
+    the exits beyond it are `inf`), so the fitted cost is the one the capped policy runs."""
     if request.thresholds is not None:
         return ExitPolicy(request.policy, list(request.thresholds), request.max_flops), {}
     full = reference_cost(model, costs, sample_batch.shape[1:])
     budget_flops = request.resolved_budget(full)
+    last = ExitPolicy(request.policy, [float("inf")] * (len(costs) - 1), request.max_flops).last_exit(costs)
     fresh = {"confidence": request.confidence,
              "eval_size": request.eval_size if request.eval_size is not None else eval_size}
     if budget_flops is not None:
@@ -187,21 +190,24 @@ def choose_policy(model, request: EarlyExitRequest, calib_logits, calib_targets,
                 f"{_reference_words(model, costs, full)} {format_flops(full)}); the attainable range is "
                 f"[{100 * costs[0] / full:.4g}%, 100%]"
             )
-        cal = calibrate_thresholds(calib_logits, calib_targets, costs, budget_flops, criterion=request.policy,
-                                   **fresh)
+        fit_budget = min(budget_flops, costs[last]) if last < len(costs) - 1 else budget_flops
+        cal = calibrate_thresholds(calib_logits[:last + 1], calib_targets, costs[:last + 1], fit_budget,
+                                   criterion=request.policy, **fresh)
         info = {"calibration_mean_flops": cal.mean_flops, "calibration_accuracy": cal.accuracy,
-                **spread_report(cal.spread, cal.budget_flops)}
+                **spread_report(cal.spread, budget_flops)}
     else:
         ms = exit_latencies_ms(model, sample_batch, threads=request.threads, min_run_time=request.min_run_time)
         if not ms[0] <= request.budget_ms <= ms[-1]:
             raise ConfigError(f"--budget-ms {request.budget_ms}: outside the attainable range "
                               f"[{ms[0]:.4f}, {ms[-1]:.4f}] ms per sample at batch {sample_batch.shape[0]} "
                               f"(every sample at the first exit .. every sample at the last)")
-        cal = calibrate_thresholds(calib_logits, calib_targets, ms, request.budget_ms, criterion=request.policy,
-                                   cost_unit="ms", **fresh)
+        cal = calibrate_thresholds(calib_logits[:last + 1], calib_targets, ms[:last + 1],
+                                   min(request.budget_ms, ms[last]), criterion=request.policy, cost_unit="ms",
+                                   **fresh)
         info = {"exit_latency_ms": ms, "calibration_ms_per_sample": cal.mean_flops,
-                "calibration_accuracy": cal.accuracy, **spread_report(cal.spread, cal.budget_flops, "ms")}
-    return ExitPolicy(request.policy, cal.policy.thresholds, request.max_flops), info
+                "calibration_accuracy": cal.accuracy, **spread_report(cal.spread, request.budget_ms, "ms")}
+    thresholds = [*cal.policy.thresholds, *[float("inf")] * (len(costs) - 1 - last)]
+    return ExitPolicy(request.policy, thresholds, request.max_flops), info
 
 
 def run_compact(model, dataset: Dataset, policy: ExitPolicy, costs, batch_size: int) -> dict[str, Any]:

@@ -43,7 +43,7 @@ class EvalRequest:
     """What `dynamicnets eval` asks for.
 
     Attributes:
-        checkpoint: a `best.pt` / `last.pt` written by the trainer (or give `model` and
+        checkpoint: a `best.pt` / `last.pt` written by the trainer, or its run folder (or give `model` and
             `pretrained`).
         model: with `pretrained`: the registered model whose shipped weights to score.
         pretrained: the shipped weights' tag (e.g. `cifar10`); `True`: the model's only

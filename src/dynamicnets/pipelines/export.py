@@ -27,7 +27,7 @@ from ..models.skipping.gated_resnet import GatedResNet
 from ..models.width.dsnet import DSNet
 from ..protocols import MultiExit
 from .checkpoints import check_model_source, load_model_source
-from .early_exit import EarlyExitRequest
+from .early_exit import POLICIES, EarlyExitRequest
 from .export_budget import fit_rule_for_export
 
 
@@ -76,6 +76,8 @@ class ExportRequest:
 
     def __post_init__(self) -> None:
         check_model_source(self.checkpoint, self.model, self.pretrained, "export")
+        if self.criterion not in POLICIES:
+            raise ConfigError(f"--criterion: expected one of {', '.join(POLICIES)}, got {self.criterion!r}")
         budget = self.budget_flops is not None or self.budget_fraction is not None
         if budget and self.thresholds is not None:
             raise ConfigError("--budget and --thresholds: give one (a budget fits the thresholds)")
@@ -93,12 +95,14 @@ class ExportRequest:
                                 confidence=self.confidence, eval_size=self.eval_size, batch_size=self.batch_size)
 
 
-def _policy(model: torch.nn.Module, request: ExportRequest):
+def _policy(model: torch.nn.Module, request: ExportRequest, input_shape: tuple[int, ...]):
     if isinstance(model, MultiExit):
         thresholds = request.thresholds
         if thresholds is None:
             thresholds = [float("inf")] * (model.num_exits - 1)
-        return ExitPolicy(request.criterion, list(thresholds), request.max_flops)
+        policy = ExitPolicy(request.criterion, list(thresholds), request.max_flops)
+        policy.last_exit(list(model.exit_costs(input_shape)))  # a cap below the first exit: refused before writing
+        return policy
     if isinstance(model, GatedResNet):
         thresholds = request.thresholds or [0.0]
         if len(thresholds) == 1:
@@ -156,14 +160,15 @@ def export_checkpoint(request: ExportRequest) -> dict[str, Any]:
     model, ckpt, source, origin = load_model_source(request.checkpoint, request.model, request.pretrained,
                                                     request.pretrained_dir)
     preprocessing, _ = trained_preprocessing(ckpt, source)
-    fitted = {}
+    fitted, policy = {}, None
     if request.budget_flops is not None or request.budget_fraction is not None:
         rule = fit_rule_for_export(model, ckpt, source, request.data, request.early_exit_request())
         model, policy, fitted = rule.model, rule.policy, rule.report
-    else:
-        policy = _policy(model, request)
     input_shape = tuple(ckpt["input_shape"])
-    metadata = {**origin, "model_args": ckpt.get("model_args", {}), "preprocessing": preprocessing.to_dict()}
+    if not fitted:
+        policy = _policy(model, request, input_shape)
+    metadata = {**origin, "model_name": ckpt["model_name"], "model_args": ckpt.get("model_args", {}),
+                "preprocessing": preprocessing.to_dict()}
     if fitted:
         metadata["fitted"] = fitted
     manifest_path = export_model(model, request.out_dir, format=request.format, input_shape=input_shape,

@@ -22,6 +22,7 @@ from ..inference import collect_exit_logits
 from ..layers.slimmable import WidthLadder
 from ..models.spatial.dynamic_resolution import DynamicResolutionNet
 from ..models.width.dsnet import DSNet
+from ..profiling.report import format_flops
 from ..protocols import MultiExit
 from ..training.evaluate import evaluate
 from .cascade_budget import fit_cascade_budget
@@ -84,10 +85,13 @@ def fit_rule_for_export(model: nn.Module, ckpt: dict[str, Any], source: str, dat
                           "rule to fit (gated ResNets take --thresholds); drop --budget")
     if request.budget_flops is None and request.budget_fraction is None:
         raise ConfigError("--budget: an export fits a mean-FLOPs budget, e.g. --budget 40M or --budget 50%")
+    if not isinstance(model, MultiExit) and request.policy != "maxprob":
+        what = "a width cascade's thresholds are max-probabilities" if isinstance(model, WidthLadder) and not (
+            isinstance(model, DSNet)) else "its rule is a bias on a predictor's scores, not an exit criterion"
+        raise ConfigError(f"--criterion {request.policy}: {name!r} takes none ({what}); drop --criterion")
     prepared = load_checkpoint_data(ckpt, source, data, "val")
     calibration, shape = prepared.dataset, tuple(prepared.bundle.input_shape)
-    split = ckpt.get("config", {})
-    if request.confidence is not None and request.eval_size is None:
+    if request.eval_size is None:  # the spread (and a confidence) is for a batch the size of the split
         request = replace(request, eval_size=len(calibration))
     if isinstance(model, MultiExit):
         fitted = _fit_exits(model, calibration, request, shape)
@@ -101,8 +105,8 @@ def fit_rule_for_export(model: nn.Module, ckpt: dict[str, Any], source: str, dat
         fitted = FittedRule(bound.model, bound.policy, report)
     fitted.report = {**{k: fitted.report[k] for k in (*REPORTED, "fitted_accuracy", "fitted_mean_flops")
                         if fitted.report.get(k) is not None},
-                     "fitted_on": f"the validation split of {prepared.spec} (val_size={split.get('val_size', 0.1)}, "
-                                  f"seed={split.get('seed', 0)})", "fitted_samples": len(calibration)}
+                     "fitted_on": f"the validation split of {prepared.spec} (val_size={prepared.val_size}, "
+                                  f"seed={prepared.seed})", "fitted_samples": len(calibration)}
     return fitted
 
 
@@ -116,7 +120,7 @@ def _fit_exits(model: nn.Module, calibration, request: EarlyExitRequest, shape: 
     full = reference_cost(model, costs, shape)
     words = f"{request.policy} thresholds " + ", ".join(f"{t:.4g}" for t in policy.thresholds)
     if policy.max_flops is not None:
-        words += f"; cap {policy.max_flops:.4g} FLOPs"
+        words += f"; cap {format_flops(policy.max_flops)} FLOPs"
     report = {"budget_flops": request.resolved_budget(full), "budget_fraction": request.budget_fraction,
               "policy": words, "thresholds": list(policy.thresholds), "budget_confidence": request.confidence,
               "expected_cost": info.get("expected_cost"), "fitted_accuracy": scored["accuracy"],
