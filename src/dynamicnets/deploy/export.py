@@ -28,6 +28,8 @@ from torch.export import ExportedProgram
 from torch.export.graph_signature import ExportGraphSignature, InputKind
 
 from ..errors import ConfigError
+from ..layers.cond_conv import CondConv2d, RoutedCondConv2d
+from ..layers.weightnet import WeightNetConv2d
 from ..writing import atomic_write_with, ensure_dir
 from .plan import DeploymentPlan, Graph
 
@@ -110,6 +112,19 @@ def graph_bytes(graph: Graph, name: str, fmt: str) -> bytes:
         return _torch_export_bytes(graph) if fmt == "torch.export" else _onnx_bytes(graph, name)
 
 
+def _check_onnx_convertible(plan: DeploymentPlan) -> None:
+    """Per-sample kernels (CondConv, DY-Conv, WeightNet) run as one convolution whose group
+    count is the batch size; ONNX's `Conv` takes `group` as a fixed attribute, so with a
+    dynamic batch they cannot be converted (torch.export can)."""
+    per_sample = (CondConv2d, RoutedCondConv2d, WeightNetConv2d)
+    for name, graph in plan.graphs.items():
+        found = next((type(m).__name__ for m in graph.module.modules() if isinstance(m, per_sample)), None)
+        if found is not None:
+            raise ConfigError(f"--format onnx: graph {name!r} of {plan.model_name!r} holds a {found} (per-sample "
+                              "kernels: one convolution grouped by the batch, which ONNX cannot take with a dynamic "
+                              "batch); export it with --format torch.export")
+
+
 def export_plan(plan: DeploymentPlan, out_dir: str | os.PathLike, fmt: str = "torch.export",
                 metadata: dict[str, Any] | None = None) -> Path:
     """Export every graph of `plan` into `out_dir` and write its manifest.
@@ -125,11 +140,14 @@ def export_plan(plan: DeploymentPlan, out_dir: str | os.PathLike, fmt: str = "to
         the manifest's path.
 
     Raises:
-        ConfigError: an unknown format, or the ONNX packages missing.
+        ConfigError: an unknown format, the ONNX packages missing, or per-sample kernels
+            (CondConv, DY-Conv, WeightNet) for ONNX.
         OutputError: the folder cannot be written.
     """
     if fmt not in FORMATS:
         raise ConfigError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+    if fmt == "onnx":
+        _check_onnx_convertible(plan)
     folder = ensure_dir(out_dir, "export folder")
     manifest_path = folder / MANIFEST
     if manifest_path.exists():  # an incomplete rewrite must not look complete

@@ -93,7 +93,7 @@ class DeploymentPlan:
     """A dynamic model split into static graphs and the decisions between them.
 
     Attributes:
-        kind: `"early_exit"`, `"gated"` or `"width"`.
+        kind: one of `KINDS` (`"early_exit"`, `"gated"`, `"width"`, `"resolution"`, `"static"`).
         model_name: the model's registered name (or class name).
         input_shape: per-sample input shape the graphs were traced on, e.g. `(3, 32, 32)`.
         graphs: the pieces by name, in the order they first run.

@@ -15,8 +15,9 @@ them with the library's compact execution:
 - resolution: the predictor graph scores each sample's resolutions, the `ResolutionPolicy`
   (bias, argmax, cap) picks one, the samples are grouped by resolution and each group runs
   that resolution's graph once (the resize is inside it);
-- static (a spatial transformer classifier): the one graph runs on the whole batch and
-  returns the logits and the model's per-sample decisions (`theta`).
+- static (a spatial transformer classifier, a static or dynamic-parameter network): the
+  one graph runs on the whole batch and returns the logits and the model's per-sample
+  decisions (a spatial transformer's `theta`, a routed convolution's `routing`).
 
 Per-sample FLOPs are the sum of the exported graphs' per-sample costs over the graphs
 each sample went through (for exits, the manifest's exit costs, as in eager execution).
