@@ -41,6 +41,10 @@ def slimmable(tmp_path_factory):
                   widths=[0.25, 0.5, 1.0])
 
 
+def exits_path(root: Path) -> Path:
+    return _train(root / "exit_runs", "exits", "multi_exit_cnn", width=4)
+
+
 def _validation(ckpt_path: Path):
     model, ckpt = load_trained_model(ckpt_path)
     bundle = load_data("digits", val_size=0.2, seed=0, augment=False)
@@ -194,3 +198,26 @@ def test_the_shipped_exit_model_exports_at_a_budget_fitted_on_cifar(tmp_path, ca
     fitted = json.loads((out / "manifest.json").read_text())["metadata"]["fitted"]
     assert fitted["fitted_samples"] == 5000 and fitted["fitted_mean_flops"] <= fitted["budget_flops"] * 1.0001
     assert 0.85 < fitted["fitted_accuracy"] < 0.95
+
+
+def test_a_gate_rate_is_fitted_into_the_gates_and_the_folder_runs_it(tmp_path, capsys):
+    checkpoint = _train(tmp_path / "runs", "aig", "convnet_aig_resnet", depth=14, width=4)
+    out = tmp_path / "deployed"
+    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(out), "--gate-rate", "0.5"]) == 0
+    assert "check_decisions_equal: True" in capsys.readouterr().out
+    manifest = json.loads((out / "manifest.json").read_text())
+    fitted = manifest["metadata"]["fitted"]
+    assert fitted["gate_rate"] == 0.5 and fitted["fitted_samples"] == 359
+    model, _ = load_trained_model(checkpoint)
+    full = model.full_flops((1, 8, 8))
+    assert fitted["fitted_mean_flops"] < full  # blocks are skipped
+    _, _, val = _validation(checkpoint)
+    x = torch.stack([val[i][0] for i in range(len(val))])
+    executed = DeployedModel.load(out)(x).decisions["gates"].float().mean()
+    assert executed == pytest.approx(0.5, abs=0.1)  # about half of the validation samples run each block
+    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "x"), "--gate-rate", "0.5",
+                 "--thresholds", "0"]) == 2
+    assert "--gate-rate and --thresholds" in capsys.readouterr().err
+    assert main(["export", "--checkpoint", str(exits_path(tmp_path)), "--out", str(tmp_path / "y"),
+                 "--gate-rate", "0.5"]) == 2
+    assert "no layer-skipping gates" in capsys.readouterr().err

@@ -1,5 +1,5 @@
 """`dynamicnets export (--checkpoint CK | --model NAME --pretrained [TAG]) --format onnx|torch.export
---out DIR [--thresholds ... | --budget 50% [--data SPEC] [--confidence 0.95 [--eval-size N]]]
+--out DIR [--thresholds ... | (--budget 50% | --gate-rate 0.7) [--data SPEC] [--confidence 0.95 [--eval-size N]]]
 [--criterion maxprob] [--max-flops 40M] [--check-samples 8]`."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import argparse
 # `export` runs. The pipeline checks the format again.
 FORMATS = ("torch.export", "onnx")
 # what a fitted budget prints, in this order
-FITTED = ("budget_flops", "policy", "fitted_on", "fitted_samples", "fitted_accuracy", "fitted_mean_flops",
+FITTED = ("budget_flops", "gate_rate", "policy", "fitted_on", "fitted_samples", "fitted_accuracy", "fitted_mean_flops",
           "expected_cost")
 
 
@@ -27,11 +27,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="fit the rule to a mean FLOPs per sample on the validation split instead of --thresholds, "
                         "e.g. 30M or 50%% of the full cost (early exits: thresholds; slimmable networks: a width "
                         "cascade; DS-Net and dynamic resolution: a bias per option), as `eval --budget` fits it")
+    p.add_argument("--gate-rate", type=float, default=None,
+                   help="gated ResNets: fit each gate's threshold on the validation split so this fraction of the "
+                        "samples runs its block (as `eval --gate-rate`), instead of --thresholds")
     p.add_argument("--data", default=None,
-                   help="with --budget: the data whose validation split it is fitted on (default: the checkpoint's; "
-                        "required for --pretrained)")
+                   help="with --budget/--gate-rate: the data whose validation split it is fitted on (default: the "
+                        "checkpoint's; required for --pretrained)")
     p.add_argument("--confidence", type=float, default=None,
-                   help="with --budget: fit it to hold on a fresh batch of --eval-size samples with this probability")
+                   help="with --budget/--gate-rate: fit it to hold on a fresh batch of --eval-size samples with this "
+                        "probability")
     p.add_argument("--eval-size", type=int, default=None,
                    help="that batch's size (default: the number of validation samples)")
     p.add_argument("--criterion", default="maxprob", help="early exits: maxprob, entropy, margin or patience")
@@ -53,7 +57,7 @@ def run_export(args: argparse.Namespace) -> int:
         thresholds=_floats(args.thresholds, "--thresholds") if args.thresholds is not None else None,
         max_flops=parse_flops(args.max_flops, what="--max-flops") if args.max_flops is not None else None,
         check_samples=args.check_samples, budget_flops=budget_flops, budget_fraction=budget_fraction,
-        data=args.data, confidence=args.confidence, eval_size=args.eval_size,
+        data=args.data, confidence=args.confidence, eval_size=args.eval_size, gate_rate=args.gate_rate,
     ))
     for key in ("model", "kind", "format", "graphs", "manifest", *FITTED, "check_samples",
                 "check_max_logit_difference", "check_decisions_equal"):

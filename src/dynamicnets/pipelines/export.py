@@ -28,7 +28,7 @@ from ..models.width.dsnet import DSNet
 from ..protocols import MultiExit
 from .checkpoints import check_model_source, load_model_source
 from .early_exit import POLICIES, EarlyExitRequest
-from .export_budget import fit_rule_for_export
+from .export_budget import fit_gates_for_export, fit_rule_for_export
 
 
 @dataclass
@@ -55,6 +55,8 @@ class ExportRequest:
         confidence, eval_size: fit the budget so it holds on a fresh batch of
             `eval_size` samples with about this probability.
         batch_size: samples per calibration batch.
+        gate_rate: gated ResNets: fit every gate to run its block for this fraction of
+            the validation samples (instead of `thresholds`).
     """
 
     checkpoint: str | None
@@ -73,20 +75,25 @@ class ExportRequest:
     confidence: float | None = None
     eval_size: int | None = None
     batch_size: int = 256
+    gate_rate: float | None = None
 
     def __post_init__(self) -> None:
         check_model_source(self.checkpoint, self.model, self.pretrained, "export")
         if self.criterion not in POLICIES:
             raise ConfigError(f"--criterion: expected one of {', '.join(POLICIES)}, got {self.criterion!r}")
         budget = self.budget_flops is not None or self.budget_fraction is not None
-        if budget and self.thresholds is not None:
-            raise ConfigError("--budget and --thresholds: give one (a budget fits the thresholds)")
-        if budget and self.checkpoint is None and self.data is None:
-            raise ConfigError("--data: shipped weights carry no data path; --budget is fitted on the validation "
-                              "split of the data they were trained on, e.g. --data cifar10:path/to/cifar-10-batches-py")
-        if not budget and (self.data is not None or self.confidence is not None or self.eval_size is not None):
-            raise ConfigError("--data/--confidence/--eval-size: nothing is fitted without --budget; add --budget "
-                              "(e.g. 50%) or drop them")
+        given = [n for n, v in (("--budget", budget), ("--gate-rate", self.gate_rate is not None),
+                                ("--thresholds", self.thresholds is not None)) if v]
+        if len(given) > 1:
+            raise ConfigError(f"{' and '.join(given)}: give one (--budget and --gate-rate fit the thresholds)")
+        fits = budget or self.gate_rate is not None
+        if fits and self.checkpoint is None and self.data is None:
+            raise ConfigError("--data: shipped weights carry no data path; --budget/--gate-rate are fitted on the "
+                              "validation split of the data they were trained on, e.g. "
+                              "--data cifar10:path/to/cifar-10-batches-py")
+        if not fits and (self.data is not None or self.confidence is not None or self.eval_size is not None):
+            raise ConfigError("--data/--confidence/--eval-size: nothing is fitted without --budget or --gate-rate; "
+                              "add one (e.g. --budget 50%) or drop them")
 
     def early_exit_request(self) -> EarlyExitRequest:
         """The budget as `EarlyExitRequest` (the fits of `eval --budget` take it)."""
@@ -163,6 +170,11 @@ def export_checkpoint(request: ExportRequest) -> dict[str, Any]:
     fitted, policy = {}, None
     if request.budget_flops is not None or request.budget_fraction is not None:
         rule = fit_rule_for_export(model, ckpt, source, request.data, request.early_exit_request())
+        model, policy, fitted = rule.model, rule.policy, rule.report
+    elif request.gate_rate is not None:
+        rule = fit_gates_for_export(model, ckpt, source, request.data, request.gate_rate,
+                                    max_flops=request.max_flops, confidence=request.confidence,
+                                    eval_size=request.eval_size, batch_size=request.batch_size)
         model, policy, fitted = rule.model, rule.policy, rule.report
     input_shape = tuple(ckpt["input_shape"])
     if not fitted:

@@ -1,12 +1,15 @@
-"""`dynamicnets export --budget`: fit the model's decision rule to a mean-FLOPs budget on the
-validation split it was trained with, then export that rule with the graphs.
+"""`dynamicnets export --budget` / `--gate-rate`: fit the model's decision rule to a mean-FLOPs
+budget (or its gates to an execution rate) on the validation split it was trained with,
+then export that rule with the graphs.
 
 The same fits as `dynamicnets eval --budget`: exit thresholds for a multi-exit model, a
 width cascade (its chain and thresholds) for a slimmable network, a bias per width for
 DS-Net's gate, a bias per resolution for a dynamic-resolution network. Eval fits on one
 half of the split and scores the other; an export fits on the whole split and reports
 what the rule does there (`fitted_accuracy`, `fitted_mean_flops`), with the spread to
-expect on fresh data.
+expect on fresh data. `--gate-rate` fits a gated ResNet's gate thresholds as `eval
+--gate-rate` does (`fit_gate_rate`, at most `GATE_SAMPLES` validation samples): the fitted
+thresholds are folded into the gates' logit biases, so the exported gates decide at 0.
 """
 from __future__ import annotations
 
@@ -15,22 +18,27 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import Subset
 
 from ..data import make_eval_loader
 from ..errors import ConfigError
+from ..gates.thresholds import GatePolicy
 from ..inference import collect_exit_logits
+from ..inference.gate_rate import fit_gate_rate
 from ..layers.slimmable import WidthLadder
 from ..models.spatial.dynamic_resolution import DynamicResolutionNet
 from ..models.width.dsnet import DSNet
 from ..profiling.report import format_flops
-from ..protocols import MultiExit
+from ..protocols import CalibratableGates, MultiExit
 from ..training.evaluate import evaluate
 from .cascade_budget import fit_cascade_budget
 from .checkpoint_data import load_checkpoint_data
-from .early_exit import EarlyExitRequest, choose_policy, reference_cost, run_compact, timed_batches
+from .early_exit import EarlyExitRequest, choose_policy, reference_cost, run_compact, spread_report, timed_batches
+from .policy_budget import PolicyBound
 from .resolution_budget import fit_resolution_budget
 from .width_budget import fit_width_budget
 
+GATE_SAMPLES = 2048  # as `dynamicnets eval --gate-rate`
 # what the export summary and manifest keep of a fit's report (plain JSON values)
 REPORTED = ("budget_flops", "budget_fraction", "policy", "cascade_widths", "thresholds", "budget_confidence",
             "expected_cost", "width_policy", "resolution_policy")
@@ -126,3 +134,41 @@ def _fit_exits(model: nn.Module, calibration, request: EarlyExitRequest, shape: 
               "expected_cost": info.get("expected_cost"), "fitted_accuracy": scored["accuracy"],
               "fitted_mean_flops": scored["mean_flops"]}
     return FittedRule(model, policy, report)
+
+
+def fit_gates_for_export(model: nn.Module, ckpt: dict[str, Any], source: str, data: str | None, rate: float, *,
+                         max_flops: float | None = None, confidence: float | None = None,
+                         eval_size: int | None = None, batch_size: int = 256, device="cpu") -> FittedRule:
+    """Fit every gate of a gated ResNet to execute its block for `rate` of the validation
+    samples (in place: the thresholds go into the gate biases), and the `GatePolicy` to
+    export with it (threshold 0 for every gate, `max_flops` as a cap).
+
+    Raises:
+        ConfigError: a model without threshold gates, a rate outside `(0, 1]`.
+        DataError: the data cannot be read or prepared as the model was trained.
+    """
+    name = ckpt.get("model_name", type(model).__name__)
+    if not isinstance(model, CalibratableGates):
+        raise ConfigError(f"--gate-rate: {source} holds {name!r}, which has no layer-skipping gates to fit "
+                          "(ConvNet-AIG, SkipNet); drop --gate-rate")
+    if not 0.0 < rate <= 1.0:
+        raise ConfigError(f"--gate-rate: expected an execution rate in (0, 1], got {rate}")
+    prepared = load_checkpoint_data(ckpt, source, data, "val")
+    calibration = prepared.dataset
+    count = min(len(calibration), GATE_SAMPLES)
+    x = torch.stack([calibration[i][0] for i in range(count)]).to(device)
+    fit = fit_gate_rate(model, x, rate, confidence=confidence, eval_size=eval_size or len(calibration))
+    caps = {} if max_flops is None else {"max_flops": max_flops}
+    policy = GatePolicy((0.0,) * model.num_gated_blocks, **caps)
+    with torch.no_grad():
+        metrics = evaluate(PolicyBound(model, policy), make_eval_loader(Subset(calibration, range(count)), batch_size),
+                           device)
+    report = {"gate_rate": rate, "budget_confidence": confidence, "gate_rate_scale": fit.rate_scale,
+              "expected_cost": spread_report(fit.spread, fit.budget_flops)["expected_cost"],
+              "policy": f"gates fitted to execute each block for {rate:g} of the samples"
+                        + ("" if max_flops is None else f"; cap {format_flops(max_flops)} FLOPs"),
+              "fitted_accuracy": metrics["accuracy"], "fitted_mean_flops": metrics["mean_flops"],
+              "fitted_on": f"the validation split of {prepared.spec} (val_size={prepared.val_size}, "
+                           f"seed={prepared.seed})", "fitted_samples": count}
+    return FittedRule(model, policy, {k: v for k, v in report.items() if v is not None})
+
