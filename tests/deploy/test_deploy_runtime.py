@@ -120,7 +120,7 @@ def test_slimmable_runtime_runs_the_asked_width(images):
 
 def test_unsupported_model_and_wrong_policy_are_clear_errors():
     with pytest.raises(ConfigError, match="cannot be deployed"):
-        deployment_plan(create_model("resnet20"), (3, 16, 16))
+        deployment_plan(create_model("moe_resnet_cifar"), (3, 16, 16))  # static ResNets deploy as one graph
     with pytest.raises(ConfigError, match="ExitPolicy"):
         deployment_plan(create_model("resnet_exits", depth=8, width=4), (3, 16, 16), GatePolicy((0.0,)))
     with pytest.raises(ConfigError, match="recurrent"):
