@@ -113,9 +113,12 @@ def fit_rule_for_export(model: nn.Module, ckpt: dict[str, Any], source: str, dat
         fitted = FittedRule(bound.model, bound.policy, report)
     fitted.report = {**{k: fitted.report[k] for k in (*REPORTED, "fitted_accuracy", "fitted_mean_flops")
                         if fitted.report.get(k) is not None},
-                     "fitted_on": f"the validation split of {prepared.spec} (val_size={prepared.val_size}, "
-                                  f"seed={prepared.seed})", "fitted_samples": len(calibration)}
+                     "fitted_on": _split_words(prepared), "fitted_samples": len(calibration)}
     return fitted
+
+
+def _split_words(prepared) -> str:
+    return f"the validation split of {prepared.spec} (val_size={prepared.val_size}, seed={prepared.seed})"
 
 
 def _fit_exits(model: nn.Module, calibration, request: EarlyExitRequest, shape: tuple[int, ...]) -> FittedRule:
@@ -168,7 +171,6 @@ def fit_gates_for_export(model: nn.Module, ckpt: dict[str, Any], source: str, da
               "policy": f"gates fitted to execute each block for {rate:g} of the samples"
                         + ("" if max_flops is None else f"; cap {format_flops(max_flops)} FLOPs"),
               "fitted_accuracy": metrics["accuracy"], "fitted_mean_flops": metrics["mean_flops"],
-              "fitted_on": f"the validation split of {prepared.spec} (val_size={prepared.val_size}, "
-                           f"seed={prepared.seed})", "fitted_samples": count}
+              "fitted_on": _split_words(prepared), "fitted_samples": count}
     return FittedRule(model, policy, {k: v for k, v in report.items() if v is not None})
 
