@@ -133,6 +133,17 @@ def _policy(model: torch.nn.Module, request: ExportRequest, input_shape: tuple[i
     return None
 
 
+def _fitted_rule(model: torch.nn.Module, ckpt: dict[str, Any], source: str, request: ExportRequest):
+    """The rule `--budget` or `--gate-rate` fits (`export_budget`), or None without either."""
+    if request.budget_flops is not None or request.budget_fraction is not None:
+        return fit_rule_for_export(model, ckpt, source, request.data, request.early_exit_request())
+    if request.gate_rate is not None:
+        return fit_gates_for_export(model, ckpt, source, request.data, request.gate_rate,
+                                    max_flops=request.max_flops, confidence=request.confidence,
+                                    eval_size=request.eval_size, batch_size=request.batch_size)
+    return None
+
+
 def _eager(model: torch.nn.Module, x: torch.Tensor, policy):
     with torch.no_grad():
         if isinstance(model, MultiExit):
@@ -167,18 +178,12 @@ def export_checkpoint(request: ExportRequest) -> dict[str, Any]:
     model, ckpt, source, origin = load_model_source(request.checkpoint, request.model, request.pretrained,
                                                     request.pretrained_dir)
     preprocessing, _ = trained_preprocessing(ckpt, source)
-    fitted, policy = {}, None
-    if request.budget_flops is not None or request.budget_fraction is not None:
-        rule = fit_rule_for_export(model, ckpt, source, request.data, request.early_exit_request())
-        model, policy, fitted = rule.model, rule.policy, rule.report
-    elif request.gate_rate is not None:
-        rule = fit_gates_for_export(model, ckpt, source, request.data, request.gate_rate,
-                                    max_flops=request.max_flops, confidence=request.confidence,
-                                    eval_size=request.eval_size, batch_size=request.batch_size)
-        model, policy, fitted = rule.model, rule.policy, rule.report
     input_shape = tuple(ckpt["input_shape"])
-    if not fitted:
-        policy = _policy(model, request, input_shape)
+    rule = _fitted_rule(model, ckpt, source, request)
+    if rule is None:
+        policy, fitted = _policy(model, request, input_shape), {}
+    else:
+        model, policy, fitted = rule.model, rule.policy, rule.report
     metadata = {**origin, "model_name": ckpt["model_name"], "model_args": ckpt.get("model_args", {}),
                 "preprocessing": preprocessing.to_dict()}
     if fitted:
