@@ -58,20 +58,23 @@ def parse_execution(execution: Execution | str, allowed: tuple[Execution, ...] =
 
 
 def resolve_execution(execution: ExecutionLike, training: bool,
-                      allowed: tuple[Execution, ...] = (Execution.MASKED, Execution.COMPACT)) -> Execution:
+                      allowed: tuple[Execution, ...] = (Execution.MASKED, Execution.COMPACT), *,
+                      static_shapes: bool = False) -> Execution:
     """The execution to use: `execution` when given, else masked in training, compact in eval.
 
     Args:
         execution: an `Execution`, its name, or None for the default.
         training: the module's `training` flag.
         allowed: the modes the caller supports.
+        static_shapes: the caller's compact path has shapes that follow from the input's
+            shape alone (a token count fixed by a keep ratio), so it may be traced.
 
     Raises:
         ConfigError: an unknown or unsupported mode.
     """
     mode = (Execution.MASKED if training else Execution.COMPACT) if execution is None else (
         parse_execution(execution, allowed))
-    if mode is not Execution.MASKED:
+    if mode is not Execution.MASKED and not static_shapes:
         refuse_tracing("compact execution")
     return mode
 

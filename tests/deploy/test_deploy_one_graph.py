@@ -65,9 +65,9 @@ def test_one_graph_networks_run_in_onnxruntime_like_pytorch(name, tmp_path):
 def test_a_one_graph_network_refuses_a_policy_and_a_subclass_with_decisions_is_not_one_graph():
     with pytest.raises(ConfigError, match="one graph"):
         deployment_plan(_model("resnet20"), policy=ExitPolicy("maxprob", []))
-    token_model = create_model("dynamic_vit_cifar", depth=6, embed_dim=32, num_heads=2).eval()
+    halting = create_model("avit_cifar", depth=4, embed_dim=32, num_heads=2).eval()  # a ViT with halting
     with pytest.raises(ConfigError, match="cannot be deployed yet"):
-        deployment_plan(token_model)
+        deployment_plan(halting)
 
 
 def test_onnx_refuses_per_sample_kernels_before_writing(tmp_path):

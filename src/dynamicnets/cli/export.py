@@ -1,6 +1,6 @@
 """`dynamicnets export (--checkpoint CK | --model NAME --pretrained [TAG]) --format onnx|torch.export
 --out DIR [--thresholds ... | (--budget 50% | --gate-rate 0.7) [--data SPEC] [--confidence 0.95 [--eval-size N]]]
-[--criterion maxprob] [--max-flops 40M] [--check-samples 8]`."""
+[--criterion maxprob] [--max-flops 40M] [--keep-ratio 0.7] [--check-samples 8]`."""
 from __future__ import annotations
 
 import argparse
@@ -41,6 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--criterion", default="maxprob", help="early exits: maxprob, entropy, margin or patience")
     p.add_argument("--max-flops", help="a per-sample compute cap shipped with the policy, e.g. 40M (early exits, "
                                        "gated models, dynamic resolution, DS-Net)")
+    p.add_argument("--keep-ratio", default=None,
+                   help="token-pruning transformers (DynamicViT, EViT): the share of tokens every sample keeps at "
+                        "each stage, one value or one per stage, comma-separated (default: the model's own)")
     p.add_argument("--check-samples", type=int, default=8,
                    help="random inputs the exported folder is checked on against eager inference (0: none)")
 
@@ -58,6 +61,7 @@ def run_export(args: argparse.Namespace) -> int:
         max_flops=parse_flops(args.max_flops, what="--max-flops") if args.max_flops is not None else None,
         check_samples=args.check_samples, budget_flops=budget_flops, budget_fraction=budget_fraction,
         data=args.data, confidence=args.confidence, eval_size=args.eval_size, gate_rate=args.gate_rate,
+        keep_ratio=_floats(args.keep_ratio, "--keep-ratio") if args.keep_ratio is not None else None,
     ))
     for key in ("model", "kind", "format", "graphs", "manifest", *FITTED, "check_samples",
                 "check_max_logit_difference", "check_decisions_equal"):

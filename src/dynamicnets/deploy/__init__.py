@@ -32,7 +32,8 @@ def export_model(model: nn.Module, out_dir: str | os.PathLike, *, format: str = 
         out_dir: the export folder.
         format: `"torch.export"` or `"onnx"`.
         input_shape: per-sample input shape (default the model's).
-        policy: the decision rule to ship (`ExitPolicy`, `GatePolicy`, `ResolutionPolicy`, `WidthPolicy`).
+        policy: the decision rule to ship (`ExitPolicy`, `GatePolicy`, `ResolutionPolicy`, `WidthPolicy`,
+            a keep-ratio `TokenPolicy`).
         metadata: plain data kept in the manifest (preprocessing, provenance).
 
     Returns:

@@ -167,14 +167,15 @@ class ResolutionScores(nn.Module):
 class WholeModel(nn.Module):
     """A model with no decision between graphs, as one graph: `(n, *S)` -> `(logits (n, C),
     *decisions)`, the tensors of `out.decisions` named by `keys`, in that order (a spatial
-    transformer's `theta (n, 2, 3)`: the glimpse is sampled inside the graph)."""
+    transformer's `theta (n, 2, 3)`: the glimpse is sampled inside the graph). `policy`, when
+    given, is passed to every call (a token-pruning transformer's keep-ratio `TokenPolicy`)."""
 
-    def __init__(self, model: nn.Module, keys: tuple[str, ...]) -> None:
+    def __init__(self, model: nn.Module, keys: tuple[str, ...], policy=None) -> None:
         super().__init__()
-        self.model, self.keys = model, tuple(keys)
+        self.model, self.keys, self.policy = model, tuple(keys), policy
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
-        out = self.model(x)
+        out = self.model(x) if self.policy is None else self.model(x, policy=self.policy)
         return (out.logits, *(out.decisions[k] for k in self.keys))
 
 

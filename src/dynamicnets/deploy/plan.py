@@ -23,7 +23,10 @@
   ResNets, `small_cnn`, the MNIST-1D models, `vit_cifar`) and the dynamic-parameter
   networks (CondConv, DY-ReLU, dynamic convolution: each sample's kernels or activation
   coefficients are computed inside the graph; `decisions["routing"]` comes out with the
-  logits).
+  logits), and the token-pruning transformers (DynamicViT, EViT) under a keep-ratio
+  `TokenPolicy`: every sample keeps the same number of tokens, so scoring, top-k and
+  gather are inside the graph (the kept-token masks come out with the logits); a
+  threshold policy, whose counts differ per sample, is refused.
 
 Glance and focus (`glance_focus_cnn`) is a multi-exit model: each step (the greedy patch
 policy, the crop, the encoder, the GRU) is one segment graph.
@@ -45,6 +48,7 @@ from ..gates.block_budget import CAPS as BLOCK_CAPS
 from ..gates.thresholds import GatePolicy
 from ..inference.policy import ExitPolicy
 from ..inference.resolution_policy import ResolutionPolicy
+from ..inference.token_policy import TokenPolicy
 from ..inference.width_policy import WidthPolicy
 from ..models.skipping.blockdrop import BlockDrop
 from ..models.skipping.gated_resnet import GatedResNet
@@ -56,6 +60,8 @@ from ..models.static.mnist1d import Mnist1dCNN, Mnist1dMLP
 from ..models.static.resnet_cifar import CifarResNet
 from ..models.static.resnet_imagenet import ImageNetResNet
 from ..models.static.small_cnn import SmallCNN
+from ..models.transformers.dynamic_vit import DynamicViT
+from ..models.transformers.evit import EViT
 from ..models.transformers.vit import VisionTransformer
 from ..models.width.dsnet import DSNet
 from ..models.width.slimmable_resnet import SlimmableResNet
@@ -69,6 +75,8 @@ EXAMPLE_BATCH = 2  # exporters specialise a batch of 1; any other size keeps the
 # is a VisionTransformer) may add decisions.
 ONE_GRAPH = (STNClassifier, CifarResNet, ImageNetResNet, SmallCNN, Mnist1dCNN, Mnist1dMLP, VisionTransformer,
              DynamicCifarResNet, MobileNetV2Cifar)
+# Token-pruning transformers: one graph under a keep-ratio policy (the same count in every sample).
+TOKEN_PRUNING = (DynamicViT, EViT)
 
 
 @dataclass
@@ -220,13 +228,32 @@ def _resolution_plan(model: DynamicResolutionNet, x: Tensor, policy: ResolutionP
     return plan
 
 
-def _static_plan(model: nn.Module, x: Tensor, name: str) -> DeploymentPlan:
+def _static_plan(model: nn.Module, x: Tensor, name: str, policy: TokenPolicy | None = None) -> DeploymentPlan:
     plan = DeploymentPlan("static", name, tuple(x.shape[1:]))
+    whole = WholeModel(model, (), policy)
     with torch.no_grad():
-        decisions = model(x).decisions
-    keys = tuple(sorted(k for k, v in decisions.items() if isinstance(v, Tensor) and v.shape[:1] == x.shape[:1]))
-    _add(plan, "model", WholeModel(model, keys), x)
-    plan.structure = {"graph": "model", "decisions": list(keys)}
+        decisions = model(x).decisions if policy is None else model(x, policy=policy).decisions
+    whole.keys = tuple(sorted(k for k, v in decisions.items() if isinstance(v, Tensor) and v.shape[:1] == x.shape[:1]))
+    _add(plan, "model", whole, x)
+    plan.structure = {"graph": "model", "decisions": list(whole.keys)}
+    return plan
+
+
+def _token_plan(model: nn.Module, x: Tensor, policy: TokenPolicy | None, name: str) -> DeploymentPlan:
+    """A token-pruning transformer under a keep-ratio policy: every sample keeps the same
+    count at every stage, so the pruning (scores, top-k, gather) is inside one graph."""
+    if policy is not None and not isinstance(policy, TokenPolicy):
+        raise ConfigError(f"model {name!r} prunes tokens: policy must be a TokenPolicy, got {type(policy).__name__}")
+    policy = policy or model.default_policy()
+    if policy.keep_ratio is None:
+        raise ConfigError(
+            f"model {name!r}: a threshold TokenPolicy keeps a different number of tokens in each sample, "
+            f"which one static graph cannot express; deploy it with a keep_ratio policy"
+        )
+    plan = _static_plan(model, x, name, policy)
+    ratio = policy.keep_ratio
+    plan.policy = {"kind": "token_keep_ratio", "min_tokens": policy.min_tokens,
+                   "keep_ratio": float(ratio) if isinstance(ratio, (int, float)) else [float(r) for r in ratio]}
     return plan
 
 
@@ -236,13 +263,15 @@ def deployment_plan(model: nn.Module, input_shape: tuple[int, ...] | None = None
     Args:
         model: a multi-exit model (glance and focus included), a gated ResNet (ConvNet-AIG,
             SkipNet with feed-forward gates), a slimmable ResNet, DS-Net, a dynamic-resolution
-            network, a spatial transformer classifier (`stn_cnn`), or one of `ONE_GRAPH`'s
-            static and dynamic-parameter networks. Put in eval mode here.
+            network, a spatial transformer classifier (`stn_cnn`), one of `ONE_GRAPH`'s
+            static and dynamic-parameter networks, or a token-pruning transformer
+            (`TOKEN_PRUNING`). Put in eval mode here.
         input_shape: per-sample input shape; default the model's `default_input_shape`.
         policy: `ExitPolicy` for early exits (default: every sample to the last exit),
             `GatePolicy` for gated models (default: logit > 0), `ResolutionPolicy` for
-            dynamic resolution (default: the predictor's argmax), unused for width and
-            static models.
+            dynamic resolution (default: the predictor's argmax), a keep-ratio
+            `TokenPolicy` for token pruning (default: the model's `default_policy()`),
+            unused for width and static models.
 
     Returns:
         the `DeploymentPlan`.
@@ -278,6 +307,8 @@ def deployment_plan(model: nn.Module, input_shape: tuple[int, ...] | None = None
             what = "its transform is regressed" if isinstance(model, STNClassifier) else "it is one graph"
             raise ConfigError(f"model {name!r} takes no decision policy ({what}), got {type(policy).__name__}")
         return _static_plan(model, x, name)
+    if type(model) in TOKEN_PRUNING:
+        return _token_plan(model, x, policy, name)
     if isinstance(model, DynamicResolutionNet):
         if policy is not None and not isinstance(policy, ResolutionPolicy):
             raise ConfigError(f"model {name!r} picks a resolution per sample: policy must be a ResolutionPolicy, "
@@ -286,6 +317,7 @@ def deployment_plan(model: nn.Module, input_shape: tuple[int, ...] | None = None
     raise ConfigError(
         f"model {name!r} ({type(model).__name__}) cannot be deployed yet: supported are multi-exit "
         f"models (the MultiExit protocol), ConvNet-AIG / SkipNet (feed-forward gates), slimmable "
-        f"ResNets, DS-Net, dynamic resolution, spatial transformer classifiers, the static networks and the "
-        f"dynamic-parameter networks (CondConv, DY-ReLU, dynamic convolution)"
+        f"ResNets, DS-Net, dynamic resolution, spatial transformer classifiers, the static networks, the "
+        f"dynamic-parameter networks (CondConv, DY-ReLU, dynamic convolution) and DynamicViT / EViT "
+        f"(keep-ratio policies)"
     )

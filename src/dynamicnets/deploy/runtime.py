@@ -15,9 +15,10 @@ them with the library's compact execution:
 - resolution: the predictor graph scores each sample's resolutions, the `ResolutionPolicy`
   (bias, argmax, cap) picks one, the samples are grouped by resolution and each group runs
   that resolution's graph once (the resize is inside it);
-- static (a spatial transformer classifier, a static or dynamic-parameter network): the
-  one graph runs on the whole batch and returns the logits and the model's per-sample
-  decisions (a spatial transformer's `theta`, a routed convolution's `routing`).
+- static (a spatial transformer classifier, a static or dynamic-parameter network, a
+  token-pruning transformer under a keep-ratio policy): the one graph runs on the whole
+  batch and returns the logits and the model's per-sample decisions (a spatial
+  transformer's `theta`, a routed convolution's `routing`, the kept tokens).
 
 Per-sample FLOPs are the sum of the exported graphs' per-sample costs over the graphs
 each sample went through (for exits, the manifest's exit costs, as in eager execution).
@@ -217,6 +218,10 @@ class DeployedModel:
             if self.kind == "gated":
                 return self._gated(x, policy)
             if self.kind == "static":
+                if policy is not None:
+                    raise ConfigError(f"policy: model {self.manifest.get('model')!r} is one graph; its rule (if "
+                                      f"any) was fixed at export ({self.manifest.get('policy')}): export again "
+                                      f"with another policy")
                 return self._static(x)
             if self.kind == "resolution":
                 return self._resolution(x, policy)

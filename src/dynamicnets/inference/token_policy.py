@@ -104,6 +104,40 @@ class TokenPolicy:
             counts = (scores > threshold).sum(dim=1)
         return torch.minimum(torch.clamp(counts, min=self.min_tokens), available)
 
+    def fixed_count(self, available: int, stage: int, stages: int) -> int | None:
+        """How many of `available` patch tokens every sample keeps at `stage`, as a Python
+        int, when the policy keeps the same count for every sample (`keep_ratio`); None for
+        a `threshold` policy. The count follows from the shape alone, so a forward built on
+        it has static shapes and can be traced or exported."""
+        if self.keep_ratio is None:
+            return None
+        if isinstance(stage, bool) or not isinstance(stage, int) or not 0 <= stage < stages:
+            raise ConfigError(f"TokenPolicy: stage must be an int in [0, {stages}), got {stage!r}")
+        ratio = _per_stage("keep_ratio", self.keep_ratio, stages)[stage]
+        return min(max(math.ceil(available * ratio - _CEIL_SLACK), self.min_tokens), available)
+
+    def select_fixed(self, scores: Tensor, stage: int, stages: int) -> Tensor:
+        """`(B, k)` int64: the positions (ascending) of the `k = fixed_count(n)` best of the
+        `n` tokens scored by `scores (B, n)` (every entry finite), ties broken by position as
+        in `select`. For keep-ratio policies only.
+
+        Raises:
+            ConfigError: a threshold policy (its counts differ per sample).
+        """
+        count = self.fixed_count(scores.shape[1], stage, stages)
+        if count is None:
+            raise ConfigError("TokenPolicy: a threshold policy keeps a different count per sample; "
+                              "select_fixed needs keep_ratio")
+        # ranks from pairwise comparisons, not a stable sort: ONNX has no stable sort, and
+        # saturated keep probabilities (exactly 1.0) do tie
+        n = scores.shape[1]
+        position = torch.arange(n, device=scores.device)
+        other, this = scores[:, None, :], scores[:, :, None]
+        ahead = (other > this) | ((other == this) & (position[None, :] < position[:, None]))
+        kept = ahead.sum(dim=2) < count
+        # the kept positions in ascending order: the largest `count` of the distinct n - j
+        return torch.topk(kept.long() * (n - position), count, dim=1).indices
+
     def select(self, scores: Tensor, stage: int, stages: int) -> Tensor:
         """`(B, n)` bool: the patch tokens kept at `stage`, the best-scored `keep_counts` of
         each sample (ties broken by position)."""

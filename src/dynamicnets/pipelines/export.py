@@ -17,10 +17,12 @@ import torch
 
 from ..data.preprocessing import trained_preprocessing
 from ..deploy import DeployedModel, export_model, read_manifest
+from ..deploy.plan import TOKEN_PRUNING
 from ..errors import ConfigError
 from ..gates.thresholds import GatePolicy
 from ..inference import ExitPolicy, run_early_exit
 from ..inference.resolution_policy import ResolutionPolicy
+from ..inference.token_policy import TokenPolicy
 from ..inference.width_policy import WidthPolicy
 from ..models.spatial.dynamic_resolution import DynamicResolutionNet
 from ..models.skipping.gated_resnet import GatedResNet
@@ -57,6 +59,8 @@ class ExportRequest:
         batch_size: samples per calibration batch.
         gate_rate: gated ResNets: fit every gate to run its block for this fraction of
             the validation samples (instead of `thresholds`).
+        keep_ratio: token-pruning transformers (DynamicViT, EViT): the keep ratio shipped,
+            one for every stage or one per stage (default the model's own).
     """
 
     checkpoint: str | None
@@ -76,6 +80,7 @@ class ExportRequest:
     eval_size: int | None = None
     batch_size: int = 256
     gate_rate: float | None = None
+    keep_ratio: list[float] | None = None
 
     def __post_init__(self) -> None:
         check_model_source(self.checkpoint, self.model, self.pretrained, "export")
@@ -103,6 +108,16 @@ class ExportRequest:
 
 
 def _policy(model: torch.nn.Module, request: ExportRequest, input_shape: tuple[int, ...]):
+    name = getattr(model, "name", type(model).__name__)
+    if request.keep_ratio is not None and not isinstance(model, TOKEN_PRUNING):
+        raise ConfigError(f"--keep-ratio: model {name!r} prunes no tokens (DynamicViT and EViT do)")
+    if isinstance(model, TOKEN_PRUNING):
+        if request.thresholds is not None or request.max_flops is not None:
+            raise ConfigError(f"--thresholds / --max-flops: model {name!r} keeps the same share of tokens in "
+                              f"every sample when deployed; choose it with --keep-ratio")
+        ratio = request.keep_ratio
+        return model.default_policy() if ratio is None else TokenPolicy(keep_ratio=ratio[0] if len(ratio) == 1
+                                                                       else tuple(ratio))
     if isinstance(model, MultiExit):
         thresholds = request.thresholds
         if thresholds is None:
@@ -148,7 +163,7 @@ def _eager(model: torch.nn.Module, x: torch.Tensor, policy):
     with torch.no_grad():
         if isinstance(model, MultiExit):
             return run_early_exit(model, x, policy).as_output()
-        if isinstance(model, (GatedResNet, DynamicResolutionNet, DSNet)):
+        if isinstance(model, (GatedResNet, DynamicResolutionNet, DSNet, *TOKEN_PRUNING)):
             return model(x, policy=policy)
         return model(x)
 

@@ -202,9 +202,10 @@ class DynamicViT(VisionTransformer):
 
     def _run(self, x: Tensor, execution: ExecutionLike,
              policy: TokenPolicy | None) -> tuple[Tensor, list[Tensor], Tensor, Tensor | None]:
-        mode = resolve_execution(execution, self.training)
-        sampled = mode is Execution.MASKED and self.training and policy is None
+        sampled = policy is None
         policy = self.check_policy(policy)
+        mode = resolve_execution(execution, self.training, static_shapes=policy.keep_ratio is not None)
+        sampled = sampled and mode is Execution.MASKED and self.training
         tokens = self.embed(x)
         if mode is Execution.COMPACT:
             features, masks, counts = self._compact(tokens, policy)
@@ -277,6 +278,13 @@ class DynamicViT(VisionTransformer):
         """`_prune` for a dense batch `tokens (B, 1 + n, D)` (`positions (B, n)`): a dense batch
         again when the policy keeps the same count for every sample, else a ragged one."""
         probs = keep_probability(predictor(tokens[:, 1:]))
+        if policy.keep_ratio is not None:  # the count follows from the shape: static shapes, traceable
+            order = policy.select_fixed(probs, stage, self.num_stages)  # rows keep the grid order
+            patches_kept = tokens[:, 1:].gather(1, order[..., None].expand(-1, -1, tokens.shape[2]))
+            kept_positions = positions.gather(1, order)
+            chosen = torch.zeros(tokens.shape[0], patches, dtype=torch.bool, device=tokens.device)
+            chosen = chosen.scatter(1, kept_positions, True)
+            return torch.cat([tokens[:, :1], patches_kept], dim=1), kept_positions, chosen
         scores = probs.new_full((tokens.shape[0], patches), float("-inf")).scatter_(1, positions, probs)
         chosen = policy.select(scores, stage, self.num_stages)
         row_kept = chosen.gather(1, positions)

@@ -189,8 +189,8 @@ class EViT(VisionTransformer):
 
     def _run(self, x: Tensor, execution: ExecutionLike,
              policy: TokenPolicy | None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        mode = resolve_execution(execution, self.training)
         policy = self._policy(policy)
+        mode = resolve_execution(execution, self.training, static_shapes=policy.keep_ratio is not None)
         if mode is Execution.COMPACT:
             if policy.keep_ratio is not None:  # every sample keeps the same count
                 return self._run_uniform(x, policy)
@@ -276,9 +276,10 @@ class EViT(VisionTransformer):
             out, attention = block.attn.forward_with_cls_attention(block.norm1(tokens))
             tokens = tokens + out
             present = torch.ones_like(attention, dtype=torch.bool)
-            keep = self._select(policy, stage)(keep_scores(attention, present))
-            kept = int(keep[0].sum())
-            order = torch.argsort((~keep).to(torch.uint8), dim=1, stable=True)[:, :kept]
+            # the count follows from the shape (static shapes: this path can be traced)
+            order = policy.select_fixed(keep_scores(attention, present), stage, self.num_stages)
+            kept = order.shape[1]
+            keep = torch.zeros_like(present).scatter(1, order, True)
             patches = tokens[:, 1:]
             parts = [tokens[:, :1], patches.gather(1, order[..., None].expand(-1, -1, width))]
             names = [labels[:, :1], labels[:, 1:].gather(1, order)]
