@@ -164,7 +164,7 @@ def test_a_predictor_policy_is_fitted_and_shipped(model, args, key, tmp_path, ca
 def test_a_model_without_a_rule_to_fit_refuses_a_budget(tmp_path, capsys):
     static = _train(tmp_path / "runs", "static", "small_cnn", width=4)
     assert main(["export", "--checkpoint", str(static), "--out", str(tmp_path / "x"), "--budget", "50%"]) == 2
-    assert "no exit thresholds, width or resolution rule" in capsys.readouterr().err
+    assert "no exit thresholds, width, resolution or keep-ratio rule" in capsys.readouterr().err
 
 
 def test_shipped_weights_export_from_the_registry_at_a_budget(exits, tmp_path):

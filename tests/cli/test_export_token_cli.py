@@ -41,3 +41,36 @@ def test_keep_ratios_go_to_token_models_only_and_thresholds_do_not(tmp_path, cap
                  "--out", str(tmp_path / "x")]) == 2
     assert "keep_ratio has 2 entries" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_a_budget_fits_a_keep_ratio_in_eval_and_export(tmp_path, capsys):
+    from dynamicnets.pipelines.evaluate import EvalRequest, evaluate_checkpoint
+    from dynamicnets.pipelines.early_exit import EarlyExitRequest
+    from dynamicnets.training import TrainConfig, Trainer
+
+    tiny = {"img_size": 8, "patch_size": 2, "embed_dim": 16, "depth": 4, "num_heads": 2}
+    Trainer(TrainConfig(name="dvit", model="dynamic_vit_cifar", model_args=tiny, data="digits",
+                        val_size=0.2, epochs=1, batch_size=64, lr=0.05, max_steps_per_epoch=3, threads=1,
+                        device="cpu", out_dir=str(tmp_path), progress=False)).fit()
+    ckpt = tmp_path / "dvit" / "last.pt"
+    model = create_model("dynamic_vit_cifar", **tiny, in_chans=1)
+    full = model.full_flops((1, 8, 8))
+    found = evaluate_checkpoint(EvalRequest(checkpoint=str(ckpt), early_exit=EarlyExitRequest(budget_fraction=0.6),
+                                            timed_samples=8, min_run_time=0.01))
+    ratio = found["token_policy"]["keep_ratio"]
+    assert found["mean_flops"] <= 0.6 * full * 1.0001 and 0 < ratio < 1
+    # the largest ratio within the budget: a little more would exceed it
+    one = torch.zeros(1, 1, 8, 8)
+    with torch.no_grad():
+        over = model.eval()(one, policy=TokenPolicy(keep_ratio=min(1.0, ratio + 1 / 16))).flops[0]  # 16 patches
+    assert float(over) > 0.6 * full
+    out = tmp_path / "deployed"
+    assert main(["export", "--checkpoint", str(ckpt), "--budget", "60%", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "keep ratio" in printed and "check_decisions_equal: True" in printed
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["policy"]["keep_ratio"] == ratio and manifest["metadata"]["fitted"]["fitted_mean_flops"] <= (
+        0.6 * full * 1.0001)
+    assert main(["export", "--checkpoint", str(ckpt), "--budget", "60%", "--keep-ratio", "0.5",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "--budget and --keep-ratio: give one" in capsys.readouterr().err

@@ -26,7 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", default=None,
                    help="fit the rule to a mean FLOPs per sample on the validation split instead of --thresholds, "
                         "e.g. 30M or 50%% of the full cost (early exits: thresholds; slimmable networks: a width "
-                        "cascade; DS-Net and dynamic resolution: a bias per option), as `eval --budget` fits it")
+                        "cascade; DS-Net and dynamic resolution: a bias per option; DynamicViT/EViT: a keep ratio), as "
+                        "`eval --budget` fits it")
     p.add_argument("--gate-rate", type=float, default=None,
                    help="gated ResNets: fit each gate's threshold on the validation split so this fraction of the "
                         "samples runs its block (as `eval --gate-rate`), instead of --thresholds")

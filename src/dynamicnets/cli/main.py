@@ -61,7 +61,7 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="mean FLOPs per sample, e.g. 30M, or a fraction of the full cost, e.g. 50%% "
                         "(multi-exit models: exit thresholds; dynamic resolution: a bias per resolution; "
                         "DS-Net: a bias per width on its gate; slimmable networks: a cascade of widths and its "
-                        "thresholds)")
+                        "thresholds; DynamicViT/EViT: a keep ratio)")
     p.add_argument("--budget-ms", type=float, default=None, help="mean measured ms per sample")
     p.add_argument("--thresholds", default=None, help="comma-separated, one per exit but the last")
     p.add_argument("--max-flops", default=None, help="per-sample compute cap, e.g. 20M")

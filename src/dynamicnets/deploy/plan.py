@@ -60,8 +60,7 @@ from ..models.static.mnist1d import Mnist1dCNN, Mnist1dMLP
 from ..models.static.resnet_cifar import CifarResNet
 from ..models.static.resnet_imagenet import ImageNetResNet
 from ..models.static.small_cnn import SmallCNN
-from ..models.transformers.dynamic_vit import DynamicViT
-from ..models.transformers.evit import EViT
+from ..models.transformers import TOKEN_PRUNING
 from ..models.transformers.vit import VisionTransformer
 from ..models.width.dsnet import DSNet
 from ..models.width.slimmable_resnet import SlimmableResNet
@@ -75,8 +74,6 @@ EXAMPLE_BATCH = 2  # exporters specialise a batch of 1; any other size keeps the
 # is a VisionTransformer) may add decisions.
 ONE_GRAPH = (STNClassifier, CifarResNet, ImageNetResNet, SmallCNN, Mnist1dCNN, Mnist1dMLP, VisionTransformer,
              DynamicCifarResNet, MobileNetV2Cifar)
-# Token-pruning transformers: one graph under a keep-ratio policy (the same count in every sample).
-TOKEN_PRUNING = (DynamicViT, EViT)
 
 
 @dataclass
@@ -106,7 +103,8 @@ class DeploymentPlan:
         input_shape: per-sample input shape the graphs were traced on, e.g. `(3, 32, 32)`.
         graphs: the pieces by name, in the order they first run.
         structure: how the runtime wires them (kind-specific plain data).
-        policy: the decision rule as plain data (`ExitPolicy` / `GatePolicy` fields), or None.
+        policy: the decision rule as plain data (`ExitPolicy` / `GatePolicy` / `WidthPolicy` /
+            `ResolutionPolicy` fields, a token model's `{"kind": "token_keep_ratio", ...}`), or None.
     """
 
     kind: str
@@ -307,7 +305,7 @@ def deployment_plan(model: nn.Module, input_shape: tuple[int, ...] | None = None
             what = "its transform is regressed" if isinstance(model, STNClassifier) else "it is one graph"
             raise ConfigError(f"model {name!r} takes no decision policy ({what}), got {type(policy).__name__}")
         return _static_plan(model, x, name)
-    if type(model) in TOKEN_PRUNING:
+    if isinstance(model, TOKEN_PRUNING):
         return _token_plan(model, x, policy, name)
     if isinstance(model, DynamicResolutionNet):
         if policy is not None and not isinstance(policy, ResolutionPolicy):

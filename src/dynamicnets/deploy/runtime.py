@@ -192,7 +192,8 @@ class DeployedModel:
         return cls(manifest, {n: make(g.module) for n, g in plan.graphs.items()}, backend)
 
     def default_policy(self):
-        """The policy exported with the model: an `ExitPolicy`, gate thresholds or a width."""
+        """The policy exported with the model, as plain data: exit thresholds, gate thresholds,
+        a width or resolution rule, a token model's keep ratio; None for a static network."""
         return self.manifest.get("policy")
 
     def __call__(self, x: Tensor, *,
@@ -205,6 +206,7 @@ class DeployedModel:
             policy: instead of the exported policy: an `ExitPolicy` (early exits), a
                 `GatePolicy` (gated blocks; its `max_flops` / `max_blocks` caps apply), a
                 `ResolutionPolicy` (resolutions) or a `WidthPolicy` (DS-Net: gate bias, caps).
+                A static folder (one graph, e.g. a keep-ratio token model) refuses any.
             width: a slimmable network: the width to run (default the exported one).
         """
         if x.shape[0] == 0:
@@ -219,9 +221,10 @@ class DeployedModel:
                 return self._gated(x, policy)
             if self.kind == "static":
                 if policy is not None:
-                    raise ConfigError(f"policy: model {self.manifest.get('model')!r} is one graph; its rule (if "
-                                      f"any) was fixed at export ({self.manifest.get('policy')}): export again "
-                                      f"with another policy")
+                    fixed = self.manifest.get("policy")
+                    raise ConfigError(f"policy: model {self.manifest.get('model')!r} is one graph and takes no "
+                                      f"policy" + ("" if fixed is None else f"; its rule was fixed at export "
+                                                   f"({fixed}): export again with another"))
                 return self._static(x)
             if self.kind == "resolution":
                 return self._resolution(x, policy)

@@ -128,7 +128,10 @@ class TokenPolicy:
         if count is None:
             raise ConfigError("TokenPolicy: a threshold policy keeps a different count per sample; "
                               "select_fixed needs keep_ratio")
-        # ranks from pairwise comparisons, not a stable sort: ONNX has no stable sort, and
+        if not (torch.jit.is_tracing() or torch.compiler.is_exporting()):
+            best = scores.argsort(dim=1, descending=True, stable=True)[:, :count]
+            return best.sort(dim=1).values
+        # traced: ranks from pairwise comparisons (O(n^2)), as ONNX has no stable sort and
         # saturated keep probabilities (exactly 1.0) do tie
         n = scores.shape[1]
         position = torch.arange(n, device=scores.device)

@@ -18,6 +18,7 @@ from ..inference.cost_spread import check_confidence, check_eval_size
 from ..inference.gate_rate import fit_gate_rate
 from ..layers.slimmable import WidthLadder
 from ..models.spatial.dynamic_resolution import DynamicResolutionNet
+from ..models.transformers import TOKEN_PRUNING
 from ..models.width.dsnet import DSNet
 from ..flops import counted_flops
 from ..profiling.latency import measure, per_sample_ms
@@ -36,6 +37,7 @@ from .early_exit import (
 )
 from .cascade_budget import cascade_width_histogram, fit_cascade_budget
 from .resolution_budget import fit_resolution_budget, resolution_histogram
+from .token_budget import fit_token_budget
 from .width_budget import fit_width_budget, width_histogram
 
 @dataclass
@@ -142,11 +144,11 @@ def evaluate_checkpoint(request: EvalRequest) -> dict[str, Any]:
     model, ckpt, source, origin = load_model_source(request.checkpoint, request.model, request.pretrained,
                                                     request.pretrained_dir, device)
     if request.early_exit is not None and not isinstance(model, (MultiExit, DynamicResolutionNet, DSNet,
-                                                                 WidthLadder)):
+                                                                 WidthLadder, *TOKEN_PRUNING)):
         raise ConfigError(
             f"--budget/--budget-ms/--thresholds: {source} holds {ckpt['model_name']!r}, a model "
-            f"without early exits, a resolution predictor, a width gate or slimmable widths, so there is no rule "
-            f"to fit; drop the option"
+            f"without early exits, a resolution predictor, a width gate, slimmable widths or token pruning, so "
+            f"there is no rule to fit; drop the option"
         )
     prepared = load_checkpoint_data(ckpt, source, request.data, request.split)
     bundle, dataset, seed = prepared.bundle, prepared.dataset, prepared.seed
@@ -170,9 +172,12 @@ def evaluate_checkpoint(request: EvalRequest) -> dict[str, Any]:
         dataset, extra = _calibrate_gates(model, bundle, dataset, request, seed, device)
     if request.early_exit is not None:  # a resolution or width predictor, or a width cascade: fit to the budget
         dsnet, slimmable = isinstance(model, DSNet), isinstance(model, WidthLadder)
-        what = "width policy" if dsnet else "width cascade" if slimmable else "resolution policy"
+        tokens = isinstance(model, TOKEN_PRUNING)
+        what = ("width policy" if dsnet else "width cascade" if slimmable else "keep ratio" if tokens
+                else "resolution policy")
         calibration, dataset, protocol = _calibration_split(bundle, dataset, request.split, seed, what)
-        fit = fit_width_budget if dsnet else fit_cascade_budget if slimmable else fit_resolution_budget
+        fit = (fit_width_budget if dsnet else fit_cascade_budget if slimmable else fit_token_budget if tokens
+               else fit_resolution_budget)
         early = request.early_exit
         if early.thresholds is None and early.budget_ms is None:  # a FLOPs budget: fit it for this many samples
             early = replace(early, confidence=request.confidence or early.confidence,

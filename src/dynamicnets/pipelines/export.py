@@ -17,7 +17,6 @@ import torch
 
 from ..data.preprocessing import trained_preprocessing
 from ..deploy import DeployedModel, export_model, read_manifest
-from ..deploy.plan import TOKEN_PRUNING
 from ..errors import ConfigError
 from ..gates.thresholds import GatePolicy
 from ..inference import ExitPolicy, run_early_exit
@@ -25,6 +24,7 @@ from ..inference.resolution_policy import ResolutionPolicy
 from ..inference.token_policy import TokenPolicy
 from ..inference.width_policy import WidthPolicy
 from ..models.spatial.dynamic_resolution import DynamicResolutionNet
+from ..models.transformers import TOKEN_PRUNING
 from ..models.skipping.gated_resnet import GatedResNet
 from ..models.width.dsnet import DSNet
 from ..protocols import MultiExit
@@ -83,14 +83,18 @@ class ExportRequest:
     keep_ratio: list[float] | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.keep_ratio, (int, float)):
+            self.keep_ratio = [float(self.keep_ratio)]
         check_model_source(self.checkpoint, self.model, self.pretrained, "export")
         if self.criterion not in POLICIES:
             raise ConfigError(f"--criterion: expected one of {', '.join(POLICIES)}, got {self.criterion!r}")
         budget = self.budget_flops is not None or self.budget_fraction is not None
         given = [n for n, v in (("--budget", budget), ("--gate-rate", self.gate_rate is not None),
-                                ("--thresholds", self.thresholds is not None)) if v]
+                                ("--thresholds", self.thresholds is not None),
+                                ("--keep-ratio", self.keep_ratio is not None)) if v]
         if len(given) > 1:
-            raise ConfigError(f"{' and '.join(given)}: give one (--budget and --gate-rate fit the thresholds)")
+            raise ConfigError(f"{' and '.join(given)}: give one (--budget fits the thresholds or the keep ratio, "
+                              f"--gate-rate the gates)")
         fits = budget or self.gate_rate is not None
         if fits and self.checkpoint is None and self.data is None:
             raise ConfigError("--data: shipped weights carry no data path; --budget/--gate-rate are fitted on the "

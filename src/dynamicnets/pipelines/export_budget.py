@@ -4,7 +4,8 @@ then export that rule with the graphs.
 
 The same fits as `dynamicnets eval --budget`: exit thresholds for a multi-exit model, a
 width cascade (its chain and thresholds) for a slimmable network, a bias per width for
-DS-Net's gate, a bias per resolution for a dynamic-resolution network. Eval fits on one
+DS-Net's gate, a bias per resolution for a dynamic-resolution network, a keep ratio for a
+token-pruning transformer (priced on one sample: every sample costs the same). Eval fits on one
 half of the split and scores the other; an export fits on the whole split and reports
 what the rule does there (`fitted_accuracy`, `fitted_mean_flops`), with the spread to
 expect on fresh data. `--gate-rate` fits a gated ResNet's gate thresholds as `eval
@@ -27,6 +28,7 @@ from ..inference import collect_exit_logits
 from ..inference.gate_rate import fit_gate_rate
 from ..layers.slimmable import WidthLadder
 from ..models.spatial.dynamic_resolution import DynamicResolutionNet
+from ..models.transformers import TOKEN_PRUNING
 from ..models.width.dsnet import DSNet
 from ..profiling.report import format_flops
 from ..protocols import CalibratableGates, MultiExit
@@ -36,12 +38,13 @@ from .checkpoint_data import load_checkpoint_data
 from .early_exit import EarlyExitRequest, choose_policy, reference_cost, run_compact, spread_report, timed_batches
 from .policy_budget import PolicyBound
 from .resolution_budget import fit_resolution_budget
+from .token_budget import fit_token_budget
 from .width_budget import fit_width_budget
 
 GATE_SAMPLES = 2048  # as `dynamicnets eval --gate-rate`
 # what the export summary and manifest keep of a fit's report (plain JSON values)
 REPORTED = ("budget_flops", "budget_fraction", "policy", "cascade_widths", "thresholds", "budget_confidence",
-            "expected_cost", "width_policy", "resolution_policy")
+            "expected_cost", "width_policy", "resolution_policy", "token_policy")
 
 
 @dataclass
@@ -52,7 +55,7 @@ class FittedRule:
         model: what to export (the model itself, or for a slimmable network the
             `WidthCascade` over its widths).
         policy: the rule `export_model` ships (`ExitPolicy`, `WidthPolicy`,
-            `ResolutionPolicy`).
+            `ResolutionPolicy`, `TokenPolicy`).
         report: plain values for the summary and the manifest: the budget, the rule in
             words, `fitted_on` (data and split), `fitted_samples`, `fitted_accuracy` and
             `fitted_mean_flops` on them, `expected_cost` on fresh data.
@@ -65,7 +68,7 @@ class FittedRule:
 
 def fits_a_budget(model: nn.Module) -> bool:
     """Whether `export --budget` can fit a rule for `model`."""
-    return isinstance(model, (MultiExit, DSNet, WidthLadder, DynamicResolutionNet))
+    return isinstance(model, (MultiExit, DSNet, WidthLadder, DynamicResolutionNet, *TOKEN_PRUNING))
 
 
 def fit_rule_for_export(model: nn.Module, ckpt: dict[str, Any], source: str, data: str | None,
@@ -89,13 +92,14 @@ def fit_rule_for_export(model: nn.Module, ckpt: dict[str, Any], source: str, dat
     """
     name = ckpt.get("model_name", type(model).__name__)
     if not fits_a_budget(model):
-        raise ConfigError(f"--budget: {source} holds {name!r}, which has no exit thresholds, width or resolution "
-                          "rule to fit (gated ResNets take --thresholds); drop --budget")
+        raise ConfigError(f"--budget: {source} holds {name!r}, which has no exit thresholds, width, resolution or "
+                          "keep-ratio rule to fit (gated ResNets take --gate-rate or --thresholds); drop --budget")
     if request.budget_flops is None and request.budget_fraction is None:
         raise ConfigError("--budget: an export fits a mean-FLOPs budget, e.g. --budget 40M or --budget 50%")
     if not isinstance(model, MultiExit) and request.policy != "maxprob":
-        what = "a width cascade's thresholds are max-probabilities" if isinstance(model, WidthLadder) and not (
-            isinstance(model, DSNet)) else "its rule is a bias on a predictor's scores, not an exit criterion"
+        what = ("a width cascade's thresholds are max-probabilities" if isinstance(model, WidthLadder) and not (
+            isinstance(model, DSNet)) else "its rule is a keep ratio" if isinstance(model, TOKEN_PRUNING)
+            else "its rule is a bias on a predictor's scores, not an exit criterion")
         raise ConfigError(f"--criterion {request.policy}: {name!r} takes none ({what}); drop --criterion")
     prepared = load_checkpoint_data(ckpt, source, data, "val")
     calibration, shape = prepared.dataset, tuple(prepared.bundle.input_shape)
@@ -105,7 +109,7 @@ def fit_rule_for_export(model: nn.Module, ckpt: dict[str, Any], source: str, dat
         fitted = _fit_exits(model, calibration, request, shape)
     else:
         fit = (fit_width_budget if isinstance(model, DSNet) else fit_cascade_budget if isinstance(model, WidthLadder)
-               else fit_resolution_budget)
+               else fit_token_budget if isinstance(model, TOKEN_PRUNING) else fit_resolution_budget)
         bound, report = fit(model, calibration, request, shape, request.batch_size, device)
         with torch.no_grad():
             metrics = evaluate(bound, make_eval_loader(calibration, request.batch_size), device)

@@ -12,3 +12,8 @@ __all__ += ["ExitViT", "MoEVisionTransformer", "TokenExitHead", "exit_deit_tiny_
 from .evit import EViT, evit_cifar, evit_deit_tiny_patch16_224
 from .avit import AViT, avit_cifar, avit_deit_tiny_patch16_224
 __all__ += ["AViT", "EViT", "avit_cifar", "avit_deit_tiny_patch16_224", "evit_cifar", "evit_deit_tiny_patch16_224"]
+
+TOKEN_PRUNING = (DynamicViT, EViT)
+"""Token-pruning transformers: `forward(x, policy=TokenPolicy(...))`; a keep ratio gives every
+sample the same token count (and cost), a threshold a count per sample."""
+__all__ += ["TOKEN_PRUNING"]

@@ -14,9 +14,11 @@ the class token is never dropped.
   (mean_j keep_{b,j}^s - rho^(s+1))^2`.
 - Inference (compact execution, the eval default): a `TokenPolicy` (default: the model's
   `keep_ratio` at every stage, i.e. `rho, rho^2, rho^3` of the patches) keeps the tokens
-  with the highest keep probability; only they run the next blocks, as a `RaggedTokens`
-  batch through `run_blocks` with the policy's `token_batching`. A threshold policy keeps
-  a different count per sample, and every sample computes what it would alone.
+  with the highest keep probability; only they run the next blocks. A keep ratio keeps the
+  same count in every sample: the batch stays dense, each stage one gather, and the count
+  follows from the shape (so this path traces and exports as one graph). A threshold
+  policy keeps a different count per sample: a `RaggedTokens` batch run by `run_blocks`
+  with the policy's `token_batching`, every sample computing what it would alone.
 - Masked execution in eval mode (or with a policy given in training) takes the policy's
   hard decisions on the full token set: the same logits as the compact path.
 
