@@ -35,3 +35,9 @@ def test_out_of_range_values_name_the_key(key, value):
 def test_unknown_key_is_refused_by_from_mapping():
     with pytest.raises(ConfigError, match="'epoch'"):
         from_mapping(TrainConfig, {"epoch": 3}, source="run.yaml")
+
+
+@pytest.mark.parametrize("args", [{"in_chans": 1}, {"num_classes": 10, "width": 4}])
+def test_model_args_may_not_repeat_what_the_data_decides(args):
+    with pytest.raises(ConfigError, match="'model_args'.*the trainer takes both from the data"):
+        TrainConfig(model="small_cnn", model_args=args)

@@ -151,6 +151,8 @@ class TrainConfig:
                  "name", "a non-empty run name without path separators", self.name)
         _require(bool(self.model), "model", "a registered model name", self.model)
         _require(isinstance(self.model_args, dict), "model_args", "a mapping", self.model_args)
+        _require(not {"num_classes", "in_chans"} & set(self.model_args), "model_args",
+                 "no num_classes or in_chans (the trainer takes both from the data)", self.model_args)
         _require(bool(self.data), "data", "a data spec such as 'digits'", self.data)
         if isinstance(self.val_size, bool) or not isinstance(self.val_size, (int, float)):
             _fail("val_size", "a fraction in (0, 1) or a count >= 1", self.val_size)
