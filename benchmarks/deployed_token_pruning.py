@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.metadata
 import json
 import time
 from pathlib import Path
 
 import torch
 
+import dynamicnets as dn
 from dynamicnets.deploy import DeployedModel, export_model
 from dynamicnets.inference.token_policy import TokenPolicy
 from dynamicnets.models import create_model
@@ -76,19 +78,23 @@ def main() -> int:
     _, evaluation = split_for_calibration(prepared.dataset, prepared.seed)
     shape = tuple(pruned_weights.input_shape)
     version = torch.__version__
-    anchor_ort = _export(anchor, args.cache / f"anchor_{anchor_weights.sha256[:12]}_{version}", shape)
+    ort_version = importlib.metadata.version("onnxruntime")
+    anchor_ort = _export(anchor, args.cache / f"anchor_{anchor_weights.sha256[:12]}_{version}_{ort_version}", shape)
     timed = timed_inputs(evaluation)
     found = {"anchor": score(anchor_ort, evaluation)}
     ort, eager = {}, {}
     for r in _ratios(args.ratios, pruned.keep_ratio):
         policy = TokenPolicy(keep_ratio=r)
-        key = hashlib.sha256(repr((pruned_weights.sha256, r, version)).encode()).hexdigest()[:12]
+        key = hashlib.sha256(repr((pruned_weights.sha256, r, version, dn.__version__, ort_version)).encode()
+                             ).hexdigest()[:12]
         ort[r] = _export(pruned, args.cache / f"keep_{r:g}_{key}", shape, policy)
         eager[r] = lambda x, policy=policy: pruned(x, policy=policy)
         with torch.inference_mode():
             ours, ref = ort[r](timed[256][0]), eager[r](timed[256][0])
-        if not torch.equal(ours.decisions["kept.2"], ref.decisions["kept.2"]):
-            raise SystemExit(f"keep ratio {r:g}: the deployed graph kept other tokens than eager on the timed batch")
+        same = all(torch.equal(ours.decisions[k], ref.decisions[k]) for k in ref.decisions if k.startswith("kept."))
+        if not same or not torch.equal(ours.logits.argmax(1), ref.logits.argmax(1)):
+            raise SystemExit(f"keep ratio {r:g}: the deployed graph kept other tokens or predicted other classes "
+                             f"than eager on the timed batch")
         found[r] = score(ort[r], evaluation, decision="tokens")
         print(f"keep ratio {r:g}: exported and scored ({time.time() - start:.0f} s)", flush=True)
 
