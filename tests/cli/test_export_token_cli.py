@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from dynamicnets.cli.main import main
@@ -12,6 +13,7 @@ from dynamicnets.inference.token_policy import TokenPolicy
 from dynamicnets.models import create_model
 
 
+@pytest.mark.slow  # a full-size ViT through torch.export; the budget test below covers the CLI path
 def test_the_shipped_dynamic_vit_exports_at_the_keep_ratio_asked_for(tmp_path, capsys):
     out = tmp_path / "dvit"
     assert main(["export", "--model", "dynamic_vit_cifar", "--pretrained", "cifar10", "--keep-ratio", "0.5",

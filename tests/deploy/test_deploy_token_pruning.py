@@ -16,8 +16,17 @@ SIZES = {"depth": 6, "embed_dim": 32, "num_heads": 2}
 
 
 def _model(name: str) -> torch.nn.Module:
+    """A small model whose linear weights are spread like a trained one's: at initialisation
+    every token scores within float rounding of the others, and two engines (PyTorch,
+    onnxruntime) may then break such near-ties differently."""
     torch.manual_seed(0)
-    return create_model(name, **SIZES).eval()
+    model = create_model(name, **SIZES).eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for layer in model.modules():
+            if isinstance(layer, torch.nn.Linear):
+                layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * 0.3)
+    return model
 
 
 def _check_same(out, ref) -> None:
@@ -27,8 +36,10 @@ def _check_same(out, ref) -> None:
         assert torch.equal(out.decisions[key].to(value.dtype), value), key
 
 
-@pytest.mark.parametrize("name", ["dynamic_vit_cifar", "evit_cifar"])
-def test_a_keep_ratio_token_model_is_one_graph_with_the_eager_decisions(name, tmp_path):
+@pytest.mark.parametrize("name, fmt", [("dynamic_vit_cifar", "onnx"), ("evit_cifar", "torch.export")])
+def test_a_keep_ratio_token_model_is_one_graph_with_the_eager_decisions(name, fmt, tmp_path):
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime")
     model = _model(name)
     policy = TokenPolicy(keep_ratio=(0.8, 0.6, 0.5))
     plan = deployment_plan(model, policy=policy)
@@ -39,13 +50,14 @@ def test_a_keep_ratio_token_model_is_one_graph_with_the_eager_decisions(name, tm
         ref = model(x, policy=policy)
     # the graph's FLOPs, counted by FlopCounterMode, are what the eager compact path reports
     assert plan.graphs["model"].flops == pytest.approx(float(ref.flops[0]))
-    export_model(model, tmp_path, format="torch.export", policy=policy)
+    export_model(model, tmp_path, format=fmt, policy=policy)
     deployed = DeployedModel.load(tmp_path)
     _check_same(deployed(x), ref)
     assert deployed(x[:1]).logits.shape == (1, 10)  # the batch stays dynamic
 
 
-@pytest.mark.parametrize("name", ["dynamic_vit_cifar", pytest.param("evit_cifar", marks=pytest.mark.slow)])
+@pytest.mark.slow  # the other format of each model than the test above
+@pytest.mark.parametrize("name", ["dynamic_vit_cifar", "evit_cifar"])
 def test_a_token_model_runs_in_onnxruntime_like_pytorch(name, tmp_path):
     pytest.importorskip("onnxruntime")
     model = _model(name)
@@ -66,7 +78,7 @@ def test_tied_scores_keep_the_earlier_token_as_the_eager_rule_does():
     assert torch.equal(torch.zeros_like(chosen).scatter(1, fixed, True), chosen)
 
 
-def test_threshold_policies_and_wrong_policies_are_refused_with_clear_errors(tmp_path):
+def test_threshold_policies_and_wrong_policies_are_refused_with_clear_errors():
     model = _model("dynamic_vit_cifar")
     with pytest.raises(ConfigError, match="different number of tokens in each sample"):
         deployment_plan(model, policy=TokenPolicy(threshold=0.5))
@@ -74,6 +86,6 @@ def test_threshold_policies_and_wrong_policies_are_refused_with_clear_errors(tmp
         deployment_plan(model, policy=ExitPolicy("maxprob", []))
     with pytest.raises(ConfigError, match="select_fixed needs keep_ratio"):
         TokenPolicy(threshold=0.5).select_fixed(torch.rand(2, 4), 0, 1)
-    export_model(model, tmp_path, format="torch.export")
+    deployed = DeployedModel.from_plan(deployment_plan(model))  # the plan's own modules: no export needed
     with pytest.raises(ConfigError, match="fixed at export"):
-        DeployedModel.load(tmp_path)(torch.randn(2, 3, 32, 32), policy=TokenPolicy(keep_ratio=0.5))
+        deployed(torch.randn(2, 3, 32, 32), policy=TokenPolicy(keep_ratio=0.5))
