@@ -146,6 +146,13 @@ def test_models_pretrained_lists_resnet20(capsys):
     assert "no shipped pretrained weights" in capsys.readouterr().err
 
 
+def test_the_readme_lists_the_shipped_weights_as_the_cli_does(capsys):
+    assert main(["models", "--pretrained"]) == 0
+    table = [line for line in capsys.readouterr().out.splitlines() if line.strip()][:-1]  # the legend last
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert "\n".join(table) in readme, "README's zoo listing differs from `dynamicnets models --pretrained`"
+
+
 def test_pretrained_resnet20_classifies_real_cifar_validation_images():
     """Real CIFAR-10 (skipped without the data): the first 200 images of the seeded validation
     split that live in the first training batch, prepared with the shipped preprocessing."""
