@@ -50,14 +50,15 @@ def test_shipped_resnet20_matches_its_registry_row_and_loads_the_file():
 
 
 def test_pretrained_true_picks_the_only_tag_or_the_default_one():
-    fresh = create_model("resnet56")
-    loaded = create_model("resnet56", pretrained=True)
-    named = create_model("resnet56", pretrained="cifar10")
-    assert torch.equal(loaded.head.fc.weight, named.head.fc.weight)
-    assert not torch.equal(loaded.head.fc.weight, fresh.head.fc.weight)
-    # resnet20 ships two CIFAR-10 weights; the Cutout run is the default
-    assert [w.tag for w in list_pretrained("resnet20")] == ["cifar10", "cifar10_cutout"]
-    assert pretrained_weights("resnet20", True).tag == "cifar10_cutout"
+    fresh = create_model("vit_cifar")
+    loaded = create_model("vit_cifar", pretrained=True)  # its only tag
+    named = create_model("vit_cifar", pretrained="cifar10")
+    assert torch.equal(loaded.head.weight, named.head.weight)
+    assert not torch.equal(loaded.head.weight, fresh.head.weight)
+    # resnet20 and resnet56 ship two CIFAR-10 weights each; the Cutout runs are the defaults
+    for name in ("resnet20", "resnet56"):
+        assert [w.tag for w in list_pretrained(name)] == ["cifar10", "cifar10_cutout"]
+        assert pretrained_weights(name, True).tag == "cifar10_cutout"
 
 
 def test_a_tampered_copy_is_refused_with_the_file_and_the_expected_hash(copied):
