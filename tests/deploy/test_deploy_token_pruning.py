@@ -36,7 +36,8 @@ def _check_same(out, ref) -> None:
         assert torch.equal(out.decisions[key].to(value.dtype), value), key
 
 
-@pytest.mark.parametrize("name, fmt", [("dynamic_vit_cifar", "onnx"), ("evit_cifar", "torch.export")])
+@pytest.mark.parametrize("name, fmt", [pytest.param("dynamic_vit_cifar", "onnx", marks=pytest.mark.slow),
+                                       ("evit_cifar", "torch.export")])  # ONNX export: ~12 s, kept out of `make test`
 def test_a_keep_ratio_token_model_is_one_graph_with_the_eager_decisions(name, fmt, tmp_path):
     if fmt == "onnx":
         pytest.importorskip("onnxruntime")
