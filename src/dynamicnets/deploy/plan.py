@@ -228,12 +228,11 @@ def _resolution_plan(model: DynamicResolutionNet, x: Tensor, policy: ResolutionP
 
 def _static_plan(model: nn.Module, x: Tensor, name: str, policy: TokenPolicy | None = None) -> DeploymentPlan:
     plan = DeploymentPlan("static", name, tuple(x.shape[1:]))
-    whole = WholeModel(model, (), policy)
     with torch.no_grad():
-        decisions = model(x).decisions if policy is None else model(x, policy=policy).decisions
-    whole.keys = tuple(sorted(k for k, v in decisions.items() if isinstance(v, Tensor) and v.shape[:1] == x.shape[:1]))
-    _add(plan, "model", whole, x)
-    plan.structure = {"graph": "model", "decisions": list(whole.keys)}
+        decisions = model(x, **({} if policy is None else {"policy": policy})).decisions
+    keys = tuple(sorted(k for k, v in decisions.items() if isinstance(v, Tensor) and v.shape[:1] == x.shape[:1]))
+    _add(plan, "model", WholeModel(model, keys, policy), x)
+    plan.structure = {"graph": "model", "decisions": list(keys)}
     return plan
 
 

@@ -204,10 +204,10 @@ class DynamicViT(VisionTransformer):
 
     def _run(self, x: Tensor, execution: ExecutionLike,
              policy: TokenPolicy | None) -> tuple[Tensor, list[Tensor], Tensor, Tensor | None]:
-        sampled = policy is None
+        given = policy is not None
         policy = self.check_policy(policy)
         mode = resolve_execution(execution, self.training, static_shapes=policy.keep_ratio is not None)
-        sampled = sampled and mode is Execution.MASKED and self.training
+        sampled = mode is Execution.MASKED and self.training and not given
         tokens = self.embed(x)
         if mode is Execution.COMPACT:
             features, masks, counts = self._compact(tokens, policy)
