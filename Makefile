@@ -20,11 +20,16 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(VENV)/bin/dynamicnets demo
 
+# One pytest worker per core, one thread each: most tests are small kernels that a second
+# thread barely speeds up, so two workers halve the wall time (files stay on one worker,
+# keeping their module fixtures). PYTEST_WORKERS=0 runs in this process.
+PYTEST_WORKERS ?= 2
+
 test: setup
-	OMP_NUM_THREADS=2 $(PY) -m pytest
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 test-all: setup
-	OMP_NUM_THREADS=2 $(PY) -m pytest -m "slow or not slow"
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile -m "slow or not slow"
 
 # The API reference, built from the docstrings with pdoc (a fast test builds part of it).
 docs: setup
