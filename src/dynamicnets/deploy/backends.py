@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from .graphs import as_tuple
+from .pt2_archive import check_pt2_archive
 
 Runner = Callable[..., tuple[Tensor, ...]]
 BACKENDS = ("torch.export", "onnxruntime", "eager", "compiled")
@@ -33,8 +34,19 @@ def module_runner(module: nn.Module) -> Runner:
 
 
 def torch_export_runner(path: Path) -> Runner:
-    """A `.pt2` program saved by `torch.export.save`, as a callable."""
-    return module_runner(torch.export.load(str(path)).module())
+    """A `.pt2` program saved by `torch.export.save`, as a callable.
+
+    Raises:
+        ConfigError: the archive would unpickle objects (`check_pt2_archive`), or torch
+            cannot read it as an exported program.
+    """
+    check_pt2_archive(path)
+    try:
+        program = torch.export.load(str(path))
+    except Exception as error:  # noqa: BLE001 - torch raises many types for a damaged archive
+        raise ConfigError(f"{path}: torch.export cannot load this program "
+                          f"({type(error).__name__}: {error})") from None
+    return module_runner(program.module())
 
 
 def onnxruntime_runner(path: Path, *, threads: int | None = None) -> Runner:
