@@ -1,7 +1,8 @@
 """dynamicnets: dynamic neural networks for PyTorch, with real, measured savings."""
 from . import data, flops, gates, inference, layers, models, profiling, training
 from . import adapt, protocols
-from .errors import CheckpointError, ConfigError, DataError, DynamicNetsError, TrainingError
+from .errors import (CheckpointError, ConfigError, DataError, DynamicNetsError, ExportCheckError, OutputError,
+                     TrainingError)
 from .flops import count_flops
 from .models import create_model, list_models, register_model
 from .outputs import DynamicOutput
@@ -28,4 +29,6 @@ __all__ = [
     "ConfigError",
     "CheckpointError",
     "TrainingError",
+    "OutputError",
+    "ExportCheckError",
 ]

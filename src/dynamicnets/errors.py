@@ -27,3 +27,8 @@ class TrainingError(DynamicNetsError, RuntimeError):
 class OutputError(DynamicNetsError, OSError):
     """A file or folder cannot be written (read-only place, a file where a folder should be,
     full disk); the message names the path and what happened."""
+
+
+class ExportCheckError(DynamicNetsError, RuntimeError):
+    """An exported folder disagrees with eager inference on the check inputs (other
+    decisions, or logits further apart than float rounding explains)."""

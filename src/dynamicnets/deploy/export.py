@@ -150,12 +150,15 @@ def export_plan(plan: DeploymentPlan, out_dir: str | os.PathLike, fmt: str = "to
         _check_onnx_convertible(plan)
     folder = ensure_dir(out_dir, "export folder")
     manifest_path = folder / MANIFEST
+    # every graph is serialised before the folder is touched: a failed or interrupted export
+    # (the slow part) leaves an earlier export there whole
+    payloads = {name: graph_bytes(graph, name, fmt) for name, graph in plan.graphs.items()}
+    earlier = _listed_files(manifest_path)
     if manifest_path.exists():  # an incomplete rewrite must not look complete
         manifest_path.unlink()
     graphs: dict[str, Any] = {}
     for name, graph in plan.graphs.items():
-        data = graph_bytes(graph, name, fmt)
-        file = name + SUFFIX[fmt]
+        data, file = payloads[name], name + SUFFIX[fmt]
         atomic_write_with(folder / file, lambda f, data=data: f.write(data))
         graphs[name] = {"file": file, "sha256": hashlib.sha256(data).hexdigest(), "inputs": len(graph.example),
                         "outputs": graph.outputs, "flops": graph.flops}
@@ -165,4 +168,18 @@ def export_plan(plan: DeploymentPlan, out_dir: str | os.PathLike, fmt: str = "to
         "policy": plan.policy, "torch_version": torch.__version__, "metadata": dict(metadata or {}),
     }
     text = json.dumps(manifest, indent=2, allow_nan=True).encode()
-    return atomic_write_with(manifest_path, lambda f: f.write(text))
+    written = atomic_write_with(manifest_path, lambda f: f.write(text))
+    for stale in earlier - {entry["file"] for entry in graphs.values()}:
+        (folder / stale).unlink(missing_ok=True)
+    return written
+
+
+def _listed_files(manifest_path: Path) -> set[str]:
+    """The graph files an earlier manifest in the folder lists (none when it is unreadable);
+    only those are removed when the new export does not reuse them."""
+    try:
+        graphs = json.loads(manifest_path.read_text()).get("graphs", {})
+        files = {entry["file"] for entry in graphs.values()}
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return set()
+    return {f for f in files if isinstance(f, str) and Path(f).name == f and f != MANIFEST}

@@ -17,7 +17,7 @@ import torch
 
 from ..data.preprocessing import trained_preprocessing
 from ..deploy import DeployedModel, export_model, read_manifest
-from ..errors import ConfigError
+from ..errors import ConfigError, ExportCheckError
 from ..gates.thresholds import GatePolicy
 from ..inference import ExitPolicy, run_early_exit
 from ..inference.resolution_policy import ResolutionPolicy
@@ -193,7 +193,11 @@ def export_checkpoint(request: ExportRequest) -> dict[str, Any]:
     Raises:
         CheckpointError: an unreadable checkpoint.
         ConfigError: a model that cannot be deployed, or a policy that does not fit it.
+        ExportCheckError: the exported folder disagrees with eager inference on the check
+            inputs (its manifest is moved aside).
     """
+    if request.check_samples < 0:
+        raise ConfigError(f"check_samples (--check-samples): expected 0 (no check) or more, got {request.check_samples}")
     model, ckpt, source, origin = load_model_source(request.checkpoint, request.model, request.pretrained,
                                                     request.pretrained_dir)
     preprocessing, _ = trained_preprocessing(ckpt, source)
@@ -223,9 +227,27 @@ def export_checkpoint(request: ExportRequest) -> dict[str, Any]:
         summary["check_max_logit_difference"] = float((ours.logits - ref.logits).abs().max())
         summary["check_decisions_equal"] = all(
             _same_decision(ours.decisions[k], ref.decisions[k]) for k in ours.decisions if k in ref.decisions)
+        _reject_failed_check(Path(request.out_dir), summary, float(ref.logits.abs().max()))
     return summary
 
 
+def _reject_failed_check(folder: Path, summary: dict[str, Any], scale: float) -> None:
+    """Raise `ExportCheckError` when the export disagrees with eager inference, after moving
+    its manifest aside (`manifest.rejected.json`) so the folder no longer loads as valid."""
+    difference, tolerance = summary["check_max_logit_difference"], 1e-3 * (1.0 + scale)
+    if summary["check_decisions_equal"] and difference <= tolerance:
+        return
+    (folder / "manifest.json").replace(folder / "manifest.rejected.json")
+    what = ("other decisions than eager inference" if not summary["check_decisions_equal"]
+            else f"logits {difference:.3g} away from eager inference (tolerance {tolerance:.3g})")
+    raise ExportCheckError(f"{folder}: the exported graphs give {what} on {summary['check_samples']} random "
+                           "inputs; the manifest was moved to manifest.rejected.json (the graphs are kept for "
+                           "inspection). Near-tied scores of untrained weights can flip a decision: "
+                           "--check-samples 0 skips the check")
+
+
 def export_folder_size(folder: str | Path) -> int:
-    """Bytes of every file in an export folder."""
-    return sum(p.stat().st_size for p in Path(folder).iterdir() if p.is_file())
+    """Bytes of an export: its manifest and the graph files the manifest lists."""
+    manifest = read_manifest(folder)
+    files = [Path(folder) / "manifest.json"] + [Path(folder) / e["file"] for e in manifest["graphs"].values()]
+    return sum(p.stat().st_size for p in files)
