@@ -48,6 +48,7 @@ from ..outputs import DynamicOutput
 from .backends import Runner, compile_room, compiled_runner, file_runner, module_runner
 from .export import FORMATS, MANIFEST, MANIFEST_VERSION
 from .graphs import StateLayout
+from .manifest_check import check_manifest_contents
 from .plan import KINDS, DeploymentPlan
 
 ENGINE_OF_FORMAT = {"torch.export": "torch.export", "onnx": "onnxruntime"}
@@ -81,6 +82,7 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
     for key in ("graphs", "structure", "input_shape"):
         _require(key in manifest, source, f"key {key!r} is missing")
     _require(isinstance(manifest["graphs"], dict) and manifest["graphs"], source, "key 'graphs': expected graphs")
+    check_manifest_contents(manifest, source)
     return manifest
 
 
