@@ -162,6 +162,24 @@ def test_fresh_run_refuses_to_clobber_a_previous_run_unless_told(tmp_path):
     assert (run_dir / "last.pt").read_bytes() == before
     make_trainer(make_config(tmp_path, epochs=1, overwrite=True)).fit()
     assert len(read_metrics(run_dir)) == 1 and load_checkpoint(run_dir / "last.pt")["epoch"] == 1
+    assert sorted(p.name for p in run_dir.glob("*.pt")) == ["best.pt", "last.pt"]
+
+
+def test_an_overwrite_that_fails_before_its_first_epoch_keeps_the_old_checkpoints_aside(tmp_path):
+    make_trainer(make_config(tmp_path, epochs=2)).fit()
+    run_dir = tmp_path / "tiny_run"
+    old_last, old_best = (run_dir / "last.pt").read_bytes(), (run_dir / "best.pt").read_bytes()
+    failing = make_trainer(make_config(tmp_path, epochs=1, overwrite=True))
+
+    def broken_forward(x):
+        raise RuntimeError("fails in the first step")
+
+    failing.model.forward = broken_forward
+    with pytest.raises(RuntimeError, match="first step"):
+        failing.fit()
+    assert not (run_dir / "last.pt").exists()  # a resume cannot pick up the replaced run
+    assert (run_dir / "last.replaced.pt").read_bytes() == old_last
+    assert (run_dir / "best.replaced.pt").read_bytes() == old_best
 
 
 def test_resume_with_another_model_is_refused(tmp_path):
@@ -248,3 +266,11 @@ def test_the_epoch_line_says_the_time_left_at_the_recent_speed():
     assert time_left(history, 0) == "" and time_left([], 10) == "" and time_left([{"epoch": 1}], 10) == ""
     assert time_left([{"epoch_seconds": 1.0}], 1) == "  eta 1m"
     assert time_left([{"epoch_seconds": 3590.0}], 2) == "  eta 2h00m"  # 119.7 minutes round up to 2 h
+
+
+def test_exit_weights_of_the_wrong_count_fail_before_the_run_folder_is_touched(tmp_path):
+    config = TrainConfig(name="exits", model="multi_exit_cnn", model_args={"width": 4}, data="digits", epochs=1,
+                         exit_weights=[1.0] * 7, out_dir=str(tmp_path), progress=False, device="cpu")
+    with pytest.raises(ConfigError, match="exit_weights"):
+        Trainer(config)
+    assert not (tmp_path / "exits").exists()

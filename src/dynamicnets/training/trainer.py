@@ -32,7 +32,7 @@ from .initialise import execution_kwargs, load_initial_weights, temperature_sche
 from .adversarial import AdversarialTraining
 from .distillation import exit_distillation_loss
 from .teacher import TeacherDistillation
-from .losses import multi_exit_loss
+from .losses import multi_exit_loss, normalized_exit_weights
 from .mixing import BatchMixing
 from .protocols import SupportsBaselineUpdate, SupportsLabelLosses, SupportsTrainingProgress
 from .rng import capture_rng_state, derived_seed, restore_rng_state, seed_everything
@@ -40,6 +40,11 @@ from .schedules import build_scheduler, lr_factor
 
 # Files of a run folder (their crash leftovers `.<name>.*.tmp` are removed on resume).
 _RUN_FILES = ("last.pt", "best.pt", "config.yaml", "metrics.jsonl")
+
+
+def _replaced(name: str) -> str:
+    """Where an overwritten run's checkpoint waits until the new run saves its first epoch."""
+    return name.replace(".pt", ".replaced.pt")
 
 # Config keys that may change between a run and its resumption without a note.
 _RESUME_FREE_KEYS = {"resume", "progress", "epochs", "num_workers", "threads", "device", "out_dir",
@@ -190,6 +195,8 @@ class Trainer:
         if self.channels_last:
             model = to_channels_last(model)
         self.model = model
+        if config.exit_weights is not None and isinstance(getattr(model, "num_exits", None), int):
+            normalized_exit_weights(config.exit_weights, model.num_exits)  # a wrong count fails here, not at step 1
         if config.cutmix > 0 and len(self.bundle.input_shape) != 3:
             raise ConfigError(f"key 'cutmix': needs image data (C, H, W), {config.data!r} gives inputs of shape "
                               f"{tuple(self.bundle.input_shape)}")
@@ -490,6 +497,7 @@ class Trainer:
         save_checkpoint(self.run_dir / "last.pt", state)
         if is_best:
             save_checkpoint(self.run_dir / "best.pt", state)
+        self._drop_replaced_checkpoints()
 
     # -------------------------------------------------------------- checkpoint
     def _checkpoint_state(self) -> dict[str, Any]:
@@ -618,21 +626,34 @@ class Trainer:
     # ------------------------------------------------------------------ files
     def _write_run_files(self, fresh: bool) -> None:
         ensure_dir(self.run_dir, "run folder")
-        if fresh and (self.run_dir / "last.pt").exists():
-            self._say(f"{self.run_dir}: overwrite=true, replacing the previous run there")
+        replaced = fresh and (self.run_dir / "last.pt").exists()
         atomic_write(self.run_dir / "config.yaml", yaml.safe_dump(to_plain(self.config), sort_keys=False))
         # The checkpoint's history is the truth: finished epochs only, none twice.
         lines = "".join(json.dumps(r) + "\n" for r in ([] if fresh else self.history))
         atomic_write(self.run_dir / "metrics.jsonl", lines)
-        if fresh:  # a later resume must not pick up the checkpoints of the run we replace
-            for stale in ("last.pt", "best.pt"):
-                stale_path = self.run_dir / stale
-                try:
-                    stale_path.unlink(missing_ok=True)
-                except IsADirectoryError as err:
-                    raise OutputError(f"{stale_path}: is a folder; move it away to start this run") from err
-                except OSError as err:
-                    raise OutputError(describe_os_error(stale_path, err, "cannot remove")) from err
+        if fresh:  # a later resume must not pick up the checkpoints of the run we replace,
+            for name in ("last.pt", "best.pt"):  # kept aside until this run saves its first epoch
+                self._move(self.run_dir / name, self.run_dir / _replaced(name))
+        if replaced:
+            self._say(f"{self.run_dir}: overwrite=true, replacing the previous run there (its checkpoints are "
+                      f"kept as {_replaced('last.pt')} and {_replaced('best.pt')} until this run's first epoch "
+                      f"is saved)")
+
+    def _move(self, source: Path, target: Path) -> None:
+        try:
+            if source.exists():
+                source.replace(target)
+        except IsADirectoryError as err:
+            raise OutputError(f"{source}: is a folder; move it away to start this run") from err
+        except OSError as err:
+            raise OutputError(describe_os_error(source, err, "cannot move aside")) from err
+
+    def _drop_replaced_checkpoints(self) -> None:
+        for name in ("last.pt", "best.pt"):
+            try:
+                (self.run_dir / _replaced(name)).unlink(missing_ok=True)
+            except OSError:  # a leftover copy of the old run is harmless
+                pass
 
     def _summary(self, already_finished: bool) -> dict[str, Any]:
         last = self.history[-1] if self.history else {}
