@@ -199,6 +199,13 @@ def test_eval_gate_rate_fits_thresholds_on_one_half_and_scores_the_other(tmp_pat
     assert (record["gate_calibration_samples"], record["samples"]) == (179, 180)
     assert all(abs(r - 0.5) < 0.15 for r in record["block_execution_rate"])
     assert checkpoint.read_bytes() == before  # the checkpoint is not rewritten
+    cap = 0.95 * record["mean_flops"]  # --max-flops caps every sample under the fitted rule
+    capped_json = tmp_path / "capped.json"
+    assert main(["eval", "--checkpoint", str(checkpoint), "--gate-rate", "0.5", "--max-flops", f"{cap:.0f}",
+                 "--json", str(capped_json), "--min-run-time", "0.01"]) == 0
+    capped = json.loads(capped_json.read_text())["records"]
+    assert "max_flops" in capsys.readouterr().out and capped["max_flops"] == pytest.approx(cap, abs=1)
+    assert capped["mean_flops"] <= cap < record["mean_flops"]
 
 
 def test_eval_gate_rate_refuses_ungated_models_and_rates_outside_0_1(trained, tmp_path, capsys):
@@ -208,6 +215,9 @@ def test_eval_gate_rate_refuses_ungated_models_and_rates_outside_0_1(trained, tm
     assert main(["eval", "--checkpoint", str(trained / "last.pt"), "--gate-rate", "1.5"]) == 2
     line = _error_line(capsys)
     assert "--gate-rate" in line and "(0, 1]" in line
+    assert main(["eval", "--checkpoint", str(trained / "last.pt"), "--max-flops", "1M"]) == 2
+    line = _error_line(capsys)
+    assert "--max-flops" in line and "no layer-skipping gates" in line
 
 
 @pytest.mark.parametrize("name", ["skipnet_resnet", "convnet_aig_resnet", "blockdrop_resnet", "act_resnet",

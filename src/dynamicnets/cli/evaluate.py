@@ -15,7 +15,7 @@ from ..writing import check_writable
 # sample, then the timings, and the FLOPs speedup of exactly the timed samples beside the
 # measured one.
 SUMMARY = ["model", "pretrained", "sha256", "data", "split", "scored_on", "preprocessing", "preprocessing_converted",
-           "protocol", "samples", "policy", "budget_flops", "thresholds", "gate_rate", "accuracy", "mean_flops",
+           "protocol", "samples", "policy", "budget_flops", "thresholds", "gate_rate", "max_flops", "accuracy", "mean_flops",
            "full_flops", "speedup_flops", "exit_histogram", "resolution_histogram", "width_histogram",
            "block_execution_rate",
            "timed_samples", "latency_ms_per_sample", "full_latency_ms_per_sample", "latency_ms_batch1",
@@ -63,11 +63,14 @@ def _early_exit_request(args: argparse.Namespace) -> EarlyExitRequest | None:
 def run_eval(args: argparse.Namespace) -> int:
     if args.json:
         check_writable(args.json, "--json")  # before the evaluation, not after it
+    early_exit = _early_exit_request(args)  # carries --max-flops; without a rule it caps a gated ResNet's gates
     result = evaluate_checkpoint(EvalRequest(
         checkpoint=args.checkpoint, model=args.model, pretrained=args.pretrained, data=args.data, split=args.split,
         batch_size=args.batch_size,
         threads=args.threads, device=args.device, min_run_time=args.min_run_time,
-        early_exit=_early_exit_request(args), anytime=args.anytime, gate_rate=args.gate_rate,
+        early_exit=early_exit, anytime=args.anytime, gate_rate=args.gate_rate,
+        gate_max_flops=parse_flops(args.max_flops, what="--max-flops") if early_exit is None and args.max_flops
+        else None,
         confidence=args.confidence, eval_size=args.eval_size,
         timed_samples=args.timed_samples or None,
     ))
@@ -77,7 +80,7 @@ def run_eval(args: argparse.Namespace) -> int:
         value = result[key]
         if value is None:
             continue
-        if key in ("mean_flops", "full_flops", "budget_flops"):
+        if key in ("mean_flops", "full_flops", "budget_flops", "max_flops"):
             value = f"{format_flops(value)} ({value:.0f})"
             if key == "budget_flops" and result.get("budget_fraction") is not None:
                 value += f", {100 * result['budget_fraction']:.4g}% of full_flops"

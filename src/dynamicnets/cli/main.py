@@ -64,7 +64,9 @@ def _build_parser() -> argparse.ArgumentParser:
                         "thresholds; DynamicViT/EViT: a keep ratio)")
     p.add_argument("--budget-ms", type=float, default=None, help="mean measured ms per sample")
     p.add_argument("--thresholds", default=None, help="comma-separated, one per exit but the last")
-    p.add_argument("--max-flops", default=None, help="per-sample compute cap, e.g. 20M")
+    p.add_argument("--max-flops", default=None,
+                   help="per-sample compute cap, e.g. 20M, on the rule of --budget/--budget-ms/--thresholds, or "
+                        "alone (or with --gate-rate) on a gated ResNet's gates")
     p.add_argument("--anytime", action="store_true",
                    help="print accuracy and cost of every exit (multi-exit models; needs no exit rule)")
     p.add_argument("--gate-rate", type=float, default=None,

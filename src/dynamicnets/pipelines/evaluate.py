@@ -14,9 +14,11 @@ import torch
 from ..data import make_eval_loader
 from ..protocols import CalibratableGates, MultiExit, SkipsComputation
 from ..errors import ConfigError
+from ..gates.thresholds import GatePolicy
 from ..inference.cost_spread import check_confidence, check_eval_size
 from ..inference.gate_rate import fit_gate_rate
 from ..layers.slimmable import WidthLadder
+from ..models.skipping.gated_resnet import GatedResNet
 from ..models.spatial.dynamic_resolution import DynamicResolutionNet
 from ..models.transformers import TOKEN_PRUNING
 from ..models.width.dsnet import DSNet
@@ -36,6 +38,7 @@ from .early_exit import (
     timed_batches,
 )
 from .cascade_budget import cascade_width_histogram, fit_cascade_budget
+from .policy_budget import PolicyBound
 from .resolution_budget import fit_resolution_budget, resolution_histogram
 from .token_budget import fit_token_budget
 from .width_budget import fit_width_budget, width_histogram
@@ -62,6 +65,9 @@ class EvalRequest:
         anytime: multi-exit models: score every exit on its own as well (alone, it needs
             no exit rule).
         gate_rate: gated ResNets: calibrate every gate to this execution rate.
+        gate_max_flops: gated ResNets: a per-sample FLOPs cap (`GatePolicy.max_flops`) on
+            the gates' rule (trained, or fitted by `gate_rate`). Other families take their
+            cap in `early_exit.max_flops`.
         gate_calibration_samples: at most this many samples fit the gate thresholds.
         confidence: fit a budget (`early_exit`) or the gate rates so that the cost they
             promise holds on a fresh batch of `eval_size` samples with about this
@@ -84,6 +90,7 @@ class EvalRequest:
     early_exit: EarlyExitRequest | None = None
     anytime: bool = False
     gate_rate: float | None = None
+    gate_max_flops: float | None = None
     gate_calibration_samples: int = 2048
     confidence: float | None = None
     eval_size: int | None = None
@@ -157,6 +164,10 @@ def evaluate_checkpoint(request: EvalRequest) -> dict[str, Any]:
                  "preprocessing": f"{prepared.trained.describe()} "
                                   f"({prepared.origin if request.checkpoint else 'recorded with the weights'})",
                  "preprocessing_converted": prepared.converted}
+    if request.gate_max_flops is not None and not isinstance(model, GatedResNet):
+        raise ConfigError(f"--max-flops: {ckpt['model_name']!r} has no layer-skipping gates; for early exits, "
+                          "resolution predictors, DS-Net and slimmable networks it caps the rule fitted by --budget "
+                          "or --budget-ms or given by --thresholds: add one of them")
     if isinstance(model, MultiExit):
         return {**described, **_evaluate_multi_exit(model, bundle, dataset, request, seed)}
     if request.anytime:
@@ -170,6 +181,10 @@ def evaluate_checkpoint(request: EvalRequest) -> dict[str, Any]:
     extra, runner = {}, model
     if request.gate_rate is not None:
         dataset, extra = _calibrate_gates(model, bundle, dataset, request, seed, device)
+    if request.gate_max_flops is not None:  # the gates' rule (folded into the logits by a gate rate) under a cap
+        runner = PolicyBound(model, GatePolicy.constant(0.0, model.num_gated_blocks,
+                                                        max_flops=request.gate_max_flops))
+        extra["max_flops"] = request.gate_max_flops
     if request.early_exit is not None:  # a resolution or width predictor, or a width cascade: fit to the budget
         dsnet, slimmable = isinstance(model, DSNet), isinstance(model, WidthLadder)
         tokens = isinstance(model, TOKEN_PRUNING)
