@@ -70,7 +70,7 @@ from dynamicnets.training.stages import split_steps, train_only
 from dynamicnets.writing import atomic_write_with
 
 ROOT = Path(__file__).resolve().parents[1]
-MNIST = ROOT.parent / "shared" / "data" / "mnist"
+MNIST = ROOT / "data" / "mnist"
 MODELS = {
     "small_cnn": {"width": 32},
     "stn_cnn": {"canvas": 60, "glimpse": 28},

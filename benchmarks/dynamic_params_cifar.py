@@ -35,7 +35,7 @@ from dynamicnets.training import TrainConfig, Trainer
 from dynamicnets.training.evaluate import evaluate, to_channels_last
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = "cifar10:" + str(ROOT.parent / "shared" / "data" / "cifar-10-batches-py")
+DATA = "cifar10:" + str(ROOT / "data" / "cifar-10-batches-py")
 RESULTS = ROOT / "benchmarks" / "results"
 BASE = {"width_mult": 0.35, "stem_stride": 2}
 VARIANTS = {  # name -> (model arguments, anneal the temperature)

@@ -45,7 +45,7 @@ from dynamicnets.models import create_model
 from dynamicnets.training import TrainConfig, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = "cifar10:" + str(ROOT.parent / "shared" / "data" / "cifar-10-batches-py")
+DATA = "cifar10:" + str(ROOT / "data" / "cifar-10-batches-py")
 RESULTS = ROOT / "benchmarks" / "results"
 RESOLUTIONS = (16, 24, 32)
 BUDGETS = (0.35, 0.5, 0.75)

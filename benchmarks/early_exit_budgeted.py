@@ -38,8 +38,8 @@ from dynamicnets.training import TrainConfig, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = {
-    "cifar10": ("cifar10:" + str(ROOT.parent / "shared" / "data" / "cifar-10-batches-py"), 3),
-    "mnist": ("mnist:" + str(ROOT.parent / "shared" / "data" / "mnist"), 1),
+    "cifar10": ("cifar10:" + str(ROOT / "data" / "cifar-10-batches-py"), 3),
+    "mnist": ("mnist:" + str(ROOT / "data" / "mnist"), 1),
 }
 MODELS = [("msdnet_cifar", {}), ("resnet20", {}), ("resnet32", {}), ("resnet56", {})]
 

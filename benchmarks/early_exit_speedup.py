@@ -12,7 +12,7 @@ overhead from the per-FLOP speed of the stages it skips.
     python benchmarks/early_exit_speedup.py --channels-last
 
 Uses the MSDNet trained by early_exit_budgeted.py when runs/bench holds it and real CIFAR-10
-validation images when ../shared/data has them; otherwise random weights (logits spread so
+validation images when data/cifar-10-batches-py holds them; otherwise random weights (logits spread so
 that confidences vary) and random inputs, which is stated in each record.
 Writes benchmarks/results/early_exit_speedup.{json,md}.
 """
@@ -34,7 +34,7 @@ from dynamicnets.profiling.latency import compare
 from dynamicnets.profiling.report import markdown_table, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
-CIFAR = ROOT.parent / "shared" / "data" / "cifar-10-batches-py"
+CIFAR = ROOT / "data" / "cifar-10-batches-py"
 TRAINED = {"msdnet_cifar": ROOT / "runs" / "bench" / "cifar10_msdnet_cifar" / "last.pt"}
 
 

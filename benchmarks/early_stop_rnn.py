@@ -50,7 +50,7 @@ from dynamicnets.training import TrainConfig, Trainer
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 NAME = "early_stop_rnn"
-DATA = "mnist:" + str(ROOT.parent / "shared" / "data" / "mnist")
+DATA = "mnist:" + str(ROOT / "data" / "mnist")
 ROWS = 28
 
 

@@ -46,7 +46,7 @@ from dynamicnets.training import TrainConfig, Trainer
 from dynamicnets.training.evaluate import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = "cifar10:" + str(ROOT.parent / "shared" / "data" / "cifar-10-batches-py")
+DATA = "cifar10:" + str(ROOT / "data" / "cifar-10-batches-py")
 RESULTS = ROOT / "benchmarks" / "results"
 METHODS = {  # method -> (registered model, model arguments)
     "skipnet": ("skipnet_resnet", {"gate": "ffgate", "rl": True, "cost_weight": 0.1}),

@@ -39,7 +39,7 @@ from dynamicnets.profiling.report import markdown_table, write_json
 from dynamicnets.training.evaluate import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = "cifar10:" + str(ROOT.parent / "shared" / "data" / "cifar-10-batches-py")
+DATA = "cifar10:" + str(ROOT / "data" / "cifar-10-batches-py")
 RESULTS = ROOT / "benchmarks" / "results"
 GATE_METHODS = ("skipnet", "convnet_aig", "blockdrop")
 

@@ -149,7 +149,7 @@ def main() -> int:
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--max-jump", type=int, default=16, help="K on jump_task (>= the largest index, 15)")
-    parser.add_argument("--mnist", default="../shared/data/mnist", help="MNIST IDX folder ('' to skip)")
+    parser.add_argument("--mnist", default="data/mnist", help="MNIST IDX folder ('' to skip)")
     parser.add_argument("--mnist-epochs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--min-run-time", type=float, default=0.5)

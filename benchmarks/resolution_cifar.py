@@ -63,7 +63,7 @@ from dynamicnets.profiling.report import format_flops, markdown_table, write_jso
 from dynamicnets.training import TrainConfig, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = "cifar10:" + str(ROOT.parent / "shared" / "data" / "cifar-10-batches-py")
+DATA = "cifar10:" + str(ROOT / "data" / "cifar-10-batches-py")
 DYNAMIC_RESOLUTION = {"depth": 20, "resolutions": [16, 24, 32], "target_flops_ratio": 0.5, "cost_weight": 1.0}
 MODELS = {
     "msdnet_cifar": {},

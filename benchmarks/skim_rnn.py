@@ -65,7 +65,7 @@ def time_static(static, xs: list[torch.Tensor], args) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="mnist:../shared/data/mnist", help="MNIST data spec (IDX folder)")
+    parser.add_argument("--data", default="mnist:data/mnist", help="MNIST data spec (IDX folder)")
     parser.add_argument("--val-size", type=int, default=5000)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--hidden", type=int, default=128)

@@ -197,7 +197,7 @@ def write(rows: list[dict], args) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="mnist:../shared/data/mnist")
+    parser.add_argument("--data", default="mnist:data/mnist")
     parser.add_argument("--val-size", type=float, default=0.1, help="validation fraction (rows)")
     parser.add_argument("--pixel-val-size", type=int, default=1000, help="validation samples (pixels)")
     parser.add_argument("--hidden", type=int, default=110)

@@ -72,7 +72,7 @@ from dynamicnets.profiling.report import markdown_table, write_json
 from dynamicnets.training.evaluate import to_channels_last
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = "cifar10:" + str(ROOT.parent / "shared" / "data" / "cifar-10-batches-py")
+DATA = "cifar10:" + str(ROOT / "data" / "cifar-10-batches-py")
 RESULTS = ROOT / "benchmarks" / "results"
 STRATEGIES = ("positions", "tiles", "per_block")
 TARGET_SAVING = 0.30   # fraction of the plain FLOPs saved, at least

@@ -84,7 +84,7 @@ def timing(dynamic, static, xs: list[torch.Tensor], policy, args) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mnist", default="../shared/data/mnist", help="MNIST IDX folder")
+    parser.add_argument("--mnist", default="data/mnist", help="MNIST IDX folder")
     parser.add_argument("--data-cache", default=str(ROOT / "runs" / "data"))
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--size", type=int, default=48)

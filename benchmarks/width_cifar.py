@@ -42,7 +42,7 @@ from dynamicnets.profiling.report import markdown_table, write_json
 from dynamicnets.training import TrainConfig, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = "cifar10:" + str(ROOT.parent / "shared" / "data" / "cifar-10-batches-py")
+DATA = "cifar10:" + str(ROOT / "data" / "cifar-10-batches-py")
 RESULTS = ROOT / "benchmarks" / "results"
 WIDTHS = (0.25, 0.5, 0.75, 1.0)
 

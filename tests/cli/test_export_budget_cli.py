@@ -20,7 +20,7 @@ from dynamicnets.pipelines.export import ExportRequest, export_checkpoint
 from dynamicnets.pipelines.zoo import ZooExport, ZooPaths, export_run
 from dynamicnets.training import TrainConfig, Trainer
 
-CIFAR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cifar-10-batches-py"
+CIFAR = Path(__file__).resolve().parents[2] / "data" / "cifar-10-batches-py"
 
 
 def _train(root: Path, name: str, model: str, **args) -> Path:

@@ -7,7 +7,7 @@ import torch
 from dynamicnets.data import cluttered, cluttered_boxes, load_data, parse_spec
 from dynamicnets.errors import DataError
 
-REAL_MNIST = Path("/work/shared/data/mnist")
+REAL_MNIST = Path(__file__).resolve().parents[2] / "data" / "mnist"
 
 
 def _load(root, options, **kwargs):

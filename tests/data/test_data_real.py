@@ -1,4 +1,4 @@
-"""Real CIFAR-10 and MNIST from ../shared/data (slow; skipped when the folder is absent)."""
+"""Real CIFAR-10 and MNIST from the repository's data/ folder (slow; skipped when the folder is absent)."""
 import time
 from pathlib import Path
 
@@ -7,7 +7,7 @@ import torch
 
 from dynamicnets.data import load_data, make_loaders
 
-SHARED_DATA = Path(__file__).parents[2].parent / "shared" / "data"
+SHARED_DATA = Path(__file__).parents[2] / "data"
 
 
 def _require(folder: str) -> Path:

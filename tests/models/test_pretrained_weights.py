@@ -17,7 +17,7 @@ from dynamicnets.models.pretrained import (
     sha256_file,
 )
 
-CIFAR = Path(__file__).parents[2].parent / "shared" / "data" / "cifar-10-batches-py"
+CIFAR = Path(__file__).parents[2] / "data" / "cifar-10-batches-py"
 
 
 @pytest.fixture()
