@@ -264,7 +264,8 @@ def test_the_epoch_line_says_the_time_left_at_the_recent_speed():
     assert time_left(history, 30) == "  eta 50m"  # 30 x the median of the last five (100 s)
     assert time_left(history, 45) == "  eta 1h15m"
     assert time_left(history, 0) == "" and time_left([], 10) == "" and time_left([{"epoch": 1}], 10) == ""
-    assert time_left([{"epoch_seconds": 1.0}], 1) == "  eta 1m"
+    assert time_left([{"epoch_seconds": 1.0}], 1) == "  eta 1s"  # under a minute: seconds
+    assert time_left([{"epoch_seconds": 20.0}], 2) == "  eta 40s" and time_left([{"epoch_seconds": 30.5}], 2) == "  eta 2m"
     assert time_left([{"epoch_seconds": 3590.0}], 2) == "  eta 2h00m"  # 119.7 minutes round up to 2 h
 
 
@@ -274,3 +275,17 @@ def test_exit_weights_of_the_wrong_count_fail_before_the_run_folder_is_touched(t
     with pytest.raises(ConfigError, match="exit_weights"):
         Trainer(config)
     assert not (tmp_path / "exits").exists()
+
+
+def test_a_checkpoint_with_a_damaged_rng_state_is_one_checkpoint_error(tmp_path):
+    make_trainer(make_config(tmp_path, epochs=1)).fit()
+    path = tmp_path / "tiny_run" / "last.pt"
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["rng"]["torch"] = "x"
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match=r"last.pt: incomplete or inconsistent training checkpoint \(\w+Error"):
+        make_trainer(make_config(tmp_path, epochs=2, resume=True)).fit()
+    del ckpt["rng"]
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match=r"last.pt: not a dynamicnets training checkpoint \(no rng\)"):
+        make_trainer(make_config(tmp_path, epochs=2, resume=True)).fit()

@@ -59,7 +59,10 @@ def time_left(history: list[dict[str, Any]], epochs_left: int, recent: int = 5) 
                      if isinstance(r.get("epoch_seconds"), (int, float)))
     if epochs_left <= 0 or not seconds:
         return ""
-    hours, minutes = divmod(max(1, math.ceil(epochs_left * seconds[len(seconds) // 2] / 60)), 60)
+    left = epochs_left * seconds[len(seconds) // 2]
+    if left < 60:
+        return f"  eta {max(1, math.ceil(left))}s"
+    hours, minutes = divmod(math.ceil(left / 60), 60)
     return f"  eta {hours}h{minutes:02d}m" if hours else f"  eta {minutes}m"
 
 
@@ -564,8 +567,9 @@ class Trainer:
             self.best_epoch = ckpt["best_epoch"]
             self.history = list(ckpt["history"])
             restore_rng_state(ckpt["rng"], self.train_loader)
-        except (KeyError, ValueError, RuntimeError, TypeError) as e:
-            raise CheckpointError(f"{path}: incomplete or inconsistent training checkpoint: {e}") from e
+        except (KeyError, ValueError, RuntimeError, TypeError, AttributeError) as e:
+            what = f"key {e.args[0]!r} is missing" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
+            raise CheckpointError(f"{path}: incomplete or inconsistent training checkpoint ({what})") from e
         self._apply_current_hyperparameters()
         if self.is_main:
             self._repair_best(ckpt)
