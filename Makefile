@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-all docs bench clean
+.PHONY: setup demo test test-all docs clean
 
 setup: $(STAMP)
 

@@ -86,7 +86,8 @@ def ensure_dir(folder: str | os.PathLike, what: str = "output folder") -> Path:
     existing = _first_existing(folder)
     if not existing.is_dir():
         if existing == folder:
-            raise OutputError(f"{folder}: is a file, expected a {what}")
+            article = "an" if what[:1].lower() in "aeiou" else "a"
+            raise OutputError(f"{folder}: is a file, expected {article} {what}")
         raise OutputError(f"{folder}: cannot create the {what}: {existing} is a file, not a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -80,6 +80,18 @@ def test_bad_input_is_one_error_line(checkpoint, tmp_path, capsys, args, named):
     assert code == 2 and len(err) == 1 and named in err[0]
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--step-size", "abc"], "--step-size: expected a number or a fraction"),
+    (["--step-size", "0"], "--step-size: expected a number > 0"),
+    (["--budget", "50%", "--thresholds", "0.5"], "(got --budget, --thresholds)"),
+])
+def test_bad_options_are_named_as_typed(tmp_path, capsys, args, message):
+    code, _ = _attack(tmp_path / "never_read.pt", tmp_path, "--kind", "pgd", "--eps", "8/255",
+                      *args)  # refused before the checkpoint is read
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0]
+
+
 def test_slowdown_needs_exits_or_gates(tmp_path, capsys):
     static = _train(tmp_path, "static", "small_cnn")
     code, _ = _attack(static, tmp_path, "--kind", "slowdown", "--eps", "8/255")

@@ -120,6 +120,29 @@ def test_bench_prints_same_run_ratios(capsys, tmp_path):
     assert rows[0]["time_vs_small_cnn"] == 1.0 and rows[1]["median_ms"] > 0
 
 
+def test_bench_prints_short_flops_and_writes_exact_ones(capsys, tmp_path):
+    from dynamicnets.profiling.report import format_flops
+
+    out_json = tmp_path / "bench.json"
+    assert main(["bench", "small_cnn", "--batch-sizes", "1", "--min-run-time", "0.02", "--json", str(out_json)]) == 0
+    flops = json.loads(out_json.read_text())["records"][0]["flops"]
+    row = capsys.readouterr().out.splitlines()[2].split()
+    assert isinstance(flops, int) and flops >= 1000
+    assert row[:4] == ["small_cnn", "1", "1x8x8", format_flops(flops)]
+
+
+def test_bench_refuses_an_unwritable_json_before_benchmarking(capsys, monkeypatch):
+    import dynamicnets.cli.bench as bench
+
+    def never(request):
+        raise AssertionError("benchmarked before checking --json")
+
+    monkeypatch.setattr(bench, "bench_models", never)
+    assert main(["bench", "small_cnn", "--batch-sizes", "1", "--json", "/proc/x.json"]) == 2
+    line = _error_line(capsys)
+    assert "--json" in line and "/proc/x.json" in line
+
+
 def test_bench_rejects_bad_batch_sizes(capsys):
     assert main(["bench", "small_cnn", "--batch-sizes", "a,b"]) == 2
     assert "--batch-sizes" in _error_line(capsys)
@@ -131,6 +154,20 @@ def test_console_script_exit_code_and_message(tmp_path):
                            str(tmp_path / "missing.pt")], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "missing.pt" in proc.stderr
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "nan"])
+def test_demo_refuses_a_bad_min_run_time_before_training(tmp_path, capsys, monkeypatch, value):
+    import dynamicnets.pipelines.demo as demo
+
+    def never(config, width):
+        raise AssertionError("trained before checking --min-run-time")
+
+    monkeypatch.setattr(demo, "_train", never)
+    assert main(["demo", "--out-dir", str(tmp_path / "demo"), "--min-run-time", value]) == 2
+    line = _error_line(capsys)
+    assert "--min-run-time" in line and "> 0" in line and value in line
+    assert not (tmp_path / "demo").exists()
 
 
 def test_demo_runs_end_to_end(tmp_path, capsys):

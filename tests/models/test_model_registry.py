@@ -211,6 +211,13 @@ def test_models_command_filters_by_family_and_pattern(capsys):
     assert capsys.readouterr().out.split() == ["resnet20_condconv", "resnet20_dyconv", "resnet20_dyrelu"]
 
 
+def test_models_help_lists_every_family(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["models", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"only this family: {', '.join(FAMILIES)}" in help_text and "transformers" in FAMILIES
+
+
 def test_models_command_refuses_an_unknown_family(capsys):
     assert cli_main(["models", "--family", "skiping"]) == 2
     err = capsys.readouterr().err

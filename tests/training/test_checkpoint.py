@@ -93,6 +93,13 @@ def test_corrupt_file_names_it(tmp_path, damage):
         load_checkpoint(path)
 
 
+def test_unreadable_file_error_names_the_exception_type(tmp_path):
+    path = tmp_path / "last.pt"
+    path.write_bytes(b"hello world garbage")  # the unpickler fails with a bare KeyError(101)
+    with pytest.raises(CheckpointError, match=r"last.pt: cannot read checkpoint .*\): \w+Error: 101$"):
+        load_checkpoint(path)
+
+
 def test_non_dict_checkpoint_is_refused(tmp_path):
     path = tmp_path / "list.pt"
     torch.save([torch.zeros(1)], path)

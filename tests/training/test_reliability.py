@@ -190,6 +190,15 @@ def test_unwritable_places_are_output_errors_naming_the_path(tmp_path):
     assert not (tmp_path / "new").exists()  # a check creates nothing
 
 
+@pytest.mark.parametrize("what, expected", [("export folder", "expected an export folder"),
+                                            ("run folder", "expected a run folder")])
+def test_a_file_in_place_of_a_folder_takes_the_right_article(tmp_path, what, expected):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OutputError, match=rf"file: is a file, {expected}$"):
+        ensure_dir(blocker, what)
+
+
 def test_full_disk_is_an_output_error_and_keeps_the_old_file(tmp_path):
     path = tmp_path / "result.json"
     atomic_write_with(path, lambda f: f.write(b"old"))

@@ -128,6 +128,13 @@ def test_eval_runs_the_default_width_and_rejects_unconfigured_widths():
         create_model("slimmable_resnet_cifar", depth=21)
 
 
+@pytest.mark.parametrize("name", ["slimmable_resnet_cifar", "dsnet_resnet_cifar"])
+@pytest.mark.parametrize("widths", [[], (), 0.5])
+def test_empty_or_scalar_widths_raise_a_config_error_naming_widths(name, widths):
+    with pytest.raises(ConfigError, match=r"widths must be a non-empty list of width fractions"):
+        create_model(name, widths=widths)
+
+
 def test_universal_norm_runs_any_width_and_calibrates():
     torch.manual_seed(0)
     model = cifar(norm="universal", widths=(0.3, 1.0), num_random_widths=1).train()

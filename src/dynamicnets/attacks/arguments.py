@@ -44,7 +44,8 @@ def check_attack(eps, steps, step_size=None, norm: str = "linf", *, prefix: str 
         step_size: pixel change per step (> 0); `None`: `2.5 * eps / steps` (Madry et al.
             2018), so the iterates can cross the ball and come back.
         norm: one of `NORMS`.
-        prefix: put before each argument's name in errors (`"adversarial."`).
+        prefix: put before each argument's name in errors (`"adversarial."`); `"--"` names
+            command-line options, so the step size is then spelled `--step-size`.
 
     Raises:
         ConfigError: naming the argument at fault and what was expected.
@@ -59,7 +60,8 @@ def check_attack(eps, steps, step_size=None, norm: str = "linf", *, prefix: str 
     if step_size is None:
         step = 2.5 * eps / int(steps)
     else:
-        step = parse_fraction(step_size, f"{prefix}step_size")
+        what = "--step-size" if prefix == "--" else f"{prefix}step_size"
+        step = parse_fraction(step_size, what)
         if step <= 0:
-            raise ConfigError(f"{prefix}step_size: expected a number > 0, got {step:g}")
+            raise ConfigError(f"{what}: expected a number > 0, got {step:g}")
     return eps, int(steps), step

@@ -5,7 +5,8 @@ import argparse
 
 from ..errors import ConfigError
 from ..pipelines.bench import DEFAULT_MODELS, BenchRequest, bench_models
-from ..profiling.report import print_table, write_json
+from ..profiling.report import format_flops, print_table, write_json
+from ..writing import check_writable
 
 
 def _ints(text: str, what: str) -> list[int]:
@@ -19,6 +20,8 @@ def _ints(text: str, what: str) -> list[int]:
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    if args.json:
+        check_writable(args.json, "--json")  # before the benchmark, not after it
     request = BenchRequest(
         models=args.models or list(DEFAULT_MODELS),
         input_shape=tuple(_ints(args.input_shape, "--input-shape")) if args.input_shape else None,
@@ -27,7 +30,7 @@ def run_bench(args: argparse.Namespace) -> int:
         min_run_time=args.min_run_time,
     )
     rows = bench_models(request)
-    print_table(rows)
+    print_table([{**row, "flops": format_flops(row["flops"])} for row in rows])
     if args.json:
         write_json(args.json, rows)
     return 0

@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from ..errors import DynamicNetsError
+from ..models import FAMILIES
 from ..pipelines.early_exit import DEFAULT_TIMED_SAMPLES
 
 
@@ -119,8 +120,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p = add_parser("models", "list registered models: family, input, params, FLOPs, description")
     p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'resnet*'")
     p.add_argument("--family", default=None,
-                   help="only this family: static, depth (early exits), skipping, width, parameters, "
-                        "spatial, temporal")
+                   help=f"only this family: {', '.join(FAMILIES)} (depth: early exits)")
     p.add_argument("--names", action="store_true", help="print the names only, one per line (fast)")
     p.add_argument("--pretrained", action="store_true",
                    help="list the shipped pretrained weights instead: model, tag, validation accuracy, params, "

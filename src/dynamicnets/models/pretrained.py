@@ -219,13 +219,18 @@ def pretrained_weights(name: str, tag: str | bool = True, root: str | Path | Non
         the registry row.
 
     Raises:
-        ConfigError: `tag` is neither a string nor `True`; no weights are shipped for
+        ConfigError: `root` is given but holds no `registry.json` (or does not exist);
+            `tag` is neither a string nor `True`; no weights are shipped for
             `name` (the message lists the models that have some); no weights carry `tag`
             (the message lists the model's tags); or `tag=True` for a model with several
             tags and no default.
     """
     if not (tag is True or isinstance(tag, str)):
         raise ConfigError(f"pretrained: expected False, True or a tag such as 'cifar10', got {tag!r}")
+    if root is not None and not (Path(root) / REGISTRY_FILE).is_file():
+        problem = f"has no {REGISTRY_FILE}" if Path(root).is_dir() else "does not exist"
+        raise ConfigError(f"pretrained_dir {str(root)!r} {problem}; expected a folder holding {REGISTRY_FILE} "
+                          "and the weight files it lists")
     table = read_registry(root)
     rows = [w for w in table if w.model == name]
     if not rows:

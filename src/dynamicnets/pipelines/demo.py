@@ -66,6 +66,9 @@ def _check(config: DemoConfig) -> None:
                           f"got {config.cascade}")
     if not config.budgets or not all(0 < b < 1 for b in config.budgets):
         raise ConfigError(f"demo: budgets must be fractions in (0, 1), got {config.budgets}")
+    seconds = config.min_run_time
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+        raise ConfigError(f"demo: min_run_time (--min-run-time) must be a number of seconds > 0, got {seconds!r}")
 
 
 def _train(config: DemoConfig, width: int) -> nn.Module:

@@ -77,7 +77,8 @@ class EarlyExitRequest:
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
             raise ConfigError(f"--policy: expected one of {', '.join(POLICIES)}, got {self.policy!r}")
-        given = [n for n in ("budget_flops", "budget_fraction", "budget_ms", "thresholds")
+        given = [flag for n, flag in (("budget_flops", "--budget"), ("budget_fraction", "--budget"),
+                                      ("budget_ms", "--budget-ms"), ("thresholds", "--thresholds"))
                  if getattr(self, n) is not None]
         if len(given) != 1:
             raise ConfigError("early-exit evaluation needs exactly one of --budget, --budget-ms or "

@@ -61,10 +61,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ... by cause
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = type(e).__name__ + (f": {str(e).strip().splitlines()[0]}" if str(e).strip() else "")
         raise CheckpointError(
             f"{path}: cannot read checkpoint (corrupt, truncated, or holds objects other than "
-            f"tensors, containers and primitives): {first_line}"
+            f"tensors, containers and primitives): {reason}"
         ) from e
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: expected a checkpoint dict, found {type(state).__name__}")

@@ -196,6 +196,9 @@ class SlimmableResNet(WidthLadder, ClassifierApi, nn.Module):
             raise ConfigError(f"{self.name}: layers must be positive ints, got {list(layers)}")
         if not isinstance(width_mult, (int, float)) or width_mult <= 0:
             raise ConfigError(f"{self.name}: width_mult must be > 0, got {width_mult!r}")
+        if not isinstance(widths, (list, tuple)) or not widths:
+            raise ConfigError(f"{self.name}: widths must be a non-empty list of width fractions in (0, 1] "
+                              f"including 1.0, e.g. [0.25, 0.5, 1.0]; got {widths!r}")
         widths = sorted({check_width(w, self.name) for w in widths})
         if widths[-1] != 1.0:
             raise ConfigError(f"{self.name}: widths must include 1.0, got {widths}")
