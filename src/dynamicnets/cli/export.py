@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 # The parser is built for every command: the library (models, exporters) loads only when
 # `export` runs. The pipeline checks the format again.
@@ -63,6 +64,7 @@ def run_export(args: argparse.Namespace) -> int:
         check_samples=args.check_samples, budget_flops=budget_flops, budget_fraction=budget_fraction,
         data=args.data, confidence=args.confidence, eval_size=args.eval_size, gate_rate=args.gate_rate,
         keep_ratio=_floats(args.keep_ratio, "--keep-ratio") if args.keep_ratio is not None else None,
+        say=lambda line: print(line, file=sys.stderr, flush=True),
     ))
     for key in ("model", "kind", "format", "graphs", "manifest", *FITTED, "check_samples",
                 "check_max_logit_difference", "check_decisions_equal"):

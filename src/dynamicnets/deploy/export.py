@@ -19,7 +19,9 @@ import hashlib
 import inspect
 import io
 import json
+import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +90,21 @@ def _torch_export_bytes(graph: Graph) -> bytes:
     return buffer.getvalue()
 
 
+@contextlib.contextmanager
+def _quiet_onnx_exporter():
+    """Silence what the ONNX exporter says on every call and the user cannot act on: a warning
+    per torchvision operator it skips (torchvision is not needed) and pytree deprecations."""
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, message=".*LeafSpec.*")
+            yield
+    finally:
+        registration.setLevel(level)
+
+
 def _onnx_bytes(graph: Graph, name: str) -> bytes:
     try:
         import onnx  # noqa: F401  (the exporter needs it; a clear error here is better than its own)
@@ -96,7 +113,7 @@ def _onnx_bytes(graph: Graph, name: str) -> bytes:
                           "pip install 'dynamicnets[deploy]'") from None
     inputs = [f"input{i}" for i in range(len(graph.example))]
     outputs = [f"output{i}" for i in range(graph.outputs)]
-    with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints its progress
+    with contextlib.redirect_stdout(io.StringIO()), _quiet_onnx_exporter():  # it prints its progress
         program = torch.onnx.export(
             graph.module, graph.example, input_names=inputs, output_names=outputs,
             dynamic_shapes=_dynamic_batch(graph), dynamo=True, verbose=False,

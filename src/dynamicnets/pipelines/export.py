@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -61,6 +61,8 @@ class ExportRequest:
             the validation samples (instead of `thresholds`).
         keep_ratio: token-pruning transformers (DynamicViT, EViT): the keep ratio shipped,
             one for every stage or one per stage (default the model's own).
+        say: called with one line as each phase starts (fitting, exporting, checking);
+            None: silent.
     """
 
     checkpoint: str | None
@@ -81,6 +83,7 @@ class ExportRequest:
     batch_size: int = 256
     gate_rate: float | None = None
     keep_ratio: list[float] | None = None
+    say: Callable[[str], None] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.keep_ratio, (int, float)):
@@ -202,6 +205,9 @@ def export_checkpoint(request: ExportRequest) -> dict[str, Any]:
                                                     request.pretrained_dir)
     preprocessing, _ = trained_preprocessing(ckpt, source)
     input_shape = tuple(ckpt["input_shape"])
+    say = request.say or (lambda line: None)
+    if request.gate_rate is not None or request.budget_flops is not None or request.budget_fraction is not None:
+        say(f"fitting the rule of {ckpt['model_name']!r} on {request.data or 'its validation split'}")
     rule = _fitted_rule(model, ckpt, source, request)
     if rule is None:
         policy, fitted = _policy(model, request, input_shape), {}
@@ -211,6 +217,7 @@ def export_checkpoint(request: ExportRequest) -> dict[str, Any]:
                 "preprocessing": preprocessing.to_dict()}
     if fitted:
         metadata["fitted"] = fitted
+    say(f"exporting {ckpt['model_name']!r} as {request.format} into {request.out_dir}")
     manifest_path = export_model(model, request.out_dir, format=request.format, input_shape=input_shape,
                                  policy=policy, metadata=metadata)
     manifest = read_manifest(request.out_dir)
@@ -220,6 +227,7 @@ def export_checkpoint(request: ExportRequest) -> dict[str, Any]:
         "files": [entry["file"] for entry in manifest["graphs"].values()], **fitted,
     }
     if request.check_samples > 0:
+        say(f"checking the export against eager inference on {request.check_samples} random inputs")
         deployed = DeployedModel.load(request.out_dir)
         x = torch.randn((request.check_samples, *input_shape), generator=torch.Generator().manual_seed(0))
         ours, ref = deployed(x), _eager(model, x, policy)
