@@ -1,5 +1,6 @@
 """Shipped pretrained weights: the registry, sha256-checked loading, and its errors."""
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -81,6 +82,15 @@ def test_a_missing_file_names_the_file_and_the_expected_hash(copied):
         create_model("resnet20", pretrained="cifar10", pretrained_dir=copied)
     assert "resnet20_cifar10.pt" in str(info.value) and "not found" in str(info.value)
     assert expected in str(info.value)
+
+
+def test_a_pretrained_dir_without_a_registry_names_the_folder(tmp_path):
+    with pytest.raises(ConfigError, match=rf"pretrained_dir '{re.escape(str(tmp_path))}' has no registry.json"):
+        create_model("resnet20", pretrained=True, pretrained_dir=tmp_path)
+    missing = re.escape(str(tmp_path / "nonexist"))
+    with pytest.raises(ConfigError, match=rf"pretrained_dir '{missing}' does not exist; expected a folder holding "
+                                          r"registry.json"):
+        create_model("resnet20", pretrained=True, pretrained_dir=str(tmp_path / "nonexist"))
 
 
 def test_an_unknown_tag_lists_the_available_ones():
@@ -187,3 +197,13 @@ def test_eval_of_shipped_weights_refuses_incomplete_requests_in_one_line(argv, m
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_weights_paired_with_data_of_another_shape_blame_the_shape_not_the_recorded_split(capsys):
+    from dynamicnets.cli.main import main
+
+    # digits has 1,797 images, fewer than the 5,000 the CIFAR-10 weights were validated on:
+    # the real problem is the input shape, which is what the one error names
+    assert main(["eval", "--model", "resnet20", "--pretrained", "cifar10", "--data", "digits"]) == 2
+    err = capsys.readouterr().err
+    assert "inputs are (1, 8, 8), but the model was trained on (3, 32, 32)" in err and "val_size" not in err

@@ -15,7 +15,8 @@ from ..writing import check_writable
 # sample, then the timings, and the FLOPs speedup of exactly the timed samples beside the
 # measured one.
 SUMMARY = ["model", "pretrained", "sha256", "data", "split", "scored_on", "preprocessing", "preprocessing_converted",
-           "protocol", "samples", "policy", "budget_flops", "thresholds", "gate_rate", "max_flops", "accuracy", "mean_flops",
+           "protocol", "samples", "policy", "budget_flops", "budget_ms", "thresholds", "gate_rate", "max_flops",
+           "accuracy", "mean_flops",
            "full_flops", "speedup_flops", "exit_histogram", "resolution_histogram", "width_histogram",
            "block_execution_rate",
            "timed_samples", "latency_ms_per_sample", "full_latency_ms_per_sample", "latency_ms_batch1",

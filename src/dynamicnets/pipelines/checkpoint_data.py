@@ -87,14 +87,28 @@ def load_checkpoint_data(ckpt: dict[str, Any], checkpoint: str, data: str | None
     spec = data or ckpt.get("data")
     trained, origin = trained_preprocessing(ckpt, checkpoint)
     val_size, seed = config.get("val_size", 0.1), config.get("seed", 0)
-    bundle = load_data(spec, val_size=None if split == "all" else val_size, seed=seed, augment=False)
-    if bundle.num_classes != ckpt["num_classes"]:
-        raise DataError(f"{spec}: {bundle.num_classes} classes, but {checkpoint} was trained on "
-                        f"{ckpt['num_classes']} classes")
-    bundle, converted = _conform_bundle(bundle, trained, spec)
+    try:
+        bundle = load_data(spec, val_size=None if split == "all" else val_size, seed=seed, augment=False)
+    except (ConfigError, DataError) as error:
+        if "val_size" not in str(error):
+            raise
+        # the recorded split does not fit this data: say why it does not fit the model first, if it does not
+        _conform_bundle(_check_classes(load_data(spec, val_size=None, seed=seed, augment=False), ckpt, spec,
+                                       checkpoint), trained, spec)
+        raise DataError(f"{spec}: {checkpoint} was validated on a split carved with val_size={val_size}, seed={seed} "
+                        f"(recorded with it), which does not fit this data ({error}); use --split all to score "
+                        "every sample") from None
+    bundle, converted = _conform_bundle(_check_classes(bundle, ckpt, spec, checkpoint), trained, spec)
     dataset, scored_on = _split(bundle, split, spec, val_size, seed)
     return CheckpointData(spec=spec, bundle=bundle, dataset=dataset, scored_on=scored_on, trained=trained,
                           origin=origin, converted=converted, val_size=val_size, seed=seed)
+
+
+def _check_classes(bundle: DataBundle, ckpt: dict[str, Any], spec: str, checkpoint: str) -> DataBundle:
+    if bundle.num_classes != ckpt["num_classes"]:
+        raise DataError(f"{spec}: {bundle.num_classes} classes, but {checkpoint} was trained on "
+                        f"{ckpt['num_classes']} classes")
+    return bundle
 
 
 def _conform_bundle(bundle: DataBundle, trained: Preprocessing, spec: str) -> tuple[DataBundle, str | None]:
