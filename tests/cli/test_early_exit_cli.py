@@ -90,6 +90,9 @@ def test_multi_exit_model_needs_an_exit_rule(checkpoint, tmp_path, capsys):
     assert "exactly one" in _one_error_line(capsys)
     assert _eval(checkpoint, tmp_path, "--policy", "vibes", "--budget", "2M")[0] == 2
     assert "maxprob" in _one_error_line(capsys)
+    assert _eval(checkpoint, tmp_path, "--budget", "50%", "--gate-rate", "0.5")[0] == 2  # not silently dropped
+    line = _one_error_line(capsys)
+    assert "--gate-rate" in line and "no layer-skipping gates" in line
 
 
 def test_budget_as_a_fraction_of_the_full_cost(checkpoint, tmp_path, capsys):

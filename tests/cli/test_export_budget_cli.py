@@ -221,3 +221,8 @@ def test_a_gate_rate_is_fitted_into_the_gates_and_the_folder_runs_it(tmp_path, c
     assert main(["export", "--checkpoint", str(exits_path(tmp_path)), "--out", str(tmp_path / "y"),
                  "--gate-rate", "0.5"]) == 2
     assert "no layer-skipping gates" in capsys.readouterr().err
+
+
+def test_policy_is_the_same_option_as_criterion_as_in_eval(exits, tmp_path, capsys):
+    assert main(["export", "--checkpoint", str(exits), "--out", str(tmp_path / "x"), "--policy", "vibes"]) == 2
+    assert "--criterion: expected one of" in capsys.readouterr().err and not (tmp_path / "x").exists()

@@ -124,6 +124,9 @@ def test_explain_cli_on_a_checkpoint_the_trainer_wrote(tmp_path, capsys):
     assert "dynconv_resnet20" in printed[0] and "val: 10 of the 40 samples" in printed[0]
     for path in paths:
         _assert_png(path)
+    # the run folder works as in eval: its best.pt, maps beside it by default
+    assert main(["explain", "--checkpoint", str(checkpoint.parent), "--num-images", "1"]) == 0
+    _assert_png(checkpoint.parent / "spatial_maps" / "image_000.png")
 
 
 def test_explain_cli_names_a_static_checkpoint(tmp_path, capsys):

@@ -40,7 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "probability")
     p.add_argument("--eval-size", type=int, default=None,
                    help="that batch's size (default: the number of validation samples)")
-    p.add_argument("--criterion", default="maxprob", help="early exits: maxprob, entropy, margin or patience")
+    p.add_argument("--criterion", "--policy", dest="criterion", default="maxprob",
+                   help="early exits: maxprob, entropy, margin or patience (--policy, as in eval and attack)")
     p.add_argument("--max-flops", help="a per-sample compute cap shipped with the policy, e.g. 40M (early exits, "
                                        "gated models, dynamic resolution, DS-Net)")
     p.add_argument("--keep-ratio", default=None,

@@ -164,6 +164,13 @@ def evaluate_checkpoint(request: EvalRequest) -> dict[str, Any]:
                  "preprocessing": f"{prepared.trained.describe()} "
                                   f"({prepared.origin if request.checkpoint else 'recorded with the weights'})",
                  "preprocessing_converted": prepared.converted}
+    if request.gate_rate is not None and not 0.0 < request.gate_rate <= 1.0:
+        raise ConfigError(f"--gate-rate: expected an execution rate in (0, 1], got {request.gate_rate}")
+    if request.gate_rate is not None and not isinstance(model, CalibratableGates):
+        raise ConfigError(
+            f"--gate-rate: {type(model).__name__} has no layer-skipping gates (expected a gated ResNet: "
+            "skipnet_resnet, convnet_aig_resnet or blockdrop_resnet)"
+        )
     if request.gate_max_flops is not None and not isinstance(model, GatedResNet):
         raise ConfigError(f"--max-flops: {ckpt['model_name']!r} has no layer-skipping gates; for early exits, "
                           "resolution predictors, DS-Net and slimmable networks it caps the rule fitted by --budget "
@@ -251,13 +258,6 @@ def _calibration_split(bundle, dataset, split: str, seed: int, what: str):
 def _calibrate_gates(model, bundle, dataset, request: EvalRequest, seed: int, device) -> tuple[Any, dict]:
     """Fit the gate thresholds to `request.gate_rate` on data the model is not scored on;
     returns the data to score and what to report."""
-    if not 0.0 < request.gate_rate <= 1.0:
-        raise ConfigError(f"--gate-rate: expected an execution rate in (0, 1], got {request.gate_rate}")
-    if not isinstance(model, CalibratableGates):
-        raise ConfigError(
-            f"--gate-rate: {type(model).__name__} has no layer-skipping gates (expected a gated ResNet: "
-            "skipnet_resnet, convnet_aig_resnet or blockdrop_resnet)"
-        )
     calibration, evaluation, protocol = _calibration_split(bundle, dataset, request.split, seed, "gate thresholds")
     count = min(len(calibration), request.gate_calibration_samples)
     x = torch.stack([calibration[i][0] for i in range(count)]).to(device)

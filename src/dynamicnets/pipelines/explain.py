@@ -17,7 +17,7 @@ from ..errors import ConfigError
 from ..profiling.spatial_maps import SpatialMaps, save_spatial_maps
 from ..training.trainer import resolve_device
 from .checkpoint_data import check_split, load_checkpoint_data
-from .checkpoints import load_trained_model
+from .checkpoints import load_trained_model, run_checkpoint
 
 
 @dataclass
@@ -25,7 +25,7 @@ class ExplainRequest:
     """What `dynamicnets explain` asks for.
 
     Attributes:
-        checkpoint: a `best.pt` / `last.pt` written by the trainer.
+        checkpoint: a `best.pt` / `last.pt` written by the trainer, or its run folder.
         data: data spec to draw from; `None`: the one the checkpoint was trained on.
         split: `val`, `test` or `all` (see `checkpoint_data.SPLITS`).
         num_images: the first this many images of the split are drawn.
@@ -80,13 +80,14 @@ def explain_checkpoint(request: ExplainRequest) -> Explanation:
         OutputError: a PNG cannot be written.
     """
     device = resolve_device(request.device, what="--device")
-    model, ckpt = load_trained_model(request.checkpoint, device)
+    checkpoint = run_checkpoint(request.checkpoint)  # a file, or a run folder's best.pt / last.pt
+    model, ckpt = load_trained_model(checkpoint, device)
     prepared = load_checkpoint_data(ckpt, request.checkpoint, request.data, request.split)
     count = min(request.num_images, len(prepared.dataset))
     if count == 0:
         raise ConfigError(f"--split {request.split}: {prepared.scored_on}; there is no image to draw")
     images = torch.stack([prepared.dataset[i][0] for i in range(count)]).to(device)
-    out_dir = Path(request.out_dir) if request.out_dir else Path(request.checkpoint).parent / "spatial_maps"
+    out_dir = Path(request.out_dir) if request.out_dir else checkpoint.parent / "spatial_maps"
     shown = _display_stats(prepared.trained)
     maps = save_spatial_maps(model, images, out_dir, max_images=count,
                              mean=shown[0] if shown else None, std=shown[1] if shown else None)
