@@ -1,8 +1,10 @@
-"""`dynamicnets attack --checkpoint CK --kind slowdown|pgd --eps 8/255 --steps 20
+"""`dynamicnets attack (--checkpoint CK | --model NAME --pretrained [TAG]) --kind slowdown|pgd --eps 8/255 --steps 20
 [--budget 50% | --thresholds ... | --budget-ms MS] [--policy P] [--max-flops F] --out FILE.json`."""
 from __future__ import annotations
 
 import argparse
+
+from .model_source import add_model_source_arguments
 
 COLUMNS = ("defense", "attack", "cap", "accuracy", "efficacy", "mean_flops", "max_flops", "exit_histogram",
            "executed_fraction")
@@ -10,7 +12,7 @@ COLUMNS = ("defense", "attack", "cap", "accuracy", "efficacy", "mean_flops", "ma
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of `dynamicnets attack`."""
-    p.add_argument("--checkpoint", required=True, help="a best.pt / last.pt written by train, or its run folder")
+    add_model_source_arguments(p, "attack")
     p.add_argument("--kind", required=True, choices=["slowdown", "pgd"],
                    help="slowdown: DeepSloth (every internal exit pushed toward uniform, or every gate on); "
                         "pgd: untargeted PGD on the final logits")
@@ -18,7 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=20, help="attack steps")
     p.add_argument("--step-size", default=None, help="pixel change per step (default: 2.5 eps / steps)")
     p.add_argument("--out", required=True, metavar="FILE.json", help="write the records here")
-    p.add_argument("--data", default=None, help="data spec (default: the one it was trained on)")
+    p.add_argument("--data", default=None,
+                   help="data spec (default: the one it was trained on; required with --pretrained)")
     p.add_argument("--split", default="val", choices=["val", "test", "all"], help="as for eval")
     p.add_argument("--samples", type=int, default=500, help="attack and score this many samples; 0: all")
     p.add_argument("--policy", default="maxprob", help="exit criterion: maxprob, entropy, margin, patience")
@@ -47,7 +50,8 @@ def run_attack(args: argparse.Namespace) -> int:
     gate_max_flops = parse_flops(args.max_flops, what="--max-flops") if (
         early_exit is None and args.max_flops is not None) else None
     result = attack_checkpoint(AttackRequest(
-        checkpoint=args.checkpoint, kind=args.kind, eps=args.eps, steps=args.steps, step_size=args.step_size,
+        checkpoint=args.checkpoint, model=args.model, pretrained=args.pretrained, kind=args.kind, eps=args.eps,
+        steps=args.steps, step_size=args.step_size,
         data=args.data, split=args.split, samples=args.samples or None, early_exit=early_exit,
         gate_max_flops=gate_max_flops,
         batch_size=args.batch_size, device=args.device, seed=args.seed,

@@ -1,4 +1,4 @@
-"""`dynamicnets explain --checkpoint CK [--data SPEC] [--split val|test|all] [--num-images 8]
+"""`dynamicnets explain (--checkpoint CK | --model NAME --pretrained [TAG]) [--data SPEC] [--split val|test|all] [--num-images 8]
 [--out DIR]`: where a spatially dynamic model executes, drawn over its inputs as PNGs."""
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from ..pipelines.explain import ExplainRequest, explain_checkpoint
 def run_explain(args: argparse.Namespace) -> int:
     """Write the PNGs and print their paths, one per line, after a line saying what was drawn."""
     result = explain_checkpoint(ExplainRequest(
-        checkpoint=args.checkpoint, data=args.data, split=args.split, num_images=args.num_images,
+        checkpoint=args.checkpoint, model=args.model, pretrained=args.pretrained, data=args.data, split=args.split,
+        num_images=args.num_images,
         out_dir=args.out, device=args.device,
     ))
     maps = result.maps

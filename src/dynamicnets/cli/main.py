@@ -7,6 +7,7 @@ import sys
 from ..errors import DynamicNetsError
 from ..models import FAMILIES
 from ..pipelines.early_exit import DEFAULT_TIMED_SAMPLES
+from .model_source import add_model_source_arguments
 
 
 class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -41,11 +42,7 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="override config keys, e.g. epochs=3 model_args.width=16")
 
     p = add_parser("eval", "evaluate a checkpoint or shipped pretrained weights: accuracy, FLOPs, latency")
-    p.add_argument("--checkpoint", default=None, help="a best.pt / last.pt written by train, or its run folder (best.pt, else last.pt)")
-    p.add_argument("--model", default=None, help="with --pretrained: the model whose shipped weights to score")
-    p.add_argument("--pretrained", nargs="?", const=True, default=None, metavar="TAG",
-                   help="score the shipped weights of --model tagged TAG (e.g. cifar10; without TAG: its only "
-                        "or default tag); `dynamicnets models --pretrained` lists them")
+    add_model_source_arguments(p, "score")
     p.add_argument("--data", default=None,
                    help="data spec (default: the one it was trained on; required with --pretrained). Inputs are "
                         "prepared as in training (the recorded scale, mean, std), whatever the source")
@@ -98,14 +95,16 @@ def _build_parser() -> argparse.ArgumentParser:
     add_export_arguments(p)
 
     p = add_parser("explain", "draw where a spatially dynamic checkpoint executes, per block, as PNGs")
-    p.add_argument("--checkpoint", required=True, help="a best.pt / last.pt written by train")
+    add_model_source_arguments(p, "draw")
     p.add_argument("--data", default=None,
-                   help="data spec (default: the one it was trained on), prepared as in training")
+                   help="data spec (default: the one it was trained on; required with --pretrained), prepared "
+                        "as in training")
     p.add_argument("--split", default="val", choices=["val", "test", "all"],
                    help="which split's first images to draw (as for eval)")
     p.add_argument("--num-images", type=int, default=8, metavar="N", help="draw the first N images of the split")
     p.add_argument("--out", default=None, metavar="DIR",
-                   help="folder for the PNGs (default: spatial_maps/ beside the checkpoint)")
+                   help="folder for the PNGs (default: spatial_maps/ beside the checkpoint; for shipped weights "
+                        "spatial_maps/MODEL_TAG/ here)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
 
     p = add_parser("bench", "latency/FLOPs of registered models (same-run ratios)")

@@ -26,7 +26,7 @@ from ..inference import ExitPolicy, collect_exit_logits
 from ..protocols import CalibratableGates, MultiExit
 from ..training.trainer import resolve_device
 from .checkpoint_data import check_split, load_checkpoint_data
-from .checkpoints import load_trained_model, run_checkpoint
+from .checkpoints import check_shipped_weights_source, load_model_source
 from .early_exit import EarlyExitRequest, choose_policy, reference_cost
 from .evaluate import _calibration_split
 
@@ -37,12 +37,15 @@ class AttackRequest:
 
     Attributes:
         checkpoint: a `best.pt` / `last.pt` written by the trainer, or its run folder
-            (its `best.pt`, else `last.pt`).
+            (its `best.pt`, else `last.pt`); or give `model` and `pretrained`.
         kind: `pgd` or `slowdown`.
         eps: L-infinity radius in pixel units (a number or `"8/255"`).
         steps: attack steps.
         step_size: pixel change per step; `None`: `2.5 * eps / steps`.
-        data: data spec; `None`: the one the checkpoint was trained on.
+        data: data spec; `None`: the one the checkpoint was trained on (required for
+            shipped weights).
+        model, pretrained: shipped weights instead: the registered model and its tag
+            (`True`: its only or default tag).
         split: `val`, `test` or `all`.
         samples: how many samples are attacked and scored (the first ones of the scored
             set); `None`: all.
@@ -54,11 +57,13 @@ class AttackRequest:
         seed: of the attacks' random starts.
     """
 
-    checkpoint: str
+    checkpoint: str | None
     kind: str
     eps: Any
     steps: int
     step_size: Any = None
+    model: str | None = None
+    pretrained: str | bool | None = None
     data: str | None = None
     split: str = "val"
     samples: int | None = 500
@@ -70,6 +75,7 @@ class AttackRequest:
 
     def __post_init__(self) -> None:
         check_kind(self.kind, "--kind")
+        check_shipped_weights_source(self.checkpoint, self.model, self.pretrained, self.data, "attack")
         self.eps, self.steps, _ = check_attack(self.eps, self.steps, self.step_size, prefix="--")
         check_split(self.split)
         if self.samples is not None and self.samples < 1:
@@ -118,11 +124,11 @@ def attack_checkpoint(request: AttackRequest) -> dict[str, Any]:
         CheckpointError, DataError: as for `dynamicnets eval`.
     """
     device = resolve_device(request.device, what="--device")
-    request.checkpoint = str(run_checkpoint(request.checkpoint))
-    model, ckpt = load_trained_model(request.checkpoint, device)
+    model, ckpt, source, origin = load_model_source(request.checkpoint, request.model, request.pretrained,
+                                                    device=device)
     multi_exit = isinstance(model, MultiExit)
     if request.kind == "slowdown" and not (multi_exit or isinstance(model, CalibratableGates)):
-        raise ConfigError(f"--kind slowdown: {request.checkpoint} holds {ckpt['model_name']!r}, which has neither "
+        raise ConfigError(f"--kind slowdown: {source} holds {ckpt['model_name']!r}, which has neither "
                           "early exits nor skipping gates to defeat; use --kind pgd")
     if multi_exit and request.early_exit is None and request.gate_max_flops is not None:
         raise ConfigError("--max-flops: caps the exit rule of a multi-exit model; give one with --budget, "
@@ -131,10 +137,10 @@ def attack_checkpoint(request: AttackRequest) -> dict[str, Any]:
         raise ConfigError("a multi-exit model needs an exit rule: --budget, --budget-ms or --thresholds")
     if not multi_exit and request.early_exit is not None:
         raise ConfigError(f"--budget/--thresholds/--max-flops: {ckpt['model_name']!r} has no early exits; drop them")
-    prepared = load_checkpoint_data(ckpt, request.checkpoint, request.data, request.split)
+    prepared = load_checkpoint_data(ckpt, source, request.data, request.split)
     space = InputSpace.from_preprocessing(prepared.trained, prepared.spec)
     meta: dict[str, Any] = {
-        "checkpoint": request.checkpoint, "model": ckpt["model_name"], "data": prepared.spec,
+        **origin, "model": ckpt["model_name"], "data": prepared.spec,
         "split": request.split, "preprocessing": prepared.trained.describe(),
         "pixel_range": [space.low, space.high], "kind": request.kind, "eps": request.eps,
         "steps": request.steps, "step_size": check_attack(request.eps, request.steps, request.step_size)[2],

@@ -84,6 +84,19 @@ def check_model_source(checkpoint: str | None, model: str | None, pretrained: st
                               "(or give --checkpoint instead)")
 
 
+def check_shipped_weights_source(checkpoint: str | None, model: str | None, pretrained: str | bool | None,
+                                 data: str | None, command: str) -> None:
+    """`check_model_source`, and shipped weights need `--data` (they carry no data path).
+
+    Raises:
+        ConfigError: naming the options.
+    """
+    check_model_source(checkpoint, model, pretrained, command)
+    if checkpoint is None and data is None:
+        raise ConfigError("--data: shipped weights carry no data path; give the data they were trained on, e.g. "
+                          "--data cifar10:path/to/cifar-10-batches-py (its validation split is carved as in training)")
+
+
 def load_model_source(checkpoint: str | None, model: str | None, pretrained: str | bool | None,
                       pretrained_dir: str | None = None,
                       device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any], str, dict[str, Any]]:

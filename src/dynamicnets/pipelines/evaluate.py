@@ -27,7 +27,7 @@ from ..profiling.latency import measure, per_sample_ms
 from ..training.evaluate import evaluate
 from ..training.trainer import resolve_device
 from .checkpoint_data import SPLITS, check_split, load_checkpoint_data, trained_preprocessing  # noqa: F401
-from .checkpoints import check_model_source, load_model_source
+from .checkpoints import check_shipped_weights_source, load_model_source
 from .early_exit import (
     DEFAULT_TIMED_SAMPLES,
     EarlyExitRequest,
@@ -100,12 +100,7 @@ class EvalRequest:
         check_split(self.split)
         check_confidence(self.confidence, "--confidence")
         check_eval_size(self.eval_size, "--eval-size")
-        check_model_source(self.checkpoint, self.model, self.pretrained, "eval")
-        if self.checkpoint is None:
-            if self.data is None:
-                raise ConfigError("--data: shipped weights carry no data path; give the data they were trained "
-                                  "on, e.g. --data cifar10:path/to/cifar-10-batches-py (its validation split is "
-                                  "carved as in training)")
+        check_shipped_weights_source(self.checkpoint, self.model, self.pretrained, self.data, "eval")
         if self.timed_samples is not None and self.timed_samples < 1:
             raise ConfigError(f"--timed-samples: expected a positive count, got {self.timed_samples}")
 

@@ -17,7 +17,7 @@ from ..errors import ConfigError
 from ..profiling.spatial_maps import SpatialMaps, save_spatial_maps
 from ..training.trainer import resolve_device
 from .checkpoint_data import check_split, load_checkpoint_data
-from .checkpoints import load_trained_model, run_checkpoint
+from .checkpoints import check_shipped_weights_source, load_model_source
 
 
 @dataclass
@@ -25,15 +25,22 @@ class ExplainRequest:
     """What `dynamicnets explain` asks for.
 
     Attributes:
-        checkpoint: a `best.pt` / `last.pt` written by the trainer, or its run folder.
-        data: data spec to draw from; `None`: the one the checkpoint was trained on.
+        checkpoint: a `best.pt` / `last.pt` written by the trainer, or its run folder (or
+            give `model` and `pretrained`).
+        model, pretrained: shipped weights instead: the registered model and its tag
+            (`True`: its only or default tag).
+        data: data spec to draw from; `None`: the one the checkpoint was trained on
+            (required for shipped weights).
         split: `val`, `test` or `all` (see `checkpoint_data.SPLITS`).
         num_images: the first this many images of the split are drawn.
-        out_dir: where the PNGs go; `None`: `spatial_maps/` beside the checkpoint.
+        out_dir: where the PNGs go; `None`: `spatial_maps/` beside the checkpoint, or
+            `spatial_maps/MODEL_TAG/` in the working directory for shipped weights.
         device: `cpu`, `cuda` or `auto`.
     """
 
-    checkpoint: str
+    checkpoint: str | None = None
+    model: str | None = None
+    pretrained: str | bool | None = None
     data: str | None = None
     split: str = "val"
     num_images: int = 8
@@ -42,6 +49,7 @@ class ExplainRequest:
 
     def __post_init__(self) -> None:
         check_split(self.split)
+        check_shipped_weights_source(self.checkpoint, self.model, self.pretrained, self.data, "explain")
         if not (isinstance(self.num_images, int) and self.num_images >= 1):
             raise ConfigError(f"--num-images: expected a positive count, got {self.num_images!r}")
 
@@ -80,14 +88,19 @@ def explain_checkpoint(request: ExplainRequest) -> Explanation:
         OutputError: a PNG cannot be written.
     """
     device = resolve_device(request.device, what="--device")
-    checkpoint = run_checkpoint(request.checkpoint)  # a file, or a run folder's best.pt / last.pt
-    model, ckpt = load_trained_model(checkpoint, device)
-    prepared = load_checkpoint_data(ckpt, request.checkpoint, request.data, request.split)
+    model, ckpt, source, origin = load_model_source(request.checkpoint, request.model, request.pretrained,
+                                                    device=device)
+    prepared = load_checkpoint_data(ckpt, source, request.data, request.split)
     count = min(request.num_images, len(prepared.dataset))
     if count == 0:
         raise ConfigError(f"--split {request.split}: {prepared.scored_on}; there is no image to draw")
     images = torch.stack([prepared.dataset[i][0] for i in range(count)]).to(device)
-    out_dir = Path(request.out_dir) if request.out_dir else checkpoint.parent / "spatial_maps"
+    if request.out_dir:
+        out_dir = Path(request.out_dir)
+    elif "checkpoint" in origin:
+        out_dir = Path(origin["checkpoint"]).parent / "spatial_maps"
+    else:
+        out_dir = Path("spatial_maps") / f"{ckpt['model_name']}_{origin['pretrained']}"
     shown = _display_stats(prepared.trained)
     maps = save_spatial_maps(model, images, out_dir, max_images=count,
                              mean=shown[0] if shown else None, std=shown[1] if shown else None)
