@@ -134,7 +134,9 @@ def test_resumed_run_follows_the_current_config_schedule_and_hyperparameters(tmp
     assert [g["weight_decay"] for g in groups] == [1e-3, 0.0]  # biases are not decayed
     assert extended.step == 6 and extended.scheduler.last_epoch == 6
     assert extended.optimizer.state_dict()["state"]  # momentum buffers came back
-    assert "changed since the checkpoint (current values apply): lr, weight_decay" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "changed since the checkpoint (current values apply): lr, weight_decay" in printed
+    assert "training to epoch 2 (the run was started for 1)" in printed
 
 
 def test_resuming_a_finished_run_says_so_and_trains_nothing(tmp_path, capsys):

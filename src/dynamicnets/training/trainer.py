@@ -577,6 +577,8 @@ class Trainer:
                          if k not in _RESUME_FREE_KEYS and getattr(self.config, k, v) != v)
         note = (f"; config keys changed since the checkpoint (current values apply): {', '.join(changed)}"
                 if changed else "")
+        if saved_config.get("epochs", self.config.epochs) != self.config.epochs:
+            note += f"; training to epoch {self.config.epochs} (the run was started for {saved_config['epochs']})"
         self._say(f"resuming {path} after epoch {self.epoch} (step {self.step}){note}")
         return True
 
