@@ -94,7 +94,51 @@ def test_a_legacy_pickled_weights_file_is_refused(exported, tmp_path):
             return {name: data, name.replace("_weights_config.json", ".pt"): b"not read"}
         return data
 
-    with pytest.raises(ConfigError, match="legacy pickled payload"):
+    with pytest.raises(ConfigError, match="is not part of a program saved by torch.export.save"):
+        DeployedModel.load(_tampered_folder(exported, tmp_path, edit))
+
+
+def test_an_aotinductor_library_beside_the_program_is_refused(exported, tmp_path):
+    def edit(name: str, data: bytes):
+        if name.endswith("models/model.json"):
+            root = name.split("/", 1)[0]
+            return {name: data, f"{root}/data/aotinductor/model/model.wrapper.so": b"native code"}
+        return data
+
+    with pytest.raises(ConfigError, match="aotinductor.*not part of a program"):
+        DeployedModel.load(_tampered_folder(exported, tmp_path, edit))
+
+
+def test_an_entry_stored_twice_is_refused(exported, tmp_path):
+    def edit(name: str, data: bytes):
+        if name.endswith("_weights_config.json"):
+            config = json.loads(data)
+            for meta in config["config"].values():
+                meta["use_pickle"] = True
+            return {name: json.dumps(config).encode(), name + "\0": data}  # renamed below
+        return data
+
+    folder = _tampered_folder(exported, tmp_path, edit)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    entry = next(iter(manifest["graphs"].values()))
+    graph = folder / entry["file"]
+    # write the clean config a second time under the same name: zipfile reads the last copy, torch the first
+    with zipfile.ZipFile(graph) as archive:
+        items = [(n, archive.read(n)) for n in archive.namelist()]
+    with pytest.warns(UserWarning, match="Duplicate name"), zipfile.ZipFile(graph, "w") as out:
+        for name, data in items:
+            out.writestr(name[:-1] if name.endswith("\0") else name, data)
+    entry["sha256"] = hashlib.sha256(graph.read_bytes()).hexdigest()
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match="more than once"):
+        DeployedModel.load(folder)
+
+
+def test_the_older_single_folder_less_layout_is_refused(exported, tmp_path):
+    def edit(name: str, data: bytes):
+        return {name.split("/", 1)[1]: data}  # the entries without their root folder
+
+    with pytest.raises(ConfigError, match="one root folder"):
         DeployedModel.load(_tampered_folder(exported, tmp_path, edit))
 
 

@@ -17,6 +17,7 @@ from typing import Callable
 
 import torch
 from torch import Tensor, nn
+from torch.export.pt2_archive._package import load_pt2
 
 from ..errors import ConfigError
 from .graphs import as_tuple
@@ -41,12 +42,14 @@ def torch_export_runner(path: Path) -> Runner:
             cannot read it as an exported program.
     """
     check_pt2_archive(path)
-    try:
-        program = torch.export.load(str(path))
+    try:  # the archive reader itself: torch.export.load falls back to an older, pickling format
+        programs = load_pt2(str(path)).exported_programs
     except Exception as error:  # noqa: BLE001 - torch raises many types for a damaged archive
         raise ConfigError(f"{path}: torch.export cannot load this program "
                           f"({type(error).__name__}: {error})") from None
-    return module_runner(program.module())
+    if len(programs) != 1:
+        raise ConfigError(f"{path}: expected one exported program, found {len(programs)}")
+    return module_runner(next(iter(programs.values())).module())
 
 
 def onnxruntime_runner(path: Path, *, threads: int | None = None) -> Runner:

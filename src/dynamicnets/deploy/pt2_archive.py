@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import zipfile
 from pathlib import Path
 
@@ -20,20 +21,43 @@ from torch.export.pt2_archive import constants as layout
 from ..errors import ConfigError
 
 
-def check_pt2_archive(path: Path) -> None:
-    """Raise `ConfigError` unless `path` is a `.pt2` zip whose payloads load without pickle.
+# The only entries `torch.export.save` writes for one program (under one root folder); anything
+# else (another layout, AOTInductor libraries, extra files) could make torch's reader run code.
+_ALLOWED = re.compile(
+    r"archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id"
+    r"|models/\w+\.json|data/sample_inputs/\w+\.pt"
+    r"|data/weights/\w+_weights_config\.json|data/weights/weight_\d+"
+    r"|data/constants/\w+_constants_config\.json|data/constants/tensor_\d+"
+)
 
-    Checked: every weights/constants config entry is a plain tensor (`use_pickle` false,
-    no custom or opaque objects), no legacy pickled weights or constants file, and every
-    sample-inputs file loads with `torch.load(weights_only=True)`.
+
+def check_pt2_archive(path: Path) -> None:
+    """Raise `ConfigError` unless `path` is a `.pt2` zip in exactly the layout
+    `torch.export.save` writes, whose payloads load without pickle.
+
+    Checked: one root folder, no name twice, only the entries of that layout; every
+    weights/constants config entry a plain tensor (`use_pickle` false); every sample-inputs
+    file loads with `torch.load(weights_only=True)`.
     """
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as error:
         raise ConfigError(f"{path}: not a .pt2 archive written by torch.export.save ({error})") from None
     with archive:
-        for name in archive.namelist():
-            inner = name.split("/", 1)[1] if "/" in name else name
+        names = archive.namelist()
+        roots = {name.split("/", 1)[0] for name in names}
+        if len(roots) != 1 or any("/" not in name for name in names):
+            raise ConfigError(f"{path}: not a .pt2 archive written by torch.export.save (expected one root folder, "
+                              f"found {sorted(roots)[:5]})")
+        if len(set(names)) != len(names):
+            twice = sorted({n for n in names if names.count(n) > 1})
+            raise ConfigError(f"{path}: entries {twice[:3]} appear more than once; refusing an archive whose readers "
+                              "could disagree on its contents")
+        for name in names:
+            inner = name.split("/", 1)[1]
+            if not _ALLOWED.fullmatch(inner):
+                raise ConfigError(f"{path}: entry {name!r} is not part of a program saved by torch.export.save; "
+                                  "refusing to load it (dynamicnets exports hold nothing else)")
             _check_entry(path, archive, name, inner)
 
 
@@ -43,8 +67,6 @@ def _check_entry(path: Path, archive: zipfile.ZipFile, name: str, inner: str) ->
                           f"pickled code (dynamicnets never exports one)")
 
     in_weights, in_constants = inner.startswith(layout.WEIGHTS_DIR), inner.startswith(layout.CONSTANTS_DIR)
-    if (in_weights or in_constants) and inner.endswith(".pt"):
-        refuse("is a legacy pickled payload")
     if inner.endswith("_config.json") and (in_weights or in_constants):
         try:
             config = json.loads(archive.read(name)).get("config", {})
