@@ -134,7 +134,7 @@ def test_a_confident_budget_is_recorded_and_keeps_a_margin(exits, tmp_path):
     (["--data", "digits"], "nothing is fitted"),
     (["--budget", "1%"], "below the first exit"),
     (["--budget", "half"], "cannot read 'half'"),
-    (["--budget", "50%", "--criterion", "fastest"], "--criterion: expected one of"),
+    (["--budget", "50%", "--criterion", "fastest"], "--criterion (--policy): expected one of"),
     (["--max-flops", "1"], "below the cheapest exit"),
 ])
 def test_conflicting_or_impossible_budgets_are_one_clear_error(exits, tmp_path, capsys, options, words):
@@ -225,4 +225,4 @@ def test_a_gate_rate_is_fitted_into_the_gates_and_the_folder_runs_it(tmp_path, c
 
 def test_policy_is_the_same_option_as_criterion_as_in_eval(exits, tmp_path, capsys):
     assert main(["export", "--checkpoint", str(exits), "--out", str(tmp_path / "x"), "--policy", "vibes"]) == 2
-    assert "--criterion: expected one of" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    assert "--criterion (--policy): expected one of" in capsys.readouterr().err and not (tmp_path / "x").exists()

@@ -11,7 +11,7 @@ import torch
 
 from dynamicnets.deploy import DeployedModel, export_model
 from dynamicnets.deploy import export as export_module
-from dynamicnets.errors import ConfigError, ExportCheckError
+from dynamicnets.errors import ConfigError, ExportCheckError, OutputError
 from dynamicnets.models import create_model
 from dynamicnets.pipelines import export as export_pipeline
 from dynamicnets.pipelines.export import ExportRequest, export_checkpoint, export_folder_size
@@ -49,6 +49,24 @@ def test_an_interrupted_re_export_leaves_the_earlier_export_whole(tmp_path, monk
     assert torch.equal(DeployedModel.load(folder)(x).logits, expected)
 
 
+def test_a_re_export_failing_while_it_writes_leaves_the_earlier_export_whole(tmp_path, monkeypatch):
+    folder = tmp_path / "deployed"
+    export_model(_model("multi_exit_cnn"), folder, input_shape=SHAPE)
+    before = _files(folder)
+    real, calls = export_module.atomic_write_with, []
+
+    def disk_full_at_the_second_file(path, write):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OutputError(f"{path}: no space left on device")
+        return real(path, write)
+
+    monkeypatch.setattr(export_module, "atomic_write_with", disk_full_at_the_second_file)
+    with pytest.raises(OutputError, match="no space left"):
+        export_model(_model("multi_exit_cnn"), folder, input_shape=SHAPE)
+    assert _files(folder) == before  # no staged file left behind either
+
+
 def test_a_new_export_removes_the_graphs_only_its_predecessor_listed(tmp_path):
     folder = tmp_path / "deployed"
     export_model(_model("multi_exit_cnn"), folder, input_shape=SHAPE)
@@ -84,6 +102,10 @@ def test_an_export_that_disagrees_with_eager_is_moved_aside(checkpoint, tmp_path
     assert not (folder / "manifest.json").exists() and (folder / "manifest.rejected.json").is_file()
     with pytest.raises(ConfigError):
         DeployedModel.load(folder)
+    monkeypatch.setattr(export_pipeline, "_eager", real)  # exported again, it passes: nothing of the
+    export_checkpoint(ExportRequest(checkpoint=str(checkpoint), out_dir=str(folder)))  # rejected one stays
+    listed = {e["file"] for e in json.loads((folder / "manifest.json").read_text())["graphs"].values()}
+    assert {p.name for p in folder.iterdir()} == listed | {"manifest.json"}
 
 
 def test_an_export_that_agrees_with_eager_passes_its_check(checkpoint, tmp_path):

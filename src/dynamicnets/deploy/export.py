@@ -37,6 +37,7 @@ from .plan import DeploymentPlan, Graph
 
 FORMATS = ("torch.export", "onnx")
 MANIFEST = "manifest.json"
+REJECTED_MANIFEST = "manifest.rejected.json"  # an export that failed its check, kept for inspection
 MANIFEST_VERSION = 1
 SUFFIX = {"torch.export": ".pt2", "onnx": ".onnx"}
 MAX_BATCH = 1 << 16
@@ -167,18 +168,28 @@ def export_plan(plan: DeploymentPlan, out_dir: str | os.PathLike, fmt: str = "to
         _check_onnx_convertible(plan)
     folder = ensure_dir(out_dir, "export folder")
     manifest_path = folder / MANIFEST
-    # every graph is serialised before the folder is touched: a failed or interrupted export
-    # (the slow part) leaves an earlier export there whole
+    # Every graph is serialised and written under a staging name before the earlier export is
+    # touched: a failed, full-disk or interrupted export leaves that one whole. Only the renames
+    # and the manifest come after.
     payloads = {name: graph_bytes(graph, name, fmt) for name, graph in plan.graphs.items()}
-    earlier = _listed_files(manifest_path)
+    earlier = _listed_files(manifest_path) | _listed_files(folder / REJECTED_MANIFEST)
+    files = {name: name + SUFFIX[fmt] for name in plan.graphs}
+    staged = []
+    try:
+        for name, file in files.items():
+            data = payloads[name]
+            staged.append(atomic_write_with(folder / f".{file}.staged", lambda f, data=data: f.write(data)))
+    except BaseException:
+        for path in staged:
+            path.unlink(missing_ok=True)
+        raise
     if manifest_path.exists():  # an incomplete rewrite must not look complete
         manifest_path.unlink()
     graphs: dict[str, Any] = {}
-    for name, graph in plan.graphs.items():
-        data, file = payloads[name], name + SUFFIX[fmt]
-        atomic_write_with(folder / file, lambda f, data=data: f.write(data))
-        graphs[name] = {"file": file, "sha256": hashlib.sha256(data).hexdigest(), "inputs": len(graph.example),
-                        "outputs": graph.outputs, "flops": graph.flops}
+    for (name, graph), path in zip(plan.graphs.items(), staged):
+        path.replace(folder / files[name])
+        graphs[name] = {"file": files[name], "sha256": hashlib.sha256(payloads[name]).hexdigest(),
+                        "inputs": len(graph.example), "outputs": graph.outputs, "flops": graph.flops}
     manifest = {
         "format_version": MANIFEST_VERSION, "format": fmt, "kind": plan.kind, "model": plan.model_name,
         "input_shape": list(plan.input_shape), "graphs": graphs, "structure": plan.structure,
@@ -186,8 +197,9 @@ def export_plan(plan: DeploymentPlan, out_dir: str | os.PathLike, fmt: str = "to
     }
     text = json.dumps(manifest, indent=2, allow_nan=True).encode()
     written = atomic_write_with(manifest_path, lambda f: f.write(text))
-    for stale in earlier - {entry["file"] for entry in graphs.values()}:
+    for stale in earlier - set(files.values()):
         (folder / stale).unlink(missing_ok=True)
+    (folder / REJECTED_MANIFEST).unlink(missing_ok=True)
     return written
 
 

@@ -17,6 +17,7 @@ import torch
 
 from ..data.preprocessing import trained_preprocessing
 from ..deploy import DeployedModel, export_model, read_manifest
+from ..deploy.export import MANIFEST, REJECTED_MANIFEST
 from ..errors import ConfigError, ExportCheckError
 from ..gates.thresholds import GatePolicy
 from ..inference import ExitPolicy, run_early_exit
@@ -90,7 +91,7 @@ class ExportRequest:
             self.keep_ratio = [float(self.keep_ratio)]
         check_model_source(self.checkpoint, self.model, self.pretrained, "export")
         if self.criterion not in POLICIES:
-            raise ConfigError(f"--criterion: expected one of {', '.join(POLICIES)}, got {self.criterion!r}")
+            raise ConfigError(f"--criterion (--policy): expected one of {', '.join(POLICIES)}, got {self.criterion!r}")
         budget = self.budget_flops is not None or self.budget_fraction is not None
         given = [n for n, v in (("--budget", budget), ("--gate-rate", self.gate_rate is not None),
                                 ("--thresholds", self.thresholds is not None),
@@ -245,7 +246,7 @@ def _reject_failed_check(folder: Path, summary: dict[str, Any], scale: float) ->
     difference, tolerance = summary["check_max_logit_difference"], 1e-3 * (1.0 + scale)
     if summary["check_decisions_equal"] and difference <= tolerance:
         return
-    (folder / "manifest.json").replace(folder / "manifest.rejected.json")
+    (folder / MANIFEST).replace(folder / REJECTED_MANIFEST)
     what = ("other decisions than eager inference" if not summary["check_decisions_equal"]
             else f"logits {difference:.3g} away from eager inference (tolerance {tolerance:.3g})")
     raise ExportCheckError(f"{folder}: the exported graphs give {what} on {summary['check_samples']} random "
