@@ -182,6 +182,12 @@ def test_an_overwrite_that_fails_before_its_first_epoch_keeps_the_old_checkpoint
     assert not (run_dir / "last.pt").exists()  # a resume cannot pick up the replaced run
     assert (run_dir / "last.replaced.pt").read_bytes() == old_last
     assert (run_dir / "best.replaced.pt").read_bytes() == old_best
+    # a resume finds no last.pt: it must not start afresh over the replaced run unasked
+    with pytest.raises(ConfigError, match="last.replaced.pt.*rename it to last.pt.*overwrite=true"):
+        make_trainer(make_config(tmp_path, epochs=1, resume=True)).fit()
+    assert (run_dir / "last.replaced.pt").read_bytes() == old_last
+    make_trainer(make_config(tmp_path, epochs=1, overwrite=True)).fit()  # told to: the new run replaces it
+    assert sorted(p.name for p in run_dir.glob("*.pt")) == ["best.pt", "last.pt"]
 
 
 def test_resume_with_another_model_is_refused(tmp_path):

@@ -242,6 +242,7 @@ class Trainer:
         self.best_val_accuracy: float | None = None
         self.best_epoch: int | None = None
         self.history: list[dict[str, Any]] = []
+        self._replacing = False  # checkpoints of a replaced run wait aside until this run saves an epoch
 
     # ------------------------------------------------------------------ public
     def fit(self) -> dict[str, Any]:
@@ -568,7 +569,7 @@ class Trainer:
             self.history = list(ckpt["history"])
             restore_rng_state(ckpt["rng"], self.train_loader)
         except (KeyError, ValueError, RuntimeError, TypeError, AttributeError) as e:
-            what = f"key {e.args[0]!r} is missing" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
+            what = f"key {e} is missing" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
             raise CheckpointError(f"{path}: incomplete or inconsistent training checkpoint ({what})") from e
         self._apply_current_hyperparameters()
         if self.is_main:
@@ -608,6 +609,13 @@ class Trainer:
                       f"(found epoch {best_epoch_on_disk}); it cannot be rebuilt from last.pt")
 
     def _refuse_to_clobber(self) -> None:
+        aside = self.run_dir / _replaced("last.pt")
+        if aside.exists() and not (self.run_dir / "last.pt").exists() and not self.config.overwrite:
+            raise ConfigError(
+                f"{self.run_dir}: holds {aside.name}, the checkpoint of a run an overwrite replaced and that overwrite "
+                f"never saved an epoch; rename it to last.pt (and {_replaced('best.pt')} to best.pt) to resume that "
+                f"run, or pass overwrite=true to start afresh"
+            )
         previous = self.run_dir / "last.pt"
         if previous.exists() and not self.config.overwrite:
             raise ConfigError(
@@ -639,22 +647,31 @@ class Trainer:
         atomic_write(self.run_dir / "metrics.jsonl", lines)
         if fresh:  # a later resume must not pick up the checkpoints of the run we replace,
             for name in ("last.pt", "best.pt"):  # kept aside until this run saves its first epoch
-                self._move(self.run_dir / name, self.run_dir / _replaced(name))
+                moved = self._move(self.run_dir / name, self.run_dir / _replaced(name))
+                # overwrite=true also replaces a run an earlier, failed overwrite had set aside
+                self._replacing |= moved or (self.config.overwrite and (self.run_dir / _replaced(name)).exists())
         if replaced:
             self._say(f"{self.run_dir}: overwrite=true, replacing the previous run there (its checkpoints are "
                       f"kept as {_replaced('last.pt')} and {_replaced('best.pt')} until this run's first epoch "
                       f"is saved)")
 
-    def _move(self, source: Path, target: Path) -> None:
+    def _move(self, source: Path, target: Path) -> bool:
+        """Move `source` to `target`; False when there is no `source`."""
+        if source.is_dir():
+            raise OutputError(f"{source}: is a folder; move it away to start this run")
         try:
-            if source.exists():
-                source.replace(target)
-        except IsADirectoryError as err:
-            raise OutputError(f"{source}: is a folder; move it away to start this run") from err
+            if not source.exists():
+                return False
+            source.replace(target)
+            return True
         except OSError as err:
             raise OutputError(describe_os_error(source, err, "cannot move aside")) from err
 
     def _drop_replaced_checkpoints(self) -> None:
+        """After this run's first saved epoch: the checkpoints it moved aside (only those)."""
+        if not self._replacing:
+            return
+        self._replacing = False
         for name in ("last.pt", "best.pt"):
             try:
                 (self.run_dir / _replaced(name)).unlink(missing_ok=True)
