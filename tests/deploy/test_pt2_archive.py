@@ -164,3 +164,21 @@ def test_a_file_that_is_no_archive_names_itself(exported, tmp_path):
     (folder / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ConfigError, match=r"not a \.pt2 archive"):
         DeployedModel.load(folder)
+
+
+@pytest.mark.parametrize("replace, message", [
+    (('"target": "torch.ops.', '"target": "torch.serialization.os.system", "x": "'), "not a torch operator"),
+    (("Symbol('s", "__import__('os').system('true') or Symbol('s"), "sympy would evaluate as Python"),
+])
+def test_a_graph_that_calls_python_or_evaluates_text_is_refused(exported, tmp_path, replace, message):
+    old, new = replace
+
+    def edit(name: str, data: bytes):
+        if "/models/" in name:
+            text = data.decode()
+            assert old in text  # the export really has what is tampered with
+            return text.replace(old, new, 1).encode()
+        return data
+
+    with pytest.raises(ConfigError, match=message):
+        DeployedModel.load(_tampered_folder(exported, tmp_path, edit))

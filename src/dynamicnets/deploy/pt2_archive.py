@@ -1,11 +1,13 @@
-"""Refuse `.pt2` archives that would unpickle objects when loaded.
+"""Refuse `.pt2` archives whose loading or running could execute code they carry.
 
 `torch.export.load` reads a graph's weights and constants as raw tensors, except entries
-marked `use_pickle`, custom/opaque objects and legacy `.pt` payloads, which it loads with
-`torch.load(..., weights_only=False)` or `pickle.loads`: loading such a file runs whatever
-code it carries. The SHA-256 in a folder's manifest cannot guard against that (the manifest
-sits beside the file), and `dynamicnets` never writes such entries, so a folder's graphs are
-checked here before torch reads them.
+marked `use_pickle`, custom/opaque objects and legacy payloads, which it unpickles; it falls
+back to an older, pickling reader for other layouts; it parses symbolic shapes with
+`sympy.sympify` (Python `eval`) and resolves a node's target as any dotted name under
+`torch`. The SHA-256 in a folder's manifest cannot guard against a tampered folder (the
+manifest sits beside the file), and `dynamicnets` writes none of that, so a graph must be
+exactly `torch.export.save`'s layout, with plain tensors, torch operators and arithmetic
+shape expressions only; it is then read by the archive reader alone.
 """
 from __future__ import annotations
 
@@ -61,6 +63,38 @@ def check_pt2_archive(path: Path) -> None:
             _check_entry(path, archive, name, inner)
 
 
+# What a graph may call: torch operators (`torch.ops.aten...`, higher-order ops) and Python's
+# `operator` functions. The deserialiser resolves any other dotted name under `torch` too
+# (`torch.serialization.os.system`), which would run when the program does.
+_CALLABLE_PREFIXES = ("torch.ops.", "_operator.")
+# Symbolic shapes are parsed with `sympy.sympify`, i.e. `eval`: only sympy's arithmetic on
+# integers and quoted symbol names may appear.
+_SYMBOL = re.compile(r"'[a-z]+\d+'")
+_SHAPE_WORDS = {"Symbol", "Integer", "Rational", "Mul", "Add", "Pow", "Max", "Min", "Mod", "FloorDiv", "CeilDiv",
+                "PythonMod", "CleanDiv", "IntTrueDiv", "FloorToInt", "CeilToInt", "TruncToInt", "positive", "integer",
+                "nonnegative", "True", "False"}
+
+
+def _is_shape_expression(text: str) -> bool:
+    bare = _SYMBOL.sub("s0", text)
+    if not re.fullmatch(r"[\w\s(),=+*/-]*", bare):
+        return False
+    return all(word.isdigit() or word in _SHAPE_WORDS or re.fullmatch(r"[a-z]+\d+", word)
+               for word in re.findall(r"[A-Za-z_]\w*|\d+", bare))
+
+
+def _strings(node, key: str | None = None):
+    """Every `(key, string)` pair in a JSON tree (the key of the nearest enclosing object)."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _strings(v, k)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _strings(v, key)
+    elif isinstance(node, str) and key is not None:
+        yield key, node
+
+
 def _check_entry(path: Path, archive: zipfile.ZipFile, name: str, inner: str) -> None:
     def refuse(why: str) -> None:
         raise ConfigError(f"{path}: entry {name!r} {why}; refusing to load a graph that would run "
@@ -80,6 +114,16 @@ def _check_entry(path: Path, archive: zipfile.ZipFile, name: str, inner: str) ->
                 refuse(f"marks {key!r} as pickled (use_pickle)")
             if in_constants and not str(meta.get("path_name", "")).startswith(layout.TENSOR_CONSTANT_FILENAME_PREFIX):
                 refuse(f"stores {key!r} as a custom or opaque object ({meta.get('path_name')!r})")
+    if inner.startswith(layout.MODELS_DIR):
+        try:
+            program = json.loads(archive.read(name))
+        except ValueError:
+            refuse("is not JSON")
+        for key, value in _strings(program):
+            if key == "target" and not value.startswith(_CALLABLE_PREFIXES):
+                refuse(f"calls {value!r}, not a torch operator")
+            if key == "expr_str" and not _is_shape_expression(value):
+                refuse(f"holds the shape expression {value[:60]!r}, which sympy would evaluate as Python")
     if inner.startswith(layout.SAMPLE_INPUTS_DIR):
         payload = archive.read(name)
         if payload:
