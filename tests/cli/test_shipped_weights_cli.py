@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 
-from tiny_data import tiny_cifar10
-
 from dynamicnets.cli.main import main
 
 
-def test_attack_runs_on_shipped_weights(tmp_path, capsys):
+def test_attack_runs_on_shipped_weights(tmp_path, capsys, tiny_cifar10):
     data = tiny_cifar10(tmp_path / "cifar-10-batches-py")
     out = tmp_path / "pgd.json"
     # 40 images, fewer than the 5,000 the weights were validated on: score them all
@@ -22,7 +20,7 @@ def test_attack_runs_on_shipped_weights(tmp_path, capsys):
     assert "resnet20 on cifar10:" in capsys.readouterr().out
 
 
-def test_explain_draws_shipped_weights_into_a_folder_named_after_them(tmp_path, monkeypatch, capsys):
+def test_explain_draws_shipped_weights_into_a_folder_named_after_them(tmp_path, monkeypatch, capsys, tiny_cifar10):
     data = tiny_cifar10(tmp_path / "cifar-10-batches-py")
     monkeypatch.chdir(tmp_path)
     assert main(["explain", "--model", "dynconv_resnet20", "--pretrained", "cifar10", "--data", f"cifar10:{data}",

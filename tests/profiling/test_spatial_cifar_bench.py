@@ -3,29 +3,15 @@ scores them and writes JSON records whose fields agree with each other, the Mark
 verdicts and the plot."""
 import importlib.util
 import json
-import pickle
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from dynamicnets.cli.main import main as cli
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "spatial_cifar.py"
-
-
-def _tiny_cifar10(root: Path, per_batch: int = 8) -> Path:
-    """A `cifar-10-batches-py` folder of random images: five training batches, no test files."""
-    rng = np.random.default_rng(0)
-    root.mkdir()
-    for i in range(1, 6):
-        batch = {b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
-                 b"labels": [int(v) for v in rng.integers(0, 10, per_batch)]}
-        with open(root / f"data_batch_{i}", "wb") as f:
-            pickle.dump(batch, f, protocol=2)
-    return root
 
 
 def _train(tmp_path: Path, data: Path, name: str, model: str, model_args: str) -> Path:
@@ -48,8 +34,8 @@ def _script():
     return module
 
 
-def test_quick_run_on_trained_checkpoints_writes_consistent_records(tmp_path):
-    data = _tiny_cifar10(tmp_path / "cifar-10-batches-py")
+def test_quick_run_on_trained_checkpoints_writes_consistent_records(tmp_path, tiny_cifar10):
+    data = tiny_cifar10(tmp_path / "cifar-10-batches-py")
     plain = _train(tmp_path, data, "plain", "resnet20", "{}")
     dynamic = _train(tmp_path, data, "dyn_b0.5", "dynconv_resnet20", "{budget: 0.5, gate_bias_init: 0.0}")
     out, md, png = tmp_path / "s.json", tmp_path / "s.md", tmp_path / "s.png"

@@ -1,8 +1,6 @@
 """`save_spatial_maps` and `dynamicnets explain`: one PNG per image plus a summary, the drawn
 densities are the model's own, and a model without spatial decisions is a clear error."""
-import pickle
 
-import numpy as np
 import pytest
 import torch
 from matplotlib.image import imread
@@ -94,20 +92,8 @@ def test_bad_arguments_are_named(kwargs, message, tmp_path):
         save_spatial_maps(_PonderNet(), torch.rand(3, 8, 8), tmp_path)
 
 
-def _tiny_cifar10(root, per_batch=8):
-    """A `cifar-10-batches-py` folder of random images: five training batches and no test files."""
-    rng = np.random.default_rng(0)
-    root.mkdir()
-    for i in range(1, 6):
-        batch = {b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
-                 b"labels": [int(v) for v in rng.integers(0, 10, per_batch)]}
-        with open(root / f"data_batch_{i}", "wb") as f:
-            pickle.dump(batch, f, protocol=2)
-    return root
-
-
-def test_explain_cli_on_a_checkpoint_the_trainer_wrote(tmp_path, capsys):
-    data = _tiny_cifar10(tmp_path / "cifar-10-batches-py")
+def test_explain_cli_on_a_checkpoint_the_trainer_wrote(tmp_path, capsys, tiny_cifar10):
+    data = tiny_cifar10(tmp_path / "cifar-10-batches-py")
     config = tmp_path / "tiny.yaml"
     config.write_text(f"name: tiny\nmodel: dynconv_resnet20\nmodel_args: {{gate_bias_init: 0.0}}\n"
                       f"data: cifar10:{data}\nval_size: 10\nepochs: 1\nbatch_size: 8\nmax_steps_per_epoch: 1\n"
@@ -129,8 +115,8 @@ def test_explain_cli_on_a_checkpoint_the_trainer_wrote(tmp_path, capsys):
     _assert_png(checkpoint.parent / "spatial_maps" / "image_000.png")
 
 
-def test_explain_cli_names_a_static_checkpoint(tmp_path, capsys):
-    data = _tiny_cifar10(tmp_path / "cifar-10-batches-py", per_batch=4)
+def test_explain_cli_names_a_static_checkpoint(tmp_path, capsys, tiny_cifar10):
+    data = tiny_cifar10(tmp_path / "cifar-10-batches-py", per_batch=4)
     config = tmp_path / "static.yaml"
     config.write_text(f"name: static\nmodel: resnet20\ndata: cifar10:{data}\nval_size: 4\nepochs: 1\n"
                       f"batch_size: 8\nmax_steps_per_epoch: 1\naugment: false\nprogress: false\n"

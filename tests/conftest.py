@@ -1,13 +1,14 @@
-"""Small data folders for CLI tests that need a real on-disk format."""
+"""Fixtures shared by test folders."""
 from __future__ import annotations
 
 import pickle
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 
-def tiny_cifar10(root: Path, per_batch: int = 8) -> Path:
+def _write_tiny_cifar10(root: Path, per_batch: int = 8) -> Path:
     """A `cifar-10-batches-py` folder of random images: five training batches, no test files."""
     rng = np.random.default_rng(0)
     root.mkdir()
@@ -17,3 +18,9 @@ def tiny_cifar10(root: Path, per_batch: int = 8) -> Path:
         with open(root / f"data_batch_{i}", "wb") as f:
             pickle.dump(batch, f, protocol=2)
     return root
+
+
+@pytest.fixture
+def tiny_cifar10():
+    """`tiny_cifar10(root, per_batch=8)` writes a small CIFAR-10 folder of random images at `root`."""
+    return _write_tiny_cifar10
