@@ -46,6 +46,7 @@ def _replaced(name: str) -> str:
     """Where an overwritten run's checkpoint waits until the new run saves its first epoch."""
     return name.replace(".pt", ".replaced.pt")
 
+
 # Config keys that may change between a run and its resumption without a note.
 _RESUME_FREE_KEYS = {"resume", "progress", "epochs", "num_workers", "threads", "device", "out_dir",
                      "optimizer_impl"}
