@@ -24,6 +24,7 @@ def folders(tmp_path_factory) -> dict[str, Path]:
         "static": (create_model("small_cnn", num_classes=3, in_chans=1, width=4), (1, 8, 8)),
         "gated": (create_model("convnet_aig_resnet", depth=14, width=4), (3, 8, 8)),
         "width": (create_model("dsnet_resnet_cifar", base_width=4, widths=[0.5, 1.0]), (3, 8, 8)),
+        "resolution": (create_model("dynamic_resolution_resnet"), (3, 32, 32)),
     }
     for kind, (model, shape) in models.items():
         export_model(model.eval(), root / kind, input_shape=shape)
@@ -62,6 +63,8 @@ EDITS = [
     ("gated", lambda m: m.update(policy={"thresholds": "x"}), r"key 'policy'"),
     ("width", lambda m: m["structure"].update(widths=[1.0]), r"key 'structure\.widths': expected a list of numbers of length"),
     ("width", lambda m: m.update(policy=None), r"key 'policy': expected an object"),
+    ("resolution", lambda m: m["structure"]["resolutions"].pop(), r"key 'structure\.resolutions': expected a list"),
+    ("resolution", lambda m: m.update(policy={"kind": "nonsense"}), r"key 'policy'"),
 ]
 
 
@@ -73,7 +76,7 @@ def test_a_damaged_manifest_is_one_clear_error_naming_the_file_and_key(folders, 
     assert str(folder / "manifest.json") in str(error.value)
 
 
-@pytest.mark.parametrize("kind", ["early_exit", "static", "gated", "width"])
+@pytest.mark.parametrize("kind", ["early_exit", "static", "gated", "width", "resolution"])
 def test_untouched_manifests_of_every_kind_pass_and_run(folders, kind):
     manifest = read_manifest(folders[kind])
     deployed = DeployedModel.load(folders[kind])
