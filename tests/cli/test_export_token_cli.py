@@ -11,6 +11,7 @@ from dynamicnets.cli.main import main
 from dynamicnets.deploy import DeployedModel
 from dynamicnets.inference.token_policy import TokenPolicy
 from dynamicnets.models import create_model
+from dynamicnets.profiling.report import format_flops
 
 
 @pytest.mark.slow  # a full-size ViT through torch.export; the budget test below covers the CLI path
@@ -22,6 +23,9 @@ def test_the_shipped_dynamic_vit_exports_at_the_keep_ratio_asked_for(tmp_path, c
     assert "kind: static" in printed and "check_decisions_equal: True" in printed
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["policy"] == {"kind": "token_keep_ratio", "keep_ratio": 0.5, "min_tokens": 1}
+    policy_line = next(line for line in printed.splitlines() if line.strip().startswith("policy:"))
+    assert "'token_keep_ratio'" in policy_line and "'keep_ratio': 0.5" in policy_line  # what was shipped, its cost:
+    assert f"flops_per_sample: {format_flops(manifest['graphs']['model']['flops'])}" in printed
     model = create_model("dynamic_vit_cifar", pretrained="cifar10").eval()
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():

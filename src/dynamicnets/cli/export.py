@@ -67,12 +67,12 @@ def run_export(args: argparse.Namespace) -> int:
         keep_ratio=_floats(args.keep_ratio, "--keep-ratio") if args.keep_ratio is not None else None,
         say=lambda line: print(line, file=sys.stderr, flush=True),
     ))
-    for key in ("model", "kind", "format", "graphs", "manifest", *FITTED, "check_samples",
+    for key in ("model", "kind", "format", "graphs", "manifest", *FITTED, "flops_per_sample", "check_samples",
                 "check_max_logit_difference", "check_decisions_equal"):
         if key not in summary:
             continue
         value = summary[key]
-        if key in ("budget_flops", "fitted_mean_flops"):
+        if key in ("budget_flops", "fitted_mean_flops", "flops_per_sample"):
             value = f"{format_flops(value)} ({value:.0f})"
         elif isinstance(value, float):
             value = f"{value:.4f}"

@@ -191,8 +191,10 @@ def export_checkpoint(request: ExportRequest) -> dict[str, Any]:
     Returns:
         a summary: `manifest`, `format`, `kind`, `graphs` (count), `files`; with a
         budget, what was fitted (`budget_flops`, `policy`, `fitted_on`, `fitted_accuracy`,
-        `fitted_mean_flops`, ...; also in the manifest's metadata as `fitted`); with a
-        check, `check_samples`, `check_max_logit_difference`, `check_decisions_equal`.
+        `fitted_mean_flops`, ...; also in the manifest's metadata as `fitted`), else the
+        shipped `policy` (when there is one); `flops_per_sample` for one-graph (static)
+        exports; with a check, `check_samples`, `check_max_logit_difference`,
+        `check_decisions_equal`.
 
     Raises:
         CheckpointError: an unreadable checkpoint.
@@ -227,6 +229,10 @@ def export_checkpoint(request: ExportRequest) -> dict[str, Any]:
         "model": ckpt.get("model_name", manifest["model"]), "graphs": len(manifest["graphs"]),
         "files": [entry["file"] for entry in manifest["graphs"].values()], **fitted,
     }
+    if "policy" not in summary and manifest.get("policy") is not None:  # shipped as given (or the default)
+        summary["policy"] = manifest["policy"]
+    if manifest["kind"] == "static":  # one graph: every sample costs the same
+        summary["flops_per_sample"] = float(next(iter(manifest["graphs"].values()))["flops"])
     if request.check_samples > 0:
         say(f"checking the export against eager inference on {request.check_samples} random inputs")
         deployed = DeployedModel.load(request.out_dir)
