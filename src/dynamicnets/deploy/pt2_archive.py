@@ -97,8 +97,8 @@ def _strings(node, key: str | None = None):
 
 def _check_entry(path: Path, archive: zipfile.ZipFile, name: str, inner: str) -> None:
     def refuse(why: str) -> None:
-        raise ConfigError(f"{path}: entry {name!r} {why}; refusing to load a graph that would run "
-                          f"pickled code (dynamicnets never exports one)")
+        raise ConfigError(f"{path}: entry {name!r} {why}; refusing to load a graph that could run code "
+                          f"it carries (dynamicnets never exports one)")
 
     in_weights, in_constants = inner.startswith(layout.WEIGHTS_DIR), inner.startswith(layout.CONSTANTS_DIR)
     if inner.endswith("_config.json") and (in_weights or in_constants):
