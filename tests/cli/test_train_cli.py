@@ -4,6 +4,7 @@ import sys
 import zipfile
 
 import pytest
+import yaml
 
 from dynamicnets.cli.main import main
 from dynamicnets.configs import find_config, list_configs
@@ -83,3 +84,26 @@ def test_the_wheel_ships_the_configs_and_the_typing_marker(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "dynamicnets/py.typed" in names
     assert {f"dynamicnets/configs/{n}.yaml" for n in list_configs()} <= names
+
+
+def test_a_run_folder_as_config_resumes_with_the_settings_it_was_started_with(tmp_path, capsys):
+    start = ["train", "--config", "digits_small_cnn", f"out_dir={tmp_path / 'old'}", "progress=false",
+             "epochs=1", "max_steps_per_epoch=2", "model_args.width=4", "lr=0.0123"]
+    assert main(start) == 0
+    moved = tmp_path / "moved" / "renamed_run"
+    moved.parent.mkdir()
+    (tmp_path / "old" / "digits_small_cnn").rename(moved)
+    capsys.readouterr()
+    assert main(["train", "--config", str(moved), "--resume", "epochs=2"]) == 0
+    out = capsys.readouterr().out
+    assert "after epoch 1" in out and f"run folder {moved}" in out and "epochs 2..2" in out
+    saved = yaml.safe_load((moved / "config.yaml").read_text())
+    assert saved["lr"] == 0.0123 and saved["model_args"]["width"] == 4 and saved["max_steps_per_epoch"] == 2
+    assert saved["epochs"] == 2 and saved["name"] == "renamed_run" and saved["out_dir"] == str(moved.parent)
+    assert not (tmp_path / "old" / "digits_small_cnn").exists()
+
+
+def test_a_folder_without_a_saved_config_is_refused_by_name(tmp_path, capsys):
+    assert main(["train", "--config", str(tmp_path), "--resume"]) == 2
+    err = _error(capsys)
+    assert str(tmp_path) in err and "run folder with a config.yaml" in err

@@ -35,9 +35,10 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = add_parser("train", "train a model from a YAML config")
     p.add_argument("--config", required=True,
-                   help="a YAML file, or the name of a shipped config (e.g. cifar10_resnet20; "
-                        "`python -c 'import dynamicnets.configs as c; print(c.list_configs())'` lists them)")
-    p.add_argument("--resume", action="store_true", help="continue from runs/<name>/last.pt")
+                   help="a YAML file, the name of a shipped config (e.g. cifar10_resnet20; "
+                        "`python -c 'import dynamicnets.configs as c; print(c.list_configs())'` lists them), "
+                        "or a run folder (the config it was last trained with, e.g. --config runs/NAME --resume)")
+    p.add_argument("--resume", action="store_true", help="continue from <out_dir>/<name>/last.pt")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="override config keys, e.g. epochs=3 model_args.width=16")
 

@@ -1,8 +1,9 @@
-"""`dynamicnets train --config FILE|NAME [key=value ...]`."""
+"""`dynamicnets train --config FILE|NAME|RUN_FOLDER [key=value ...]`."""
 from __future__ import annotations
 
 import dataclasses
 import difflib
+from pathlib import Path
 
 from ..config import from_mapping, load_yaml, merge, parse_overrides
 from ..configs import find_config
@@ -10,8 +11,30 @@ from ..errors import ConfigError
 from ..training import Trainer, TrainConfig
 
 
+def _run_folder_config(folder: Path) -> tuple[Path, dict]:
+    """A run folder's saved `config.yaml`, pointed at the folder where it lies now.
+
+    The saved `name`/`out_dir` may name where the run was started (the folder can have
+    been moved or copied since), and the saved `resume` flag is the last command's: both
+    are replaced, so `--resume` alone decides whether the run continues.
+    """
+    path = folder / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{folder}: a folder given as --config must be a run folder with a config.yaml "
+                          f"(written by `dynamicnets train`); none found")
+    values = load_yaml(path)
+    values["name"] = folder.resolve().name
+    values["out_dir"] = str(folder.parent)
+    values.pop("resume", None)
+    return path, values
+
+
 def build_train_config(path: str, overrides: list[str], resume: bool = False) -> TrainConfig:
-    """YAML file (or shipped config name) + `key=value` overrides -> a validated TrainConfig.
+    """YAML file, shipped config name or run folder + `key=value` overrides -> a TrainConfig.
+
+    A run folder stands for the config it was last trained with (its `config.yaml`), so
+    `--config runs/NAME --resume` continues a run with the settings it was started with,
+    overrides included, without the original YAML at hand.
 
     The file is checked on its own first, so a bad key or value is blamed on the file or
     on the command line, wherever it was written.
@@ -19,8 +42,12 @@ def build_train_config(path: str, overrides: list[str], resume: bool = False) ->
     Raises:
         ConfigError: naming the file, or the command-line override, at fault.
     """
-    path = find_config(path)
-    from_file = load_yaml(path)
+    folder = Path(path).expanduser()
+    if folder.is_dir():
+        path, from_file = _run_folder_config(folder)
+    else:
+        path = find_config(path)
+        from_file = load_yaml(path)
     from_mapping(TrainConfig, from_file, source=str(path))
     given = parse_overrides(overrides, source="command line")
     names = [f.name for f in dataclasses.fields(TrainConfig)]
