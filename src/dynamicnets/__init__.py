@@ -2,7 +2,7 @@
 from . import data, flops, gates, inference, layers, models, profiling, training
 from . import adapt, protocols
 from .errors import (CheckpointError, ConfigError, DataError, DynamicNetsError, ExportCheckError, OutputError,
-                     TrainingError)
+                     SplitError, TrainingError)
 from .flops import count_flops
 from .models import create_model, list_models, register_model
 from .outputs import DynamicOutput
@@ -31,4 +31,5 @@ __all__ = [
     "TrainingError",
     "OutputError",
     "ExportCheckError",
+    "SplitError",
 ]

@@ -12,6 +12,10 @@ class DataError(DynamicNetsError, ValueError):
     """A data spec, directory or file is missing, empty, corrupt or of the wrong format."""
 
 
+class SplitError(DataError):
+    """A validation split (`val_size`) that cannot be carved from this many samples."""
+
+
 class ConfigError(DynamicNetsError, ValueError):
     """A configuration key is unknown or has the wrong type/value."""
 

@@ -36,3 +36,12 @@ def test_shipped_weights_need_data_and_one_source(tmp_path, capsys):
         assert "give one" in capsys.readouterr().err
         assert main(command) == 2
         assert "--checkpoint CK, or --model NAME --pretrained" in capsys.readouterr().err
+
+
+def test_a_recorded_split_that_does_not_fit_the_data_names_both_and_the_way_out(tmp_path, capsys, tiny_cifar10):
+    data = tiny_cifar10(tmp_path / "cifar-10-batches-py")
+    # the weights were validated on 5,000 of 50,000 images; 40 images cannot hold that split
+    assert main(["eval", "--model", "resnet20", "--pretrained", "cifar10", "--data", f"cifar10:{data}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "val_size=5000, seed=0" in err and "out of 40" in err and "--split all" in err

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import DataError
+from ..errors import SplitError
 
 
 def validation_count(n: int, val_size: float | int) -> int:
@@ -15,17 +15,20 @@ def validation_count(n: int, val_size: float | int) -> int:
 
     Returns:
         the count, at least 1 and at most ``n - 1``.
+
+    Raises:
+        SplitError: ``val_size`` is not a fraction or count, or leaves no sample on a side.
     """
     if isinstance(val_size, bool) or not isinstance(val_size, (int, float)):
-        raise DataError(f"val_size must be a float fraction or an int count, got {val_size!r}")
+        raise SplitError(f"val_size must be a float fraction or an int count, got {val_size!r}")
     if isinstance(val_size, float):
         if not 0.0 < val_size < 1.0:
-            raise DataError(f"val_size={val_size} as a fraction must lie strictly in (0, 1)")
+            raise SplitError(f"val_size={val_size} as a fraction must lie strictly in (0, 1)")
         count = round(n * val_size)
     else:
         count = val_size
     if not 1 <= count < n:
-        raise DataError(
+        raise SplitError(
             f"val_size={val_size!r} gives {count} validation samples out of {n}; "
             f"expected between 1 and {n - 1}"
         )

@@ -14,7 +14,7 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from ..data import DataBundle, load_data
 from ..data.preprocessing import Preprocessing, conform, trained_preprocessing
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, SplitError
 
 SPLITS = ("val", "test", "all")
 """`val`: the seeded validation split carved from the training files (as in training);
@@ -89,9 +89,7 @@ def load_checkpoint_data(ckpt: dict[str, Any], checkpoint: str, data: str | None
     val_size, seed = config.get("val_size", 0.1), config.get("seed", 0)
     try:
         bundle = load_data(spec, val_size=None if split == "all" else val_size, seed=seed, augment=False)
-    except (ConfigError, DataError) as error:
-        if "val_size" not in str(error):
-            raise
+    except SplitError as error:
         # the recorded split does not fit this data: say why it does not fit the model first, if it does not
         _conform_bundle(_check_classes(load_data(spec, val_size=None, seed=seed, augment=False), ckpt, spec,
                                        checkpoint), trained, spec)
