@@ -127,3 +127,25 @@ def test_measured_and_flops_speedups_come_from_the_same_samples(checkpoint, tmp_
     _, whole = _eval(checkpoint, tmp_path, "--thresholds", "0.5,0.5", "--timed-samples", "0")
     assert whole["timed_samples"] == whole["samples"]
     assert whole["speedup_flops_timed"] == pytest.approx(whole["speedup_flops"])
+
+
+def test_a_time_budget_reports_how_far_the_clock_went_past_it(checkpoint, tmp_path, capsys):
+    _, probe = _eval(checkpoint, tmp_path, "--thresholds", "inf,inf", "--timed-samples", "64")
+    budget = 1.0001 * probe["full_latency_ms_per_sample"]  # inside [first exit .. last exit] whatever the noise
+    code, result = _eval(checkpoint, tmp_path, "--budget-ms", repr(budget), "--timed-samples", "64")
+    if code == 2:  # the per-exit timing of this call put the last exit below the budget: nothing to say
+        assert "attainable range" in _one_error_line(capsys)
+        return
+    assert result["budget_ms"] == pytest.approx(budget)
+    assert result["budget_ms_overshoot"] == pytest.approx(result["latency_ms_per_sample"] / result["budget_ms"] - 1)
+
+
+@pytest.mark.parametrize("overshoot,noted", [(0.30, True), (0.01, False), (None, False)])
+def test_the_overshoot_note_appears_only_past_timing_noise(monkeypatch, capsys, overshoot, noted):
+    import dynamicnets.cli.evaluate as cli_evaluate
+    result = {"model": "m", "budget_ms": 2.0, "latency_ms_per_sample": 2.0 * (1 + (overshoot or 0)),
+              "budget_ms_overshoot": overshoot}
+    monkeypatch.setattr(cli_evaluate, "evaluate_checkpoint", lambda request: result)
+    assert main(["eval", "--checkpoint", "unused.pt", "--budget-ms", "2"]) == 0
+    err = capsys.readouterr().err
+    assert ("exceed --budget-ms 2 by 30%" in err) is noted and ("note:" in err) is noted

@@ -282,7 +282,8 @@ def evaluate_early_exit(model: nn.Module, calibration: Dataset | None, evaluatio
         `exit_histogram`, `speedup_flops` (on every evaluation sample), then on the timed
         samples `timed_samples`, `speedup_flops_timed`, `speedup_measured`,
         `realized_fraction`, `latency_ms_per_sample`; `anytime` (per-exit accuracy and
-        cost on `evaluation`) and calibration figures; a budget adds `expected_cost` and
+        cost on `evaluation`) and calibration figures; `budget_ms_overshoot` (measured ms
+        per sample over `budget_ms`, minus 1; `None` without a time budget); a budget adds `expected_cost` and
         `cost_spread`, the mean cost expected on a fresh batch of `len(evaluation)` samples
         (or `request.eval_size`) with its spread, which `mean_flops` can be held against.
     """
@@ -319,6 +320,8 @@ def evaluate_early_exit(model: nn.Module, calibration: Dataset | None, evaluatio
         "realized_fraction": timing["realized_fraction"],
         "latency_ms_per_sample": timing["latency_ms_per_sample"],
         "full_latency_ms_per_sample": timing["full_latency_ms_per_sample"],
+        "budget_ms_overshoot": (timing["latency_ms_per_sample"] / request.budget_ms - 1
+                                if request.budget_ms is not None else None),
         "timing": timing,
         "anytime": anytime_table(eval_logits, eval_targets, costs),
         **info,
