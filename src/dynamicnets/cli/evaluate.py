@@ -1,6 +1,6 @@
 """`dynamicnets eval (--checkpoint CK | --model NAME --pretrained [TAG]) [--data SPEC] [--split val|test|all]
 [--budget 30M | --budget 50% | --budget-ms 2.5 | --thresholds ... | --gate-rate 0.5]
-[--confidence 0.95 [--eval-size N]] [--anytime]`."""
+[--confidence 0.95 [--eval-size N]] [--anytime] [--anchor CK|NAME:TAG]`."""
 from __future__ import annotations
 
 import argparse
@@ -21,7 +21,9 @@ SUMMARY = ["model", "pretrained", "sha256", "data", "split", "scored_on", "prepr
            "full_flops", "speedup_flops", "exit_histogram", "resolution_histogram", "width_histogram",
            "block_execution_rate",
            "timed_samples", "latency_ms_per_sample", "full_latency_ms_per_sample", "latency_ms_batch1",
-           "speedup_flops_timed", "speedup_measured", "realized_fraction"]
+           "speedup_flops_timed", "speedup_measured", "realized_fraction",
+           "anchor", "anchor_accuracy", "accuracy_vs_anchor", "anchor_flops", "speedup_flops_vs_anchor",
+           "speedup_measured_vs_anchor", "realized_fraction_vs_anchor", "speedup_vs_anchor_batch1"]
 
 # Timing noise between two measurements of the same thing stays below this on an idle machine.
 OVERSHOOT_NOTED = 0.05
@@ -77,7 +79,7 @@ def run_eval(args: argparse.Namespace) -> int:
         gate_max_flops=parse_flops(args.max_flops, what="--max-flops") if early_exit is None and args.max_flops
         else None,
         confidence=args.confidence, eval_size=args.eval_size,
-        timed_samples=args.timed_samples or None,
+        timed_samples=args.timed_samples or None, anchor=args.anchor,
     ))
     for key in SUMMARY:
         if key not in result:
@@ -85,7 +87,7 @@ def run_eval(args: argparse.Namespace) -> int:
         value = result[key]
         if value is None:
             continue
-        if key in ("mean_flops", "full_flops", "budget_flops", "max_flops"):
+        if key in ("mean_flops", "full_flops", "budget_flops", "max_flops", "anchor_flops"):
             value = f"{format_flops(value)} ({value:.0f})"
             if key == "budget_flops" and result.get("budget_fraction") is not None:
                 value += f", {100 * result['budget_fraction']:.4g}% of full_flops"

@@ -82,6 +82,10 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timed-samples", type=int, default=DEFAULT_TIMED_SAMPLES,
                    help="time the first N scored samples (in batches); the FLOPs speedup of exactly these "
                         "samples is printed beside the measured one; 0: all")
+    p.add_argument("--anchor", default=None, metavar="CK|NAME:TAG",
+                   help="the static network to measure against (a checkpoint or run folder, or shipped weights "
+                        "as NAME:TAG, e.g. resnet20:cifar10): scored on the same samples and timed in the same "
+                        "run at --batch-size and at batch 1")
 
     p = add_parser("attack", "slowdown (DeepSloth) or PGD attacks on a checkpoint: accuracy, early-exit "
                              "efficacy and per-sample FLOPs, clean vs attacked, with and without a cap")

@@ -15,6 +15,7 @@ from ..data import make_eval_loader
 from ..protocols import CalibratableGates, MultiExit, SkipsComputation
 from ..errors import ConfigError
 from ..gates.thresholds import GatePolicy
+from ..inference import ExitPolicy, run_early_exit
 from ..inference.cost_spread import check_confidence, check_eval_size
 from ..inference.gate_rate import fit_gate_rate
 from ..layers.slimmable import WidthLadder
@@ -38,6 +39,7 @@ from .early_exit import (
     timed_batches,
 )
 from .cascade_budget import cascade_width_histogram, fit_cascade_budget
+from .eval_anchor import Anchor, compare_with_anchor, load_anchor
 from .policy_budget import PolicyBound
 from .resolution_budget import fit_resolution_budget, resolution_histogram
 from .token_budget import fit_token_budget
@@ -75,6 +77,9 @@ class EvalRequest:
             time on new data). Overrides `early_exit.confidence` when given.
         eval_size: that batch's size; `None`: the number of scored samples.
         timed_samples: how many of the first scored samples are timed; `None`: all.
+        anchor: a static network to measure the model against (a checkpoint or run folder,
+            or `NAME:TAG` of shipped weights): scored on the same samples, timed in the same
+            run (see `eval_anchor`).
     """
 
     checkpoint: str | None = None
@@ -95,6 +100,7 @@ class EvalRequest:
     confidence: float | None = None
     eval_size: int | None = None
     timed_samples: int | None = DEFAULT_TIMED_SAMPLES
+    anchor: str | None = None
 
     def __post_init__(self) -> None:
         check_split(self.split)
@@ -132,7 +138,8 @@ def evaluate_checkpoint(request: EvalRequest) -> dict[str, Any]:
         `accuracy`, `exit_accuracy`, `mean_flops`, `full_flops`, `speedup_flops` (full ÷
         mean over every scored sample), `timed_samples`, `latency_ms_per_sample` (over
         those samples in batches of `batch_size`) and `latency_ms_batch1`; multi-exit
-        models add the exit rule's figures (see `evaluate_early_exit`).
+        models add the exit rule's figures (see `evaluate_early_exit`); an `anchor` adds
+        its figures on the same samples (see `compare_with_anchor`).
 
     Raises:
         CheckpointError: the checkpoint is unreadable or does not fit its model, or a
@@ -154,6 +161,10 @@ def evaluate_checkpoint(request: EvalRequest) -> dict[str, Any]:
         )
     prepared = load_checkpoint_data(ckpt, source, request.data, request.split)
     bundle, dataset, seed = prepared.bundle, prepared.dataset, prepared.seed
+    anchor = None if request.anchor is None else load_anchor(
+        request.anchor, prepared.trained, bundle.num_classes,
+        lambda net: full_flops_per_sample(net, bundle.input_shape, device),
+        pretrained_dir=request.pretrained_dir, device=device)
     described = {**origin, "model": ckpt["model_name"], "data": prepared.spec,
                  "split": request.split, "scored_on": prepared.scored_on,
                  "preprocessing": f"{prepared.trained.describe()} "
@@ -171,7 +182,7 @@ def evaluate_checkpoint(request: EvalRequest) -> dict[str, Any]:
                           "resolution predictors, DS-Net and slimmable networks it caps the rule fitted by --budget "
                           "or --budget-ms or given by --thresholds: add one of them")
     if isinstance(model, MultiExit):
-        return {**described, **_evaluate_multi_exit(model, bundle, dataset, request, seed)}
+        return {**described, **_evaluate_multi_exit(model, bundle, dataset, request, seed, anchor, device)}
     if request.anytime:
         raise ConfigError(f"--anytime: {type(model).__name__} has a single exit; anytime evaluation scores "
                           "every exit of a multi-exit model")
@@ -223,6 +234,11 @@ def evaluate_checkpoint(request: EvalRequest) -> dict[str, Any]:
     at_batch = measure(run_timed, threads=request.threads, min_run_time=request.min_run_time)
     at_one = measure(runner, batches[0][:1], threads=request.threads, min_run_time=request.min_run_time)
     mean_flops = metrics["mean_flops"] if metrics["mean_flops"] is not None else full
+    if anchor is not None:
+        extra.update(compare_with_anchor(
+            runner, anchor, dataset, batches, accuracy=metrics["accuracy"],
+            timed_flops=_mean_reported_flops(runner, batches, full), batch_size=request.batch_size,
+            device=device, threads=request.threads, min_run_time=request.min_run_time))
     return {
         **described,
         "samples": metrics["samples"],
@@ -239,6 +255,15 @@ def evaluate_checkpoint(request: EvalRequest) -> dict[str, Any]:
         "threads": at_batch.threads,
         **extra,
     }
+
+
+def _mean_reported_flops(runner, batches, full: float) -> float:
+    """Mean per-sample FLOPs `runner` reports over exactly `batches` (`full` if it reports none)."""
+    with torch.inference_mode():
+        flops = [runner(b).flops for b in batches]
+    if any(f is None for f in flops):
+        return full
+    return float(sum(float(f.sum()) for f in flops)) / sum(b.shape[0] for b in batches)
 
 
 def _calibration_split(bundle, dataset, split: str, seed: int, what: str):
@@ -263,7 +288,8 @@ def _calibrate_gates(model, bundle, dataset, request: EvalRequest, seed: int, de
                         **spread_report(fit.spread, fit.budget_flops)}
 
 
-def _evaluate_multi_exit(model, bundle, dataset, request: EvalRequest, seed: int) -> dict[str, Any]:
+def _evaluate_multi_exit(model, bundle, dataset, request: EvalRequest, seed: int, anchor: Anchor | None,
+                         device) -> dict[str, Any]:
     """Thresholds fitted on validation data, scored on data they were not fitted on;
     given thresholds (or `anytime` alone) score the whole split."""
     if request.early_exit is None:
@@ -286,4 +312,12 @@ def _evaluate_multi_exit(model, bundle, dataset, request: EvalRequest, seed: int
     result = evaluate_early_exit(model, calibration, evaluation, early, bundle.input_shape)
     if not request.anytime:
         result.pop("anytime")
+    if anchor is not None:
+        policy = ExitPolicy(early.policy, result["thresholds"], result["max_flops"])
+        costs = result["exit_costs"]
+        result.update(compare_with_anchor(
+            lambda x: run_early_exit(model, x, policy, costs=costs), anchor, evaluation,
+            timed_batches(evaluation, request.timed_samples, request.batch_size), accuracy=result["accuracy"],
+            timed_flops=result["timing"]["mean_flops"], batch_size=request.batch_size, device=device,
+            threads=request.threads, min_run_time=request.min_run_time))
     return {"protocol": protocol, "threads": request.threads or torch.get_num_threads(), **result}
