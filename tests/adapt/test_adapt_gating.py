@@ -102,3 +102,41 @@ def test_custom_gate_factory_and_compact_needs_hard_gates():
     assert made == [(8, 16, 16), (8, 16, 16), (16, 8, 8)]
     with pytest.raises(ConfigError, match="hard gates"):
         net(torch.randn(2, *SHAPE), gates=torch.full((2, 3), 0.5))
+
+
+def test_the_masked_path_exports_and_the_user_model_counts_like_the_wrapper():
+    net = gated()
+    x = torch.randn(2, *SHAPE)
+    program = torch.export.export(net, (x,), kwargs={"execution": "masked"})
+    exported, eager = program.module()(x, execution="masked"), net(x, execution="masked")
+    torch.testing.assert_close(exported.logits, eager.logits)
+    assert torch.equal(exported.flops, eager.flops)
+    # the user's own model, holding the gated blocks, in eval: every gated block counted masked
+    assert dn.count_flops(net.model, SHAPE) == net.full_flops(SHAPE) == dn.count_flops(net, SHAPE)
+
+
+def test_model_changed_forgets_the_measured_costs():
+    net = gated()
+    full = net.full_flops(SHAPE)
+    head = net.model.head[-1]
+    net.model.head[-1] = torch.nn.Linear(head.in_features, 1000)
+    assert net.full_flops(SHAPE) == full  # measured once per shape
+    net.model_changed()
+    assert net.full_flops(SHAPE) == full + 2 * head.in_features * (1000 - head.out_features)
+
+
+def test_gates_calibrate_to_an_execution_rate():
+    net = gated(gate="linear")
+    for block in net._blocks:  # logits spread around zero, as after training
+        torch.nn.init.normal_(block.gate.fc.weight, std=5.0)
+    torch.manual_seed(1)
+    calibration, fresh = torch.randn(200, *SHAPE), torch.randn(200, *SHAPE)
+    policy = dn.inference.calibrate_gate_policy(net, calibration, rate=0.5)
+    with torch.no_grad():
+        on_calibration = net(calibration, policy=policy).decisions["gates"].mean(0)
+        on_fresh = net(fresh, policy=policy).decisions["gates"].mean(0)
+    torch.testing.assert_close(on_calibration, torch.full_like(on_calibration, 0.5), atol=0.01, rtol=0)
+    assert ((on_fresh - 0.5).abs() < 0.15).all()
+    net.decide.threshold = 0.7
+    with pytest.raises(ConfigError, match="logit > 0"):
+        dn.inference.calibrate_gate_policy(net, calibration, rate=0.5)

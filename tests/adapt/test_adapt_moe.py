@@ -88,3 +88,20 @@ def test_dynamic_loss_takes_the_collected_losses():
         logits = model(x)
     loss = dn.training.dynamic_loss(logits, y, aux_losses=aux.by_kind())
     torch.testing.assert_close(loss, nn.functional.cross_entropy(logits, y) + aux.total())
+
+
+def test_counting_flops_leaves_the_experts_trained_weights_in_place():
+    # MoE registers its experts twice (on itself and on its router/layer pair); the count swaps
+    # each module's tensors once and puts them back
+    model = nn.Sequential(nn.Linear(4, 8), MoEFeedForward(8, 16, num_experts=4, k=2), nn.Linear(8, 3)).eval()
+    before = {name: t.clone() for name, t in model.state_dict().items()}
+    x = torch.randn(2, 5, 4)
+    with torch.no_grad():
+        expected = model(x)
+    eval_count = dn.count_flops(model, (5, 4))
+    assert eval_count == dn.count_flops(model.train(), (5, 4))  # nested layers counted masked in eval too
+    model.eval()
+    assert not any(t.is_meta for t in model.state_dict().values())
+    assert all(torch.equal(before[name], t) for name, t in model.state_dict().items())
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected)

@@ -34,9 +34,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 from torch.utils._python_dispatch import _disable_current_modes
-from torch.utils.flop_counter import FlopCounterMode
 
 from ..errors import ConfigError
 from ..execution import Execution, ExecutionLike, resolve_execution
@@ -45,6 +43,8 @@ from ..gates.block_budget import CAPS as BLOCK_CAPS, BlockBudget, worst_case_blo
 from ..gates.thresholds import GatePolicy
 from ..layers.gated_block import gated_flops, is_hard, run_gated
 from ..flops import flops_and_shape
+from ..flops.counter import flop_counter
+from ..flops.meta import meta_tensors
 from ..models.skipping.convnet_aig import target_rate_loss
 from ..gates.block_gates import PooledLinearGate, PooledMLPGate
 from ..outputs import DynamicOutput
@@ -82,8 +82,10 @@ class GatedBlock(nn.Module):
         `forward(x (B, *S)) -> (B, *S)`. Called by `GatedModel`, it takes its decision and
         execution from the running forward; called on its own (the user's model outside the
         wrapper), it decides with `sigmoid(logit) > 0.5` / a straight-through Gumbel sample
-        and runs masked in training, compact in eval.
+        and runs `execution` (default masked in training, compact in eval).
     """
+
+    execution_modes = (Execution.MASKED, Execution.COMPACT)
 
     def __init__(self, block: nn.Module, gate: nn.Module, path: str = "") -> None:
         super().__init__()
@@ -94,11 +96,11 @@ class GatedBlock(nn.Module):
         self._run: _Run | None = None  # set only while a GatedModel forward runs
         self._decide = GumbelSigmoidGate(1.0, hard=True)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, *, execution: ExecutionLike = None) -> Tensor:
         run = self._run
         if run is None:
             decision = self._decide(self.gate(x))
-            return run_gated(self.block, x, decision, resolve_execution(None, self.training), validate=False)
+            return run_gated(self.block, x, decision, resolve_execution(execution, self.training), validate=False)
         if self.index in run.decisions:
             raise ConfigError(
                 f"gated block {self.path!r} ran twice in one forward; a gated block must be called once"
@@ -162,7 +164,7 @@ class GatedModel(nn.Module):
         self.target_rate = float(target_rate)
         self.rate_weight = float(rate_weight)
         self.default_input_shape = tuple(int(s) for s in input_shape)
-        self._cost_cache: dict[tuple[int, ...], tuple[float, float, Tensor]] = {}
+        self._cost_cache: dict[tuple[int, ...], tuple[float, float, Tensor, float]] = {}
 
     @property
     def num_gated_blocks(self) -> int:
@@ -197,6 +199,7 @@ class GatedModel(nn.Module):
         if policy is not None:
             policy.check(self.num_gated_blocks, "GatedModel", caps=BLOCK_CAPS)
         fixed, gate_flops, block_flops = self.block_costs(tuple(x.shape[1:]))
+        every_block = self._cached_costs(tuple(x.shape[1:]))[3]  # a Python float: no tensor read while exported
         base = fixed + (0.0 if gates is not None else gate_flops)
         run = _Run(execution, self.decide, gates, generator)
         if policy is not None and not self.training:
@@ -205,7 +208,7 @@ class GatedModel(nn.Module):
         logits = self._run_model(x, run)
         decided = self._collect(run, x)
         compact = base + gated_flops(block_flops, decided)
-        flops = compact if execution is Execution.COMPACT else torch.full_like(compact, base + float(block_flops.sum()))
+        flops = compact if execution is Execution.COMPACT else torch.full_like(compact, base + every_block)
         decisions = decided.detach()
         out = DynamicOutput(
             logits=logits,
@@ -251,14 +254,49 @@ class GatedModel(nn.Module):
             `gates` all the gate networks, `blocks` a `(G,)` float64 tensor, each gated
             block's cost.
         """
+        fixed, gate_flops, blocks, _ = self._cached_costs(input_shape)
+        return fixed, gate_flops, blocks.clone()
+
+    def gate_logit_layers(self) -> list[nn.Linear]:
+        """The output layer of each gate network, one logit per gated block, in gate order
+        (`dynamicnets.inference.calibrate_gate_rate` / `calibrate_gate_policy` fit their
+        thresholds through them).
+
+        Raises:
+            ConfigError: a gate that is not one of the library's (`"linear"`, `"mlp"`), whose
+                logit layer is unknown; or an eval rule other than `logit > 0`
+                (`decide.threshold` moved from 0.5), which shifted biases would not match.
+        """
+        if self.decide.threshold != 0.5 or not self.decide.hard_eval:
+            raise ConfigError(f"GatedModel: gate calibration fits thresholds for the rule logit > 0, but "
+                              f"decide.threshold is {self.decide.threshold} (hard_eval={self.decide.hard_eval}); "
+                              "set it back to 0.5 and let the calibration move the cut")
+        layers = []
+        for block in self._blocks:
+            if isinstance(block.gate, PooledLinearGate):
+                layers.append(block.gate.fc)
+            elif isinstance(block.gate, PooledMLPGate):
+                layers.append(block.gate.fc2)
+            else:
+                raise ConfigError(
+                    f"gated block {block.path!r}: its gate {type(block.gate).__name__} is not one of the library's "
+                    "('linear', 'mlp'), so the layer producing its logit is unknown; pass thresholds of your own "
+                    "at inference instead, model(x, policy=GatePolicy(thresholds))")
+        return layers
+
+    def model_changed(self) -> None:
+        """Forget the measured costs; call it after changing the wrapped model's layers (a new
+        classifier, say), since costs are measured once per input shape."""
+        self._cost_cache.clear()
+
+    def _cached_costs(self, input_shape: Sequence[int]) -> tuple[float, float, Tensor, float]:
         shape = tuple(int(s) for s in input_shape)
         costs = self._cost_cache.get(shape)
         if costs is None:
             with _disable_current_modes():
                 costs = self._measure_costs(shape)
             self._cost_cache[shape] = costs
-        fixed, gate_flops, blocks = costs
-        return fixed, gate_flops, blocks.clone()
+        return costs
 
     def full_flops(self, input_shape: Sequence[int]) -> float:
         """Per-sample FLOPs with every block run and every gate evaluated (the masked cost)."""
@@ -274,24 +312,18 @@ class GatedModel(nn.Module):
             BlockBudget.from_policy(policy, blocks, fixed + gate_flops, "GatedModel")  # checks the cap
         return worst_case_blocks(blocks, fixed + gate_flops, policy)
 
-    def _measure_costs(self, shape: tuple[int, ...]) -> tuple[float, float, Tensor]:
-        meta = {name: torch.empty_like(t, device="meta") for name, t in _tensors(self.model)}
-        dtype = next((t.dtype for t in meta.values() if t.is_floating_point()), torch.get_default_dtype())
-        x = torch.empty((1, *shape), device="meta", dtype=dtype)
-        ones = torch.ones((1, self.num_gated_blocks), device="meta", dtype=dtype)
-        run = _Run(Execution.MASKED, self.decide, ones)
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            self._run_model(x, run, lambda inp: functional_call(self.model, meta, (inp,)))
+    def _measure_costs(self, shape: tuple[int, ...]) -> tuple[float, float, Tensor, float]:
+        with torch.no_grad(), meta_tensors(self.model) as dtype, flop_counter() as counter:
+            x = torch.empty((1, *shape), device="meta", dtype=dtype)
+            ones = torch.ones((1, self.num_gated_blocks), device="meta", dtype=dtype)
+            run = _Run(Execution.MASKED, self.decide, ones)
+            self._run_model(x, run)
         block_flops, gate_flops = [], 0
         for i, block in enumerate(self._blocks):
             block_flops.append(flops_and_shape(block.block, run.shapes[i])[0])
             gate_flops += flops_and_shape(block.gate, run.shapes[i])[0]
         fixed = counter.get_total_flops() - sum(block_flops)
-        return float(fixed), float(gate_flops), torch.tensor(block_flops, dtype=torch.float64)
-
-
-def _tensors(model: nn.Module) -> list[tuple[str, Tensor]]:
-    return list(model.named_parameters()) + list(model.named_buffers())
+        return float(fixed), float(gate_flops), torch.tensor(block_flops, dtype=torch.float64), float(sum(block_flops))
 
 
 def gate_residual_blocks(
@@ -402,11 +434,9 @@ def _block_shapes(model: nn.Module, paths: list[str], input_shape: tuple[int, ..
         return hook
 
     handles = [model.get_submodule(p).register_forward_hook(recorder(p)) for p in paths]
-    meta = {name: torch.empty_like(t, device="meta") for name, t in _tensors(model)}
-    dtype = next((t.dtype for t in meta.values() if t.is_floating_point()), torch.get_default_dtype())
     try:
-        with _disable_current_modes(), torch.no_grad():
-            functional_call(model, meta, (torch.empty((2, *input_shape), device="meta", dtype=dtype),))
+        with _disable_current_modes(), torch.no_grad(), meta_tensors(model) as dtype:
+            model(torch.empty((2, *input_shape), device="meta", dtype=dtype))
     except (RuntimeError, ValueError, TypeError) as error:
         raise ConfigError(
             f"gate_residual_blocks: the model does not run on a per-sample input of shape {input_shape}: "

@@ -22,13 +22,13 @@ from typing import Callable, Protocol, Union, runtime_checkable
 
 import torch
 from torch import nn
-from torch.func import functional_call
 from torch.utils._python_dispatch import _disable_current_modes
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..errors import ConfigError
 from ..execution import Execution, supported_executions
 from .formulas import attention_flops, conv1d_flops, conv2d_flops, linear_flops
+from .meta import meta_tensors
 
 ShapeTree = Union[tuple, list]
 
@@ -178,28 +178,33 @@ def _analytic(module: nn.Module, shape: tuple) -> tuple[int, tuple] | None:
 def traced_flops_and_shape(module: nn.Module, in_shape: ShapeTree) -> tuple[int, ShapeTree]:
     """Count `module` on one sample of meta tensors with `FlopCounterMode` (exact, no compute).
 
-    Parameters and buffers are replaced by meta tensors of the same shapes for the call
-    (`torch.func.functional_call`), so batch-norm statistics and every other tensor of
-    the module stay untouched.
+    Parameters and buffers are swapped for meta tensors of the same shapes for the call
+    (`meta_tensors`) and put back after it, so batch-norm statistics and every other tensor
+    of the module stay untouched.
 
     Returns:
         `(flops, out_shape)` for one sample.
     """
-    substitutes = {
-        name: torch.empty_like(t, device="meta")
-        for name, t in list(module.named_parameters()) + list(module.named_buffers())
-    }
-    first = next(iter(substitutes.values()), None)
-    dtype = first.dtype if first is not None and first.is_floating_point() else torch.get_default_dtype()
-    example = _meta_batch(in_shape, dtype)
+    # A dynamic model is counted on its static (masked) path, every block it can run; so is
+    # every dynamic layer inside a model of the user's, which its parent calls without an
+    # execution mode (its compact path would take data-dependent decisions on meta tensors).
+    static = {"execution": Execution.MASKED} if supported_executions(module) else {}
+    hooks = [sub.register_forward_pre_hook(_masked_call, with_kwargs=True)
+             for sub in module.modules() if sub is not module and Execution.MASKED in supported_executions(sub)]
     # Measured apart from any counter the caller runs: an outer FlopCounterMode must see
     # the caller's own work, not this measurement.
-    with _disable_current_modes(), torch.no_grad(), flop_counter() as counter:
-        # a dynamic model is counted on its static (masked) path: every block it can run
-        static = {"execution": Execution.MASKED} if supported_executions(module) else {}
-        out = functional_call(module, substitutes, (example,), static)
+    try:
+        with _disable_current_modes(), torch.no_grad(), meta_tensors(module) as dtype, flop_counter() as counter:
+            out = module(_meta_batch(in_shape, dtype), **static)
+    finally:
+        for hook in hooks:
+            hook.remove()
     out = getattr(out, "logits", out)  # a whole model returning DynamicOutput
     return int(counter.get_total_flops()), _per_sample_shape(out)
+
+
+def _masked_call(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    return args, {**kwargs, "execution": Execution.MASKED}
 
 
 def _meta_batch(shape: ShapeTree, dtype: torch.dtype):
