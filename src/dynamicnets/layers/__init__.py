@@ -28,3 +28,7 @@ from .weightnet import WeightNetConv2d
 from .spatial_transformer import LocalisationNet, SpatialTransformer
 from .resize import check_resolutions, resize, resize_flops
 from .patch_crop import PatchCrop, crop_patches, grid_corners
+# temporal: recurrent layers that skip state updates, skim steps or jump over tokens
+from .skip_rnn import SkipGRU, SkipLSTM, SkipRNN, SkipRNNResult
+from .skim_rnn import SkimLSTM, SkimRNNResult
+from .lstm_jump import LSTMJump, LSTMJumpResult

@@ -53,7 +53,7 @@ from torch import Tensor, nn
 
 from ..compact import scatter_rows
 from ..errors import ConfigError
-from ..execution import Execution, parse_execution
+from ..execution import Execution, ExecutionLike, resolve_execution
 from ..flops import linear_flops, lstm_cell_flops
 from ..gates.jump_policy import JumpPolicy
 from ..gates.policy import CategoricalPolicy
@@ -96,6 +96,8 @@ class LSTMJump(nn.Module):
         `forward(x (B, T, input_size)) -> LSTMJumpResult` with `hidden (B, hidden_size)`,
         `reads (B, T)`, `jumps (B, max_decisions(T))`, `flops (B,)`.
     """
+
+    execution_modes = (Execution.MASKED, Execution.COMPACT)
 
     def __init__(self, input_size: int, hidden_size: int, *, read_steps: int = 1, max_jump: int = 10,
                  max_jumps: int | None = None, device=None, dtype=None) -> None:
@@ -164,14 +166,15 @@ class LSTMJump(nn.Module):
                 raise ConfigError(f"LSTMJump: jumps must lie in 0..max_jump={self.max_jump} (-1: no decision), "
                                   f"got values in {int(jumps.min())}..{int(jumps.max())}")
 
-    def forward(self, x: Tensor, *, execution: Execution | str = Execution.MASKED, jumps: Tensor | None = None,
+    def forward(self, x: Tensor, *, execution: ExecutionLike = None, jumps: Tensor | None = None,
                 policy: JumpPolicy | None = None, sample: bool = False,
                 generator: torch.Generator | None = None) -> LSTMJumpResult:
         """Read the sequence, jumping where the decisions say.
 
         Args:
             x: `(B, T, input_size)`.
-            execution: `"masked"` or `"compact"` (module docstring).
+            execution: `"masked"` or `"compact"` (module docstring); default masked in training,
+                compact in eval.
             jumps: optional `(B, max_decisions(T))` int64 forced choices: the `j`-th
                 decision of sample `b` is `jumps[b, j]` (`-1` reads as 0, stop). Entries
                 after a sample's last decision are ignored, so a result's `jumps` can be
@@ -188,7 +191,7 @@ class LSTMJump(nn.Module):
         policy = JumpPolicy() if policy is None else policy
         if not isinstance(policy, JumpPolicy):
             raise ConfigError(f"LSTMJump: policy must be a JumpPolicy, got {type(policy).__name__}")
-        if parse_execution(execution) is Execution.COMPACT:
+        if resolve_execution(execution, self.training) is Execution.COMPACT:
             return self._compact(x, jumps, policy, sample, generator)
         return self._masked(x, jumps, policy, sample, generator)
 

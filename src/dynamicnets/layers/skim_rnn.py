@@ -49,7 +49,7 @@ from torch import Tensor, nn
 
 from ..compact import rows_where
 from ..errors import ConfigError
-from ..execution import Execution, parse_execution
+from ..execution import Execution, ExecutionLike, resolve_execution
 from ..flops import linear_flops, lstm_cell_flops
 from ..gates.gumbel import gumbel_softmax
 
@@ -92,6 +92,8 @@ class SkimLSTM(nn.Module):
         `choices (B, T)`, `log_probs (B, T, 2)`, `flops (B,)`.
     """
 
+    execution_modes = (Execution.MASKED, Execution.COMPACT)
+
     def __init__(self, input_size: int, hidden_size: int, small_hidden_size: int, *, tau: float = 0.5,
                  hard: bool = False, device=None, dtype=None) -> None:
         super().__init__()
@@ -132,14 +134,15 @@ class SkimLSTM(nn.Module):
         reads = choices.detach().double().sum(dim=1)
         return reads * float(self.read_flops()) + (choices.shape[1] - reads) * float(self.skim_flops())
 
-    def forward(self, x: Tensor, *, execution: Execution | str = Execution.MASKED, choices: Tensor | None = None,
+    def forward(self, x: Tensor, *, execution: ExecutionLike = None, choices: Tensor | None = None,
                 threshold: float = 0.5, tau: float | None = None,
                 generator: torch.Generator | None = None) -> SkimRNNResult:
         """Run the sequence, reading or skimming each step.
 
         Args:
             x: `(B, T, input_size)`, `T >= 1`.
-            execution: `"masked"` or `"compact"` (see the module docstring).
+            execution: `"masked"` or `"compact"` (see the module docstring); default masked
+                in training, compact in eval.
             choices: optional `(B, T)` 0/1 decisions (1 = read with the big cell) to apply
                 instead of the choice layer's.
             threshold: the inference rule, read where `p_t[0] > threshold` (used in eval
@@ -153,7 +156,7 @@ class SkimLSTM(nn.Module):
         self._check(x, choices, threshold)
         tau = self.tau if tau is None else float(tau)
         _check_tau(tau)
-        if parse_execution(execution) is Execution.COMPACT:
+        if resolve_execution(execution, self.training) is Execution.COMPACT:
             return self._compact(x, choices, float(threshold))
         return self._masked(x, choices, float(threshold), tau, generator)
 

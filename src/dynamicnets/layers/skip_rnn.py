@@ -46,7 +46,7 @@ from ..errors import ConfigError
 from ..gates.straight_through import ste_threshold
 from ..flops import gru_cell_flops, linear_flops, lstm_cell_flops
 from ..compact import rows_where, scatter_rows
-from ..execution import Execution, parse_execution
+from ..execution import Execution, ExecutionLike, resolve_execution
 
 
 @dataclass
@@ -83,6 +83,7 @@ class SkipRNN(nn.Module):
         `updates (B, T)`, `flops (B,)`.
     """
 
+    execution_modes = (Execution.MASKED, Execution.COMPACT)
     _state_size: int
 
     def __init__(self, cell: nn.Module, update_bias_init: float, device=None, dtype=None) -> None:
@@ -138,13 +139,14 @@ class SkipRNN(nn.Module):
         """`du` of the zero state, `sigmoid(b)`: what a sample that skips the first step carries."""
         return float(torch.sigmoid(self.update_gate.bias.detach()).item())
 
-    def forward(self, x: Tensor, *, execution: Execution | str = Execution.MASKED, updates: Tensor | None = None,
+    def forward(self, x: Tensor, *, execution: ExecutionLike = None, updates: Tensor | None = None,
                 threshold: float = 0.5) -> SkipRNNResult:
         """Run the sequence, updating the state only where the update gate decides so.
 
         Args:
             x: `(B, T, input_size)`.
-            execution: `"masked"` or `"compact"` (see the module docstring).
+            execution: `"masked"` or `"compact"` (see the module docstring); default masked
+                in training, compact in eval.
             updates: optional `(B, T)` 0/1 decisions to apply instead of the gate's.
             threshold: the decision rule, `u_t = [u~_t > threshold]` (0.5 rounds, as in
                 training; a model passes its `GatePolicy` here).
@@ -153,7 +155,7 @@ class SkipRNN(nn.Module):
             `SkipRNNResult`.
         """
         self._check(x, updates)
-        if parse_execution(execution) is Execution.COMPACT:
+        if resolve_execution(execution, self.training) is Execution.COMPACT:
             return self._compact(x, updates, float(threshold))
         return self._masked(x, updates, float(threshold))
 
