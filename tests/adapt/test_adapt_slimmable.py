@@ -75,6 +75,22 @@ def test_unsupported_structures_are_named():
     spread = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(8 * 100, 10))
     with pytest.raises(ConfigError, match=r"Linear '2' reads a flattened feature map"):
         dn.adapt.make_slimmable(spread, input_shape=SHAPE)
+    grouped_norm = nn.Sequential(nn.Conv2d(3, 8, 3), nn.GroupNorm(2, 8), nn.Flatten(), nn.Linear(8 * 100, 10))
+    with pytest.raises(ConfigError, match=r"module '1' \(GroupNorm\) has no slimmable version here; supported"):
+        dn.adapt.make_slimmable(grouped_norm, input_shape=SHAPE)
     chain = dn.adapt.make_slimmable(plain_net(), input_shape=SHAPE, widths=WIDTHS)
     with pytest.raises(ConfigError, match="not configured"):
         chain(torch.randn(1, *SHAPE), 0.75)
+
+
+def test_a_width_policy_says_when_it_narrowed_the_run():
+    from dynamicnets.inference.width_policy import WidthPolicy
+    chain = dn.adapt.make_slimmable(plain_net(), input_shape=SHAPE, widths=WIDTHS).eval()
+    x = torch.randn(3, *SHAPE)
+    with torch.no_grad():
+        free = chain(x, 1.0)
+        loose = chain(x, 1.0, policy=WidthPolicy(max_flops=chain.flops(SHAPE, 1.0)))
+        tight = chain(x, 1.0, policy=WidthPolicy(max_flops=chain.flops(SHAPE, WIDTHS[0])))
+    assert "width_capped" not in free.decisions
+    assert loose.decisions["width_capped"].tolist() == [False] * 3 and loose.decisions["width"][0] == 1.0
+    assert tight.decisions["width_capped"].tolist() == [True] * 3 and tight.decisions["width"][0] == WIDTHS[0]

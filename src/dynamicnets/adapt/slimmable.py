@@ -108,15 +108,15 @@ class SlimmableChain(WidthLadder, nn.Module):
             widths = self.training_widths() if width is None and self.training else [
                 self.default_width if width is None else width]
         shape = tuple(x.shape[1:])
-        widths = self.capped_widths([self.check_width(w) for w in widths], shape, policy)
+        asked = [self.check_width(w) for w in widths]
+        widths = self.capped_widths(asked, shape, policy)
         all_logits = [self.forward_logits(x, w) for w in widths]
         out = DynamicOutput(
             logits=all_logits[-1],
             exit_logits=all_logits,
             flops=constant_flops(sum(self.flops(shape, w) for w in widths), x.shape[0], x.device),
         )
-        if len(widths) == 1:
-            out.decisions["width"] = torch.full((x.shape[0],), widths[0], device=x.device)
+        out.decisions.update(self.width_decisions(asked, widths, x.shape[0], x.device, policy))
         return out
 
     def flops(self, input_shape: Sequence[int], width: float | None = None, execution: str | None = None) -> int:
@@ -209,6 +209,9 @@ def _flatten_chain(module: nn.Module, path: str) -> list[tuple[str, nn.Module]]:
     if isinstance(module, (nn.Conv2d, nn.Linear, nn.BatchNorm2d) + _PASSIVE) and type(module).__module__.startswith("torch.nn"):
         return [(path, module)]
     name = repr(path) if path else "the model"
+    if type(module).__module__.startswith("torch.nn"):  # a torch layer the chain has no sliced version of
+        raise ConfigError(f"make_slimmable: module {name} ({type(module).__name__}) has no slimmable version "
+                          f"here; supported: {_SUPPORTED}")
     raise ConfigError(
         f"make_slimmable: module {name} ({type(module).__name__}) is not a chain layer: its own forward code "
         f"(a residual add, a concatenation, ...) combines channel counts that cannot be sliced consistently "

@@ -109,6 +109,19 @@ class WidthLadder:
                               f"{len(widths)} widths (the sandwich rule: pass width=... or call eval())")
         return [self.capped_width(widths[0], input_shape, policy)]
 
+    @staticmethod
+    def width_decisions(asked: list[float], ran: list[float], batch: int, device,
+                        policy: WidthPolicy | None) -> dict[str, Tensor]:
+        """A forward's `decisions` about width: when one width ran, `width (B,)` and, under a
+        `policy`, `width_capped (B,)` bool (every sample ran the same width, so capped for
+        all or for none); nothing for a sandwich-rule run of several widths."""
+        if len(ran) != 1:
+            return {}
+        decisions = {"width": torch.full((batch,), ran[0], device=device)}
+        if policy is not None:
+            decisions["width_capped"] = torch.full((batch,), ran[0] != asked[0], device=device)
+        return decisions
+
     def worst_case_flops(self, input_shape: Sequence[int], policy: WidthPolicy | None = None) -> float:
         """The most per-sample FLOPs a one-width run on an `input_shape` input can cost
         under `policy`, whatever width is asked for."""

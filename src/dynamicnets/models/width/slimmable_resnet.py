@@ -160,7 +160,7 @@ class SlimmableResNet(WidthLadder, ClassifierApi, nn.Module):
 
     Shapes:
         `forward(x)`: `(B, in_chans, H, W)` -> `DynamicOutput` (`logits (B, num_classes)`,
-        `flops (B,)`, `decisions["width"] (B,)` when one width ran).
+        `flops (B,)`, `decisions["width"] (B,)` when one width ran, with a policy `decisions["width_capped"] (B,)`).
     """
 
     classifier_paths = ("head",)
@@ -286,7 +286,8 @@ class SlimmableResNet(WidthLadder, ClassifierApi, nn.Module):
                 widths = self.training_widths()
             else:
                 widths = [self.default_width if width is None else width]
-        widths = self.capped_widths([self.check_width(w) for w in widths], tuple(x.shape[1:]), policy)
+        asked = [self.check_width(w) for w in widths]
+        widths = self.capped_widths(asked, tuple(x.shape[1:]), policy)
         b = x.shape[0]
         all_logits = [self.forward_logits(x, w) for w in widths]
         flops = sum(self.flops(x.shape[1:], w) for w in widths)
@@ -295,9 +296,8 @@ class SlimmableResNet(WidthLadder, ClassifierApi, nn.Module):
             exit_logits=all_logits,
             flops=torch.full((b,), float(flops), dtype=torch.float64, device=x.device),
         )
-        if len(widths) == 1:
-            out.decisions["width"] = torch.full((b,), widths[0], device=x.device)
-        elif self.inplace_distill > 0:
+        out.decisions.update(self.width_decisions(asked, widths, b, x.device, policy))
+        if len(widths) > 1 and self.inplace_distill > 0:
             out.aux_losses["inplace_distill"] = self.inplace_distill * _distill(
                 all_logits[:-1], all_logits[-1]
             )
