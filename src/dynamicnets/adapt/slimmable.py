@@ -92,6 +92,13 @@ class SlimmableChain(WidthLadder, nn.Module):
         self.default_input_shape = tuple(int(s) for s in input_shape)
         self.in_chans = self.default_input_shape[0]
 
+    def get_classifier(self) -> nn.Linear:
+        """The chain's last layer, the classifier (its classes are never sliced)."""
+        last = self.layers[-1]
+        if not isinstance(last, SlimmableLinear):
+            raise ConfigError(f"SlimmableChain: its last layer is a {type(last).__name__}, not a linear classifier")
+        return last
+
     def forward_logits(self, x: Tensor, width: float | None = None) -> Tensor:
         """Logits `(B, C)` at one width (`None` = widest), no checks, no FLOPs."""
         for layer in self.layers:

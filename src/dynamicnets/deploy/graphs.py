@@ -166,7 +166,7 @@ class ResolutionScores(nn.Module):
 
 class WholeModel(nn.Module):
     """A model with no decision between graphs, as one graph: `(n, *S)` -> `(logits (n, C),
-    *decisions)`, the tensors of `out.decisions` named by `keys`, in that order (a spatial
+    *decisions)` (a plain network returning a tensor: `(logits,)`), the tensors of `out.decisions` named by `keys`, in that order (a spatial
     transformer's `theta (n, 2, 3)`: the glimpse is sampled inside the graph). `policy`, when
     given, is passed to every call (a token-pruning transformer's keep-ratio `TokenPolicy`)."""
 
@@ -176,6 +176,8 @@ class WholeModel(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
         out = self.model(x) if self.policy is None else self.model(x, policy=self.policy)
+        if isinstance(out, Tensor):  # a plain network of the user's: its logits
+            return (out,)
         return (out.logits, *(out.decisions[k] for k in self.keys))
 
 

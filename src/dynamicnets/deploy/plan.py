@@ -9,7 +9,7 @@
   and each stage's first block, one for each gate network (`gate{i}`: block input ->
   logit) and one for each gated block (`block{i}`); a block runs where the logit is above
   the `GatePolicy` threshold (0 without one);
-- **width** (a slimmable ResNet, DS-Net): one graph per width (`width{i}`, the sliced
+- **width** (a slimmable ResNet, DS-Net, `adapt.make_slimmable`'s chain): one graph per width (`width{i}`, the sliced
   network) and, for DS-Net, the gate (`gate`: input -> width scores, argmax decides);
 - **resolution** (`dynamic_resolution_resnet`): the predictor (`predictor`: input ->
   resolution logits) and one graph per resolution (`resolution{i}`: the input resized
@@ -20,7 +20,8 @@
   transform, is continuous and sampled inside the graph (`F.affine_grid` +
   `F.grid_sample`), so the whole model is one graph (`model`: input -> logits and
   `theta`). So are the static networks (the anchors a dynamic model is held against:
-  ResNets, `small_cnn`, the MNIST-1D models, `vit_cifar`) and the dynamic-parameter
+  ResNets, `small_cnn`, the MNIST-1D models, `vit_cifar`, and any network of the user's
+  that returns plain logits) and the dynamic-parameter
   networks (CondConv, DY-ReLU, dynamic convolution: each sample's kernels or activation
   coefficients are computed inside the graph; `decisions["routing"]` comes out with the
   logits), and the token-pruning transformers (DynamicViT, EViT) under a keep-ratio
@@ -64,6 +65,8 @@ from ..models.transformers import TOKEN_PRUNING
 from ..models.transformers.vit import VisionTransformer
 from ..models.width.dsnet import DSNet
 from ..models.width.slimmable_resnet import SlimmableResNet
+from ..adapt.gating import GatedModel
+from ..adapt.slimmable import SlimmableChain
 from ..protocols import MultiExit
 from .graphs import (AtResolution, AtWidth, Chain, ExitHead, ExitSegment, GateScore, ResolutionScores, StateLayout,
                      WholeModel, WidthScores, as_tuple, per_sample_flops)
@@ -229,7 +232,8 @@ def _resolution_plan(model: DynamicResolutionNet, x: Tensor, policy: ResolutionP
 def _static_plan(model: nn.Module, x: Tensor, name: str, policy: TokenPolicy | None = None) -> DeploymentPlan:
     plan = DeploymentPlan("static", name, tuple(x.shape[1:]))
     with torch.no_grad():
-        decisions = model(x, **({} if policy is None else {"policy": policy})).decisions
+        out = model(x, **({} if policy is None else {"policy": policy}))
+    decisions = getattr(out, "decisions", {})  # a plain network of the user's returns its logits
     keys = tuple(sorted(k for k, v in decisions.items() if isinstance(v, Tensor) and v.shape[:1] == x.shape[:1]))
     _add(plan, "model", WholeModel(model, keys, policy), x)
     plan.structure = {"graph": "model", "decisions": list(keys)}
@@ -261,10 +265,13 @@ def deployment_plan(model: nn.Module, input_shape: tuple[int, ...] | None = None
         model: a multi-exit model (glance and focus included), a gated ResNet (ConvNet-AIG,
             SkipNet with feed-forward gates), a slimmable ResNet, DS-Net, a dynamic-resolution
             network, a spatial transformer classifier (`stn_cnn`), one of `ONE_GRAPH`'s
-            static and dynamic-parameter networks, or a token-pruning transformer
-            (`TOKEN_PRUNING`). Put in eval mode here.
+            static and dynamic-parameter networks, a token-pruning transformer
+            (`TOKEN_PRUNING`), a slimmable chain (`adapt.make_slimmable`), or any other
+            network returning logits `(B, classes)` (one graph: a user's own CNN, one with
+            `adapt.swap_convs` dynamic convolutions). Put in eval mode here.
         input_shape: per-sample input shape; default the model's `default_input_shape`.
-        policy: `ExitPolicy` for early exits (default: every sample to the last exit),
+        policy: `ExitPolicy` for early exits (default: every sample to the last exit; an
+            `adapt.add_exits` model is one),
             `GatePolicy` for gated models (default: logit > 0), `ResolutionPolicy` for
             dynamic resolution (default: the predictor's argmax), a keep-ratio
             `TokenPolicy` for token pruning (default: the model's `default_policy()`),
@@ -293,7 +300,7 @@ def deployment_plan(model: nn.Module, input_shape: tuple[int, ...] | None = None
             raise ConfigError(f"model {name!r} has gated blocks: policy must be a GatePolicy, got "
                               f"{type(policy).__name__}")
         return _gated_plan(model, x, policy, name)
-    if isinstance(model, (DSNet, SlimmableResNet)):
+    if isinstance(model, (DSNet, SlimmableResNet, SlimmableChain)):
         if policy is not None and not (isinstance(model, DSNet) and isinstance(policy, WidthPolicy)):
             what = "a DS-Net's policy must be a WidthPolicy" if isinstance(model, DSNet) else (
                 "a slimmable network has no gate; its width is chosen at run time (width=)")
@@ -311,10 +318,30 @@ def deployment_plan(model: nn.Module, input_shape: tuple[int, ...] | None = None
             raise ConfigError(f"model {name!r} picks a resolution per sample: policy must be a ResolutionPolicy, "
                               f"got {type(policy).__name__}")
         return _resolution_plan(model, x, policy, name)
+    if isinstance(model, GatedModel):
+        raise ConfigError(
+            f"model {name!r}: gate_residual_blocks gates blocks inside your own forward, which cannot be cut "
+            f"into a graph per block; deploy a gated ResNet (ConvNet-AIG, SkipNet with feed-forward gates), or "
+            f"export the masked path yourself, torch.export.export(model, (x,), kwargs={{'execution': 'masked'}})"
+        )
+    if _plain_logits(model, x):
+        if policy is not None:
+            raise ConfigError(f"model {name!r} returns plain logits: it takes no decision policy, got "
+                              f"{type(policy).__name__}")
+        return _static_plan(model, x, name)
     raise ConfigError(
         f"model {name!r} ({type(model).__name__}) cannot be deployed yet: supported are multi-exit "
         f"models (the MultiExit protocol), ConvNet-AIG / SkipNet (feed-forward gates), slimmable "
         f"ResNets, DS-Net, dynamic resolution, spatial transformer classifiers, the static networks, the "
-        f"dynamic-parameter networks (CondConv, DY-ReLU, dynamic convolution) and DynamicViT / EViT "
-        f"(keep-ratio policies)"
+        f"dynamic-parameter networks (CondConv, DY-ReLU, dynamic convolution), DynamicViT / EViT "
+        f"(keep-ratio policies), slimmable chains (adapt.make_slimmable) and any network of yours that "
+        f"returns logits (B, classes)"
     )
+
+
+def _plain_logits(model: nn.Module, x: Tensor) -> bool:
+    """True for a network that returns plain logits `(B, classes)`: no decision comes out, so
+    it is one graph (a data-dependent path inside it refuses to be traced at export)."""
+    with torch.no_grad():
+        out = model(x)
+    return isinstance(out, Tensor) and out.dim() == 2 and out.shape[0] == x.shape[0]

@@ -126,28 +126,37 @@ class WidthCascade(MultiExitNetwork):
         out.decisions["width"] = torch.tensor(self.widths, device=x.device)[result.exit_index]
         return out
 
+    def _backbone(self, name: str):
+        """The backbone's attribute `name` for the classifier API; a slimmable chain of the
+        user's (`adapt.make_slimmable`) has none of them: a clear error instead."""
+        found = getattr(self.backbone, name, None)
+        if found is None:
+            raise ConfigError(f"width cascade: its backbone {type(self.backbone).__name__} has no {name}; the "
+                              "classifier API needs a slimmable ResNet backbone")
+        return found
+
     def forward_features(self, x: Tensor) -> Tensor:
         """The backbone's features at the widest cascade width, `(B, channels, H', W')`."""
-        return self.backbone.forward_features(x, self.widths[-1])
+        return self._backbone("forward_features")(x, self.widths[-1])
 
     def forward_head(self, features: Tensor) -> Tensor:
         """The backbone's head on features of any width: `(B, num_classes)`."""
-        return self.backbone.forward_head(features)
+        return self._backbone("forward_head")(features)
 
     @property
     def classifier_paths(self) -> tuple[str, ...]:
         """The backbone's classifier (shared by every width)."""
-        return tuple(f"backbone.{path}" for path in self.backbone.classifier_paths)
+        return tuple(f"backbone.{path}" for path in self._backbone("classifier_paths"))
 
     @property
     def num_features(self) -> int:
         """Feature channels entering the classifier at the widest cascade width."""
-        return int(self.backbone.channels(self.widths[-1]))
+        return int(self._backbone("channels")(self.widths[-1]))
 
     def reset_classifier(self, num_classes: int) -> None:
         """A fresh classifier with `num_classes` outputs for every width."""
         check_num_classes("width cascade", num_classes)
-        self.backbone.reset_classifier(num_classes)
+        self._backbone("reset_classifier")(num_classes)
         for stage in self.stages:
             stage.num_classes = num_classes
         self.classifier_changed()

@@ -1,0 +1,109 @@
+"""Networks of the user's own, and the mechanisms `dynamicnets.adapt` put into them, deploy
+like the registered models: same logits, decisions and FLOPs as eager."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import dynamicnets as dn
+from dynamicnets import ConfigError
+from dynamicnets.deploy import DeployedModel, deployment_plan, export_model
+from dynamicnets.inference import ExitPolicy
+from dynamicnets.models.width.width_cascade import WidthCascade
+
+SHAPE = (3, 16, 16)
+
+
+class UserCNN(nn.Module):
+    """A plain network with a forward of its own (not an nn.Sequential)."""
+
+    def __init__(self, classes: int = 5) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, classes)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
+
+
+def plain_chain() -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5))
+
+
+def inputs(count: int) -> torch.Tensor:
+    return torch.randn(count, *SHAPE, generator=torch.Generator().manual_seed(1))
+
+
+def test_a_users_own_network_is_one_static_graph(tmp_path):
+    torch.manual_seed(0)
+    model = UserCNN().eval()
+    plan = deployment_plan(model, SHAPE)
+    assert plan.kind == "static" and list(plan.graphs) == ["model"] and plan.model_name == "UserCNN"
+    export_model(model, tmp_path, input_shape=SHAPE, format="torch.export")
+    x = inputs(4)
+    out = DeployedModel.load(tmp_path)(x)
+    with torch.no_grad():
+        torch.testing.assert_close(out.logits, model(x), rtol=1e-5, atol=1e-5)
+    assert out.flops.tolist() == [float(dn.count_flops(model, SHAPE))] * 4
+    with pytest.raises(ConfigError, match="returns plain logits: it takes no decision policy"):
+        deployment_plan(model, SHAPE, policy=ExitPolicy("maxprob", []))
+
+
+def test_swapped_dynamic_convolutions_deploy_with_their_routing_inside_the_graph(tmp_path):
+    torch.manual_seed(0)
+    model = dn.adapt.swap_convs(UserCNN(), kind="dyconv", num_experts=2).eval()
+    export_model(model, tmp_path, input_shape=SHAPE, format="torch.export")
+    x = inputs(4)
+    with torch.no_grad():
+        torch.testing.assert_close(DeployedModel.load(tmp_path)(x).logits, model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_slimmable_chain_deploys_one_graph_per_width(tmp_path):
+    torch.manual_seed(0)
+    chain = dn.adapt.make_slimmable(plain_chain(), input_shape=SHAPE, widths=(0.5, 1.0)).eval()
+    plan = deployment_plan(chain)
+    assert plan.kind == "width" and list(plan.graphs) == ["width0", "width1"]
+    assert [g.flops for g in plan.graphs.values()] == [chain.flops(SHAPE, 0.5), chain.flops(SHAPE, 1.0)]
+    export_model(chain, tmp_path, format="torch.export")
+    deployed, x = DeployedModel.load(tmp_path), inputs(3)
+    with torch.no_grad():
+        torch.testing.assert_close(deployed(x).logits, chain(x).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_a_width_cascade_over_a_users_slimmable_chain_deploys_its_exits(tmp_path):
+    pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    chain = dn.adapt.make_slimmable(plain_chain(), input_shape=SHAPE, widths=(0.5, 1.0)).eval()
+    cascade = WidthCascade(chain).eval()
+    x = inputs(16)
+    with torch.no_grad():
+        confidence = cascade(x).exit_logits[0].softmax(1).amax(1)
+    policy = ExitPolicy("maxprob", [float(confidence.median())])
+    expected = dn.inference.run(cascade, x, policy)
+    export_model(cascade, tmp_path, format="onnx", policy=policy)
+    out = DeployedModel.load(tmp_path)(x)
+    assert 0 < int((expected.exit_index == 0).sum()) < 16  # the rule splits the batch
+    assert torch.equal(out.decisions["exit_index"], expected.exit_index)
+    assert torch.equal(out.flops, expected.flops.to(out.flops.dtype))
+    with pytest.raises(ConfigError, match="has no reset_classifier"):
+        cascade.reset_classifier(3)
+
+
+class Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        return x + torch.relu(self.conv(x))
+
+
+def test_a_gated_user_model_is_refused_with_the_way_out():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), Residual(), Residual(), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(8, 5))
+    gated = dn.adapt.gate_residual_blocks(net, input_shape=SHAPE, block_types=Residual).eval()
+    with pytest.raises(ConfigError, match=r"cannot be cut into a graph per block.*execution': 'masked'"):
+        deployment_plan(gated, SHAPE)
