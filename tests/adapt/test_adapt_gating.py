@@ -140,3 +140,28 @@ def test_gates_calibrate_to_an_execution_rate():
     net.decide.threshold = 0.7
     with pytest.raises(ConfigError, match="logit > 0"):
         dn.inference.calibrate_gate_policy(net, calibration, rate=0.5)
+
+
+def test_a_user_model_holding_a_recurrent_layer_gates_and_counts_in_eval():
+    class Residual(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(8, 8, 3, padding=1)
+
+        def forward(self, x):
+            return x + torch.relu(self.conv(x))
+
+    class Net(torch.nn.Module):  # conv features read row by row by a Skip-RNN
+        def __init__(self):
+            super().__init__()
+            self.stem, self.block = torch.nn.Conv2d(3, 8, 3, padding=1), Residual()
+            self.rnn, self.fc = dn.layers.SkipLSTM(8, 8), torch.nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.fc(self.rnn(self.block(self.stem(x)).flatten(2).transpose(1, 2)).hidden)
+
+    torch.manual_seed(0)
+    net = dn.adapt.gate_residual_blocks(Net().eval(), input_shape=(3, 8, 8), block_types=Residual).eval()
+    out = net(torch.randn(2, 3, 8, 8))  # costs measured on meta tensors: the recurrent layer runs masked there
+    assert out.logits.shape == (2, 4) and out.decisions["gates"].shape == (2, 1)
+    assert dn.count_flops(net, (3, 8, 8)) == net.full_flops((3, 8, 8))

@@ -62,13 +62,17 @@ def _error(capsys) -> str:
     return lines[0]
 
 
-def test_an_anchor_that_reads_other_inputs_or_has_exits_is_refused_by_name(runs, tmp_path, capsys):
+def test_an_anchor_that_reads_other_inputs_or_is_dynamic_is_refused_by_name(runs, tmp_path, capsys):
     assert _eval(tmp_path, "--checkpoint", str(runs["exits"]), "--thresholds", "0,0",
                  "--anchor", str(runs["gru"]))[0] == 2
     line = _error(capsys)
     assert "--anchor" in line and "same inputs" in line
     assert _eval(tmp_path, "--checkpoint", str(runs["cnn"]), "--anchor", str(runs["exits"]))[0] == 2
     assert "has early exits" in _error(capsys)
+    assert _eval(tmp_path, "--checkpoint", str(runs["gru"]), "--anchor", str(runs["skip_gru"]))[0] == 2
+    assert "skips computation per input" in _error(capsys)
+    assert _eval(tmp_path, "--checkpoint", str(runs["exits"]), "--anytime", "--anchor", str(runs["cnn"]))[0] == 2
+    assert "--anytime alone runs no exit rule" in _error(capsys)
     assert _eval(tmp_path, "--checkpoint", str(runs["cnn"]), "--anchor", str(tmp_path / "nothing"))[0] == 2
     assert "not NAME:TAG" in _error(capsys)
     assert _eval(tmp_path, "--checkpoint", str(runs["cnn"]), "--anchor", "resnet20:no_such_tag")[0] == 2

@@ -99,8 +99,22 @@ def test_a_run_folder_as_config_resumes_with_the_settings_it_was_started_with(tm
     assert "after epoch 1" in out and f"run folder {moved}" in out and "epochs 2..2" in out
     saved = yaml.safe_load((moved / "config.yaml").read_text())
     assert saved["lr"] == 0.0123 and saved["model_args"]["width"] == 4 and saved["max_steps_per_epoch"] == 2
-    assert saved["epochs"] == 2 and saved["name"] == "renamed_run" and saved["out_dir"] == str(moved.parent)
+    assert saved["epochs"] == 2 and saved["name"] == "renamed_run" and saved["out_dir"] == str(moved.parent.resolve())
     assert not (tmp_path / "old" / "digits_small_cnn").exists()
+
+
+def test_a_run_folder_given_as_dot_resumes_that_run_and_never_inherits_overwrite(tmp_path, capsys, monkeypatch):
+    start = ["train", "--config", "digits_small_cnn", f"out_dir={tmp_path}", "progress=false",
+             "epochs=1", "max_steps_per_epoch=2", "model_args.width=4"]
+    assert main(start) == 0
+    assert main([*start, "overwrite=true"]) == 0  # the saved config.yaml now says overwrite: true
+    run = tmp_path / "digits_small_cnn"
+    monkeypatch.chdir(run)
+    capsys.readouterr()
+    assert main(["train", "--config", ".", "--resume", "epochs=2"]) == 0
+    assert "after epoch 1" in capsys.readouterr().out and not (run / "digits_small_cnn").exists()
+    assert main(["train", "--config", ".", "epochs=3"]) == 2  # not replaced without asking
+    assert "--resume" in capsys.readouterr().err
 
 
 def test_a_folder_without_a_saved_config_is_refused_by_name(tmp_path, capsys):

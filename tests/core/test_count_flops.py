@@ -64,3 +64,21 @@ def test_a_model_counts_its_static_forward(name, kwargs):
     static = {"execution": "masked"} if dn.execution.supported_executions(model) else {}
     assert out_shape == (7,)
     assert flops == counted_flops(lambda x: model(x, **static), torch.zeros(1, *shape))
+
+
+def test_a_traced_count_keeps_tied_weights_tied_and_puts_every_tensor_back():
+    class Tied(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(10, 6)
+            self.out = torch.nn.Linear(6, 10, bias=False)
+            self.out.weight = self.embed.weight
+
+        def forward(self, tokens):
+            assert self.out.weight is self.embed.weight  # what a tied model may check
+            return self.out(self.embed(tokens.long().squeeze(-1)))
+
+    model = Tied()
+    weight = model.embed.weight
+    assert count_flops(model, (4, 1)) == 2 * 4 * 6 * 10
+    assert model.embed.weight is weight and model.out.weight is weight and not weight.is_meta

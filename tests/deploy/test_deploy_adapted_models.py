@@ -107,3 +107,22 @@ def test_a_gated_user_model_is_refused_with_the_way_out():
     gated = dn.adapt.gate_residual_blocks(net, input_shape=SHAPE, block_types=Residual).eval()
     with pytest.raises(ConfigError, match=r"cannot be cut into a graph per block.*execution': 'masked'"):
         deployment_plan(gated, SHAPE)
+
+
+class Reader(nn.Module):
+    """A user's sequence model holding a Skip-RNN layer (a decision inside its own forward)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn, self.fc = dn.layers.SkipLSTM(3, 8), nn.Linear(8, 5)
+
+    def forward(self, x):
+        return self.fc(self.rnn(x).hidden)
+
+
+def test_a_users_network_holding_dynamic_layers_is_refused_by_the_layer():
+    with pytest.raises(ConfigError, match=r"its layer 'rnn' \(SkipLSTM\) takes decisions inside your own forward"):
+        deployment_plan(Reader(), (12, 3))
+    moe = nn.Sequential(nn.Linear(3, 8), dn.adapt.MoEFeedForward(8, 16, num_experts=4, k=1), nn.Linear(8, 5))
+    with pytest.raises(ConfigError, match=r"its layer '1' \(MoEFeedForward\)"):
+        deployment_plan(moe, (3,))

@@ -44,7 +44,7 @@ from ..gates.thresholds import GatePolicy
 from ..layers.gated_block import gated_flops, is_hard, run_gated
 from ..flops import flops_and_shape
 from ..flops.counter import flop_counter
-from ..flops.meta import meta_tensors
+from ..flops.meta import masked_dynamic_layers, meta_tensors
 from ..models.skipping.convnet_aig import target_rate_loss
 from ..gates.block_gates import PooledLinearGate, PooledMLPGate
 from ..outputs import DynamicOutput
@@ -313,7 +313,8 @@ class GatedModel(nn.Module):
         return worst_case_blocks(blocks, fixed + gate_flops, policy)
 
     def _measure_costs(self, shape: tuple[int, ...]) -> tuple[float, float, Tensor, float]:
-        with torch.no_grad(), meta_tensors(self.model) as dtype, flop_counter() as counter:
+        with torch.no_grad(), masked_dynamic_layers(self.model), meta_tensors(self.model) as dtype, \
+                flop_counter() as counter:
             x = torch.empty((1, *shape), device="meta", dtype=dtype)
             ones = torch.ones((1, self.num_gated_blocks), device="meta", dtype=dtype)
             run = _Run(Execution.MASKED, self.decide, ones)
@@ -435,7 +436,7 @@ def _block_shapes(model: nn.Module, paths: list[str], input_shape: tuple[int, ..
 
     handles = [model.get_submodule(p).register_forward_hook(recorder(p)) for p in paths]
     try:
-        with _disable_current_modes(), torch.no_grad(), meta_tensors(model) as dtype:
+        with _disable_current_modes(), torch.no_grad(), masked_dynamic_layers(model), meta_tensors(model) as dtype:
             model(torch.empty((2, *input_shape), device="meta", dtype=dtype))
     except (RuntimeError, ValueError, TypeError) as error:
         raise ConfigError(

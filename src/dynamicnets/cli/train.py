@@ -15,17 +15,21 @@ def _run_folder_config(folder: Path) -> tuple[Path, dict]:
     """A run folder's saved `config.yaml`, pointed at the folder where it lies now.
 
     The saved `name`/`out_dir` may name where the run was started (the folder can have
-    been moved or copied since), and the saved `resume` flag is the last command's: both
-    are replaced, so `--resume` alone decides whether the run continues.
+    been moved or copied since): both are taken from the folder's resolved path (`.` or a
+    link name the folder itself). The saved `resume` and `overwrite` flags are the last
+    command's: both are dropped, so this command alone decides whether the run continues
+    or is replaced.
     """
     path = folder / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"{folder}: a folder given as --config must be a run folder with a config.yaml "
                           f"(written by `dynamicnets train`); none found")
     values = load_yaml(path)
-    values["name"] = folder.resolve().name
-    values["out_dir"] = str(folder.parent)
+    where = folder.resolve()
+    values["name"] = where.name
+    values["out_dir"] = str(where.parent)
     values.pop("resume", None)
+    values.pop("overwrite", None)
     return path, values
 
 

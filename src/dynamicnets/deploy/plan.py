@@ -67,6 +67,7 @@ from ..models.width.dsnet import DSNet
 from ..models.width.slimmable_resnet import SlimmableResNet
 from ..adapt.gating import GatedModel
 from ..adapt.slimmable import SlimmableChain
+from ..execution import supported_executions
 from ..protocols import MultiExit
 from .graphs import (AtResolution, AtWidth, Chain, ExitHead, ExitSegment, GateScore, ResolutionScores, StateLayout,
                      WholeModel, WidthScores, as_tuple, per_sample_flops)
@@ -323,6 +324,13 @@ def deployment_plan(model: nn.Module, input_shape: tuple[int, ...] | None = None
             f"model {name!r}: gate_residual_blocks gates blocks inside your own forward, which cannot be cut "
             f"into a graph per block; deploy a gated ResNet (ConvNet-AIG, SkipNet with feed-forward gates), or "
             f"export the masked path yourself, torch.export.export(model, (x,), kwargs={{'execution': 'masked'}})"
+        )
+    dynamic = [path for path, sub in model.named_modules() if supported_executions(sub)]
+    if dynamic:
+        raise ConfigError(
+            f"model {name!r}: its layer {dynamic[0]!r} ({type(model.get_submodule(dynamic[0])).__name__}) takes "
+            f"decisions inside your own forward, which cannot be cut into static graphs around them; deploy "
+            f"one of the library's dynamic models, or export the masked path with torch.export yourself"
         )
     if _plain_logits(model, x):
         if policy is not None:

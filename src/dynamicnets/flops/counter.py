@@ -28,7 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..errors import ConfigError
 from ..execution import Execution, supported_executions
 from .formulas import attention_flops, conv1d_flops, conv2d_flops, linear_flops
-from .meta import meta_tensors
+from .meta import masked_dynamic_layers, meta_tensors
 
 ShapeTree = Union[tuple, list]
 
@@ -186,25 +186,15 @@ def traced_flops_and_shape(module: nn.Module, in_shape: ShapeTree) -> tuple[int,
         `(flops, out_shape)` for one sample.
     """
     # A dynamic model is counted on its static (masked) path, every block it can run; so is
-    # every dynamic layer inside a model of the user's, which its parent calls without an
-    # execution mode (its compact path would take data-dependent decisions on meta tensors).
+    # every dynamic layer inside a model of the user's (`masked_dynamic_layers`).
     static = {"execution": Execution.MASKED} if supported_executions(module) else {}
-    hooks = [sub.register_forward_pre_hook(_masked_call, with_kwargs=True)
-             for sub in module.modules() if sub is not module and Execution.MASKED in supported_executions(sub)]
     # Measured apart from any counter the caller runs: an outer FlopCounterMode must see
     # the caller's own work, not this measurement.
-    try:
-        with _disable_current_modes(), torch.no_grad(), meta_tensors(module) as dtype, flop_counter() as counter:
-            out = module(_meta_batch(in_shape, dtype), **static)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    with _disable_current_modes(), torch.no_grad(), masked_dynamic_layers(module), meta_tensors(module) as dtype, \
+            flop_counter() as counter:
+        out = module(_meta_batch(in_shape, dtype), **static)
     out = getattr(out, "logits", out)  # a whole model returning DynamicOutput
     return int(counter.get_total_flops()), _per_sample_shape(out)
-
-
-def _masked_call(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    return args, {**kwargs, "execution": Execution.MASKED}
 
 
 def _meta_batch(shape: ShapeTree, dtype: torch.dtype):

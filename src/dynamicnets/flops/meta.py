@@ -17,6 +17,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from ..execution import Execution, supported_executions
+
 
 @contextmanager
 def meta_tensors(module: nn.Module) -> Iterator[torch.dtype]:
@@ -27,6 +29,7 @@ def meta_tensors(module: nn.Module) -> Iterator[torch.dtype]:
         default dtype).
     """
     swapped: list[tuple[dict, str, torch.Tensor]] = []
+    substitutes: dict[int, torch.Tensor] = {}  # a tensor tied to two slots gets one substitute
     dtype = None
     try:
         for sub in module.modules():  # each module once, however many names it has
@@ -34,9 +37,12 @@ def meta_tensors(module: nn.Module) -> Iterator[torch.dtype]:
                 for name, tensor in list(slots.items()):
                     if tensor is None:
                         continue
-                    substitute = torch.empty_like(tensor, device="meta")
-                    if isinstance(tensor, nn.Parameter):
-                        substitute = nn.Parameter(substitute, requires_grad=tensor.requires_grad)
+                    substitute = substitutes.get(id(tensor))
+                    if substitute is None:
+                        substitute = torch.empty_like(tensor, device="meta")
+                        if isinstance(tensor, nn.Parameter):
+                            substitute = nn.Parameter(substitute, requires_grad=tensor.requires_grad)
+                        substitutes[id(tensor)] = substitute
                     swapped.append((slots, name, tensor))
                     slots[name] = substitute
                     if dtype is None and tensor.is_floating_point():
@@ -45,3 +51,25 @@ def meta_tensors(module: nn.Module) -> Iterator[torch.dtype]:
     finally:
         for slots, name, tensor in reversed(swapped):
             slots[name] = tensor
+
+
+@contextmanager
+def masked_dynamic_layers(module: nn.Module) -> Iterator[None]:
+    """Every dynamic layer inside `module` (not `module` itself) called with
+    `execution="masked"` inside the block, whatever its parent passes.
+
+    A user's network calls the dynamic layers it holds without an execution mode, so in eval
+    they would take their compact path, whose data-dependent decisions a meta forward cannot
+    take; the masked path runs every block, the cost and shapes a meta forward is for.
+    """
+    hooks = [sub.register_forward_pre_hook(_masked_call, with_kwargs=True)
+             for sub in module.modules() if sub is not module and Execution.MASKED in supported_executions(sub)]
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def _masked_call(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    return args, {**kwargs, "execution": Execution.MASKED}

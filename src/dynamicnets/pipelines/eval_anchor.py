@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 from ..data import make_eval_loader
 from ..data.preprocessing import Preprocessing, trained_preprocessing
 from ..errors import ConfigError
+from ..execution import supported_executions
 from ..profiling.latency import compare, ratio
 from ..protocols import MultiExit
 from ..training.evaluate import evaluate
@@ -68,17 +69,17 @@ def load_anchor(text: str, trained: Preprocessing, num_classes: int, full_flops:
         full_flops: counts a model's FLOPs per sample with nothing skipped.
 
     Raises:
-        ConfigError: `text` names nothing, or a network with other inputs, other classes or
-            early exits.
+        ConfigError: `text` names nothing, or a network with other inputs, other classes,
+            early exits or other per-input decisions.
         CheckpointError: the checkpoint or shipped weights cannot be read.
     """
     checkpoint, name, tag = _anchor_source(text)
     model, ckpt, source, origin = load_model_source(checkpoint, name, tag, pretrained_dir, device)
     named = origin.get("checkpoint") or f"{ckpt['model_name']}/{origin['pretrained']}"
-    if isinstance(model, MultiExit):
-        raise ConfigError(f"--anchor {text}: {ckpt['model_name']!r} has early exits; an anchor is the static "
-                          "network the evaluated model is measured against (multi-exit models are timed "
-                          "against their own full network already)")
+    if isinstance(model, MultiExit) or supported_executions(model):
+        raise ConfigError(f"--anchor {text}: {ckpt['model_name']!r} is a dynamic model (it "
+                          f"{'has early exits' if isinstance(model, MultiExit) else 'skips computation per input'}); "
+                          "an anchor is the static network the evaluated model is measured against")
     if ckpt["num_classes"] != num_classes:
         raise ConfigError(f"--anchor {text}: {ckpt['num_classes']} classes, the evaluated model has {num_classes}")
     anchor_trained, _ = trained_preprocessing(ckpt, source)

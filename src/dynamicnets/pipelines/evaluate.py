@@ -298,6 +298,9 @@ def _evaluate_multi_exit(model, bundle, dataset, request: EvalRequest, seed: int
                               "or --anytime for the accuracy and cost of every exit")
         if request.confidence is not None or request.eval_size is not None:
             raise ConfigError("--confidence/--eval-size: nothing is fitted to a budget; add --budget or --budget-ms")
+        if anchor is not None:
+            raise ConfigError("--anchor: --anytime alone runs no exit rule to time against the anchor; add "
+                              "--budget, --budget-ms or --thresholds")
         return {"protocol": "every exit on its own, on the whole split",
                 **evaluate_anytime(model, dataset, bundle.input_shape, request.batch_size)}
     early = replace(request.early_exit, batch_size=request.batch_size, threads=request.threads,
