@@ -325,8 +325,8 @@ def deployment_plan(model: nn.Module, input_shape: tuple[int, ...] | None = None
             f"into a graph per block; deploy a gated ResNet (ConvNet-AIG, SkipNet with feed-forward gates), or "
             f"export the masked path yourself, torch.export.export(model, (x,), kwargs={{'execution': 'masked'}})"
         )
-    dynamic = [path for path, sub in model.named_modules() if supported_executions(sub)]
-    if dynamic:
+    dynamic = [path for path, sub in model.named_modules() if path and supported_executions(sub)]
+    if dynamic and not supported_executions(model):  # the library's own dynamic models: the error below
         raise ConfigError(
             f"model {name!r}: its layer {dynamic[0]!r} ({type(model.get_submodule(dynamic[0])).__name__}) takes "
             f"decisions inside your own forward, which cannot be cut into static graphs around them; deploy "
