@@ -131,6 +131,10 @@ class GatedModel(nn.Module):
         returns), `flops (B,)`, `decisions["gates"] (B, G)`, `["executed_fraction"] (B,)`,
         `["compact_flops"] (B,)`, with a compute cap `["forced_off"] (B, G)` and, in
         training, `aux_losses["target_rate"]`.
+
+    Costs: everything outside the gated blocks is a fixed per-sample cost, measured once per
+    input shape; another dynamic layer of yours in that part (an MoE, a Skip-RNN) is counted
+    at its masked, every-step cost, an upper bound of what it runs.
     """
 
     execution_modes = (Execution.MASKED, Execution.COMPACT)
