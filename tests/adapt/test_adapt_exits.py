@@ -63,3 +63,21 @@ def test_bad_exit_after_and_stages_are_refused():
         dn.adapt.add_exits([model.stem, model.layer1], num_classes=10, input_shape=(3, 8, 8), exit_after=[1])
     with pytest.raises(ConfigError, match="stage 1"):
         dn.adapt.add_exits([model.stem, model.layer2[1]], num_classes=10, input_shape=(3, 8, 8))
+
+
+def test_a_policy_in_the_call_runs_the_real_early_exits():
+    model = make_resnet()
+    multi = dn.adapt.add_exits([model.stem, model.layer1, model.layer2], head=model.head, num_classes=10,
+                               input_shape=(3, 16, 16)).eval()
+    x = torch.randn(6, 3, 16, 16)
+    with torch.no_grad():
+        confidence = multi(x).exit_logits[0].softmax(1).amax(1)
+    policy = dn.inference.ExitPolicy(thresholds=[float(confidence.median()), float("inf")])
+    with torch.no_grad():
+        out = multi(x, policy)
+        expected = dn.inference.run(multi, x, policy)
+    assert torch.equal(out.decisions["exit_index"], expected.exit_index)
+    assert torch.equal(out.logits, expected.logits) and torch.equal(out.flops, expected.flops)
+    assert 0 < int((out.decisions["exit_index"] == 0).sum()) < 6  # the rule splits the batch
+    with pytest.raises(ConfigError, match="eval"):
+        multi.train()(x, policy)

@@ -22,6 +22,8 @@ from torch.utils._python_dispatch import _disable_current_modes
 from ...errors import ConfigError
 from ...outputs import DynamicOutput, constant_flops
 from ...flops import flops_and_shape
+from ...inference.executor import run_early_exit
+from ...inference.policy import ExitPolicy
 from .._api import ClassifierApi
 from .exit_head import ExitHead
 from .gradient_equilibrium import downstream_exit_counts, scale_state_gradient
@@ -46,9 +48,12 @@ class MultiExitNetwork(ClassifierApi, nn.Module):
         default_input_shape: canonical per-sample input shape, e.g. `(3, 32, 32)`.
 
     Returns (forward):
-        `DynamicOutput` with `logits` of the last exit `(B, C)`, `exit_logits` (`K`
-        tensors `(B, C)`, shallowest first) and `flops (B,)`: the per-sample cost of
+        `forward(x)`: `DynamicOutput` with `logits` of the last exit `(B, C)`, `exit_logits`
+        (`K` tensors `(B, C)`, shallowest first) and `flops (B,)`: the per-sample cost of
         the whole pass (every stage and every exit head, `exit_costs(...)[-1]`).
+        `forward(x, policy)` (eval mode, an `ExitPolicy`): real early exits, each sample's
+        `logits (B, C)` from the exit it left at, `flops (B,)` what it ran and
+        `decisions["exit_index"] (B,)`, as `inference.run_early_exit`.
 
     Classifier API (`dynamicnets.models.ClassifierApi`): `forward_features(x)` runs every
     stage (no exit head) and returns what the final exit reads (for an `ExitHead` on a
@@ -166,7 +171,9 @@ class MultiExitNetwork(ClassifierApi, nn.Module):
         """Forget the measured costs: the exit heads changed."""
         self._cost_cache.clear()
 
-    def forward(self, x: Tensor) -> DynamicOutput:
+    def forward(self, x: Tensor, policy: ExitPolicy | None = None) -> DynamicOutput:
+        if policy is not None:  # eval mode: the compact early exits (`inference.run_early_exit`)
+            return run_early_exit(self, x, policy).as_output()
         balance = self.gradient_equilibrium and torch.is_grad_enabled()
         state: State | None = None
         all_logits = []

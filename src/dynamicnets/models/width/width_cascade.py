@@ -27,7 +27,6 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import ConfigError
-from ...inference.executor import run_early_exit
 from ...inference.policy import ExitPolicy
 from ...outputs import DynamicOutput
 from ...layers.slimmable import WidthLadder
@@ -119,11 +118,9 @@ class WidthCascade(MultiExitNetwork):
         self.widths = tuple(checked)
 
     def forward(self, x: Tensor, policy: ExitPolicy | None = None) -> DynamicOutput:
-        if policy is None:
-            return super().forward(x)
-        result = run_early_exit(self, x, policy)
-        out = result.as_output()
-        out.decisions["width"] = torch.tensor(self.widths, device=x.device)[result.exit_index]
+        out = super().forward(x, policy)
+        if policy is not None:
+            out.decisions["width"] = torch.tensor(self.widths, device=x.device)[out.decisions["exit_index"]]
         return out
 
     def _backbone(self, name: str):
