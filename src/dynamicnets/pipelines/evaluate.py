@@ -40,6 +40,7 @@ from .early_exit import (
 )
 from .cascade_budget import cascade_width_histogram, fit_cascade_budget
 from .eval_anchor import Anchor, compare_with_anchor, load_anchor
+from .zoo_timing import mean_flops as timed_mean_flops
 from .policy_budget import PolicyBound
 from .resolution_budget import fit_resolution_budget, resolution_histogram
 from .token_budget import fit_token_budget
@@ -237,7 +238,8 @@ def evaluate_checkpoint(request: EvalRequest) -> dict[str, Any]:
     if anchor is not None:
         extra.update(compare_with_anchor(
             runner, anchor, dataset, batches, accuracy=metrics["accuracy"],
-            timed_flops=_mean_reported_flops(runner, batches, full), batch_size=request.batch_size,
+            timed_flops=full if metrics["mean_flops"] is None else timed_mean_flops(runner, batches),
+            batch_size=request.batch_size,
             device=device, threads=request.threads, min_run_time=request.min_run_time))
     return {
         **described,
@@ -255,15 +257,6 @@ def evaluate_checkpoint(request: EvalRequest) -> dict[str, Any]:
         "threads": at_batch.threads,
         **extra,
     }
-
-
-def _mean_reported_flops(runner, batches, full: float) -> float:
-    """Mean per-sample FLOPs `runner` reports over exactly `batches` (`full` if it reports none)."""
-    with torch.inference_mode():
-        flops = [runner(b).flops for b in batches]
-    if any(f is None for f in flops):
-        return full
-    return float(sum(float(f.sum()) for f in flops)) / sum(b.shape[0] for b in batches)
 
 
 def _calibration_split(bundle, dataset, split: str, seed: int, what: str):
