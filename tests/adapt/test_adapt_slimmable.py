@@ -94,3 +94,14 @@ def test_a_width_policy_says_when_it_narrowed_the_run():
     assert "width_capped" not in free.decisions
     assert loose.decisions["width_capped"].tolist() == [False] * 3 and loose.decisions["width"][0] == 1.0
     assert tight.decisions["width_capped"].tolist() == [True] * 3 and tight.decisions["width"][0] == WIDTHS[0]
+
+
+def test_count_flops_is_the_inference_cost_in_any_mode_and_leaves_the_modes_alone():
+    # A freshly built chain is in training mode, where its forward is the sandwich of
+    # every width; counting it must give the one-width cost a deployed model runs.
+    chain = dn.adapt.make_slimmable(plain_net(), input_shape=SHAPE, widths=WIDTHS).train()
+    next(m for m in chain.modules() if isinstance(m, nn.Linear)).eval()  # a submodule keeps its own mode
+    modes = [m.training for m in chain.modules()]
+    in_train = dn.count_flops(chain, SHAPE)
+    assert [m.training for m in chain.modules()] == modes
+    assert in_train == dn.count_flops(chain.eval(), SHAPE) == chain.flops(SHAPE, 1.0)

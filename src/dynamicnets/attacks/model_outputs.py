@@ -2,27 +2,11 @@
 computed on the whole batch (masked), with the model in eval mode."""
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 from torch import Tensor, nn
 
 from ..execution import Execution, supported_executions
 from ..inference.gate_rate import gate_logit_layers
 from ..protocols import MultiExit
-
-
-@contextmanager
-def evaluating(model: nn.Module) -> Iterator[nn.Module]:
-    """Every module of `model` in eval mode inside the block (batch-norm uses its running
-    statistics, nothing is updated), each module's own mode restored after it."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, training in modes:
-            module.training = training
 
 
 def masked_forward(model: nn.Module, x: Tensor):

@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..module_modes import evaluating
 from .arguments import check_attack
 from .input_space import InputSpace
-from .model_outputs import evaluating, final_logits
+from .model_outputs import final_logits
 
 
 def projected_gradient_ascent(

@@ -29,9 +29,10 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..protocols import CalibratableGates, MultiExit
+from ..module_modes import evaluating
 from .arguments import check_attack
 from .input_space import InputSpace
-from .model_outputs import all_exit_logits, evaluating, gate_logits
+from .model_outputs import all_exit_logits, gate_logits
 from .pgd import projected_gradient_ascent
 
 

@@ -27,6 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..errors import ConfigError
 from ..execution import Execution, supported_executions
+from ..module_modes import evaluating
 from .formulas import attention_flops, conv1d_flops, conv2d_flops, linear_flops
 from .meta import masked_dynamic_layers, meta_tensors
 
@@ -180,7 +181,7 @@ def traced_flops_and_shape(module: nn.Module, in_shape: ShapeTree) -> tuple[int,
 
     Parameters and buffers are swapped for meta tensors of the same shapes for the call
     (`meta_tensors`) and put back after it, so batch-norm statistics and every other tensor
-    of the module stay untouched.
+    of the module stay untouched. The module runs in eval mode; its own mode comes back.
 
     Returns:
         `(flops, out_shape)` for one sample.
@@ -190,8 +191,10 @@ def traced_flops_and_shape(module: nn.Module, in_shape: ShapeTree) -> tuple[int,
     static = {"execution": Execution.MASKED} if supported_executions(module) else {}
     # Measured apart from any counter the caller runs: an outer FlopCounterMode must see
     # the caller's own work, not this measurement.
-    with _disable_current_modes(), torch.no_grad(), masked_dynamic_layers(module), meta_tensors(module) as dtype, \
-            flop_counter() as counter:
+    # Counted in eval mode: the forward a deployed model runs, not a training forward (a
+    # slimmable network's sandwich of widths, say); each module's own mode comes back after.
+    with _disable_current_modes(), torch.no_grad(), evaluating(module), masked_dynamic_layers(module), \
+            meta_tensors(module) as dtype, flop_counter() as counter:
         out = module(_meta_batch(in_shape, dtype), **static)
     out = getattr(out, "logits", out)  # a whole model returning DynamicOutput
     return int(counter.get_total_flops()), _per_sample_shape(out)
@@ -222,8 +225,9 @@ def count_flops(model: nn.Module, input_shape: ShapeTree) -> int:
     The public entry point for any module, the library's or a user's: a module that
     implements `CostReporting` answers itself; common layers and `nn.Sequential` chains
     are computed analytically; anything else is counted by `FlopCounterMode` on one
-    sample of meta tensors (no data, no compute, the module's tensors untouched). For a
-    dynamic model this is the cost of its static (masked) forward; what a given input
+    sample of meta tensors (no data, no compute, the module's tensors untouched), in eval
+    mode whatever mode the model is in (its inference cost, not a training forward's). For
+    a dynamic model this is the cost of its static (masked) forward; what a given input
     executes is in `model(x).flops`.
 
     Args:
