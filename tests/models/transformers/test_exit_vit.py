@@ -101,6 +101,11 @@ def test_executor_equals_run_all_then_select_and_counts_its_flops(criterion):
         assert histogram[0] > 0 and histogram[-1] > 0, histogram
     # per-sample FLOPs are what the compact executor really ran, at batch 24
     assert counted_flops(run_early_exit, model, x, policy) == int(compact.flops.sum().item())
+    with torch.no_grad():
+        called = model(x, policy)  # the policy in the call: the same real early exits
+    torch.testing.assert_close(called.logits, compact.logits)
+    assert torch.equal(called.flops, compact.flops)
+    assert torch.equal(called.decisions["exit_index"], compact.exit_index)
     costs = model.exit_costs((3, 16, 16))
     assert compact.flops.tolist() == [float(costs[int(k)]) for k in compact.exit_index]
 

@@ -32,6 +32,8 @@ from torch import Tensor, nn
 
 from ...errors import ConfigError
 from ...flops import linear_flops
+from ...inference.executor import run_early_exit
+from ...inference.policy import ExitPolicy
 from ...outputs import DynamicOutput, constant_flops
 from .._registry import register_model
 from .vit import VisionTransformer
@@ -190,7 +192,11 @@ class ExitViT(VisionTransformer):
         return self.exit_costs(self.default_input_shape if input_shape is None else input_shape)[-1]
 
     # ------------------------------------------------------------ forward and classifier API
-    def forward(self, x: Tensor) -> DynamicOutput:
+    def forward(self, x: Tensor, policy: ExitPolicy | None = None) -> DynamicOutput:
+        """`(B, C, H, W)` images: every exit's logits, or with `policy` (eval mode) the real
+        early exits of `inference.run_early_exit`, samples leaving the batch at their exit."""
+        if policy is not None:
+            return run_early_exit(self, x, policy).as_output()
         state = None
         all_logits = []
         for k in range(self.num_exits):
