@@ -8,9 +8,12 @@ from torch import nn
 
 import dynamicnets as dn
 from dynamicnets import ConfigError
+from dynamicnets.adapt.gating import GatedModel
 from dynamicnets.deploy import DeployedModel, deployment_plan, export_model
 from dynamicnets.inference import ExitPolicy
 from dynamicnets.models.width.width_cascade import WidthCascade
+
+from deploy_helpers import gate_policy_with_margin
 
 SHAPE = (3, 16, 16)
 
@@ -101,11 +104,124 @@ class Residual(nn.Module):
         return x + torch.relu(self.conv(x))
 
 
-def test_a_gated_user_model_is_refused_with_the_way_out():
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), Residual(), Residual(), nn.AdaptiveAvgPool2d(1),
-                        nn.Flatten(), nn.Linear(8, 5))
+class UserResNet(nn.Module):
+    """A user's residual network with a forward of its own: stem, three residual blocks
+    (the third after a strided transition), pooling and a classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.blocks = nn.ModuleList([Residual(), Residual()])
+        self.down = nn.Conv2d(8, 8, 3, stride=2, padding=1)
+        self.last = Residual()
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        h = self.stem(x)
+        for block in self.blocks:
+            h = block(h)
+        h = self.last(torch.relu(self.down(h)))
+        return self.fc(h.mean((2, 3)))
+
+
+def gated_user_resnet() -> GatedModel:
+    torch.manual_seed(0)
+    net = UserResNet()
     gated = dn.adapt.gate_residual_blocks(net, input_shape=SHAPE, block_types=Residual).eval()
-    with pytest.raises(ConfigError, match=r"cannot be cut into a graph per block.*execution': 'masked'"):
+    with torch.no_grad():  # spread the gate logits so that some samples skip each block
+        for block in gated._blocks:
+            block.gate.fc2.weight.normal_(0, 3.0)
+            block.gate.fc2.bias.zero_()
+    return gated
+
+
+@pytest.mark.parametrize("fmt", ["torch.export", "onnx"])
+def test_a_gated_user_model_deploys_cut_at_its_gated_blocks(tmp_path, fmt):
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime")
+    gated, x = gated_user_resnet(), inputs(32)
+    plan = deployment_plan(gated, SHAPE)
+    assert plan.kind == "gated" and plan.policy["thresholds"] == [0.0] * 3  # sigmoid(logit) > 0.5
+    assert [step.get("run", step.get("block")) for step in plan.structure["steps"]] == [
+        "segment0", "block0", "block1", "segment1", "block2"]
+    fixed, gate_flops, blocks = gated.block_costs(SHAPE)
+    graphs = plan.graphs
+    assert graphs["segment0"].flops + graphs["segment1"].flops + graphs["head"].flops == fixed
+    assert [graphs[f"block{i}"].flops for i in range(3)] == blocks.tolist()
+    assert sum(graphs[f"gate{i}"].flops for i in range(3)) == gate_flops
+    policy = gate_policy_with_margin(plan, x)
+    export_model(gated, tmp_path, input_shape=SHAPE, format=fmt, policy=policy)
+    out = DeployedModel.load(tmp_path)(x)
+    with torch.no_grad():
+        ref = gated(x, policy=policy)
+    gates = ref.decisions["gates"]
+    assert 0 < float(gates.mean()) < 1
+    assert torch.equal(out.decisions["gates"], gates)
+    torch.testing.assert_close(out.logits, ref.logits, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out.flops, ref.flops.double())
+
+
+def test_a_gated_block_reading_the_input_leaves_the_callers_tensor_alone():
+    torch.manual_seed(0)
+
+    class Direct(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.first, self.fc = Residual3(), nn.Linear(3, 5)
+
+        def forward(self, x):
+            return self.fc(self.first(x).mean((2, 3)))
+
+    gated = dn.adapt.gate_residual_blocks(Direct(), input_shape=SHAPE, block_types=Residual3).eval()
+    x = inputs(16)
+    plan = deployment_plan(gated, SHAPE)
+    assert [step.get("run", step.get("block")) for step in plan.structure["steps"]] == ["block0"]
+    policy = gate_policy_with_margin(plan, x)
+    kept = x.clone()
+    out = DeployedModel.from_plan(deployment_plan(gated, SHAPE, policy))(x)
+    with torch.no_grad():
+        ref = gated(x, policy=policy)
+    assert 0 < float(ref.decisions["gates"].mean()) < 1
+    assert torch.equal(x, kept)
+    torch.testing.assert_close(out.logits, ref.logits)
+
+
+class Residual3(Residual):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+
+
+class ReusesTheStem(UserResNet):
+    def forward(self, x):
+        stem = self.stem(x)
+        h = self.blocks[1](self.blocks[0](stem)) + stem  # a skip around two gated blocks
+        return self.fc(self.last(h).mean((2, 3)))
+
+
+class BranchesOnValues(UserResNet):
+    def forward(self, x):
+        h = self.blocks[0](self.stem(x))
+        if h.shape[-1] > 8:  # Python control flow on a traced value
+            h = self.blocks[1](h)
+        return self.fc(self.last(h).mean((2, 3)))
+
+
+class CallsOutOfOrder(UserResNet):
+    def forward(self, x):
+        h = self.blocks[0](self.blocks[1](self.stem(x)))
+        return self.fc(self.last(h).mean((2, 3)))
+
+
+@pytest.mark.parametrize("cls, message", [
+    (ReusesTheStem, r"the value 'stem_2' computed before gated block 'blocks.0' is used after it \(by 'add'\)"),
+    (BranchesOnValues, r"torch.fx cannot trace your network's forward"),
+    (CallsOutOfOrder, r"calls gated block 'blocks.1' \(gate 1\) where gate 0 \('blocks.0'\) is due"),
+])
+def test_a_gated_user_forward_that_cannot_be_cut_is_refused_by_name(cls, message):
+    net = cls()
+    gated = dn.adapt.gate_residual_blocks(net, input_shape=SHAPE, block_types=Residual).eval()
+    with pytest.raises(ConfigError, match=message):
         deployment_plan(gated, SHAPE)
 
 

@@ -8,7 +8,8 @@
 - **layer skipping** (SkipNet with feed-forward gates, ConvNet-AIG): a graph for the stem
   and each stage's first block, one for each gate network (`gate{i}`: block input ->
   logit) and one for each gated block (`block{i}`); a block runs where the logit is above
-  the `GatePolicy` threshold (0 without one);
+  the `GatePolicy` threshold (0 without one); an `adapt.gate_residual_blocks` model the
+  same, its own forward cut at the gated blocks into segment graphs (`deploy.user_gated`);
 - **width** (a slimmable ResNet, DS-Net, `adapt.make_slimmable`'s chain): one graph per width (`width{i}`, the sliced
   network) and, for DS-Net, the gate (`gate`: input -> width scores, argmax decides);
 - **resolution** (`dynamic_resolution_resnet`): the predictor (`predictor`: input ->
@@ -71,6 +72,7 @@ from ..execution import supported_executions
 from ..protocols import MultiExit
 from .graphs import (AtResolution, AtWidth, Chain, ExitHead, ExitSegment, GateScore, ResolutionScores, StateLayout,
                      WholeModel, WidthScores, as_tuple, per_sample_flops)
+from .user_gated import gated_user_plan
 
 KINDS = ("early_exit", "gated", "width", "resolution", "static")
 EXAMPLE_BATCH = 2  # exporters specialise a batch of 1; any other size keeps the batch dynamic
@@ -269,11 +271,13 @@ def deployment_plan(model: nn.Module, input_shape: tuple[int, ...] | None = None
             static and dynamic-parameter networks, a token-pruning transformer
             (`TOKEN_PRUNING`), a slimmable chain (`adapt.make_slimmable`), or any other
             network returning logits `(B, classes)` (one graph: a user's own CNN, one with
-            `adapt.swap_convs` dynamic convolutions). Put in eval mode here.
+            `adapt.swap_convs` dynamic convolutions), an `adapt.gate_residual_blocks` model
+            (its forward cut at the gated blocks). Put in eval mode here.
         input_shape: per-sample input shape; default the model's `default_input_shape`.
         policy: `ExitPolicy` for early exits (default: every sample to the last exit; an
             `adapt.add_exits` model is one),
-            `GatePolicy` for gated models (default: logit > 0), `ResolutionPolicy` for
+            `GatePolicy` for gated models (default: logit > 0; a `gate_residual_blocks`
+            model's eval rule), `ResolutionPolicy` for
             dynamic resolution (default: the predictor's argmax), a keep-ratio
             `TokenPolicy` for token pruning (default: the model's `default_policy()`),
             unused for width and static models.
@@ -320,11 +324,10 @@ def deployment_plan(model: nn.Module, input_shape: tuple[int, ...] | None = None
                               f"got {type(policy).__name__}")
         return _resolution_plan(model, x, policy, name)
     if isinstance(model, GatedModel):
-        raise ConfigError(
-            f"model {name!r}: gate_residual_blocks gates blocks inside your own forward, which cannot be cut "
-            f"into a graph per block; deploy a gated ResNet (ConvNet-AIG, SkipNet with feed-forward gates), or "
-            f"export the masked path yourself, torch.export.export(model, (x,), kwargs={{'execution': 'masked'}})"
-        )
+        if policy is not None and not isinstance(policy, GatePolicy):
+            raise ConfigError(f"model {name!r} has gated blocks: policy must be a GatePolicy, got "
+                              f"{type(policy).__name__}")
+        return gated_user_plan(DeploymentPlan("gated", name, shape), model, x, policy, _add)
     dynamic = [path for path, sub in model.named_modules() if path and supported_executions(sub)]
     if dynamic and not supported_executions(model):  # the library's own dynamic models: the error below
         raise ConfigError(
@@ -342,8 +345,8 @@ def deployment_plan(model: nn.Module, input_shape: tuple[int, ...] | None = None
         f"models (the MultiExit protocol), ConvNet-AIG / SkipNet (feed-forward gates), slimmable "
         f"ResNets, DS-Net, dynamic resolution, spatial transformer classifiers, the static networks, the "
         f"dynamic-parameter networks (CondConv, DY-ReLU, dynamic convolution), DynamicViT / EViT "
-        f"(keep-ratio policies), slimmable chains (adapt.make_slimmable) and any network of yours that "
-        f"returns logits (B, classes)"
+        f"(keep-ratio policies), slimmable chains (adapt.make_slimmable), gated networks of yours "
+        f"(adapt.gate_residual_blocks) and any network of yours that returns logits (B, classes)"
     )
 
 

@@ -267,7 +267,9 @@ class DeployedModel:
                 (h,) = self.runners[step["block"]](h)
             elif rows.numel():
                 (done,) = self.runners[step["block"]](h[rows])
-                h = h.index_put_((rows,), done)  # h is an activation of ours: no copy of the batch per block
+                # h is an activation of ours (no copy of the batch per block), unless a gated block
+                # reads the caller's input itself
+                h = h.index_put((rows,), done) if h is x else h.index_put_((rows,), done)
             flops += on.to(torch.float64) * self.flops[step["block"]]
             gates.append(on)
         (logits,) = self.runners[structure["head"]](h)
