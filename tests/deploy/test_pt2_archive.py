@@ -59,9 +59,14 @@ def _tampered_folder(exported: Path, tmp_path: Path, edit) -> Path:
         if other.name != entry["file"] and other.name != "manifest.json":
             (folder / other.name).write_bytes(other.read_bytes())
     _rewrite(exported / entry["file"], folder / entry["file"], edit)
+    _vouch_for(folder, manifest, entry)
+    return folder
+
+
+def _vouch_for(folder: Path, manifest: dict, entry: dict) -> None:
+    """Put the graph file's current SHA-256 into `entry` and write `manifest` back."""
     entry["sha256"] = hashlib.sha256((folder / entry["file"]).read_bytes()).hexdigest()
     (folder / "manifest.json").write_text(json.dumps(manifest))
-    return folder
 
 
 def test_the_untouched_export_loads_and_runs(exported):
@@ -128,8 +133,7 @@ def test_an_entry_stored_twice_is_refused(exported, tmp_path):
     with pytest.warns(UserWarning, match="Duplicate name"), zipfile.ZipFile(graph, "w") as out:
         for name, data in items:
             out.writestr(name[:-1] if name.endswith("\0") else name, data)
-    entry["sha256"] = hashlib.sha256(graph.read_bytes()).hexdigest()
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+    _vouch_for(folder, manifest, entry)
     with pytest.raises(ConfigError, match="more than once"):
         DeployedModel.load(folder)
 
@@ -160,8 +164,7 @@ def test_a_file_that_is_no_archive_names_itself(exported, tmp_path):
     manifest = json.loads((folder / "manifest.json").read_text())
     entry = next(iter(manifest["graphs"].values()))
     (folder / entry["file"]).write_bytes(b"garbage, not a zip")
-    entry["sha256"] = hashlib.sha256(b"garbage, not a zip").hexdigest()
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+    _vouch_for(folder, manifest, entry)
     with pytest.raises(ConfigError, match=r"not a \.pt2 archive"):
         DeployedModel.load(folder)
 
