@@ -82,3 +82,20 @@ def test_a_traced_count_keeps_tied_weights_tied_and_puts_every_tensor_back():
     weight = model.embed.weight
     assert count_flops(model, (4, 1)) == 2 * 4 * 6 * 10
     assert model.embed.weight is weight and model.out.weight is weight and not weight.is_meta
+
+
+def test_counted_flops_sees_multihead_attention_in_eval():
+    # In eval without grad nn.MultiheadAttention takes a fused kernel the counter does not
+    # know; counted on a real batch it must still equal the meta count.
+    class Attention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+
+        def forward(self, x):
+            return self.attn(x, x, x, need_weights=False)[0]
+
+    model = Attention().eval()
+    assert torch.backends.mha.get_fastpath_enabled()
+    assert counted_flops(model, torch.randn(3, 5, 16)) == 3 * count_flops(model, (5, 16)) > 0
+    assert torch.backends.mha.get_fastpath_enabled()  # put back

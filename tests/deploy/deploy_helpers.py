@@ -38,7 +38,7 @@ def gate_policy_with_margin(plan, x: torch.Tensor) -> GatePolicy:
                 continue
             logit = plan.graphs[step["gate"]].module(h)
             cuts.append(gap_cut(logit, 0.25, 0.75))
-            on = (logit > cuts[-1]).view(-1, 1, 1, 1)
+            on = (logit > cuts[-1]).view(-1, *[1] * (h.dim() - 1))
             h = torch.where(on, plan.graphs[step["block"]].module(h), h)
     return GatePolicy(tuple(cuts))
 

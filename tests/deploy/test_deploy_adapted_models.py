@@ -186,6 +186,81 @@ def test_a_gated_block_reading_the_input_leaves_the_callers_tensor_alone():
     torch.testing.assert_close(out.logits, ref.logits)
 
 
+class FlattensTheInput(nn.Module):
+    """An MLP on images: its first gated block reads a view of the caller's input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList([DenseResidual(), DenseResidual()])
+        self.head = nn.Linear(48, 5)
+
+    def forward(self, x):
+        h = torch.flatten(x, 1)
+        for block in self.blocks:
+            h = block(h)
+        return self.head(h)
+
+
+class DenseResidual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(48, 48)
+
+    def forward(self, x):
+        return x + torch.relu(self.fc(x))
+
+
+def test_the_callers_input_is_never_written_even_through_a_view():
+    torch.manual_seed(0)
+    gated = dn.adapt.gate_residual_blocks(FlattensTheInput(), input_shape=(3, 4, 4), block_types=DenseResidual,
+                                          gate=lambda shape: nn.Sequential(nn.Linear(shape[0], 1), nn.Flatten(0))).eval()
+    x = torch.randn(16, 3, 4, 4, generator=torch.Generator().manual_seed(2))
+    plan = deployment_plan(gated, (3, 4, 4))
+    policy = gate_policy_with_margin(plan, x)
+    deployed, kept = DeployedModel.from_plan(deployment_plan(gated, (3, 4, 4), policy)), x.clone()
+    first = deployed(x)
+    assert torch.equal(x, kept)
+    assert 0 < float(first.decisions["gates"].mean()) < 1
+    torch.testing.assert_close(deployed(x).logits, first.logits)
+
+
+class WithDefaults(UserResNet):
+    """Forward details a researcher writes: a keyword argument with a default, the batch size
+    read once at the top, a learned temperature, an auxiliary head between two gated blocks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log_temperature = nn.Parameter(torch.tensor(0.3))
+        self.aux = nn.Conv2d(8, 8, 1)
+        self.stem[0] = dn.adapt.swap_convs(nn.Sequential(self.stem[0]), kind="condconv", num_experts=2)[0]
+
+    def forward(self, x, return_features=False):
+        n = x.size(0)
+        h = self.blocks[0](self.stem(x))
+        self.aux(h)  # computed and dropped: still run, still counted
+        h = self.last(torch.relu(self.down(self.blocks[1](h))))
+        if return_features:
+            return h
+        return self.fc(h.mean((2, 3)).view(n, -1)) / self.log_temperature.exp()
+
+
+def test_a_forward_with_defaults_batch_size_parameters_and_dead_code_deploys_exactly():
+    torch.manual_seed(0)
+    gated = dn.adapt.gate_residual_blocks(WithDefaults(), input_shape=SHAPE, block_types=Residual).eval()
+    x = inputs(32)
+    plan = deployment_plan(gated, SHAPE)
+    assert [step.get("run", step.get("block")) for step in plan.structure["steps"]] == [
+        "segment0", "block0", "segment1", "block1", "segment2", "block2"]
+    policy = gate_policy_with_margin(plan, x)
+    out = DeployedModel.from_plan(deployment_plan(gated, SHAPE, policy))(x)
+    with torch.no_grad():
+        ref = gated(x, policy=policy)
+    assert 0 < float(ref.decisions["gates"].mean()) < 1
+    assert torch.equal(out.decisions["gates"], ref.decisions["gates"])
+    torch.testing.assert_close(out.logits, ref.logits)
+    torch.testing.assert_close(out.flops, ref.flops.double())
+
+
 class Residual3(Residual):
     def __init__(self) -> None:
         super().__init__()

@@ -72,7 +72,7 @@ from ..execution import supported_executions
 from ..protocols import MultiExit
 from .graphs import (AtResolution, AtWidth, Chain, ExitHead, ExitSegment, GateScore, ResolutionScores, StateLayout,
                      WholeModel, WidthScores, as_tuple, per_sample_flops)
-from .user_gated import gated_user_plan
+from .user_gated import gated_user_plan, refuse_decisions_inside
 
 KINDS = ("early_exit", "gated", "width", "resolution", "static")
 EXAMPLE_BATCH = 2  # exporters specialise a batch of 1; any other size keeps the batch dynamic
@@ -328,13 +328,8 @@ def deployment_plan(model: nn.Module, input_shape: tuple[int, ...] | None = None
             raise ConfigError(f"model {name!r} has gated blocks: policy must be a GatePolicy, got "
                               f"{type(policy).__name__}")
         return gated_user_plan(DeploymentPlan("gated", name, shape), model, x, policy, _add)
-    dynamic = [path for path, sub in model.named_modules() if path and supported_executions(sub)]
-    if dynamic and not supported_executions(model):  # the library's own dynamic models: the error below
-        raise ConfigError(
-            f"model {name!r}: its layer {dynamic[0]!r} ({type(model.get_submodule(dynamic[0])).__name__}) takes "
-            f"decisions inside your own forward, which cannot be cut into static graphs around them; deploy "
-            f"one of the library's dynamic models, or export the masked path with torch.export yourself"
-        )
+    if not supported_executions(model):  # the library's own dynamic models: the error below
+        refuse_decisions_inside(model, name)
     if _plain_logits(model, x):
         if policy is not None:
             raise ConfigError(f"model {name!r} returns plain logits: it takes no decision policy, got "

@@ -267,9 +267,10 @@ class DeployedModel:
                 (h,) = self.runners[step["block"]](h)
             elif rows.numel():
                 (done,) = self.runners[step["block"]](h[rows])
-                # h is an activation of ours (no copy of the batch per block), unless a gated block
-                # reads the caller's input itself
-                h = h.index_put((rows,), done) if h is x else h.index_put_((rows,), done)
+                # in place into an activation of ours (no copy of the batch per block), never into the
+                # caller's input or a view of it (a gated block reading x, a flatten of x)
+                shared = h.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
+                h = h.index_put((rows,), done) if shared else h.index_put_((rows,), done)
             flops += on.to(torch.float64) * self.flops[step["block"]]
             gates.append(on)
         (logits,) = self.runners[structure["head"]](h)
