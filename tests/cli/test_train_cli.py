@@ -99,8 +99,19 @@ def test_a_run_folder_as_config_resumes_with_the_settings_it_was_started_with(tm
     assert "after epoch 1" in out and f"run folder {moved}" in out and "epochs 2..2" in out
     saved = yaml.safe_load((moved / "config.yaml").read_text())
     assert saved["lr"] == 0.0123 and saved["model_args"]["width"] == 4 and saved["max_steps_per_epoch"] == 2
-    assert saved["epochs"] == 2 and saved["name"] == "renamed_run" and saved["out_dir"] == str(moved.parent.resolve())
+    assert saved["epochs"] == 2 and saved["name"] == "renamed_run" and saved["out_dir"] == str(moved.parent)
     assert not (tmp_path / "old" / "digits_small_cnn").exists()
+
+
+def test_a_relative_run_folder_keeps_its_saved_out_dir_relative(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    start = ["train", "--config", "digits_small_cnn", "out_dir=runs", "progress=false", "epochs=1",
+             "max_steps_per_epoch=2", "model_args.width=4"]
+    assert main(start) == 0
+    assert main(["train", "--config", "runs/digits_small_cnn/", "--resume", "epochs=2"]) == 0
+    assert "after epoch 1" in capsys.readouterr().out
+    saved = yaml.safe_load((tmp_path / "runs" / "digits_small_cnn" / "config.yaml").read_text())
+    assert saved["out_dir"] == "runs" and saved["name"] == "digits_small_cnn"
 
 
 def test_a_run_folder_given_as_dot_resumes_that_run_and_never_inherits_overwrite(tmp_path, capsys, monkeypatch):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 from pathlib import Path
 
 from ..config import from_mapping, load_yaml, merge, parse_overrides
@@ -15,17 +16,20 @@ def _run_folder_config(folder: Path) -> tuple[Path, dict]:
     """A run folder's saved `config.yaml`, pointed at the folder where it lies now.
 
     The saved `name`/`out_dir` may name where the run was started (the folder can have
-    been moved or copied since): both are taken from the folder's resolved path (`.` or a
-    link name the folder itself). The saved `resume` and `overwrite` flags are the last
-    command's: both are dropped, so this command alone decides whether the run continues
-    or is replaced.
+    been moved or copied since): both are taken from the folder's path as given, kept
+    relative so a committed run's config stays portable (`zoo_runs/NAME` -> `zoo_runs`),
+    and from its resolved path where the given one does not name the folder itself (`.`,
+    `..`, a link). The saved `resume` and `overwrite` flags are the last command's: both
+    are dropped, so this command alone decides whether the run continues or is replaced.
     """
     path = folder / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"{folder}: a folder given as --config must be a run folder with a config.yaml "
                           f"(written by `dynamicnets train`); none found")
     values = load_yaml(path)
-    where = folder.resolve()
+    where = Path(os.path.normpath(folder))
+    if where.name in ("", "..") or where.is_symlink():
+        where = folder.resolve()
     values["name"] = where.name
     values["out_dir"] = str(where.parent)
     values.pop("resume", None)
