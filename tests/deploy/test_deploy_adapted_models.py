@@ -237,6 +237,7 @@ class WithDefaults(UserResNet):
     def forward(self, x, return_features=False):
         n = x.size(0)
         h = self.blocks[0](self.stem(x))
+        self.first_features = h  # kept on the module: tracing must not leave a proxy here
         self.aux(h)  # computed and dropped: still run, still counted
         h = self.last(torch.relu(self.down(self.blocks[1](h))))
         if return_features:
@@ -251,6 +252,7 @@ def test_a_forward_with_defaults_batch_size_parameters_and_dead_code_deploys_exa
     plan = deployment_plan(gated, SHAPE)
     assert [step.get("run", step.get("block")) for step in plan.structure["steps"]] == [
         "segment0", "block0", "segment1", "block1", "segment2", "block2"]
+    assert isinstance(gated.model.first_features, torch.Tensor)  # what a forward stored, not a tracing proxy
     policy = gate_policy_with_margin(plan, x)
     out = DeployedModel.from_plan(deployment_plan(gated, SHAPE, policy))(x)
     with torch.no_grad():

@@ -89,6 +89,9 @@ def trace_gated_forward(model: GatedModel, name: str) -> fx.GraphModule:
     """
     refuse_decisions_inside(model.model, name, allowed=(GatedBlock,))
     called = _Called(model.model)
+    # A forward that keeps something on its module (`self.features = h`) stores a tracing
+    # proxy there; every module's plain attributes are put back as they were.
+    attributes = [(module, dict(module.__dict__)) for module in called.modules()]
     try:
         graph = _GatedBlocksAsCalls().trace(called)
     except Exception as error:  # fx raises TraceError, TypeError, ... for untraceable code
@@ -96,6 +99,10 @@ def trace_gated_forward(model: GatedModel, name: str) -> fx.GraphModule:
             f"model {name!r}: torch.fx cannot trace your network's forward ({type(error).__name__}: {error}); "
             f"deployment cuts it at its gated blocks, which needs a forward without Python control flow on "
             f"tensors or their shapes") from error
+    finally:
+        for module, saved in attributes:
+            module.__dict__.clear()
+            module.__dict__.update(saved)
     return fx.GraphModule(called, graph)
 
 
