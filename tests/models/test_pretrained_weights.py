@@ -51,15 +51,19 @@ def test_shipped_resnet20_matches_its_registry_row_and_loads_the_file():
 
 
 def test_pretrained_true_picks_the_only_tag_or_the_default_one():
-    fresh = create_model("vit_cifar")
-    loaded = create_model("vit_cifar", pretrained=True)  # its only tag
-    named = create_model("vit_cifar", pretrained="cifar10")
-    assert torch.equal(loaded.head.weight, named.head.weight)
-    assert not torch.equal(loaded.head.weight, fresh.head.weight)
-    # resnet20 and resnet56 ship two CIFAR-10 weights each; the Cutout runs are the defaults
-    for name in ("resnet20", "resnet56"):
-        assert [w.tag for w in list_pretrained(name)] == ["cifar10", "cifar10_cutout"]
-        assert pretrained_weights(name, True).tag == "cifar10_cutout"
+    fresh = create_model("resnet_exits").state_dict()
+    loaded = create_model("resnet_exits", pretrained=True).state_dict()  # its only tag
+    named = create_model("resnet_exits", pretrained="cifar10").state_dict()
+    assert all(torch.equal(loaded[k], named[k]) for k in named)
+    assert not all(torch.equal(loaded[k], fresh[k]) for k in fresh)
+    # models shipping two CIFAR-10 weights name their default: the Cutout runs for the ResNets,
+    # the Mixup/CutMix run for the ViT, the run from scratch for DY-ReLU
+    for name, tags, default in (("resnet20", ["cifar10", "cifar10_cutout"], "cifar10_cutout"),
+                                ("resnet56", ["cifar10", "cifar10_cutout"], "cifar10_cutout"),
+                                ("vit_cifar", ["cifar10", "cifar10_mix"], "cifar10_mix"),
+                                ("resnet20_dyrelu", ["cifar10", "cifar10_scratch"], "cifar10_scratch")):
+        assert [w.tag for w in list_pretrained(name)] == tags
+        assert pretrained_weights(name, True).tag == default
 
 
 def test_a_tampered_copy_is_refused_with_the_file_and_the_expected_hash(copied):
