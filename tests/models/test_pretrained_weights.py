@@ -57,10 +57,11 @@ def test_pretrained_true_picks_the_only_tag_or_the_default_one():
     assert all(torch.equal(loaded[k], named[k]) for k in named)
     assert not all(torch.equal(loaded[k], fresh[k]) for k in fresh)
     # models shipping two CIFAR-10 weights name their default: the Cutout runs for the ResNets,
-    # the Mixup/CutMix run for the ViT, the run from scratch for DY-ReLU
+    # the Mixup/CutMix chain for the ViTs, the run from scratch for DY-ReLU
     for name, tags, default in (("resnet20", ["cifar10", "cifar10_cutout"], "cifar10_cutout"),
                                 ("resnet56", ["cifar10", "cifar10_cutout"], "cifar10_cutout"),
                                 ("vit_cifar", ["cifar10", "cifar10_mix"], "cifar10_mix"),
+                                ("dynamic_vit_cifar", ["cifar10", "cifar10_mix"], "cifar10_mix"),
                                 ("resnet20_dyrelu", ["cifar10", "cifar10_scratch"], "cifar10_scratch")):
         assert [w.tag for w in list_pretrained(name)] == tags
         assert pretrained_weights(name, True).tag == default
