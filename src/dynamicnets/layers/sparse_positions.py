@@ -148,7 +148,12 @@ def run_at_positions(x: Tensor, mask: Tensor, steps: list[ConvStep], *,
         else:  # written in place after the zero row is set: no concatenation copy
             rows = inputs.new_empty(count + 1, step.weight.shape[0])
             rows[count].zero_()
-            torch.addmm(step.bias, inputs, step.gemm_weight(), out=rows[:count])
+            # `out=` is outside autocast's reach: under bf16 autocast the gathered rows are
+            # bf16 and the folded weights float32, so the weights follow the rows' dtype
+            weight, bias = step.gemm_weight(), step.bias
+            if weight.dtype != inputs.dtype:
+                weight, bias = weight.to(inputs.dtype), bias.to(inputs.dtype)
+            torch.addmm(bias, inputs, weight, out=rows[:count])
             if step.relu:
                 rows.relu_()
         table = torch.full((batch * (height + 2 * pad) * padded_w,), count, dtype=torch.long, device=x.device)

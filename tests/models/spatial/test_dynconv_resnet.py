@@ -134,6 +134,21 @@ def test_channels_last_model_and_input():
     torch.testing.assert_close(got, want, rtol=0, atol=1e-9)
 
 
+def test_compact_runs_under_bf16_autocast_as_validation_in_training_does():
+    """The sparse path's in-place matmul is outside autocast: it must follow the bf16 rows."""
+    torch.manual_seed(0)
+    model = randomise(create_model("dynconv_resnet20")).eval()  # float32, as trained
+    x = make_input(2).float()
+    with torch.no_grad():
+        masks = [m for _, m in sorted(model(x, execution="masked").decisions.items())
+                 if _.startswith("spatial_mask.")]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            masked = model(x, masks=masks, execution="masked").logits.float()
+            compact = model(x, masks=masks).logits.float()
+    assert torch.isfinite(compact).all()
+    torch.testing.assert_close(compact, masked, rtol=0.05, atol=0.05)
+
+
 # ------------------------------------------------------------------ policies
 
 
