@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from ..devices import module_device
 from ..errors import ConfigError
 from ..gates.confidence import ExitCriterion
 from .cost_spread import CostSpread, check_confidence, check_eval_size, cost_spread, within_budget
@@ -50,8 +51,7 @@ def collect_exit_logits(
         `(exit_logits, targets)`: `K` float32 CPU tensors `(N, C)` and `(N,)` int64.
     """
     if device is None:
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
+        device = module_device(model)
     was_training = model.training
     model.eval()
     per_exit: list[list[Tensor]] = []

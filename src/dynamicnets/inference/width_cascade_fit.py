@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..devices import module_device
 from ..errors import ConfigError
 from .calibrate import BudgetCalibration, calibrate_thresholds
 
@@ -54,8 +55,7 @@ def collect_width_logits(
         `({width: (N, C) float32 CPU logits}, (N,) int64 targets)`.
     """
     widths = [backbone.check_width(float(w)) for w in (backbone.widths if widths is None else widths)]
-    param = next(backbone.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
+    device = module_device(backbone)
     was_training = backbone.training
     backbone.eval()
     per_width: dict[float, list[Tensor]] = {float(w): [] for w in widths}

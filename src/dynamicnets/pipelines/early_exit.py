@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
 from ..data import make_eval_loader
+from ..devices import module_device
 from ..errors import ConfigError
 from ..inference import (
     CostSpread,
@@ -214,12 +215,13 @@ def choose_policy(model, request: EarlyExitRequest, calib_logits, calib_targets,
 def run_compact(model, dataset: Dataset, policy: ExitPolicy, costs, batch_size: int) -> dict[str, Any]:
     """The compact executor over a whole data set: accuracy, mean FLOPs, exit histogram."""
     correct, total, flops, hist = 0, 0, 0.0, torch.zeros(model.num_exits, dtype=torch.int64)
+    device = module_device(model)
     for x, y in make_eval_loader(dataset, batch_size):
-        result = run_early_exit(model, x, policy, costs=costs)
-        correct += int((result.predictions == y).sum())
+        result = run_early_exit(model, x.to(device), policy, costs=costs)
+        correct += int((result.predictions.cpu() == y).sum())
         total += y.shape[0]
         flops += float(result.flops.sum())
-        hist += torch.bincount(result.exit_index, minlength=model.num_exits)
+        hist += torch.bincount(result.exit_index.cpu(), minlength=model.num_exits)
     return {"accuracy": correct / total, "mean_flops": flops / total, "exit_histogram": hist.tolist(),
             "samples": total}
 
@@ -295,7 +297,7 @@ def evaluate_early_exit(model: nn.Module, calibration: Dataset | None, evaluatio
         calib_logits, calib_targets = collect_exit_logits(model, make_eval_loader(calibration, request.batch_size))
     else:
         calib_logits, calib_targets = None, None
-    timed = timed_batches(evaluation, request.timed_samples, request.batch_size)
+    timed = [b.to(module_device(model)) for b in timed_batches(evaluation, request.timed_samples, request.batch_size)]
     policy, info = choose_policy(model, request, calib_logits, calib_targets, costs, timed[0], len(evaluation))
     full = reference_cost(model, costs, input_shape)
     scored = run_compact(model, evaluation, policy, costs, request.batch_size)

@@ -112,6 +112,7 @@ def compare_with_anchor(call: Callable[[Tensor], Any], anchor: Anchor, evaluatio
         at a time).
     """
     scored = evaluate(anchor.model, make_eval_loader(evaluation, batch_size), device)
+    timed = [b.to(device) for b in timed]
     singles = [b[i:i + 1] for b in timed for i in range(b.shape[0])][:ANCHOR_BATCH1_SAMPLES]
 
     def over(fn: Callable[[Tensor], Any], batches: Sequence[Tensor]) -> Callable[[], None]:
