@@ -140,6 +140,26 @@ def test_a_time_budget_reports_how_far_the_clock_went_past_it(checkpoint, tmp_pa
     assert result["budget_ms_overshoot"] > 0  # no real model runs in 2 ns per sample
 
 
+def test_a_time_budget_is_refitted_until_the_calibration_batches_meet_it(checkpoint, tmp_path, monkeypatch):
+    import dynamicnets.pipelines.early_exit as early_exit
+    from dynamicnets.profiling.latency import Measurement
+
+    monkeypatch.setattr(early_exit, "exit_latencies_ms", lambda *args, **kwargs: [1.0, 2.0, 3.0])
+    spent = iter([2.5, 1.9])  # ms per sample each fitted rule takes on the calibration batches
+
+    def clock(fn, **kwargs):  # the rule really runs; only the reading is fixed
+        fn()
+        per_sample = next(spent)
+        return Measurement(median_ms=per_sample * 64, iqr_ms=0.0, mean_ms=per_sample * 64, runs=1, threads=1)
+
+    monkeypatch.setattr(early_exit, "measure", clock)
+    code, result = _eval(checkpoint, tmp_path, "--budget-ms", "2", "--timed-samples", "64")
+    assert code == 0 and result["budget_ms_fit_rounds"] == 2
+    assert result["calibration_measured_ms_per_sample"] == 1.9
+    # the second fit aimed at 2 * 2 / 2.5 = 1.6 ms on the latency model (first fit: at 2 ms)
+    assert 1.0 <= result["calibration_ms_per_sample"] <= 1.6 + 1e-9
+
+
 @pytest.mark.parametrize("overshoot,noted", [(0.30, True), (0.01, False), (None, False)])
 def test_the_overshoot_note_appears_only_past_timing_noise(monkeypatch, capsys, overshoot, noted):
     import dynamicnets.cli.evaluate as cli_evaluate

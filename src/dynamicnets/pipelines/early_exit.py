@@ -37,6 +37,9 @@ from ..profiling.report import format_flops
 POLICIES = ("maxprob", "entropy", "margin", "patience")
 DEFAULT_TIMED_SAMPLES = 1024
 """Samples timed by default: the first ones of the evaluation set, in batches."""
+MS_FIT_ROUNDS = 4
+"""Fits of a `budget_ms` at most: the first to whole-batch exit latencies, the rest each
+lowering the target by the overshoot measured on calibration batches."""
 
 
 @dataclass
@@ -171,12 +174,18 @@ def _run_reference(model, x: Tensor):
 
 
 def choose_policy(model, request: EarlyExitRequest, calib_logits, calib_targets, costs, sample_batch,
-                  eval_size: int | None = None):
+                  eval_size: int | None = None, measured_on: Sequence[Tensor] | None = None):
     """The `ExitPolicy` the request asks for, plus what calibration reported (the spread
     for a fresh batch of `request.eval_size`, else `eval_size`, samples). A budget fraction
     is of `reference_cost`. With `max_flops`, the thresholds are fitted over the exits the
     cap affords (every sample leaves at the last of them at the latest; the thresholds of
-    the exits beyond it are `inf`), so the fitted cost is the one the capped policy runs."""
+    the exits beyond it are `inf`), so the fitted cost is the one the capped policy runs.
+
+    A `budget_ms` is first fitted to per-exit latencies of whole batches (`sample_batch`
+    run to each exit); a batch that splits across exits runs smaller, slower batches, so
+    with `measured_on` (calibration batches, never the scored ones) the fitted rule is
+    timed on them and the target lowered by the overshoot, up to `MS_FIT_ROUNDS` fits, until
+    the measured ms per sample is within the budget."""
     if request.thresholds is not None:
         return ExitPolicy(request.policy, list(request.thresholds), request.max_flops), {}
     full = reference_cost(model, costs, sample_batch.shape[1:])
@@ -203,13 +212,37 @@ def choose_policy(model, request: EarlyExitRequest, calib_logits, calib_targets,
             raise ConfigError(f"--budget-ms {request.budget_ms}: outside the attainable range "
                               f"[{ms[0]:.4f}, {ms[-1]:.4f}] ms per sample at batch {sample_batch.shape[0]} "
                               f"(every sample at the first exit .. every sample at the last)")
-        cal = calibrate_thresholds(calib_logits[:last + 1], calib_targets, ms[:last + 1],
-                                   min(request.budget_ms, ms[last]), criterion=request.policy, cost_unit="ms",
-                                   **fresh)
+        cal, measured = _fit_measured_ms(model, request, calib_logits[:last + 1], calib_targets, ms[:last + 1],
+                                         fresh, costs, measured_on)
         info = {"exit_latency_ms": ms, "calibration_ms_per_sample": cal.mean_flops,
-                "calibration_accuracy": cal.accuracy, **spread_report(cal.spread, request.budget_ms, "ms")}
+                "calibration_accuracy": cal.accuracy, **spread_report(cal.spread, request.budget_ms, "ms"),
+                **measured}
     thresholds = [*cal.policy.thresholds, *[float("inf")] * (len(costs) - 1 - last)]
     return ExitPolicy(request.policy, thresholds, request.max_flops), info
+
+
+def _fit_measured_ms(model, request: EarlyExitRequest, logits, targets, ms: list[float], fresh: dict, costs,
+                     batches: Sequence[Tensor] | None):
+    """Thresholds for `request.budget_ms` over the exits of `ms`, refitted while the rule,
+    timed on `batches`, runs slower than the budget (see `choose_policy`)."""
+    target = min(request.budget_ms, ms[-1])
+    measured: dict[str, Any] = {}
+    for round_ in range(1, MS_FIT_ROUNDS + 1):
+        cal = calibrate_thresholds(logits, targets, ms, target, criterion=request.policy, cost_unit="ms", **fresh)
+        if not batches:
+            return cal, measured
+        policy = ExitPolicy(request.policy, [*cal.policy.thresholds, *[float("inf")] * (len(costs) - len(ms))],
+                            request.max_flops)
+        count = sum(b.shape[0] for b in batches)
+        with torch.inference_mode():
+            timed = measure(lambda: [run_early_exit(model, b, policy, costs=costs) for b in batches],
+                            threads=request.threads, min_run_time=request.min_run_time)
+        spent = timed.median_ms / count
+        measured = {"calibration_measured_ms_per_sample": spent, "budget_ms_fit_rounds": round_}
+        if spent <= request.budget_ms or target <= ms[0]:
+            break
+        target = max(ms[0], target * request.budget_ms / spent)
+    return cal, measured
 
 
 def run_compact(model, dataset: Dataset, policy: ExitPolicy, costs, batch_size: int) -> dict[str, Any]:
@@ -297,8 +330,13 @@ def evaluate_early_exit(model: nn.Module, calibration: Dataset | None, evaluatio
         calib_logits, calib_targets = collect_exit_logits(model, make_eval_loader(calibration, request.batch_size))
     else:
         calib_logits, calib_targets = None, None
-    timed = [b.to(module_device(model)) for b in timed_batches(evaluation, request.timed_samples, request.batch_size)]
-    policy, info = choose_policy(model, request, calib_logits, calib_targets, costs, timed[0], len(evaluation))
+    device = module_device(model)
+    timed = [b.to(device) for b in timed_batches(evaluation, request.timed_samples, request.batch_size)]
+    closed_loop = None
+    if request.budget_ms is not None and request.thresholds is None:
+        closed_loop = [b.to(device) for b in timed_batches(calibration, request.timed_samples, request.batch_size)]
+    policy, info = choose_policy(model, request, calib_logits, calib_targets, costs, timed[0], len(evaluation),
+                                 measured_on=closed_loop)
     full = reference_cost(model, costs, input_shape)
     scored = run_compact(model, evaluation, policy, costs, request.batch_size)
     eval_logits, eval_targets = collect_exit_logits(model, make_eval_loader(evaluation, request.batch_size))
