@@ -59,6 +59,18 @@ def test_forward_returns_dynamic_output(name, train):
 
 
 @pytest.mark.parametrize("name", MODELS)
+def test_inference_runs_under_bf16_autocast(name):
+    """Training validates under bf16 autocast (`bf16: true`): every compact path must take
+    bfloat16 activations beside float32 weights and buffers."""
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=NUM_CLASSES).eval()
+    x = example_input(model, batch=2)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    assert out.logits.shape == (2, NUM_CLASSES) and torch.isfinite(out.logits.float()).all()
+
+
+@pytest.mark.parametrize("name", MODELS)
 def test_every_parameter_gets_a_finite_gradient(name):
     """Cross-entropy on every exit + `aux_loss()` reaches every parameter.
 

@@ -244,16 +244,16 @@ class MoELayer(nn.Module):
     @staticmethod
     def _combine(outputs, plan: Dispatch, tokens: Tensor, routing: Routing) -> Tensor:
         """Weighted expert rows back to their tokens: `(T, *R')` (`R'` an expert output row)."""
-        row = outputs[0][1].shape[1:]
+        row, dtype = outputs[0][1].shape[1:], outputs[0][1].dtype  # autocast may run experts below tokens' dtype
         if plan.slots is None:  # expert choice: a token may have any number of rows
-            out = tokens.new_zeros(tokens.shape[0], *row)
+            out = tokens.new_zeros(tokens.shape[0], *row, dtype=dtype)
             for block, y in outputs:
                 out = add_rows(out, plan.token_ids[block], y)
             return out
         # token choice: each token has k slots; put every row in its slot, sum the slots
         t, k = routing.expert_indices.shape
         dropped = plan.slots.numel() < t * k
-        slots = (tokens.new_zeros if dropped else tokens.new_empty)(t * k, *row)
+        slots = (tokens.new_zeros if dropped else tokens.new_empty)(t * k, *row, dtype=dtype)
         for block, y in outputs:
             slots.index_copy_(0, plan.slots[block], y)
         return slots.view(k, t, *row).sum(0)

@@ -316,7 +316,7 @@ class _UpdateSchedule:
     def advance(self, on: np.ndarray, rows: np.ndarray, delta: Tensor | None) -> None:
         """After a step: `on (B,)` who updated, `rows (n,)` their indices, `delta (n,)` their new `du`."""
         if delta is not None:
-            self.delta[rows] = delta.detach().cpu().numpy()
+            self.delta[rows] = delta.detach().float().cpu().numpy()  # numpy has no bfloat16
         grown = self.u_tilde + np.minimum(self.delta, self.one - self.u_tilde)
         self.u_tilde = np.where(on, self.delta, grown)
 

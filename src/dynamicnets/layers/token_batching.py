@@ -123,10 +123,13 @@ def _packed_attention(attn: nn.Module, x: Tensor, groups: list[tuple[int, Tensor
         length, _, count = groups[0]
         mixed = _dense_attention(qkv.reshape(count, length, 3, heads, head_dim))
         return attn.proj(mixed.reshape(-1, heads * head_dim))
-    mixed = torch.empty(x.shape[0], heads * head_dim, dtype=x.dtype, device=x.device)
+    mixed = None  # allocated in the attention's dtype, which autocast may lower below x's
     for length, rows, count in groups:
         part = qkv.index_select(0, rows).reshape(count, length, 3, heads, head_dim)
-        mixed.index_copy_(0, rows, _dense_attention(part).reshape(-1, heads * head_dim))
+        attended = _dense_attention(part).reshape(-1, heads * head_dim)
+        if mixed is None:
+            mixed = attended.new_empty(x.shape[0], heads * head_dim)
+        mixed.index_copy_(0, rows, attended)
     return attn.proj(mixed)
 
 
