@@ -89,7 +89,7 @@ def _call(argv: list[str]) -> tuple[int, str, float]:
         try:
             code = cli(argv)
         except SystemExit as e:  # argparse errors
-            code = int(e.code or 0)
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         except Exception as e:  # a crash on the device is a result to report, not the end of the run
             print(f"{type(e).__name__}: {e}")
             code = 1
@@ -162,6 +162,7 @@ def table(cuda: Path, cpu: Path | None) -> None:
             continue
         row = {"model": model, "tag": tag, "anchor": anchor, "rule": " ".join(extra) or "trained rule",
                "accuracy_cuda": on_gpu["accuracy"], "anchor_accuracy_cuda": on_gpu["anchor_accuracy"],
+               "ms_per_sample_b256_cuda": on_gpu["latency_ms_per_sample"],
                "flops_speedup": on_gpu["speedup_flops_vs_anchor"],
                "measured_b256_cuda": on_gpu["speedup_measured_vs_anchor"],
                "realized_b256_cuda": on_gpu["realized_fraction_vs_anchor"],
@@ -172,7 +173,8 @@ def table(cuda: Path, cpu: Path | None) -> None:
                        measured_b1_cpu=on_cpu["speedup_vs_anchor_batch1"])
         rows.append(row)
     train = _records(cuda / "train.json") or []
-    write_json(RESULTS / "gpu_zoo.json", {"env_cuda": env, "env_cpu": cpu_env, "eval": rows, "train": train})
+    write_json(RESULTS / "gpu_zoo.json", {"env_cuda": env, "env_cpu": cpu_env, "eval": rows, "train": train},
+               meta={"note": "the GPU run's machine is env_cuda; this meta describes where the table was made"})
     columns = ["model", "rule", "anchor", "accuracy_cuda", "accuracy_cpu", "flops_speedup", "measured_b256_cuda",
                "realized_b256_cuda", "measured_b1_cuda", "measured_b256_cpu", "realized_b256_cpu", "measured_b1_cpu"]
     text = [f"# The zoo on {env.get('gpu', env['device'])} (torch {env['torch']}) and on the CPU", "",
