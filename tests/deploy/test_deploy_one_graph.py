@@ -1,5 +1,6 @@
-"""Static networks (the anchors a dynamic model is timed against) and dynamic-parameter networks
-(CondConv, DY-ReLU, dynamic convolution) deploy as one graph: same logits and routing as eager."""
+"""Static networks (the anchors a dynamic model is timed against: CNNs, ResNets, ViT, LSTM/GRU
+classifiers), deformable-convolution networks and dynamic-parameter networks (CondConv, DY-ReLU,
+dynamic convolution) deploy as one graph: same logits and routing as eager."""
 from __future__ import annotations
 
 import pytest
@@ -17,6 +18,9 @@ SMALL = {
     "resnet20_condconv": {},
     "resnet20_dyrelu": {},
     "resnet20_dyconv": {},
+    "deformable_resnet20": {},
+    "lstm_classifier": {},
+    "gru_classifier": {},
 }
 
 

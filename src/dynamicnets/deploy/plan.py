@@ -54,6 +54,7 @@ from ..inference.token_policy import TokenPolicy
 from ..inference.width_policy import WidthPolicy
 from ..models.skipping.blockdrop import BlockDrop
 from ..models.skipping.gated_resnet import GatedResNet
+from ..models.spatial.deformable_resnet import DeformableCifarResNet
 from ..models.spatial.dynamic_resolution import DynamicResolutionNet
 from ..models.parameters.mobilenetv2 import MobileNetV2Cifar
 from ..models.parameters.resnet import DynamicCifarResNet
@@ -62,6 +63,8 @@ from ..models.static.mnist1d import Mnist1dCNN, Mnist1dMLP
 from ..models.static.resnet_cifar import CifarResNet
 from ..models.static.resnet_imagenet import ImageNetResNet
 from ..models.static.small_cnn import SmallCNN
+from ..models.temporal.gru_classifier import GRUClassifier
+from ..models.temporal.lstm_classifier import LSTMClassifier
 from ..models.transformers import TOKEN_PRUNING
 from ..models.transformers.vit import VisionTransformer
 from ..models.width.dsnet import DSNet
@@ -79,7 +82,7 @@ EXAMPLE_BATCH = 2  # exporters specialise a batch of 1; any other size keeps the
 # Models with no decision between graphs: one graph. Exact types: a subclass (DynamicViT
 # is a VisionTransformer) may add decisions.
 ONE_GRAPH = (STNClassifier, CifarResNet, ImageNetResNet, SmallCNN, Mnist1dCNN, Mnist1dMLP, VisionTransformer,
-             DynamicCifarResNet, MobileNetV2Cifar)
+             DynamicCifarResNet, MobileNetV2Cifar, DeformableCifarResNet, LSTMClassifier, GRUClassifier)
 
 
 @dataclass
@@ -338,7 +341,8 @@ def deployment_plan(model: nn.Module, input_shape: tuple[int, ...] | None = None
     raise ConfigError(
         f"model {name!r} ({type(model).__name__}) cannot be deployed yet: supported are multi-exit "
         f"models (the MultiExit protocol), ConvNet-AIG / SkipNet (feed-forward gates), slimmable "
-        f"ResNets, DS-Net, dynamic resolution, spatial transformer classifiers, the static networks, the "
+        f"ResNets, DS-Net, dynamic resolution, spatial transformer and deformable-convolution networks, the "
+        f"static networks (CNNs, ResNets, ViT, the LSTM/GRU classifiers), the "
         f"dynamic-parameter networks (CondConv, DY-ReLU, dynamic convolution), DynamicViT / EViT "
         f"(keep-ratio policies), slimmable chains (adapt.make_slimmable), gated networks of yours "
         f"(adapt.gate_residual_blocks) and any network of yours that returns logits (B, classes)"
