@@ -168,14 +168,18 @@ class WholeModel(nn.Module):
     """A model with no decision between graphs, as one graph: `(n, *S)` -> `(logits (n, C),
     *decisions)` (a plain network returning a tensor: `(logits,)`), the tensors of `out.decisions` named by `keys`, in that order (a spatial
     transformer's `theta (n, 2, 3)`: the glimpse is sampled inside the graph). `policy`, when
-    given, is passed to every call (a token-pruning transformer's keep-ratio `TokenPolicy`)."""
+    given, is passed to every call (a token-pruning transformer's keep-ratio `TokenPolicy`), and
+    so is `execution` (a pixel-level spatial model's `"masked"` forward)."""
 
-    def __init__(self, model: nn.Module, keys: tuple[str, ...], policy=None) -> None:
+    def __init__(self, model: nn.Module, keys: tuple[str, ...], policy=None, execution: str | None = None) -> None:
         super().__init__()
-        self.model, self.keys, self.policy = model, tuple(keys), policy
+        self.model, self.keys, self.policy, self.execution = model, tuple(keys), policy, execution
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
-        out = self.model(x) if self.policy is None else self.model(x, policy=self.policy)
+        kwargs = {} if self.policy is None else {"policy": self.policy}
+        if self.execution is not None:
+            kwargs["execution"] = self.execution
+        out = self.model(x, **kwargs)
         if isinstance(out, Tensor):  # a plain network of the user's: its logits
             return (out,)
         return (out.logits, *(out.decisions[k] for k in self.keys))

@@ -56,6 +56,9 @@ from ..models.skipping.blockdrop import BlockDrop
 from ..models.skipping.gated_resnet import GatedResNet
 from ..models.spatial.deformable_resnet import DeformableCifarResNet
 from ..models.spatial.dynamic_resolution import DynamicResolutionNet
+from ..models.spatial.dynconv_resnet import DynConvResNet
+from ..models.spatial.dynconv_resnet50 import DynConvImageNetResNet
+from ..models.spatial.sact import SACTResNet
 from ..models.parameters.mobilenetv2 import MobileNetV2Cifar
 from ..models.parameters.resnet import DynamicCifarResNet
 from ..models.spatial.stn import STNClassifier
@@ -83,6 +86,11 @@ EXAMPLE_BATCH = 2  # exporters specialise a batch of 1; any other size keeps the
 # is a VisionTransformer) may add decisions.
 ONE_GRAPH = (STNClassifier, CifarResNet, ImageNetResNet, SmallCNN, Mnist1dCNN, Mnist1dMLP, VisionTransformer,
              DynamicCifarResNet, MobileNetV2Cifar, DeformableCifarResNet, LSTMClassifier, GRUClassifier)
+
+SPATIAL_MASKED = (DynConvResNet, DynConvImageNetResNet, SACTResNet)
+"""Pixel-level spatial models, deployed as their masked execution: one graph with the gates and
+every position computed (the dense cost), the same logits as compact inference; the gathers and
+scatters of the compact path are not exported."""
 
 
 @dataclass
@@ -235,14 +243,18 @@ def _resolution_plan(model: DynamicResolutionNet, x: Tensor, policy: ResolutionP
     return plan
 
 
-def _static_plan(model: nn.Module, x: Tensor, name: str, policy: TokenPolicy | None = None) -> DeploymentPlan:
+def _static_plan(model: nn.Module, x: Tensor, name: str, policy: TokenPolicy | GatePolicy | None = None,
+                 execution: str | None = None) -> DeploymentPlan:
     plan = DeploymentPlan("static", name, tuple(x.shape[1:]))
+    kwargs = {**({} if policy is None else {"policy": policy}), **({} if execution is None else {"execution": execution})}
     with torch.no_grad():
-        out = model(x, **({} if policy is None else {"policy": policy}))
+        out = model(x, **kwargs)
     decisions = getattr(out, "decisions", {})  # a plain network of the user's returns its logits
     keys = tuple(sorted(k for k, v in decisions.items() if isinstance(v, Tensor) and v.shape[:1] == x.shape[:1]))
-    _add(plan, "model", WholeModel(model, keys, policy), x)
+    _add(plan, "model", WholeModel(model, keys, policy, execution), x)
     plan.structure = {"graph": "model", "decisions": list(keys)}
+    if execution is not None:
+        plan.structure["execution"] = execution
     return plan
 
 
@@ -321,6 +333,14 @@ def deployment_plan(model: nn.Module, input_shape: tuple[int, ...] | None = None
         return _static_plan(model, x, name)
     if isinstance(model, TOKEN_PRUNING):
         return _token_plan(model, x, policy, name)
+    if isinstance(model, SPATIAL_MASKED):
+        if policy is not None and not isinstance(policy, GatePolicy):
+            raise ConfigError(f"model {name!r} gates positions: policy must be a GatePolicy, got "
+                              f"{type(policy).__name__}")
+        plan = _static_plan(model, x, name, policy, execution="masked")
+        if policy is not None:
+            plan.policy = policy.to_dict()
+        return plan
     if isinstance(model, DynamicResolutionNet):
         if policy is not None and not isinstance(policy, ResolutionPolicy):
             raise ConfigError(f"model {name!r} picks a resolution per sample: policy must be a ResolutionPolicy, "
@@ -341,7 +361,8 @@ def deployment_plan(model: nn.Module, input_shape: tuple[int, ...] | None = None
     raise ConfigError(
         f"model {name!r} ({type(model).__name__}) cannot be deployed yet: supported are multi-exit "
         f"models (the MultiExit protocol), ConvNet-AIG / SkipNet (feed-forward gates), slimmable "
-        f"ResNets, DS-Net, dynamic resolution, spatial transformer and deformable-convolution networks, the "
+        f"ResNets, DS-Net, dynamic resolution, spatial transformer and deformable-convolution networks, "
+        f"DynConv and SACT (their masked execution), the "
         f"static networks (CNNs, ResNets, ViT, the LSTM/GRU classifiers), the "
         f"dynamic-parameter networks (CondConv, DY-ReLU, dynamic convolution), DynamicViT / EViT "
         f"(keep-ratio policies), slimmable chains (adapt.make_slimmable), gated networks of yours "
