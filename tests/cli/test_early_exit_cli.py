@@ -158,6 +158,8 @@ def test_a_time_budget_is_refitted_until_the_calibration_batches_meet_it(checkpo
     assert result["calibration_measured_ms_per_sample"] == 1.9
     # the second fit aimed at 2 * 2 / 2.5 = 1.6 ms on the latency model (first fit: at 2 ms)
     assert 1.0 <= result["calibration_ms_per_sample"] <= 1.6 + 1e-9
+    # the spread it reports is in measured ms, not the latency model's
+    assert result["cost_spread"]["expected_mean"] == pytest.approx(1.9)
 
 
 @pytest.mark.parametrize("overshoot,noted", [(0.30, True), (0.01, False), (None, False)])

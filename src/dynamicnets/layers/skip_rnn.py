@@ -316,7 +316,10 @@ class _UpdateSchedule:
     def advance(self, on: np.ndarray, rows: np.ndarray, delta: Tensor | None) -> None:
         """After a step: `on (B,)` who updated, `rows (n,)` their indices, `delta (n,)` their new `du`."""
         if delta is not None:
-            self.delta[rows] = delta.detach().float().cpu().numpy()  # numpy has no bfloat16
+            delta = delta.detach()
+            if delta.dtype in (torch.bfloat16, torch.float16):  # numpy has no bfloat16; float64 stays float64
+                delta = delta.float()
+            self.delta[rows] = delta.cpu().numpy()
         grown = self.u_tilde + np.minimum(self.delta, self.one - self.u_tilde)
         self.u_tilde = np.where(on, self.delta, grown)
 

@@ -12,7 +12,7 @@ network, on the same samples as the speedup the FLOPs promise for them
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -212,10 +212,10 @@ def choose_policy(model, request: EarlyExitRequest, calib_logits, calib_targets,
             raise ConfigError(f"--budget-ms {request.budget_ms}: outside the attainable range "
                               f"[{ms[0]:.4f}, {ms[-1]:.4f}] ms per sample at batch {sample_batch.shape[0]} "
                               f"(every sample at the first exit .. every sample at the last)")
-        cal, measured = _fit_measured_ms(model, request, calib_logits[:last + 1], calib_targets, ms[:last + 1],
-                                         fresh, costs, measured_on)
+        cal, spread, measured = _fit_measured_ms(model, request, calib_logits[:last + 1], calib_targets,
+                                                 ms[:last + 1], fresh, costs, measured_on)
         info = {"exit_latency_ms": ms, "calibration_ms_per_sample": cal.mean_flops,
-                "calibration_accuracy": cal.accuracy, **spread_report(cal.spread, request.budget_ms, "ms"),
+                "calibration_accuracy": cal.accuracy, **spread_report(spread, request.budget_ms, "ms"),
                 **measured}
     thresholds = [*cal.policy.thresholds, *[float("inf")] * (len(costs) - 1 - last)]
     return ExitPolicy(request.policy, thresholds, request.max_flops), info
@@ -224,13 +224,17 @@ def choose_policy(model, request: EarlyExitRequest, calib_logits, calib_targets,
 def _fit_measured_ms(model, request: EarlyExitRequest, logits, targets, ms: list[float], fresh: dict, costs,
                      batches: Sequence[Tensor] | None):
     """Thresholds for `request.budget_ms` over the exits of `ms`, refitted while the rule,
-    timed on `batches`, runs slower than the budget (see `choose_policy`)."""
+    timed on `batches`, runs slower than the budget (see `choose_policy`); with a confidence,
+    while the upper bound of its spread does. Returns the calibration, its cost spread in
+    measured ms (the modelled spread scaled by measured over modelled cost) and the
+    measurement."""
     target = min(request.budget_ms, ms[-1])
     measured: dict[str, Any] = {}
     for round_ in range(1, MS_FIT_ROUNDS + 1):
         cal = calibrate_thresholds(logits, targets, ms, target, criterion=request.policy, cost_unit="ms", **fresh)
+        spread = cal.spread
         if not batches:
-            return cal, measured
+            return cal, spread, measured
         policy = ExitPolicy(request.policy, [*cal.policy.thresholds, *[float("inf")] * (len(costs) - len(ms))],
                             request.max_flops)
         count = sum(b.shape[0] for b in batches)
@@ -238,11 +242,16 @@ def _fit_measured_ms(model, request: EarlyExitRequest, logits, targets, ms: list
             timed = measure(lambda: [run_early_exit(model, b, policy, costs=costs) for b in batches],
                             threads=request.threads, min_run_time=request.min_run_time)
         spent = timed.median_ms / count
+        scale = spent / cal.mean_flops if cal.mean_flops > 0 else 1.0
+        spread = replace(spread, expected_mean=spread.expected_mean * scale, mean_std=spread.mean_std * scale,
+                         per_sample_std=spread.per_sample_std * scale,
+                         upper=None if spread.upper is None else spread.upper * scale)
+        held = spent if spread.upper is None else max(spent, spread.upper)
         measured = {"calibration_measured_ms_per_sample": spent, "budget_ms_fit_rounds": round_}
-        if spent <= request.budget_ms or target <= ms[0]:
+        if held <= request.budget_ms or target <= ms[0]:
             break
-        target = max(ms[0], target * request.budget_ms / spent)
-    return cal, measured
+        target = max(ms[0], target * request.budget_ms / held)
+    return cal, spread, measured
 
 
 def run_compact(model, dataset: Dataset, policy: ExitPolicy, costs, batch_size: int) -> dict[str, Any]:
