@@ -175,11 +175,15 @@ class WholeModel(nn.Module):
         super().__init__()
         self.model, self.keys, self.policy, self.execution = model, tuple(keys), policy, execution
 
-    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+    def run(self, x: Tensor):
+        """The wrapped model's own output for `x`, called with the fixed policy and execution."""
         kwargs = {} if self.policy is None else {"policy": self.policy}
         if self.execution is not None:
             kwargs["execution"] = self.execution
-        out = self.model(x, **kwargs)
+        return self.model(x, **kwargs)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        out = self.run(x)
         if isinstance(out, Tensor):  # a plain network of the user's: its logits
             return (out,)
         return (out.logits, *(out.decisions[k] for k in self.keys))

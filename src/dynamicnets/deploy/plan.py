@@ -246,13 +246,13 @@ def _resolution_plan(model: DynamicResolutionNet, x: Tensor, policy: ResolutionP
 def _static_plan(model: nn.Module, x: Tensor, name: str, policy: TokenPolicy | GatePolicy | None = None,
                  execution: str | None = None) -> DeploymentPlan:
     plan = DeploymentPlan("static", name, tuple(x.shape[1:]))
-    kwargs = {**({} if policy is None else {"policy": policy}), **({} if execution is None else {"execution": execution})}
+    whole = WholeModel(model, (), policy, execution)
     with torch.no_grad():
-        out = model(x, **kwargs)
+        out = whole.run(x)
     decisions = getattr(out, "decisions", {})  # a plain network of the user's returns its logits
-    keys = tuple(sorted(k for k, v in decisions.items() if isinstance(v, Tensor) and v.shape[:1] == x.shape[:1]))
-    _add(plan, "model", WholeModel(model, keys, policy, execution), x)
-    plan.structure = {"graph": "model", "decisions": list(keys)}
+    whole.keys = tuple(sorted(k for k, v in decisions.items() if isinstance(v, Tensor) and v.shape[:1] == x.shape[:1]))
+    _add(plan, "model", whole, x)
+    plan.structure = {"graph": "model", "decisions": list(whole.keys)}
     if execution is not None:
         plan.structure["execution"] = execution
     return plan
